@@ -1,0 +1,293 @@
+"""Typed configuration: one dataclass per config group, registered with Hydra's ConfigStore.
+
+Hydra checks types and key names when it composes the config (a typo'd key or a string where a
+number belongs fails there).  Value checks that a type cannot express (beta > 0, a prefix that fits
+the model's context, ...) live in ``validate`` and run before any stage starts; both paths end in a
+one-line message that names the key and what would be allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; the message names the key and what is allowed."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+# --------------------------------------------------------------------------- groups
+
+
+@dataclass
+class ModelConfig:
+    """The reference policy: the embedded tiny GPT-NeoX, or a hub id / local folder."""
+
+    name: str = "tiny"
+    # "embedded": built and pretrained here on the corpus; otherwise a hub id or a local folder
+    # saved with save_pretrained (e.g. EleutherAI/pythia-70m).
+    source: str = "embedded"
+    revision: Optional[str] = None
+    # longest sequence (prefix + completion) the model takes; checked against the lengths asked for
+    context_length: int = 256
+    # architecture and pretraining of the embedded model (ignored for a hub model)
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 8
+    pretrain_steps: int = 500
+    pretrain_batch_size: int = 32
+    pretrain_seq_len: int = 128
+    pretrain_lr: float = 3e-3
+
+
+@dataclass
+class DataConfig:
+    """Labelled reviews with a train/test split."""
+
+    name: str = "synthetic"
+    # "synthetic": generated here; otherwise a datasets hub id (stanfordnlp/imdb) or a folder
+    # written by Dataset(Dict).save_to_disk with "text" and "label" columns.
+    source: str = "synthetic"
+    num_reviews: int = 6000  # synthetic only
+    test_fraction: float = 0.2  # synthetic only; hub data sets bring their own test split
+    seed: int = 0
+
+
+@dataclass
+class ClassifierConfig:
+    """The reward: p(positive | text) from a sequence classifier."""
+
+    name: str = "tiny"
+    # "embedded": a tiny GPT-2 trained from scratch with the corpus tokenizer; otherwise a hub id
+    # or folder, fine-tuned on the corpus labels when finetune=true (gpt2, as in the seed) or used
+    # as it is when finetune=false (an off-the-shelf sentiment model).
+    source: str = "embedded"
+    finetune: bool = True
+    positive_label: int = 1
+    max_length: int = 128
+    train_examples: int = 4000
+    epochs: float = 2.0
+    lr: float = 1e-3
+    batch_size: int = 32
+    # architecture of the embedded classifier
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+
+
+@dataclass
+class AlgorithmConfig:
+    """What DPO and PPO share: the data they train on and the optimiser."""
+
+    name: str = MISSING
+    examples: int = 512  # training prefixes (the seed's "Examples")
+    lr: float = 1e-6
+    batch_size: int = 8
+    num_completions: int = 4  # samples per prefix (the seed's "Completions chosen from per prefix")
+    prefix_len: int = 25  # tokens; with prefix_len_max, the low end of a range
+    prefix_len_max: Optional[int] = None  # e.g. 75 for the seed's "25-75 tokens"
+    completion_len: int = 100  # max new tokens
+    temperature: float = 1.0  # sampling temperature for training completions
+    top_k: int = 0  # 0 = no top-k truncation (pure sampling, as in the seed)
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    snapshot_every: int = 2000  # examples between saved policy snapshots (the seed: 2000)
+
+
+@dataclass
+class DPOAlgorithmConfig(AlgorithmConfig):
+    name: str = "dpo"
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # any of TRL's DPO loss types
+    epochs: float = 1.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class PPOAlgorithmConfig(AlgorithmConfig):
+    """PPO with the adaptive KL controller of Ziegler et al. (2019); see dpo_ppo/ppo.py."""
+
+    name: str = "ppo"
+    rollout_prefixes: int = 32  # prefixes per rollout (x num_completions samples)
+    # KL penalty
+    adaptive_kl: bool = True
+    kl_target: float = 6.0  # nats per sequence; the controller drives KL(policy||ref) toward it
+    init_kl_coef: float = 0.2
+    kl_horizon: int = 10000
+    kl_estimator: str = "k1"  # k1: log p - log q per token; k3: (r - 1) - log r
+    # reward
+    reward_kind: str = "logit"  # logit of p(positive) or the probability itself
+    normalize_reward: bool = False  # running mean/std normalisation of the score
+    # optimisation
+    ppo_epochs: int = 4
+    num_minibatches: int = 4
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    whiten_advantages: bool = True
+    value_model: str = "shared"  # shared: value head on the policy trunk; separate: own copy
+    early_stop_kl: Optional[float] = None  # stop an update's epochs when approx KL exceeds this
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on unseen test prefixes (the seed's 5.2: 2000 prefixes, 25 tokens, 100 new)."""
+
+    num_prompts: int = 2000
+    prefix_len: int = 25
+    completion_len: int = 100
+    batch_size: int = 250
+    temperature: float = 1.0
+    num_samples_logged: int = 32  # rows of the W&B sample table
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb_offline"
+    enabled: bool = True
+    project: str = "dpo-ppo"
+    entity: Optional[str] = None
+    mode: str = "offline"  # offline | online | disabled
+    dir: Optional[str] = None  # default: the job folder
+    tags: list = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    classifier: ClassifierConfig = MISSING
+    algorithm: Any = MISSING
+    eval: EvalConfig = MISSING
+    analysis: Any = MISSING
+    logger: LoggerConfig = MISSING
+    name: str = "default"  # experiment or sweep name: W&B group, output folder
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    cache_dir: str = ".cache/dpo-ppo"  # shared artifacts (corpus, base, classifier, prefs)
+    force: bool = False  # re-run a job whose folder already holds finished results
+    # set by sweeps: the keys a sweep varies, logged as W&B config for grouping
+    sweep: Optional[str] = None
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="model", name="schema", node=ModelConfig)
+    cs.store(group="data", name="schema", node=DataConfig)
+    cs.store(group="classifier", name="schema", node=ClassifierConfig)
+    cs.store(group="algorithm", name="dpo_schema", node=DPOAlgorithmConfig)
+    cs.store(group="algorithm", name="ppo_schema", node=PPOAlgorithmConfig)
+    cs.store(group="eval", name="schema", node=EvalConfig)
+    cs.store(group="logger", name="schema", node=LoggerConfig)
+    try:  # the analysis schema lives with the analyses
+        from dpo_ppo.analysis.config import AnalysisConfig
+
+        cs.store(group="analysis", name="schema", node=AnalysisConfig)
+    except ImportError:  # pragma: no cover - analysis package not installed yet
+        pass
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _positive(cfg, key: str, allow_zero: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _choice(cfg, key: str, allowed: tuple) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in allowed:
+        raise ConfigError(key, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and consistency checks; raises ConfigError naming the first bad key."""
+    algo = cfg.algorithm
+    _choice(cfg, "algorithm.name", ("dpo", "ppo"))
+    for key in ("examples", "lr", "batch_size", "num_completions", "prefix_len", "completion_len",
+                "snapshot_every", "temperature"):
+        _positive(cfg, f"algorithm.{key}")
+    for key in ("weight_decay", "max_grad_norm", "top_k"):
+        _positive(cfg, f"algorithm.{key}", allow_zero=True)
+    if algo.prefix_len_max is not None and algo.prefix_len_max < algo.prefix_len:
+        raise ConfigError("algorithm.prefix_len_max",
+                          f"must be >= algorithm.prefix_len ({algo.prefix_len}), got "
+                          f"{algo.prefix_len_max}; leave it null for a fixed prefix length")
+    if algo.name == "dpo":
+        _positive(cfg, "algorithm.beta")
+        _positive(cfg, "algorithm.epochs")
+        if algo.num_completions < 2:
+            raise ConfigError("algorithm.num_completions",
+                              f"DPO needs >= 2 completions per prefix to pick chosen and rejected, "
+                              f"got {algo.num_completions}")
+        if not 0 <= algo.label_smoothing < 0.5:
+            raise ConfigError("algorithm.label_smoothing", f"must be in [0, 0.5), got {algo.label_smoothing}")
+    else:
+        for key in ("kl_target", "init_kl_coef", "kl_horizon", "ppo_epochs", "num_minibatches",
+                    "cliprange", "cliprange_value", "rollout_prefixes"):
+            _positive(cfg, f"algorithm.{key}")
+        _positive(cfg, "algorithm.vf_coef", allow_zero=True)
+        _positive(cfg, "algorithm.early_stop_kl")
+        _choice(cfg, "algorithm.kl_estimator", ("k1", "k3"))
+        _choice(cfg, "algorithm.reward_kind", ("logit", "prob"))
+        _choice(cfg, "algorithm.value_model", ("shared", "separate"))
+        for key in ("gamma", "lam"):
+            value = algo[key]
+            if not 0 <= value <= 1:
+                raise ConfigError(f"algorithm.{key}", f"must be in [0, 1], got {value}")
+        samples = algo.rollout_prefixes * algo.num_completions
+        if samples % algo.num_minibatches:
+            raise ConfigError("algorithm.num_minibatches",
+                              f"must divide rollout_prefixes * num_completions = {samples}, "
+                              f"got {algo.num_minibatches}")
+    context = cfg.model.context_length
+    longest_prefix = algo.prefix_len_max or algo.prefix_len
+    if longest_prefix + algo.completion_len > context:
+        raise ConfigError("algorithm.prefix_len" if algo.prefix_len_max is None else "algorithm.prefix_len_max",
+                          f"prefix ({longest_prefix}) + algorithm.completion_len ({algo.completion_len}) "
+                          f"= {longest_prefix + algo.completion_len} tokens exceeds the context of "
+                          f"model={cfg.model.name} ({context} tokens)")
+    for key in ("num_prompts", "prefix_len", "completion_len", "batch_size", "temperature"):
+        _positive(cfg, f"eval.{key}")
+    if cfg.eval.prefix_len + cfg.eval.completion_len > context:
+        raise ConfigError("eval.prefix_len",
+                          f"eval.prefix_len + eval.completion_len = "
+                          f"{cfg.eval.prefix_len + cfg.eval.completion_len} exceeds the context of "
+                          f"model={cfg.model.name} ({context} tokens)")
+    if not 0 < cfg.data.test_fraction < 1:
+        raise ConfigError("data.test_fraction", f"must be in (0, 1), got {cfg.data.test_fraction}")
+    _positive(cfg, "data.num_reviews")
+    _choice(cfg, "logger.mode", ("offline", "online", "disabled"))
+    _choice(cfg, "classifier.positive_label", (0, 1))
+    if cfg.classifier.source == "embedded" and not cfg.classifier.finetune:
+        raise ConfigError("classifier.finetune",
+                          "the embedded classifier is trained from scratch; finetune=false needs "
+                          "classifier.source set to a ready sentiment model")
+    if cfg.data.source == "synthetic" and cfg.model.source != "embedded" and cfg.classifier.source == "embedded":
+        pass  # allowed: a hub policy on synthetic data still works (text is re-tokenised)
+    if cfg.model.source == "embedded" and cfg.data.source != "synthetic":
+        # the embedded model's tokenizer is trained on the corpus, so it works on any corpus
+        pass
+    analysis_validate = None
+    try:
+        from dpo_ppo.analysis.config import validate as analysis_validate
+    except ImportError:  # pragma: no cover
+        pass
+    if analysis_validate is not None and "analysis" in cfg and cfg.analysis is not None:
+        analysis_validate(cfg)
