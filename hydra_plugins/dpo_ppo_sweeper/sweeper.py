@@ -1,0 +1,435 @@
+"""A Hydra sweeper whose grid is a union of per-algorithm grids ("arms") crossed with shared axes.
+
+    hydra.sweeper.arms:   {dpo: {algorithm: dpo, algorithm.beta: [0.1, 1]},
+                           ppo: {algorithm: ppo, algorithm.kl_target: [3, 12]}}
+    hydra.sweeper.params: {seed: [0, 1]}
+      -> 2 x 2 DPO jobs + 2 x 2 PPO jobs; no PPO job ever carries a beta.
+
+Command-line overrides join the grid (``dpo-ppo -m sweep=confound seed=0,1 model=pythia70m``):
+  * a key an arm lists as an axis (``algorithm.beta=0.3,3``) replaces that axis in that arm;
+  * a key an arm fixes (``algorithm=dpo``) selects the arms whose fixed value it names; the
+    others are dropped (``~hydra.sweeper.arms.ppo`` drops an arm by name);
+  * any other key adds or replaces a shared axis (a single value is an axis of one).
+
+The jobs go to ``self.launcher.launch`` in batches, so every Hydra launcher works (basic, joblib,
+submitit_local, submitit_slurm). After each batch the sweeper logs progress, and it writes
+``<sweep dir>/sweep.json`` (every planned job: overrides, folder, status, error). A job that
+fails is recorded and the sweep goes on; at the end the sweeper raises ``SweepFailed`` (exit
+code 1) listing the failed jobs. A job counts as failed when it raised, when it returned a dict
+with ``status: failed``, or when its launcher lost it and its folder holds no finished results.
+"""
+
+
+import itertools
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.core.utils import JobReturn, JobStatus, configure_log
+from hydra.errors import CompactHydraException, HydraException
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+class SweepFailed(CompactHydraException):
+    """Some jobs of the sweep failed; the others ran. Hydra prints the message and exits 1."""
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+@dataclass
+class Axis:
+    """One override key and the values it takes, each as a complete override string."""
+
+    key: str  # without +/~ prefix: what command-line overrides are matched on
+    overrides: List[str]
+    swept: bool  # given as a list / sweep expression (vs one fixed value)
+
+    @property
+    def values(self) -> List[str]:
+        return [o.split("=", 1)[1] if "=" in o else "" for o in self.overrides]
+
+
+@dataclass
+class Job:
+    arm: str
+    overrides: List[str]
+    # filled in by the sweeper
+    dir: Optional[str] = None
+    status: str = "pending"  # pending | finished | skipped | failed
+    error: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.\-+/:@$]+")
+
+
+def format_value(value: Any) -> str:
+    """A Python/YAML value as a value in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple, ListConfig)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, (dict, DictConfig)):
+        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if _PLAIN.fullmatch(text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _parse(parser: OverridesParser, line: str) -> Override:
+    (override,) = parser.parse_overrides([line])
+    return override
+
+
+def _axis_from_override(override: Override) -> Axis:
+    key = override.get_key_element()
+    if override.is_sweep_override():
+        if not override.is_discrete_sweep():
+            raise HydraException(f"dpo_ppo sweeper: cannot sweep an interval ({override.input_line})")
+        values = list(override.sweep_string_iterator())
+        return Axis(override.key_or_group, [f"{key}={v}" for v in values], swept=True)
+    if override.is_delete():
+        return Axis(override.key_or_group, [override.input_line], swept=False)
+    return Axis(override.key_or_group, [f"{key}={override.get_value_element_as_str()}"], swept=False)
+
+
+def axis_from_config(parser: OverridesParser, key: str, value: Any) -> Axis:
+    """An axis from a sweep-file entry: a list sweeps its elements, a string is read with the
+    override grammar ("0,1", "range(3)", "[1,2]" is one list value), anything else is fixed."""
+    if isinstance(value, (list, tuple, ListConfig)):
+        if len(value) == 0:
+            raise HydraException(f"dpo_ppo sweeper: axis '{key}' has no values")
+        axis = _axis_from_override(_parse(parser, f"{key}={format_value(value[0])}"))
+        axis.overrides = [_axis_from_override(_parse(parser, f"{key}={format_value(v)}")).overrides[0]
+                          for v in value]
+        axis.swept = True
+        return axis
+    if isinstance(value, str):
+        return _axis_from_override(_parse(parser, f"{key}={value}" if value else f"{key}=''"))
+    return _axis_from_override(_parse(parser, f"{key}={format_value(value)}"))
+
+
+def expand(
+    arms: Mapping[str, Mapping[str, Any]],
+    params: Mapping[str, Any],
+    arguments: Sequence[str],
+    parser: Optional[OverridesParser] = None,
+) -> List[Job]:
+    """The jobs of a sweep: for each arm, the product of its axes and the shared axes.
+
+    ``arguments`` are command-line overrides (see the module docstring for how they combine).
+    Within an arm the first axis varies slowest; arms keep their order; duplicates are dropped.
+    """
+    parser = parser or OverridesParser.create()
+    shared: Dict[str, Axis] = {}
+    for key, value in (params or {}).items():
+        axis = axis_from_config(parser, str(key), value)
+        shared[axis.key] = axis
+    cli = [_axis_from_override(o) for o in parser.parse_overrides(list(arguments))]
+
+    arm_items = list((arms or {}).items()) or [("", {})]
+    jobs: List[Job] = []
+    seen = set()
+    for arm_name, arm in arm_items:
+        if arm is None:  # an arm deleted by setting it to null
+            continue
+        own: Dict[str, Axis] = {}
+        for key, value in arm.items():
+            axis = axis_from_config(parser, str(key), value)
+            own[axis.key] = axis
+        arm_shared = dict(shared)
+        keep = True
+        for axis in cli:
+            if axis.key in own:
+                mine = own[axis.key]
+                if mine.swept:
+                    own[axis.key] = axis  # replace this arm's axis
+                elif not set(axis.values) & set(mine.values):
+                    keep = False  # a fixed key names another value: not this arm
+            else:
+                arm_shared[axis.key] = axis
+        if not keep:
+            continue
+        axes = list(own.values()) + [a for k, a in arm_shared.items() if k not in own]
+        for combo in itertools.product(*[a.overrides for a in axes]):
+            signature = tuple(sorted(combo))
+            if signature in seen:
+                continue
+            seen.add(signature)
+            jobs.append(Job(arm=arm_name, overrides=list(combo)))
+    return jobs
+
+
+# --------------------------------------------------------------------------- job status
+
+
+def read_results(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _first_line(text: Any, limit: int = 300) -> str:
+    text = str(text).strip()
+    line = text.splitlines()[-1] if text else ""
+    return line[:limit]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+# --------------------------------------------------------------------------- the sweeper
+
+
+class DpoPpoSweeper(Sweeper):
+    def __init__(
+        self,
+        arms: Optional[Dict[str, Any]] = None,
+        params: Optional[Dict[str, Any]] = None,
+        max_batch_size: Optional[int] = None,
+        skip_finished: bool = True,
+        results_file: str = "results.json",
+        fail_on_error: bool = True,
+    ) -> None:
+        super().__init__()
+        self.arms = arms or {}
+        self.params = params or {}
+        self.max_batch_size = max_batch_size
+        self.skip_finished = skip_finished
+        self.results_file = results_file
+        self.fail_on_error = fail_on_error
+        self.hydra_context: Optional[HydraContext] = None
+        self.config: Optional[DictConfig] = None
+        self.launcher: Optional[Launcher] = None
+        self.jobs: List[Job] = []
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context = hydra_context
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    # ---- helpers
+
+    def batch_size(self) -> int:
+        """max_batch_size, or the launcher's own parallelism when it is null."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size if self.max_batch_size > 0 else 1 << 30
+        assert self.config is not None
+        launcher = self.config.hydra.launcher
+        cpus = os.cpu_count() or 4
+        if "n_jobs" in launcher and launcher.n_jobs is not None:  # joblib
+            n = int(launcher.n_jobs)
+            return n if n > 0 else max(1, cpus + 1 + n)
+        if "array_parallelism" in launcher and launcher.array_parallelism:  # submitit slurm
+            return int(launcher.array_parallelism)
+        if str(launcher.get("_target_", "")).endswith("BasicLauncher"):
+            return 1  # sequential anyway: report after every job
+        return cpus
+
+    def _job_config(self, job: Job, idx: int) -> DictConfig:
+        assert self.hydra_context is not None and self.config is not None
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job.overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.num = idx
+            cfg.hydra.job.id = f"{cfg.hydra.job.name}_{idx}"
+        return cfg
+
+    def _job_dir(self, cfg: DictConfig) -> Optional[str]:
+        """The job's output folder, as run_job will compute it (None if it depends on a value
+        only the launcher knows, e.g. a SLURM job id)."""
+        hydra_config = HydraConfig.instance()
+        previous = hydra_config.cfg
+        try:
+            hydra_config.set_config(cfg)
+            return os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")),
+                                str(OmegaConf.select(cfg, "hydra.sweep.subdir")))
+        except Exception:
+            return None
+        finally:
+            hydra_config.cfg = previous  # type: ignore[assignment]
+
+    def _finished_before(self, job: Job, cfg: DictConfig) -> bool:
+        if not (self.skip_finished and job.dir):
+            return False
+        if OmegaConf.select(cfg, "force", default=False):
+            return False
+        results = read_results(Path(job.dir) / self.results_file)
+        return bool(results) and results.get("status") == "finished"
+
+    def _outcome(self, job: Job, ret: Optional[JobReturn], launch_error: Optional[str]) -> None:
+        """Set job.status/error from the launcher's JobReturn, falling back on results.json."""
+        if ret is not None and ret.hydra_cfg is not None:
+            out = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir")
+            if out:
+                job.dir = str(out)
+        on_disk = read_results(Path(job.dir) / self.results_file) if job.dir else None
+        if ret is not None and ret.status == JobStatus.FAILED:
+            job.status, job.error = "failed", _first_line(repr(ret._return_value))
+            return
+        if ret is not None and ret.status == JobStatus.COMPLETED:
+            value = ret._return_value
+            if isinstance(value, Mapping) and value.get("status") in ("finished", "skipped", "failed"):
+                job.status = str(value["status"])
+                if job.status == "failed":
+                    job.error = _first_line(value.get("error") or (on_disk or {}).get("error") or "failed")
+                return
+            # no status in the return value: trust the folder, else the fact it returned
+            if on_disk and on_disk.get("status") == "failed":
+                job.status, job.error = "failed", _first_line(on_disk.get("error") or "failed")
+            else:
+                job.status = "finished"
+            return
+        # the launcher lost the job (or raised): whatever the folder says
+        if on_disk and on_disk.get("status") == "finished":
+            job.status = "finished"
+        else:
+            job.status = "failed"
+            job.error = _first_line((on_disk or {}).get("error") or launch_error or "no result")
+
+    def _counts(self) -> Dict[str, int]:
+        counts = {"finished": 0, "skipped": 0, "failed": 0, "pending": 0}
+        for job in self.jobs:
+            counts[job.status] = counts.get(job.status, 0) + 1
+        return counts
+
+    def _save(self, sweep_dir: Path, started: float, state: str) -> None:
+        assert self.config is not None
+        sweep_dir_abs = os.path.abspath(sweep_dir)
+
+        def rel(path: Optional[str]) -> Optional[str]:
+            if not path:
+                return None
+            path = os.path.abspath(path)
+            return os.path.relpath(path, sweep_dir_abs) if path.startswith(sweep_dir_abs) else path
+
+        _write_json(sweep_dir / "sweep.json", {
+            "name": OmegaConf.select(self.config, "name", default=sweep_dir.name),
+            "state": state,  # running | done
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+            "elapsed_s": round(time.time() - started, 1),
+            "launcher": str(self.config.hydra.launcher.get("_target_", "")),
+            "arguments": list(self._arguments),
+            "counts": self._counts(),
+            "jobs": [{"idx": i, "arm": j.arm, "overrides": j.overrides, "dir": rel(j.dir),
+                      "status": j.status, "error": j.error} for i, j in enumerate(self.jobs)],
+        })
+
+    def _progress(self, name: str, started: float, batches_left: int, per_batch: float) -> None:
+        c = self._counts()
+        total = len(self.jobs)
+        done = total - c["pending"]
+        eta = f", about {_duration(per_batch * batches_left)} to go" if batches_left and per_batch else ""
+        log.info(f"[{name}] {done}/{total} done: {c['finished']} finished, {c['skipped']} skipped, "
+                 f"{c['failed']} failed, {c['pending']} left ({_duration(time.time() - started)}{eta})")
+
+    # ---- the sweep
+
+    def sweep(self, arguments: List[str]) -> Any:
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        self._arguments = list(arguments)
+        started = time.time()
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        self.jobs = expand(self.arms, self.params, arguments, parser)
+        if not self.jobs:
+            raise HydraException("dpo_ppo sweeper: the sweep has no jobs (every arm was dropped)")
+        name = str(OmegaConf.select(self.config, "name", default="sweep"))
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        # Compose every job before launching any: a bad value in the last job fails now, not
+        # after hours; it also tells us each job's folder, hence which ones already finished.
+        tic = time.perf_counter()
+        to_run: List[int] = []
+        for idx, job in enumerate(self.jobs):
+            cfg = self._job_config(job, idx)
+            job.dir = self._job_dir(cfg)
+            if self._finished_before(job, cfg):
+                job.status = "skipped"
+            else:
+                to_run.append(idx)
+        by_arm: Dict[str, int] = {}
+        for job in self.jobs:
+            by_arm[job.arm or "all"] = by_arm.get(job.arm or "all", 0) + 1
+        arms_text = ", ".join(f"{k}: {v}" for k, v in by_arm.items())
+        log.info(f"[{name}] {len(self.jobs)} jobs ({arms_text}) in {sweep_dir}; "
+                 f"{len(self.jobs) - len(to_run)} already finished, {len(to_run)} to run "
+                 f"(composed in {time.perf_counter() - tic:.1f}s)")
+
+        size = self.batch_size()
+        batches = [to_run[i:i + size] for i in range(0, len(to_run), size)]
+        self._save(sweep_dir, started, "running")
+        returns: List[Sequence[JobReturn]] = []
+        launch_time = 0.0
+        for b, batch in enumerate(batches):
+            overrides = [self.jobs[i].overrides for i in batch]
+            tic = time.time()
+            try:
+                results: Sequence[Optional[JobReturn]] = self.launcher.launch(overrides, initial_job_idx=batch[0])
+                error = None
+            except Exception as err:  # e.g. submitit: a job killed by the scheduler
+                log.error(f"[{name}] launcher failed on batch {b + 1}/{len(batches)}: {err!r}")
+                results, error = [None] * len(batch), _first_line(repr(err))
+            launch_time += time.time() - tic
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            for idx, ret in zip(batch, results):
+                self._outcome(self.jobs[idx], ret, error)
+                if self.jobs[idx].status == "failed":
+                    log.warning(f"[{name}] job #{idx} failed ({' '.join(self.jobs[idx].overrides)}): "
+                                f"{self.jobs[idx].error}")
+            returns.append([r for r in results if r is not None])
+            self._save(sweep_dir, started, "running")
+            self._progress(name, started, len(batches) - b - 1, launch_time / (b + 1))
+
+        self._save(sweep_dir, started, "done")
+        failed = [(i, j) for i, j in enumerate(self.jobs) if j.status == "failed"]
+        c = self._counts()
+        log.info(f"[{name}] sweep done in {_duration(time.time() - started)}: {c['finished']} finished, "
+                 f"{c['skipped']} skipped, {c['failed']} failed; status in {sweep_dir / 'sweep.json'}; "
+                 f"report: dpo-ppo-report {sweep_dir}")
+        if failed and self.fail_on_error:
+            lines = "\n".join(f"  #{i} {' '.join(j.overrides)}\n     {j.dir}\n     {j.error}"
+                              for i, j in failed[:20])
+            more = f"\n  ... and {len(failed) - 20} more (see sweep.json)" if len(failed) > 20 else ""
+            raise SweepFailed(
+                f"[{name}] {len(failed)} of {len(self.jobs)} jobs failed (the others ran):\n{lines}{more}\n"
+                f"Re-run the same command to retry them; finished jobs are skipped.")
+        return returns
