@@ -585,6 +585,7 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, bins: int 
     out = Path(out) if out else root / "report"
     out.mkdir(parents=True, exist_ok=True)
     runs, meta = load_sweep(root)
+    pair = [resolve_job(t, root, runs) for t in compare] if compare else []
     name = meta.get("name") or next((r.config.get("name") for r in runs if r.config.get("name")), root.name)
     done = finished(runs)
     groups = group_runs(runs)
@@ -669,8 +670,8 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, bins: int 
 
     # compare
     compare_out: Dict[str, Any] = {}
-    if compare:
-        a, b = (resolve_job(t, root, runs) for t in compare)
+    if pair:
+        a, b = pair
         compare_out = plot_compare(a, b, out)
         md += ["## Two runs side by side", "", f"- A: `{a.rel}` ({a.label()}, {a.status})",
                f"- B: `{b.rel}` ({b.label()}, {b.status})", ""]

@@ -9,7 +9,6 @@ package) and in any folder listed in the environment variable ``DPO_PPO_SWEEPS``
 
 
 import importlib.util
-import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -17,8 +16,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-
-log = logging.getLogger(__name__)
 
 SWEEPS_ENV = "DPO_PPO_SWEEPS"
 
