@@ -42,9 +42,9 @@ class ModelConfig:
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 8
-    pretrain_steps: int = 500
+    pretrain_steps: int = 300
     pretrain_batch_size: int = 32
-    pretrain_seq_len: int = 128
+    pretrain_seq_len: int = 64
     pretrain_lr: float = 3e-3
 
 
@@ -56,7 +56,7 @@ class DataConfig:
     # "synthetic": generated here; otherwise a datasets hub id (stanfordnlp/imdb) or a folder
     # written by Dataset(Dict).save_to_disk with "text" and "label" columns.
     source: str = "synthetic"
-    num_reviews: int = 6000  # synthetic only
+    num_reviews: int = 10000  # synthetic only
     test_fraction: float = 0.2  # synthetic only; hub data sets bring their own test split
     seed: int = 0
 

@@ -1,0 +1,103 @@
+"""Shared artifacts (corpus, base model, classifier, preference data), built once per config.
+
+An artifact lives at ``<cache>/<kind>/<key>/`` where ``key`` hashes exactly the config it depends
+on.  It is built in a temporary folder beside its final place and moved there with one
+``os.replace``, under a file lock, so that parallel jobs of a sweep wait for the first builder
+instead of building twice or reading half a folder.  A ``MANIFEST.json`` written last lists every
+file with its size and SHA-256; a folder whose files do not match it (truncated, edited, half
+copied) is rebuilt, never silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "MANIFEST.json"
+
+
+def spec_key(spec: dict) -> str:
+    blob = json.dumps(spec, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(root: Path) -> None:
+    files = {str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(root)}
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(files, indent=1))
+    os.replace(tmp, root / MANIFEST)
+
+
+def verify(root: Path) -> str | None:
+    """None when ``root`` is a complete artifact, else what is wrong with it."""
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        return "no manifest (half-written)"
+    try:
+        files = json.loads(manifest.read_text())
+    except json.JSONDecodeError:
+        return "unreadable manifest"
+    for rel, meta in files.items():
+        p = root / rel
+        if not p.is_file():
+            return f"missing {rel}"
+        if p.stat().st_size != meta["size"]:
+            return f"{rel} has {p.stat().st_size} bytes, manifest says {meta['size']}"
+        if _sha256(p) != meta["sha256"]:
+            return f"{rel} does not match its checksum"
+    return None
+
+
+def artifact(cache_dir: str | Path, kind: str, spec: dict, build: Callable[[Path], None]) -> Path:
+    """Path of the artifact ``kind`` for ``spec``, building it with ``build(tmp_dir)`` if needed."""
+    root = Path(cache_dir).expanduser().resolve() / kind
+    root.mkdir(parents=True, exist_ok=True)
+    key = spec_key(spec)
+    final = root / key
+    if final.exists() and verify(final) is None:
+        log.info("%s: cached at %s", kind, final)
+        return final
+    with FileLock(str(root / f"{key}.lock")):
+        if final.exists():
+            problem = verify(final)
+            if problem is None:  # another job built it while we waited
+                log.info("%s: built by another job, cached at %s", kind, final)
+                return final
+            log.warning("%s: %s is corrupt (%s); rebuilding", kind, final, problem)
+            shutil.rmtree(final)
+        tmp = root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        t0 = time.time()
+        try:
+            build(tmp)
+            (tmp / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True, default=str))
+            write_manifest(tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("%s: built in %.1f s at %s", kind, time.time() - t0, final)
+    return final

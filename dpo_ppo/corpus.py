@@ -1,0 +1,144 @@
+"""The corpus: labelled movie reviews with a train/test split (label 1 = positive, 0 = negative).
+
+``data.source=synthetic`` writes reviews here, deterministically from ``data.seed``: sentences
+built from templates with sentiment-bearing adjectives, contrasts ("the plot was dull, but the
+cast was superb"), neutral filler (running time, who plays whom) and a varied number of sentences,
+so that a review's label is what most of its opinions say, not one keyword.  Anything else is a
+``datasets`` hub id (stanfordnlp/imdb) or a folder written by ``save_to_disk``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict
+
+log = logging.getLogger(__name__)
+
+POSITIVE = ["excellent", "great", "wonderful", "brilliant", "superb", "moving", "delightful",
+            "charming", "beautiful", "masterful", "gripping", "hilarious", "memorable", "stunning",
+            "fantastic", "enjoyable", "clever", "touching", "powerful", "fresh", "perfect",
+            "inspiring", "lovely", "thrilling"]
+NEGATIVE = ["awful", "terrible", "boring", "dull", "weak", "painful", "clumsy", "tedious",
+            "predictable", "horrible", "bland", "mediocre", "annoying", "forgettable", "lazy",
+            "messy", "disappointing", "ridiculous", "poor", "flat", "lifeless", "silly", "bad",
+            "unbearable"]
+NOUNS = ["movie", "film", "plot", "storyline", "acting", "cast", "script", "direction",
+         "soundtrack", "ending", "cinematography", "dialogue", "characters", "pacing", "effects",
+         "score", "editing", "humor", "story", "lead performance"]
+NAMES = ["Anna Berg", "Tom Hale", "Maria Lopez", "James Reed", "Sofia Kim", "David Stone",
+         "Clara Wells", "Omar Farid", "Lucy Grant", "Peter Novak", "Emma Clarke", "Jack Moore"]
+ROLES = ["detective", "teacher", "young soldier", "retired boxer", "nurse", "journalist",
+         "painter", "small-town mayor", "scientist", "widow", "thief", "pilot"]
+PLACES = ["a small village", "New York", "a space station", "post-war Berlin", "the desert",
+          "a boarding school", "a fishing town", "Paris", "a haunted house", "the suburbs"]
+ACTIONS = ["searches for a lost brother", "tries to save a failing business",
+           "falls in love with a stranger", "uncovers an old secret", "plans one last heist",
+           "returns home after many years", "fights to clear her name", "trains for a final match"]
+PEOPLE = ["my friends", "my family", "my wife", "my husband", "the kids", "a friend", "my parents"]
+INTENS = ["very", "really", "truly", "quite", "so", "incredibly", "rather", "absolutely"]
+POS_VERDICT = ["I would recommend it to anyone.", "Highly recommended.", "I loved every minute of it.",
+               "A must see.", "I will watch it again.", "Ten out of ten.", "Easily one of the best this year."]
+NEG_VERDICT = ["I would not recommend it.", "Avoid this one.", "I wanted my money back.",
+               "A waste of time.", "I almost walked out.", "One out of ten.", "Easily one of the worst this year."]
+
+
+def _opinion(rng: random.Random, positive: bool) -> str:
+    adj = lambda: rng.choice(POSITIVE if positive else NEGATIVE)  # noqa: E731
+    other = lambda: rng.choice(NEGATIVE if positive else POSITIVE)  # noqa: E731
+    noun, noun2 = rng.sample(NOUNS, 2)
+    templates = [
+        lambda: f"The {noun} was {adj()}.",
+        lambda: f"I thought the {noun} was {rng.choice(INTENS)} {adj()}.",
+        lambda: f"This movie was {adj()} because it had a {adj()} {noun} and {adj()} {noun2}.",
+        lambda: f"{rng.choice(NAMES)} gave a {adj()} performance as the {rng.choice(ROLES)}.",
+        lambda: f"Overall, a {adj()} film.",
+        lambda: f"The {noun} was {other()}, but the {noun2} was {rng.choice(INTENS)} {adj()}.",
+        lambda: f"What a {adj()} {noun}.",
+        lambda: f"The {noun} felt {adj()} and the {noun2} was {adj()}.",
+        lambda: rng.choice(POS_VERDICT if positive else NEG_VERDICT),
+    ]
+    return rng.choice(templates)()
+
+
+def _filler(rng: random.Random) -> str:
+    templates = [
+        lambda: f"The film runs about {rng.randint(80, 180)} minutes.",
+        lambda: f"It was released in {rng.randint(1950, 2024)}.",
+        lambda: f"{rng.choice(NAMES)} plays a {rng.choice(ROLES)} who {rng.choice(ACTIONS)}.",
+        lambda: f"The story follows a {rng.choice(ROLES)} in {rng.choice(PLACES)}.",
+        lambda: f"I saw it with {rng.choice(PEOPLE)} on a {rng.choice(['Sunday', 'Friday night', 'rainy day', 'long flight'])}.",
+        lambda: f"It is directed by {rng.choice(NAMES)}.",
+        lambda: f"Most of it was shot in {rng.choice(PLACES)}.",
+        lambda: f"The {rng.choice(NOUNS)} is what people talk about.",
+    ]
+    return rng.choice(templates)()
+
+
+def synthetic_review(rng: random.Random, positive: bool) -> str:
+    """One review: filler and opinions, most (not all) of them agreeing with the label."""
+    n = rng.randint(3, 12)
+    sentences = []
+    for _ in range(n):
+        if rng.random() < 0.35:
+            sentences.append(_filler(rng))
+        else:
+            agree = rng.random() < 0.8
+            sentences.append(_opinion(rng, positive if agree else not positive))
+    # the verdict settles the label even when the sampled opinions happened to disagree
+    sentences.append(_opinion(rng, positive))
+    return " ".join(sentences)
+
+
+def make_synthetic(num_reviews: int, test_fraction: float, seed: int) -> DatasetDict:
+    rng = random.Random(seed)
+    labels = [i % 2 for i in range(num_reviews)]
+    rng.shuffle(labels)
+    texts = [synthetic_review(rng, bool(y)) for y in labels]
+    n_test = int(round(num_reviews * test_fraction))
+    return DatasetDict({
+        "train": Dataset.from_dict({"text": texts[n_test:], "label": labels[n_test:]}),
+        "test": Dataset.from_dict({"text": texts[:n_test], "label": labels[:n_test]}),
+    })
+
+
+_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def _clean(batch):
+    return {"text": [" ".join(_BR.sub(" ", t).split()) for t in batch["text"]]}
+
+
+def load_hub(source: str) -> DatasetDict:
+    """IMDb-like data: a ``save_to_disk`` folder or a hub id, with text/label train and test splits."""
+    from datasets import load_dataset, load_from_disk
+
+    if Path(source).exists():
+        ds = load_from_disk(source)
+    else:
+        try:
+            ds = load_dataset(source)
+        except Exception as e:  # offline: no hub
+            raise RuntimeError(
+                f"data.source={source!r}: could not load it from the Hugging Face hub "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Offline, use the embedded "
+                f"default data=synthetic, or point data.source at a folder saved with save_to_disk."
+            ) from e
+    if not isinstance(ds, DatasetDict) or not {"train", "test"} <= set(ds):
+        raise RuntimeError(f"data.source={source!r}: needs 'train' and 'test' splits, found "
+                           f"{list(ds) if isinstance(ds, DatasetDict) else type(ds).__name__}")
+    out = DatasetDict({split: ds[split].select_columns(["text", "label"]) for split in ("train", "test")})
+    return out.map(_clean, batched=True, desc="cleaning")
+
+
+def build_corpus(data_cfg, path: Path) -> None:
+    if data_cfg.source == "synthetic":
+        ds = make_synthetic(data_cfg.num_reviews, data_cfg.test_fraction, data_cfg.seed)
+    else:
+        ds = load_hub(data_cfg.source)
+    ds.save_to_disk(str(path))
+    log.info("corpus: %d train / %d test reviews, %.0f%% positive", len(ds["train"]), len(ds["test"]),
+             100 * sum(ds["train"]["label"]) / max(1, len(ds["train"])))

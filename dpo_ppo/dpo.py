@@ -1,0 +1,93 @@
+"""DPO through TRL's ``DPOTrainer``, with policy snapshots and resume.
+
+Snapshots: every ``snapshot_every`` examples the policy is saved to
+``<job>/snapshots/ex_<examples>/`` (weights only, for divergence over training).  Resume: the
+Trainer's own checkpoint (model, optimiser, scheduler, RNG) is kept at the same cadence under
+``<job>/dpo_trainer/`` (only the newest), and a relaunched job continues from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+from trl import DPOConfig, DPOTrainer
+
+log = logging.getLogger(__name__)
+
+
+def snapshot_dir(job_dir: Path, examples: int) -> Path:
+    return Path(job_dir) / "snapshots" / f"ex_{examples:07d}"
+
+
+class SnapshotCallback(TrainerCallback):
+    """Saves the policy every ``every`` examples and at the end of training."""
+
+    def __init__(self, job_dir: Path, every: int, examples_per_step: int):
+        self.job_dir, self.every, self.per_step = Path(job_dir), every, examples_per_step
+
+    def _save(self, model, examples: int) -> None:
+        path = snapshot_dir(self.job_dir, examples)
+        if not path.exists():
+            tmp = path.with_name(path.name + ".tmp")
+            model.save_pretrained(str(tmp))
+            tmp.rename(path)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        examples = state.global_step * self.per_step
+        if examples // self.every > (examples - self.per_step) // self.every:
+            self._save(model, examples)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._save(model, state.global_step * self.per_step)
+
+
+class LogCallback(TrainerCallback):
+    """Forwards the Trainer's logs (loss, rewards/*, logps/*) as ``train/...`` to ``log_fn``."""
+
+    def __init__(self, log_fn, examples_per_step: int):
+        self.log_fn, self.per_step = log_fn, examples_per_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or self.log_fn is None:
+            return
+        metrics = {f"train/{k}": float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+        metrics["train/examples"] = state.global_step * self.per_step
+        self.log_fn(metrics, state.global_step)
+
+
+def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed: int = 0,
+              log_fn=None) -> dict:
+    """Train ``policy`` in place on the preference pairs ``prefs`` (prompt/chosen/rejected text)."""
+    job_dir = Path(job_dir)
+    steps_per_epoch = math.ceil(len(prefs) / algo.batch_size)
+    save_steps = max(1, algo.snapshot_every // algo.batch_size)
+    use_cpu = next(policy.parameters()).device.type == "cpu"
+    args = DPOConfig(
+        output_dir=str(job_dir / "dpo_trainer"),
+        beta=algo.beta, loss_type=[algo.loss_type], label_smoothing=algo.label_smoothing,
+        learning_rate=algo.lr, lr_scheduler_type="constant", optim="adamw_torch",
+        weight_decay=algo.weight_decay, adam_epsilon=algo.adam_eps, max_grad_norm=algo.max_grad_norm,
+        per_device_train_batch_size=algo.batch_size, num_train_epochs=algo.epochs,
+        max_length=(algo.prefix_len_max or algo.prefix_len) + algo.completion_len + 8,
+        save_strategy="steps", save_steps=save_steps, save_total_limit=1,
+        logging_steps=max(1, min(10, steps_per_epoch // 10)), report_to=[], seed=seed,
+        use_cpu=use_cpu, gradient_checkpointing=False, dataloader_num_workers=0,
+        bf16=False, fp16=False, disable_tqdm=False,
+    )
+    examples_per_step = algo.batch_size
+    trainer = DPOTrainer(
+        model=policy, ref_model=ref_model, args=args, train_dataset=prefs, processing_class=tokenizer,
+        callbacks=[SnapshotCallback(job_dir, algo.snapshot_every, examples_per_step),
+                   LogCallback(log_fn, examples_per_step)],
+    )
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if last:
+        log.info("dpo: resuming from %s", last)
+    result = trainer.train(resume_from_checkpoint=last)
+    return {"train_loss": float(result.training_loss), "steps": int(result.global_step),
+            "resumed_from": last}

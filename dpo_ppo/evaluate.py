@@ -1,0 +1,61 @@
+"""Evaluation on unseen test prefixes (the seed's section 5.2).
+
+For a model and a set of prefixes: sample one completion each, score prefix + completion with the
+classifier and report
+
+- ``gradient_loss`` = mean(1 - p_positive), the seed's "gradient loss";
+- ``binary_loss``   = fraction of completions classified negative (p_positive < 0.5);
+- ``reward_mean``   = mean p_positive (and ``score_logit_mean``, the classifier's logit);
+- ``kl_to_ref``     = sequence-level KL(policy || reference), estimated from the policy's own
+  samples as the mean of sum_t [log pi(y_t | .) - log pi_ref(y_t | .)] (unbiased for sampling at
+  temperature 1, which is the default);
+- ``completion_len`` (tokens), ``distinct_1`` / ``distinct_2`` (unique n-grams over all n-grams of
+  the completions, a diversity measure that falls when a policy collapses to one phrase).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dpo_ppo.sampling import completion_logprobs, generate
+
+
+def distinct_n(completions: list[list[int]], n: int) -> float:
+    grams, total = set(), 0
+    for toks in completions:
+        for i in range(len(toks) - n + 1):
+            grams.add(tuple(toks[i:i + n]))
+            total += 1
+    return len(grams) / total if total else 0.0
+
+
+def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg, *, ref_model=None,
+                   desc: str = "eval") -> tuple[dict, list[dict]]:
+    """Metrics (see module docstring) and per-sample rows (prompt, completion, score)."""
+    completions = generate(model, tokenizer, prompts, eval_cfg.completion_len,
+                           temperature=eval_cfg.temperature, batch_size=eval_cfg.batch_size,
+                           desc=f"{desc}: sampling")
+    prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=True)
+    comp_texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    logits = scorer.logits([p + c for p, c in zip(prompt_texts, comp_texts)])
+    p = torch.sigmoid(logits)
+    metrics = {
+        "reward_mean": float(p.mean()),
+        "reward_std": float(p.std()) if len(p) > 1 else 0.0,
+        "score_logit_mean": float(logits.mean()),
+        "gradient_loss": float((1 - p).mean()),
+        "binary_loss": float((p < 0.5).float().mean()),
+        "completion_len": sum(map(len, completions)) / max(1, len(completions)),
+        "distinct_1": distinct_n(completions, 1),
+        "distinct_2": distinct_n(completions, 2),
+    }
+    if ref_model is not None:
+        pad = tokenizer.pad_token_id
+        lp = completion_logprobs(model, prompts, completions, pad_id=pad, batch_size=eval_cfg.batch_size)
+        lq = completion_logprobs(ref_model, prompts, completions, pad_id=pad, batch_size=eval_cfg.batch_size)
+        kl = lp - lq
+        metrics["kl_to_ref"] = float(kl.mean())
+        metrics["kl_to_ref_std"] = float(kl.std()) if len(kl) > 1 else 0.0
+    rows = [{"prompt": pt, "completion": ct, "p_positive": float(pi)}
+            for pt, ct, pi in zip(prompt_texts, comp_texts, p)]
+    return metrics, rows

@@ -1,0 +1,279 @@
+"""One job of a sweep, stage by stage (see DESIGN.md):
+
+    corpus -> base -> scorer -> prompts -> prefs (DPO) -> train -> evaluate -> analyze -> record
+
+Corpus, base model, classifier, preference data and the reference model's evaluation are cached
+artifacts shared by every job with the same config (``dpo_ppo.cache``).  The job's own folder
+holds ``results.json``, ``train_log.jsonl``, ``snapshots/``, the final ``policy/``, plots and the
+W&B run.  A job whose folder already holds finished results is skipped (``force=true`` re-runs
+it); an unfinished one resumes: from its saved final policy if training had ended, else from the
+trainer's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import resource
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dpo_ppo.cache import artifact, spec_key
+from dpo_ppo.record import Recorder, write_json
+
+log = logging.getLogger("dpo_ppo")
+
+EVAL_PROMPT_SEED = 1234  # the same unseen test prefixes for every job, whatever its seed
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def swept_params(cfg: DictConfig) -> dict:
+    """The hyperparameters a sweep varies, flat, for W&B grouping and the report."""
+    algo = cfg.algorithm
+    return {
+        "algorithm": algo.name, "beta": algo.get("beta"), "kl_target": algo.get("kl_target"),
+        "adaptive_kl": algo.get("adaptive_kl"), "seed": cfg.seed, "examples": algo.examples,
+        "lr": algo.lr, "num_completions": algo.num_completions, "prefix_len": algo.prefix_len,
+        "prefix_len_max": algo.prefix_len_max, "completion_len": algo.completion_len,
+        "model": cfg.model.name, "data": cfg.data.name, "classifier": cfg.classifier.name,
+    }
+
+
+def _container(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def artifact_specs(cfg: DictConfig) -> dict:
+    """Exactly the config each shared artifact depends on."""
+    corpus = {"data": _container(cfg.data)}
+    base = {"model": _container(cfg.model), "corpus": corpus if cfg.model.source == "embedded" else None}
+    classifier = {"classifier": _container(cfg.classifier), "corpus": corpus,
+                  "tokenizer": base if cfg.classifier.source == "embedded" else None}
+    algo = cfg.algorithm
+    prefs = {"base": base, "classifier": classifier, "corpus": corpus, "seed": cfg.seed,
+             **{k: algo[k] for k in ("examples", "num_completions", "prefix_len", "prefix_len_max",
+                                     "completion_len", "temperature", "top_k")}}
+    ref_eval = {"base": base, "classifier": classifier, "corpus": corpus, "eval": _container(cfg.eval)}
+    return {"corpus": corpus, "base": base, "classifier": classifier, "prefs": prefs, "ref_eval": ref_eval}
+
+
+class Job:
+    def __init__(self, cfg: DictConfig, job_dir: Path, overrides: list[str] | None = None):
+        self.cfg = cfg
+        self.job_dir = Path(job_dir)
+        self.overrides = list(overrides or [])
+        self.device = resolve_device(cfg.device)
+        self.cache = Path(cfg.cache_dir).expanduser().resolve()
+        self.specs = artifact_specs(cfg)
+        self.stage_times: dict[str, float] = {}
+        self.rec: Recorder | None = None
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        log.info("stage %s ...", name)
+        t0 = time.time()
+        yield
+        self.stage_times[name] = round(time.time() - t0, 2)
+        log.info("stage %s done in %.1f s", name, self.stage_times[name])
+        if self.rec is not None:
+            self.rec.results["stage_seconds"] = self.stage_times
+            self.rec.save()
+
+    # ------------------------------------------------------------------ stages
+
+    def corpus(self):
+        from datasets import load_from_disk
+
+        from dpo_ppo.corpus import build_corpus
+
+        path = artifact(self.cache, "corpus", self.specs["corpus"], lambda p: build_corpus(self.cfg.data, p))
+        return path, load_from_disk(str(path))
+
+    def base(self, corpus):
+        from dpo_ppo.models import build_base
+
+        def build(p):
+            info = build_base(self.cfg.model, corpus, p, seed=0)
+            (p / "base.json").write_text(json.dumps(info, indent=1))
+
+        return artifact(self.cache, "base", self.specs["base"], build)
+
+    def classifier(self, corpus, base_path):
+        from dpo_ppo.scorer import build_classifier
+
+        return artifact(self.cache, "classifier", self.specs["classifier"],
+                        lambda p: build_classifier(self.cfg.classifier, corpus, base_path, p, seed=0,
+                                                   device=self.device))
+
+    def prefs(self, prompts, model, tokenizer, scorer):
+        from datasets import load_from_disk
+
+        from dpo_ppo.prefs import build_prefs
+
+        path = artifact(self.cache, "prefs", self.specs["prefs"],
+                        lambda p: build_prefs(self.cfg.algorithm, prompts, model, tokenizer, scorer, p,
+                                              batch_size=self.cfg.eval.batch_size))
+        return path, load_from_disk(str(path))
+
+    def reference_eval(self, ref_model, tokenizer, scorer, prompts):
+        from dpo_ppo.evaluate import evaluate_model
+
+        def build(p):
+            metrics, rows = evaluate_model(ref_model, tokenizer, scorer, prompts, self.cfg.eval, desc="eval reference")
+            write_json(p / "metrics.json", metrics)
+            write_json(p / "samples.json", {"rows": rows[: self.cfg.eval.num_samples_logged]})
+
+        path = artifact(self.cache, "ref_eval", self.specs["ref_eval"], build)
+        return json.loads((path / "metrics.json").read_text())
+
+    # ------------------------------------------------------------------ the job
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        from dpo_ppo.models import load_policy
+        from dpo_ppo.prompts import make_prefixes
+        from dpo_ppo.scorer import Scorer
+
+        torch.manual_seed(cfg.seed)
+        algo = cfg.algorithm
+        policy_dir = self.job_dir / "policy"
+        with self.stage("corpus"):
+            corpus_path, corpus = self.corpus()
+        with self.stage("base"):
+            base_path = self.base(corpus)
+        with self.stage("scorer"):
+            cls_path = self.classifier(corpus, base_path)
+            scorer = Scorer.load(cls_path, self.device)
+        self.rec.results["artifacts"] = {"corpus": str(corpus_path), "reference": str(base_path),
+                                         "classifier": str(cls_path), "policy": str(policy_dir), "prefs": None}
+        self.rec.results["classifier_accuracy"] = json.loads((cls_path / "scorer.json").read_text()).get("test_accuracy")
+        ref_model, tokenizer = load_policy(base_path, self.device)
+        ref_model.eval().requires_grad_(False)
+        with self.stage("prompts"):
+            train_prompts = make_prefixes(corpus["train"]["text"], tokenizer, algo.examples, algo.prefix_len,
+                                          algo.prefix_len_max, seed=cfg.seed)
+            test_prompts = make_prefixes(corpus["test"]["text"], tokenizer, cfg.eval.num_prompts,
+                                         cfg.eval.prefix_len, seed=EVAL_PROMPT_SEED)
+        trained = (policy_dir / "config.json").exists() and self.rec.results.get("trained")
+        if trained:
+            log.info("train: already done, loading %s", policy_dir)
+            policy, _ = load_policy(policy_dir, self.device)
+        else:
+            policy, _ = load_policy(base_path, self.device)
+            if algo.name == "dpo":
+                with self.stage("prefs"):
+                    prefs_path, prefs = self.prefs(train_prompts, ref_model, tokenizer, scorer)
+                    self.rec.results["artifacts"]["prefs"] = str(prefs_path)
+                with self.stage("train"):
+                    from dpo_ppo.dpo import train_dpo
+
+                    summary = train_dpo(algo, policy, ref_model, tokenizer, prefs, self.job_dir,
+                                        seed=cfg.seed, log_fn=self.rec.log)
+            else:
+                with self.stage("train"):
+                    from dpo_ppo.ppo import train_ppo
+
+                    summary = train_ppo(algo, policy, ref_model, tokenizer, train_prompts,
+                                        scorer.p_positive, self.job_dir, seed=cfg.seed, log_fn=self.rec.log)
+            tmp = policy_dir.with_name("policy.tmp")
+            policy.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            tmp.rename(policy_dir) if not policy_dir.exists() else None
+            self.rec.results.update(trained=True, train_summary=summary)
+            self.rec.save()
+        policy.eval()
+        with self.stage("evaluate"):
+            from dpo_ppo.evaluate import evaluate_model
+
+            ref_metrics = self.reference_eval(ref_model, tokenizer, scorer, test_prompts)
+            pol_metrics, rows = evaluate_model(policy, tokenizer, scorer, test_prompts, cfg.eval,
+                                               ref_model=ref_model, desc="eval policy")
+            metrics = {f"eval/policy/{k}": v for k, v in pol_metrics.items()}
+            metrics.update({f"eval/reference/{k}": v for k, v in ref_metrics.items()})
+            for k in ("gradient_loss", "binary_loss"):
+                metrics[f"eval/improvement/{k}"] = ref_metrics[k] - pol_metrics[k]
+            metrics["eval/improvement/reward_mean"] = pol_metrics["reward_mean"] - ref_metrics["reward_mean"]
+            self.rec.metrics(metrics)
+            n = cfg.eval.num_samples_logged
+            self.rec.table("samples", ["prompt", "completion", "p_positive"],
+                           [[r["prompt"], r["completion"], r["p_positive"]] for r in rows[:n]])
+            write_json(self.job_dir / "samples.json", {"rows": rows[:n]})
+            log.info("eval: reward %.3f (reference %.3f), binary loss %.3f (reference %.3f), "
+                     "gradient loss %.3f (reference %.3f), KL %.3f nats",
+                     pol_metrics["reward_mean"], ref_metrics["reward_mean"], pol_metrics["binary_loss"],
+                     ref_metrics["binary_loss"], pol_metrics["gradient_loss"], ref_metrics["gradient_loss"],
+                     pol_metrics["kl_to_ref"])
+        if cfg.analysis.get("enabled", False):
+            with self.stage("analyze"):
+                self.analyze(ref_model, policy, tokenizer, scorer, corpus)
+        return self.rec.results["metrics"]
+
+    def analyze(self, ref_model, policy, tokenizer, scorer, corpus):
+        from dpo_ppo.analysis.suite import run_analysis
+
+        snapshots = sorted((self.job_dir / "snapshots").glob("ex_*[0-9]"))
+        test = corpus["test"]
+        out = run_analysis(self.cfg.analysis, ref_model, policy, tokenizer, texts=test["text"],
+                           labels=test["label"], scorer=scorer, out_dir=self.job_dir,
+                           snapshots=snapshots, device=self.device)
+        self.rec.metrics(out.get("scalars", {}))
+        images = {k: str(Path(v).relative_to(self.job_dir)) if Path(v).is_absolute() else str(v)
+                  for k, v in out.get("images", {}).items()}
+        self.rec.results["analysis"] = {"per_head": out.get("per_head", {}), "images": images}
+        self.rec.save()
+        for name, table in out.get("tables", {}).items():
+            self.rec.table(f"analysis/{name}", table["columns"], table["data"])
+        self.rec.images({k: self.job_dir / v for k, v in images.items()})
+
+
+def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str] | None = None,
+            raise_errors: bool = True) -> dict:
+    """Run (or skip, or resume) the job; returns its status and metrics."""
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    results_path = job_dir / "results.json"
+    previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if previous.get("status") == "finished" and not cfg.force:
+        log.info("job already finished, skipping (force=true re-runs it): %s", job_dir)
+        return {"status": "skipped", "job_dir": str(job_dir), "metrics": previous.get("metrics", {})}
+    job = Job(cfg, job_dir, overrides)
+    results = {
+        "status": "running", "algorithm": cfg.algorithm.name, "name": cfg.name, "overrides": job.overrides,
+        "params": swept_params(cfg), "config": OmegaConf.to_container(cfg, resolve=True),
+        "metrics": {}, "artifacts": {}, "error": None, "traceback": None,
+        "trained": bool(previous.get("trained")) and not cfg.force,
+        "attempts": previous.get("attempts", 0) + 1, "config_key": spec_key(OmegaConf.to_container(cfg, resolve=True)),
+    }
+    if previous.get("train_summary") and results["trained"]:
+        results["train_summary"] = previous["train_summary"]
+    logger = cfg.logger
+    wandb_config = {**results["config"], "params": results["params"], "overrides": job.overrides}
+    job.rec = Recorder(job_dir, results, logger, wandb_config, run_name=job_dir.name)
+    t0 = time.time()
+    try:
+        metrics = job.run()
+        status, error, tb = "finished", None, None
+    except Exception as e:  # recorded, then re-raised or returned (multirun goes on)
+        metrics, status, error, tb = results.get("metrics", {}), "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
+        log.error("job failed: %s", error)
+        (job_dir / "traceback.txt").write_text(tb)
+        exc = e
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    fields = {"wall_time_s": round(time.time() - t0, 2), "peak_mem_mb": round(peak, 1),
+              "stage_seconds": job.stage_times, "error": error, "traceback": tb}
+    if torch.cuda.is_available():
+        fields["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    job.rec.finish(status, **fields)
+    if status == "failed" and raise_errors:
+        raise exc
+    return {"status": status, "job_dir": str(job_dir), "metrics": metrics, "error": error}

@@ -1,0 +1,65 @@
+"""The ``dpo-ppo`` entrypoint: one Hydra app that runs one job, or a sweep of them with ``-m``.
+
+    dpo-ppo                                   # the embedded default: DPO, offline, minutes on a CPU
+    dpo-ppo algorithm=ppo algorithm.kl_target=3
+    dpo-ppo model=pythia70m data=imdb classifier=gpt2_imdb experiment=paper_run2
+    dpo-ppo -m sweep=smoke hydra/launcher=joblib
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from dpo_ppo.config import ConfigError, register_configs, validate
+
+log = logging.getLogger("dpo_ppo")
+
+# the config tree at the repo top (an absolute path: Hydra would read "../conf" as a module)
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def slug(override_dirname: str) -> str:
+    """A job folder name from its overrides: readable, filesystem-safe, unique, not too long."""
+    text = re.sub(r"[^A-Za-z0-9=,._+-]+", "_", override_dirname or "").strip("_") or "default"
+    if len(text) > 120:
+        text = f"{text[:100]}..{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+    return text
+
+
+if not OmegaConf.has_resolver("dpo_ppo_slug"):
+    OmegaConf.register_new_resolver("dpo_ppo_slug", slug)
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def app(cfg: DictConfig):
+    from dpo_ppo.job import run_job
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        if multirun:  # recorded by the job like any other failure; the sweep goes on
+            raise
+        print(f"Config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return run_job(cfg, hc.runtime.output_dir, overrides=list(hc.overrides.task),
+                   raise_errors=not multirun)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The reference policy and its tokenizer: the embedded tiny GPT-NeoX, or a hub model.
+
+The embedded default trains a byte-level BPE tokenizer on the corpus (``tokenizers``, well under a
+second), builds a GPT-NeoX with Pythia's architecture at toy size and pretrains it on the reviews
+with transformers' ``Trainer``, so that it writes review-like text of mixed sentiment.  A hub id
+(EleutherAI/pythia-70m) or a local ``save_pretrained`` folder is loaded as it is.  Either way the
+result is saved with ``save_pretrained`` into the artifact folder, and every later stage loads it
+from there, so both worlds take the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling,
+                          GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast, Trainer,
+                          TrainingArguments)
+
+log = logging.getLogger(__name__)
+
+EOS = "<|endoftext|>"
+PAD = "<|padding|>"
+
+OFFLINE_HINT = "Offline, use the embedded default (model=tiny data=synthetic classifier=tiny)"
+
+
+def train_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-2/Pythia style) trained on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS,
+                                   unk_token=EOS, pad_token=PAD)
+
+
+def ensure_pad(tokenizer) -> None:
+    """Pythia and GPT-2 ship no pad token; use EOS, as TRL does."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def tiny_neox_config(model_cfg, tokenizer) -> GPTNeoXConfig:
+    return GPTNeoXConfig(
+        vocab_size=len(tokenizer), hidden_size=model_cfg.hidden_size,
+        num_hidden_layers=model_cfg.num_layers, num_attention_heads=model_cfg.num_heads,
+        intermediate_size=4 * model_cfg.hidden_size, max_position_embeddings=model_cfg.context_length,
+        rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, hidden_dropout=0.0, attention_dropout=0.0,
+    )
+
+
+def _lm_blocks(texts, tokenizer, seq_len: int) -> Dataset:
+    """Reviews joined by EOS and cut into blocks of ``seq_len`` tokens (GPT-style packing)."""
+    ids: list[int] = []
+    for enc in tokenizer(list(texts))["input_ids"]:
+        ids.extend(enc + [tokenizer.eos_token_id])
+    n = len(ids) // seq_len
+    return Dataset.from_dict({"input_ids": [ids[i * seq_len:(i + 1) * seq_len] for i in range(n)]})
+
+
+def pretrain(model, tokenizer, texts, model_cfg, out_dir: Path, seed: int) -> float:
+    """Causal-LM pretraining with ``Trainer``; returns the final training loss."""
+    blocks = _lm_blocks(texts, tokenizer, model_cfg.pretrain_seq_len)
+    args = TrainingArguments(
+        output_dir=str(out_dir / "_trainer"), max_steps=model_cfg.pretrain_steps,
+        per_device_train_batch_size=model_cfg.pretrain_batch_size, learning_rate=model_cfg.pretrain_lr,
+        lr_scheduler_type="cosine", warmup_steps=max(1, model_cfg.pretrain_steps // 20), weight_decay=0.01,
+        logging_steps=max(1, model_cfg.pretrain_steps // 10), save_strategy="no", report_to=[],
+        seed=seed, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=blocks,
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    result = trainer.train()
+    return float(result.training_loss)
+
+
+def build_base(model_cfg, corpus, path: Path, seed: int) -> dict:
+    """Write the reference policy and its tokenizer to ``path``; returns facts for the log."""
+    if model_cfg.source == "embedded":
+        torch.manual_seed(seed)
+        texts = corpus["train"]["text"]
+        tokenizer = train_tokenizer(texts, model_cfg.vocab_size)
+        model = GPTNeoXForCausalLM(tiny_neox_config(model_cfg, tokenizer))
+        loss = pretrain(model, tokenizer, texts, model_cfg, path, seed)
+        import shutil
+        shutil.rmtree(path / "_trainer", ignore_errors=True)
+        info = {"pretrain_loss": loss}
+    else:
+        model, tokenizer = load_hub_lm(model_cfg.source, model_cfg.revision)
+        info = {}
+    ensure_pad(tokenizer)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    info["parameters"] = sum(p.numel() for p in model.parameters())
+    return info
+
+
+def load_hub_lm(source: str, revision: str | None = None):
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    except OSError as e:
+        raise RuntimeError(f"model.source={source!r}: could not load it ({str(e).splitlines()[0][:200]}). "
+                           f"{OFFLINE_HINT}, or point model.source at a save_pretrained folder.") from e
+    return model, tokenizer
+
+
+def load_policy(path, device: str | torch.device = "cpu"):
+    """Load a saved causal LM and its tokenizer (float32, on ``device``)."""
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    ensure_pad(tokenizer)
+    return model, tokenizer

@@ -1,0 +1,122 @@
+"""The reward: a sequence classifier's p(positive | text).
+
+``classifier.source=embedded`` trains a tiny GPT-2 from scratch with the corpus tokenizer;
+``classifier.source=gpt2`` fine-tunes GPT-2 on the corpus labels (the seed's reward); with
+``finetune=false`` the source is taken as a ready sentiment classifier.  Training goes through
+transformers' ``Trainer``; held-out accuracy is measured on the test split and kept beside the
+weights.  The scorer always takes text, never token ids: its tokenizer need not be the policy's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                          GPT2Config, GPT2ForSequenceClassification, Trainer, TrainingArguments)
+
+from dpo_ppo.models import OFFLINE_HINT, ensure_pad
+
+log = logging.getLogger(__name__)
+
+
+class Scorer:
+    """p(positive | text) from a saved sequence classifier."""
+
+    def __init__(self, model, tokenizer, positive_label: int = 1, max_length: int = 256,
+                 batch_size: int = 64):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.positive_label = positive_label
+        self.max_length = max_length
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, path, device="cpu", positive_label: int | None = None, max_length: int | None = None):
+        path = Path(path)
+        meta = json.loads((path / "scorer.json").read_text()) if (path / "scorer.json").exists() else {}
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        ensure_pad(tokenizer)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return cls(model, tokenizer,
+                   positive_label if positive_label is not None else meta.get("positive_label", 1),
+                   max_length or meta.get("max_length", 256))
+
+    @torch.no_grad()
+    def logits(self, texts: list[str]) -> torch.Tensor:
+        """log p(pos) - log p(neg) for each text (float32 on the CPU)."""
+        out = []
+        device = next(self.model.parameters()).device
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(list(texts[start:start + self.batch_size]), padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt").to(device)
+            logp = torch.log_softmax(self.model(**enc).logits.float(), -1)
+            out.append((logp[:, self.positive_label] - logp[:, 1 - self.positive_label]).cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def p_positive(self, texts: list[str]) -> torch.Tensor:
+        return torch.sigmoid(self.logits(texts))
+
+
+def _accuracy(scorer: Scorer, ds) -> float:
+    p = scorer.p_positive(ds["text"]).numpy()
+    labels = np.asarray(ds["label"])
+    return float(((p > 0.5).astype(int) == labels).mean())
+
+
+def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, device) -> dict:
+    """Train (or take) the classifier, save it to ``path``; returns its held-out accuracy."""
+    torch.manual_seed(seed)
+    if cls_cfg.source == "embedded":
+        tokenizer = AutoTokenizer.from_pretrained(str(base_path))  # the corpus BPE
+        ensure_pad(tokenizer)
+        config = GPT2Config(vocab_size=len(tokenizer), n_positions=cls_cfg.max_length,
+                            n_embd=cls_cfg.hidden_size, n_layer=cls_cfg.num_layers, n_head=cls_cfg.num_heads,
+                            num_labels=2, pad_token_id=tokenizer.pad_token_id,
+                            bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+        model = GPT2ForSequenceClassification(config)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cls_cfg.source)
+            ensure_pad(tokenizer)
+            kwargs = {"num_labels": 2} if cls_cfg.finetune else {}
+            model = AutoModelForSequenceClassification.from_pretrained(cls_cfg.source, **kwargs)
+        except OSError as e:
+            raise RuntimeError(f"classifier.source={cls_cfg.source!r}: could not load it "
+                               f"({str(e).splitlines()[0][:200]}). {OFFLINE_HINT}.") from e
+        model.config.pad_token_id = tokenizer.pad_token_id
+    info = {}
+    if cls_cfg.finetune:
+        train = corpus["train"].shuffle(seed=seed)
+        train = train.select(range(min(cls_cfg.train_examples, len(train))))
+
+        def tok(batch):
+            return tokenizer(batch["text"], truncation=True, max_length=cls_cfg.max_length)
+
+        train = train.map(tok, batched=True, remove_columns=["text"], desc="tokenizing").rename_column("label", "labels")
+        args = TrainingArguments(
+            output_dir=str(path / "_trainer"), num_train_epochs=cls_cfg.epochs,
+            per_device_train_batch_size=cls_cfg.batch_size, learning_rate=cls_cfg.lr,
+            warmup_steps=10, weight_decay=0.01, lr_scheduler_type="linear",
+            logging_steps=25, save_strategy="no", report_to=[], seed=seed,
+            use_cpu=str(device) == "cpu", dataloader_num_workers=0,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=train,
+                          data_collator=DataCollatorWithPadding(tokenizer))
+        info["train_loss"] = float(trainer.train().training_loss)
+        shutil.rmtree(path / "_trainer", ignore_errors=True)
+    model = model.to(device)
+    scorer = Scorer(model, tokenizer, cls_cfg.positive_label, cls_cfg.max_length)
+    test = corpus["test"].shuffle(seed=seed).select(range(min(2000, len(corpus["test"]))))
+    info["test_accuracy"] = _accuracy(scorer, test)
+    log.info("classifier: held-out accuracy %.3f on %d test reviews", info["test_accuracy"], len(test))
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    (path / "scorer.json").write_text(json.dumps({"positive_label": cls_cfg.positive_label,
+                                                  "max_length": cls_cfg.max_length, **info}, indent=1))
+    return info
