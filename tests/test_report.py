@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,20 @@ def test_wandb_offline_report_run(tmp_path, monkeypatch):
     runs = list((root / "report" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
     assert not (tmp_path / "wandb").exists()
+    try:
+        from dpo_ppo.record import read_offline_run
+    except ImportError:  # the reader lives with the job's recorder
+        return
+    # wandb's service may still be flushing the file for a moment after finish() returned
+    deadline = time.time() + 20
+    while True:
+        logged = read_offline_run(runs[0].parent)
+        if "jobs/finished" in logged["summary"] or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    # group = the sweep name the jobs recorded (their W&B group), job type "report"
+    assert logged["run"]["group"] == "fab" and logged["run"]["job_type"] == "report"
+    assert logged["run"]["project"] == "dpo-ppo-test"  # from the jobs' logger config
+    keys = set().union(*logged["history"])
+    assert {"plots/frontier/path", "runs/nrows", "matched_kl/nrows"} <= keys
+    assert logged["summary"]["jobs/finished"] == 2
