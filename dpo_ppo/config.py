@@ -184,17 +184,16 @@ class Config:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    cs.store(group="model", name="schema", node=ModelConfig)
-    cs.store(group="data", name="schema", node=DataConfig)
-    cs.store(group="classifier", name="schema", node=ClassifierConfig)
-    cs.store(group="algorithm", name="dpo_schema", node=DPOAlgorithmConfig)
-    cs.store(group="algorithm", name="ppo_schema", node=PPOAlgorithmConfig)
-    cs.store(group="eval", name="schema", node=EvalConfig)
-    cs.store(group="logger", name="schema", node=LoggerConfig)
+    # schemas live in their own group so that `--help` lists only real options under each group;
+    # each group's yaml starts with `- /schema@_here_: <name>`
+    for name, node in [("model", ModelConfig), ("data", DataConfig), ("classifier", ClassifierConfig),
+                       ("dpo", DPOAlgorithmConfig), ("ppo", PPOAlgorithmConfig), ("eval", EvalConfig),
+                       ("logger", LoggerConfig)]:
+        cs.store(group="schema", name=name, node=node)
     try:  # the analysis schema lives with the analyses
         from dpo_ppo.analysis.config import AnalysisConfig
 
-        cs.store(group="analysis", name="schema", node=AnalysisConfig)
+        cs.store(group="schema", name="analysis", node=AnalysisConfig)
     except ImportError:  # pragma: no cover - analysis package not installed yet
         pass
 

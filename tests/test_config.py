@@ -1,0 +1,112 @@
+"""Config composes, validates and fails early with a message that names the key."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from conftest import compose_cfg
+from dpo_ppo.config import ConfigError, validate
+
+
+def test_default_composes_and_validates():
+    cfg = compose_cfg(tiny=False)
+    validate(cfg)
+    assert cfg.algorithm.name == "dpo" and cfg.model.source == "embedded"
+    assert (cfg.eval.num_prompts, cfg.eval.prefix_len, cfg.eval.completion_len) == (2000, 25, 100)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("algorithm.beta=-1", "algorithm.beta"),
+    ("algorithm.lr=0", "algorithm.lr"),
+    ("algorithm.num_completions=1", "algorithm.num_completions"),
+    ("algorithm.prefix_len=250", "algorithm.prefix_len"),
+    ("eval.prefix_len=200", "eval.prefix_len"),
+    ("data.test_fraction=1.5", "data.test_fraction"),
+])
+def test_bad_values_name_the_key(override, key):
+    cfg = compose_cfg([override], tiny=False)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert err.value.key == key and str(err.value).startswith(key)
+
+
+def test_ppo_checks():
+    validate(compose_cfg(["algorithm=ppo"], tiny=False))
+    for override, key in [("algorithm.kl_target=-2", "algorithm.kl_target"),
+                          ("algorithm.kl_estimator=k2", "algorithm.kl_estimator"),
+                          ("algorithm.lam=1.5", "algorithm.lam"),
+                          ("algorithm.prefix_len_max=10", "algorithm.prefix_len_max")]:
+        with pytest.raises(ConfigError, match=key):
+            validate(compose_cfg(["algorithm=ppo", override], tiny=False))
+
+
+def test_typo_and_wrong_type_fail_at_composition():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg(["algorithm.betaa=0.1"])
+    assert "betaa" in str(err.value.__cause__ or err.value)
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_cfg(["algorithm.beta=high"])
+    # beta means nothing to PPO: the PPO schema has no such key
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg(["algorithm=ppo", "algorithm.beta=0.1"])
+
+
+def test_unknown_algorithm_lists_choices():
+    with pytest.raises(Exception) as err:
+        compose_cfg(["algorithm=foo"])
+    text = str(err.value)
+    assert "algorithm/foo" in text and "dpo" in text and "ppo" in text
+
+
+def test_paper_presets_match_section_5_1():
+    run1_dpo = compose_cfg(["experiment=paper_run1", "model=pythia70m"], tiny=False).algorithm
+    assert (run1_dpo.examples, run1_dpo.lr, run1_dpo.beta, run1_dpo.num_completions, run1_dpo.prefix_len,
+            run1_dpo.prefix_len_max, run1_dpo.completion_len) == (25000, 1e-6, 0.1, 8, 100, None, 500)
+    run1_ppo = compose_cfg(["experiment=paper_run1", "algorithm=ppo", "model=pythia70m"], tiny=False)
+    a = run1_ppo.algorithm
+    assert (a.examples, a.lr, a.kl_target, a.adaptive_kl, a.num_completions, a.prefix_len, a.prefix_len_max,
+            a.completion_len) == (25000, 1e-6, 0.1, True, 2, 25, 75, 200)
+    run2_dpo = compose_cfg(["experiment=paper_run2", "model=pythia70m"], tiny=False)
+    a = run2_dpo.algorithm
+    assert (a.examples, a.lr, a.beta, a.num_completions, a.prefix_len, a.completion_len) == (10000, 1e-6, 0.1, 4, 25, 100)
+    run2_ppo = compose_cfg(["experiment=paper_run2", "algorithm=ppo", "model=pythia70m"], tiny=False)
+    a = run2_ppo.algorithm
+    assert (a.examples, a.lr, a.kl_target, a.num_completions, a.prefix_len, a.completion_len) == (10000, 1e-6, 0.1, 4, 25, 100)
+    assert run2_ppo.name == "paper_run2"
+    for cfg in (run1_ppo, run2_ppo, run2_dpo):
+        validate(cfg)
+        assert cfg.weight_decay if False else cfg.algorithm.weight_decay == 0.0  # AdamW, no decay given
+
+
+def test_paper_run1_does_not_fit_the_tiny_model():
+    with pytest.raises(ConfigError, match="algorithm.prefix_len.*context"):
+        validate(compose_cfg(["experiment=paper_run1"], tiny=False))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "dpo_ppo.main", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_bad_value_exits_with_one_line(tmp_path):
+    proc = _cli("algorithm.beta=-1", f"hydra.run.dir={tmp_path}", "logger=none")
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == ["Config error: algorithm.beta: must be > 0, got -1.0"]
+    assert not (tmp_path / "results.json").exists()  # no stage started
+
+
+def test_cli_typo_names_the_key(tmp_path):
+    proc = _cli("algorithm.betaa=1", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "algorithm.betaa" in proc.stderr
+
+
+def test_cli_help_and_cfg_job():
+    proc = _cli("--help")
+    assert proc.returncode == 0 and "algorithm: dpo, ppo" in proc.stdout
+    proc = _cli("--cfg", "job", "algorithm=ppo")
+    assert proc.returncode == 0 and "kl_target" in proc.stdout and "beta:" not in proc.stdout
