@@ -42,6 +42,9 @@ LABELS = {"dpo": "DPO", "ppo": "PPO"}
 KNOB = {"dpo": ("beta", "β"), "ppo": ("kl_target", "KL*")}
 RESULTS = "results.json"
 SKIP_DIRS = {"report", "wandb", ".submitit", ".hydra", "__pycache__"}
+# override keys that name where/how a job runs, not what it computes (cf. conf/config.yaml's
+# hydra.job.config.override_dirname.exclude_keys)
+NOT_CONFIG = {"seed", "logger", "device", "force", "cache_dir", "sweep", "name", "hydra"}
 
 # two-sided 95% Student t quantiles by degrees of freedom (no scipy needed)
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -119,13 +122,26 @@ class Run:
     def seed(self) -> Any:
         return self.params.get("seed")
 
+    def extra_overrides(self) -> List[str]:
+        """Overrides that params do not already say (model=pythia70m, experiment=...), minus the
+        seed and the keys that do not change a result (logger, device, ...)."""
+        out = []
+        for o in self.overrides:
+            key = o.split("=", 1)[0].lstrip("+~")
+            if key in NOT_CONFIG or key.split(".")[0] in NOT_CONFIG or key == "algorithm":
+                continue
+            if key.startswith("algorithm.") and key[len("algorithm."):] in self.params:
+                continue
+            if key in self.params:
+                continue
+            out.append(o.lstrip("+"))
+        return sorted(out)
+
     def group_key(self) -> Tuple:
-        """Everything that defines the configuration except the seed."""
-        if self.params:
-            items = [(k, v) for k, v in self.params.items() if k != "seed"]
-        else:
-            items = [(o.split("=", 1)[0], o.split("=", 1)[-1]) for o in self.overrides
-                     if o.split("=", 1)[0].lstrip("+~") != "seed"]
+        """Everything that defines the configuration except the seed: params and any other
+        override (runs of model=tiny and model=pythia70m are not pooled)."""
+        items = [(k, v) for k, v in self.params.items() if k != "seed"]
+        items += [("override", o) for o in self.extra_overrides()]
         return (self.algorithm,) + tuple(sorted((str(k), json.dumps(v, sort_keys=True, default=str))
                                                 for k, v in items))
 
@@ -625,14 +641,15 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, bins: int 
                "Test reward against KL to the reference, per configuration (params minus seed): mean "
                "and 95% t-interval over seeds on both axes; faint dots are single runs; the star is "
                "the reference policy at KL 0.", "", "![frontier](frontier.png)", ""]
-        vary = varying_params(runs)
+        vary = [k for k in varying_params(runs) if k not in ("beta", "kl_target")]
+        extra = any(g.runs[0].extra_overrides() for g in groups)
         rows = []
         for g in groups:
             p = g.runs[0].params
-            rows.append([LABELS.get(g.algorithm, g.algorithm), g.label()]
-                        + [p.get(k, "") for k in vary if k not in ("beta", "kl_target")]
+            rows.append([LABELS.get(g.algorithm, g.algorithm), g.label()] + [p.get(k, "") for k in vary]
+                        + ([" ".join(g.runs[0].extra_overrides())] if extra else [])
                         + [len(g.runs), g.stat(REWARD).text(), g.stat(KL).text()])
-        md.append(_md_table(["algorithm", "knob"] + [k for k in vary if k not in ("beta", "kl_target")]
+        md.append(_md_table(["algorithm", "knob"] + vary + (["other overrides"] if extra else [])
                             + ["seeds", "reward", "KL (nats)"], rows))
         md.append("")
         # metrics vs KL
@@ -706,7 +723,7 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, bins: int 
         "wall_time_s": wall, "peak_mem_mb": max(mems) if mems else None,
         "failed": [{"job": r.rel, "error": _first_line(r.error)} for r in runs if r.status == "failed"],
         "groups": [{"algorithm": g.algorithm, "params": {k: v for k, v in g.runs[0].params.items() if k != "seed"},
-                    "seeds": [r.seed for r in g.runs],
+                    "overrides": g.runs[0].extra_overrides(), "seeds": [r.seed for r in g.runs],
                     "metrics": {m: vars(g.stat(m)) for m in metrics}} for g in groups],
         "matched_kl": [{"lo": b.lo, "hi": b.hi, "n": {a: len(b.runs[a]) for a in ALGORITHMS},
                         "metrics": {m: {a: vars(b.stat(a, m)) for a in ALGORITHMS} for m in metrics},

@@ -198,3 +198,19 @@ def test_wandb_offline_report_run(tmp_path, monkeypatch):
     keys = set().union(*logged["history"])
     assert {"plots/frontier/path", "runs/nrows", "matched_kl/nrows"} <= keys
     assert logged["summary"]["jobs/finished"] == 2
+
+
+def test_seeds_pool_only_within_one_configuration(tmp_path):
+    """Same params, different model override: two configurations, not one of four seeds."""
+    root = tmp_path / "m"
+    for s in range(2):
+        write_job(root, "dpo", 0.1, s, 1.0 + s, 0.5, 0.01)
+        other = write_job(root / "pythia", "dpo", 0.1, s, 5.0 + s, 0.7, 0.01)
+        results = json.loads((other / "results.json").read_text())
+        results["overrides"] += ["model=pythia70m", "+sweep=confound", "logger=wandb"]
+        (other / "results.json").write_text(json.dumps(results))
+    summary = report.build_report(root)
+    groups = sorted((g["overrides"], g["seeds"], g["metrics"]["eval/policy/kl_to_ref"]["mean"])
+                    for g in summary["groups"])
+    assert groups == [([], [0, 1], 1.5), (["model=pythia70m"], [0, 1], 5.5)]
+    assert "other overrides" in (root / "report" / "report.md").read_text()
