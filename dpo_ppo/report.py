@@ -236,10 +236,17 @@ def load_sweep(root: Path) -> Tuple[List[Run], Dict[str, Any]]:
             meta = json.loads(sweep_file.read_text())
         except ValueError:
             meta = {}
-        known = {os.path.normpath(r.rel) for r in runs}
+        by_rel = {os.path.normpath(r.rel): r for r in runs}
+        known = set(by_rel)
         for job in meta.get("jobs", []):
             rel = job.get("dir")
-            if not rel or os.path.isabs(rel) or os.path.normpath(rel) in known:
+            if not rel or os.path.isabs(rel):
+                continue
+            run = by_rel.get(os.path.normpath(rel))
+            if run is not None and run.status == "no results" and job.get("status") == "failed":
+                # e.g. a config error raised before the job could write results.json
+                run.status, run.error = "failed", job.get("error")
+            if os.path.normpath(rel) in known:
                 continue
             known.add(os.path.normpath(rel))
             algorithm = next((o.split("=", 1)[1] for o in job.get("overrides", [])
@@ -573,7 +580,7 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _first_line(text: Any) -> str:
+def _last_line(text: Any) -> str:
     text = str(text or "").strip()
     return text.splitlines()[-1][:200] if text else ""
 
@@ -584,7 +591,7 @@ def write_runs_csv(runs: Sequence[Run], metrics: Sequence[str], path: Path) -> T
     rows = [[r.rel, r.status, r.algorithm or ""] + [r.params.get(p, "") for p in params]
             + [r.metrics.get(m, "") for m in metrics]
             + [r.wall_time_s if r.wall_time_s is not None else "", r.peak_mem_mb if r.peak_mem_mb is not None else "",
-               _first_line(r.error)] for r in runs]
+               _last_line(r.error)] for r in runs]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -626,7 +633,7 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, bins: int 
     if unfinished:
         md += ["Jobs without finished results (ignored below):", ""]
         md.append(_md_table(["job", "status", "error"],
-                            [[f"`{r.rel}`", r.status, _first_line(r.error)] for r in unfinished]))
+                            [[f"`{r.rel}`", r.status, _last_line(r.error)] for r in unfinished]))
         md.append("")
     if not done:
         md += ["No finished jobs yet.", ""]
@@ -721,7 +728,7 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, bins: int 
     summary = {
         "name": name, "sweep_dir": str(root), "counts": counts, "jobs": len(runs),
         "wall_time_s": wall, "peak_mem_mb": max(mems) if mems else None,
-        "failed": [{"job": r.rel, "error": _first_line(r.error)} for r in runs if r.status == "failed"],
+        "failed": [{"job": r.rel, "error": _last_line(r.error)} for r in runs if r.status == "failed"],
         "groups": [{"algorithm": g.algorithm, "params": {k: v for k, v in g.runs[0].params.items() if k != "seed"},
                     "overrides": g.runs[0].extra_overrides(), "seeds": [r.seed for r in g.runs],
                     "metrics": {m: vars(g.stat(m)) for m in metrics}} for g in groups],

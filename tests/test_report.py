@@ -53,11 +53,15 @@ def sweep(tmp_path_factory) -> Path:
               error="Traceback ...\nRuntimeError: CUDA out of memory")
     write_job(root, "dpo", 5, 0, 0, 0, 0, status="running", wall=None, mem=None)
     (root / "algorithm.beta=2,algorithm=dpo,seed=0" / ".hydra").mkdir(parents=True)  # started, no results
+    (root / "algorithm.beta=-1,algorithm=dpo,seed=0" / ".hydra").mkdir(parents=True)  # raised before results
     (root / "sweep.json").write_text(json.dumps({"name": "fab", "jobs": [
         {"idx": 0, "arm": "dpo", "overrides": ["algorithm=dpo", "algorithm.beta=0.1", "seed=0"],
          "dir": "algorithm.beta=0.1,algorithm=dpo,seed=0", "status": "finished"},
         {"idx": 1, "arm": "ppo", "overrides": ["algorithm=ppo", "algorithm.kl_target=16", "seed=0"],
-         "dir": "algorithm.kl_target=16,algorithm=ppo,seed=0", "status": "pending"}]}))
+         "dir": "algorithm.kl_target=16,algorithm=ppo,seed=0", "status": "pending"},
+        {"idx": 2, "arm": "dpo", "overrides": ["algorithm=dpo", "algorithm.beta=-1", "seed=0"],
+         "dir": "algorithm.beta=-1,algorithm=dpo,seed=0", "status": "failed",
+         "error": "ConfigError('algorithm.beta: must be > 0, got -1.0')"}]}))
     return root
 
 
@@ -80,14 +84,16 @@ def test_mean_ci_by_hand():
 
 def test_progress_and_cost(built):
     out, md, summary = built
-    assert summary["counts"] == {"finished": 12, "failed": 1, "running": 1, "no results": 1, "pending": 1}
+    assert summary["counts"] == {"finished": 12, "failed": 2, "running": 1, "no results": 1, "pending": 1}
     assert summary["wall_time_s"] == pytest.approx(12 * 100 + 50)
     assert summary["peak_mem_mb"] == 900
-    assert "16 jobs: 12 finished, 1 failed, 1 running, 1 started without results, 1 not started" in md
+    assert "17 jobs: 12 finished, 2 failed, 1 running, 1 started without results, 1 not started" in md
     assert "1250 s of job wall time" in md and "900 MB" in md
     # unfinished jobs are listed, with the failure's last line
     assert "| `algorithm.kl_target=24,algorithm=ppo,seed=0` | failed | RuntimeError: CUDA out of memory |" in md
     assert "`algorithm.kl_target=16,algorithm=ppo,seed=0` | pending" in md
+    # a job that failed before writing results.json: the sweeper's record says why
+    assert "| `algorithm.beta=-1,algorithm=dpo,seed=0` | failed | ConfigError('algorithm.beta: must be > 0" in md
 
 
 def test_frontier(built):
@@ -147,7 +153,7 @@ def test_compare_two_runs(built):
 def test_runs_csv(built):
     out, _, _ = built
     lines = (out / "runs.csv").read_text().splitlines()
-    assert len(lines) == 1 + 16 and lines[0].startswith("job,status,algorithm")
+    assert len(lines) == 1 + 17 and lines[0].startswith("job,status,algorithm")
 
 
 def test_log_bins_and_no_finished_jobs(tmp_path):

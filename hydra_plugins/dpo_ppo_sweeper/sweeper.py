@@ -202,7 +202,7 @@ def read_results(path: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
-def _first_line(text: Any, limit: int = 300) -> str:
+def _last_line(text: Any, limit: int = 300) -> str:
     text = str(text).strip()
     line = text.splitlines()[-1] if text else ""
     return line[:limit]
@@ -355,18 +355,18 @@ class DpoPpoSweeper(Sweeper):
                 job.dir = str(out)
         on_disk = read_results(Path(job.dir) / self.results_file) if job.dir else None
         if ret is not None and ret.status == JobStatus.FAILED:
-            job.status, job.error = "failed", _first_line(repr(ret._return_value))
+            job.status, job.error = "failed", _last_line(repr(ret._return_value))
             return
         if ret is not None and ret.status == JobStatus.COMPLETED:
             value = ret._return_value
             if isinstance(value, Mapping) and value.get("status") in ("finished", "skipped", "failed"):
                 job.status = str(value["status"])
                 if job.status == "failed":
-                    job.error = _first_line(value.get("error") or (on_disk or {}).get("error") or "failed")
+                    job.error = _last_line(value.get("error") or (on_disk or {}).get("error") or "failed")
                 return
             # no status in the return value: trust the folder, else the fact it returned
             if on_disk and on_disk.get("status") == "failed":
-                job.status, job.error = "failed", _first_line(on_disk.get("error") or "failed")
+                job.status, job.error = "failed", _last_line(on_disk.get("error") or "failed")
             else:
                 job.status = "finished"
             return
@@ -375,7 +375,7 @@ class DpoPpoSweeper(Sweeper):
             job.status = "finished"
         else:
             job.status = "failed"
-            job.error = _first_line((on_disk or {}).get("error") or launch_error or "no result")
+            job.error = _last_line((on_disk or {}).get("error") or launch_error or "no result")
 
     def _counts(self) -> Dict[str, int]:
         counts = {"finished": 0, "skipped": 0, "failed": 0, "pending": 0}
@@ -458,7 +458,7 @@ class DpoPpoSweeper(Sweeper):
                 error = None
             except Exception as err:  # e.g. submitit: a job killed by the scheduler
                 log.error(f"[{name}] launcher failed on batch {b + 1}/{len(batches)}: {err!r}")
-                results, error = [None] * len(batch), _first_line(repr(err))
+                results, error = [None] * len(batch), _last_line(repr(err))
             launch_time += time.time() - tic
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
             for idx, ret in zip(batch, results):
