@@ -1,0 +1,109 @@
+"""Analysis 2: how far the tuned model's activations moved from the reference's (seed 2.2, 3.2).
+
+Both models read the same held-out prompts.  At every layer ``L`` three activation sites are
+compared, read with TransformerLens hooks on a ``TransformerBridge`` of each model:
+
+* ``resid``: the residual stream after block L (``blocks.L.hook_resid_post``);
+* ``attn``:  the attention block's output added to the stream (``blocks.L.hook_attn_out``);
+* ``mlp``:   the MLP's output added to the stream (``blocks.L.hook_mlp_out``).
+
+For each token position ``t`` with tuned activation ``a`` and reference activation ``b`` (vectors
+of size d_model) two numbers are computed:
+
+* **cosine similarity** ``cos(a, b) = a.b / (|a| |b|)``; 1 for identical activations;
+* **"KL between activations"** ``KL(softmax(a) || softmax(b)) = sum_i p_i (log p_i - log q_i)``
+  with ``p = softmax(a)``, ``q = softmax(b)`` taken over the d_model hidden units: each activation
+  vector is read as the logits of a distribution over hidden units.  This is what the seed's
+  "KL divergence between activation vectors" can mean for real-valued vectors; it is 0 for
+  identical activations and grows with their difference, but it is not a divergence between
+  anything the model predicts: it depends on the activations' scale (multiplying both by 2
+  changes it) and on the arbitrary basis of the hidden units.  Read it as a distance, nothing more.
+
+The meaningful companion is the **logit-lens KL**: the residual stream after block L, passed
+through each model's own final LayerNorm and unembedding, is a next-token distribution; the KL
+``KL(P_tuned || P_ref)`` between the two models' distributions (over the vocabulary) says how
+differently the two models would predict the next token if decoding stopped at layer L.  At the
+last layer it is the KL between the models' actual next-token distributions.  The direction
+(tuned first) is that of the KL penalty in RLHF, ``E_policy[log pi - log pi_ref]``.
+
+Averaging: per-token values are averaged over a prompt's tokens (padding excluded), then over
+prompts (each prompt counts once); separately over positive-only, negative-only and all prompts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from dpo_ppo.analysis.common import batches, right_pad
+
+SITES = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
+SUBSETS = ("all", "pos", "neg")
+
+
+def softmax_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
+    """KL(softmax(p) || softmax(q)) over the last dimension."""
+    lp = F.log_softmax(p_logits.to(dtype), -1)
+    lq = F.log_softmax(q_logits.to(dtype), -1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+def _per_prompt_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] -> [B]: mean over the real (unpadded) tokens."""
+    m = mask.to(x.dtype)
+    return (x * m).sum(-1) / m.sum(-1)
+
+
+@torch.no_grad()
+def activation_divergence(ref_bridge, pol_bridge, seqs: list[list[int]], labels: list[int], *,
+                          pad: int, batch_size: int = 16, progress: bool = True) -> dict:
+    """Cosine and softmax-KL per site and layer, and logit-lens KL per layer.
+
+    Returns ``{"sites": {site: {"cos"|"kl": {subset: [per layer]}}}, "logit_lens_kl": {subset:
+    [per layer]}, "num_prompts": {subset: n}}``.
+    """
+    n_layers = ref_bridge.cfg.n_layers
+    device = ref_bridge.cfg.device
+    wanted = tuple(SITES.values())
+
+    def names_filter(name):
+        return name.endswith(wanted)
+
+    per = {site: {m: [] for m in ("cos", "kl")} for site in SITES}
+    lens = []
+    spans = list(batches(len(seqs), batch_size))
+    for span in tqdm(spans, desc="activations", unit="batch", leave=False, disable=not progress):
+        ids, mask = right_pad(seqs[span], pad, device=device)
+        _, ref_cache = ref_bridge.run_with_cache(ids, names_filter=names_filter)
+        _, pol_cache = pol_bridge.run_with_cache(ids, names_filter=names_filter)
+        for site, hook in SITES.items():
+            cos_l, kl_l = [], []
+            for L in range(n_layers):
+                a = pol_cache[f"blocks.{L}.{hook}"].double()
+                b = ref_cache[f"blocks.{L}.{hook}"].double()
+                cos_l.append(_per_prompt_mean(F.cosine_similarity(a, b, dim=-1, eps=1e-12), mask))
+                kl_l.append(_per_prompt_mean(softmax_kl(a, b), mask))
+            per[site]["cos"].append(torch.stack(cos_l, 1).cpu())
+            per[site]["kl"].append(torch.stack(kl_l, 1).cpu())
+        lens_l = []
+        for L in range(n_layers):
+            key = f"blocks.{L}.{SITES['resid']}"
+            pol_logits = pol_bridge.unembed(pol_bridge.ln_final(pol_cache[key]))
+            ref_logits = ref_bridge.unembed(ref_bridge.ln_final(ref_cache[key]))
+            lens_l.append(_per_prompt_mean(softmax_kl(pol_logits, ref_logits, torch.float32).double(), mask))
+        lens.append(torch.stack(lens_l, 1).cpu())
+        del ref_cache, pol_cache
+
+    labels_t = torch.as_tensor(labels)
+    masks = {"all": torch.ones_like(labels_t, dtype=torch.bool), "pos": labels_t == 1, "neg": labels_t != 1}
+
+    def summarise(values: torch.Tensor) -> dict:  # [N, L] -> {subset: [L]}
+        return {s: (values[m].mean(0).tolist() if m.any() else [float("nan")] * n_layers)
+                for s, m in masks.items()}
+
+    return {
+        "sites": {site: {metric: summarise(torch.cat(v)) for metric, v in d.items()} for site, d in per.items()},
+        "logit_lens_kl": summarise(torch.cat(lens)),
+        "num_prompts": {s: int(m.sum()) for s, m in masks.items()},
+    }
