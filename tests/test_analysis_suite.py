@@ -1,0 +1,245 @@
+"""The whole suite (run_analysis), its config group and the dpo-ppo-analyze command."""
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dpo_ppo.analysis.cli import load_preset, main
+from dpo_ppo.analysis.config import AnalysisConfig
+from dpo_ppo.analysis.suite import run_analysis
+from dpo_ppo.analysis.toy import LexiconScorer, toy_model, toy_reviews, toy_tokenizer
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def world():
+    texts, labels = toy_reviews(60)
+    tok = toy_tokenizer(texts)
+    ref = toy_model(tok, layers=2, hidden=32, heads=4, initializer_range=0.1)
+    pol = copy.deepcopy(ref)
+    with torch.no_grad():
+        for name, p in pol.named_parameters():
+            p.add_((0.05 if name.endswith("bias") else 0.01) * torch.randn_like(p))
+    return tok, ref, pol, texts, labels
+
+
+def _strict_json(path):
+    def no_nan(x):
+        raise ValueError(f"non-JSON constant {x}")
+    return json.loads(Path(path).read_text(), parse_constant=no_nan)
+
+
+def _fast(**overrides):
+    cfg = load_preset("fast")
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+EXPECTED = [
+    "analysis/weights/msd_weights", "analysis/weights/msd_biases", "analysis/weights/msd_all",
+    "analysis/weights/msd_layer0", "analysis/weights/msd_layer1", "analysis/weights/bias_weight_ratio",
+    "analysis/weights/num_snapshots",
+    *[f"analysis/activations/{site}/{m}_{s}_mean" for site in ("resid", "attn", "mlp") for m in ("cos", "kl")
+      for s in ("all", "pos", "neg")],
+    "analysis/activations/resid/cos_all_layer1", "analysis/activations/mlp/kl_neg_layer0",
+    "analysis/activations/logit_lens_kl_layer0", "analysis/activations/logit_lens_kl_layer1",
+    "analysis/activations/output_kl",
+    *[f"analysis/ablation/{m}/{k}/{x}_{s}" for m in ("reference", "policy") for k in ("zero", "mean")
+      for x in ("lm_loss_increase", "grad_loss_delta", "binary_loss_delta") for s in ("mean", "max")],
+    "analysis/ablation/policy/lm_loss_base", "analysis/ablation/policy/grad_loss_base",
+    *[f"analysis/heads/{t}_max_abs_change" for t in ("previous_token", "duplicate_token", "induction")],
+    "analysis/heads/reference/induction_max", "analysis/heads/policy/previous_token_max",
+    "analysis/sentiment_attention/max_abs_change", "analysis/sentiment_attention/top_change_layer",
+    "analysis/sentiment_attention/top_change_head", "analysis/sentiment_attention/policy/max_attention",
+    "analysis/time_s/total",
+]
+
+
+def test_full_suite_on_tiny_models(world, tmp_path):
+    tok, ref, pol, texts, labels = world
+    snaps = []
+    for k, examples in enumerate([10, 20]):
+        m = copy.deepcopy(ref)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.01 * (k + 1))
+        m.save_pretrained(tmp_path / "snapshots" / f"ex_{examples:07d}")
+        snaps.append(tmp_path / "snapshots" / f"ex_{examples:07d}")
+    scorer = LexiconScorer()
+    before = {n: p.clone() for n, p in pol.state_dict().items()}
+    pol.train()
+    res = run_analysis(_fast(ablation_reference=True), ref, pol, tok, texts=texts, labels=labels, scorer=scorer,
+                       out_dir=tmp_path / "out", snapshots=snaps, device="cpu", strict=True)
+    assert res["errors"] == {}
+    missing = [k for k in EXPECTED if k not in res["scalars"]]
+    assert not missing, missing
+    assert all(k.startswith("analysis/") for k in res["scalars"])
+    assert all(math.isfinite(v) for v in res["scalars"].values())
+    s = res["scalars"]
+    assert s["analysis/weights/msd_biases"] > s["analysis/weights/msd_weights"] > 0  # as perturbed
+    assert s["analysis/weights/num_snapshots"] == 2
+    assert 0 < s["analysis/activations/resid/cos_all_mean"] < 1
+    assert s["analysis/activations/logit_lens_kl_layer1"] == s["analysis/activations/output_kl"] > 0
+    assert scorer.calls > 0  # the sentiment objective was really scored
+    # the caller's models are untouched, and keep their train/eval mode
+    assert pol.training and not ref.training
+    assert all(torch.equal(before[n], p) for n, p in pol.state_dict().items())
+    # outputs on disk
+    saved = _strict_json(tmp_path / "out" / "analysis.json")
+    assert set(saved["scalars"]) == set(res["scalars"])
+    assert saved["config"]["name"] == "fast"
+    for name, path in res["images"].items():
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert {"weights_summary", "weights_over_training", "activations_cos", "logit_lens_kl",
+            "ablation_lm_loss_increase", "heads_induction", "sentiment_attention"} <= set(res["images"])
+    assert any(k.startswith("attention_L") for k in res["images"])
+    for name, table in res["tables"].items():
+        assert table["data"] and all(len(row) == len(table["columns"]) for row in table["data"]), name
+    assert len(res["tables"]["ablation"]["data"]) == 2 * 2 * 2 * 4  # models x kinds x layers x heads
+    assert [r[0] for r in res["tables"]["weights_over_training"]["data"]] == [10, 20]
+    # per_head: flat names -> layer x head matrices only
+    assert {"ablation/policy/zero/lm_loss_increase", "ablation/reference/mean/grad_loss_delta",
+            "heads/policy/induction", "heads/change/previous_token", "sentiment_attention/change"} <= set(res["per_head"])
+    for name, grid in res["per_head"].items():
+        assert len(grid) == 2 and all(len(row) == 4 for row in grid), name
+    assert res["details"]["ablation"]["policy"]["completions_base"]
+
+
+def test_identical_models_show_no_change(world, tmp_path):
+    tok, ref, _, texts, labels = world
+    cfg = _fast(ablation=False)
+    res = run_analysis(cfg, ref, copy.deepcopy(ref), tok, texts=texts, labels=labels, scorer=LexiconScorer(),
+                       out_dir=tmp_path, strict=True)
+    s = res["scalars"]
+    assert s["analysis/weights/msd_all"] == 0.0
+    for site in ("resid", "attn", "mlp"):
+        assert s[f"analysis/activations/{site}/cos_all_mean"] == pytest.approx(1.0, abs=1e-6)
+        assert abs(s[f"analysis/activations/{site}/kl_all_mean"]) < 1e-9
+    assert s["analysis/activations/output_kl"] < 1e-7
+    for t in ("previous_token", "duplicate_token", "induction"):
+        assert s[f"analysis/heads/{t}_max_abs_change"] < 1e-6
+    assert s["analysis/sentiment_attention/max_abs_change"] < 1e-6
+    assert not any(k.startswith("analysis/ablation/") for k in s)
+
+
+def test_disabled_suite_writes_an_empty_result(world, tmp_path):
+    tok, ref, pol, texts, labels = world
+    res = run_analysis(load_preset("none"), ref, pol, tok, texts=texts, labels=labels, scorer=None, out_dir=tmp_path)
+    assert res["scalars"] == {} and res["images"] == {}
+    assert _strict_json(tmp_path / "analysis.json")["config"]["enabled"] is False
+
+
+def test_a_failing_analysis_is_recorded_unless_strict(world, tmp_path):
+    tok, ref, pol, texts, labels = world
+    cfg = _fast(activations=False, ablation=False, heads=False,
+                sentiment_prompts=["a prompt whose [word]"])  # nothing after the word: invalid
+    res = run_analysis(cfg, ref, pol, tok, texts=texts, labels=labels, scorer=None, out_dir=tmp_path)
+    assert "sentiment_attention" in res["errors"] and "analysis/weights/msd_all" in res["scalars"]
+    with pytest.raises(ValueError, match="last token"):
+        run_analysis(cfg, ref, pol, tok, texts=texts, labels=labels, scorer=None, out_dir=tmp_path, strict=True)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_presets_compose_with_hydra_and_validate():
+    from hydra import compose, initialize_config_dir
+
+    from dpo_ppo.config import ConfigError, register_configs, validate
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        for preset in ("full", "fast", "none"):
+            cfg = compose("config", overrides=[f"analysis={preset}"])
+            assert cfg.analysis.name == preset
+            validate(cfg)
+        assert compose("config").analysis.name == "full"  # the default
+        assert compose("config", overrides=["analysis=none"]).analysis.enabled is False
+        bad = {"analysis.ablation_kinds=[zero,median]": "analysis.ablation_kinds",
+               "analysis.activation_prompts=0": "analysis.activation_prompts",
+               "analysis.attention_layer=-2": "analysis.attention_layer",
+               "analysis.max_tokens=1000": "analysis.max_tokens",
+               "analysis.sentiment_prompts=[no mark here]": "analysis.sentiment_prompts[0]",
+               "analysis.ablation_temperature=0": "analysis.ablation_temperature"}
+        for override, key in bad.items():
+            cfg = compose("config", overrides=["analysis=fast", override])
+            with pytest.raises(ConfigError) as e:
+                validate(cfg)
+            assert e.value.key == key, override
+        # a disabled suite is not checked further
+        validate(compose("config", overrides=["analysis=none", "analysis.activation_prompts=0"]))
+
+
+def test_full_preset_matches_the_schema_defaults():
+    full = OmegaConf.load(CONF / "analysis" / "full.yaml")
+    defaults = OmegaConf.structured(AnalysisConfig)
+    for key, value in full.items():
+        if key != "defaults":
+            assert defaults[key] == value, key
+    fast = load_preset("fast", ["heads=false"])
+    assert fast.name == "fast" and fast.heads is False and fast.activation_prompts < defaults.activation_prompts
+
+
+# --------------------------------------------------------------------------- dpo-ppo-analyze
+
+
+def _save_classifier(path, tok):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=16, n_layer=1, n_head=2, num_labels=2,
+                     pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    GPT2ForSequenceClassification(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def test_cli_reanalyses_a_job_folder(world, tmp_path, capsys):
+    from datasets import Dataset, DatasetDict
+
+    tok, ref, pol, texts, labels = world
+    job = tmp_path / "job"
+    for name, model in (("reference", ref), ("policy", pol)):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    pol.save_pretrained(job / "snapshots" / "ex_0000016")
+    _save_classifier(tmp_path / "classifier", tok)
+    DatasetDict({"train": Dataset.from_dict({"text": texts[:10], "label": labels[:10]}),
+                 "test": Dataset.from_dict({"text": texts, "label": labels})}).save_to_disk(tmp_path / "corpus")
+    job.mkdir(exist_ok=True)
+    (job / "results.json").write_text(json.dumps({"artifacts": {
+        "reference": str(tmp_path / "reference"), "policy": str(tmp_path / "policy"),
+        "classifier": str(tmp_path / "classifier"), "corpus": str(tmp_path / "corpus")}}))
+    assert main(["--job", str(job), "--preset", "fast", "--set", "heads=false", "--device", "cpu"]) == 0
+    out = job / "reanalysis-fast" / "analysis.json"
+    saved = _strict_json(out)
+    assert saved["config"]["heads"] is False and saved["errors"] == {}
+    assert saved["scalars"]["analysis/weights/num_snapshots"] == 1
+    assert "analysis/ablation/policy/zero/grad_loss_delta_max" in saved["scalars"]  # the real scorer ran
+    printed = capsys.readouterr().out
+    assert "analysis/weights/msd_biases\t" in printed
+    # two policies by path, each into its own folder; a bad override fails with the key's name
+    assert main(["--reference", str(tmp_path / "reference"), "--policy", str(tmp_path / "policy"),
+                 "--policy", str(tmp_path / "reference"), "--scorer", str(tmp_path / "classifier"),
+                 "--data", str(tmp_path / "corpus"), "--out", str(tmp_path / "two"), "--preset", "fast",
+                 "--set", "ablation=false", "--set", "heads=false", "--quiet"]) == 0
+    assert (tmp_path / "two" / "policy" / "analysis.json").exists()
+    same = _strict_json(tmp_path / "two" / "reference" / "analysis.json")
+    assert same["scalars"]["analysis/weights/msd_all"] == 0.0
+    with pytest.raises(SystemExit, match="analysis.activation_prompts"):
+        main(["--job", str(job), "--preset", "fast", "--set", "activation_prompts=-1"])
+
