@@ -1,0 +1,562 @@
+"""PPO for RLHF with an adaptive KL target, in one file, readable top to bottom.
+
+TRL no longer ships a PPO trainer, and the last one it shipped had no adaptive KL target; this is
+ours, after CleanRL's ``ppo.py`` and "The N Implementation Details of RLHF with PPO" (Huang et al.,
+2024).  One *update* is:
+
+1. rollout: take ``rollout_prefixes`` prefixes, repeat each ``num_completions`` times, sample a
+   completion for each (``temperature``, ``top_k``, at most ``completion_len`` new tokens, ending at
+   EOS), and score ``prefix + completion`` as text with ``reward_fn`` (p_positive from a classifier
+   with its own tokenizer: only text crosses that border).
+2. one no-grad forward of policy (+ values) and of the frozen reference over the rollout gives
+   per-token log-probs; reward per token = -kl_coef * kl_t, plus the score at the last token.
+3. GAE (``gamma``, ``lam``) on those rewards and values, advantages whitened over the rollout.
+4. ``ppo_epochs`` passes over the rollout in ``num_minibatches`` shuffled minibatches: clipped
+   policy loss + ``vf_coef`` * clipped value loss, gradient clipping, AdamW.
+5. the KL controller moves ``kl_coef`` toward ``kl_target`` (Ziegler et al. 2019, as in old TRL).
+
+Batch layout.  A rollout is one tensor ``[prefix (left-padded to P) | completion (right-padded to
+C)]``, so completion token ``t`` of every row sits at column ``P + t`` and is predicted from column
+``P + t - 1``; all per-token tensors are ``[N, C]`` with ``mask`` marking real completion tokens
+(EOS included, padding after it excluded).  Position ids come from the attention mask, exactly as
+``generate`` sets them for left-padded prompts.
+
+``cfg.batch_size`` is the most sequences one forward/backward pass takes: scoring passes are chunked
+by it and a larger minibatch accumulates gradients over chunks of it (the loss stays the token mean
+over the whole minibatch).  Generation runs the whole rollout as one batch.
+
+Log-probs are of the temperature-scaled policy; they ignore ``top_k`` truncation and the ban on an
+EOS as first token (``generate`` asks for at least one new token), as RLHF PPO usually does.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from dpo_ppo.sampling import generate, model_device, pad_batch
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased variance of the entries where mask is 1."""
+    mean = masked_mean(x, mask)
+    n = mask.sum()
+    return ((x - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (unbiased variance); masked-out entries become 0."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the time axis of ``[N, T]`` tensors.
+
+    The episode ends at the last masked-in step (no bootstrap after it).  Returns (advantages,
+    returns) with returns = advantages + values, both zero where mask is 0.
+    """
+    mask = mask.to(rewards.dtype)
+    values = values * mask
+    rewards = rewards * mask
+    T = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        if t + 1 < T:
+            next_value, next_mask = values[:, t + 1], mask[:, t + 1]
+        else:
+            next_value, next_mask = torch.zeros_like(last), torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * next_mask * last
+        advantages[:, t] = last
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped surrogate, token mean.  Returns (loss, clip fraction, approx KL old->new).
+
+    approx KL is the k3 estimator mean((r - 1) - log r), r = p_new / p_old (CleanRL's ``approx_kl``).
+    """
+    logratio = logprobs - old_logprobs
+    ratio = torch.exp(logratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((clipped > unclipped).float(), mask)
+        approx_kl = masked_mean((ratio - 1) - logratio, mask)
+    return loss, clipfrac, approx_kl
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               mask: torch.Tensor, cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """0.5 * token mean of max((v - R)^2, (v_clipped - R)^2), v_clipped within +-cliprange_value of
+    the rollout's value.  Returns (loss, clip fraction)."""
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    losses = (values - returns) ** 2
+    losses_clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(losses, losses_clipped), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((losses_clipped > losses).float(), mask)
+    return loss, clipfrac
+
+
+def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || ref) at sampled tokens.
+
+    k1: log p - log q;  k3: (r - 1) - log r with r = q / p (never negative, lower variance).
+    """
+    logr = ref_logprobs - logprobs
+    if estimator == "k1":
+        return -logr
+    if estimator == "k3":
+        return torch.expm1(logr) - logr
+    raise ValueError(f"kl_estimator must be k1 or k3, got {estimator!r}")
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns) over masked entries (nan if returns are constant)."""
+    var_returns = masked_var(returns, mask)
+    if var_returns <= 0:
+        return float("nan")
+    return float(1 - masked_var(returns - values, mask) / var_returns)
+
+
+# --------------------------------------------------------------------------- KL coefficient
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): e = clip(KL / target - 1, -0.2, 0.2), coef *= 1 + e * n / horizon."""
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+        self.value = float(init_kl_coef)
+        self.target = float(target)
+        self.horizon = float(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+
+class FixedKLController:
+    """A constant KL coefficient (``adaptive_kl=false``)."""
+
+    def __init__(self, kl_coef: float):
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        pass
+
+
+class RunningMoments:
+    """Running mean and std of every score seen so far (Chan et al. parallel update)."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.double().flatten()
+        n, mean = x.numel(), float(x.mean())
+        m2 = float(((x - mean) ** 2).sum())
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta ** 2 * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / (self.std + 1e-8)
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
+
+
+# --------------------------------------------------------------------------- models
+
+
+class PolicyWithValue(nn.Module):
+    """The policy LM plus a scalar value head.
+
+    ``shared``: the head reads the policy's final hidden state (one trunk pass gives logits and
+    values).  ``separate``: the head reads its own trainable copy of the reference trunk.
+    """
+
+    def __init__(self, policy, ref_model, value_model: str = "shared"):
+        super().__init__()
+        self.policy = policy
+        self.value_trunk = None
+        if value_model == "separate":
+            self.value_trunk = copy.deepcopy(ref_model.base_model).requires_grad_(True)
+        elif value_model != "shared":
+            raise ValueError(f"value_model must be shared or separate, got {value_model!r}")
+        hidden = policy.config.get_text_config().hidden_size
+        self.value_head = nn.Linear(hidden, 1).to(model_device(policy))
+        nn.init.normal_(self.value_head.weight, std=1.0 / math.sqrt(hidden + 1))
+        nn.init.zeros_(self.value_head.bias)
+
+    def value_state_dict(self) -> dict:
+        state = {"head": self.value_head.state_dict()}
+        if self.value_trunk is not None:
+            state["trunk"] = self.value_trunk.state_dict()
+        return state
+
+    def load_value_state_dict(self, state: dict) -> None:
+        self.value_head.load_state_dict(state["head"])
+        if self.value_trunk is not None:
+            self.value_trunk.load_state_dict(state["trunk"])
+
+    def forward(self, batch: dict, temperature: float = 1.0, with_values: bool = True):
+        """Logits [n, C, V] (divided by temperature) for the completion positions, and values [n, C]."""
+        hidden = completion_hidden(self.policy, batch)
+        logits = self.policy.get_output_embeddings()(hidden).float() / temperature
+        values = None
+        if with_values:
+            if self.value_trunk is not None:
+                hidden = completion_hidden(self.value_trunk, batch, is_trunk=True)
+            values = self.value_head(hidden.float()).squeeze(-1)
+        return logits, values
+
+
+def completion_hidden(model, batch: dict, is_trunk: bool = False) -> torch.Tensor:
+    """Final hidden states [n, C, H] at the positions that predict the completion tokens."""
+    trunk = model if is_trunk else model.base_model
+    out = trunk(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"])
+    P, C = batch["prefix_width"], batch["mask"].shape[1]
+    return out.last_hidden_state[:, P - 1: P + C - 1]
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[tokens] without materialising the full log-softmax."""
+    return logits.gather(-1, tokens[..., None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    probs = torch.softmax(logits, -1)
+    return logits.logsumexp(-1) - (probs * logits).sum(-1)
+
+
+def make_batch(queries: list[list[int]], completions: list[list[int]], pad_id: int, device) -> dict:
+    """[left-padded prefix | right-padded completion] ids, attention mask, position ids, mask."""
+    q_ids, q_mask = pad_batch(queries, pad_id, left=True)
+    c_ids, c_mask = pad_batch(completions, pad_id, left=False)
+    attention_mask = torch.cat([q_mask, c_mask], 1)
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    return {"input_ids": torch.cat([q_ids, c_ids], 1).to(device),
+            "attention_mask": attention_mask.to(device), "position_ids": position_ids.to(device),
+            "completion_ids": c_ids.to(device), "mask": c_mask.float().to(device),
+            "prefix_width": q_ids.shape[1]}
+
+
+def select(batch: dict, idx) -> dict:
+    """Rows ``idx`` of a batch (tensors indexed, other entries kept)."""
+    return {k: (v[idx] if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------- rollout
+
+
+@torch.no_grad()
+def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int]], reward_fn,
+            cfg, kl_coef: float, normalizer: Optional[RunningMoments]) -> tuple[dict, dict]:
+    """Sample, score, and compute per-token rewards, advantages and returns for one update."""
+    policy = model.policy
+    device = model_device(policy)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    completions = generate(policy, tokenizer, queries, cfg.completion_len, temperature=cfg.temperature,
+                           top_k=cfg.top_k, batch_size=len(queries), desc=None)
+    texts = tokenizer.batch_decode([q + c for q, c in zip(queries, completions)],
+                                   skip_special_tokens=True)
+    p_positive = torch.as_tensor(reward_fn(texts), dtype=torch.float32).flatten().cpu()
+    if cfg.reward_kind == "logit":
+        p = p_positive.clamp(1e-6, 1 - 1e-6)
+        score = torch.log(p) - torch.log1p(-p)
+    elif cfg.reward_kind == "prob":
+        score = p_positive.clone()
+    else:
+        raise ValueError(f"reward_kind must be logit or prob, got {cfg.reward_kind!r}")
+    raw_score = score
+    if normalizer is not None:
+        normalizer.update(score)
+        score = normalizer.normalize(score)
+
+    batch = make_batch(queries, completions, pad_id, device)
+    mask = batch["mask"]
+    n, chunk = len(queries), cfg.batch_size
+    logprobs, ref_logprobs, values, entropy = [], [], [], []
+    for start in range(0, n, chunk):
+        part = select(batch, slice(start, start + chunk))
+        logits, v = model(part, cfg.temperature)
+        logprobs.append(token_logprobs(logits, part["completion_ids"]))
+        entropy.append(entropy_from_logits(logits))
+        values.append(v)
+        ref_hidden = completion_hidden(ref_model, part)
+        ref_logits = ref_model.get_output_embeddings()(ref_hidden).float() / cfg.temperature
+        ref_logprobs.append(token_logprobs(ref_logits, part["completion_ids"]))
+    logprobs, ref_logprobs = torch.cat(logprobs) * mask, torch.cat(ref_logprobs) * mask
+    values, entropy = torch.cat(values) * mask, torch.cat(entropy)
+
+    kl = kl_per_token(logprobs, ref_logprobs, cfg.kl_estimator) * mask
+    rewards = -kl_coef * kl
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    rewards[torch.arange(n, device=device), last] += score.to(device)
+    advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = whiten(advantages, mask)
+    batch.update(old_logprobs=logprobs, ref_logprobs=ref_logprobs, old_values=values, kl=kl,
+                 rewards=rewards, advantages=advantages, returns=returns)
+
+    seq_kl = kl.sum(1)
+    stats = {
+        "train/score_mean": float(raw_score.mean()),
+        "train/score_std": float(raw_score.std()) if n > 1 else 0.0,
+        "train/p_positive_mean": float(p_positive.mean()),
+        "train/reward_mean": float((rewards * mask).sum(1).mean()),
+        "train/kl": float(seq_kl.mean()),
+        "train/kl_coef": kl_coef,
+        "train/entropy": float(masked_mean(entropy, mask)),
+        "train/explained_variance": explained_variance(values, returns, mask),
+        "train/completion_len": float(mask.sum(1).mean()),
+        "train/completion_tokens": int(mask.sum()),
+    }
+    return batch, stats
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: torch.Generator) -> dict:
+    """``ppo_epochs`` epochs of shuffled minibatches over one rollout; returns mean statistics."""
+    mask_all = batch["mask"]
+    n, device = mask_all.shape[0], mask_all.device
+    chunk = max(1, cfg.batch_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    keys = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl")
+    totals = torch.zeros(len(keys), device=device)  # summed over optimiser steps, kept on device
+    steps, epochs_done = 0, 0
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(n, generator=generator).to(device)
+        epoch = torch.zeros(len(keys), device=device)
+        minibatches = torch.tensor_split(order, min(cfg.num_minibatches, n))
+        for mb in minibatches:
+            mb_tokens = mask_all[mb].sum().clamp(min=1)
+            optimizer.zero_grad(set_to_none=True)
+            for start in range(0, len(mb), chunk):
+                part = select(batch, mb[start: start + chunk])
+                mask = part["mask"]
+                weight = mask.sum() / mb_tokens  # chunk token mean -> minibatch token mean
+                logits, values = model(part, cfg.temperature)
+                logprobs = token_logprobs(logits, part["completion_ids"])
+                pg, clipfrac, approx_kl = policy_loss(logprobs, part["old_logprobs"], part["advantages"],
+                                                      mask, cfg.cliprange)
+                vf, vf_clipfrac = value_loss(values, part["old_values"], part["returns"], mask,
+                                             cfg.cliprange_value)
+                ((pg + cfg.vf_coef * vf) * weight).backward()
+                epoch += torch.stack([pg.detach(), vf.detach(), clipfrac, vf_clipfrac, approx_kl]) * weight
+            if cfg.max_grad_norm and cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            steps += 1
+        totals += epoch
+        epochs_done += 1
+        mean_approx_kl = float(epoch[keys.index("approx_kl")]) / len(minibatches)
+        if cfg.early_stop_kl is not None and mean_approx_kl > cfg.early_stop_kl:
+            break
+    optimizer.zero_grad(set_to_none=True)
+    stats = {f"train/{key}": float(value) / max(steps, 1) for key, value in zip(keys, totals)}
+    stats["train/ppo_epochs_done"] = epochs_done
+    return stats
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place: the old one is only removed once the new one is there."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_snapshot(policy, tokenizer, out_dir: Path, examples: int) -> Path:
+    """The policy LM alone (no value head), loadable with from_pretrained."""
+    final = out_dir / "snapshots" / f"ex_{examples:07d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    policy.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    _replace_dir(tmp, final)
+    return final
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(out_dir: Path, state: dict) -> None:
+    """Everything needed to resume, written to a temporary folder and moved into place."""
+    final = out_dir / "ppo_state"
+    tmp = out_dir / "ppo_state.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    torch.save(state, tmp / "state.pt")
+    _replace_dir(tmp, final)
+
+
+def load_state(out_dir: Path) -> Optional[dict]:
+    """The saved state, or None; falls back to ``ppo_state.old`` if a crash hit mid-replace."""
+    for name in ("ppo_state", "ppo_state.old"):
+        path = out_dir / name / "state.pt"
+        if path.exists():
+            return torch.load(path, map_location="cpu", weights_only=False)
+    return None
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], reward_fn, out_dir, *,
+              seed: int = 0, log_fn: Optional[Callable[[dict, int], None]] = None) -> dict:
+    """Train ``policy`` in place with PPO on ``prompts``; resume from ``out_dir/ppo_state`` if there.
+
+    ``reward_fn(texts) -> p_positive`` scores decoded prefix + completion text.  Every
+    ``cfg.snapshot_every`` prefixes (and at the end) the policy is saved to
+    ``out_dir/snapshots/ex_{examples:07d}`` and the resume state to ``out_dir/ppo_state``.
+    ``log_fn(metrics, step)`` gets the ``train/*`` metrics of each update with step = prefixes
+    consumed.  Returns a summary of the run.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total = len(prompts)
+    was_training = policy.training
+    policy.eval()  # no dropout in rollouts or updates (gradients still flow)
+    ref_model.eval().requires_grad_(False)
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    model = PolicyWithValue(policy, ref_model, cfg.value_model).eval()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    if cfg.adaptive_kl:
+        kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+    else:
+        kl_ctl = FixedKLController(cfg.init_kl_coef)
+    normalizer = RunningMoments() if cfg.normalize_reward else None
+    generator = torch.Generator().manual_seed(seed)  # minibatch shuffling
+    layout = {"examples": total, "rollout_prefixes": cfg.rollout_prefixes,
+              "num_completions": cfg.num_completions, "value_model": cfg.value_model}
+    examples, updates, wall_before, last_snapshot, resumed_from = 0, 0, 0.0, -1, None
+
+    state = load_state(out_dir)
+    if state is not None:
+        if state["layout"] != layout:
+            raise ValueError(f"{out_dir / 'ppo_state'} was written by a run with {state['layout']}, "
+                             f"not {layout}; use a fresh out_dir")
+        policy.load_state_dict(state["policy"])
+        model.load_value_state_dict(state["value"])
+        optimizer.load_state_dict(state["optimizer"])
+        kl_ctl.value = state["kl_coef"]
+        if normalizer is not None and state["normalizer"] is not None:
+            normalizer.load_state_dict(state["normalizer"])
+        generator.set_state(state["generator"])
+        _set_rng_state(state["rng"])
+        examples, updates = state["examples"], state["updates"]
+        wall_before, last_snapshot = state["wall_s"], state["last_snapshot"]
+        resumed_from = examples
+
+    def checkpoint() -> None:
+        save_state(out_dir, {
+            "layout": layout, "policy": policy.state_dict(), "value": model.value_state_dict(),
+            "optimizer": optimizer.state_dict(), "kl_coef": kl_ctl.value,
+            "normalizer": normalizer.state_dict() if normalizer is not None else None,
+            "generator": generator.get_state(), "rng": _rng_state(), "examples": examples,
+            "updates": updates, "wall_s": wall_before + time.time() - t_start,
+            "last_snapshot": last_snapshot})
+
+    t_start = time.time()
+    metrics: dict = {}
+    bar = tqdm(total=total, initial=examples, unit="ex", desc="ppo", dynamic_ncols=True)
+    while examples < total:
+        t0 = time.time()
+        prefixes = prompts[examples: examples + cfg.rollout_prefixes]
+        queries = [list(p) for p in prefixes for _ in range(cfg.num_completions)]
+        kl_coef = kl_ctl.value
+        batch, metrics = rollout(model, ref_model, tokenizer, queries, reward_fn, cfg, kl_coef, normalizer)
+        kl_ctl.update(metrics["train/kl"], len(queries))
+        t1 = time.time()
+        metrics.update(ppo_update(model, optimizer, batch, cfg, generator))
+        examples += len(prefixes)
+        updates += 1
+        t2 = time.time()
+        metrics["train/rollout_s"], metrics["train/optimize_s"] = t1 - t0, t2 - t1
+        metrics["train/tokens_per_s"] = metrics["train/completion_tokens"] / (t2 - t0)
+        metrics["train/examples"] = examples
+        metrics["train/kl_coef_next"] = kl_ctl.value
+        if log_fn is not None:
+            log_fn(dict(metrics), examples)
+        bar.update(len(prefixes))
+        bar.set_postfix(score=f"{metrics['train/score_mean']:.3f}", kl=f"{metrics['train/kl']:.2f}",
+                        coef=f"{kl_coef:.3f}")
+        if examples // cfg.snapshot_every > (examples - len(prefixes)) // cfg.snapshot_every:
+            save_snapshot(policy, tokenizer, out_dir, examples)
+            last_snapshot = examples
+            checkpoint()
+    bar.close()
+    if last_snapshot != examples:
+        save_snapshot(policy, tokenizer, out_dir, examples)
+        last_snapshot = examples
+        checkpoint()
+    policy.train(was_training)
+    return {"examples": examples, "updates": updates, "kl_coef": kl_ctl.value,
+            "wall_s": wall_before + time.time() - t_start, "resumed_from": resumed_from,
+            "snapshot_dir": str(out_dir / "snapshots"), **metrics}

@@ -1,0 +1,311 @@
+"""PPO: the pure pieces against hand-computed numbers, then short runs on a tiny random GPT-NeoX."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+from dpo_ppo.config import PPOAlgorithmConfig
+from dpo_ppo.ppo import (AdaptiveKLController, FixedKLController, PolicyWithValue, RunningMoments,
+                         explained_variance, gae, kl_per_token, make_batch, policy_loss, rollout,
+                         token_logprobs, train_ppo, value_loss, whiten)
+from dpo_ppo.sampling import completion_logprobs
+
+VOCAB = 20  # words t0..t19, then <eos>, <pad>
+TARGET = "t3"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and far faster than two on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {f"t{i}": i for i in range(VOCAB)} | {"<eos>": VOCAB, "<pad>": VOCAB + 1}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+
+
+def tiny_model(tok, seed: int = 0) -> GPTNeoXForCausalLM:
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
+                           hidden_dropout=0.0, attention_dropout=0.0, eos_token_id=tok.eos_token_id,
+                           bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = GPTNeoXForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model.eval()
+
+
+def share_of_target(texts: list[str]) -> torch.Tensor:
+    """'p_positive' = share of the word t3 in the text (prompts never contain it)."""
+    return torch.tensor([t.split().count(TARGET) / max(1, len(t.split())) for t in texts])
+
+
+def make_prompts(n: int, seed: int = 1, lengths=(4, 4)) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(lengths[0], lengths[1] + 1, (n,), generator=g).tolist()
+    return [torch.randint(4, VOCAB, (k,), generator=g).tolist() for k in sizes]
+
+
+def ppo_cfg(**overrides) -> PPOAlgorithmConfig:
+    base = dict(examples=256, lr=1e-2, batch_size=32, num_completions=2, completion_len=8,
+                rollout_prefixes=16, num_minibatches=2, ppo_epochs=4, snapshot_every=10**6,
+                reward_kind="logit", init_kl_coef=0.05, kl_target=6.0)
+    base.update(overrides)
+    return PPOAlgorithmConfig(**base)
+
+
+def run(cfg, out_dir, seed: int = 0, prompt_lengths=(4, 4), **kwargs):
+    tok = tiny_tokenizer()
+    policy = tiny_model(tok)
+    ref = copy.deepcopy(policy)
+    log = []
+    summary = train_ppo(cfg, policy, ref, tok, make_prompts(cfg.examples, lengths=prompt_lengths),
+                        share_of_target, out_dir, seed=seed,
+                        log_fn=kwargs.pop("log_fn", lambda m, step: log.append((step, m))))
+    return policy, ref, log, summary
+
+
+def mean_of(log, key, rows) -> float:
+    return sum(m[key] for _, m in log[rows]) / len(log[rows])
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def test_gae_hand_computed():
+    rewards = torch.tensor([[1.0, 0.0, 2.0], [0.5, 1.0, 0.0]])
+    values = torch.tensor([[0.5, 1.0, -1.0], [1.0, 2.0, 9.0]])  # 9.0 lies past the end: ignored
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    # row 0: deltas 1 + .9*1 - .5 = 1.4, 0 + .9*(-1) - 1 = -1.9, 2 - (-1) = 3; A_t = d_t + .72 A_t+1
+    # row 1: deltas .5 + .9*2 - 1 = 1.3, 1 - 2 = -1 (no bootstrap past the last real token)
+    expected = torch.tensor([[1.4 + 0.72 * (-1.9 + 0.72 * 3), -1.9 + 0.72 * 3, 3.0],
+                             [1.3 + 0.72 * -1.0, -1.0, 0.0]])
+    torch.testing.assert_close(adv, expected)
+    torch.testing.assert_close(ret, (expected + values) * mask)
+    # gamma = lam = 1: advantage = reward-to-go - value
+    adv1, ret1 = gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    torch.testing.assert_close(ret1, torch.tensor([[3.0, 2.0, 2.0], [1.5, 1.0, 0.0]]))
+
+
+def test_whiten_ignores_masked_entries():
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    torch.testing.assert_close(whiten(x, mask), torch.tensor([[-1.0, 0.0, 1.0, 0.0]]))  # var = 1
+    torch.testing.assert_close(whiten(x, mask, shift_mean=False), torch.tensor([[1.0, 2.0, 3.0, 0.0]]))
+
+
+def test_policy_loss_hand_computed():
+    ratios = torch.tensor([[1.5, 0.5, 1.1, 9.0]])
+    old = torch.full_like(ratios, -2.0)
+    new = old + ratios.log()
+    adv = torch.tensor([[1.0, 1.0, -1.0, 50.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    loss, clipfrac, approx_kl = policy_loss(new, old, adv, mask, cliprange=0.2)
+    # per token max(-A r, -A clip(r)): -1.2 (clipped), -0.5, 1.1; the masked token is ignored
+    assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.1) / 3, abs=1e-6)
+    assert clipfrac.item() == pytest.approx(1 / 3)
+    expected_kl = sum((r - 1) - math.log(r) for r in (1.5, 0.5, 1.1)) / 3
+    assert approx_kl.item() == pytest.approx(expected_kl, abs=1e-6)
+
+
+def test_value_loss_hand_computed():
+    values = torch.tensor([1.0, 0.0, 0.6, 5.0])
+    old = torch.tensor([0.5, 0.5, 0.5, 0.0])
+    returns = torch.tensor([2.0, 0.0, 1.0, 0.0])
+    mask = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    loss, clipfrac = value_loss(values, old, returns, mask, cliprange_value=0.2)
+    # clipped predictions 0.7, 0.3, 0.6: max squared errors 1.69, 0.09, 0.16
+    assert loss.item() == pytest.approx(0.5 * (1.69 + 0.09 + 0.16) / 3, abs=1e-6)
+    assert clipfrac.item() == pytest.approx(2 / 3)
+
+
+def test_kl_estimators():
+    logp, logq = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    assert kl_per_token(logp, logq, "k1").item() == pytest.approx(math.log(2))
+    assert kl_per_token(logp, logq, "k3").item() == pytest.approx(-0.5 + math.log(2))
+    assert kl_per_token(logq, logp, "k3").item() == pytest.approx(1.0 - math.log(2))  # r = 2
+    with pytest.raises(ValueError):
+        kl_per_token(logp, logq, "k2")
+
+
+def test_adaptive_kl_controller():
+    ctl = AdaptiveKLController(0.2, target=6.0, horizon=10000)
+    ctl.update(9.0, 64)  # error 0.5 clipped to 0.2
+    assert ctl.value == pytest.approx(0.2 * (1 + 0.2 * 64 / 10000))
+    before = ctl.value
+    ctl.update(6.6, 1000)  # error 0.1
+    assert ctl.value == pytest.approx(before * 1.01)
+    before = ctl.value
+    ctl.update(3.0, 64)  # error -0.5 clipped to -0.2: coefficient falls
+    assert ctl.value == pytest.approx(before * (1 - 0.2 * 64 / 10000))
+    high, low = AdaptiveKLController(1.0, 1.0, 100), AdaptiveKLController(1.0, 1.0, 100)
+    for _ in range(5):
+        high.update(2.0, 10)
+        low.update(0.5, 10)
+    assert high.value > 1.0 > low.value
+    fixed = FixedKLController(0.3)
+    fixed.update(100.0, 64)
+    assert fixed.value == 0.3
+
+
+def test_running_moments_and_explained_variance():
+    rm = RunningMoments()
+    a, b = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([-3.0, 0.5])
+    rm.update(a)
+    rm.update(b)
+    both = torch.cat([a, b])
+    assert rm.mean == pytest.approx(both.mean().item())
+    assert rm.std == pytest.approx(both.std().item())
+    returns, mask = torch.tensor([[1.0, 2.0, 3.0]]), torch.ones(1, 3)
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.zeros(1, 3), returns, mask) == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------------- batch layout
+
+
+@pytest.mark.parametrize("pad_is_eos", [False, True])
+def test_batched_layout_matches_per_sequence_logprobs(pad_is_eos):
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    eos = tok.eos_token_id
+    pad = eos if pad_is_eos else tok.pad_token_id
+    queries = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10], [eos, 11]]
+    completions = [[5, 6, eos], [7], [8, 9, 10, 11, 12], [eos]]
+    batch = make_batch(queries, completions, pad, "cpu")
+    assert batch["mask"].sum(1).tolist() == [3, 1, 5, 1]
+    logits, values = PolicyWithValue(model, model)(batch)
+    lp = token_logprobs(logits, batch["completion_ids"])
+    expected = completion_logprobs(model, queries, completions, pad_id=pad, per_token=True)
+    for row, exp in enumerate(expected):
+        torch.testing.assert_close(lp[row, :len(exp)], exp, atol=1e-5, rtol=1e-5)
+    assert values.shape == batch["mask"].shape
+
+
+def test_rollout_rewards_score_at_last_token_and_kl_elsewhere():
+    tok = tiny_tokenizer()
+    policy, ref = tiny_model(tok, seed=0), tiny_model(tok, seed=1)  # differ, so KL != 0
+    cfg = ppo_cfg(completion_len=6, reward_kind="prob")
+    queries = make_prompts(8, lengths=(2, 6))
+    batch, stats = rollout(PolicyWithValue(policy, ref), ref, tok, queries, share_of_target, cfg,
+                           kl_coef=0.5, normalizer=None)
+    mask, rewards, kl = batch["mask"], batch["rewards"], batch["kl"]
+    lengths = mask.sum(1).long()
+    texts = tok.batch_decode([q + c.tolist()[:n] for q, c, n in
+                              zip(queries, batch["completion_ids"], lengths)], skip_special_tokens=True)
+    score = share_of_target(texts)
+    rows = torch.arange(len(queries))
+    torch.testing.assert_close(rewards[rows, lengths - 1], score - 0.5 * kl[rows, lengths - 1])
+    torch.testing.assert_close(rewards.sum(1), score - 0.5 * kl.sum(1))
+    assert (rewards[mask == 0] == 0).all() and (kl[mask == 0] == 0).all()
+    assert kl.abs().sum() > 0
+    assert stats["train/kl"] == pytest.approx(kl.sum(1).mean().item())
+    assert stats["train/reward_mean"] == pytest.approx((score - 0.5 * kl.sum(1)).mean().item(), abs=1e-5)
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+EXPECTED_KEYS = {"train/score_mean", "train/score_std", "train/reward_mean", "train/kl",
+                 "train/kl_coef", "train/policy_loss", "train/value_loss", "train/clipfrac",
+                 "train/entropy", "train/approx_kl", "train/explained_variance",
+                 "train/tokens_per_s", "train/examples"}
+
+
+def test_ppo_raises_reward_and_snapshots(tmp_path):
+    cfg = ppo_cfg(examples=256, snapshot_every=128)
+    policy, ref, log, summary = run(cfg, tmp_path)
+    assert EXPECTED_KEYS <= set(log[0][1])
+    assert [step for step, _ in log] == list(range(16, 257, 16))
+    assert [m["train/examples"] for _, m in log] == [step for step, _ in log]
+    before = mean_of(log, "train/p_positive_mean", slice(0, 2))
+    after = mean_of(log, "train/p_positive_mean", slice(-4, None))
+    assert after > before + 0.15, (before, after)
+    assert summary["updates"] == 16 and summary["examples"] == 256
+    # snapshots are plain LMs (no value head) that reload to the trained policy
+    snaps = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+    assert snaps == ["ex_0000128", "ex_0000256"]
+    reloaded = GPTNeoXForCausalLM.from_pretrained(tmp_path / "snapshots" / "ex_0000256")
+    assert set(reloaded.state_dict()) == set(policy.state_dict())
+    for name, tensor in policy.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor)
+    # the reference did not move
+    fresh = tiny_model(tiny_tokenizer())
+    for name, tensor in ref.state_dict().items():
+        torch.testing.assert_close(tensor, fresh.state_dict()[name])
+
+
+def test_kl_target_controls_kl(tmp_path):
+    runs = {}
+    for target in (1.0, 20.0):
+        cfg = ppo_cfg(examples=384, kl_target=target, init_kl_coef=0.2, kl_horizon=32)
+        _, _, log, summary = run(cfg, tmp_path / str(target))
+        runs[target] = (mean_of(log, "train/kl", slice(-8, None)), summary["kl_coef"])
+    (kl_small, coef_small), (kl_large, coef_large) = runs[1.0], runs[20.0]
+    assert 0.3 < kl_small < 2.5, runs  # held near its target of 1 nat
+    assert coef_small > 0.2 > coef_large, runs  # raised to hold KL down, lowered to let it grow
+    assert kl_large > 4 * kl_small, runs
+
+
+def test_fixed_kl_coef_stays(tmp_path):
+    cfg = ppo_cfg(examples=64, adaptive_kl=False, init_kl_coef=0.3)
+    _, _, log, summary = run(cfg, tmp_path)
+    assert {m["train/kl_coef"] for _, m in log} == {0.3} and summary["kl_coef"] == 0.3
+
+
+def test_options_separate_value_k3_normalised_early_stop(tmp_path):
+    cfg = ppo_cfg(examples=64, value_model="separate", kl_estimator="k3", normalize_reward=True,
+                  early_stop_kl=1e-9, ppo_epochs=3, batch_size=5, num_minibatches=2)
+    policy, ref, log, _ = run(cfg, tmp_path, prompt_lengths=(2, 7))
+    for _, m in log:
+        assert m["train/ppo_epochs_done"] == 1  # any update moves the policy more than 1e-9
+        assert all(math.isfinite(v) for k, v in m.items() if k != "train/explained_variance")
+        assert m["train/kl"] >= 0
+    assert any(not torch.equal(a, b) for a, b in zip(policy.parameters(), ref.parameters()))
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    cfg = ppo_cfg(examples=128, snapshot_every=64)
+    full, _, full_log, _ = run(cfg, tmp_path / "full")
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_snapshot(metrics, step):
+        if step > 64:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run(cfg, tmp_path / "resumed", log_fn=crash_after_snapshot)
+    assert (tmp_path / "resumed" / "ppo_state" / "state.pt").exists()
+    assert not (tmp_path / "resumed" / "snapshots" / "ex_0000128").exists()
+    resumed, _, resumed_log, summary = run(cfg, tmp_path / "resumed", seed=123)  # seed ignored on resume
+    assert summary["resumed_from"] == 64 and summary["updates"] == 8
+    assert [s for s, _ in resumed_log] == [80, 96, 112, 128]
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b)
+    for (_, a), (_, b) in zip(full_log[-4:], resumed_log):
+        assert a["train/score_mean"] == pytest.approx(b["train/score_mean"])
+        assert a["train/kl_coef"] == pytest.approx(b["train/kl_coef"])
+    # a finished run given the same folder does nothing more
+    _, _, again_log, again = run(cfg, tmp_path / "resumed")
+    assert again_log == [] and again["updates"] == 8
+
+
+def test_resume_refuses_a_different_layout(tmp_path):
+    run(ppo_cfg(examples=32, snapshot_every=16), tmp_path)
+    with pytest.raises(ValueError, match="fresh out_dir"):
+        run(ppo_cfg(examples=32, snapshot_every=16, rollout_prefixes=8), tmp_path)
