@@ -69,7 +69,7 @@ def _lm_blocks(texts, tokenizer, seq_len: int) -> Dataset:
 
 
 def pretrain(model, tokenizer, texts, model_cfg, out_dir: Path, seed: int) -> float:
-    """Causal-LM pretraining with ``Trainer``; returns the final training loss."""
+    """Causal-LM pretraining with ``Trainer``; returns the last logged training loss."""
     blocks = _lm_blocks(texts, tokenizer, model_cfg.pretrain_seq_len)
     args = TrainingArguments(
         output_dir=str(out_dir / "_trainer"), max_steps=model_cfg.pretrain_steps,
@@ -82,7 +82,8 @@ def pretrain(model, tokenizer, texts, model_cfg, out_dir: Path, seed: int) -> fl
     trainer = Trainer(model=model, args=args, train_dataset=blocks,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
     result = trainer.train()
-    return float(result.training_loss)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return float(losses[-1] if losses else result.training_loss)
 
 
 def build_base(model_cfg, corpus, path: Path, seed: int) -> dict:

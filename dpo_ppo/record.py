@@ -116,11 +116,25 @@ def _records(data: bytes):
             pending = b""
 
 
-def read_offline_run(run_dir: Path) -> dict:
-    """Config, history rows, summary and run facts of an offline W&B run folder."""
+def read_offline_run(run_dir: Path, wait_s: float = 20.0) -> dict:
+    """Config, history rows, summary and run facts of an offline W&B run folder.
+
+    W&B's service may still be flushing the file for a moment after ``finish()`` returns, so this
+    re-reads it for up to ``wait_s`` seconds until the run's exit record is there.
+    """
+    import time
+
+    deadline = time.time() + wait_s
+    while True:
+        out = _read_offline_run(Path(run_dir))
+        if out["exit_code"] is not None or time.time() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _read_offline_run(run_dir: Path) -> dict:
     from wandb.proto import wandb_internal_pb2 as pb
 
-    run_dir = Path(run_dir)
     files = list(run_dir.glob("run-*.wandb"))
     if not files:
         raise FileNotFoundError(f"no run-*.wandb in {run_dir}")
