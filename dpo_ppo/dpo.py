@@ -8,13 +8,14 @@ Trainer's own checkpoint (model, optimiser, scheduler, RNG) is kept at the same 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, DPOTrainer
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,24 @@ class LogCallback(TrainerCallback):
         self.log_fn(metrics, state.global_step)
 
 
+def last_complete_checkpoint(trainer_dir: Path) -> str | None:
+    """The newest Trainer checkpoint that was written to the end; half-written ones are removed.
+
+    The Trainer writes ``trainer_state.json`` after the weights, optimiser, scheduler and RNG
+    state, so a checkpoint whose state file parses is complete.  A job killed while saving leaves
+    a newer, partial folder (and the previous, complete one: rotation happens after the save).
+    """
+    folders = sorted(Path(trainer_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for folder in folders:
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+            return str(folder)
+        except (OSError, ValueError):
+            log.warning("dpo: removing incomplete checkpoint %s", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
 def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed: int = 0,
               log_fn=None) -> dict:
     """Train ``policy`` in place on the preference pairs ``prefs`` (prompt/chosen/rejected text)."""
@@ -85,7 +104,7 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
         callbacks=[SnapshotCallback(job_dir, algo.snapshot_every, examples_per_step),
                    LogCallback(log_fn, examples_per_step)],
     )
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    last = last_complete_checkpoint(Path(args.output_dir))
     if last:
         log.info("dpo: resuming from %s", last)
     result = trainer.train(resume_from_checkpoint=last)

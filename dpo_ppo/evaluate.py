@@ -6,9 +6,12 @@ classifier and report
 - ``gradient_loss`` = mean(1 - p_positive), the seed's "gradient loss";
 - ``binary_loss``   = fraction of completions classified negative (p_positive < 0.5);
 - ``reward_mean``   = mean p_positive (and ``score_logit_mean``, the classifier's logit);
-- ``kl_to_ref``     = sequence-level KL(policy || reference), estimated from the policy's own
-  samples as the mean of sum_t [log pi(y_t | .) - log pi_ref(y_t | .)] (unbiased for sampling at
-  temperature 1, which is the default);
+- ``kl_to_ref``     = sequence-level KL(policy || reference) in nats, estimated on the policy's own
+  samples as the mean over completions of sum_t KL(pi(.|y<t) || pi_ref(.|y<t)), the full
+  next-token distributions compared at each position (exact per step, so lower variance than
+  the log-ratio and never negative); ``kl_to_ref_k1`` is the plain log-ratio estimate
+  mean(sum_t log pi(y_t|.) - log pi_ref(y_t|.)).  Both assume sampling at temperature 1 (the
+  default);
 - ``completion_len`` (tokens), ``distinct_1`` / ``distinct_2`` (unique n-grams over all n-grams of
   the completions, a diversity measure that falls when a policy collapses to one phrase).
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from dpo_ppo.sampling import completion_logprobs, generate
+from dpo_ppo.sampling import completion_logprobs, generate, sequence_kl
 
 
 def distinct_n(completions: list[list[int]], n: int) -> float:
@@ -53,9 +56,11 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
         pad = tokenizer.pad_token_id
         lp = completion_logprobs(model, prompts, completions, pad_id=pad, batch_size=eval_cfg.batch_size)
         lq = completion_logprobs(ref_model, prompts, completions, pad_id=pad, batch_size=eval_cfg.batch_size)
-        kl = lp - lq
+        k1 = lp - lq
+        kl = sequence_kl(model, ref_model, prompts, completions, pad_id=pad, batch_size=eval_cfg.batch_size)
         metrics["kl_to_ref"] = float(kl.mean())
         metrics["kl_to_ref_std"] = float(kl.std()) if len(kl) > 1 else 0.0
+        metrics["kl_to_ref_k1"] = float(k1.mean())
     rows = [{"prompt": pt, "completion": ct, "p_positive": float(pi)}
             for pt, ct, pi in zip(prompt_texts, comp_texts, p)]
     return metrics, rows

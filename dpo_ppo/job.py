@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import resource
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -188,7 +189,9 @@ class Job:
             tmp = policy_dir.with_name("policy.tmp")
             policy.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
-            tmp.rename(policy_dir) if not policy_dir.exists() else None
+            if policy_dir.exists():  # from an attempt killed before it recorded "trained"
+                shutil.rmtree(policy_dir)
+            tmp.rename(policy_dir)
             self.rec.results.update(trained=True, train_summary=summary)
             self.rec.save()
         policy.eval()

@@ -12,7 +12,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerF
 from dpo_ppo.config import EvalConfig, LoggerConfig
 from dpo_ppo.evaluate import distinct_n, evaluate_model
 from dpo_ppo.record import Recorder, read_offline_run
-from dpo_ppo.sampling import completion_logprobs, generate, pad_batch
+from dpo_ppo.sampling import completion_logprobs, generate, pad_batch, sequence_kl
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,19 @@ def test_evaluate_metrics_by_hand(word_tok):
         words = (r["prompt"] + r["completion"]).split()
         assert r["p_positive"] == pytest.approx(max(1e-4, words.count("w2") / len(words)), rel=1e-3)
     other, _ = evaluate_model(model, word_tok, FakeScorer(), prompts, cfg, ref_model=tiny_lm(2))
-    assert other["kl_to_ref"] > 0.05
+    assert other["kl_to_ref"] > 0.01 and other["kl_to_ref_k1"] != other["kl_to_ref"]
+
+
+def test_sequence_kl_by_hand():
+    """Per-position KL of full next-token distributions, summed over the completion only."""
+    p, q = tiny_lm(3), tiny_lm(4)
+    prompts, comps = [[2, 3, 4]], [[5, 6]]
+    got = sequence_kl(p, q, prompts, comps, pad_id=1)
+    ids = torch.tensor([[2, 3, 4, 5, 6]])
+    lp, lq = (torch.log_softmax(m(ids).logits[0], -1) for m in (p, q))
+    want = sum((lp[t].exp() * (lp[t] - lq[t])).sum() for t in (2, 3))  # predicting 5 and 6
+    assert torch.allclose(got[0], want, atol=1e-5)
+    assert sequence_kl(p, p, prompts, comps, pad_id=1)[0].abs() < 1e-6
 
 
 def test_recorder_writes_results_and_an_offline_wandb_run(tmp_path):

@@ -1,0 +1,92 @@
+"""One job end to end on the shrunk embedded default: stages, results.json, W&B, skip and resume."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_cfg
+from dpo_ppo.job import artifact_specs, run_job
+from dpo_ppo.record import read_offline_run
+
+
+def _cfg(shared_cache, *overrides):
+    return compose_cfg([f"cache_dir={shared_cache}", "analysis=none", *overrides])
+
+
+def test_dpo_job_end_to_end_then_skip(shared_cache, tmp_path):
+    cfg = _cfg(shared_cache, "name=t", "algorithm.beta=0.5")
+    out = run_job(cfg, tmp_path, overrides=["algorithm.beta=0.5"])
+    assert out["status"] == "finished"
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "finished" and res["algorithm"] == "dpo" and res["params"]["beta"] == 0.5
+    m = res["metrics"]
+    for k in ("reward_mean", "gradient_loss", "binary_loss", "kl_to_ref", "completion_len", "distinct_2"):
+        assert f"eval/policy/{k}" in m
+    assert m["eval/policy/kl_to_ref"] > 0
+    assert m["eval/improvement/binary_loss"] == pytest.approx(
+        m["eval/reference/binary_loss"] - m["eval/policy/binary_loss"])
+    assert set(res["stage_seconds"]) >= {"corpus", "base", "scorer", "prompts", "prefs", "train", "evaluate"}
+    # snapshots every 16 examples of 32, and the final policy
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["ex_0000016", "ex_0000032"]
+    assert (tmp_path / "policy" / "config.json").exists()
+    for key in ("corpus", "reference", "classifier", "prefs"):
+        assert Path(res["artifacts"][key]).is_dir()
+    # the W&B run: group = name, job_type = algorithm, swept params, curves, eval scalars, samples
+    run = read_offline_run(next((tmp_path / "wandb").glob("offline-run-*")))
+    assert run["run"]["group"] == "t" and run["run"]["job_type"] == "dpo"
+    assert run["config"]["params"]["beta"] == 0.5 and run["config"]["algorithm"]["beta"] == 0.5
+    assert any("train/loss" in row for row in run["history"])
+    assert run["summary"]["eval/policy/kl_to_ref"] == pytest.approx(m["eval/policy/kl_to_ref"])
+    assert any(row.get("samples/_type") == "table-file" for row in run["history"])
+    # a second launch with the same config skips; shared artifacts were not rebuilt
+    again = run_job(cfg, tmp_path)
+    assert again["status"] == "skipped"
+
+
+def test_artifacts_shared_across_jobs_and_keyed_by_their_inputs(shared_cache):
+    a = artifact_specs(_cfg(shared_cache, "algorithm.beta=0.1", "seed=0"))
+    b = artifact_specs(_cfg(shared_cache, "algorithm.beta=2.0", "seed=1", "algorithm=dpo"))
+    c = artifact_specs(_cfg(shared_cache, "algorithm=ppo", "algorithm.kl_target=3"))
+    assert a["base"] == b["base"] == c["base"] and a["classifier"] == c["classifier"]
+    assert a["prefs"] != b["prefs"]  # the seed changes the sampled pairs, beta does not
+    assert artifact_specs(_cfg(shared_cache, "algorithm.beta=3"))["prefs"] == a["prefs"]
+    assert artifact_specs(_cfg(shared_cache, "classifier.lr=0.01"))["classifier"] != a["classifier"]
+
+
+def test_killed_job_resumes_from_its_last_snapshot(shared_cache, tmp_path):
+    """Kill a real job after its first snapshot; the relaunch continues from the checkpoint."""
+    from conftest import TINY
+
+    args = [sys.executable, "-m", "dpo_ppo.main", *TINY, f"cache_dir={shared_cache}", "analysis=none",
+            "logger=none", "algorithm.examples=256", "algorithm.snapshot_every=16",
+            f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (tmp_path / "snapshots" / "ex_0000032").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode != 0, "the job finished before it could be killed"
+    killed = json.loads((tmp_path / "results.json").read_text())
+    assert killed["status"] == "running"
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "finished" and res["attempts"] == 2
+    assert "checkpoint-" in res["train_summary"]["resumed_from"]
+    assert (tmp_path / "snapshots" / "ex_0000256").exists()
+
+
+def test_failed_job_is_recorded(shared_cache, tmp_path):
+    cfg = _cfg(shared_cache, "logger=none", "model.source=/nonexistent/model", "model.name=missing")
+    out = run_job(cfg, tmp_path, raise_errors=False)
+    assert out["status"] == "failed"
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "failed" and "model.source='/nonexistent/model'" in res["error"]
+    assert "Traceback" in (tmp_path / "traceback.txt").read_text()
+    with pytest.raises(RuntimeError, match="model=tiny"):
+        run_job(cfg, tmp_path / "again")
