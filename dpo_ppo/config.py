@@ -175,6 +175,9 @@ class Config:
     name: str = "default"  # experiment or sweep name: W&B group, output folder
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch CPU threads for this job; 0 = torch's default (all cores). Parallel local jobs
+    # (hydra/launcher=joblib) should take cores / n_jobs each: oversubscribed threads spin.
+    threads: int = 0
     cache_dir: str = ".cache/dpo-ppo"  # shared artifacts (corpus, base, classifier, prefs)
     force: bool = False  # re-run a job whose folder already holds finished results
     # set by sweeps: the keys a sweep varies, logged as W&B config for grouping
@@ -273,6 +276,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("data.test_fraction", f"must be in (0, 1), got {cfg.data.test_fraction}")
     _positive(cfg, "data.num_reviews")
     _choice(cfg, "logger.mode", ("offline", "online", "disabled"))
+    _positive(cfg, "threads", allow_zero=True)
     _choice(cfg, "classifier.positive_label", (0, 1))
     if cfg.classifier.source == "embedded" and not cfg.classifier.finetune:
         raise ConfigError("classifier.finetune",

@@ -146,6 +146,8 @@ class Job:
         from dpo_ppo.scorer import Scorer
 
         torch.manual_seed(cfg.seed)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         algo = cfg.algorithm
         policy_dir = self.job_dir / "policy"
         with self.stage("corpus"):
