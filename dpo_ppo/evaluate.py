@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from dpo_ppo.sampling import completion_logprobs, generate, sequence_kl
+from dpo_ppo.sampling import generate, sequence_kl
 
 
 def distinct_n(completions: list[list[int]], n: int) -> float:
@@ -53,11 +53,8 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
         "distinct_2": distinct_n(completions, 2),
     }
     if ref_model is not None:
-        pad = tokenizer.pad_token_id
-        lp = completion_logprobs(model, prompts, completions, pad_id=pad, batch_size=eval_cfg.batch_size)
-        lq = completion_logprobs(ref_model, prompts, completions, pad_id=pad, batch_size=eval_cfg.batch_size)
-        k1 = lp - lq
-        kl = sequence_kl(model, ref_model, prompts, completions, pad_id=pad, batch_size=eval_cfg.batch_size)
+        kl, k1 = sequence_kl(model, ref_model, prompts, completions, pad_id=tokenizer.pad_token_id,
+                             batch_size=eval_cfg.batch_size)
         metrics["kl_to_ref"] = float(kl.mean())
         metrics["kl_to_ref_std"] = float(kl.std()) if len(kl) > 1 else 0.0
         metrics["kl_to_ref_k1"] = float(k1.mean())

@@ -106,13 +106,16 @@ def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Se
 
 @torch.no_grad()
 def sequence_kl(model, ref_model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-                *, pad_id: int = 0, batch_size: int = 64) -> torch.Tensor:
-    """Per completion, sum over its positions of KL(model(.|y<t) || ref(.|y<t)), the full next-token
-    distributions compared exactly.  On completions sampled from ``model`` its mean estimates the
-    sequence-level KL(model || ref) with less variance than the log-ratio, and it is never negative.
+                *, pad_id: int = 0, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two estimates of KL(model || ref) per completion, from one forward pass of each model.
+
+    ``exact``: sum over completion positions of KL(model(.|y<t) || ref(.|y<t)), the full next-token
+    distributions compared; on completions sampled from ``model`` its mean estimates the
+    sequence-level KL with less variance than the log-ratio, and it is never negative.
+    ``k1``: sum over completion tokens of log model(y_t|.) - log ref(y_t|.), the plain log-ratio.
     """
     device = model_device(model)
-    out = []
+    exact, k1 = [], []
     for start in range(0, len(prompts), batch_size):
         ps = prompts[start: start + batch_size]
         cs = completions[start: start + batch_size]
@@ -120,6 +123,11 @@ def sequence_kl(model, ref_model, prompts: Sequence[Sequence[int]], completions:
         logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
         logq = F.log_softmax(ref_model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
         kl = (logp.exp() * (logp - logq)).sum(-1)  # [B, T-1]
+        ratio = torch.gather(logp - logq, 2, ids[:, 1:, None]).squeeze(-1)
         for row, (p, c) in enumerate(zip(ps, cs)):
-            out.append(kl[row, len(p) - 1: len(p) - 1 + len(c)].sum())
-    return torch.stack(out) if out else torch.zeros(0)
+            span = slice(len(p) - 1, len(p) - 1 + len(c))
+            exact.append(kl[row, span].sum())
+            k1.append(ratio[row, span].sum())
+    if not exact:
+        return torch.zeros(0), torch.zeros(0)
+    return torch.stack(exact), torch.stack(k1)

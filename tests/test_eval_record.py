@@ -105,12 +105,16 @@ def test_sequence_kl_by_hand():
     """Per-position KL of full next-token distributions, summed over the completion only."""
     p, q = tiny_lm(3), tiny_lm(4)
     prompts, comps = [[2, 3, 4]], [[5, 6]]
-    got = sequence_kl(p, q, prompts, comps, pad_id=1)
+    got, k1 = sequence_kl(p, q, prompts, comps, pad_id=1)
     ids = torch.tensor([[2, 3, 4, 5, 6]])
     lp, lq = (torch.log_softmax(m(ids).logits[0], -1) for m in (p, q))
     want = sum((lp[t].exp() * (lp[t] - lq[t])).sum() for t in (2, 3))  # predicting 5 and 6
     assert torch.allclose(got[0], want, atol=1e-5)
-    assert sequence_kl(p, p, prompts, comps, pad_id=1)[0].abs() < 1e-6
+    want_k1 = (lp[2, 5] - lq[2, 5]) + (lp[3, 6] - lq[3, 6])
+    assert torch.allclose(k1[0], want_k1, atol=1e-5)
+    assert torch.allclose(k1, completion_logprobs(p, prompts, comps, pad_id=1)
+                          - completion_logprobs(q, prompts, comps, pad_id=1), atol=1e-5)
+    assert sequence_kl(p, p, prompts, comps, pad_id=1)[0].abs().max() < 1e-6
 
 
 def test_recorder_writes_results_and_an_offline_wandb_run(tmp_path):
