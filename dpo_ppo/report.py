@@ -285,8 +285,9 @@ def group_runs(runs: Sequence[Run]) -> List[Group]:
 def metric_names(runs: Sequence[Run]) -> List[str]:
     """The policy's metrics: eval/ ones first, then analysis/ ones. The reference's own metrics
     (eval/reference/*) are left out: the reference is the same model for every run; the plots
-    show it as a star at KL 0."""
-    names = {k for r in finished(runs) for k in r.metrics if not k.startswith("eval/reference/")}
+    show it as a star at KL 0. Timings (*time_s*) are cost, not findings: left out too."""
+    names = {k for r in finished(runs) for k in r.metrics
+             if not k.startswith("eval/reference/") and "time_s" not in k}
     return sorted(names, key=lambda k: (not k.startswith("eval/"), k))
 
 
@@ -462,6 +463,15 @@ def plot_metrics_vs_kl(groups: Sequence[Group], runs: Sequence[Run], metrics: Se
     return paths
 
 
+def _is_divergence(key: str) -> bool:
+    """A weight/bias divergence scalar: analysis/weights/*, or any analysis key naming a mean
+    squared difference (msd) or a divergence; counts, timings and ratios are not."""
+    k = key.lower()
+    if not k.startswith("analysis/") or any(x in k for x in ("time_s", "num_", "ratio")):
+        return False
+    return k.startswith("analysis/weights/") or "msd" in k or "diverg" in k
+
+
 def _bars(ax, names: Sequence[str], series: Dict[str, Sequence[float]], colors: Dict[str, str]) -> None:
     width = 0.8 / max(1, len(series))
     x = np.arange(len(names))
@@ -498,17 +508,19 @@ def plot_compare(a: Run, b: Run, folder: Path) -> Dict[str, Any]:
         out["notes"].append("no gradient/binary loss metrics in either run")
 
     # divergence from the reference: weights vs biases
-    keys = sorted({k for r in (a, b) for k in r.metrics if k.startswith("analysis/") and "diverg" in k.lower()})
-    panels = [("weights", [k for k in keys if "weight" in k.lower()]),
-              ("biases", [k for k in keys if "bias" in k.lower()])]
-    rest = [k for k in keys if "weight" not in k.lower() and "bias" not in k.lower()]
+    keys = sorted(k for k in {k for r in (a, b) for k in r.metrics} if _is_divergence(k))
+    leaf = {k: k.rsplit("/", 1)[-1].lower() for k in keys}
+    weights = [k for k in keys if "weight" in leaf[k] and "bias" not in leaf[k]]
+    biases = [k for k in keys if "bias" in leaf[k] and "weight" not in leaf[k]]
+    panels = [("weights", weights), ("biases", biases)]
+    rest = [k for k in keys if k not in weights and k not in biases]
     if rest:
         panels.append(("other", rest))
     panels = [(t, ks) for t, ks in panels if ks]
     if panels:
         fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
         for ax, (title, ks) in zip(axes.flat, panels):
-            short = [k.split("/", 1)[1] for k in ks]
+            short = [k.split("/", 2)[-1] for k in ks]
             _bars(ax, short, {la: [a.metrics.get(k, np.nan) for k in ks],
                               lb: [b.metrics.get(k, np.nan) for k in ks]}, colors)
             ax.set_title(f"divergence from reference: {title}", fontsize=9)
@@ -517,7 +529,7 @@ def plot_compare(a: Run, b: Run, folder: Path) -> Dict[str, Any]:
         plt.close(fig)
         out["images"]["divergence"] = "compare_divergence.png"
     else:
-        out["notes"].append("no analysis/*diverg* metrics in either run")
+        out["notes"].append("no divergence metrics (analysis/weights/*, *msd*, *diverg*) in either run")
 
     # per-head heat maps (ablations, head detection, ...): A, B and B - A on one colour scale
     for key in sorted(set(a.per_head) & set(b.per_head)):

@@ -31,6 +31,7 @@ def write_job(root: Path, algorithm: str, knob: float, seed: int, kl: float, rew
             "eval/reference/reward_mean": 0.1, "eval/reference/gradient_loss": 0.9,
             "eval/reference/binary_loss": 0.6,
             "analysis/divergence/weights_mean": 0.031, "analysis/divergence/bias_mean": bias,
+            "analysis/time_s/total": 12.0 + seed,  # cost, not a finding: never compared
         },
         "analysis": {"per_head": {"ablation/zero/lm_loss_increase": [[kl, 1.0, 2.0], [3.0, 4.0, float(seed)]]},
                      "images": {}},
@@ -220,3 +221,19 @@ def test_seeds_pool_only_within_one_configuration(tmp_path):
                     for g in summary["groups"])
     assert groups == [([], [0, 1], 1.5), (["model=pythia70m"], [0, 1], 5.5)]
     assert "other overrides" in (root / "report" / "report.md").read_text()
+
+
+def test_divergence_metrics_are_recognised_by_name():
+    assert report._is_divergence("analysis/weights/msd_biases")
+    assert report._is_divergence("analysis/weights/msd_layer0_weights")
+    assert report._is_divergence("analysis/divergence/bias_mean")
+    assert not report._is_divergence("analysis/weights/num_snapshots")
+    assert not report._is_divergence("analysis/weights/bias_weight_ratio")
+    assert not report._is_divergence("analysis/time_s/weights")
+    assert not report._is_divergence("eval/policy/kl_to_ref")
+
+
+def test_timings_are_not_compared(built):
+    _, md, summary = built
+    assert all("time_s" not in m for b in summary["matched_kl"] for m in b["metrics"])
+    assert "analysis/time_s/total" not in md.split("## Two runs side by side")[0]
