@@ -28,9 +28,10 @@ def data():
     return tok, lm_seqs, prompts
 
 
-def _model(tok, impl="sdpa", scale=0.02):
+def _model(tok, impl="sdpa", scale=0.02, parallel=True):
     # a larger init makes single heads matter, so that ablations visibly change completions
-    return toy_model(tok, layers=3, hidden=32, heads=4, attn_implementation=impl, initializer_range=scale)
+    return toy_model(tok, layers=3, hidden=32, heads=4, attn_implementation=impl, initializer_range=scale,
+                     use_parallel_residual=parallel)
 
 
 def _loss(model, seqs, tok):
@@ -77,14 +78,18 @@ def test_head_means_are_means_over_real_tokens(data):
     assert torch.allclose(means[1], expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "eager"])
-def test_batched_equals_naive(data, impl):
+@pytest.mark.parametrize("impl,parallel,share", [("sdpa", True, True), ("eager", True, True),
+                                                 ("sdpa", False, True), ("eager", False, True),
+                                                 ("sdpa", True, False)])
+def test_batched_equals_naive(data, impl, parallel, share):
+    """Parallel residual (Pythia): the ablated block's output is corrected and expanded; sequential
+    residual: the batch is expanded entering the ablated block; share=False: plain stacking."""
     tok, seqs, prompts = data
-    model = _model(tok, impl, scale=0.2)
+    model = _model(tok, impl, scale=0.2, parallel=parallel)
     kwargs = dict(lm_seqs=seqs, prompts=prompts, scorer=HashScorer(), kinds=("zero", "mean"), completion_len=6,
                   batch_size=3, progress=False)
-    # rows=13: uneven chunks of variants, three text batches, shared lower layers
-    batched = A.ablate_heads(model, tok, rows=13, **kwargs)
+    # rows=13: uneven chunks of variants, three text batches
+    batched = A.ablate_heads(model, tok, rows=13, share_lower=share, **kwargs)
     naive = A.ablate_heads(model, tok, naive=True, **kwargs)
     assert batched["lm_loss_base"] == pytest.approx(naive["lm_loss_base"], rel=1e-6)
     assert batched["completions_base"] == naive["completions_base"]

@@ -26,11 +26,13 @@ How it is batched.  The naive way runs one full evaluation per (head, kind): ``2
 over the texts.  Here the variants are stacked along the batch dimension: a batch of ``b`` texts is
 repeated for ``R`` variants (rows ``r*b .. r*b+b-1`` belong to variant ``r``) and a forward
 pre-hook on every layer's ``attention.dense`` rewrites each variant's head slice in its own rows, so
-one forward (or one ``generate``) evaluates many ablations.  For the LM loss the layers below the
-ablated one are shared as well: all variants of layer ``L`` see the same input up to block ``L``,
-so the batch is run once, unrepeated, up to there and only expanded to ``R * b`` rows at block
-``L`` (a forward pre-hook on the block).  ``benchmarks/bench_ablation.py`` measures both against the
-naive loop on the same inputs.
+one forward (or one ``generate``) evaluates many ablations.  For the LM loss the lower layers are
+shared as well: all variants of layer ``L`` see the same input up to block ``L``, so the batch runs
+once, unrepeated, up to there.  In a parallel-residual block (GPT-NeoX, Pythia) even block ``L``
+is shared: the ablation changes its output by exactly ``(z'_h - z_h) W_O[:, h]^T`` and nothing
+else, so the block's clean output is expanded to ``R * b`` rows with that correction added (a
+forward hook); other blocks are expanded on entry to block ``L`` and ablated there.
+``benchmarks/bench_ablation.py`` measures each step against the naive loop on the same inputs.
 
 Why HF forward hooks and not the TransformerBridge here: the hook needs the per-head outputs right
 before the projection (TransformerLens's ``blocks.L.attn.hook_z``), and ``attention.dense``'s input is
@@ -122,56 +124,97 @@ class StackedAblation(contextlib.AbstractContextManager):
         return False
 
 
-@contextlib.contextmanager
-def _expand_at(model, layer: int, times: int):
-    """Repeat the hidden state ``times`` along the batch when it enters block ``layer``.
+class _Tiler:
+    """Pre-hooks that tile the per-row extras every block gets (the causal mask of eager
+    attention, position ids or rotary tables with a batch dimension) once the hidden state has
+    been expanded to ``times * b`` rows; size-1 extras broadcast and stay as they are.  Used
+    without a padding mask (right padding: a causal model's real tokens never see the pads)."""
 
-    Blocks below ``layer`` run once on the unrepeated batch; everything from ``layer`` up sees
-    ``times * b`` rows (replicate-major).  Used without a padding mask (right padding: a causal
-    model's real tokens never see the pads), so the only per-row extras are the causal mask of
-    eager attention and batch-shaped rotary tables, which are tiled alongside.
-    """
-    if times == 1 or layer == 0:
-        yield
-        return
+    def __init__(self, times: int):
+        self.times, self.b = times, None
 
-    state = {}
-
-    def tile(x, b):
-        if torch.is_tensor(x) and x.dim() and x.shape[0] == b and b > 1:
-            return x.repeat(times, *([1] * (x.dim() - 1)))
+    def tile(self, x):
+        if torch.is_tensor(x) and x.dim() and x.shape[0] == self.b and self.b > 1:
+            return x.repeat(self.times, *([1] * (x.dim() - 1)))
         if isinstance(x, tuple):
-            return tuple(tile(y, b) for y in x)
+            return tuple(self.tile(y) for y in x)
         return x
 
-    def extras(kwargs):
-        # per-row inputs every block gets (an eager attention mask, position ids, rotary tables
-        # with a batch dimension) are tiled too; size-1 ones broadcast and stay as they are
-        return {k: (v if k == "hidden_states" else tile(v, state["b"])) for k, v in kwargs.items()}
+    def extras(self, kwargs):
+        return {k: (v if k == "hidden_states" else self.tile(v)) for k, v in kwargs.items()}
 
-    def rep(x):
-        return x.repeat(times, *([1] * (x.dim() - 1)))
+    def later(self, module, args, kwargs):
+        return args, self.extras(kwargs)
 
-    def first(module, args, kwargs):
-        if args:
-            state["b"] = args[0].shape[0]
-            args = (rep(args[0]),) + tuple(args[1:])
-        else:
-            state["b"] = kwargs["hidden_states"].shape[0]
-            kwargs = dict(kwargs, hidden_states=rep(kwargs["hidden_states"]))
-        return args, extras(kwargs)
 
-    def later(module, args, kwargs):
-        return args, extras(kwargs)
-
-    layers = blocks(model)
-    handles = [layers[layer].register_forward_pre_hook(first, with_kwargs=True)]
-    handles += [layers[L].register_forward_pre_hook(later, with_kwargs=True) for L in range(layer + 1, len(layers))]
+@contextlib.contextmanager
+def _hooks(handles):
     try:
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+def _expand_at(model, layer: int, times: int):
+    """Repeat the hidden state ``times`` along the batch when it enters block ``layer``.
+
+    Blocks below ``layer`` run once on the unrepeated batch; everything from ``layer`` up sees
+    ``times * b`` rows (replicate-major), ablated there by a ``StackedAblation``.
+    """
+    tiler = _Tiler(times)
+
+    def first(module, args, kwargs):
+        if args:
+            tiler.b = args[0].shape[0]
+            args = (args[0].repeat(times, *([1] * (args[0].dim() - 1))),) + tuple(args[1:])
+        else:
+            hidden = kwargs["hidden_states"]
+            tiler.b = hidden.shape[0]
+            kwargs = dict(kwargs, hidden_states=hidden.repeat(times, *([1] * (hidden.dim() - 1))))
+        return args, tiler.extras(kwargs)
+
+    layers = blocks(model)
+    handles = [layers[layer].register_forward_pre_hook(first, with_kwargs=True)]
+    handles += [layers[L].register_forward_pre_hook(tiler.later, with_kwargs=True) for L in range(layer + 1, len(layers))]
+    return _hooks(handles)
+
+
+def _expand_after(model, layer: int, ablation: "StackedAblation"):
+    """Run block ``layer`` once, unrepeated, and expand its *output* to one copy per variant,
+    each corrected exactly for its ablated head.
+
+    Valid for parallel-residual blocks (GPT-NeoX / Pythia: ``h + attn(ln1(h)) + mlp(ln2(h))``):
+    there the ablation changes only the attention output, by ``(z'_h - z_h) W_O[:, h]^T`` where
+    ``z_h`` is the head's slice of the projection's input and ``z'_h`` its replacement (0 or the
+    mean), and nothing else in the block reads it.  So even block ``layer`` is shared, and the
+    variants of the last layer need no transformer block at all.
+    """
+    keep, fill = ablation.plan[layer]
+    times = keep.shape[0]
+    dense = blocks(model)[layer].attention.dense
+    tiler, state = _Tiler(times), {}
+
+    def grab(module, args):
+        state["z"] = args[0]
+
+    def expand(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        z = state.pop("z")
+        b, H, dh = z.shape[0], fill.shape[1], fill.shape[2]
+        tiler.b = b
+        k, f = keep.to(z.device, z.dtype), fill.to(z.device, z.dtype)
+        zv = z.reshape(1, b, *z.shape[1:-1], H, dh)
+        shape = (times,) + (1,) * (zv.dim() - 3) + (H,)
+        diff = (f.view(*shape, dh) - zv) * (1 - k).view(*shape, 1)  # nonzero only in the ablated head
+        delta = diff.reshape(times, b, *z.shape[1:-1], H * dh) @ dense.weight.T
+        new = (hidden.unsqueeze(0) + delta).reshape(times * b, *hidden.shape[1:])
+        return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+
+    layers = blocks(model)
+    handles = [dense.register_forward_pre_hook(grab), layers[layer].register_forward_hook(expand)]
+    handles += [layers[L].register_forward_pre_hook(tiler.later, with_kwargs=True) for L in range(layer + 1, len(layers))]
+    return _hooks(handles)
 
 
 # --------------------------------------------------------------------------- LM loss
@@ -210,7 +253,7 @@ def _base(model):
     return getattr(model, "gpt_neox", None) or model.base_model
 
 
-def _nll(model, ids: torch.Tensor, mask: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def _nll(model, ids: torch.Tensor, mask: torch.Tensor, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row sum of next-token NLL over real targets, and the number of targets.
 
     ``ids``/``mask`` may have fewer rows than the hidden state (when expanded inside the model);
@@ -231,12 +274,13 @@ def _nll(model, ids: torch.Tensor, mask: torch.Tensor, chunk: int = 64) -> tuple
 
 @torch.no_grad()
 def lm_losses(model, seqs: list[list[int]], variants: Sequence[Variant], *, pad: int, means=None,
-              batch_size: int = 16, rows: int = 512, naive: bool = False, progress: bool = True) -> torch.Tensor:
+              batch_size: int = 16, rows: int = 512, naive: bool = False, share_lower: bool = True,
+              progress: bool = True) -> torch.Tensor:
     """Mean next-token loss on ``seqs`` of the model under each variant: tensor [len(variants)].
 
     ``naive=True`` is the reference implementation: one full evaluation per variant.  Otherwise
-    variants of the same layer are stacked (up to ``rows`` rows per forward) and the blocks below
-    that layer are run once for all of them.
+    variants of the same layer are stacked (up to ``rows`` rows per forward) and, with
+    ``share_lower``, the blocks below that layer are run once for all of them.
     """
     device = model_device(model)
     total = torch.zeros(len(variants), dtype=torch.float64)
@@ -251,6 +295,7 @@ def lm_losses(model, seqs: list[list[int]], variants: Sequence[Variant], *, pad:
                     count[r] += c.sum()
         return total / count
     # group the variants by the layer they ablate (the baseline counts as layer n_layers: nothing shared)
+    parallel = bool(getattr(model.config, "use_parallel_residual", False))
     groups: dict[int, list[int]] = {}
     for r, v in enumerate(variants):
         groups.setdefault(n_layers(model) if v is None else v[0], []).append(r)
@@ -262,12 +307,17 @@ def lm_losses(model, seqs: list[list[int]], variants: Sequence[Variant], *, pad:
                 jobs.append((layer, members[span], ids, mask))
     for layer, members, ids, mask in tqdm(jobs, desc="ablation (LM loss)", leave=False, disable=not progress):
         vs = [variants[r] for r in members]
-        share = 0 < layer < n_layers(model) and len(vs) > 1
-        expand = _expand_at(model, layer, len(vs)) if share else contextlib.nullcontext()
-        with StackedAblation(model, vs, means), expand:
-            if share:  # blocks below `layer` run once, then the batch is tiled
+        ablation = StackedAblation(model, vs, means)
+        if share_lower and layer < n_layers(model) and parallel:
+            # block `layer` and those below run once; its output is expanded and corrected
+            with _expand_after(model, layer, ablation):
                 s, c = _nll(model, ids, mask)
-            else:
+        elif share_lower and 0 < layer < n_layers(model):
+            # blocks below `layer` run once, then the batch is tiled and ablated at `layer`
+            with ablation, _expand_at(model, layer, len(vs)):
+                s, c = _nll(model, ids, mask)
+        else:
+            with ablation:
                 s, c = _nll(model, ids.repeat(len(vs), 1), mask.repeat(len(vs), 1))
         b = ids.shape[0]
         total[members] += s.view(len(vs), b).sum(1)
@@ -362,7 +412,8 @@ def sentiment_losses(scorer, tokenizer, prompts, completions, *, score_prompt: b
 def ablate_heads(model, tokenizer, *, lm_seqs: list[list[int]], prompts: list[list[int]] | None = None,
                  scorer=None, kinds: Sequence[str] = ("zero", "mean"), completion_len: int = 16,
                  temperature: float = 1.0, score_prompt: bool = True, batch_size: int = 16, rows: int = 512,
-                 seed: int = 0, pad: int | None = None, naive: bool = False, progress: bool = True) -> dict:
+                 seed: int = 0, pad: int | None = None, naive: bool = False, share_lower: bool = True,
+                 progress: bool = True) -> dict:
     """Every head ablated alone, zero and/or mean: LM loss and (with a scorer) sentiment deltas.
 
     Returns per kind ``[layer][head]`` matrices ``lm_loss_increase`` and, with a scorer,
@@ -375,7 +426,7 @@ def ablate_heads(model, tokenizer, *, lm_seqs: list[list[int]], prompts: list[li
     variants = variants_for(model, kinds)
     means = head_means(model, lm_seqs, pad=pad, batch_size=batch_size) if "mean" in kinds else None
     losses = lm_losses(model, lm_seqs, variants, pad=pad, means=means, batch_size=batch_size, rows=rows,
-                       naive=naive, progress=progress)
+                       naive=naive, share_lower=share_lower, progress=progress)
     base = float(losses[0])
     result = {"lm_loss_base": base, "num_lm_texts": len(lm_seqs), "kinds": {}}
     index = {v: r for r, v in enumerate(variants)}
