@@ -40,13 +40,13 @@ class AnalysisConfig:
     max_tokens: int = 64  # texts are cut to this many tokens (activations, LM loss, heads)
     device: str = "auto"  # auto: the policy's device
     # --- 2. activations
-    activation_prompts: int = 128  # held-out texts, half positive, half negative where possible
+    activation_prompts: int = 256  # held-out texts, half positive, half negative where possible
     # --- 3. ablation
     ablation_kinds: List[str] = field(default_factory=lambda: ["zero", "mean"])
     ablation_reference: bool = True  # ablate the reference as well as the policy
     ablation_lm_texts: int = 32  # held-out texts for the LM loss (and the mean activations)
     ablation_sentiment: bool = True  # also measure the sentiment objective under ablation
-    ablation_prompts: int = 8  # prompts whose completions are scored under each ablation
+    ablation_prompts: int = 16  # prompts whose completions are scored under each ablation
     ablation_prefix_len: int = 16  # tokens of each prompt
     ablation_completion_len: int = 16  # new tokens per completion
     ablation_temperature: float = 1.0

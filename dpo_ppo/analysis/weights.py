@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
+from tqdm.auto import tqdm
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 _SNAPSHOT = re.compile(r"ex_(\d+)$")
@@ -126,7 +127,7 @@ def over_training(reference: Mapping[str, torch.Tensor], snapshots: Iterable[Pat
     points.sort(key=lambda t: t[0])
     rows, previous = [], reference
     seen = set()
-    for examples, folder in points:
+    for examples, folder in tqdm(points, desc="snapshots", unit="snapshot", leave=False, disable=len(points) < 2):
         params = loader(folder)
         rows.append(_row(examples, reference, previous, params))
         previous = params
