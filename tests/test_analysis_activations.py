@@ -1,6 +1,7 @@
 """Analysis 2: activation cosine / KL and the logit-lens KL, through TransformerLens bridges."""
 
 import copy
+import types
 
 import pytest
 import torch
@@ -130,3 +131,23 @@ def test_bridge_leaves_the_callers_model_alone(setup):
     boot_bridge(ref, tok)
     assert type(ref.gpt_neox.layers[0].attention) is before
     assert ref.config._attn_implementation == impl
+
+
+def test_a_trainer_patched_forward_does_not_bypass_the_bridge(setup):
+    """accelerate/TRL replace model.forward by a closure around the original's bound forward; a
+    plain deep copy would keep calling the original, and no bridge hook would fire."""
+    tok, ref, seqs, labels = setup
+    patched = copy.deepcopy(ref)
+    original_forward = patched.forward
+
+    def wrapper(self, *args, **kwargs):
+        return original_forward(*args, **kwargs)
+
+    patched.forward = types.MethodType(wrapper, patched)
+    pol = copy.deepcopy(patched)
+    with torch.no_grad():
+        pol.gpt_neox.layers[1].mlp.dense_4h_to_h.bias.add_(0.5 * torch.randn(32))
+    r = _run(tok, patched, pol, seqs[:2], labels[:2])
+    assert r["sites"]["resid"]["cos"]["all"][0] == pytest.approx(1.0, abs=1e-6)
+    assert r["sites"]["mlp"]["kl"]["all"][1] > 1e-6
+    assert "forward" in patched.__dict__  # the caller's model keeps its patch

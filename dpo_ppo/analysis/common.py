@@ -62,12 +62,26 @@ def evaluating(*models):
             m.train(f)
 
 
+def clean_copy(model):
+    """A deep copy whose modules run their own class's ``forward``.
+
+    Trainers patch ``model.forward`` on the instance (accelerate's fp32-output wrapper, which TRL's
+    DPOTrainer applies to the policy and the reference): a closure around the *original* model's
+    bound forward.  A deep copy keeps that closure, so calling the copy would silently run the
+    original, and hooks or bridge components on the copy would never fire.  The patch is dropped
+    here (it only casts outputs for mixed-precision training)."""
+    dup = copy.deepcopy(model)
+    for module in dup.modules():
+        module.__dict__.pop("forward", None)
+    return dup
+
+
 def on_device(model, device: torch.device):
     """``model`` itself when it already lives on ``device``, else a copy there (never moves the caller's)."""
-    if model_device(model) == torch.device(device) or (
-            torch.device(device).type == model_device(model).type and torch.device(device).index is None):
+    here, there = model_device(model), torch.device(device)
+    if here == there or (here.type == there.type and there.index is None):
         return model
-    return copy.deepcopy(model).to(device)
+    return clean_copy(model).to(there)
 
 
 # --------------------------------------------------------------------------- texts and tokens
@@ -150,7 +164,8 @@ def boot_bridge(model, tokenizer, device=None):
     neutral one so that no hub-specific preset applies.  Two things need care:
 
     * booting replaces the model's submodules by bridge components and switches it to eager
-      attention, in place, so the bridge gets a deep copy and the caller's model is untouched;
+      attention, in place, so the bridge gets a deep copy and the caller's model is untouched
+      (a ``clean_copy``: a trainer's patched ``forward`` would otherwise bypass the bridge);
     * TransformerLens normalises the tokenizer with ``get_tokenizer_with_bos``, which reads
       ``init_kwargs["name_or_path"]`` and, unless ``add_bos_token`` is set, reloads the tokenizer
       from that path.  A tokenizer built in memory has no such path, so the bridge gets a copy
@@ -160,7 +175,7 @@ def boot_bridge(model, tokenizer, device=None):
     from transformer_lens.model_bridge import TransformerBridge
 
     device = device if device is not None else model_device(model)
-    hf = copy.deepcopy(model).to(device).eval()
+    hf = clean_copy(model).to(device).eval()
     tok = copy.deepcopy(tokenizer)
     tok.init_kwargs = dict(tok.init_kwargs)
     tok.init_kwargs.setdefault("name_or_path", getattr(tok, "name_or_path", "") or "")
