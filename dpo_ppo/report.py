@@ -423,7 +423,7 @@ def plot_frontier(groups: Sequence[Group], runs: Sequence[Run], path: Path) -> N
 
 
 def plot_metrics_vs_kl(groups: Sequence[Group], runs: Sequence[Run], metrics: Sequence[str],
-                       folder: Path, per_page: int = 20, cols: int = 4) -> List[Path]:
+                       folder: Path, per_page: int = 24, cols: int = 4) -> List[Path]:
     plt = _pyplot()
     metrics = [m for m in metrics if m != KL]
     paths: List[Path] = []
@@ -455,7 +455,9 @@ def plot_metrics_vs_kl(groups: Sequence[Group], runs: Sequence[Run], metrics: Se
         if handles:
             fig.legend(handles, labels, loc="upper right", fontsize=8)
         fig.supxlabel("achieved KL(policy || reference), nats", fontsize=9)
-        fig.tight_layout(rect=(0, 0, 0.93, 1))
+        # fixed margins: tight_layout costs seconds per page and a sweep has ~10 pages
+        fig.subplots_adjust(left=0.06, right=0.9, bottom=0.5 / (rows * 2.6), top=1 - 0.35 / (rows * 2.6),
+                            wspace=0.3, hspace=0.45)
         path = folder / ("metrics_vs_kl.png" if page == 0 else f"metrics_vs_kl_{page // per_page + 1}.png")
         fig.savefig(path, dpi=100)
         plt.close(fig)
@@ -619,6 +621,8 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, bins: int 
         raise SystemExit(f"no such sweep folder: {root}")
     out = Path(out) if out else root / "report"
     out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("metrics_vs_kl*.png"), *out.glob("compare_*.png")]:  # from an earlier report
+        stale.unlink()
     runs, meta = load_sweep(root)
     pair = [resolve_job(t, root, runs) for t in compare] if compare else []
     name = meta.get("name") or next((r.config.get("name") for r in runs if r.config.get("name")), root.name)
@@ -693,6 +697,8 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, bins: int 
             rows = []
             for m in [KL] + [m for m in metrics if m != KL]:
                 sd, sp = b.stat("dpo", m), b.stat("ppo", m)
+                if not (sd.n and sp.n):  # measured for one algorithm only: nothing to compare
+                    continue
                 ratio = f"{sp.mean / sd.mean:.3g}" if sd.n and sp.n and sd.mean != 0.0 else ""
                 apart = "" if sd.n < 2 or sp.n < 2 else ("yes" if overlap(sd, sp) else "**no**")
                 rows.append([m, sd.text(), sp.text(), ratio, apart])
