@@ -2,7 +2,10 @@
 
     python benchmarks/bench_ablation.py                   # embedded default shape, CPU
     python benchmarks/bench_ablation.py --pythia          # Pythia-70m shape (cuda when available)
-    python benchmarks/bench_ablation.py --threads 1       # on a busy machine, 1 thread is steadier
+    python benchmarks/bench_ablation.py --threads 0       # torch's default thread count
+
+One thread by default: on a shared 2-core machine two OpenMP threads spin against other
+processes and timings swing by several times from run to run; one thread is steady.
 
 The naive loop is what the seed's per-head ablation amounts to: for every (head, kind) one full
 evaluation: a pass over the LM texts and one ``generate`` over the prompts, with a hook ablating
@@ -89,7 +92,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=full.ablation_rows)
     p.add_argument("--kinds", default="zero,mean")
     p.add_argument("--repeats", type=int, default=1, help="best of N timings (each implementation)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
