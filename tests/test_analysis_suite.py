@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dpo_ppo.analysis.cli import load_preset, main
+from dpo_ppo.analysis.common import select_balanced
 from dpo_ppo.analysis.config import AnalysisConfig
 from dpo_ppo.analysis.suite import run_analysis
 from dpo_ppo.analysis.toy import LexiconScorer, toy_model, toy_reviews, toy_tokenizer
@@ -243,3 +244,14 @@ def test_cli_reanalyses_a_job_folder(world, tmp_path, capsys):
     with pytest.raises(SystemExit, match="analysis.activation_prompts"):
         main(["--job", str(job), "--preset", "fast", "--set", "activation_prompts=-1"])
 
+
+
+def test_prompt_selection_is_balanced_shuffled_and_deterministic():
+    labels = [0] * 50 + [1] * 50  # sorted by label, as IMDb's test split is
+    idx = select_balanced(labels, 10, seed=0)
+    assert len(idx) == 10 and sum(labels[i] for i in idx) == 5
+    assert idx == select_balanced(labels, 10, seed=0) and idx != select_balanced(labels, 10, seed=1)
+    assert sorted(idx) != list(range(45, 55))  # not just the ones around the boundary
+    few_pos = [1, 0, 0, 0, 0, 0]
+    idx = select_balanced(few_pos, 4, seed=0)
+    assert len(idx) == 4 and sum(few_pos[i] for i in idx) == 1  # all the positives there are
