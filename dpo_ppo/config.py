@@ -180,7 +180,7 @@ class Config:
     threads: int = 0
     cache_dir: str = ".cache/dpo-ppo"  # shared artifacts (corpus, base, classifier, prefs)
     force: bool = False  # re-run a job whose folder already holds finished results
-    # set by sweeps: the keys a sweep varies, logged as W&B config for grouping
+    # the sweep file a job came from (set by sweeps/<name>.yaml; logged with the job's config)
     sweep: Optional[str] = None
 
 

@@ -97,15 +97,16 @@ def test_hub_model_path_on_a_saved_folder(corpus, tmp_path):
         assert torch.equal(a, b)
 
 
-def test_classifier_finetunes_a_saved_gpt2_and_scores_text(corpus, tmp_path):
+def test_classifier_finetunes_a_saved_gpt2_and_scores_text(tmp_path):
     """classifier.source = a save_pretrained GPT-2 folder (stand-in for gpt2), fine-tuned on labels."""
-    tok = train_tokenizer(corpus["train"]["text"], 300)
+    corpus = make_synthetic(2500, 0.2, seed=5)
+    tok = train_tokenizer(corpus["train"]["text"], 1024)
     tok.pad_token = None  # GPT-2 has no pad token either
-    GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=1,
+    GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=64, n_layer=2,
                                              n_head=4, num_labels=2)).save_pretrained(str(tmp_path / "gpt2"))
     tok.save_pretrained(str(tmp_path / "gpt2"))
-    cfg = OmegaConf.structured(ClassifierConfig(name="local", source=str(tmp_path / "gpt2"), train_examples=450,
-                                                epochs=4, lr=3e-3, batch_size=16, max_length=96))
+    cfg = OmegaConf.structured(ClassifierConfig(name="local", source=str(tmp_path / "gpt2"), train_examples=2000,
+                                                epochs=3, lr=1e-3, batch_size=32, max_length=128))
     info = build_classifier(cfg, corpus, None, tmp_path / "clf", seed=0, device="cpu")
     assert info["test_accuracy"] > 0.75  # from chance, on held-out reviews
     scorer = Scorer.load(tmp_path / "clf")
