@@ -328,9 +328,17 @@ def kl_edges(kls: Sequence[float], bins: int, mode: str = "quantile") -> np.ndar
     return np.unique(edges)
 
 
-def matched_kl(runs: Sequence[Run], bins: int = 4, mode: str = "quantile") -> List[KLBin]:
-    """KL bins holding runs of both algorithms; each run is placed by its own achieved KL."""
+def auto_bins(n_runs: int) -> int:
+    """About four runs per bin (so a bin can hold both algorithms), between 1 and 6 bins."""
+    return int(min(6, max(1, n_runs // 4)))
+
+
+def matched_kl(runs: Sequence[Run], bins: Optional[int] = None, mode: str = "quantile") -> List[KLBin]:
+    """KL bins holding runs of both algorithms; each run is placed by its own achieved KL.
+
+    ``bins=None`` picks ``auto_bins`` of the finished runs."""
     done = [r for r in finished(runs) if KL in r.metrics]
+    bins = bins or auto_bins(len(done))
     edges = kl_edges([r.metrics[KL] for r in done], bins, mode)
     if len(edges) < 2:
         return []
@@ -613,7 +621,7 @@ def write_runs_csv(runs: Sequence[Run], metrics: Sequence[str], path: Path) -> T
     return header, rows
 
 
-def build_report(root: Path, compare: Optional[Sequence[str]] = None, bins: int = 4,
+def build_report(root: Path, compare: Optional[Sequence[str]] = None, bins: Optional[int] = None,
                  bin_mode: str = "quantile", out: Optional[Path] = None) -> Dict[str, Any]:
     """Write the report; returns the summary (also saved as summary.json)."""
     root = Path(root)
@@ -684,9 +692,10 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, bins: int 
                "achieved KL; mean and 95% interval over seeds.", ""]
         md += [f"![metrics vs KL]({p.name})" for p in pages] + [""]
         # matched KL
-        bins_out = matched_kl(runs, bins, bin_mode)
+        n_bins = bins or auto_bins(len([r for r in finished(runs) if KL in r.metrics]))
+        bins_out = matched_kl(runs, n_bins, bin_mode)
         md += ["## DPO vs PPO at matched KL", "",
-               f"Runs binned by their own achieved KL ({bin_mode} bins, {bins} asked); only bins with "
+               f"Runs binned by their own achieved KL ({bin_mode} bins, {n_bins} asked); only bins with "
                "runs of both algorithms are shown; each cell is the mean ± 95% interval over the runs "
                "in the bin (no interval with one run).", ""]
         if not bins_out:
@@ -807,7 +816,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--compare", nargs=2, metavar=("JOB_A", "JOB_B"),
                         help="two job folders (path, or a unique part of the folder name) to compare "
                              "as in the paper: losses, divergence, per-head heat maps")
-    parser.add_argument("--bins", type=int, default=4, help="KL bins for the matched-KL table (default 4)")
+    parser.add_argument("--bins", type=int, default=None,
+                        help="KL bins for the matched-KL table (default: about 4 runs a bin, 1-6 bins)")
     parser.add_argument("--bin-mode", choices=("quantile", "log"), default="quantile",
                         help="quantile bins (equal runs per bin) or log-spaced KL bins")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default PATH/report)")
@@ -815,7 +825,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="log the report as a W&B run (default: when wandb is installed)")
     parser.add_argument("--wandb-mode", choices=("offline", "online"), default="offline")
     args = parser.parse_args(argv)
-    if args.bins < 1:
+    if args.bins is not None and args.bins < 1:
         parser.error("--bins must be >= 1")
     summary = build_report(args.path, compare=args.compare, bins=args.bins, bin_mode=args.bin_mode, out=args.out)
     out = Path(args.out) if args.out else Path(args.path) / "report"

@@ -32,3 +32,9 @@ def compose_cfg(overrides=(), tiny=True):
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def default_cache(tmp_path_factory):
+    """Artifacts of the embedded default at full size, shared by the slow tests."""
+    return tmp_path_factory.mktemp("default-cache")

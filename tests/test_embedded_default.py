@@ -14,11 +14,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def default_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("default-cache")
-
-
 def _run(out, cache, *overrides):
     proc = subprocess.run([sys.executable, "-m", "dpo_ppo.main", f"hydra.run.dir={out}", f"cache_dir={cache}",
                            *overrides], capture_output=True, text=True, timeout=1200)

@@ -1,0 +1,71 @@
+"""The real smoke sweep, end to end (slow): joblib launcher, killed mid-way, relaunched, relaunched
+again (nothing re-runs), then the report."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _jobs(root: Path) -> dict:
+    out = {}
+    for res in root.glob("*/results.json"):
+        try:
+            out[res.parent.name] = json.loads(res.read_text())
+        except ValueError:  # being rewritten
+            pass
+    return out
+
+
+def test_smoke_sweep_killed_relaunched_reported(tmp_path, default_cache):
+    root = tmp_path / "smoke"
+    cmd = [sys.executable, "-m", "dpo_ppo.main", "-m", "sweep=smoke", "hydra/launcher=joblib",
+           "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={root}", f"cache_dir={default_cache}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 1500
+    while time.time() < deadline and proc.poll() is None:
+        jobs = _jobs(root)
+        done = [n for n, r in jobs.items() if r["status"] == "finished"]
+        midway = [n for n, r in jobs.items() if r["status"] == "running" and list((root / n).glob("snapshots/ex_*"))]
+        if done and midway:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _jobs(root)
+    finished_before = {n for n, r in before.items() if r["status"] == "finished"}
+    interrupted = {n for n, r in before.items() if r["status"] == "running"}
+    assert finished_before and interrupted
+
+    relaunch = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    after = _jobs(root)
+    assert len(after) == 4 and all(r["status"] == "finished" for r in after.values())
+    assert {r["algorithm"] for r in after.values()} == {"dpo", "ppo"}
+    for name in finished_before:  # no finished job lost or re-run
+        assert after[name]["attempts"] == 1 and after[name]["metrics"] == before[name]["metrics"]
+    for name in interrupted:  # resumed, not restarted, where training had saved a checkpoint
+        assert after[name]["attempts"] == 2
+    assert any(after[n]["train_summary"].get("resumed_from") for n in interrupted if after[n].get("train_summary"))
+
+    stamps = {p: p.stat().st_mtime for p in root.glob("*/results.json")}
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0
+    assert {p: p.stat().st_mtime for p in root.glob("*/results.json")} == stamps  # nothing re-ran
+    sweep = json.loads((root / "sweep.json").read_text())
+    assert sum(sweep["counts"].get(k, 0) for k in ("skipped", "finished")) == 4
+
+    report = subprocess.run([sys.executable, "-m", "dpo_ppo.report", str(root), "--no-wandb"],
+                            capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stderr[-2000:]
+    md = (root / "report" / "report.md").read_text()
+    assert (root / "report" / "frontier.png").stat().st_size > 10_000
+    assert "| DPO |" in md and "| PPO |" in md and "4 finished" in md
