@@ -14,7 +14,6 @@ import math
 import shutil
 from pathlib import Path
 
-import torch
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 

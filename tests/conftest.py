@@ -29,6 +29,18 @@ def compose_cfg(overrides=(), tiny=True):
         return compose("config", overrides=(TINY if tiny else []) + list(overrides))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tests run toy-sized models, where torch's threads only add overhead (and thrash a busy
+    2-core machine); subprocesses (the slow end-to-end tests) keep torch's default."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")

@@ -10,13 +10,6 @@ from dpo_ppo.analysis.common import encode, head_dim, pad_id
 from dpo_ppo.analysis.toy import HashScorer, toy_model, toy_reviews, toy_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def data():

@@ -12,14 +12,6 @@ from dpo_ppo.analysis.common import boot_bridge, encode, pad_id
 from dpo_ppo.analysis.toy import toy_model, toy_reviews, toy_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny matrices: threads only add overhead (and thrash on a busy 2-core machine)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def setup():

@@ -13,13 +13,6 @@ from dpo_ppo.analysis.config import parse_marked_prompt
 from dpo_ppo.analysis.toy import toy_model, toy_reviews, toy_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def tok():

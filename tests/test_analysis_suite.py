@@ -18,13 +18,6 @@ from dpo_ppo.analysis.toy import LexiconScorer, toy_model, toy_reviews, toy_toke
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def world():

@@ -20,15 +20,6 @@ VOCAB = 20  # words t0..t19, then <eos>, <pad>
 TARGET = "t3"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and far faster than two on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {f"t{i}": i for i in range(VOCAB)} | {"<eos>": VOCAB, "<pad>": VOCAB + 1}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))

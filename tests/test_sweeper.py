@@ -6,7 +6,6 @@ The end-to-end runs through Hydra launchers are in test_sweep_e2e.py.
 
 from pathlib import Path
 
-import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
