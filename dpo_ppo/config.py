@@ -193,12 +193,9 @@ def register_configs() -> None:
                        ("dpo", DPOAlgorithmConfig), ("ppo", PPOAlgorithmConfig), ("eval", EvalConfig),
                        ("logger", LoggerConfig)]:
         cs.store(group="schema", name=name, node=node)
-    try:  # the analysis schema lives with the analyses
-        from dpo_ppo.analysis.config import AnalysisConfig
+    from dpo_ppo.analysis.config import AnalysisConfig  # the analysis schema lives with the analyses
 
-        cs.store(group="schema", name="analysis", node=AnalysisConfig)
-    except ImportError:  # pragma: no cover - analysis package not installed yet
-        pass
+    cs.store(group="schema", name="analysis", node=AnalysisConfig)
 
 
 # --------------------------------------------------------------------------- validation
@@ -282,15 +279,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("classifier.finetune",
                           "the embedded classifier is trained from scratch; finetune=false needs "
                           "classifier.source set to a ready sentiment model")
-    if cfg.data.source == "synthetic" and cfg.model.source != "embedded" and cfg.classifier.source == "embedded":
-        pass  # allowed: a hub policy on synthetic data still works (text is re-tokenised)
-    if cfg.model.source == "embedded" and cfg.data.source != "synthetic":
-        # the embedded model's tokenizer is trained on the corpus, so it works on any corpus
-        pass
-    analysis_validate = None
-    try:
-        from dpo_ppo.analysis.config import validate as analysis_validate
-    except ImportError:  # pragma: no cover
-        pass
-    if analysis_validate is not None and "analysis" in cfg and cfg.analysis is not None:
-        analysis_validate(cfg)
+    from dpo_ppo.analysis.config import validate as analysis_validate
+
+    analysis_validate(cfg)
