@@ -15,6 +15,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 
+OFFLINE_HINT = "Offline, use the embedded default (model=tiny data=synthetic classifier=tiny)"
+
+
 class ConfigError(ValueError):
     """A config value is out of range; the message names the key and what is allowed."""
 

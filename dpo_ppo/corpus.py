@@ -16,6 +16,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
+from dpo_ppo.config import OFFLINE_HINT
+
 log = logging.getLogger(__name__)
 
 POSITIVE = ["excellent", "great", "wonderful", "brilliant", "superb", "moving", "delightful",
@@ -124,8 +126,8 @@ def load_hub(source: str) -> DatasetDict:
         except Exception as e:  # offline: no hub
             raise RuntimeError(
                 f"data.source={source!r}: could not load it from the Hugging Face hub "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Offline, use the embedded "
-                f"default data=synthetic, or point data.source at a folder saved with save_to_disk."
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). {OFFLINE_HINT}, or point "
+                f"data.source at a folder saved with save_to_disk."
             ) from e
     if not isinstance(ds, DatasetDict) or not {"train", "test"} <= set(ds):
         raise RuntimeError(f"data.source={source!r}: needs 'train' and 'test' splits, found "

@@ -53,8 +53,11 @@ def app(cfg: DictConfig):
             raise
         print(f"Config error: {e}", file=sys.stderr)
         sys.exit(2)
-    return run_job(cfg, hc.runtime.output_dir, overrides=list(hc.overrides.task),
-                   raise_errors=not multirun)
+    out = run_job(cfg, hc.runtime.output_dir, overrides=list(hc.overrides.task), raise_errors=False)
+    if out["status"] == "failed" and not multirun:  # a sweep goes on; a single job says why and exits
+        print(f"Job failed: {out['error']}\n(traceback: {out['job_dir']}/traceback.txt)", file=sys.stderr)
+        sys.exit(1)
+    return out
 
 
 def main() -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+
+from dpo_ppo.config import OFFLINE_HINT
 from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling,
                           GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast, Trainer,
                           TrainingArguments)
@@ -24,7 +26,6 @@ log = logging.getLogger(__name__)
 EOS = "<|endoftext|>"
 PAD = "<|padding|>"
 
-OFFLINE_HINT = "Offline, use the embedded default (model=tiny data=synthetic classifier=tiny)"
 
 
 def train_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:

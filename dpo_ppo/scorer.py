@@ -19,7 +19,8 @@ import torch
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                           GPT2Config, GPT2ForSequenceClassification, Trainer, TrainingArguments)
 
-from dpo_ppo.models import OFFLINE_HINT, ensure_pad
+from dpo_ppo.config import OFFLINE_HINT
+from dpo_ppo.models import ensure_pad
 
 log = logging.getLogger(__name__)
 
