@@ -15,6 +15,8 @@ from typing import Sequence
 
 import torch
 
+from dpo_ppo.sampling import model_device  # noqa: F401  (re-exported for the analyses)
+
 log = logging.getLogger(__name__)
 
 
@@ -37,10 +39,6 @@ def blocks(model):
     """The transformer blocks of a GPT-NeoX causal LM (``model.gpt_neox.layers``)."""
     base = getattr(model, "gpt_neox", None) or model.base_model
     return base.layers
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 def resolve_device(device, policy) -> torch.device:
