@@ -24,36 +24,16 @@ import platform
 import time
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from bench_common import SHAPES, build_model, word_tokenizer
 
 from dpo_ppo.analysis.ablation import ablate_heads
 from dpo_ppo.analysis.cli import load_preset
 from dpo_ppo.analysis.toy import HashScorer
 
-SHAPES = {  # hidden, layers, heads, vocab, context
-    "embedded": (128, 4, 8, 1024, 256),
-    "pythia70m": (512, 6, 8, 50304, 2048),
-}
-
-
-def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """Every id decodes to a word, so sampled completions always make text for the scorer."""
-    vocab = {f"t{i}": i for i in range(vocab_size - 2)} | {"<eos>": vocab_size - 2, "<pad>": vocab_size - 1}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
-
-
 def build(shape: str, device):
-    hidden, layers, heads, vocab, context = SHAPES[shape]
-    tok = word_tokenizer(vocab)
-    cfg = GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=4 * hidden, max_position_embeddings=context, rotary_pct=0.25,
-                        hidden_dropout=0.0, attention_dropout=0.0, eos_token_id=tok.eos_token_id,
-                        bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    tok = word_tokenizer(SHAPES[shape][3])
     torch.manual_seed(0)
-    return GPTNeoXForCausalLM(cfg).to(device).eval(), tok
+    return build_model(shape, tok, device).eval(), tok
 
 
 def timed(fn, repeats: int):

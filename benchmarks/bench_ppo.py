@@ -18,36 +18,10 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from bench_common import SHAPES, build_model, word_tokenizer
 
 from dpo_ppo.config import PPOAlgorithmConfig
 from dpo_ppo.ppo import train_ppo
-
-SHAPES = {  # hidden, layers, heads, vocab, context
-    "embedded": (128, 4, 8, 1024, 256),
-    "pythia70m": (512, 6, 8, 50304, 2048),
-}
-
-
-def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    vocab = {f"t{i}": i for i in range(vocab_size - 2)} | {"<eos>": vocab_size - 2, "<pad>": vocab_size - 1}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
-
-
-def build_model(shape: str, tok, device) -> GPTNeoXForCausalLM:
-    hidden, layers, heads, vocab, context = SHAPES[shape]
-    config = GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                           num_attention_heads=heads, intermediate_size=4 * hidden,
-                           max_position_embeddings=context, hidden_dropout=0.0, attention_dropout=0.0,
-                           eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
-                           pad_token_id=tok.pad_token_id)
-    model = GPTNeoXForCausalLM(config).to(device)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    return model
-
 
 def ppo_config(**overrides):
     yaml = OmegaConf.load(Path(__file__).parents[1] / "conf" / "algorithm" / "ppo.yaml")
