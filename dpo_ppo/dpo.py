@@ -17,25 +17,21 @@ from pathlib import Path
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
+from dpo_ppo.snapshots import save_model_dir, snapshot_dir
+
 log = logging.getLogger(__name__)
-
-
-def snapshot_dir(job_dir: Path, examples: int) -> Path:
-    return Path(job_dir) / "snapshots" / f"ex_{examples:07d}"
 
 
 class SnapshotCallback(TrainerCallback):
     """Saves the policy every ``every`` examples and at the end of training."""
 
-    def __init__(self, job_dir: Path, every: int, examples_per_step: int):
+    def __init__(self, job_dir: Path, every: int, examples_per_step: int, tokenizer):
         self.job_dir, self.every, self.per_step = Path(job_dir), every, examples_per_step
+        self.tokenizer = tokenizer
 
     def _save(self, model, examples: int) -> None:
-        path = snapshot_dir(self.job_dir, examples)
-        if not path.exists():
-            tmp = path.with_name(path.name + ".tmp")
-            model.save_pretrained(str(tmp))
-            tmp.rename(path)
+        if not snapshot_dir(self.job_dir, examples).exists():
+            save_model_dir(model, self.tokenizer, snapshot_dir(self.job_dir, examples))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         examples = state.global_step * self.per_step
@@ -100,7 +96,7 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
     examples_per_step = algo.batch_size
     trainer = DPOTrainer(
         model=policy, ref_model=ref_model, args=args, train_dataset=prefs, processing_class=tokenizer,
-        callbacks=[SnapshotCallback(job_dir, algo.snapshot_every, examples_per_step),
+        callbacks=[SnapshotCallback(job_dir, algo.snapshot_every, examples_per_step, tokenizer),
                    LogCallback(log_fn, examples_per_step)],
     )
     last = last_complete_checkpoint(Path(args.output_dir))

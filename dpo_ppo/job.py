@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import resource
-import shutil
 import time
 import traceback
 from pathlib import Path
@@ -26,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_ppo.cache import artifact, spec_key
 from dpo_ppo.record import Recorder, write_json
+from dpo_ppo.snapshots import save_model_dir
 
 log = logging.getLogger("dpo_ppo")
 
@@ -188,12 +188,8 @@ class Job:
 
                     summary = train_ppo(algo, policy, ref_model, tokenizer, train_prompts,
                                         scorer.p_positive, self.job_dir, seed=cfg.seed, log_fn=self.rec.log)
-            tmp = policy_dir.with_name("policy.tmp")
-            policy.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-            if policy_dir.exists():  # from an attempt killed before it recorded "trained"
-                shutil.rmtree(policy_dir)
-            tmp.rename(policy_dir)
+            # replaces a policy/ left by an attempt killed before it recorded "trained"
+            save_model_dir(policy, tokenizer, policy_dir)
             self.rec.results.update(trained=True, train_summary=summary)
             self.rec.save()
         policy.eval()

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import random
 import shutil
 import time
@@ -46,6 +45,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from dpo_ppo.sampling import generate, model_device, pad_batch
+from dpo_ppo.snapshots import replace_dir, save_model_dir, snapshot_dir
 
 # --------------------------------------------------------------------------- pure functions
 
@@ -402,28 +402,9 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place: the old one is only removed once the new one is there."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def save_snapshot(policy, tokenizer, out_dir: Path, examples: int) -> Path:
     """The policy LM alone (no value head), loadable with from_pretrained."""
-    final = out_dir / "snapshots" / f"ex_{examples:07d}"
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    policy.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    _replace_dir(tmp, final)
-    return final
+    return save_model_dir(policy, tokenizer, snapshot_dir(out_dir, examples))
 
 
 def _rng_state() -> dict:
@@ -449,7 +430,7 @@ def save_state(out_dir: Path, state: dict) -> None:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     torch.save(state, tmp / "state.pt")
-    _replace_dir(tmp, final)
+    replace_dir(tmp, final)
 
 
 def load_state(out_dir: Path) -> Optional[dict]:
