@@ -121,11 +121,17 @@ class PPOAlgorithmConfig(AlgorithmConfig):
 
     name: str = "ppo"
     rollout_prefixes: int = 32  # prefixes per rollout (x num_completions samples)
-    # KL penalty
-    adaptive_kl: bool = True
-    kl_target: float = 6.0  # nats per sequence; the controller drives KL(policy||ref) toward it
-    init_kl_coef: float = 0.2
-    kl_horizon: int = 10000
+    # KL penalty.  kl_controller=log (default): a PI controller on log(kl_coef) whose gain is tied
+    # to the run's number of updates, so the run reaches kl_target; ziegler: old TRL's adaptive
+    # controller (Ziegler et al. 2019; the paper presets), which moves kl_coef by at most
+    # 20% x samples/kl_horizon per update.  kl_coef=X fixes the coefficient (no target; the direct
+    # analogue of DPO's beta) and overrides kl_controller.
+    kl_controller: str = "log"
+    kl_target: float = 6.0  # nats per sequence on training rollouts (sum of k1 over the completion)
+    kl_coef: Optional[float] = None  # fixed KL coefficient; null = adaptive toward kl_target
+    init_kl_coef: float = 0.2  # the adaptive controllers' starting coefficient
+    kl_horizon: int = 10000  # ziegler only: samples over which a full 20% error acts
+    kl_gain: Optional[float] = None  # log only: integral gain per update; null = tied to run length
     kl_estimator: str = "k1"  # k1: log p - log q per token; k3: (r - 1) - log r
     # reward
     reward_kind: str = "logit"  # logit of p(positive) or the probability itself
@@ -139,7 +145,10 @@ class PPOAlgorithmConfig(AlgorithmConfig):
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
     whiten_advantages: bool = True
-    value_model: str = "shared"  # shared: value head on the policy trunk; separate: own copy
+    # separate (default): the value head reads its own trainable copy of the reference trunk, so
+    # the policy's weights carry the policy loss alone (what the analyses compare with DPO);
+    # shared: the head reads the policy's trunk and the value loss trains the policy too
+    value_model: str = "separate"
     early_stop_kl: Optional[float] = None  # stop an update's epochs when approx KL exceeds this
 
 
@@ -153,6 +162,48 @@ class EvalConfig:
     batch_size: int = 250
     temperature: float = 1.0
     num_samples_logged: int = 32  # rows of the W&B sample table
+    # sampling key: completions are a function of (seed, prompt index) and the model alone, so
+    # every job samples its eval prompts with the same noise and rows pair across jobs
+    seed: int = 0
+
+
+@dataclass
+class ComputeConfig:
+    """How much optimisation each algorithm gets.
+
+    native: each algorithm's own schedule (DPO: one step per ``batch_size`` pairs for ``epochs``;
+    PPO: ``ppo_epochs`` x ``num_minibatches`` steps per rollout, ~8x DPO's steps at the paper's
+    settings).  matched: both take one AdamW step per ``prefixes_per_step`` training prefixes, one
+    pass (DPO: batch_size = prefixes_per_step, epochs = 1; PPO: ppo_epochs = 1, num_minibatches =
+    rollout_prefixes / prefixes_per_step), so a DPO and a PPO job with the same examples take the
+    same number of optimizer steps on the same prefixes.
+    """
+
+    mode: str = "native"  # native | matched
+    prefixes_per_step: int = 16  # matched only
+
+
+def apply_compute(cfg: DictConfig) -> None:
+    """Rewrite the algorithm's schedule in place for ``compute.mode=matched`` (after ``validate``)."""
+    compute = cfg.get("compute")
+    if compute is None or compute.mode != "matched":
+        return
+    algo, n = cfg.algorithm, compute.prefixes_per_step
+    if algo.name == "dpo":
+        algo.batch_size, algo.epochs = n, 1.0
+    else:
+        algo.ppo_epochs, algo.num_minibatches = 1, algo.rollout_prefixes // n
+
+
+def planned_optimizer_steps(cfg: DictConfig) -> int:
+    """The optimizer steps the job's schedule takes (PPO without early stopping)."""
+    import math
+
+    algo = cfg.algorithm
+    if algo.name == "dpo":  # the Trainer's max_steps: ceil(epochs x steps per epoch)
+        return math.ceil(math.ceil(algo.examples / algo.batch_size) * algo.epochs)
+    updates = math.ceil(algo.examples / algo.rollout_prefixes)
+    return updates * algo.ppo_epochs * algo.num_minibatches
 
 
 @dataclass
@@ -175,6 +226,7 @@ class Config:
     eval: EvalConfig = MISSING
     analysis: Any = MISSING
     logger: LoggerConfig = MISSING
+    compute: ComputeConfig = MISSING
     name: str = "default"  # experiment or sweep name: W&B group, output folder
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -185,6 +237,9 @@ class Config:
     force: bool = False  # re-run a job whose folder already holds finished results
     # the sweep file a job came from (set by sweeps/<name>.yaml; logged with the job's config)
     sweep: Optional[str] = None
+    # build the shared artifacts this config needs (corpus, base, classifier, reference
+    # evaluation, DPO preferences) and stop: the sweeper's prepare step before the GPU jobs
+    prepare: bool = False
 
 
 def register_configs() -> None:
@@ -194,7 +249,7 @@ def register_configs() -> None:
     # each group's yaml starts with `- /schema@_here_: <name>`
     for name, node in [("model", ModelConfig), ("data", DataConfig), ("classifier", ClassifierConfig),
                        ("dpo", DPOAlgorithmConfig), ("ppo", PPOAlgorithmConfig), ("eval", EvalConfig),
-                       ("logger", LoggerConfig)]:
+                       ("logger", LoggerConfig), ("compute", ComputeConfig)]:
         cs.store(group="schema", name=name, node=node)
     from dpo_ppo.analysis.config import AnalysisConfig  # the analysis schema lives with the analyses
 
@@ -247,6 +302,9 @@ def validate(cfg: DictConfig) -> None:
         _positive(cfg, "algorithm.vf_coef", allow_zero=True)
         _positive(cfg, "algorithm.early_stop_kl")
         _choice(cfg, "algorithm.kl_estimator", ("k1", "k3"))
+        _choice(cfg, "algorithm.kl_controller", ("log", "ziegler"))
+        _positive(cfg, "algorithm.kl_coef", allow_zero=True)
+        _positive(cfg, "algorithm.kl_gain")
         _choice(cfg, "algorithm.reward_kind", ("logit", "prob"))
         _choice(cfg, "algorithm.value_model", ("shared", "separate"))
         for key in ("gamma", "lam"):
@@ -258,6 +316,14 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError("algorithm.num_minibatches",
                               f"must divide rollout_prefixes * num_completions = {samples}, "
                               f"got {algo.num_minibatches}")
+    compute = cfg.get("compute")
+    if compute is not None:
+        _choice(cfg, "compute.mode", ("native", "matched"))
+        _positive(cfg, "compute.prefixes_per_step")
+        if compute.mode == "matched" and algo.name == "ppo" and algo.rollout_prefixes % compute.prefixes_per_step:
+            raise ConfigError("compute.prefixes_per_step",
+                              f"must divide algorithm.rollout_prefixes ({algo.rollout_prefixes}) for "
+                              f"compute=matched, got {compute.prefixes_per_step}")
     context = cfg.model.context_length
     longest_prefix = algo.prefix_len_max or algo.prefix_len
     if longest_prefix + algo.completion_len > context:
@@ -272,6 +338,16 @@ def validate(cfg: DictConfig) -> None:
                           f"eval.prefix_len + eval.completion_len = "
                           f"{cfg.eval.prefix_len + cfg.eval.completion_len} exceeds the context of "
                           f"model={cfg.model.name} ({context} tokens)")
+    # the scorer truncates at classifier.max_length: it must read the whole prefix + completion
+    scored = {"algorithm.completion_len": longest_prefix + algo.completion_len,
+              "eval.completion_len": cfg.eval.prefix_len + cfg.eval.completion_len}
+    for key, tokens in scored.items():
+        if tokens > cfg.classifier.max_length:
+            raise ConfigError("classifier.max_length",
+                              f"the scorer would truncate what it scores: prefix + {key} = {tokens} "
+                              f"tokens > classifier.max_length ({cfg.classifier.max_length}) of "
+                              f"classifier={cfg.classifier.name}; raise classifier.max_length to >= {tokens} "
+                              f"or shorten the completions")
     if not 0 < cfg.data.test_fraction < 1:
         raise ConfigError("data.test_fraction", f"must be in (0, 1), got {cfg.data.test_fraction}")
     _positive(cfg, "data.num_reviews")

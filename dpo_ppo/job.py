@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import resource
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -23,7 +24,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_ppo.cache import artifact, spec_key
+from dpo_ppo.cache import artifact
+from dpo_ppo.identity import ConfigDrift, config_diff, config_hash
+from dpo_ppo.joblock import JobLock
+from dpo_ppo.provenance import provenance
 from dpo_ppo.record import Recorder, write_json
 from dpo_ppo.snapshots import save_model_dir
 
@@ -40,10 +44,19 @@ def resolve_device(name: str) -> torch.device:
 
 def swept_params(cfg: DictConfig) -> dict:
     """The hyperparameters a sweep varies, flat, for W&B grouping and the report."""
+    from dpo_ppo.config import planned_optimizer_steps
+
     algo = cfg.algorithm
+    ppo = algo.name == "ppo"
+    controller = ("fixed" if algo.get("kl_coef") is not None else algo.get("kl_controller")) if ppo else None
     return {
-        "algorithm": algo.name, "beta": algo.get("beta"), "kl_target": algo.get("kl_target"),
-        "adaptive_kl": algo.get("adaptive_kl"), "seed": cfg.seed, "examples": algo.examples,
+        "algorithm": algo.name, "beta": algo.get("beta"),
+        "kl_target": algo.get("kl_target") if controller != "fixed" else None,
+        "kl_coef": algo.get("kl_coef"), "kl_controller": controller,
+        "value_model": algo.get("value_model") if ppo else None,
+        "compute": cfg.compute.mode if cfg.get("compute") is not None else "native",
+        "optimizer_steps": planned_optimizer_steps(cfg),
+        "seed": cfg.seed, "examples": algo.examples,
         "lr": algo.lr, "num_completions": algo.num_completions, "prefix_len": algo.prefix_len,
         "prefix_len_max": algo.prefix_len_max, "completion_len": algo.completion_len,
         "model": cfg.model.name, "data": cfg.data.name, "classifier": cfg.classifier.name,
@@ -123,19 +136,32 @@ class Job:
 
         path = artifact(self.cache, "prefs", self.specs["prefs"],
                         lambda p: build_prefs(self.cfg.algorithm, prompts, model, tokenizer, scorer, p,
-                                              batch_size=self.cfg.eval.batch_size))
+                                              batch_size=self.cfg.eval.batch_size, seed=self.cfg.seed))
         return path, load_from_disk(str(path))
 
     def reference_eval(self, ref_model, tokenizer, scorer, prompts):
-        from dpo_ppo.evaluate import evaluate_model
+        """The reference's eval metrics; its per-prompt rows sit beside them in ``rows.csv``."""
+        from dpo_ppo.evaluate import evaluate_model, write_rows
 
         def build(p):
             metrics, rows = evaluate_model(ref_model, tokenizer, scorer, prompts, self.cfg.eval, desc="eval reference")
             write_json(p / "metrics.json", metrics)
             write_json(p / "samples.json", {"rows": rows[: self.cfg.eval.num_samples_logged]})
+            write_rows(p / "rows.csv", rows)
 
         path = artifact(self.cache, "ref_eval", self.specs["ref_eval"], build)
+        self.rec.results["artifacts"]["ref_eval"] = str(path)
         return json.loads((path / "metrics.json").read_text())
+
+    def record_compute(self, summary: dict) -> None:
+        """What training cost, for comparisons at matched compute: results.json ``compute``."""
+        compute = dict(summary.get("compute") or {})
+        if self.cfg.algorithm.name == "dpo":  # the reference sampled the pairs for this job
+            prefs_json = Path(self.rec.results["artifacts"].get("prefs") or "") / "prefs.json"
+            compute["generated_tokens"] = (json.loads(prefs_json.read_text()).get("generated_tokens")
+                                           if prefs_json.is_file() else None)
+        compute["train_s"] = self.stage_times.get("train")
+        self.rec.results["compute"] = compute
 
     # ------------------------------------------------------------------ the job
 
@@ -191,10 +217,11 @@ class Job:
             # replaces a policy/ left by an attempt killed before it recorded "trained"
             save_model_dir(policy, tokenizer, policy_dir)
             self.rec.results.update(trained=True, train_summary=summary)
+            self.record_compute(summary)
             self.rec.save()
         policy.eval()
         with self.stage("evaluate"):
-            from dpo_ppo.evaluate import evaluate_model
+            from dpo_ppo.evaluate import evaluate_model, write_rows
 
             ref_metrics = self.reference_eval(ref_model, tokenizer, scorer, test_prompts)
             pol_metrics, rows = evaluate_model(policy, tokenizer, scorer, test_prompts, cfg.eval,
@@ -209,6 +236,7 @@ class Job:
             self.rec.table("samples", ["prompt", "completion", "p_positive"],
                            [[r["prompt"], r["completion"], r["p_positive"]] for r in rows[:n]])
             write_json(self.job_dir / "samples.json", {"rows": rows[:n]})
+            write_rows(self.job_dir / "eval_rows.csv", rows)
             log.info("eval: reward %.3f (reference %.3f), binary loss %.3f (reference %.3f), "
                      "gradient loss %.3f (reference %.3f), KL %.3f nats",
                      pol_metrics["reward_mean"], ref_metrics["reward_mean"], pol_metrics["binary_loss"],
@@ -237,13 +265,117 @@ class Job:
         self.rec.images({k: self.job_dir / v for k, v in images.items()})
 
 
+class _Scratch:
+    """Stands in for the Recorder where a stage is run outside a job (``Job.prepare``)."""
+
+    def __init__(self):
+        self.results: dict = {"artifacts": {}}
+        self.run = None
+
+    def save(self) -> None:
+        pass
+
+
+def _prepare(job: Job) -> list[str]:
+    """Build the shared artifacts of ``job``'s config through the same stage methods a job uses
+    (corpus, base, classifier, the reference's evaluation and, for DPO, the preference data)."""
+    from dpo_ppo.models import load_policy
+    from dpo_ppo.prompts import make_prefixes
+    from dpo_ppo.scorer import Scorer
+
+    cfg, algo = job.cfg, job.cfg.algorithm
+    job.rec = _Scratch()
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _, corpus = job.corpus()
+    base_path = job.base(corpus)
+    scorer = Scorer.load(job.classifier(corpus, base_path), job.device)
+    ref_model, tokenizer = load_policy(base_path, job.device)
+    ref_model.eval().requires_grad_(False)
+    test_prompts = make_prefixes(corpus["test"]["text"], tokenizer, cfg.eval.num_prompts, cfg.eval.prefix_len,
+                                 seed=EVAL_PROMPT_SEED)
+    job.reference_eval(ref_model, tokenizer, scorer, test_prompts)
+    built = ["corpus", "base", "classifier", "ref_eval"]
+    if algo.name == "dpo":
+        train_prompts = make_prefixes(corpus["train"]["text"], tokenizer, algo.examples, algo.prefix_len,
+                                      algo.prefix_len_max, seed=cfg.seed)
+        job.prefs(train_prompts, ref_model, tokenizer, scorer)
+        built.append("prefs")
+    return built
+
+
+# what a job's training left in its folder: cleared when force=true re-runs it under a new config
+TRAINING_STATE = ("dpo_trainer", "ppo_state", "ppo_state.old", "snapshots", "policy")
+
+
+def check_drift(cfg: DictConfig, job_dir: Path, previous: dict, raise_errors: bool) -> dict | None:
+    """Config-drift guard: None when ``job_dir``'s earlier results (finished, or a checkpoint to
+    resume) were made with this config, else stop the job with the keys that differ. With
+    force=true the job re-runs from scratch instead (its training state is cleared)."""
+    if not previous.get("config"):
+        return None
+    diff = config_diff(previous["config"], OmegaConf.to_container(cfg, resolve=True))
+    if not diff:
+        return None
+    err = ConfigDrift(job_dir, diff)
+    if cfg.force:
+        log.warning("%s; force=true: re-running from scratch", err)
+        for name in TRAINING_STATE:
+            path = Path(job_dir) / name
+            if path.is_dir():
+                shutil.rmtree(path)
+        return None
+    log.error("%s", err)
+    if raise_errors:
+        raise err
+    return {"status": "failed", "job_dir": str(job_dir), "metrics": {}, "error": str(err)}
+
+
+def prepare_job(cfg: DictConfig) -> dict:
+    """``prepare=true``: build the shared artifacts this job's config needs and stop (the
+    sweeper's prepare step, before the GPU jobs start); writes nothing in a job folder."""
+    from dpo_ppo.config import apply_compute
+
+    apply_compute(cfg)
+    t0 = time.time()
+    built = _prepare(Job(cfg, Path(cfg.cache_dir)))
+    log.info("prepared %s in %.1f s", ", ".join(built), time.time() - t0)
+    return {"status": "prepared", "artifacts": built}
+
+
 def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str] | None = None,
             raise_errors: bool = True) -> dict:
-    """Run (or skip, or resume) the job; returns its status and metrics."""
+    """Run (or skip, or resume) the job under its folder's lock; returns its status and metrics.
+
+    A folder locked by a live process (another launch of the same job) is left alone: the call
+    returns status "skipped" with where the job runs (see dpo_ppo.joblock)."""
+    if cfg.get("prepare"):
+        return prepare_job(cfg)
+    Path(job_dir).mkdir(parents=True, exist_ok=True)
+    lock = JobLock(job_dir)
+    if not lock.acquire():
+        reason = f"running elsewhere ({lock.describe()})"
+        log.warning("job %s is %s; not starting it twice", job_dir, reason)
+        return {"status": "skipped", "job_dir": str(job_dir), "metrics": {}, "reason": reason}
+    try:
+        return _run_job(cfg, job_dir, overrides, raise_errors)
+    finally:
+        lock.release()
+
+
+def _run_job(cfg: DictConfig, job_dir: Path, overrides: list[str] | None = None,
+             raise_errors: bool = True) -> dict:
+    from dpo_ppo.config import apply_compute
+
+    apply_compute(cfg)  # compute=matched rewrites the schedule before params and config are recorded
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     results_path = job_dir / "results.json"
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    stop = check_drift(cfg, job_dir, previous, raise_errors)
+    if stop is not None:
+        return stop
     if previous.get("status") == "finished" and not cfg.force:
         log.info("job already finished, skipping (force=true re-runs it): %s", job_dir)
         return {"status": "skipped", "job_dir": str(job_dir), "metrics": previous.get("metrics", {})}
@@ -253,13 +385,17 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str] | None = None,
         "params": swept_params(cfg), "config": OmegaConf.to_container(cfg, resolve=True),
         "metrics": {}, "artifacts": {}, "error": None, "traceback": None,
         "trained": bool(previous.get("trained")) and not cfg.force,
-        "attempts": previous.get("attempts", 0) + 1, "config_key": spec_key(OmegaConf.to_container(cfg, resolve=True)),
+        "attempts": previous.get("attempts", 0) + 1, "config_key": config_hash(OmegaConf.to_container(cfg, resolve=True)),
+        "provenance": provenance(),
     }
     if previous.get("train_summary") and results["trained"]:
         results["train_summary"] = previous["train_summary"]
+        results["compute"] = previous.get("compute", {})
     logger = cfg.logger
-    wandb_config = {**results["config"], "params": results["params"], "overrides": job.overrides}
-    job.rec = Recorder(job_dir, results, logger, wandb_config, run_name=job_dir.name)
+    wandb_config = {**results["config"], "params": results["params"], "overrides": job.overrides,
+                    "provenance": results["provenance"], "config_key": results["config_key"]}
+    resume_id = None if cfg.force else (previous.get("wandb") or {}).get("id")
+    job.rec = Recorder(job_dir, results, logger, wandb_config, run_name=job_dir.name, resume_id=resume_id)
     t0 = time.time()
     try:
         metrics = job.run()
@@ -274,6 +410,12 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str] | None = None,
               "stage_seconds": job.stage_times, "error": error, "traceback": tb}
     if torch.cuda.is_available():
         fields["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    compute = results.setdefault("compute", {})
+    compute["wall_s"] = fields["wall_time_s"]
+    # seconds this job held an accelerator (its stages ran on it); 0 on CPU
+    compute["accelerator_s"] = round(sum(job.stage_times.values()), 2) if job.device.type != "cpu" else 0.0
+    if job.rec.run is not None:
+        job.rec.run.config.update({"compute": compute}, allow_val_change=True)
     job.rec.finish(status, **fields)
     if status == "failed" and raise_errors:
         raise exc

@@ -26,10 +26,37 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-class Recorder:
-    """One job's results.json plus (optionally) its W&B run."""
+def run_tags(results: dict, wandb_config: dict, extra=()) -> list[str]:
+    """W&B tags to filter a project by: algorithm, sweep and model (plus logger.tags)."""
+    tags = [f"algorithm={results.get('algorithm')}"]
+    if wandb_config.get("sweep"):
+        tags.append(f"sweep={wandb_config['sweep']}")
+    model = (wandb_config.get("model") or {}).get("name")
+    if model:
+        tags.append(f"model={model}")
+    tags += [str(t) for t in extra or () if str(t) not in tags]
+    return [t[:64] for t in tags]  # W&B's limit
 
-    def __init__(self, job_dir: Path, results: dict, logger_cfg, wandb_config: dict, run_name: str):
+
+def define_metrics(run) -> None:
+    """Training curves against examples seen; eval and analysis scalars as summary values."""
+    run.define_metric("train/examples")
+    run.define_metric("train/*", step_metric="train/examples")
+    run.define_metric("eval/*", summary="last")
+    run.define_metric("analysis/*", summary="last")
+
+
+class Recorder:
+    """One job's results.json plus (optionally) its W&B run.
+
+    ``resume_id``: the W&B run id of an earlier attempt of this job (from its results.json); the
+    run is resumed under that id (``resume="allow"``), so a relaunched or requeued job adds to one
+    run instead of leaving a second one with the same name.  Offline, each attempt writes its own
+    ``offline-run-*`` folder with that id; ``dpo-ppo-sync`` uploads them in order as one run.
+    """
+
+    def __init__(self, job_dir: Path, results: dict, logger_cfg, wandb_config: dict, run_name: str,
+                 resume_id: str | None = None):
         self.job_dir = Path(job_dir)
         self.results = results
         self.run = None
@@ -40,20 +67,31 @@ class Recorder:
                 project=logger_cfg.project, entity=logger_cfg.entity, mode=logger_cfg.mode,
                 dir=str(Path(logger_cfg.dir or self.job_dir).resolve()), group=results["name"],
                 job_type=results["algorithm"], name=run_name, config=wandb_config,
-                tags=list(logger_cfg.tags) or None, reinit="finish_previous",
+                tags=run_tags(results, wandb_config, logger_cfg.tags), reinit="finish_previous",
+                id=resume_id, resume="allow" if resume_id else None,
             )
-            results["wandb"] = {"id": self.run.id, "dir": str(Path(self.run.dir).parent)}
+            define_metrics(self.run)
+            results["wandb"] = {
+                "id": self.run.id, "project": self.run.project or logger_cfg.project,
+                "entity": self.run.entity or logger_cfg.entity, "mode": logger_cfg.mode,
+                "url": self.run.url, "group": results["name"], "resumed": bool(resume_id),
+                "dir": str(Path(self.run.dir).parent),
+            }
         self.save()
 
     def save(self) -> None:
         write_json(self.job_dir / "results.json", self.results)
 
     def log(self, metrics: dict, step: int | None = None) -> None:
-        """A training-curve point (W&B history and ``train_log.jsonl``)."""
+        """A training-curve point (W&B history and ``train_log.jsonl``); ``step`` is the examples
+        seen, unless ``metrics`` carries ``train/examples`` itself."""
         with open(self.job_dir / "train_log.jsonl", "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.run is not None:
-            self.run.log(metrics)
+            row = dict(metrics)
+            if step is not None:  # the examples axis of every train/* curve (define_metrics)
+                row.setdefault("train/examples", step)
+            self.run.log(row)
 
     def metrics(self, metrics: dict) -> None:
         """Final scalars: kept in results.json, logged once and put in the W&B summary."""
@@ -117,7 +155,8 @@ def _records(data: bytes):
 
 
 def read_offline_run(run_dir: Path, wait_s: float = 20.0) -> dict:
-    """Config, history rows, summary and run facts of an offline W&B run folder.
+    """Config, history rows, summary, run facts (id, group, tags, ...) and metric definitions
+    (``define_metric``) of an offline W&B run folder.
 
     W&B's service may still be flushing the file for a moment after ``finish()`` returns, so this
     re-reads it for up to ``wait_s`` seconds until the run's exit record is there.
@@ -141,14 +180,15 @@ def _read_offline_run(run_dir: Path) -> dict:
     data = files[0].read_bytes()
     if data[:4] != b":W&B":
         raise ValueError(f"{files[0]} is not a W&B log")
-    out = {"config": {}, "history": [], "summary": {}, "run": {}, "exit_code": None}
+    out = {"config": {}, "history": [], "summary": {}, "run": {}, "metrics": {}, "exit_code": None}
     for payload in _records(data):
         rec = pb.Record()
         rec.ParseFromString(payload)
         which = rec.WhichOneof("record_type")
         if which == "run":
             out["run"] = {"group": rec.run.run_group, "job_type": rec.run.job_type,
-                          "project": rec.run.project, "name": rec.run.display_name}
+                          "project": rec.run.project, "name": rec.run.display_name,
+                          "id": rec.run.run_id, "tags": list(rec.run.tags)}
             for item in rec.run.config.update:
                 out["config"][item.key] = json.loads(item.value_json)
         elif which == "config":
@@ -164,6 +204,10 @@ def _read_offline_run(run_dir: Path) -> dict:
             for item in rec.summary.update:
                 key = item.key or "/".join(item.nested_key)
                 out["summary"][key] = json.loads(item.value_json)
+        elif which == "metric":  # define_metric
+            m = rec.metric
+            summary = [f.name for f, v in m.summary.ListFields() if v] if m.HasField("summary") else []
+            out["metrics"][m.name or m.glob_name] = {"step_metric": m.step_metric or None, "summary": summary}
         elif which == "exit":
             out["exit_code"] = rec.exit.exit_code
     return out

@@ -1,0 +1,139 @@
+"""``dpo-ppo-sync``: upload every offline W&B run of a sweep, once.
+
+    dpo-ppo-sync multirun/confound             # every job folder (and report/) below it
+    dpo-ppo-sync multirun/confound --dry-run   # list what would be uploaded
+
+Jobs log offline by default (compute nodes often have no internet).  This finds the
+``wandb/offline-run-*`` folders of every job below the given folder, leaves out runs W&B already
+marked synced (``run-*.wandb.synced``) and jobs still running (their runs are incomplete; they
+are synced by the next call), and hands the rest to one ``wandb sync`` call.  A requeued or
+relaunched job wrote one folder per attempt under the same run id (``Recorder`` resumes by id);
+``wandb sync`` uploads those in order of start time into that one run.  Afterwards each job's
+``results.json`` gets ``wandb.synced`` and the run's ``wandb.url``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from dpo_ppo.record import write_json
+
+SKIP = {".submitit", ".hydra", "__pycache__"}
+
+
+def job_folders(root: Path) -> list[Path]:
+    """Folders below ``root`` (itself included) that hold a ``wandb/`` folder."""
+    out = []
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP and d != "wandb")
+        if (Path(dirpath) / "wandb").is_dir():
+            out.append(Path(dirpath))
+    return out
+
+
+def offline_runs(folder: Path) -> list[Path]:
+    """The job's offline runs in order of start time (the folder names start with it)."""
+    return sorted(p for p in (folder / "wandb").glob("offline-run-*") if p.is_dir())
+
+
+def is_synced(run_dir: Path) -> bool:
+    files = list(run_dir.glob("run-*.wandb"))
+    return bool(files) and all(f.with_suffix(".wandb.synced").exists() for f in files)
+
+
+def run_url(info: dict) -> str | None:
+    """The W&B page of a run, when its entity is known (results.json or WANDB_ENTITY)."""
+    entity = info.get("entity") or os.environ.get("WANDB_ENTITY")
+    if not (entity and info.get("project") and info.get("id")):
+        return None
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
+    app = "https://wandb.ai" if base == "https://api.wandb.ai" else base
+    return f"{app}/{entity}/{info['project']}/runs/{info['id']}"
+
+
+def plan(root: Path, include_running: bool = False) -> dict:
+    """What a sync of ``root`` would upload: {"sync": [run dirs], "jobs": [job folders],
+    "synced": n already synced, "running": [job folders left for later]}."""
+    todo, jobs, synced, running = [], [], 0, []
+    for folder in job_folders(root):
+        runs = offline_runs(folder)
+        pending = [r for r in runs if not is_synced(r)]
+        synced += len(runs) - len(pending)
+        if not pending:
+            continue
+        results = _results(folder)
+        if results and results.get("status") == "running" and not include_running:
+            running.append(folder)
+            continue
+        todo += pending
+        jobs.append(folder)
+    return {"sync": todo, "jobs": jobs, "synced": synced, "running": running}
+
+
+def _results(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def sync(root: Path, *, dry_run: bool = False, include_running: bool = False, project: str | None = None,
+         entity: str | None = None, runner: Callable = subprocess.run, wandb_cmd: Sequence[str] | None = None) -> dict:
+    root = Path(root)
+    todo = plan(root, include_running)
+    print(f"{root}: {len(todo['sync'])} offline run folder(s) of {len(todo['jobs'])} job(s) to sync, "
+          f"{todo['synced']} already synced, {len(todo['running'])} job(s) still running (left for later)")
+    if dry_run or not todo["sync"]:
+        for path in todo["sync"]:
+            print(f"  {path}")
+        return todo
+    cmd = list(wandb_cmd or [shutil.which("wandb") or "wandb"]) + ["sync"]
+    if project:
+        cmd += ["--project", project]
+    if entity:
+        cmd += ["--entity", entity]
+    cmd += [str(p) for p in todo["sync"]]
+    done = runner(cmd)
+    todo["returncode"] = done.returncode
+    for folder in todo["jobs"]:
+        results = _results(folder)
+        if not results or "wandb" not in results:
+            continue
+        info = results["wandb"]
+        if project:
+            info["project"] = project
+        if entity:
+            info["entity"] = entity
+        info["synced"] = all(is_synced(r) for r in offline_runs(folder))
+        info["url"] = info.get("url") or run_url(info)
+        write_json(folder / "results.json", results)
+    if done.returncode != 0:
+        print(f"wandb sync exited with {done.returncode}; re-run to retry what was not synced", file=sys.stderr)
+    return todo
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dpo-ppo-sync", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, help="a sweep folder (multirun/<name>) or a job folder")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be synced")
+    parser.add_argument("--include-running", action="store_true",
+                        help="also sync jobs whose results.json says running (e.g. killed ones)")
+    parser.add_argument("--project", help="upload into this project (default: the run's own)")
+    parser.add_argument("--entity", help="upload into this entity (default: WANDB_ENTITY / your default)")
+    args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        parser.error(f"{args.folder} is not a folder")
+    out = sync(args.folder, dry_run=args.dry_run, include_running=args.include_running, project=args.project,
+               entity=args.entity)
+    sys.exit(out.get("returncode", 0))
+
+
+if __name__ == "__main__":
+    main()
