@@ -1,0 +1,262 @@
+"""The results contract: what a job folder holds and how to read it back.
+
+Every module that writes or reads a job's results imports its names from here (the recorder and
+``run_job`` write; the report, ``dpo-ppo-analyze --job`` and the sweeper read), so the file names,
+statuses, metric names, params keys and the keys that do not name a job live in one place.
+
+A job folder holds:
+
+- ``results.json`` (``RESULTS_FILE``): a JSON object, rewritten atomically at every stage::
+
+      status      "running" | "finished" | "failed"           (STATUSES)
+      algorithm   "dpo" | "ppo"                                (ALGORITHMS)
+      name        the sweep / experiment name (the W&B group)
+      overrides   the job's command-line overrides (its identity: ``identity``)
+      params      the swept hyperparameters, flat (PARAM_KEYS)
+      config      the full resolved config
+      metrics     {metric name: float} (METRIC names below)
+      compute     what the run cost (COMPUTE_KEYS), when the trainer reports it
+      analysis    {"per_head": {name: layer x head grid}, "images": {name: path in the folder}}
+      artifacts   paths of the shared artifacts (reference, classifier, corpus, ref_eval, ...)
+      wall_time_s, peak_mem_mb, stage_seconds, error, traceback, attempts, ...
+
+- ``train_log.jsonl`` (``TRAIN_LOG_FILE``): one JSON object per logged training step,
+  ``{"step": N, "train/...": value, "train/examples": examples seen}``;
+- ``eval_rows.csv`` (``EVAL_ROWS_FILE``): one row per evaluation prompt (``EVAL_ROW_COLUMNS``);
+  the reference's rows are ``<artifacts.ref_eval>/rows.csv`` (``REF_ROWS_FILE``), same columns.
+  Rows pair across jobs by ``prompt_id``.
+
+``run_job`` returns ``SKIPPED`` for a job finished before; it is never written to a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+# --------------------------------------------------------------------------- files
+
+RESULTS_FILE = "results.json"
+TRAIN_LOG_FILE = "train_log.jsonl"
+EVAL_ROWS_FILE = "eval_rows.csv"
+REF_ROWS_FILE = "rows.csv"  # in the reference evaluation artifact (results["artifacts"]["ref_eval"])
+TRACEBACK_FILE = "traceback.txt"
+SWEEP_FILE = "sweep.json"  # written by the sweeper in the sweep folder
+
+# --------------------------------------------------------------------------- statuses
+
+RUNNING, FINISHED, FAILED = "running", "finished", "failed"
+STATUSES = (RUNNING, FINISHED, FAILED)
+SKIPPED = "skipped"  # run_job's answer for a job finished before (never in results.json)
+
+ALGORITHMS = ("dpo", "ppo")
+
+# --------------------------------------------------------------------------- metrics
+
+POLICY, REFERENCE, IMPROVEMENT = "eval/policy/", "eval/reference/", "eval/improvement/"
+EVAL_METRICS = ("reward_mean", "reward_std", "score_logit_mean", "gradient_loss", "binary_loss",
+                "completion_len", "distinct_1", "distinct_2", "kl_to_ref", "kl_to_ref_std", "kl_to_ref_k1")
+ANALYSIS = "analysis/"
+
+
+def policy_metric(name: str) -> str:
+    return POLICY + name
+
+
+def reference_metric(name: str) -> str:
+    return REFERENCE + name
+
+
+KL = policy_metric("kl_to_ref")
+REWARD = policy_metric("reward_mean")
+REF_REWARD = reference_metric("reward_mean")
+
+# analysis scalars that are indices, counts or timings: cost and bookkeeping, not findings
+_NOT_FINDINGS = ("time_s", "num_", "_top_layer", "_top_head", "top_layer", "top_head", "plotted_layer",
+                 "top_change_layer", "top_change_head")
+
+
+def is_finding(metric: str) -> bool:
+    """A metric that says something about the trained policy: eval/policy/* and analysis/*
+    except the reference model's own numbers, timings, counts and layer/head indices."""
+    if metric.startswith(POLICY):
+        return True
+    if not metric.startswith(ANALYSIS):
+        return False
+    if any(part in metric for part in _NOT_FINDINGS):
+        return False
+    return "/reference/" not in metric
+
+
+# --------------------------------------------------------------------------- params
+
+PARAM_KEYS = ("algorithm", "beta", "kl_target", "kl_coef", "kl_controller", "seed", "examples", "lr",
+              "num_completions", "prefix_len", "prefix_len_max", "completion_len", "value_model",
+              "compute", "optimizer_steps", "model", "data", "classifier")
+KNOBS = {"dpo": "beta", "ppo": "kl_target"}  # what places a run along KL, per algorithm
+# shared axes: runs that differ in one of these are never pooled silently by the report
+FACET_KEYS = ("completion_len", "prefix_len", "prefix_len_max", "examples", "value_model", "compute",
+              "model", "data", "classifier")
+COMPUTE_KEYS = ("optimizer_steps", "examples_seen", "trained_tokens", "generated_tokens", "train_s",
+                "wall_s", "accelerator_s")
+EVAL_ROW_COLUMNS = ("prompt_id", "p_positive", "completion_len", "kl", "kl_k1")
+
+# Override keys that say where or how a job runs, not what it computes: left out of the job's
+# folder name and identity. Must equal conf/config.yaml's
+# hydra.job.config.override_dirname.exclude_keys (a test checks).
+EXCLUDED_KEYS = ("logger", "logger.mode", "logger.project", "logger.entity", "device", "threads", "force",
+                 "cache_dir", "sweep", "name")
+
+
+def override_key(override: str) -> str:
+    """``+algorithm.lr=1`` -> ``algorithm.lr``."""
+    return str(override).split("=", 1)[0].lstrip("+~")
+
+
+def identity(overrides: Iterable[str], exclude: Iterable[str] = EXCLUDED_KEYS) -> List[str]:
+    """What names a job: its overrides without the excluded keys (exact key match, as Hydra's
+    override_dirname does), sorted."""
+    exclude = set(exclude)
+    return sorted(o for o in map(str, overrides) if override_key(o) not in exclude)
+
+
+def changes_results(key: str) -> bool:
+    """Whether an override key can change a job's results: not the seed (a repeat), not an
+    excluded key or anything under one (``logger.dir``), not Hydra's own settings."""
+    top = key.split(".")[0]
+    return not (key in EXCLUDED_KEYS or top in EXCLUDED_KEYS or top in ("seed", "hydra"))
+
+
+# --------------------------------------------------------------------------- reading and writing
+
+
+def write_results(folder: Path, results: Dict[str, Any]) -> Path:
+    """Write ``folder/results.json`` atomically."""
+    path = Path(folder) / RESULTS_FILE
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def read_results(path: Path) -> Optional[Dict[str, Any]]:
+    """A job's results (``path`` is the job folder or its results.json); None when missing,
+    half-written or not a JSON object."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def scalar_metrics(metrics: Any) -> Dict[str, float]:
+    """The finite numbers of a metrics dict (booleans and non-numbers dropped)."""
+    out: Dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(float(value)):
+            out[str(key)] = float(value)
+    return out
+
+
+@dataclass
+class JobResults:
+    """One job folder read back (see the module docstring)."""
+
+    dir: Path
+    status: str
+    algorithm: Optional[str] = None
+    name: Optional[str] = None
+    params: Dict[str, Any] = field(default_factory=dict)
+    overrides: List[str] = field(default_factory=list)
+    metrics: Dict[str, float] = field(default_factory=dict)
+    compute: Dict[str, Any] = field(default_factory=dict)
+    per_head: Dict[str, Any] = field(default_factory=dict)
+    images: Dict[str, str] = field(default_factory=dict)
+    artifacts: Dict[str, Any] = field(default_factory=dict)
+    config: Dict[str, Any] = field(default_factory=dict)
+    wall_time_s: Optional[float] = None
+    peak_mem_mb: Optional[float] = None
+    error: Optional[str] = None
+
+
+def read_job(folder: Path) -> Optional[JobResults]:
+    """The job in ``folder``; None when it holds no readable results.json."""
+    folder = Path(folder)
+    data = read_results(folder)
+    if data is None:
+        return None
+    params = dict(data.get("params") or {})
+    algorithm = data.get("algorithm") or params.get("algorithm")
+    analysis = data.get("analysis") or {}
+    return JobResults(
+        dir=folder, status=str(data.get("status") or RUNNING),
+        algorithm=str(algorithm).lower() if algorithm else None, name=data.get("name"),
+        params=params, overrides=[str(o) for o in data.get("overrides") or []],
+        metrics=scalar_metrics(data.get("metrics")), compute=dict(data.get("compute") or {}),
+        per_head=dict(analysis.get("per_head") or {}),
+        images={str(k): str(v) for k, v in (analysis.get("images") or {}).items()},
+        artifacts=dict(data.get("artifacts") or {}), config=dict(data.get("config") or {}),
+        wall_time_s=data.get("wall_time_s"), peak_mem_mb=data.get("peak_mem_mb"), error=data.get("error"),
+    )
+
+
+def read_eval_rows(path: Path) -> Optional[Dict[str, List[float]]]:
+    """Per-prompt evaluation rows as columns (``EVAL_ROW_COLUMNS``), from a job folder's
+    eval_rows.csv or a rows.csv file; None when missing or lacking a column."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / EVAL_ROWS_FILE
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not set(EVAL_ROW_COLUMNS) <= set(reader.fieldnames or ()):
+                return None
+            cols: Dict[str, List[float]] = {c: [] for c in EVAL_ROW_COLUMNS}
+            for row in reader:
+                for c in EVAL_ROW_COLUMNS:
+                    value = row[c]
+                    cols[c].append(value if c == "prompt_id" else float(value))
+    except (OSError, ValueError):
+        return None
+    return cols if cols["prompt_id"] else None
+
+
+def write_eval_rows(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
+    """Write per-prompt rows (dicts with ``EVAL_ROW_COLUMNS``) to a CSV file, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(EVAL_ROW_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_train_log(folder: Path) -> List[Dict[str, Any]]:
+    """The job's training-curve rows, in order; a step logged twice (by an attempt that was
+    killed and resumed) keeps its last row. Unreadable lines are skipped."""
+    path = Path(folder) / TRAIN_LOG_FILE
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    rows: Dict[Any, Dict[str, Any]] = {}
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            key = row.get("train/examples", row.get("step"))
+            rows[("i", i) if key is None else key] = row
+    return list(rows.values())
