@@ -23,8 +23,11 @@ from dpo_ppo.config import ConfigError, register_configs, validate
 
 log = logging.getLogger("dpo_ppo")
 
-# the config tree at the repo top (an absolute path: Hydra would read "../conf" as a module)
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# the config tree: inside the package when installed from a wheel (setup.py ships conf/ as
+# dpo_ppo/conf), else at the top of the checkout (an absolute path: Hydra would read "../conf"
+# as a module)
+_HERE = Path(__file__).resolve().parent
+CONF_DIR = str(_HERE / "conf" if (_HERE / "conf" / "config.yaml").is_file() else _HERE.parent / "conf")
 
 
 def slug(override_dirname: str) -> str:

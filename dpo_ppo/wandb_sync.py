@@ -120,7 +120,7 @@ def sync(root: Path, *, dry_run: bool = False, include_running: bool = False, pr
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="dpo-ppo-sync", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="dpo-ppo-sync", description="Upload every offline W&B run of a sweep, once.")
     parser.add_argument("folder", type=Path, help="a sweep folder (multirun/<name>) or a job folder")
     parser.add_argument("--dry-run", action="store_true", help="list what would be synced")
     parser.add_argument("--include-running", action="store_true",

@@ -3,7 +3,7 @@
 Hydra imports every module under ``hydra_plugins`` before it composes a config, so what this
 module stores in the ConfigStore is visible to ``dpo-ppo -m sweep=<name>`` (and to ``compose``).
 The sweep files live in the repository's ``sweeps/`` folder (found next to the ``dpo_ppo``
-package) and in any folder listed in the environment variable ``DPO_PPO_SWEEPS``
+package, or inside it when installed from a wheel) and in any folder listed in the environment variable ``DPO_PPO_SWEEPS``
 (``os.pathsep``-separated). Each file is stored as ``sweep/<stem>`` in package ``_global_``.
 """
 
@@ -50,7 +50,9 @@ def sweep_dirs() -> List[Path]:
             dirs.append(Path(entry).expanduser())
     spec = importlib.util.find_spec("dpo_ppo")  # locates the package without importing it
     if spec is not None and spec.origin:
-        dirs.append(Path(spec.origin).resolve().parent.parent / "sweeps")
+        package = Path(spec.origin).resolve().parent
+        dirs.append(package / "sweeps")  # a wheel install (setup.py ships sweeps/ there)
+        dirs.append(package.parent / "sweeps")  # a checkout
     dirs.append(Path(__file__).resolve().parents[2] / "sweeps")  # this checkout's sweeps/
     unique: List[Path] = []
     for d in dirs:
