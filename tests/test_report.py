@@ -1,78 +1,29 @@
-"""dpo-ppo-report on fabricated sweep folders: numbers checked against values computed by hand."""
+"""dpo-ppo-report on fabricated sweep folders: statistics checked by hand, truths planted in the
+runs' metrics (a real effect, no effect, one run per side, pooled facets) and found again."""
 
 import json
 import math
-import time
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dpo_ppo import report
+from dpo_ppo import results as R
+from dpo_ppo.report import compare as C
+from dpo_ppo.report import stats
+from sweepfab import BIAS, BINARY, WEIGHTS, planted_sweep, write_job
 
 T2 = 4.303  # t quantile, 2 degrees of freedom (3 seeds)
 
 
-def write_job(root: Path, algorithm: str, knob: float, seed: int, kl: float, reward: float, bias: float,
-              status: str = "finished", wall: float = 100.0, mem: float = 500.0, error=None) -> Path:
-    key = "beta" if algorithm == "dpo" else "kl_target"
-    folder = root / f"algorithm.{key}={knob},algorithm={algorithm},seed={seed}"
-    folder.mkdir(parents=True)
-    results = {
-        "status": status, "algorithm": algorithm, "name": "fab",
-        "overrides": [f"algorithm={algorithm}", f"algorithm.{key}={knob}", f"seed={seed}"],
-        "params": {"algorithm": algorithm, "beta": knob if algorithm == "dpo" else None,
-                   "kl_target": knob if algorithm == "ppo" else None, "seed": seed, "prefix_len": 25,
-                   "prefix_len_max": None, "completion_len": 48, "examples": 512, "num_completions": 2,
-                   "lr": 0.0005},
-        "config": {"name": "fab", "logger": {"project": "dpo-ppo-test", "entity": None}},
-        "metrics": {} if status != "finished" else {
-            "eval/policy/reward_mean": reward, "eval/policy/kl_to_ref": kl,
-            "eval/policy/gradient_loss": 1.0 - reward, "eval/policy/binary_loss": 0.4,
-            "eval/reference/reward_mean": 0.1, "eval/reference/gradient_loss": 0.9,
-            "eval/reference/binary_loss": 0.6,
-            "analysis/divergence/weights_mean": 0.031, "analysis/divergence/bias_mean": bias,
-            "analysis/time_s/total": 12.0 + seed,  # cost, not a finding: never compared
-        },
-        "analysis": {"per_head": {"ablation/zero/lm_loss_increase": [[kl, 1.0, 2.0], [3.0, 4.0, float(seed)]]},
-                     "images": {}},
-        "artifacts": {}, "wall_time_s": wall, "peak_mem_mb": mem, "error": error, "traceback": None,
-    }
-    (folder / "results.json").write_text(json.dumps(results))
-    return folder
+def claim_rows(summary, claim):
+    return [c for c in summary["claims"] if c["claim"] == claim]
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sweep") / "fab"
-    for s, (kl_hi, kl_lo) in enumerate([(3.0, 0.5), (3.1, 0.6), (3.2, 0.7)]):
-        write_job(root, "dpo", 0.1, s, kl_hi, 0.50 + 0.02 * s, 0.010 + 0.001 * s)
-        write_job(root, "dpo", 1.0, s, kl_lo, 0.30, 0.005)
-    for s, (kl_hi, kl_lo) in enumerate([(3.3, 0.8), (3.4, 0.9), (3.5, 1.0)]):
-        write_job(root, "ppo", 6, s, kl_hi, 0.60, 0.030 + 0.002 * s)
-        write_job(root, "ppo", 1, s, kl_lo, 0.32, 0.010)
-    write_job(root, "ppo", 24, 0, 0, 0, 0, status="failed", wall=50.0, mem=900.0,
-              error="Traceback ...\nRuntimeError: CUDA out of memory")
-    write_job(root, "dpo", 5, 0, 0, 0, 0, status="running", wall=None, mem=None)
-    (root / "algorithm.beta=2,algorithm=dpo,seed=0" / ".hydra").mkdir(parents=True)  # started, no results
-    (root / "algorithm.beta=-1,algorithm=dpo,seed=0" / ".hydra").mkdir(parents=True)  # raised before results
-    (root / "sweep.json").write_text(json.dumps({"name": "fab", "jobs": [
-        {"idx": 0, "arm": "dpo", "overrides": ["algorithm=dpo", "algorithm.beta=0.1", "seed=0"],
-         "dir": "algorithm.beta=0.1,algorithm=dpo,seed=0", "status": "finished"},
-        {"idx": 1, "arm": "ppo", "overrides": ["algorithm=ppo", "algorithm.kl_target=16", "seed=0"],
-         "dir": "algorithm.kl_target=16,algorithm=ppo,seed=0", "status": "pending"},
-        {"idx": 2, "arm": "dpo", "overrides": ["algorithm=dpo", "algorithm.beta=-1", "seed=0"],
-         "dir": "algorithm.beta=-1,algorithm=dpo,seed=0", "status": "failed",
-         "error": "ConfigError('algorithm.beta: must be > 0, got -1.0')"}]}))
-    return root
-
-
-@pytest.fixture(scope="module")
-def built(sweep):
-    code = report.main([str(sweep), "--bins", "2", "--no-wandb", "--compare",
-                        "algorithm.beta=0.1,algorithm=dpo,seed=0", str(sweep / "algorithm.kl_target=6,algorithm=ppo,seed=0")])
-    assert code == 0
-    out = sweep / "report"
-    return out, (out / "report.md").read_text(), json.loads((out / "summary.json").read_text())
+# --------------------------------------------------------------------------- statistics by hand
 
 
 def test_mean_ci_by_hand():
@@ -83,157 +34,329 @@ def test_mean_ci_by_hand():
     assert one.n == 1 and math.isnan(one.half) and one.text() == "5"
 
 
-def test_progress_and_cost(built):
-    out, md, summary = built
-    assert summary["counts"] == {"finished": 12, "failed": 2, "running": 1, "no results": 1, "pending": 1}
-    assert summary["wall_time_s"] == pytest.approx(12 * 100 + 50)
-    assert summary["peak_mem_mb"] == 900
-    assert "17 jobs: 12 finished, 2 failed, 1 running, 1 started without results, 1 not started" in md
-    assert "1250 s of job wall time" in md and "900 MB" in md
-    # unfinished jobs are listed, with the failure's last line
+def test_local_linear_is_exact_on_a_line_and_a_mean_at_one_point():
+    x = np.array([0.0, 1.0, 2.0, 3.0])
+    assert float(stats.local_linear(x, 2 * x + 1, 0.5, h=0.35)) == pytest.approx(2.0)
+    assert float(stats.local_linear(x, 2 * x + 1, 2.5, h=5.0)) == pytest.approx(6.0)
+    # all runs at one KL: the weighted mean, whatever the point
+    assert float(stats.local_linear(np.ones(3), np.array([1.0, 2.0, 6.0]), 0.0, h=0.5)) == pytest.approx(3.0)
+    # resample rows (B, n) of counts: row 0 keeps runs 0, 1 only (a line through them)
+    w = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 2.0]])
+    y = np.array([0.0, 1.0, 5.0, 5.0])
+    fits = stats.local_linear(x, y, 0.5, h=1.0, w=w)
+    assert fits.shape == (2,) and fits[0] == pytest.approx(0.5) and fits[1] == pytest.approx(5.0)
+
+
+def test_fdr_adjustments_by_hand():
+    p = [0.01, 0.04, 0.03, 0.005, float("nan")]
+    assert np.allclose(stats.benjamini_hochberg(p)[:4], [0.02, 0.04, 0.04, 0.02])
+    assert np.allclose(stats.holm(p)[:4], [0.03, 0.06, 0.06, 0.02])
+    assert math.isnan(stats.benjamini_hochberg(p)[4]) and math.isnan(stats.holm(p)[4])
+
+
+def test_bootstrap_p_and_interval():
+    assert stats.bootstrap_p(np.full(999, 0.3)) == pytest.approx(2 / 1000)
+    assert stats.bootstrap_p(np.concatenate([np.full(500, -1.0), np.full(500, 1.0)])) == 1.0
+    assert stats.bootstrap_p(np.full(99, 1e-17)) == 1.0  # rounding noise is no effect
+    assert stats.percentile_interval(np.arange(101.0)) == pytest.approx((2.5, 97.5))
+
+
+# --------------------------------------------------------------------------- planted truths
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """3 DPO and 3 PPO configurations x 3 seeds over KL 0.5-5: PPO's bias divergence is 0.5
+    above DPO's at every KL, nothing else differs. Training logs on one configuration each."""
+    root = planted_sweep(tmp_path_factory.mktemp("planted") / "fab", {BIAS: 0.5})
+    for folder in root.glob("algorithm.*=0.1,*"):
+        (folder / R.TRAIN_LOG_FILE).write_text("".join(json.dumps(
+            {"step": i, "train/examples": 16 * i, "train/loss": 0.7 - 0.05 * i, "train/rewards/margins": 0.1 * i})
+            + "\n" for i in range(1, 6)))
+    for folder in root.glob("algorithm.kl_target=3,*"):
+        (folder / R.TRAIN_LOG_FILE).write_text("".join(json.dumps(
+            {"step": 16 * i, "train/examples": 16 * i, "train/kl": 0.5 * i, "train/kl_coef": 0.2 / i,
+             "train/p_positive_mean": 0.5 + 0.02 * i, "train/policy_loss": -0.01 * i}) + "\n" for i in range(1, 6)))
+    summary = report.build_report(root)
+    return root, summary, (root / "report" / "report.md").read_text()
+
+
+def test_real_effect_with_enough_runs_is_supported(planted):
+    _, summary, md = planted
+    (row,) = claim_rows(summary, "C5")  # PPO's bias divergence above DPO's
+    assert row["metric"] == BIAS and row["n"] == {"dpo": 9, "ppo": 9} and row["seeds"] == {"dpo": 3, "ppo": 3}
+    assert row["effect"] == pytest.approx(0.5, abs=1e-9)  # both fits see the same seeds' noise
+    assert 0 < row["ci"][0] < 0.5 < row["ci"][1]
+    assert row["q"] < 0.05 and row["verdict"] == "supported"
+    assert "| `analysis/weights/msd_biases` | 0.5 [" in md and "| 9 / 9 | " in md
+
+
+def test_no_effect_is_inconclusive_for_a_direction_and_supported_as_equal(planted):
+    _, summary, _ = planted
+    (binary,) = claim_rows(summary, "C1")  # "PPO < DPO" in binary loss: no planted difference
+    assert binary["effect"] == pytest.approx(0.0, abs=1e-9) and binary["ci"][0] < 0 < binary["ci"][1]
+    assert binary["verdict"] == "inconclusive" and binary["q"] > 0.05
+    (weights,) = claim_rows(summary, "C4")  # "PPO ≈ DPO" in weight divergence: it is
+    assert weights["metric"] == WEIGHTS and weights["verdict"] == "supported"
+    # claims whose metric these runs lack are listed, without a verdict
+    (ablation,) = claim_rows(summary, "C10")
+    assert ablation["verdict"] == "inconclusive" and ablation["reason"] == "not measured by these runs"
+    assert ablation["p"] is None and ablation["q"] is None
+
+
+def test_opposite_effect_is_contradicted(tmp_path):
+    root = planted_sweep(tmp_path / "s", {BIAS: -0.5})
+    (row,) = claim_rows(report.build_report(root, n_boot=400, figures=False), "C5")
+    assert row["effect"] == pytest.approx(-0.5, abs=1e-9) and row["verdict"] == "contradicted"
+
+
+def test_body_is_claims_frontier_training_matched_kl(planted):
+    root, summary, md = planted
+    body, appendix = md.split("# Appendix")
+    order = [body.index(h) for h in ("## The seed paper's claims", "## Reward-KL frontier", "## Training curves",
+                                     "## Matched KL")]
+    assert order == sorted(order)
+    assert body.count("\n") < 80  # two screens, not nine pages
+    assert "How to read it." in body and "one run per side never gives one" in body
+    for name in ("frontier.png", "training.png", "all_metrics.png", "claim_C5.png"):
+        assert (root / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert "![C5](claim_C5.png)" in appendix and "## Configurations" in appendix
+    # the all-metrics dump is an appendix CSV: every finding, reference and timings left out
+    lines = (root / "report" / "matched_kl.csv").read_text().splitlines()
+    assert lines[0].startswith("facet,metric,n_dpo,n_ppo,kl,dpo,ppo,effect,ci_lo,ci_hi,p,note")
+    assert {l.split(",")[1] for l in lines[1:]} == {R.REWARD, BIAS, WEIGHTS, BINARY}
+    # matched KL at three points of the common range, stated
+    assert "common range 0.5-5.3 nats" in body and "| metric (DPO / PPO: PPO - DPO [95%]) | at KL 0.9" in body
+
+
+def test_one_run_per_side_never_gives_a_verdict(tmp_path):
+    root = tmp_path / "one"
+    for algorithm, bias in (("dpo", 0.01), ("ppo", 10.0)):  # a thousand-fold difference
+        write_job(root, algorithm, 1, 0, {R.KL: 2.0, R.REWARD: 0.5, BIAS: bias})
+    summary = report.build_report(root, figures=False)
+    (row,) = claim_rows(summary, "C5")
+    assert row["n"] == {"dpo": 1, "ppo": 1} and row["effect"] == pytest.approx(9.99)
+    assert row["verdict"] == "inconclusive" and row["reason"] == "fewer than 3 runs per side"
+    assert all(c["verdict"] == "inconclusive" and not c["eligible"] for c in summary["claims"])
+    # two runs per side of one seed: still no verdict, whatever --min-runs says
+    for algorithm, bias in (("dpo", 0.01), ("ppo", 10.0)):
+        write_job(root, algorithm, 2, 0, {R.KL: 3.0, R.REWARD: 0.6, BIAS: bias})
+    (row,) = claim_rows(report.build_report(root, min_runs=2, figures=False), "C5")
+    assert row["verdict"] == "inconclusive" and row["reason"] == "fewer than 2 seeds per side"
+    with pytest.raises(SystemExit):
+        report.main([str(root), "--min-runs", "1", "--no-wandb"])
+
+
+def test_pooled_facets_are_flagged(tmp_path):
+    """DPO ran with 48-token completions, PPO with 64: no facet holds both, so the claims pool
+    over completion_len and say so."""
+    root = planted_sweep(tmp_path / "p", {BIAS: 0.5},
+                         params=lambda a: {"completion_len": 48 if a == "dpo" else 64})
+    summary = report.build_report(root, n_boot=300, figures=False)
+    assert summary["facet_notes"] == ["pooled over completion_len: DPO and PPO runs share no value of it"]
+    (row,) = claim_rows(summary, "C5")
+    assert row["pooled"] == "completion_len (DPO 48, PPO 64)"
+    md = (root / "report" / "report.md").read_text()
+    assert "**supported**; pooled: completion_len (DPO 48, PPO 64) |" in md
+
+
+def test_facets_are_compared_separately(tmp_path):
+    """Both algorithms at two completion lengths; the bias effect is planted at 64 tokens only."""
+    root = tmp_path / "f"
+    planted_sweep(root, {}, params=lambda a: {"completion_len": 48})
+    planted_sweep(root, {BIAS: 0.5}, params=lambda a: {"completion_len": 64})
+    summary = report.build_report(root, n_boot=300, figures=False)
+    assert [f["label"] for f in summary["facets"]] == ["completion_len=48", "completion_len=64"]
+    rows = {r["facet"]: r for r in claim_rows(summary, "C5")}
+    assert rows["completion_len=48"]["n"] == {"dpo": 9, "ppo": 9}
+    assert rows["completion_len=48"]["verdict"] == "inconclusive"
+    assert rows["completion_len=64"]["verdict"] == "supported"
+    assert rows["completion_len=64"]["effect"] == pytest.approx(0.5, abs=1e-9)
+    # --pool merges them, flagged, and the planted effect is halved
+    (pooled,) = claim_rows(report.build_report(root, pool=["completion_len"], n_boot=300, figures=False), "C5")
+    assert pooled["pooled"] == "completion_len (DPO 48/64, PPO 48/64)"
+    assert pooled["effect"] == pytest.approx(0.25, abs=1e-9)
+
+
+def test_value_model_facet_takes_dpo_into_each(tmp_path):
+    root = tmp_path / "v"
+    planted_sweep(root, {BIAS: 0.5}, params=lambda a: {"value_model": None if a == "dpo" else "separate"})
+    planted_sweep(root / "shared", {}, params=lambda a: {"value_model": None if a == "dpo" else "shared"},
+                  knobs=2)
+    facets, notes = C.make_facets(report.load_sweep(root)[0])
+    assert [f.label() for f in facets] == ["value_model=separate", "value_model=shared"]
+    assert [(len(f.runs["dpo"]), len(f.runs["ppo"])) for f in facets] == [(15, 9), (15, 6)] and not notes
+
+
+def test_ranges_that_do_not_meet_are_not_compared(tmp_path):
+    root = planted_sweep(tmp_path / "k", {BIAS: 0.5}, kl_shift={"ppo": 20.0})
+    (row,) = claim_rows(report.build_report(root, n_boot=200, figures=False), "C5")
+    assert row["verdict"] == "inconclusive" and row["reason"] == "KL ranges do not overlap" and row["effect"] is None
+
+
+def test_prompt_rows_are_resampled_paired(tmp_path):
+    """With per-prompt rows the reward is recomputed from them; the prompts are shared by all
+    runs, so a prompt-level effect common to both algorithms cancels in PPO - DPO."""
+    root = tmp_path / "rows"
+    prompt = np.linspace(-0.3, 0.3, 40)  # how positive each prompt's completions are, for everyone
+    for algorithm, lift in (("dpo", 0.0), ("ppo", 0.1)):
+        for k, kl in enumerate((0.5, 1.0, 2.0)):
+            for s in range(3):
+                p = np.clip(0.5 + prompt + 0.002 * s + lift + 0.05 * math.log(kl), 0, 1)
+                kls = np.full(40, kl)
+                write_job(root, algorithm, k + 1, s, {R.KL: kl, R.REWARD: float(p.mean()), BIAS: 1.0},
+                          rows={"prompt_id": [f"q{i}" for i in range(40)], "p_positive": p,
+                                "completion_len": np.full(40, 20), "kl": kls, "kl_k1": kls})
+    runs, _ = report.load_sweep(root)
+    facets, _ = C.make_facets(runs)
+    comp = C.compare(facets[0], R.REWARD, n_boot=400)
+    assert comp.prompts == 40
+    pt = comp.points[0]
+    assert pt.effect == pytest.approx(0.1, abs=1e-9)
+    assert pt.ci[1] - pt.ci[0] < 0.05  # the shared prompt effect (spread 0.6) cancels
+    # each algorithm's own fit does carry the prompts' spread
+    assert pt.fit_ci["dpo"][1] - pt.fit_ci["dpo"][0] > 0.05
+
+
+# --------------------------------------------------------------------------- the sweep around them
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixed") / "fab"
+    for s in range(3):
+        write_job(root, "dpo", 0.1, s, {R.KL: 3.0 + 0.1 * s, R.REWARD: 0.5 + 0.02 * s, BIAS: 0.01 + 0.001 * s,
+                                        R.REF_REWARD: 0.1, "analysis/time_s/total": 12.0},
+                  per_head={"ablation/policy/zero/lm_loss_increase": [[1.0, 2.0], [3.0, float(s)]]})
+        write_job(root, "ppo", 6, s, {R.KL: 3.3 + 0.1 * s, R.REWARD: 0.6, BIAS: 0.03 + 0.002 * s, R.REF_REWARD: 0.1},
+                  overrides=["threads=1", "logger=none", "experiment=paper_run2"],
+                  per_head={"ablation/policy/zero/lm_loss_increase": [[1.0, 2.0], [3.0, 4.0]]})
+    write_job(root, "ppo", 24, 0, {}, status=R.FAILED, wall=50.0, mem=900.0,
+              error="Traceback ...\nRuntimeError: CUDA out of memory")
+    write_job(root, "dpo", 5, 0, {}, status=R.RUNNING, wall=None, mem=None)
+    (root / "algorithm.beta=2,algorithm=dpo,seed=0" / ".hydra").mkdir(parents=True)  # started, no results
+    (root / "algorithm.beta=-1,algorithm=dpo,seed=0" / ".hydra").mkdir(parents=True)  # raised before results
+    (root / R.SWEEP_FILE).write_text(json.dumps({"name": "fab", "jobs": [
+        {"overrides": ["algorithm=ppo", "algorithm.kl_target=16", "seed=0"],
+         "dir": "algorithm.kl_target=16,algorithm=ppo,seed=0", "status": "pending"},
+        {"overrides": ["algorithm=dpo", "algorithm.beta=-1", "seed=0"], "dir": "algorithm.beta=-1,algorithm=dpo,seed=0",
+         "status": "failed", "error": "ConfigError('algorithm.beta: must be > 0, got -1.0')"}]}))
+    code = report.main([str(root), "--no-wandb", "--no-figures", "--compare", "algorithm.beta=0.1,algorithm=dpo,seed=0",
+                        str(next(root.glob("algorithm.kl_target=6,algorithm=ppo,*seed=0")))])
+    assert code == 0
+    out = root / "report"
+    return root, (out / "report.md").read_text(), json.loads((out / "summary.json").read_text())
+
+
+def test_progress_and_cost(mixed):
+    _, md, summary = mixed
+    assert summary["counts"] == {"finished": 6, "failed": 2, "running": 1, "no results": 1, "pending": 1}
+    assert summary["wall_time_s"] == pytest.approx(6 * 100 + 50) and summary["peak_mem_mb"] == 900
+    assert "11 jobs: 6 finished, 2 failed, 1 running, 1 started without results, 1 not started" in md
     assert "| `algorithm.kl_target=24,algorithm=ppo,seed=0` | failed | RuntimeError: CUDA out of memory |" in md
     assert "`algorithm.kl_target=16,algorithm=ppo,seed=0` | pending" in md
-    # a job that failed before writing results.json: the sweeper's record says why
     assert "| `algorithm.beta=-1,algorithm=dpo,seed=0` | failed | ConfigError('algorithm.beta: must be > 0" in md
 
 
-def test_frontier(built):
-    out, md, summary = built
-    png = out / "frontier.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    assert "![frontier](frontier.png)" in md
-    # seeds aggregated: params minus seed -> 4 configurations of 3 runs each
-    groups = {(g["algorithm"], g["params"]["beta"] or g["params"]["kl_target"]): g for g in summary["groups"]}
-    assert set(groups) == {("dpo", 0.1), ("dpo", 1.0), ("ppo", 6), ("ppo", 1)}
-    kl = groups[("dpo", 0.1)]["metrics"]["eval/policy/kl_to_ref"]
+def test_configurations_aggregate_seeds_and_ignore_run_only_overrides(mixed):
+    _, md, summary = mixed
+    configs = {(c["algorithm"], c["params"]["beta"] or c["params"]["kl_target"]): c for c in summary["configurations"]}
+    assert set(configs) == {("dpo", 0.1), ("ppo", 6)}
+    kl = configs[("dpo", 0.1)]["metrics"][R.KL]
     assert kl["n"] == 3 and kl["mean"] == pytest.approx(3.1)
     assert kl["half"] == pytest.approx(T2 * 0.1 / math.sqrt(3), rel=1e-3)
-    assert sorted(groups[("ppo", 6)]["seeds"]) == [0, 1, 2]
-    assert "| DPO | β=0.1 | 3 | 0.52 ± 0.05 | 3.1 ± 0.25 |" in md
+    # threads=1 and logger=none do not change a result: not "other overrides" (issue 12)
+    assert configs[("ppo", 6)]["overrides"] == ["experiment=paper_run2"]
+    assert "| PPO | KL*=6 | experiment=paper_run2 | 3 | 0.6 ± 0 | 3.4 ± 0.25 |" in md
+    assert "| DPO | β=0.1 |  | 3 | 0.52 ± 0.05 | 3.1 ± 0.25 |" in md
+    assert "threads=1" not in md.split("## Configurations")[1].split("\n## ")[0]
 
 
-def test_metrics_vs_kl_grid(built):
-    out, md, summary = built
-    assert (out / "metrics_vs_kl.png").stat().st_size > 10_000
-    assert "metrics_vs_kl" in summary["images"]
+def test_run_only_override_does_not_split_a_facet_but_experiment_does(mixed):
+    _, _, summary = mixed
+    # experiment=paper_run2 is PPO's alone: the algorithms share no value, so it is pooled, flagged
+    assert summary["facet_notes"] == ["pooled over overrides: DPO and PPO runs share no value of it"]
+    assert claim_rows(summary, "C5")[0]["pooled"] == "overrides (DPO none, PPO experiment=paper_run2)"
 
 
-def test_matched_kl_table(built):
-    out, md, summary = built
-    bins = summary["matched_kl"]
-    # quantile bins over 12 runs: the median KL (1.0 + 3.0) / 2 splits them
-    assert [(b["lo"], b["hi"]) for b in bins] == [(0.5, 2.0), (2.0, 3.5)]
-    high = bins[1]
-    assert high["n"] == {"dpo": 3, "ppo": 3}
-    bias = high["metrics"]["analysis/divergence/bias_mean"]
-    assert bias["dpo"]["mean"] == pytest.approx(0.011) and bias["ppo"]["mean"] == pytest.approx(0.032)
-    assert bias["dpo"]["half"] == pytest.approx(T2 * 0.001 / math.sqrt(3), rel=1e-3)
-    assert bias["ppo"]["half"] == pytest.approx(T2 * 0.002 / math.sqrt(3), rel=1e-3)
-    assert "### KL 2-3.5 nats (DPO: 3 runs, PPO: 3 runs)" in md
-    assert "| analysis/divergence/bias_mean | 0.011 ± 0.0025 | 0.032 ± 0.005 | 2.91 | **no** |" in md
-    # a plain sentence for each difference beyond the intervals, none where they overlap
-    assert ("At KL 2-3.5 nats, PPO's analysis/divergence/bias_mean is 2.91x DPO's "
-            "(0.032 ± 0.005 vs 0.011 ± 0.0025; intervals don't overlap).") in high["notable"]
-    assert any("eval/policy/reward_mean" in s for s in high["notable"])
-    assert not any("weights_mean" in s or "binary_loss" in s for s in high["notable"])
-    assert all(s in md for s in high["notable"])
-    # the reference's own metrics are not compared between algorithms
-    assert "eval/reference/" not in json.dumps(high["metrics"])
+def test_runs_csv_has_each_column_once(mixed):
+    root, _, _ = mixed
+    lines = (root / "report" / "runs.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert len(lines) == 1 + 11 and header[:3] == ["job", "status", "algorithm"]
+    assert len(header) == len(set(header)) and header.count("algorithm") == 1
+    assert "compute/optimizer_steps" in header and R.REF_REWARD not in header
 
 
-def test_compare_two_runs(built):
-    out, md, summary = built
+def test_compare_two_runs(mixed):
+    root, md, summary = mixed
     images = summary["compare"]["images"]
-    assert set(images) == {"losses", "divergence", "ablation/zero/lm_loss_increase"}
+    assert set(images) == {"divergence", "ablation/policy/zero/lm_loss_increase"}
     for name in images.values():
-        assert (out / name).stat().st_size > 5_000
+        assert (root / "report" / name).stat().st_size > 5_000
     assert "- A: `algorithm.beta=0.1,algorithm=dpo,seed=0` (DPO β=0.1 seed 0, finished)" in md
-    assert "| analysis/divergence/bias_mean | 0.01 | 0.03 | 3 |" in md
+    assert "| analysis/weights/msd_biases | 0.01 | 0.03 | 3 |" in md
+    assert "analysis/time_s/total" not in md.split("## Two runs side by side")[0]
 
 
-def test_runs_csv(built):
-    out, _, _ = built
-    lines = (out / "runs.csv").read_text().splitlines()
-    assert len(lines) == 1 + 17 and lines[0].startswith("job,status,algorithm")
+def test_compare_rejects_ambiguous_job(mixed):
+    root, _, _ = mixed
+    with pytest.raises(SystemExit, match="matches 4 jobs"):
+        report.build_report(root, compare=["algorithm=dpo", "algorithm=ppo"], out=root.parent / "r2")
 
 
-def test_log_bins_and_no_finished_jobs(tmp_path):
-    root = tmp_path / "s"
-    for s in range(2):
-        write_job(root, "dpo", 0.1, s, 0.2 + s, 0.5, 0.01)
-        write_job(root, "ppo", 6, s, 0.3 + s, 0.6, 0.03)
-    summary = report.build_report(root, bins=3, bin_mode="log")
-    assert summary["matched_kl"] and all(b["n"]["dpo"] and b["n"]["ppo"] for b in summary["matched_kl"])
-    empty = tmp_path / "empty"
-    write_job(empty, "ppo", 6, 0, 0, 0, 0, status="failed", error="boom")
-    report.build_report(empty)
-    text = (empty / "report" / "report.md").read_text()
+def test_no_finished_jobs(tmp_path):
+    write_job(tmp_path / "empty", "ppo", 6, 0, {}, status=R.FAILED, error="boom")
+    report.build_report(tmp_path / "empty", figures=False)
+    text = (tmp_path / "empty" / "report" / "report.md").read_text()
     assert "No finished jobs yet." in text and "1 failed" in text
 
 
-def test_compare_rejects_ambiguous_job(sweep):
-    with pytest.raises(SystemExit, match="matches 7 jobs"):
-        report.build_report(sweep, compare=["algorithm=dpo", "kl_target=6,algorithm=ppo,seed=0"],
-                            out=sweep.parent / "r2")
+def test_python_m_report(tmp_path):
+    root = tmp_path / "m"
+    for algorithm in R.ALGORITHMS:
+        write_job(root, algorithm, 1, 0, {R.KL: 1.0, R.REWARD: 0.5})
+    done = subprocess.run([sys.executable, "-m", "dpo_ppo.report", str(root), "--no-wandb", "--no-figures", "--bootstrap", "100"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "claims: 0 supported, 0 contradicted, 14 inconclusive" in done.stdout
+    assert "| DPO |" in (root / "report" / "report.md").read_text()
 
 
-def test_wandb_offline_report_run(tmp_path, monkeypatch):
+def _run_ids(run_file: Path) -> set:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from dpo_ppo.record import _records
+
+    ids = set()
+    for payload in _records(run_file.read_bytes()):
+        rec = pb.Record()
+        rec.ParseFromString(payload)
+        if rec.WhichOneof("record_type") == "run":
+            ids.add(rec.run.run_id)
+    return ids
+
+
+def test_wandb_report_is_one_run_with_the_claims_table(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
+    from dpo_ppo.record import read_offline_run
+
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_MODE", raising=False)
     root = tmp_path / "w"
-    write_job(root, "dpo", 0.1, 0, 1.0, 0.5, 0.01)
-    write_job(root, "ppo", 6, 0, 1.1, 0.6, 0.03)
-    assert report.main([str(root), "--wandb"]) == 0
-    runs = list((root / "report" / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(runs) == 1 and runs[0].stat().st_size > 0
-    assert not (tmp_path / "wandb").exists()
-    try:
-        from dpo_ppo.record import read_offline_run
-    except ImportError:  # the reader lives with the job's recorder
-        return
-    # wandb's service may still be flushing the file for a moment after finish() returned
-    deadline = time.time() + 20
-    while True:
-        logged = read_offline_run(runs[0].parent)
-        if "jobs/finished" in logged["summary"] or time.time() > deadline:
-            break
-        time.sleep(0.5)
-    # group = the sweep name the jobs recorded (their W&B group), job type "report"
+    for algorithm in R.ALGORITHMS:
+        write_job(root, algorithm, 1, 0, {R.KL: 1.0, R.REWARD: 0.5, BIAS: 0.1})
+    for _ in range(2):  # the report re-made: the same W&B run
+        assert report.main([str(root), "--wandb", "--bootstrap", "100"]) == 0
+    files = sorted((root / "report" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and not (tmp_path / "wandb").exists()
+    run_id = report.report_run_id(root)
+    assert run_id == report.report_run_id(root / ".." / "w")  # the folder, however it is named
+    assert all(f.parent.name.endswith(run_id) for f in files)
+    assert _run_ids(files[-1]) == {run_id}
+    logged = read_offline_run(files[-1].parent)
     assert logged["run"]["group"] == "fab" and logged["run"]["job_type"] == "report"
-    assert logged["run"]["project"] == "dpo-ppo-test"  # from the jobs' logger config
+    assert logged["run"]["project"] == "dpo-ppo-test"
     keys = set().union(*logged["history"])
-    assert {"plots/frontier/path", "runs/nrows", "matched_kl/nrows"} <= keys
-    assert logged["summary"]["jobs/finished"] == 2
-
-
-def test_seeds_pool_only_within_one_configuration(tmp_path):
-    """Same params, different model override: two configurations, not one of four seeds."""
-    root = tmp_path / "m"
-    for s in range(2):
-        write_job(root, "dpo", 0.1, s, 1.0 + s, 0.5, 0.01)
-        other = write_job(root / "pythia", "dpo", 0.1, s, 5.0 + s, 0.7, 0.01)
-        results = json.loads((other / "results.json").read_text())
-        results["overrides"] += ["model=pythia70m", "+sweep=confound", "logger=wandb"]
-        (other / "results.json").write_text(json.dumps(results))
-    summary = report.build_report(root)
-    groups = sorted((g["overrides"], g["seeds"], g["metrics"]["eval/policy/kl_to_ref"]["mean"])
-                    for g in summary["groups"])
-    assert groups == [([], [0, 1], 1.5), (["model=pythia70m"], [0, 1], 5.5)]
-    assert "other overrides" in (root / "report" / "report.md").read_text()
-
-
-def test_divergence_metrics_are_recognised_by_name():
-    assert report._is_divergence("analysis/weights/msd_biases")
-    assert report._is_divergence("analysis/weights/msd_layer0_weights")
-    assert report._is_divergence("analysis/divergence/bias_mean")
-    assert not report._is_divergence("analysis/weights/num_snapshots")
-    assert not report._is_divergence("analysis/weights/bias_weight_ratio")
-    assert not report._is_divergence("analysis/time_s/weights")
-    assert not report._is_divergence("eval/policy/kl_to_ref")
-
-
-def test_timings_are_not_compared(built):
-    _, md, summary = built
-    assert all("time_s" not in m for b in summary["matched_kl"] for m in b["metrics"])
-    assert "analysis/time_s/total" not in md.split("## Two runs side by side")[0]
+    assert {"claims/nrows", "runs/nrows", "plots/frontier/path"} <= keys
+    assert logged["summary"]["jobs/finished"] == 2 and logged["summary"]["claims/inconclusive"] == 14

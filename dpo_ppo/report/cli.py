@@ -1,0 +1,68 @@
+"""``dpo-ppo-report PATH``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from dpo_ppo import results as R
+from dpo_ppo.report import compare as C
+from dpo_ppo.report.render import build_report, log_to_wandb
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from dpo_ppo import report
+
+    parser = argparse.ArgumentParser(prog="dpo-ppo-report", description=report.__doc__.split("\n\n")[0],
+                                     epilog=report.__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", type=Path, help="sweep folder, e.g. multirun/confound")
+    parser.add_argument("--compare", nargs=2, metavar=("JOB_A", "JOB_B"),
+                        help="two job folders (path, or a unique part of the folder name) to compare "
+                             "as in the paper: losses, divergence, per-head heat maps")
+    parser.add_argument("--pool", action="append", default=[], choices=list(C.FACETS), metavar="KEY",
+                        help="pool runs over this shared axis instead of comparing within each value "
+                             f"(the table says so); one of {', '.join(C.FACETS)}; repeatable")
+    parser.add_argument("--min-runs", type=int, default=C.MIN_RUNS,
+                        help="runs per algorithm a claim needs for a verdict (default %(default)s, at least 2)")
+    parser.add_argument("--min-seeds", type=int, default=C.MIN_SEEDS,
+                        help="distinct seeds per algorithm a claim needs for a verdict (default %(default)s)")
+    parser.add_argument("--bootstrap", type=int, default=C.N_BOOT, help="bootstrap draws (default %(default)s)")
+    parser.add_argument("--fdr", choices=("bh", "holm"), default="bh",
+                        help="multiple-testing control over the claims table: Benjamini-Hochberg or Holm")
+    parser.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed")
+    parser.add_argument("--no-figures", dest="figures", action="store_false",
+                        help="tables only: no PNGs (seconds instead of a minute on a large sweep)")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default PATH/report)")
+    parser.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
+                        help="log the report as a W&B run (default: when wandb is installed)")
+    parser.add_argument("--wandb-mode", choices=("offline", "online"), default="offline")
+    args = parser.parse_args(argv)
+    if args.min_runs < 2:
+        parser.error("--min-runs must be >= 2: one run per side never gives a verdict")
+    if args.min_seeds < 1:
+        parser.error("--min-seeds must be >= 1")
+    if args.bootstrap < 100:
+        parser.error("--bootstrap must be >= 100")
+    summary = build_report(args.path, compare=args.compare, out=args.out, pool=args.pool, min_runs=args.min_runs,
+                           min_seeds=args.min_seeds, n_boot=args.bootstrap, fdr=args.fdr, seed=args.seed,
+                           figures=args.figures)
+    out = Path(args.out) if args.out else Path(args.path) / "report"
+    c = summary["counts"]
+    print(f"{summary['name']}: {summary['jobs']} jobs ({c[R.FINISHED]} finished, {c[R.FAILED]} failed, "
+          f"{c[R.RUNNING]} running, {c['no results']} without results, {c['pending']} not started)")
+    verdicts = [v["verdict"] for v in summary["claims"]]
+    if verdicts:
+        print("claims: " + ", ".join(f"{verdicts.count(v)} {v}" for v in ("supported", "contradicted", "inconclusive")))
+    use_wandb = importlib.util.find_spec("wandb") is not None if args.wandb is None else args.wandb
+    if use_wandb:
+        try:
+            run_dir = log_to_wandb(summary, out, args.wandb_mode)
+            print(f"W&B {args.wandb_mode} run: {run_dir}")
+        except Exception as err:  # the report itself is written; W&B is a copy of it
+            print(f"W&B logging failed ({err!r}); the report is still in {out}", file=sys.stderr)
+    print(f"report: {out / 'report.md'}")
+    return 0

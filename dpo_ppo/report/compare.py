@@ -1,0 +1,354 @@
+"""DPO vs PPO at matched KL: facets, the per-algorithm fit against log KL, the claims table.
+
+Per algorithm, a metric is modelled as a smooth (local-linear, Gaussian kernel) function of
+log KL over the runs of one facet; the two fits are compared only inside the KL range both
+algorithms' runs cover, at stated KL points. Intervals come from a bootstrap that redraws seeds
+(whole seeds: every run of a seed together; runs when an algorithm has a single seed) and, where
+every run has per-prompt rows (eval_rows.csv), the evaluation prompts too (the same prompts for
+every run, so DPO and PPO stay paired).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from dpo_ppo import results as R
+from dpo_ppo.report import stats
+from dpo_ppo.report.claims import CLAIMS, Claim
+from dpo_ppo.report.load import LABELS, Run, finished
+
+OVERRIDES = "overrides"  # pseudo facet key: overrides params do not say (experiment=..., model=...)
+FACETS = R.FACET_KEYS + (OVERRIDES,)
+ALPHA = 0.05
+MIN_RUNS, MIN_SEEDS, N_BOOT = 3, 2, 1000
+
+# metrics that per-prompt rows reproduce: name -> (statistic, column, transform)
+ROW_METRICS = {
+    R.REWARD: ("mean", "p_positive", None),
+    R.policy_metric("gradient_loss"): ("mean", "p_positive", lambda p: 1.0 - p),
+    R.policy_metric("binary_loss"): ("mean", "p_positive", lambda p: (p < 0.5).astype(float)),
+    R.policy_metric("reward_std"): ("std", "p_positive", None),
+    R.policy_metric("completion_len"): ("mean", "completion_len", None),
+    R.KL: ("mean", "kl", None),
+    R.policy_metric("kl_to_ref_k1"): ("mean", "kl_k1", None),
+}
+
+
+# --------------------------------------------------------------------------- facets
+
+
+def facet_value(run: Run, key: str) -> Any:
+    if key == OVERRIDES:  # an algorithm's own settings (algorithm.*) place runs; they are no shared axis
+        return " ".join(o for o in run.extra_overrides() if not o.startswith("algorithm."))
+    value = run.params.get(key)
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass
+class Facet:
+    values: Dict[str, Any]  # split keys and the value this facet has
+    pooled: Dict[str, Dict[str, List[Any]]]  # pooled keys: algorithm -> its distinct values
+    runs: Dict[str, List[Run]]
+
+    def label(self) -> str:
+        return ", ".join(f"{k}={_text(v)}" for k, v in self.values.items()) or "all runs"
+
+    def pooled_text(self) -> str:
+        return "; ".join(f"{k} (" + ", ".join(f"{LABELS[a]} {'/'.join(map(_text, v))}" for a, v in per.items() if v)
+                         + ")" for k, per in self.pooled.items())
+
+
+def _text(value: Any) -> str:
+    return "none" if value == "" else str(value)
+
+
+def make_facets(runs: Sequence[Run], pool: Sequence[str] = ()) -> Tuple[List[Facet], List[str]]:
+    """Facets of the finished runs, and notes on what was split, pooled or not applicable.
+
+    A facet key whose values differ splits the runs, unless the two algorithms share no value of
+    it (then no facet could compare them) or ``pool`` names it: then the runs are pooled over it
+    and every facet says so. An algorithm without the key (None: DPO has no value model) joins
+    every facet of it."""
+    done = finished(runs)
+    split: List[str] = []
+    pooled: Dict[str, Dict[str, List[Any]]] = {}
+    notes: List[str] = []
+    for key in FACETS:
+        per = {a: sorted({facet_value(r, key) for r in done if r.algorithm == a} - {None}, key=str)
+               for a in R.ALGORITHMS}
+        values = set(per["dpo"]) | set(per["ppo"])
+        if len(values) <= 1:
+            continue
+        if key in pool:
+            pooled[key] = per
+            notes.append(f"pooled over {key} as asked (--pool)")
+        elif per["dpo"] and per["ppo"] and not set(per["dpo"]) & set(per["ppo"]):
+            pooled[key] = per
+            notes.append(f"pooled over {key}: DPO and PPO runs share no value of it")
+        else:
+            split.append(key)
+    combos = sorted({tuple(facet_value(r, k) for k in split) for r in done}, key=str)
+    # a run without a value for a split key (not applicable: DPO has no value model) joins every
+    # facet that agrees with it on the other keys; its own combination is dropped when covered
+    combos = [c for c in combos if not any(
+        d != c and all(x is None or x == y for x, y in zip(c, d)) for d in combos)]
+    facets = []
+    for combo in combos:
+        values = {k: v for k, v in zip(split, combo) if v is not None}
+        members: Dict[str, List[Run]] = {a: [] for a in R.ALGORITHMS}
+        for r in done:
+            if all(facet_value(r, k) in (None, v) for k, v in values.items()):
+                members[r.algorithm or ""].append(r)
+        facets.append(Facet(values, pooled, members))
+    return facets, notes
+
+
+# --------------------------------------------------------------------------- one comparison
+
+
+@dataclass
+class Point:
+    """DPO and PPO fits of one metric at one KL point, and PPO - DPO."""
+
+    kl: float
+    fit: Dict[str, float]
+    fit_ci: Dict[str, Tuple[float, float]]
+    fit_p: Dict[str, float]  # bootstrap p of "the fit is 0", per algorithm
+    effect: float
+    ci: Tuple[float, float]
+    p: float
+
+
+@dataclass
+class Comparison:
+    metric: str
+    facet: Facet
+    n: Dict[str, int]
+    seeds: Dict[str, int]
+    kl_range: Dict[str, Tuple[float, float]]  # each algorithm's KL range (nats)
+    common: Optional[Tuple[float, float]]  # the KL range both cover; None when they don't meet
+    points: List[Point] = field(default_factory=list)
+    prompts: int = 0  # prompts resampled (0: seeds only)
+    note: str = ""
+
+    def runs_text(self) -> str:
+        return f"{self.n['dpo']} / {self.n['ppo']}"
+
+
+def _row_matrix(runs: Sequence[Run], ids: Sequence[str], metric: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(n_runs, n_prompts) per-prompt values of the metric and of the KL, prompts in ``ids`` order."""
+    kind, column, transform = ROW_METRICS[metric]
+    vals, kls = [], []
+    for r in runs:
+        rows = r.rows()
+        pos = {pid: i for i, pid in enumerate(rows["prompt_id"])}
+        take = np.array([pos[i] for i in ids])
+        v = rows[column][take]
+        vals.append(transform(v) if transform else v)
+        kls.append(rows["kl"][take])
+    return np.array(vals, dtype=float), np.array(kls, dtype=float)
+
+
+def _rows_stat(counts: np.ndarray, values: np.ndarray, kind: str) -> np.ndarray:
+    """Per-run statistic of resampled prompts: counts (B, P), values (n, P) -> (B, n)."""
+    total = counts.sum(1, keepdims=True)
+    mean = counts @ values.T / total
+    if kind == "mean":
+        return mean
+    second = counts @ (values ** 2).T / total
+    var = np.maximum(second - mean ** 2, 0.0) * total / np.maximum(total - 1, 1)
+    return np.sqrt(var)
+
+
+def compare(facet: Facet, metric: str, kl_fracs: Sequence[float] = (0.5,), n_boot: int = N_BOOT,
+            seed: int = 0, use_rows: bool = True) -> Comparison:
+    """Fit the metric against log KL per algorithm in the facet and compare the fits at KL points
+    placed at ``kl_fracs`` of the common log-KL range."""
+    sides = {a: [r for r in facet.runs[a] if metric in r.metrics and r.kl > 0 and math.isfinite(r.kl)]
+             for a in R.ALGORITHMS}
+    n = {a: len(s) for a, s in sides.items()}
+    seeds = {a: len({r.seed for r in s}) for a, s in sides.items()}
+    kl_range = {a: (min(r.kl for r in s), max(r.kl for r in s)) if s else (math.nan, math.nan)
+                for a, s in sides.items()}
+    comp = Comparison(metric, facet, n, seeds, kl_range, None)
+    if not all(n.values()):
+        missing = [LABELS[a] for a in R.ALGORITHMS if not n[a]]
+        comp.note = f"no {' or '.join(missing)} run with this metric"
+        return comp
+    lo = max(math.log(kl_range[a][0]) for a in R.ALGORITHMS)
+    hi = min(math.log(kl_range[a][1]) for a in R.ALGORITHMS)
+    if lo > hi + 1e-12:
+        comp.note = "KL ranges do not overlap"
+        return comp
+    comp.common = (math.exp(lo), math.exp(hi))
+    x0s = [lo + f * (hi - lo) for f in kl_fracs]
+    rng = np.random.default_rng(seed)
+    everyone = sides["dpo"] + sides["ppo"]
+    ids: List[str] = []
+    if use_rows and metric in ROW_METRICS and all(r.rows() is not None for r in everyone):
+        common_ids = set(everyone[0].rows()["prompt_id"])
+        for r in everyone[1:]:
+            common_ids &= set(r.rows()["prompt_id"])
+        ids = sorted(common_ids, key=str)
+    comp.prompts = len(ids)
+    counts = stats.multinomial_counts(len(ids), n_boot, rng) if ids else None
+    fits: Dict[str, Dict[str, Any]] = {}
+    for a in R.ALGORITHMS:
+        s = sides[a]
+        x = np.log([r.kl for r in s])
+        y = np.array([r.metrics[metric] for r in s])
+        h = stats.bandwidth(x)
+        clusters = [r.seed for r in s] if seeds[a] >= 2 else list(range(len(s)))
+        w = stats.cluster_weights(clusters, n_boot, rng)
+        if ids:
+            kind = ROW_METRICS[metric][0]
+            vals, kls = _row_matrix(s, ids, metric)
+            ones = np.ones((1, len(ids)))
+            x, y = np.log(np.maximum(_rows_stat(ones, kls, "mean")[0], 1e-12)), _rows_stat(ones, vals, kind)[0]
+            xb = np.log(np.maximum(_rows_stat(counts, kls, "mean"), 1e-12))
+            yb = _rows_stat(counts, vals, kind)
+        else:
+            xb, yb = x, y
+        fits[a] = {"point": [float(stats.local_linear(x, y, x0, h)) for x0 in x0s],
+                   "boot": [stats.local_linear(xb, yb, x0, h, w) for x0 in x0s]}
+    for i, x0 in enumerate(x0s):
+        fit = {a: fits[a]["point"][i] for a in R.ALGORITHMS}
+        boot = {a: fits[a]["boot"][i] for a in R.ALGORITHMS}
+        diff = boot["ppo"] - boot["dpo"]
+        comp.points.append(Point(
+            kl=math.exp(x0), fit=fit,
+            fit_ci={a: stats.percentile_interval(boot[a]) for a in R.ALGORITHMS},
+            fit_p={a: stats.bootstrap_p(boot[a]) for a in R.ALGORITHMS},
+            effect=fit["ppo"] - fit["dpo"], ci=stats.percentile_interval(diff), p=stats.bootstrap_p(diff)))
+    return comp
+
+
+# --------------------------------------------------------------------------- the claims table
+
+
+@dataclass
+class ClaimRow:
+    claim: Claim
+    facet: Facet
+    metric: Optional[str]
+    comparison: Optional[Comparison]
+    eligible: bool = False
+    reason: str = ""
+    p: float = float("nan")
+    q: float = float("nan")
+    verdict: str = "inconclusive"
+
+    def effect_text(self) -> str:
+        c = self.comparison
+        if c is None or not c.points:
+            return "–"
+        pt = c.points[0]
+        if self.claim.kind == "zero":
+            return "; ".join(f"{LABELS[a]} {fmt(pt.fit[a])} [{fmt(pt.fit_ci[a][0])}, {fmt(pt.fit_ci[a][1])}]"
+                             for a in R.ALGORITHMS)
+        rel = f" ({pt.effect / abs(pt.fit['dpo']):+.0%} of DPO)" if pt.fit["dpo"] else ""
+        return f"{fmt(pt.effect)} [{fmt(pt.ci[0])}, {fmt(pt.ci[1])}]{rel} at KL {pt.kl:.3g}"
+
+
+def fmt(x: float) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.3g}"
+
+
+def _margin(row: ClaimRow) -> float:
+    pt = row.comparison.points[0]
+    if row.claim.kind == "zero":
+        return row.claim.margin
+    return row.claim.margin * 0.5 * (abs(pt.fit["dpo"]) + abs(pt.fit["ppo"]))
+
+
+def _within(ci: Tuple[float, float], m: float) -> bool:
+    return math.isfinite(ci[0]) and -m <= ci[0] and ci[1] <= m
+
+
+def decide(row: ClaimRow, alpha: float = ALPHA) -> str:
+    """The verdict of an eligible row from its adjusted p-value (the rule under the table)."""
+    pt = row.comparison.points[0]
+    kind, m, sig = row.claim.kind, _margin(row), row.q < alpha
+    if kind in ("higher", "lower"):
+        if not sig:
+            return "inconclusive"
+        return "supported" if (pt.effect > 0) == (kind == "higher") else "contradicted"
+    if kind == "same":
+        if _within(pt.ci, m):
+            return "supported"
+        return "contradicted" if sig and abs(pt.effect) > m else "inconclusive"
+    if kind == "differ":
+        if sig:
+            return "supported"
+        return "contradicted" if _within(pt.ci, m) else "inconclusive"
+    # zero: each algorithm's own value is 0 within the margin
+    if all(_within(pt.fit_ci[a], m) for a in R.ALGORITHMS):
+        return "supported"
+    return "contradicted" if sig and any(abs(pt.fit[a]) > m for a in R.ALGORITHMS) else "inconclusive"
+
+
+def claims_table(runs: Sequence[Run], facets: Sequence[Facet], claims: Sequence[Claim] = CLAIMS,
+                 min_runs: int = MIN_RUNS, min_seeds: int = MIN_SEEDS, n_boot: int = N_BOOT,
+                 fdr: str = "bh", alpha: float = ALPHA, seed: int = 0) -> List[ClaimRow]:
+    """One row per claim and facet holding both algorithms; verdicts after FDR control over the
+    rows that could give one."""
+    present = {k for r in finished(runs) for k in r.metrics}
+    rows: List[ClaimRow] = []
+    for claim in claims:
+        metric = next((m for m in claim.metrics if m in present), None)
+        for facet in facets:
+            if not (facet.runs["dpo"] and facet.runs["ppo"]):
+                continue
+            if metric is None:
+                rows.append(ClaimRow(claim, facet, None, None, reason="not measured by these runs"))
+                continue
+            comp = compare(facet, metric, (0.5,), n_boot=n_boot, seed=seed)
+            row = ClaimRow(claim, facet, metric, comp)
+            if not comp.points:
+                row.reason = comp.note
+            elif min(comp.n.values()) < min_runs:
+                row.reason = f"fewer than {min_runs} runs per side"
+            elif min(comp.seeds.values()) < min_seeds:
+                row.reason = f"fewer than {min_seeds} seeds per side"
+            else:
+                row.eligible = True
+                pt = comp.points[0]
+                row.p = (min(1.0, 2 * min(pt.fit_p.values())) if claim.kind == "zero" else pt.p)
+            rows.append(row)
+    adjust = stats.holm if fdr == "holm" else stats.benjamini_hochberg
+    q = adjust([r.p if r.eligible else float("nan") for r in rows])
+    for row, qi in zip(rows, q):
+        row.q = float(qi)
+        if row.eligible:
+            row.verdict = decide(row, alpha)
+    return rows
+
+
+def kl_points_text(comp: Comparison) -> str:
+    return ", ".join(f"{p.kl:.3g}" for p in comp.points)
+
+
+def all_metrics_table(runs: Sequence[Run], facets: Sequence[Facet], metrics: Sequence[str],
+                      n_boot: int = 400, seed: int = 0) -> List[Dict[str, Any]]:
+    """Every metric, every facet, at the middle of the common KL range (the appendix CSV), with
+    BH q-values over the whole table. No verdicts: this is a screen, not a test of claims."""
+    out = []
+    for facet, metric in itertools.product(facets, metrics):
+        if not (facet.runs["dpo"] and facet.runs["ppo"]) or metric == R.KL:
+            continue
+        comp = compare(facet, metric, (0.5,), n_boot=n_boot, seed=seed)
+        pt = comp.points[0] if comp.points else None
+        out.append({"facet": facet.label(), "metric": metric, "n_dpo": comp.n["dpo"], "n_ppo": comp.n["ppo"],
+                    "kl": pt.kl if pt else None, "dpo": pt.fit["dpo"] if pt else None,
+                    "ppo": pt.fit["ppo"] if pt else None, "effect": pt.effect if pt else None,
+                    "ci_lo": pt.ci[0] if pt else None, "ci_hi": pt.ci[1] if pt else None,
+                    "p": pt.p if pt and min(comp.n.values()) >= 2 else None, "note": comp.note})
+    q = stats.benjamini_hochberg([r["p"] if r["p"] is not None else float("nan") for r in out])
+    for r, qi in zip(out, q):
+        r["q"] = None if not math.isfinite(qi) else float(qi)
+    return out

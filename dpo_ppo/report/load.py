@@ -1,0 +1,218 @@
+"""Reading a sweep folder: every job (finished or not) and the jobs sweep.json planned."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from dpo_ppo import results as R
+
+SKIP_DIRS = {"report", "wandb", ".submitit", ".hydra", "__pycache__"}
+LABELS = {"dpo": "DPO", "ppo": "PPO"}
+SYMBOLS = {"beta": "β", "kl_target": "KL*", "kl_coef": "c"}
+NO_RESULTS, PENDING = "no results", "pending"  # a started job without results.json; a planned one
+ALL_STATUSES = (R.FINISHED, R.FAILED, R.RUNNING, NO_RESULTS, PENDING)
+
+
+@dataclass
+class Run:
+    dir: Path
+    rel: str  # folder relative to the sweep folder
+    status: str  # finished | failed | running | no results | pending
+    algorithm: Optional[str] = None
+    params: Dict[str, Any] = field(default_factory=dict)
+    overrides: List[str] = field(default_factory=list)
+    metrics: Dict[str, float] = field(default_factory=dict)
+    compute: Dict[str, Any] = field(default_factory=dict)
+    per_head: Dict[str, np.ndarray] = field(default_factory=dict)
+    images: Dict[str, str] = field(default_factory=dict)
+    artifacts: Dict[str, Any] = field(default_factory=dict)
+    wall_time_s: Optional[float] = None
+    peak_mem_mb: Optional[float] = None
+    error: Optional[str] = None
+    config: Dict[str, Any] = field(default_factory=dict)
+    _rows: Any = None  # per-prompt eval rows, read on first use
+
+    @property
+    def seed(self) -> Any:
+        return self.params.get("seed")
+
+    @property
+    def kl(self) -> float:
+        return self.metrics.get(R.KL, float("nan"))
+
+    def rows(self) -> Optional[Dict[str, np.ndarray]]:
+        """Per-prompt evaluation rows (eval_rows.csv) keyed by column; None without them."""
+        if self._rows is None:
+            cols = R.read_eval_rows(self.dir)
+            self._rows = False if cols is None else {
+                c: (np.array(v, dtype=object) if c == "prompt_id" else np.array(v, dtype=float))
+                for c, v in cols.items()}
+        return self._rows or None
+
+    def extra_overrides(self) -> List[str]:
+        """Overrides that params do not already say (model=pythia70m, experiment=...), minus the
+        seed and the keys that do not change a result (logger, device, threads, ...)."""
+        out = []
+        for o in self.overrides:
+            key = R.override_key(o)
+            if not R.changes_results(key) or key == "algorithm" or key in self.params:
+                continue
+            if key.startswith("algorithm.") and key[len("algorithm."):] in self.params:
+                continue
+            out.append(o.lstrip("+"))
+        return sorted(out)
+
+    def config_key(self) -> Tuple:
+        """Everything that defines the configuration except the seed."""
+        items = [(k, v) for k, v in self.params.items() if k != "seed"]
+        items += [("override", o) for o in self.extra_overrides()]
+        return (self.algorithm,) + tuple(sorted((str(k), json.dumps(v, sort_keys=True, default=str))
+                                                for k, v in items))
+
+    def knob(self) -> str:
+        key = R.KNOBS.get(self.algorithm or "")
+        value = self.params.get(key) if key else None
+        if value is None and self.params.get("kl_coef") is not None:  # PPO with a fixed coefficient
+            key, value = "kl_coef", self.params["kl_coef"]
+        return f"{SYMBOLS[key]}={value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+
+    def label(self) -> str:
+        seed = f" seed {self.seed}" if self.seed is not None else ""
+        return f"{LABELS.get(self.algorithm or '', self.algorithm or '?')} {self.knob()}{seed}".replace("  ", " ")
+
+
+def _per_head(per_head: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    out: Dict[str, np.ndarray] = {}
+    for key, value in per_head.items():
+        try:
+            arr = np.array(value, dtype=float)
+        except (TypeError, ValueError):
+            continue
+        if arr.ndim == 2 and arr.size:
+            out[str(key)] = arr
+    return out
+
+
+def find_job_dirs(root: Path, max_depth: int = 3) -> List[Path]:
+    """Folders holding results.json or .hydra/ (a started job), not descending into a job."""
+    found: List[Path] = []
+
+    def walk(folder: Path, depth: int) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        names = {e.name for e in entries}
+        if R.RESULTS_FILE in names or ".hydra" in names:
+            if folder != root or R.RESULTS_FILE in names:
+                found.append(folder)
+            return
+        if depth >= max_depth:
+            return
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.is_dir() and entry.name not in SKIP_DIRS and not entry.name.startswith("."):
+                walk(Path(entry.path), depth + 1)
+
+    walk(root, 0)
+    return found
+
+
+def load_run(folder: Path, root: Path) -> Run:
+    rel = os.path.relpath(folder, root)
+    job = R.read_job(folder)
+    if job is None:
+        error = f"unreadable {R.RESULTS_FILE}" if (folder / R.RESULTS_FILE).exists() else None
+        return Run(dir=folder, rel=rel, status=NO_RESULTS, error=error)
+    run = Run(dir=folder, rel=rel, status=job.status, algorithm=job.algorithm, params=job.params,
+              overrides=job.overrides, metrics=job.metrics, compute=job.compute,
+              per_head=_per_head(job.per_head), images=job.images, artifacts=job.artifacts,
+              wall_time_s=job.wall_time_s, peak_mem_mb=job.peak_mem_mb, error=job.error, config=job.config)
+    add_derived(run)
+    return run
+
+
+# Derived per-run metrics the seed's claims need and results.json does not hold as one number.
+POS_NEG_REL = "derived/activations/resid_kl_pos_minus_neg_rel"
+
+
+def add_derived(run: Run) -> None:
+    m = run.metrics
+    pos, neg = m.get("analysis/activations/resid/kl_pos_mean"), m.get("analysis/activations/resid/kl_neg_mean")
+    both = m.get("analysis/activations/resid/kl_all_mean")
+    if pos is not None and neg is not None and both:
+        m[POS_NEG_REL] = (pos - neg) / both
+
+
+def load_sweep(root: Path) -> Tuple[List[Run], Dict[str, Any]]:
+    """Every job of the sweep: folders found on disk plus planned jobs from sweep.json."""
+    root = Path(root)
+    runs = [load_run(folder, root) for folder in find_job_dirs(root)]
+    meta: Dict[str, Any] = {}
+    sweep_file = root / R.SWEEP_FILE
+    if sweep_file.exists():
+        try:
+            meta = json.loads(sweep_file.read_text())
+        except ValueError:
+            meta = {}
+        by_rel = {os.path.normpath(r.rel): r for r in runs}
+        known = set(by_rel)
+        for job in meta.get("jobs", []):
+            rel = job.get("dir")
+            if not rel:
+                continue
+            if os.path.isabs(rel):
+                try:
+                    rel = os.path.relpath(rel, root)
+                except ValueError:
+                    continue
+                if rel.startswith(".."):
+                    continue
+            run = by_rel.get(os.path.normpath(rel))
+            if run is not None and run.status == NO_RESULTS and job.get("status") == R.FAILED:
+                # e.g. a config error raised before the job could write results.json
+                run.status, run.error = R.FAILED, job.get("error")
+            if os.path.normpath(rel) in known:
+                continue
+            known.add(os.path.normpath(rel))
+            algorithm = next((o.split("=", 1)[1] for o in job.get("overrides", [])
+                              if R.override_key(o) == "algorithm"), None)
+            runs.append(Run(dir=root / rel, rel=rel, status=PENDING, algorithm=algorithm,
+                            overrides=list(job.get("overrides", []))))
+    return runs, meta
+
+
+def finished(runs: Sequence[Run]) -> List[Run]:
+    return [r for r in runs if r.status == R.FINISHED and r.algorithm in R.ALGORITHMS]
+
+
+def metric_names(runs: Sequence[Run]) -> List[str]:
+    """The findings (``results.is_finding``) any finished run holds: eval/ first, then analysis/."""
+    names = {k for r in finished(runs) for k in r.metrics if R.is_finding(k)}
+    return sorted(names, key=lambda k: (not k.startswith("eval/"), k))
+
+
+@dataclass
+class Config:
+    """Runs whose params differ only in the seed."""
+
+    algorithm: str
+    runs: List[Run]
+
+    def label(self) -> str:
+        return self.runs[0].knob()
+
+    def values(self, metric: str) -> List[float]:
+        return [r.metrics[metric] for r in self.runs if metric in r.metrics]
+
+
+def configurations(runs: Sequence[Run]) -> List[Config]:
+    groups: Dict[Tuple, Config] = {}
+    for run in finished(runs):
+        groups.setdefault(run.config_key(), Config(run.algorithm or "", [])).runs.append(run)
+    return sorted(groups.values(), key=lambda g: (g.algorithm, float(np.nanmean([r.kl for r in g.runs]))))

@@ -1,0 +1,328 @@
+"""The report's figures: frontier, training curves, one figure per claim, the all-metrics screen
+and the --compare side-by-side plots. Saving goes through the analysis suite's helper."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+from dpo_ppo import results as R
+from dpo_ppo.analysis.plots import _save, plt
+from dpo_ppo.report import stats
+from dpo_ppo.report.compare import ClaimRow, Facet, facet_value
+from dpo_ppo.report.load import LABELS, Config, Run, finished
+
+COLORS = {"dpo": "tab:blue", "ppo": "tab:orange"}
+MARKERS = "osD^vP*X"
+
+
+def _err(half: float) -> Optional[float]:
+    return half if math.isfinite(half) else None
+
+
+def _place_labels(fig, ax, items: Sequence[tuple]) -> None:
+    """Annotate (x, y, text, color) points so that no two labels overlap: each label starts just
+    above-right of its point and moves up until it clears the ones already placed."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for x, y, text, color in sorted(items, key=lambda t: (t[1], t[0])):
+        ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, color=color,
+                          bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.7),
+                          arrowprops=dict(arrowstyle="-", color=color, lw=0.4, alpha=0.6, shrinkA=0, shrinkB=2))
+        height = Text.get_window_extent(ann, renderer).height * 72.0 / fig.dpi + 1
+        inside = ax.get_window_extent(renderer)
+        # candidate offsets: just above-right, then alternately further down and up
+        for k in range(16):
+            dy = 3 + ((k + 1) // 2) * height * (1 if k % 2 == 0 else -1)
+            ann.xyann = (4, dy)
+            ann.update_positions(renderer)
+            box = Text.get_window_extent(ann, renderer)  # the text alone, not its leader line
+            if (box.y0 >= inside.y0 and box.y1 <= inside.y1
+                    and not any(box.overlaps(other) for other in placed)):
+                break
+        placed.append(Text.get_window_extent(ann, renderer))
+
+
+def facet_tag(config: Config, split: Sequence[str]) -> str:
+    run = config.runs[0]
+    return ", ".join(f"{k}={facet_value(run, k)}" for k in split if facet_value(run, k) is not None)
+
+
+def plot_frontier(configs: Sequence[Config], runs: Sequence[Run], path: Path, split: Sequence[str] = ()) -> str:
+    """Reward against KL per configuration (mean and 95% t-interval over seeds), faint single
+    runs, the reference at KL 0; markers by facet when the sweep has several."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    tags = sorted({facet_tag(c, split) for c in configs})
+    labels = []
+    for algorithm in R.ALGORITHMS:
+        mine = [c for c in configs if c.algorithm == algorithm]
+        if not mine:
+            continue
+        xs = [r.kl for c in mine for r in c.runs]
+        ys = [r.metrics.get(R.REWARD, np.nan) for c in mine for r in c.runs]
+        ax.scatter(xs, ys, s=10, alpha=0.25, color=COLORS[algorithm])
+        for tag in tags:
+            group = sorted((c for c in mine if facet_tag(c, split) == tag),
+                           key=lambda c: stats.mean_ci(r.kl for r in c.runs).mean)
+            if not group:
+                continue
+            marker = MARKERS[tags.index(tag) % len(MARKERS)]
+            pts = [(stats.mean_ci(r.kl for r in c.runs), stats.mean_ci(c.values(R.REWARD)), c) for c in group]
+            ax.plot([p[0].mean for p in pts], [p[1].mean for p in pts], "-", color=COLORS[algorithm], alpha=0.4, lw=1)
+            for i, (x, y, c) in enumerate(pts):
+                ax.errorbar(x.mean, y.mean, xerr=_err(x.half), yerr=_err(y.half), fmt=marker, capsize=3,
+                            color=COLORS[algorithm], markersize=5,
+                            label=(f"{LABELS[algorithm]}" + (f" {tag}" if tag else "")
+                                   + f" ({len(group)} configs, {sum(len(g.runs) for g in group)} runs)")
+                            if i == 0 else None)
+                labels.append((x.mean, y.mean, c.label(), COLORS[algorithm]))
+    ref = stats.mean_ci(r.metrics.get(R.REF_REWARD, np.nan) for r in finished(runs))
+    if ref.n:
+        ax.errorbar(0.0, ref.mean, yerr=_err(ref.half), fmt="*", markersize=12, color="black", capsize=3,
+                    label="reference (KL 0)")
+    ax.set_xlabel("KL(policy || reference) on test prefixes, nats")
+    ax.set_ylabel("test reward (mean p positive)")
+    ax.set_title("Reward-KL frontier (mean and 95% interval over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.margins(x=0.12, y=0.15)
+    _place_labels(fig, ax, labels)
+    return _save(fig, path)
+
+
+# training curves: per algorithm, (panel title, candidate train_log keys or a params key)
+TRAIN_PANELS = {
+    "ppo": [("reward (p positive)", ("train/p_positive_mean", "train/score_mean")), ("KL (nats)", ("train/kl",)),
+            ("KL coefficient", ("train/kl_coef",)), ("policy loss", ("train/policy_loss",))],
+    "dpo": [("implicit reward margin", ("train/rewards/margins",)), ("KL (nats)", ("train/kl",)),
+            ("β (fixed)", ("param:beta",)), ("DPO loss", ("train/loss",))],
+}
+
+
+def _curve(config: Config, keys: Sequence[str]) -> Optional[tuple]:
+    """Mean over the configuration's seeds of the first key logged, against examples."""
+    per_x: Dict[float, List[float]] = {}
+    for run in config.runs:
+        for row in R.read_train_log(run.dir):
+            x = row.get("train/examples", row.get("step"))
+            if keys[0].startswith("param:"):
+                value = run.params.get(keys[0][6:])
+            else:
+                value = next((row[k] for k in keys if isinstance(row.get(k), (int, float))), None)
+            if isinstance(x, (int, float)) and isinstance(value, (int, float)) and math.isfinite(value):
+                per_x.setdefault(float(x), []).append(float(value))
+    if not per_x:
+        return None
+    xs = sorted(per_x)
+    return np.array(xs), np.array([np.mean(per_x[x]) for x in xs])
+
+
+def plot_training(configs: Sequence[Config], path: Path, split: Sequence[str] = ()) -> Optional[str]:
+    """Training curves per configuration (mean over seeds) against examples seen: one row of
+    panels per algorithm. None when no job logged anything."""
+    algorithms = [a for a in R.ALGORITHMS if any(c.algorithm == a for c in configs)]
+    curves = {a: [(c, [_curve(c, keys) for _, keys in TRAIN_PANELS[a]]) for c in configs if c.algorithm == a]
+              for a in algorithms}
+    if not any(cv for a in algorithms for _, cvs in curves[a] for cv in cvs):
+        return None
+    fig, axes = plt.subplots(len(algorithms), 4, figsize=(13, 2.7 * len(algorithms)), squeeze=False)
+    for row, a in enumerate(algorithms):
+        cmap = plt.get_cmap("Blues" if a == "dpo" else "Oranges")
+        n = len(curves[a])
+        for i, (config, cvs) in enumerate(curves[a]):
+            color = cmap(0.45 + 0.5 * i / max(1, n - 1))
+            tag = facet_tag(config, split)
+            for col, cv in enumerate(cvs):
+                if cv is not None:
+                    axes[row, col].plot(cv[0], cv[1], color=color, lw=1.2,
+                                        label=f"{config.label()} {tag}".strip() + f" (n={len(config.runs)})")
+        for col, (title, keys) in enumerate(TRAIN_PANELS[a]):
+            ax = axes[row, col]
+            ax.set_title(f"{LABELS[a]}: {title}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+            if not ax.lines:
+                ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
+            if row == len(algorithms) - 1:
+                ax.set_xlabel("examples seen", fontsize=8)
+        handles, labels = axes[row, 0].get_legend_handles_labels()
+        if not handles:
+            handles, labels = axes[row, 3].get_legend_handles_labels()
+        if handles:
+            axes[row, 3].legend(handles, labels, fontsize=6, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_claim(rows: Sequence[ClaimRow], path: Path) -> Optional[str]:
+    """One claim: its metric against KL per algorithm in each facet (runs, fitted curves over
+    each algorithm's own KL range), the common KL range shaded, the comparison point with its
+    intervals."""
+    rows = [r for r in rows if r.comparison is not None][:3]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.3 * len(rows), 3.1), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        comp, metric = row.comparison, row.metric
+        for a in R.ALGORITHMS:
+            side = [r for r in row.facet.runs[a] if metric in r.metrics and r.kl > 0]
+            if not side:
+                continue
+            x = np.log([r.kl for r in side])
+            y = np.array([r.metrics[metric] for r in side])
+            ax.scatter(np.exp(x), y, s=14, alpha=0.6, color=COLORS[a], label=f"{LABELS[a]} ({len(side)} runs)")
+            grid = np.linspace(x.min(), x.max(), 40) if np.ptp(x) > 0 else x[:1]
+            ax.plot(np.exp(grid), stats.fit_curve(x, y, grid), color=COLORS[a], lw=1.5)
+        if comp.common:
+            ax.axvspan(*comp.common, color="grey", alpha=0.12, lw=0)
+        for pt in comp.points:
+            for a, dx in (("dpo", 0.985), ("ppo", 1.015)):
+                lo, hi = pt.fit_ci[a]
+                if math.isfinite(lo):
+                    ax.errorbar(pt.kl * dx, pt.fit[a], yerr=[[pt.fit[a] - lo], [hi - pt.fit[a]]], fmt="s",
+                                color=COLORS[a], markersize=4, capsize=3, markeredgecolor="black")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("KL to reference (nats, log scale)", fontsize=8)
+        ax.set_ylabel(metric.split("/", 1)[-1], fontsize=7)
+        ax.set_title(f"{row.facet.label()}: {row.verdict}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"{rows[0].claim.id} ({rows[0].claim.expectation()}): {rows[0].claim.text}", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_all_metrics(table: Sequence[Dict[str, Any]], path: Path) -> Optional[str]:
+    """Every metric's PPO - DPO at the middle of the common KL range, relative to the mean of the
+    two fits, with its 95% interval; filled where BH q < 0.05."""
+    rows = [r for r in table if r["effect"] is not None]
+    if not rows:
+        return None
+    rows.sort(key=lambda r: (r["facet"], r["metric"]))
+    scale = [0.5 * (abs(r["dpo"]) + abs(r["ppo"])) or 1.0 for r in rows]
+    eff = np.array([r["effect"] / s for r, s in zip(rows, scale)])
+    lo = np.array([(r["ci_lo"] if r["ci_lo"] is not None else np.nan) / s for r, s in zip(rows, scale)])
+    hi = np.array([(r["ci_hi"] if r["ci_hi"] is not None else np.nan) / s for r, s in zip(rows, scale)])
+    y = np.arange(len(rows))[::-1]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.11 * len(rows)))
+    ax.hlines(y, np.nan_to_num(lo, nan=0.0), np.nan_to_num(hi, nan=0.0), color="grey", lw=0.8)
+    sig = np.array([r["q"] is not None and r["q"] < 0.05 for r in rows])
+    ax.scatter(eff[sig], y[sig], s=10, color="black", zorder=3, label="BH q < 0.05")
+    ax.scatter(eff[~sig], y[~sig], s=10, facecolors="white", edgecolors="black", zorder=3, label="q ≥ 0.05 or n < 2")
+    ax.axvline(0, color="red", lw=0.6)
+    multi = len({r["facet"] for r in rows}) > 1
+    ax.set_yticks(y)
+    ax.set_yticklabels([(f"[{r['facet']}] " if multi else "") + r["metric"] for r in rows], fontsize=4.5)
+    ax.set_xlabel("(PPO - DPO) / mean of the two, at the middle of the common KL range", fontsize=8)
+    ax.set_xlim(max(-3, np.nanmin(lo) - 0.1) if np.isfinite(lo).any() else -1,
+                min(3, np.nanmax(hi) + 0.1) if np.isfinite(hi).any() else 1)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=6, loc="lower right")
+    ax.set_title("All metrics at matched KL (a screen, not a test: see the claims table)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- --compare A B
+
+
+def _is_divergence(key: str) -> bool:
+    """A weight/bias divergence scalar: analysis/weights/*, or any analysis key naming a mean
+    squared difference (msd) or a divergence; counts, timings and ratios are not."""
+    k = key.lower()
+    if not k.startswith("analysis/") or any(x in k for x in ("time_s", "num_", "ratio")):
+        return False
+    return k.startswith("analysis/weights/") or "msd" in k or "diverg" in k
+
+
+def _bars(ax, names: Sequence[str], series: Dict[str, Sequence[float]], colors: Dict[str, str]) -> None:
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(names))
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label, color=colors.get(label))
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+
+
+def plot_compare(a: Run, b: Run, folder: Path) -> Dict[str, Any]:
+    """The seed paper's side-by-side comparisons of two runs. Returns what was drawn."""
+    la, lb = f"A: {a.label()}", f"B: {b.label()}"
+    colors = {la: "tab:green", lb: "tab:purple", "reference": "grey"}
+    out: Dict[str, Any] = {"images": {}, "notes": []}
+
+    losses = ["gradient_loss", "binary_loss"]
+    if any(R.policy_metric(l) in r.metrics for r in (a, b) for l in losses):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        _bars(ax, [l.replace("_", " ") for l in losses], {
+            "reference": [a.metrics.get(R.reference_metric(l), b.metrics.get(R.reference_metric(l), np.nan)) for l in losses],
+            la: [a.metrics.get(R.policy_metric(l), np.nan) for l in losses],
+            lb: [b.metrics.get(R.policy_metric(l), np.nan) for l in losses],
+        }, colors)
+        ax.set_title("Test losses (lower is better)")
+        _save(fig, folder / "compare_losses.png")
+        out["images"]["losses"] = "compare_losses.png"
+    else:
+        out["notes"].append("no gradient/binary loss metrics in either run")
+
+    keys = sorted(k for k in {k for r in (a, b) for k in r.metrics} if _is_divergence(k))
+    leaf = {k: k.rsplit("/", 1)[-1].lower() for k in keys}
+    weights = [k for k in keys if "weight" in leaf[k] and "bias" not in leaf[k]]
+    biases = [k for k in keys if "bias" in leaf[k] and "weight" not in leaf[k]]
+    panels = [("weights", weights), ("biases", biases)]
+    rest = [k for k in keys if k not in weights and k not in biases]
+    if rest:
+        panels.append(("other", rest))
+    panels = [(t, ks) for t, ks in panels if ks]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+        for ax, (title, ks) in zip(axes.flat, panels):
+            short = [k.split("/", 2)[-1] for k in ks]
+            _bars(ax, short, {la: [a.metrics.get(k, np.nan) for k in ks], lb: [b.metrics.get(k, np.nan) for k in ks]},
+                  colors)
+            ax.set_title(f"divergence from reference: {title}", fontsize=9)
+        _save(fig, folder / "compare_divergence.png")
+        out["images"]["divergence"] = "compare_divergence.png"
+    else:
+        out["notes"].append("no divergence metrics (analysis/weights/*, *msd*, *diverg*) in either run")
+
+    for key in sorted(set(a.per_head) & set(b.per_head)):
+        ha, hb = a.per_head[key], b.per_head[key]
+        if ha.shape != hb.shape:
+            out["notes"].append(f"{key}: shapes differ ({ha.shape} vs {hb.shape})")
+            continue
+        vmin, vmax = float(np.nanmin([ha, hb])), float(np.nanmax([ha, hb]))
+        diff = hb - ha
+        dmax = float(np.nanmax(np.abs(diff))) or 1.0
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+        for ax, data, title, kwargs in (
+                (axes[0], ha, la, dict(vmin=vmin, vmax=vmax, cmap="viridis")),
+                (axes[1], hb, lb, dict(vmin=vmin, vmax=vmax, cmap="viridis")),
+                (axes[2], diff, "B - A", dict(vmin=-dmax, vmax=dmax, cmap="RdBu_r"))):
+            im = ax.imshow(data, aspect="auto", **kwargs)
+            ax.set_title(title, fontsize=8)
+            ax.set_xlabel("head", fontsize=7)
+            ax.set_ylabel("layer", fontsize=7)
+            if data.shape[1] <= 32:
+                ax.set_xticks(range(data.shape[1]))
+            if data.shape[0] <= 32:
+                ax.set_yticks(range(data.shape[0]))
+            ax.tick_params(labelsize=6)
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.suptitle(key, fontsize=9)
+        name = "compare_" + "".join(c if c.isalnum() else "_" for c in key).strip("_") + ".png"
+        _save(fig, folder / name)
+        out["images"][key] = name
+    return out

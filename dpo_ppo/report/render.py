@@ -1,0 +1,384 @@
+"""Putting the report together: report.md, runs.csv, matched_kl.csv, summary.json, the W&B run."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from dpo_ppo import results as R
+from dpo_ppo.report import compare as C
+from dpo_ppo.report import plots, stats
+from dpo_ppo.report.claims import CLAIMS
+from dpo_ppo.report.load import (ALL_STATUSES, LABELS, NO_RESULTS, PENDING, Run, configurations, finished,
+                                 load_run, load_sweep, metric_names)
+
+BODY_METRICS = (R.REWARD, R.policy_metric("gradient_loss"), R.policy_metric("binary_loss"))
+MATCHED_FRACS = (0.25, 0.5, 0.75)
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def last_line(text: Any) -> str:
+    text = str(text or "").strip()
+    return text.splitlines()[-1][:200] if text else ""
+
+
+def resolve_job(token: str, root: Path, runs: Sequence[Run]) -> Run:
+    """A job named by its folder (absolute, relative to the cwd or to the sweep) or by a
+    unique substring of its folder name."""
+    for candidate in (Path(token), root / token):
+        if (candidate / R.RESULTS_FILE).exists():
+            candidate = candidate.resolve()
+            for r in runs:
+                if r.dir.resolve() == candidate:
+                    return r
+            return load_run(candidate, root)
+    matches = [r for r in runs if token in r.rel and (r.dir / R.RESULTS_FILE).exists()]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise SystemExit(f"--compare: no job folder with results.json matches {token!r} under {root}")
+    raise SystemExit(f"--compare: {token!r} matches {len(matches)} jobs: " + ", ".join(r.rel for r in matches[:8]))
+
+
+def write_runs_csv(runs: Sequence[Run], metrics: Sequence[str], path: Path) -> Tuple[List[str], List[List[Any]]]:
+    """One row per job; params once each (the algorithm is its own column, not repeated)."""
+    params = sorted({k for r in runs for k in r.params} - {"algorithm"})
+    compute = sorted({k for r in runs for k in r.compute})
+    header = (["job", "status", "algorithm"] + params + list(metrics) + [f"compute/{k}" for k in compute]
+              + ["wall_time_s", "peak_mem_mb", "error"])
+    rows = [[r.rel, r.status, r.algorithm or ""] + [r.params.get(p, "") for p in params]
+            + [r.metrics.get(m, "") for m in metrics] + [r.compute.get(k, "") for k in compute]
+            + [r.wall_time_s if r.wall_time_s is not None else "", r.peak_mem_mb if r.peak_mem_mb is not None else "",
+               last_line(r.error)] for r in runs]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return header, rows
+
+
+RULE = (
+    "How to read it. Effect = PPO - DPO of the metric at the middle of the KL range both "
+    "algorithms' runs cover (geometric mean of its ends; `at KL`), each algorithm's value read off "
+    "a local-linear fit of the metric against log KL over its runs (Gaussian kernel, width half "
+    "its log-KL span, at least 0.35). The 95% interval is a percentile bootstrap ({n_boot} "
+    "draws) over seeds, and over evaluation prompts (paired across runs) where every run has "
+    "per-prompt rows. p is the bootstrap's two-sided p of effect = 0; q is p adjusted over the "
+    "rows that can give a verdict ({fdr}). A row gives a verdict only with at least {min_runs} "
+    "runs and {min_seeds} seeds per algorithm inside one facet and overlapping KL ranges; "
+    "otherwise it is inconclusive, and one run per side never gives one. "
+    "Verdicts: for PPO > DPO or PPO < DPO, supported when q < {alpha} in the claimed direction, "
+    "contradicted when q < {alpha} the other way; for PPO ≈ DPO, supported when the interval lies "
+    "within ± {margin:.0%} of the mean of the two values, contradicted when q < {alpha} and the "
+    "effect is beyond that margin; for PPO ≠ DPO the reverse; for \"≈ 0 for both\", supported "
+    "when each algorithm's interval lies within ± the stated margin. Everything else: "
+    "inconclusive. Facets: runs that differ in {facets} are compared only within one value "
+    "(a `pooled:` note says where that was impossible or asked for)."
+)
+
+
+def claims_markdown(rows: Sequence[C.ClaimRow], multi_facet: bool) -> List[str]:
+    header = ["claim", "§", "metric", "DPO vs PPO at matched KL: PPO - DPO [95%]", "runs DPO / PPO",
+              "q", "verdict"]
+    if multi_facet:
+        header.insert(2, "facet")
+    out = []
+    for r in rows:
+        comp = r.comparison
+        runs = comp.runs_text() if comp else "–"
+        pooled = r.facet.pooled_text()
+        verdict = f"**{r.verdict}**" if r.verdict != "inconclusive" else "inconclusive"
+        if r.reason:
+            verdict += f" ({r.reason})"
+        if pooled:
+            verdict += f"; pooled: {pooled}"
+        cells = [f"{r.claim.id}: {r.claim.text} ({r.claim.expectation()})", r.claim.section,
+                 f"`{r.metric}`" if r.metric else "–", r.effect_text(), runs,
+                 C.fmt(r.q) if r.eligible else "–", verdict]
+        if multi_facet:
+            cells.insert(2, r.facet.label())
+        out.append(cells)
+    return [md_table(header, out)]
+
+
+def matched_markdown(facets: Sequence[C.Facet], n_boot: int, seed: int) -> Tuple[List[str], List[Dict]]:
+    md: List[str] = []
+    out: List[Dict] = []
+    for facet in facets:
+        if not (facet.runs["dpo"] and facet.runs["ppo"]):
+            only = [LABELS[a] for a in R.ALGORITHMS if facet.runs[a]]
+            md += [f"- {facet.label()}: {' and '.join(only) or 'no'} runs only; nothing to compare.", ""]
+            continue
+        comps = [C.compare(facet, m, MATCHED_FRACS, n_boot=n_boot, seed=seed) for m in BODY_METRICS]
+        base = comps[0]
+        ranges = ", ".join(f"{LABELS[a]} {base.n[a]} runs at KL {base.kl_range[a][0]:.3g}-{base.kl_range[a][1]:.3g}"
+                           for a in R.ALGORITHMS)
+        pooled = facet.pooled_text()
+        head = f"**{facet.label()}**: {ranges}" + (f"; pooled: {pooled}" if pooled else "")
+        if base.common is None:
+            md += [head + f". {base.note}: no matched-KL comparison.", ""]
+            continue
+        md += [head + f"; common range {base.common[0]:.3g}-{base.common[1]:.3g} nats"
+               + (f"; {base.prompts} paired prompts resampled" if base.prompts else "; seeds resampled (no per-prompt rows)")
+               + ".", ""]
+        points = [p.kl for p in base.points]
+        rows = []
+        for comp in comps:
+            if not comp.points:
+                continue
+            cells = [f"`{comp.metric}`"]
+            for p in comp.points:
+                cells.append(f"{C.fmt(p.fit['dpo'])} / {C.fmt(p.fit['ppo'])}: {C.fmt(p.effect)} "
+                             f"[{C.fmt(p.ci[0])}, {C.fmt(p.ci[1])}]")
+            rows.append(cells)
+            out.append({"facet": facet.label(), "metric": comp.metric, "points": [
+                {"kl": p.kl, "dpo": p.fit["dpo"], "ppo": p.fit["ppo"], "effect": p.effect, "ci": list(p.ci), "p": p.p}
+                for p in comp.points]})
+        md += [md_table(["metric (DPO / PPO: PPO - DPO [95%])"] + [f"at KL {k:.3g}" for k in points], rows), ""]
+    return md, out
+
+
+def report_run_id(root: Path) -> str:
+    """The W&B run id of a sweep's report: fixed by the sweep folder, so a re-made report is
+    the same run."""
+    return "report-" + hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:16]
+
+
+def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optional[Path] = None,
+                 pool: Sequence[str] = (), min_runs: int = C.MIN_RUNS, min_seeds: int = C.MIN_SEEDS,
+                 n_boot: int = C.N_BOOT, fdr: str = "bh", seed: int = 0, figures: bool = True) -> Dict[str, Any]:
+    """Write the report; returns the summary (also saved as summary.json). ``figures=False``
+    leaves the figures out (tables only, in a fraction of the time)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SystemExit(f"no such sweep folder: {root}")
+    out = Path(out) if out else root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.png"):  # from an earlier report
+        stale.unlink()
+    runs, meta = load_sweep(root)
+    pair = [resolve_job(t, root, runs) for t in compare] if compare else []
+    name = meta.get("name") or next((r.config.get("name") for r in runs if r.config.get("name")), root.name)
+    done = finished(runs)
+    configs = configurations(runs)
+    metrics = metric_names(runs)
+    counts = {s: sum(r.status == s for r in runs) for s in ALL_STATUSES}
+    other = len(runs) - sum(counts.values())
+    wall = sum(float(r.wall_time_s) for r in runs if isinstance(r.wall_time_s, (int, float)))
+    mems = [float(r.peak_mem_mb) for r in runs if isinstance(r.peak_mem_mb, (int, float))]
+    facets, facet_notes = C.make_facets(runs, pool)
+    split = list(facets[0].values) if facets else []
+    comparable = [f for f in facets if f.runs["dpo"] and f.runs["ppo"]]
+    rows = C.claims_table(runs, facets, CLAIMS, min_runs=min_runs, min_seeds=min_seeds, n_boot=n_boot,
+                          fdr=fdr, seed=seed)
+    images: Dict[str, str] = {}
+
+    progress = (f"{len(runs)} jobs: {counts[R.FINISHED]} finished, {counts[R.FAILED]} failed, "
+                f"{counts[R.RUNNING]} running, {counts[NO_RESULTS]} started without results, "
+                f"{counts[PENDING]} not started" + (f", {other} other" if other else "") + ".")
+    md: List[str] = [f"# Sweep report: {name}", "", f"Sweep folder: `{root}`. {progress}", ""]
+    if facet_notes or len(facets) > 1:
+        md += ["Facets: " + ("; ".join([f"{len(facets)} ({', '.join(f.label() for f in facets)})"] + facet_notes)) + ".",
+               ""]
+
+    # 1. claims
+    md += ["## The seed paper's claims, DPO vs PPO at matched KL", ""]
+    if not done:
+        md += ["No finished jobs yet.", ""]
+    elif not rows:
+        md += ["No facet holds finished runs of both algorithms yet: nothing to compare.", ""]
+    else:
+        md += claims_markdown(rows, len(comparable) > 1)
+        md += ["", RULE.format(n_boot=n_boot, fdr="Benjamini-Hochberg" if fdr == "bh" else "Holm",
+                               min_runs=min_runs, min_seeds=min_seeds, alpha=C.ALPHA, margin=CLAIMS[3].margin,
+                               facets=", ".join(R.FACET_KEYS)), ""]
+
+    matched: List[Dict] = []
+    if done:
+        # 2. frontier
+        if figures:
+            images["frontier"] = Path(plots.plot_frontier(configs, runs, out / "frontier.png", split)).name
+        md += ["## Reward-KL frontier", "", "![frontier](frontier.png)" if figures else "(figures left out)", "",
+               "Test reward against KL to the reference per configuration (params minus seed): mean and 95% "
+               "t-interval over seeds; faint dots are single runs; the star is the reference.", ""]
+        # 3. training curves
+        training = plots.plot_training(configs, out / "training.png", split) if figures else None
+        if training:
+            images["training"] = Path(training).name
+            md += ["## Training curves", "", "![training curves](training.png)", "",
+                   "Per configuration, mean over seeds, against examples seen (train_log.jsonl).", ""]
+        # 4. matched KL
+        md += ["## Matched KL", "",
+               "Fits of each algorithm at three KL points inside the common range (its quartiles in log KL), "
+               "per facet: DPO / PPO, then PPO - DPO with its bootstrap 95% interval. Every metric: "
+               "appendix.", ""]
+        body, matched = matched_markdown(facets, n_boot, seed)
+        md += body
+
+    # appendix
+    md += ["---", "", "# Appendix", ""]
+    claim_images = []
+    for claim in CLAIMS:
+        mine = [r for r in rows if r.claim.id == claim.id]
+        path = plots.plot_claim(mine, out / f"claim_{claim.id}.png") if figures else None
+        if path:
+            images[f"claim_{claim.id}"] = Path(path).name
+            claim_images.append(f"![{claim.id}]({Path(path).name})")
+    if claim_images:
+        md += ["## One figure per claim", "",
+               "The claim's metric against KL (log scale) per algorithm: runs, the local-linear fit over each "
+               "algorithm's own KL range, the common range shaded, the compared point with its 95% intervals.",
+               ""] + claim_images + [""]
+    md += ["## Progress and cost", "", progress, ""]
+    md.append(f"Compute so far: {wall:.0f} s of job wall time ({wall / 3600:.2f} h) in total"
+              + (f"; peak memory of the largest job {max(mems):.0f} MB." if mems else "."))
+    md.append("")
+    unfinished = [r for r in runs if r.status != R.FINISHED]
+    if unfinished:
+        md += ["Jobs without finished results (left out):", "",
+               md_table(["job", "status", "error"], [[f"`{r.rel}`", r.status, last_line(r.error)] for r in unfinished]),
+               ""]
+    if configs:
+        extra = any(c.runs[0].extra_overrides() for c in configs)
+        table = []
+        for c in configs:
+            p = c.runs[0].params
+            table.append([LABELS.get(c.algorithm, c.algorithm), c.label()] + [p.get(k, "") for k in split]
+                         + ([" ".join(c.runs[0].extra_overrides())] if extra else [])
+                         + [len(c.runs), stats.mean_ci(c.values(R.REWARD)).text(), stats.mean_ci(c.values(R.KL)).text()])
+        md += ["## Configurations", "",
+               md_table(["algorithm", "knob"] + split + (["other overrides"] if extra else []) + ["seeds", "reward", "KL (nats)"],
+                        table), ""]
+    all_rows = C.all_metrics_table(runs, comparable, metrics, n_boot=min(n_boot, 400), seed=seed) if comparable else []
+    if all_rows:
+        with open(out / "matched_kl.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(all_rows[0]))
+            writer.writeheader()
+            writer.writerows(all_rows)
+        fig = plots.plot_all_metrics(all_rows, out / "all_metrics.png") if figures else None
+        md += ["## Every metric at matched KL", "",
+               f"`matched_kl.csv`: {len(all_rows)} rows (facet, metric, fits, PPO - DPO, 95% interval, p, BH q "
+               "over the whole table). A screen for what to look at next, not evidence: the claims above are the "
+               "tests.", ""]
+        if fig:
+            images["all_metrics"] = Path(fig).name
+            md += ["![all metrics](all_metrics.png)", ""]
+
+    compare_out: Dict[str, Any] = {}
+    if pair:
+        a, b = pair
+        compare_out = plots.plot_compare(a, b, out)
+        md += ["## Two runs side by side", "", f"- A: `{a.rel}` ({a.label()}, {a.status})",
+               f"- B: `{b.rel}` ({b.label()}, {b.status})", ""]
+        for key, img in compare_out["images"].items():
+            md += [f"### {key}", "", f"![{key}]({img})", ""]
+            images[Path(img).stem] = img
+        md += [f"- {note}" for note in compare_out["notes"]]
+        keys = sorted(set(a.metrics) | set(b.metrics), key=lambda k: (not k.startswith("eval/"), k))
+        md += ["", md_table(["metric", "A", "B", "B / A"], [
+            [k, f"{a.metrics.get(k, float('nan')):.4g}", f"{b.metrics.get(k, float('nan')):.4g}",
+             f"{b.metrics[k] / a.metrics[k]:.3g}" if k in a.metrics and k in b.metrics and a.metrics[k] else ""]
+            for k in keys]), ""]
+        shared_images = sorted(set(a.images) | set(b.images))
+        if shared_images:
+            md += ["Analysis images of the two runs:", "", "| image | A | B |", "|---|---|---|"]
+            for key in shared_images:
+                cells = [f"![{key}]({os.path.relpath(r.dir / r.images[key], out)})" if key in r.images else "–"
+                         for r in (a, b)]
+                md.append(f"| {key} | {cells[0]} | {cells[1]} |")
+            md.append("")
+
+    header, table_rows = write_runs_csv(runs, metrics, out / "runs.csv")
+    md += ["## Files", "", "- `runs.csv`: one row per job (status, params, metrics, compute)",
+           "- `matched_kl.csv`: every metric at matched KL, per facet",
+           "- `summary.json`: counts, cost, configurations, facets, the claims table, matched-KL fits", ""]
+    (out / "report.md").write_text("\n".join(md))
+
+    claims_out = [{
+        "claim": r.claim.id, "section": r.claim.section, "text": r.claim.text, "expect": r.claim.expectation(),
+        "facet": r.facet.label(), "pooled": r.facet.pooled_text(), "metric": r.metric,
+        "n": r.comparison.n if r.comparison else None, "seeds": r.comparison.seeds if r.comparison else None,
+        "kl": r.comparison.points[0].kl if r.comparison and r.comparison.points else None,
+        "dpo": r.comparison.points[0].fit["dpo"] if r.comparison and r.comparison.points else None,
+        "ppo": r.comparison.points[0].fit["ppo"] if r.comparison and r.comparison.points else None,
+        "effect": r.comparison.points[0].effect if r.comparison and r.comparison.points else None,
+        "ci": list(r.comparison.points[0].ci) if r.comparison and r.comparison.points else None,
+        "prompts": r.comparison.prompts if r.comparison else 0,
+        "p": None if not math.isfinite(r.p) else r.p, "q": None if not math.isfinite(r.q) else r.q,
+        "eligible": r.eligible, "verdict": r.verdict, "reason": r.reason} for r in rows]
+    summary = {
+        "name": name, "sweep_dir": str(root), "counts": counts, "jobs": len(runs),
+        "wall_time_s": wall, "peak_mem_mb": max(mems) if mems else None,
+        "failed": [{"job": r.rel, "error": last_line(r.error)} for r in runs if r.status == R.FAILED],
+        "configurations": [{"algorithm": c.algorithm, "params": {k: v for k, v in c.runs[0].params.items() if k != "seed"},
+                            "overrides": c.runs[0].extra_overrides(), "seeds": [r.seed for r in c.runs],
+                            "metrics": {m: vars(stats.mean_ci(c.values(m))) for m in metrics}} for c in configs],
+        "facets": [{"label": f.label(), "values": f.values, "pooled": f.pooled_text(),
+                    "runs": {a: len(f.runs[a]) for a in R.ALGORITHMS}} for f in facets],
+        "facet_notes": facet_notes, "claims": claims_out, "matched_kl": matched,
+        "images": images, "compare": compare_out,
+        "settings": {"min_runs": min_runs, "min_seeds": min_seeds, "n_boot": n_boot, "fdr": fdr, "seed": seed,
+                     "pool": list(pool)},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    summary["_runs_table"] = (header, table_rows)
+    summary["_runs"] = runs
+    return summary
+
+
+CLAIM_COLUMNS = ["claim", "section", "text", "expect", "facet", "pooled", "metric", "kl", "dpo", "ppo", "effect",
+                 "ci_lo", "ci_hi", "n_dpo", "n_ppo", "p", "q", "verdict", "reason"]
+
+
+def claims_table_rows(summary: Dict[str, Any]) -> List[List[Any]]:
+    out = []
+    for c in summary["claims"]:
+        ci = c["ci"] or [None, None]
+        n = c["n"] or {}
+        out.append([c["claim"], c["section"], c["text"], c["expect"], c["facet"], c["pooled"], c["metric"] or "",
+                    c["kl"], c["dpo"], c["ppo"], c["effect"], ci[0], ci[1], n.get("dpo"), n.get("ppo"), c["p"], c["q"],
+                    c["verdict"], c["reason"]])
+    return out
+
+
+def log_to_wandb(summary: Dict[str, Any], out: Path, mode: str = "offline") -> Optional[str]:
+    """The sweep's report run (job_type report, group = sweep name): the same run every time the
+    report is re-made (id fixed by the sweep folder, resume allowed), with the claims table as a
+    W&B Table, the runs table and the plots."""
+    import wandb
+
+    runs: List[Run] = summary["_runs"]
+    logger = next((r.config.get("logger") for r in runs if isinstance(r.config.get("logger"), dict)), {}) or {}
+    run = wandb.init(project=logger.get("project") or "dpo-ppo", entity=logger.get("entity"),
+                     group=summary["name"], job_type="report", name=f"{summary['name']}-report",
+                     id=report_run_id(Path(summary["sweep_dir"])), resume="allow",
+                     dir=str(out), mode=mode, reinit="finish_previous",
+                     config={"sweep_dir": summary["sweep_dir"], "jobs": summary["jobs"], **summary["settings"]})
+    try:
+        header, rows = summary["_runs_table"]
+        data: Dict[str, Any] = {
+            "claims": wandb.Table(columns=CLAIM_COLUMNS, data=claims_table_rows(summary)),
+            "runs": wandb.Table(columns=header, data=[[str(c) for c in r] for r in rows]),
+        }
+        for key, name in summary["images"].items():
+            data[f"plots/{key}"] = wandb.Image(str(out / name))
+        run.log(data)
+        run.summary.update({f"jobs/{k.replace(' ', '_')}": v for k, v in summary["counts"].items()})
+        for verdict in ("supported", "contradicted", "inconclusive"):
+            run.summary[f"claims/{verdict}"] = sum(c["verdict"] == verdict for c in summary["claims"])
+        run.summary["cost/wall_time_s"] = summary["wall_time_s"]
+        if summary["peak_mem_mb"] is not None:
+            run.summary["cost/peak_mem_mb"] = summary["peak_mem_mb"]
+        return str(Path(run.dir).parent)
+    finally:
+        run.finish()
