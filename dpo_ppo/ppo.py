@@ -150,7 +150,13 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 
 class AdaptiveKLController:
-    """Ziegler et al. (2019): e = clip(KL / target - 1, -0.2, 0.2), coef *= 1 + e * n / horizon."""
+    """Ziegler et al. (2019), as in old TRL (``kl_controller=ziegler``, the paper presets):
+    e = clip(KL / target - 1, -0.2, 0.2), coef *= 1 + e * n / horizon.
+
+    The coefficient moves by at most 20% x samples/horizon per update, so a run much shorter than
+    the horizon cannot reach its target: with targets under the KL the run drifts to, the error sits
+    at the +0.2 clip and different targets give the same run.
+    """
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int):
         self.value = float(init_kl_coef)
@@ -161,15 +167,87 @@ class AdaptiveKLController:
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
 
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
+class LogKLController:
+    """A PI controller on log(coef) (``kl_controller=log``, the default), gain tied to run length.
+
+    error    e = clip(log(KL / target), -1, 1)     (symmetric: 2x over and 2x under weigh alike)
+    integral I <- I + k_i * e                       (unless KL already moves toward the target)
+    coef       = exp(I + k_p * e)
+
+    ``k_i = min(1, ln(range) / (settle * updates))``: the coefficient can cross a factor ``range``
+    (100) within the first ``settle`` (25%) of the run's updates, whatever its length, so a short
+    run reaches its target and a long one moves smoothly; ``k_p = k_i`` damps the overshoot of a
+    pure integrator.  ``gain`` overrides k_i.  Two guards, both measured on the embedded default:
+    the first rollout is skipped (the policy still is the reference, so its KL is 0 and says
+    nothing), and the integral holds while KL is already moving toward the target (anti-windup:
+    KL rises within one update but falls over several, and an integrator that keeps pushing while
+    it falls winds the coefficient up by orders of magnitude).
+    """
+
+    RANGE, SETTLE = 100.0, 0.25
+
+    def __init__(self, init_kl_coef: float, target: float, updates: int, gain: Optional[float] = None):
+        self.target = float(target)
+        self.k_i = float(gain) if gain else min(1.0, math.log(self.RANGE) / (self.SETTLE * max(1, updates)))
+        self.k_p = self.k_i
+        self.integral = math.log(init_kl_coef)
+        self.value = float(init_kl_coef)
+        self.last_kl: Optional[float] = None
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        previous, self.last_kl = self.last_kl, current_kl
+        if previous is None:  # the first rollout: the policy is the reference
+            return
+        error = min(max(math.log(max(current_kl, 1e-6) / self.target), -1.0), 1.0)
+        toward = (error > 0 and current_kl < previous) or (error < 0 and current_kl > previous)
+        if not toward:
+            self.integral += self.k_i * error
+        self.value = math.exp(self.integral + self.k_p * error)
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "integral": self.integral, "last_kl": self.last_kl}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value, self.integral, self.last_kl = state["value"], state["integral"], state["last_kl"]
+
 
 class FixedKLController:
-    """A constant KL coefficient (``adaptive_kl=false``)."""
+    """A constant KL coefficient (``kl_coef=X``): the direct analogue of DPO's beta."""
 
     def __init__(self, kl_coef: float):
         self.value = float(kl_coef)
 
     def update(self, current_kl: float, n_steps: int) -> None:
         pass
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
+def kl_controller_name(cfg) -> str:
+    """fixed when ``kl_coef`` is set, else ``kl_controller`` (log | ziegler)."""
+    return "fixed" if getattr(cfg, "kl_coef", None) is not None else cfg.kl_controller
+
+
+def make_kl_controller(cfg, updates: int):
+    name = kl_controller_name(cfg)
+    if name == "fixed":
+        return FixedKLController(cfg.kl_coef)
+    if name == "ziegler":
+        return AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+    if name == "log":
+        return LogKLController(cfg.init_kl_coef, cfg.kl_target, updates, getattr(cfg, "kl_gain", None))
+    raise ValueError(f"kl_controller must be log or ziegler, got {name!r}")
 
 
 class RunningMoments:
@@ -364,7 +442,7 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
     params = [p for p in model.parameters() if p.requires_grad]
     keys = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl")
     totals = torch.zeros(len(keys), device=device)  # summed over optimiser steps, kept on device
-    steps, epochs_done = 0, 0
+    steps, epochs_done, trained_tokens = 0, 0, 0
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=generator).to(device)
         epoch = torch.zeros(len(keys), device=device)
@@ -383,6 +461,7 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
                 vf, vf_clipfrac = value_loss(values, part["old_values"], part["returns"], mask,
                                              cfg.cliprange_value)
                 ((pg + cfg.vf_coef * vf) * weight).backward()
+                trained_tokens += int(part["attention_mask"].sum())
                 epoch += torch.stack([pg.detach(), vf.detach(), clipfrac, vf_clipfrac, approx_kl]) * weight
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -396,6 +475,8 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
     optimizer.zero_grad(set_to_none=True)
     stats = {f"train/{key}": float(value) / max(steps, 1) for key, value in zip(keys, totals)}
     stats["train/ppo_epochs_done"] = epochs_done
+    stats["train/optimizer_steps"] = steps
+    stats["train/trained_tokens"] = trained_tokens
     return stats
 
 
@@ -468,15 +549,15 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
     model = PolicyWithValue(policy, ref_model, cfg.value_model).eval()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
-    if cfg.adaptive_kl:
-        kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
-    else:
-        kl_ctl = FixedKLController(cfg.init_kl_coef)
+    kl_ctl = make_kl_controller(cfg, updates=math.ceil(total / cfg.rollout_prefixes))
     normalizer = RunningMoments() if cfg.normalize_reward else None
     generator = torch.Generator().manual_seed(seed)  # minibatch shuffling
     layout = {"examples": total, "rollout_prefixes": cfg.rollout_prefixes,
               "num_completions": cfg.num_completions, "value_model": cfg.value_model}
     examples, updates, wall_before, last_snapshot, resumed_from = 0, 0, 0.0, -1, None
+    # what the run cost, for comparisons at matched compute; kl_history: train/kl of every update
+    compute = {"optimizer_steps": 0, "examples_seen": 0, "trained_tokens": 0, "generated_tokens": 0}
+    kl_history: list[float] = []
 
     state = load_state(out_dir)
     if state is not None:
@@ -486,7 +567,8 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
         policy.load_state_dict(state["policy"])
         model.load_value_state_dict(state["value"])
         optimizer.load_state_dict(state["optimizer"])
-        kl_ctl.value = state["kl_coef"]
+        kl_ctl.load_state_dict(state["kl_controller"])
+        compute, kl_history = state["compute"], state["kl_history"]
         if normalizer is not None and state["normalizer"] is not None:
             normalizer.load_state_dict(state["normalizer"])
         generator.set_state(state["generator"])
@@ -498,7 +580,8 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
     def checkpoint() -> None:
         save_state(out_dir, {
             "layout": layout, "policy": policy.state_dict(), "value": model.value_state_dict(),
-            "optimizer": optimizer.state_dict(), "kl_coef": kl_ctl.value,
+            "optimizer": optimizer.state_dict(), "kl_controller": kl_ctl.state_dict(),
+            "compute": compute, "kl_history": kl_history,
             "normalizer": normalizer.state_dict() if normalizer is not None else None,
             "generator": generator.get_state(), "rng": _rng_state(), "examples": examples,
             "updates": updates, "wall_s": wall_before + time.time() - t_start,
@@ -518,6 +601,11 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
         metrics.update(ppo_update(model, optimizer, batch, cfg, generator))
         examples += len(prefixes)
         updates += 1
+        kl_history.append(metrics["train/kl"])
+        compute["optimizer_steps"] += metrics["train/optimizer_steps"]
+        compute["examples_seen"] += len(prefixes)
+        compute["trained_tokens"] += metrics["train/trained_tokens"]
+        compute["generated_tokens"] += metrics["train/completion_tokens"]
         t2 = time.time()
         metrics["train/rollout_s"], metrics["train/optimize_s"] = t1 - t0, t2 - t1
         metrics["train/tokens_per_s"] = metrics["train/completion_tokens"] / (t2 - t0)
@@ -538,6 +626,9 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
         last_snapshot = examples
         checkpoint()
     policy.train(was_training)
+    tail = kl_history[-max(1, len(kl_history) // 4):]
     return {"examples": examples, "updates": updates, "kl_coef": kl_ctl.value,
+            "kl_controller": kl_controller_name(cfg), "kl_recent": sum(tail) / max(1, len(tail)),
+            "compute": compute,
             "wall_s": wall_before + time.time() - t_start, "resumed_from": resumed_from,
             "snapshot_dir": str(out_dir / "snapshots"), **metrics}

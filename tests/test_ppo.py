@@ -11,9 +11,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
 from dpo_ppo.config import PPOAlgorithmConfig
-from dpo_ppo.ppo import (AdaptiveKLController, FixedKLController, PolicyWithValue, RunningMoments,
-                         explained_variance, gae, kl_per_token, make_batch, policy_loss, rollout,
-                         token_logprobs, train_ppo, value_loss, whiten)
+from dpo_ppo.ppo import (AdaptiveKLController, FixedKLController, LogKLController, PolicyWithValue,
+                         RunningMoments, explained_variance, gae, kl_per_token, make_batch,
+                         make_kl_controller, policy_loss, ppo_update, rollout, token_logprobs,
+                         train_ppo, value_loss, whiten)
 from dpo_ppo.sampling import completion_logprobs
 
 VOCAB = 20  # words t0..t19, then <eos>, <pad>
@@ -152,6 +153,59 @@ def test_adaptive_kl_controller():
     assert fixed.value == 0.3
 
 
+def test_log_kl_controller_gain_and_steps():
+    ctl = LogKLController(0.2, target=4.0, updates=16)
+    k = min(1.0, math.log(100) / (0.25 * 16))  # 1.15 -> capped at 1
+    assert ctl.k_i == k == 1.0
+    ctl.update(0.0, 64)  # the first rollout (the reference itself) is skipped
+    assert ctl.value == 0.2
+    ctl.update(8.0, 64)  # e = log 2, KL rising
+    assert ctl.value == pytest.approx(0.2 * math.exp(2 * math.log(2)))  # integral + proportional
+    ctl.update(4.0, 64)  # on target: the proportional part vanishes, the integral stays
+    assert ctl.value == pytest.approx(0.2 * 2)
+    ctl.update(4.0 * math.e ** 5, 64)  # error clipped at 1, rising: integrates
+    assert ctl.value == pytest.approx(0.2 * 2 * math.exp(2))
+    ctl.update(4.0 * math.e ** 4, 64)  # still above but falling toward the target: integral holds
+    assert ctl.value == pytest.approx(0.2 * 2 * math.e * math.e)
+    ctl.update(4.0 / math.e, 64)  # below and falling further: integrates down
+    assert ctl.value == pytest.approx(0.2 * 2 * math.exp(1 - 1 - 1))  # I: +1 -1, then -1 proportional
+    assert LogKLController(0.2, 4.0, updates=368).k_i == pytest.approx(math.log(100) / 92)
+    assert LogKLController(0.2, 4.0, updates=368, gain=0.3).k_i == 0.3
+
+
+def simulate(ctl, a: float = 2.0, b: float = 0.5, updates: int = 16, lag: float = 0.5, noise: float = 0.2):
+    """A synthetic KL response with a known answer: each update KL moves a fraction ``lag`` toward
+    its equilibrium a / (b * coef) (reward pressure a against the penalty's pull b * coef), and is
+    measured with log-normal noise.  Returns the measured KL of every update."""
+    g = torch.Generator().manual_seed(0)
+    kl, seen = 0.0, []
+    for _ in range(updates):
+        kl += lag * (a / (b * ctl.value) - kl)
+        measured = kl * math.exp(noise * float(torch.randn((), generator=g)))
+        seen.append(measured)
+        ctl.update(measured, 64)
+    return seen
+
+
+@pytest.mark.parametrize("target", [1.0, 2.0, 4.0, 8.0, 16.0])
+def test_log_controller_reaches_target_on_synthetic_response(target):
+    # equilibrium coefficient a / (b * target): 4 for target 1 down to 0.25 for 16; start at 0.2
+    seen = simulate(LogKLController(0.2, target, updates=16))
+    tail = sum(seen[-4:]) / 4
+    assert target / 1.5 < tail < target * 1.5, seen
+    # old TRL's controller with the paper's horizon cannot move in 16 updates: every target below
+    # the uncontrolled KL (a / (b * 0.2) = 20) ends at the same place
+    stuck = simulate(AdaptiveKLController(0.2, target, 10000))
+    assert sum(stuck[-4:]) / 4 > 15
+
+
+def test_make_kl_controller_picks_by_config():
+    assert isinstance(make_kl_controller(ppo_cfg(), 8), LogKLController)
+    assert isinstance(make_kl_controller(ppo_cfg(kl_controller="ziegler"), 8), AdaptiveKLController)
+    fixed = make_kl_controller(ppo_cfg(kl_coef=0.07, kl_controller="ziegler"), 8)
+    assert isinstance(fixed, FixedKLController) and fixed.value == 0.07  # kl_coef wins
+
+
 def test_running_moments_and_explained_variance():
     rm = RunningMoments()
     a, b = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([-3.0, 0.5])
@@ -242,7 +296,7 @@ def test_ppo_raises_reward_and_snapshots(tmp_path):
 def test_kl_target_controls_kl(tmp_path):
     runs = {}
     for target in (1.0, 20.0):
-        cfg = ppo_cfg(examples=384, kl_target=target, init_kl_coef=0.2, kl_horizon=32)
+        cfg = ppo_cfg(examples=384, kl_target=target, init_kl_coef=0.2, kl_controller="ziegler", kl_horizon=32)
         _, _, log, summary = run(cfg, tmp_path / str(target))
         runs[target] = (mean_of(log, "train/kl", slice(-8, None)), summary["kl_coef"])
     (kl_small, coef_small), (kl_large, coef_large) = runs[1.0], runs[20.0]
@@ -252,7 +306,7 @@ def test_kl_target_controls_kl(tmp_path):
 
 
 def test_fixed_kl_coef_stays(tmp_path):
-    cfg = ppo_cfg(examples=64, adaptive_kl=False, init_kl_coef=0.3)
+    cfg = ppo_cfg(examples=64, kl_coef=0.3, init_kl_coef=0.01)
     _, _, log, summary = run(cfg, tmp_path)
     assert {m["train/kl_coef"] for _, m in log} == {0.3} and summary["kl_coef"] == 0.3
 
@@ -266,6 +320,27 @@ def test_options_separate_value_k3_normalised_early_stop(tmp_path):
         assert all(math.isfinite(v) for k, v in m.items() if k != "train/explained_variance")
         assert m["train/kl"] >= 0
     assert any(not torch.equal(a, b) for a, b in zip(policy.parameters(), ref.parameters()))
+
+
+@pytest.mark.parametrize("value_model,policy_moves", [("separate", False), ("shared", True)])
+def test_value_loss_reaches_the_policy_only_when_shared(value_model, policy_moves):
+    """With zero advantages the policy loss has no gradient: whatever moves the policy then is the
+    value loss, which must not touch it with a separate value model."""
+    tok = tiny_tokenizer()
+    policy = tiny_model(tok)
+    ref = copy.deepcopy(policy)
+    cfg = ppo_cfg(value_model=value_model, vf_coef=1.0, ppo_epochs=1, num_minibatches=1)
+    model = PolicyWithValue(policy, ref, value_model)
+    queries = make_prompts(8)
+    batch, _ = rollout(model, ref, tok, queries, share_of_target, cfg, kl_coef=0.0, normalizer=None)
+    batch["advantages"] = torch.zeros_like(batch["advantages"])
+    batch["returns"] = batch["returns"] + 3.0  # a large value error
+    before = copy.deepcopy(policy.state_dict())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    stats = ppo_update(model, optimizer, batch, cfg, torch.Generator().manual_seed(0))
+    assert stats["train/optimizer_steps"] == 1 and stats["train/value_loss"] > 1
+    moved = [k for k, v in policy.state_dict().items() if not torch.equal(v, before[k])]
+    assert bool(moved) == policy_moves, moved
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):
