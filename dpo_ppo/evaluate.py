@@ -20,7 +20,12 @@ from __future__ import annotations
 
 import torch
 
-from dpo_ppo.sampling import generate, sequence_kl
+import csv
+from pathlib import Path
+
+from dpo_ppo.sampling import generate, sample_keys, sequence_kl
+
+ROW_FIELDS = ("prompt_id", "p_positive", "completion_len", "kl", "kl_k1")
 
 
 def distinct_n(completions: list[list[int]], n: int) -> float:
@@ -34,10 +39,16 @@ def distinct_n(completions: list[list[int]], n: int) -> float:
 
 def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg, *, ref_model=None,
                    desc: str = "eval") -> tuple[dict, list[dict]]:
-    """Metrics (see module docstring) and per-sample rows (prompt, completion, score)."""
+    """Metrics (see module docstring) and one row per prompt (``ROW_FIELDS`` plus the texts).
+
+    Sampling is keyed by (``eval_cfg.seed``, prompt index): the same model gives the same
+    completions whatever ran before in the process, and two models share their sampling noise
+    prompt by prompt, so their rows pair on ``prompt_id``.
+    """
+    keys = sample_keys(eval_cfg.seed, range(len(prompts)))
     completions = generate(model, tokenizer, prompts, eval_cfg.completion_len,
                            temperature=eval_cfg.temperature, batch_size=eval_cfg.batch_size,
-                           desc=f"{desc}: sampling")
+                           desc=f"{desc}: sampling", keys=keys)
     prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=True)
     comp_texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
     logits = scorer.logits([p + c for p, c in zip(prompt_texts, comp_texts)])
@@ -52,12 +63,33 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
         "distinct_1": distinct_n(completions, 1),
         "distinct_2": distinct_n(completions, 2),
     }
+    kl = k1 = torch.zeros(len(prompts))
     if ref_model is not None:
         kl, k1 = sequence_kl(model, ref_model, prompts, completions, pad_id=tokenizer.pad_token_id,
                              batch_size=eval_cfg.batch_size)
         metrics["kl_to_ref"] = float(kl.mean())
         metrics["kl_to_ref_std"] = float(kl.std()) if len(kl) > 1 else 0.0
         metrics["kl_to_ref_k1"] = float(k1.mean())
-    rows = [{"prompt": pt, "completion": ct, "p_positive": float(pi)}
-            for pt, ct, pi in zip(prompt_texts, comp_texts, p)]
+    rows = [{"prompt_id": i, "p_positive": float(p[i]), "completion_len": len(completions[i]),
+             "kl": float(kl[i]), "kl_k1": float(k1[i]), "prompt": prompt_texts[i], "completion": comp_texts[i]}
+            for i in range(len(prompts))]
     return metrics, rows
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """The per-prompt rows, compact (no text): one line per prompt, ``ROW_FIELDS`` columns."""
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(ROW_FIELDS)
+        for r in rows:
+            writer.writerow([r["prompt_id"], f"{r['p_positive']:.6g}", r["completion_len"],
+                             f"{r['kl']:.6g}", f"{r['kl_k1']:.6g}"])
+    tmp.replace(path)
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{"prompt_id": int(r["prompt_id"]), "p_positive": float(r["p_positive"]),
+                 "completion_len": int(r["completion_len"]), "kl": float(r["kl"]), "kl_k1": float(r["kl_k1"])}
+                for r in csv.DictReader(f)]

@@ -7,15 +7,67 @@ with the seed's 25-75 token prefixes).  ``pad_batch`` left-pads prompts for ``ge
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
 
 
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------- keyed (counter-based) sampling
+
+_MASK = {31: (1 << 33) - 1, 27: (1 << 37) - 1, 33: (1 << 31) - 1}
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 64-bit integer hash (splitmix64's finaliser shape) on int64 tensors; shifts are logical."""
+    x = x ^ ((x >> 31) & _MASK[31])
+    x = x * 0x7FB5D329728EA185
+    x = x ^ ((x >> 27) & _MASK[27])
+    x = x * 0x1DADEF4BC2DD44D
+    return x ^ ((x >> 33) & _MASK[33])
+
+
+def keyed_uniform(keys: torch.Tensor, step: int, width: int) -> torch.Tensor:
+    """[len(keys), width] uniforms in (0, 1), a pure function of (key, step, column)."""
+    base = _mix(keys.long() * 0x9E3779B1 + step)
+    cols = torch.arange(width, device=keys.device, dtype=torch.long) * 0x632BE59BD9B4E019
+    bits = (_mix(base[:, None] + cols[None, :]) >> 40) & 0xFFFFFF  # 24 bits: exact in float32
+    return (bits.float() + 0.5) / float(1 << 24)
+
+
+class KeyedGumbelSampler(LogitsProcessor):
+    """Turns greedy decoding into sampling whose noise is a function of (key, step, token) only.
+
+    argmax(logits / T + Gumbel noise) is a sample from softmax(logits / T) (the Gumbel-max trick);
+    the noise comes from ``keyed_uniform``, so a prompt's completion depends on its key and the
+    model, not on the batch it shares, the batch size, or what used the RNG before.  Two models
+    evaluated with the same keys also share their noise (common random numbers), which pairs their
+    samples prompt by prompt.  The 24-bit uniforms cap the noise at ~17 nats: a token whose
+    probability is below ~4e-8 of the most likely one is never drawn.
+    """
+
+    def __init__(self, keys: torch.Tensor, prompt_width: int, temperature: float = 1.0, top_k: int = 0):
+        self.keys, self.prompt_width = keys, prompt_width
+        self.temperature, self.top_k = temperature, top_k
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.float() / self.temperature
+        if self.top_k and self.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self.top_k, dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        u = keyed_uniform(self.keys.to(scores.device), input_ids.shape[1] - self.prompt_width, scores.shape[-1])
+        return scores - torch.log(-torch.log(u))
+
+
+def sample_keys(seed: int, ids: Sequence[int]) -> list[int]:
+    """One sampling key per prompt id, for ``generate(keys=...)``: a function of (seed, id) alone."""
+    return [int(seed) * 1_000_003 + int(i) for i in ids]
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool, device=None):
@@ -38,12 +90,15 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool, device=Non
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
              temperature: float = 1.0, top_k: int = 0, batch_size: int = 64,
-             desc: str | None = "sampling", stop_at_eos: bool = True) -> list[list[int]]:
+             desc: str | None = "sampling", stop_at_eos: bool = True,
+             keys: Optional[Sequence[int]] = None) -> list[list[int]]:
     """Sample one completion per prompt with ``model.generate``; returns the new token ids.
 
     A completion ends at the first EOS (the EOS itself is kept, so that its probability is part of
     the sequence) or after ``max_new_tokens``.  Prompts are sorted by length and batched, so a
-    range of prefix lengths costs little padding.
+    range of prefix lengths costs little padding.  Without ``keys`` sampling draws from torch's
+    global RNG; with ``keys`` (one int per prompt, see ``sample_keys``) each completion is a
+    function of its key and the model alone (``KeyedGumbelSampler``).
     """
     device = model_device(model)
     was_training = model.training
@@ -57,9 +112,13 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens:
     for start in bar:
         idx = order[start: start + batch_size]
         ids, mask = pad_batch([prompts[i] for i in idx], pad_id, left=True, device=device)
-        kwargs = dict(do_sample=True, temperature=temperature, top_k=top_k if top_k > 0 else None,
-                      top_p=None, max_new_tokens=max_new_tokens, min_new_tokens=1,
-                      pad_token_id=pad_id)
+        kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=1, pad_token_id=pad_id, top_p=None)
+        if keys is None:
+            kwargs.update(do_sample=True, temperature=temperature, top_k=top_k if top_k > 0 else None)
+        else:
+            batch_keys = torch.as_tensor([keys[i] for i in idx], dtype=torch.long, device=device)
+            kwargs.update(do_sample=False, temperature=None, top_k=None, logits_processor=LogitsProcessorList(
+                [KeyedGumbelSampler(batch_keys, ids.shape[1], temperature, top_k)]))
         if stop_at_eos:
             kwargs["eos_token_id"] = eos_id
         else:
