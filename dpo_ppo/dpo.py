@@ -1,5 +1,9 @@
 """DPO through TRL's ``DPOTrainer``, with policy snapshots and resume.
 
+Pairs arrive as token ids (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, exactly what the
+reference sampled; see ``dpo_ppo.prefs``) and ``TokenDPOTrainer`` hands them to TRL's collator as
+they are, instead of TRL's text path (re-tokenise, append EOS).
+
 Snapshots: every ``snapshot_every`` examples the policy is saved to
 ``<job>/snapshots/ex_<examples>/`` (weights only, for divergence over training).  Resume: the
 Trainer's own checkpoint (model, optimiser, scheduler, RNG) is kept at the same cadence under
@@ -56,6 +60,18 @@ class LogCallback(TrainerCallback):
         self.log_fn(metrics, state.global_step)
 
 
+class TokenDPOTrainer(DPOTrainer):
+    """TRL's DPOTrainer on pre-tokenised pairs: a dataset that already holds ``prompt_ids``,
+    ``chosen_ids`` and ``rejected_ids`` skips TRL's text preparation (which re-tokenises and adds
+    EOS); any other dataset goes through it unchanged."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(dataset.column_names):
+            keep = ["prompt_ids", "chosen_ids", "rejected_ids"]
+            return dataset.remove_columns([c for c in dataset.column_names if c not in keep])
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+
 def last_complete_checkpoint(trainer_dir: Path) -> str | None:
     """The newest Trainer checkpoint that was written to the end; half-written ones are removed.
 
@@ -94,7 +110,7 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
         bf16=False, fp16=False, disable_tqdm=False,
     )
     examples_per_step = algo.batch_size
-    trainer = DPOTrainer(
+    trainer = TokenDPOTrainer(
         model=policy, ref_model=ref_model, args=args, train_dataset=prefs, processing_class=tokenizer,
         callbacks=[SnapshotCallback(job_dir, algo.snapshot_every, examples_per_step, tokenizer),
                    LogCallback(log_fn, examples_per_step)],
@@ -103,5 +119,14 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
     if last:
         log.info("dpo: resuming from %s", last)
     result = trainer.train(resume_from_checkpoint=last)
-    return {"train_loss": float(result.training_loss), "steps": int(result.global_step),
-            "resumed_from": last}
+    steps = int(result.global_step)
+    # pairs seen (epochs wrap around) and the tokens of prompt+chosen and prompt+rejected forwarded
+    # with gradients; a partial last batch counts as a whole step's pairs at most
+    pair_tokens = [2 * len(p) + len(c) + len(r) for p, c, r in
+                   zip(prefs["prompt_ids"], prefs["chosen_ids"], prefs["rejected_ids"])]
+    seen = min(steps * algo.batch_size, math.ceil(len(prefs) * algo.epochs))
+    full, part = divmod(seen, len(prefs))
+    compute = {"optimizer_steps": steps, "examples_seen": seen,
+               "trained_tokens": int(full * sum(pair_tokens) + sum(pair_tokens[:part]))}
+    return {"train_loss": float(result.training_loss), "steps": steps, "resumed_from": last,
+            "compute": compute}
