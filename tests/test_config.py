@@ -62,21 +62,22 @@ def test_unknown_algorithm_lists_choices():
 
 
 def test_paper_presets_match_section_5_1():
-    run1_dpo = compose_cfg(["experiment=paper_run1", "model=pythia70m"], tiny=False).algorithm
+    hub = ["model=pythia70m", "classifier=gpt2_imdb"]  # the paper's world (composed, not loaded)
+    run1_dpo = compose_cfg(["experiment=paper_run1", *hub], tiny=False).algorithm
     assert (run1_dpo.examples, run1_dpo.lr, run1_dpo.beta, run1_dpo.num_completions, run1_dpo.prefix_len,
             run1_dpo.prefix_len_max, run1_dpo.completion_len) == (25000, 1e-6, 0.1, 8, 100, None, 500)
-    run1_ppo = compose_cfg(["experiment=paper_run1", "algorithm=ppo", "model=pythia70m"], tiny=False)
+    run1_ppo = compose_cfg(["experiment=paper_run1", "algorithm=ppo", *hub], tiny=False)
     a = run1_ppo.algorithm
-    assert (a.examples, a.lr, a.kl_target, a.adaptive_kl, a.num_completions, a.prefix_len, a.prefix_len_max,
-            a.completion_len) == (25000, 1e-6, 0.1, True, 2, 25, 75, 200)
-    run2_dpo = compose_cfg(["experiment=paper_run2", "model=pythia70m"], tiny=False)
+    assert (a.examples, a.lr, a.kl_target, a.kl_controller, a.kl_horizon, a.num_completions, a.prefix_len,
+            a.prefix_len_max, a.completion_len) == (25000, 1e-6, 0.1, "ziegler", 10000, 2, 25, 75, 200)
+    run2_dpo = compose_cfg(["experiment=paper_run2", *hub], tiny=False)
     a = run2_dpo.algorithm
     assert (a.examples, a.lr, a.beta, a.num_completions, a.prefix_len, a.completion_len) == (10000, 1e-6, 0.1, 4, 25, 100)
-    run2_ppo = compose_cfg(["experiment=paper_run2", "algorithm=ppo", "model=pythia70m"], tiny=False)
+    run2_ppo = compose_cfg(["experiment=paper_run2", "algorithm=ppo", *hub], tiny=False)
     a = run2_ppo.algorithm
     assert (a.examples, a.lr, a.kl_target, a.num_completions, a.prefix_len, a.completion_len) == (10000, 1e-6, 0.1, 4, 25, 100)
     assert run2_ppo.name == "paper_run2"
-    for cfg in (run1_ppo, run2_ppo, run2_dpo):
+    for cfg in (run1_ppo, run2_ppo, run2_dpo, compose_cfg(["experiment=paper_run1", *hub], tiny=False)):
         validate(cfg)
         assert cfg.algorithm.weight_decay == 0.0  # AdamW; the seed gives no decay
 

@@ -1,0 +1,175 @@
+"""Issue 8: runs land where asked and on equal terms: keyed (paired) evaluation sampling, exact
+token pairs for DPO, matched compute, the scorer's max_length check, compute records."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import compose_cfg
+from dpo_ppo.config import ConfigError, apply_compute, planned_optimizer_steps, validate
+from dpo_ppo.sampling import KeyedGumbelSampler, generate, keyed_uniform, sample_keys
+
+
+# ----------------------------------------------------------------------------- keyed sampling
+
+
+def test_keyed_uniform_is_a_function_of_key_step_and_column():
+    a = keyed_uniform(torch.tensor([5, 9]), 3, 50)
+    b = keyed_uniform(torch.tensor([9]), 3, 50)
+    assert torch.equal(a[1], b[0])  # the row does not depend on its batch-mates
+    assert not torch.equal(a[0], a[1]) and not torch.equal(a, keyed_uniform(torch.tensor([5, 9]), 4, 50))
+    u = keyed_uniform(torch.arange(64), 0, 4096).flatten()
+    assert 0 < float(u.min()) and float(u.max()) < 1
+    assert float(u.mean()) == pytest.approx(0.5, abs=0.005)
+    assert float(u.var()) == pytest.approx(1 / 12, abs=0.002)
+
+
+def test_gumbel_sampler_draws_from_the_softmax():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -3.0])
+    temperature = 0.7
+    n = 20000
+    sampler = KeyedGumbelSampler(torch.arange(n), prompt_width=0, temperature=temperature)
+    picks = sampler(torch.zeros(n, 0, dtype=torch.long), logits.expand(n, -1)).argmax(-1)
+    freq = torch.bincount(picks, minlength=5).float() / n
+    expected = torch.softmax(logits / temperature, -1)
+    # binomial standard error is at most 0.0036 at n = 20000; allow 4 of them
+    torch.testing.assert_close(freq, expected, atol=0.015, rtol=0)
+    top2 = KeyedGumbelSampler(torch.arange(2000), 0, top_k=2)(torch.zeros(2000, 0, dtype=torch.long),
+                                                                logits.expand(2000, -1)).argmax(-1)
+    assert set(top2.tolist()) == {0, 1}
+
+
+def _word_model():
+    from test_ppo import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    return tiny_model(tok), tok
+
+
+def test_keyed_generate_ignores_batching_and_the_global_rng():
+    model, tok = _word_model()
+    prompts = [[4, 5, 6], [7, 8], [9, 10, 11, 12], [13], [5, 5, 5, 5, 5]]
+    keys = sample_keys(3, range(len(prompts)))
+    torch.manual_seed(0)
+    whole = generate(model, tok, prompts, 12, batch_size=5, desc=None, keys=keys)
+    torch.manual_seed(99)
+    torch.rand(1000)
+    split = generate(model, tok, prompts, 12, batch_size=2, desc=None, keys=keys)
+    alone = generate(model, tok, prompts[2:3], 12, batch_size=1, desc=None, keys=keys[2:3])
+    assert whole == split and alone[0] == whole[2]
+    other_seed = generate(model, tok, prompts, 12, batch_size=5, desc=None, keys=sample_keys(4, range(5)))
+    assert other_seed != whole
+    # unkeyed sampling follows torch's RNG (what evaluation did before)
+    torch.manual_seed(1)
+    a = generate(model, tok, prompts, 12, batch_size=5, desc=None)
+    torch.manual_seed(2)
+    assert a != generate(model, tok, prompts, 12, batch_size=5, desc=None)
+
+
+def test_evaluation_is_the_same_whatever_ran_before_and_keeps_a_row_per_prompt(tmp_path):
+    from test_ppo import share_of_target
+
+    from dpo_ppo.evaluate import ROW_FIELDS, evaluate_model, read_rows, write_rows
+
+    model, tok = _word_model()
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+    class Scorer:
+        def logits(self, texts):
+            p = share_of_target(texts).clamp(1e-4, 1 - 1e-4)
+            return torch.log(p) - torch.log1p(-p)
+
+    cfg = compose_cfg(["eval.num_prompts=6", "eval.completion_len=10", "eval.batch_size=4"]).eval
+    prompts = [[4 + i, 5, 6 + i] for i in range(6)]
+    torch.manual_seed(0)
+    m1, rows1 = evaluate_model(model, tok, Scorer(), prompts, cfg, ref_model=ref, desc=None)
+    torch.manual_seed(12345)
+    torch.randn(777)
+    m2, rows2 = evaluate_model(model, tok, Scorer(), prompts, cfg, ref_model=ref, desc=None)
+    assert m1 == m2 and rows1 == rows2
+    assert [r["prompt_id"] for r in rows1] == list(range(6))
+    assert m1["kl_to_ref"] == pytest.approx(sum(r["kl"] for r in rows1) / 6)
+    assert m1["reward_mean"] == pytest.approx(sum(r["p_positive"] for r in rows1) / 6)
+    write_rows(tmp_path / "rows.csv", rows1)
+    back = read_rows(tmp_path / "rows.csv")
+    assert (tmp_path / "rows.csv").read_text().splitlines()[0] == ",".join(ROW_FIELDS)
+    assert [r["completion_len"] for r in back] == [r["completion_len"] for r in rows1]
+    assert [r["kl"] for r in back] == pytest.approx([r["kl"] for r in rows1], rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- DPO on sampled tokens
+
+
+def test_dpo_trains_on_the_sampled_token_ids(tmp_path):
+    """Pairs keep the reference's exact tokens: no EOS added to a completion cut at the length
+    limit, no shifted prompt/completion split (the prompt here ends mid-'word' for BPE: with a
+    word-level tokenizer, ids that decode to text that re-encodes differently)."""
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from dpo_ppo.dpo import TokenDPOTrainer
+
+    model, tok = _word_model()
+    eos = tok.eos_token_id
+    pairs = Dataset.from_dict({"prompt": ["x"], "chosen": ["y"], "rejected": ["z"],
+                               "prompt_ids": [[4, 5, 6]], "chosen_ids": [[7, 8, 9]],
+                               "rejected_ids": [[10, eos]]})
+    args = DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_length=32,
+                     per_device_train_batch_size=1)
+    trainer = TokenDPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=pairs,
+                              processing_class=tok)
+    row = trainer.train_dataset[0]
+    assert (row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]) == ([4, 5, 6], [7, 8, 9], [10, eos])
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_scorer_must_read_prefix_plus_completion():
+    with pytest.raises(ConfigError, match=r"classifier\.max_length.*prefix \+ algorithm\.completion_len = 41"):
+        validate(compose_cfg(["classifier.max_length=40"]))
+    with pytest.raises(ConfigError, match=r"classifier\.max_length.*eval\.completion_len = 125"):
+        validate(compose_cfg(["classifier.max_length=100", "eval.completion_len=100"]))
+    # the confound sweep's longest jobs fit the embedded classifier, the paper's run 1 fits gpt2_imdb
+    validate(compose_cfg(["algorithm.prefix_len=50", "algorithm.completion_len=100"], tiny=False))
+    validate(compose_cfg(["experiment=paper_run1", "model=pythia70m", "classifier=gpt2_imdb"], tiny=False))
+    with pytest.raises(ConfigError, match="classifier.max_length"):
+        validate(compose_cfg(["experiment=paper_run1", "model=pythia70m", "classifier=gpt2_imdb",
+                              "classifier.max_length=256"], tiny=False))
+
+
+def test_matched_compute_gives_both_algorithms_the_same_steps():
+    native = {a: compose_cfg([f"algorithm={a}"], tiny=False) for a in ("dpo", "ppo")}
+    # native: 512 pairs / 16 per step = 32 DPO steps; 16 rollouts x 4 epochs x 4 minibatches = 256 PPO steps
+    assert planned_optimizer_steps(native["dpo"]) == 32 and planned_optimizer_steps(native["ppo"]) == 256
+    matched = {}
+    for a in ("dpo", "ppo"):
+        cfg = compose_cfg([f"algorithm={a}", "compute=matched", "compute.prefixes_per_step=8"], tiny=False)
+        validate(cfg)
+        apply_compute(cfg)
+        matched[a] = planned_optimizer_steps(cfg)
+    assert matched == {"dpo": 64, "ppo": 64}
+    with pytest.raises(ConfigError, match=r"compute\.prefixes_per_step.*rollout_prefixes \(32\)"):
+        validate(compose_cfg(["algorithm=ppo", "compute=matched", "compute.prefixes_per_step=12"]))
+
+
+def test_ppo_counts_what_it_did(tmp_path):
+    from test_ppo import ppo_cfg, run
+
+    cfg = ppo_cfg(examples=32, rollout_prefixes=8, ppo_epochs=2, num_minibatches=2, num_completions=2,
+                  completion_len=6)
+    _, _, log, summary = run(cfg, tmp_path)
+    c = summary["compute"]
+    assert c["optimizer_steps"] == 4 * 2 * 2 and c["examples_seen"] == 32
+    assert c["generated_tokens"] == sum(m["train/completion_tokens"] for _, m in log)
+    # every sample is forwarded once per epoch with gradients: prefix (4 tokens) + its completion
+    assert c["trained_tokens"] == 2 * (32 * 2 * 4 + c["generated_tokens"])
+    assert summary["kl_recent"] == pytest.approx(log[-1][1]["train/kl"])  # 4 updates: the last one
