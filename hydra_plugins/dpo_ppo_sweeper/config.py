@@ -31,8 +31,18 @@ class DpoPpoSweeperConf:
     # read with Hydra's override grammar, so "0,1,2" and "range(0,3)" work as well as [0, 1, 2].
     params: Dict[str, Any] = field(default_factory=dict)
     # Jobs per launcher call; progress is reported after each. null: the launcher's parallelism
-    # (joblib n_jobs, submitit array_parallelism, 1 for the basic launcher); <= 0: all at once.
+    # (joblib n_jobs, 1 for the basic launcher), and on SLURM all at once: one array that SLURM
+    # throttles to hydra.launcher.array_parallelism running jobs; <= 0: all at once.
     max_batch_size: Optional[int] = None
+    # Prepare step: before the jobs, launch one job per distinct set of shared artifacts
+    # (corpus, base model, classifier, reference evaluation, DPO preferences) with prepare=true,
+    # so they are built once instead of inside whichever GPU job gets there first while the
+    # others wait. null: on with the submitit launchers (SLURM, local), off otherwise.
+    prepare: Optional[bool] = None
+    # Compose each finished job's config and compare it with the one its results were made
+    # with: a job whose config drifted (an edited sweep file or default) is reported failed,
+    # naming the keys, instead of being skipped with stale results (force=true re-runs it).
+    check_drift: bool = True
     # Do not launch a job whose folder already holds `results_file` with status "finished"
     # (unless the job's config has force=true). The job would skip itself anyway; this saves
     # the scheduler round trip, so re-running a finished sweep takes seconds.

@@ -79,6 +79,7 @@ class Job:
     dir: Optional[str] = None
     status: str = "pending"  # pending | finished | skipped | failed
     error: Optional[str] = None
+    note: Optional[str] = None  # why a job was skipped (finished before, running elsewhere)
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.\-+/:@$]+")
@@ -235,6 +236,8 @@ class DpoPpoSweeper(Sweeper):
         skip_finished: bool = True,
         results_file: str = "results.json",
         fail_on_error: bool = True,
+        prepare: Optional[bool] = None,
+        check_drift: bool = True,
     ) -> None:
         super().__init__()
         self.arms = arms or {}
@@ -243,6 +246,9 @@ class DpoPpoSweeper(Sweeper):
         self.skip_finished = skip_finished
         self.results_file = results_file
         self.fail_on_error = fail_on_error
+        self.prepare = prepare
+        self.check_drift = check_drift
+        self._composed: Dict[int, DictConfig] = {}
         self.hydra_context: Optional[HydraContext] = None
         self.config: Optional[DictConfig] = None
         self.launcher: Optional[Launcher] = None
@@ -270,8 +276,8 @@ class DpoPpoSweeper(Sweeper):
         if "n_jobs" in launcher and launcher.n_jobs is not None:  # joblib
             n = int(launcher.n_jobs)
             return n if n > 0 else max(1, cpus + 1 + n)
-        if "array_parallelism" in launcher and launcher.array_parallelism:  # submitit slurm
-            return int(launcher.array_parallelism)
+        if "array_parallelism" in launcher:  # submitit slurm: one array, throttled by SLURM (%N)
+            return 1 << 30
         if str(launcher.get("_target_", "")).endswith("BasicLauncher"):
             return 1  # sequential anyway: report after every job
         return cpus
@@ -329,6 +335,100 @@ class DpoPpoSweeper(Sweeper):
             return sorted(o for o in map(str, overrides) if o.split("=", 1)[0].lstrip("+~") not in self._exclude)
 
         return identity(recorded) == identity(job.overrides)
+
+    def _compose(self, idx: int) -> DictConfig:
+        """Job ``idx``'s task config exactly as run_job will see it (composed with its overrides,
+        Hydra's node removed, the compute mode applied); cached."""
+        if idx not in self._composed:
+            from dpo_ppo.config import apply_compute
+
+            assert self.hydra_context is not None and self.config is not None
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(self.jobs[idx].overrides))
+            hydra_config = HydraConfig.instance()
+            previous = hydra_config.cfg
+            try:
+                hydra_config.set_config(cfg)  # ${hydra:...} resolves as in the job
+                with read_write(cfg), open_dict(cfg):
+                    del cfg["hydra"]
+                apply_compute(cfg)
+                cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+            finally:
+                hydra_config.cfg = previous  # type: ignore[assignment]
+            self._composed[idx] = cfg
+        return self._composed[idx]
+
+    def _drift(self, idx: int, results: Mapping[str, Any]) -> Optional[str]:
+        """The drift message when job ``idx``'s finished results were made with another config."""
+        from dpo_ppo.identity import ConfigDrift, config_diff
+
+        if not (self.check_drift and results.get("config")):
+            return None
+        diff = config_diff(dict(results["config"]), OmegaConf.to_container(self._compose(idx)))
+        return str(ConfigDrift(self.jobs[idx].dir, diff)) if diff else None
+
+    @staticmethod
+    def _running_elsewhere(job: Job) -> Optional[str]:
+        """Where the job runs now, when its folder is locked by a live process (dpo_ppo.joblock)."""
+        if not job.dir:
+            return None
+        from dpo_ppo.joblock import JobLock
+
+        lock = JobLock(job.dir)
+        holder = lock.read()
+        if holder is None or lock.stale_reason(holder) is not None:
+            return None
+        lock.holder = holder
+        return f"running elsewhere ({lock.describe()})"
+
+    def prepare_enabled(self) -> bool:
+        if self.prepare is not None:
+            return bool(self.prepare)
+        assert self.config is not None
+        return "submitit" in str(self.config.hydra.launcher.get("_target_", ""))
+
+    def _prepare(self, name: str, indices: Sequence[int]) -> int:
+        """The prepare step: one prepare=true job per distinct set of shared artifacts of the
+        jobs about to run, launched together and awaited before the jobs. Returns how many."""
+        from dpo_ppo.cache import spec_key
+        from dpo_ppo.job import artifact_specs
+
+        assert self.launcher is not None
+        covered: set = set()
+        chosen: List[int] = []
+        for idx in indices:
+            cfg = self._compose(idx)
+            if "prepare" not in cfg or "data" not in cfg:  # not a dpo-ppo config: nothing shared
+                return 0
+            specs = artifact_specs(cfg)
+            kinds = ["corpus", "base", "classifier", "ref_eval"] + (["prefs"] if cfg.algorithm.name == "dpo" else [])
+            keys = {(kind, spec_key(specs[kind])) for kind in kinds}
+            if keys - covered:
+                covered |= keys
+                chosen.append(idx)
+        if not chosen:
+            return 0
+        log.info(f"[{name}] prepare step: {len(chosen)} job(s) build the shared artifacts of "
+                 f"{len(indices)} jobs before they start")
+        overrides = [list(self.jobs[i].overrides) + ["prepare=true", f"hydra.sweep.subdir=.prepare/{k}"]
+                     for k, i in enumerate(chosen)]
+        try:
+            results: Sequence[Any] = self.launcher.launch(overrides, initial_job_idx=len(self.jobs))
+            error = None
+        except Exception as err:
+            results, error = [None] * len(chosen), _last_line(repr(err))
+        assert self.config is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        failed = []
+        for idx, ret in zip(chosen, results):
+            ok = ret is not None and ret.status == JobStatus.COMPLETED and \
+                isinstance(ret._return_value, Mapping) and ret._return_value.get("status") == "prepared"
+            if not ok:
+                why = error if ret is None else _last_line(repr(ret._return_value))
+                failed.append(f"  prepare for #{idx} {' '.join(self.jobs[idx].overrides)}: {why}")
+        if failed:
+            raise SweepFailed(f"[{name}] the prepare step failed, so no job was launched (each would fail "
+                              f"the same way):\n" + "\n".join(failed))
+        return len(chosen)
 
     def _validate(self, indices: Sequence[int]) -> int:
         """Compose a covering subset of the jobs to run: every (arm, override) at least once.
@@ -402,7 +502,7 @@ class DpoPpoSweeper(Sweeper):
             "arguments": list(self._arguments),
             "counts": self._counts(),
             "jobs": [{"idx": i, "arm": j.arm, "overrides": j.overrides, "dir": rel(j.dir),
-                      "status": j.status, "error": j.error} for i, j in enumerate(self.jobs)],
+                      "status": j.status, "error": j.error, "note": j.note} for i, j in enumerate(self.jobs)],
         })
 
     def _progress(self, name: str, started: float, batches_left: int, per_batch: float) -> None:
@@ -430,20 +530,35 @@ class DpoPpoSweeper(Sweeper):
 
         self._predict_dirs(parser)
         to_run: List[int] = []
+        tic = time.perf_counter()
         for idx, job in enumerate(self.jobs):
-            if self._finished_before(job):
-                job.status = "skipped"
+            elsewhere = self._running_elsewhere(job)
+            if elsewhere:  # a relaunch while the sweep still runs: never start a job twice
+                job.status, job.note = "skipped", elsewhere
+            elif self._finished_before(job):
+                drift = self._drift(idx, read_results(Path(str(job.dir)) / self.results_file) or {})
+                if drift:
+                    job.status, job.error = "failed", drift
+                    log.warning(f"[{name}] job #{idx} not launched: {drift}")
+                else:
+                    job.status, job.note = "skipped", "finished before"
             else:
                 to_run.append(idx)
-        tic = time.perf_counter()
         composed = self._validate(to_run)
+        prepared = self._prepare(name, to_run) if to_run and self.prepare_enabled() else 0
+        finished = sum(j.note == "finished before" for j in self.jobs)
+        elsewhere = sum(bool(j.note and j.note.startswith("running elsewhere")) for j in self.jobs)
+        elsewhere_text = f", {elsewhere} running elsewhere (not launched twice)" if elsewhere else ""
+        drifted = sum(bool(j.error and j.error.startswith("config drift")) for j in self.jobs)
+        drift_text = f", {drifted} not launched for config drift (force=true re-runs them)" if drifted else ""
         by_arm: Dict[str, int] = {}
         for job in self.jobs:
             by_arm[job.arm or "all"] = by_arm.get(job.arm or "all", 0) + 1
         arms_text = ", ".join(f"{k}: {v}" for k, v in by_arm.items())
         log.info(f"[{name}] {len(self.jobs)} jobs ({arms_text}) in {sweep_dir}; "
-                 f"{len(self.jobs) - len(to_run)} already finished, {len(to_run)} to run "
-                 f"(checked {composed} configs in {time.perf_counter() - tic:.1f}s)")
+                 f"{finished} already finished, {len(to_run)} to run{elsewhere_text}{drift_text} "
+                 f"(checked {composed + len(self._composed)} configs in {time.perf_counter() - tic:.1f}s"
+                 f"{f'; {prepared} prepare jobs ran first' if prepared else ''})")
 
         size = self.batch_size()
         batches = [to_run[i:i + size] for i in range(0, len(to_run), size)]

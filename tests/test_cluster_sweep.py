@@ -1,0 +1,66 @@
+"""The real dpo-ppo sweep through the sweeper's cluster features (slow: it runs two real jobs):
+the prepare step builds the shared artifacts once before the jobs start; a relaunch leaves a job
+that runs elsewhere alone, skips unchanged finished jobs (no false drift between the sweeper's
+composition and the job's) and refuses to skip a job whose sweep file changed under it."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _run(tmp_path, sweeps, *extra):
+    env = dict(os.environ, DPO_PPO_SWEEPS=str(sweeps), WANDB_MODE="disabled")
+    args = [sys.executable, "-m", "dpo_ppo.main", "-m", "sweep=smoke", "algorithm=dpo", *TINY, "threads=1",
+            f"cache_dir={tmp_path / 'cache'}", "analysis=none", "logger=none", f"hydra.sweep.dir={tmp_path / 's'}",
+            *extra]
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+    proc.output = proc.stdout + proc.stderr  # type: ignore[attr-defined]
+    return proc
+
+
+def test_prepare_step_then_relaunch_with_a_running_and_a_drifted_job(tmp_path):
+    sweeps = tmp_path / "sweeps"
+    sweeps.mkdir()
+    text = (REPO / "sweeps" / "smoke.yaml").read_text()
+    (sweeps / "smoke.yaml").write_text(text)
+    proc = _run(tmp_path, sweeps, "hydra.sweeper.prepare=true")
+    assert proc.returncode == 0, proc.output[-4000:]
+    assert "1 prepare jobs ran first" in proc.output  # two DPO jobs, one seed: one set of artifacts
+    sweep = tmp_path / "s"
+    assert not list((sweep / ".prepare").glob("*/results.json"))
+    jobs = sorted(p.parent for p in sweep.glob("*/results.json"))
+    assert len(jobs) == 2
+    for kind in ("corpus", "base", "classifier", "prefs", "ref_eval"):
+        assert len([p for p in (tmp_path / "cache" / kind).iterdir() if p.is_dir()]) == 1, kind
+    prepare_log = next((sweep / ".prepare").glob("*/main.log")).read_text()
+    assert "prefs: built" in prepare_log and "ref_eval: built" in prepare_log
+    for job in jobs:  # the jobs found every artifact ready
+        log = (job / "main.log").read_text()
+        assert "built in" not in log and "prefs: cached" in log, log[-2000:]
+
+    # relaunch unchanged: both skipped, the sweeper's composed config equals the jobs' own
+    proc = _run(tmp_path, sweeps)
+    assert proc.returncode == 0 and "2 already finished, 0 to run" in proc.output, proc.output[-3000:]
+
+    # one job is running elsewhere (a live process holds its lock); the sweep file changed
+    (jobs[0] / ".job.lock").write_text(json.dumps({"token": "t", "host": socket.gethostname(),
+                                                   "pid": os.getpid(), "slurm": None}))
+    (sweeps / "smoke.yaml").write_text(text.replace("eval:\n", "eval:\n  temperature: 0.9\n"))
+    proc = _run(tmp_path, sweeps)
+    assert proc.returncode == 1, proc.output[-3000:]
+    assert "1 running elsewhere" in proc.output and "1 not launched for config drift" in proc.output
+    status = {Path(j["dir"]).name: j for j in json.loads((sweep / "sweep.json").read_text())["jobs"]}
+    assert status[jobs[0].name]["status"] == "skipped" and "running elsewhere" in status[jobs[0].name]["note"]
+    assert status[jobs[1].name]["status"] == "failed"
+    assert "eval.temperature: 1.0 -> 0.9" in status[jobs[1].name]["error"]
+    assert json.loads((jobs[1] / "results.json").read_text())["status"] == "finished"  # left alone
