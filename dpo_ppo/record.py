@@ -17,6 +17,8 @@ import os
 import struct
 from pathlib import Path
 
+from dpo_ppo.results import RESULTS_FILE, TRAIN_LOG_FILE
+
 log = logging.getLogger(__name__)
 
 
@@ -80,12 +82,12 @@ class Recorder:
         self.save()
 
     def save(self) -> None:
-        write_json(self.job_dir / "results.json", self.results)
+        write_json(self.job_dir / RESULTS_FILE, self.results)
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         """A training-curve point (W&B history and ``train_log.jsonl``); ``step`` is the examples
         seen, unless ``metrics`` carries ``train/examples`` itself."""
-        with open(self.job_dir / "train_log.jsonl", "a") as f:
+        with open(self.job_dir / TRAIN_LOG_FILE, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.run is not None:
             row = dict(metrics)

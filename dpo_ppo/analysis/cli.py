@@ -19,7 +19,6 @@ whose ``test`` split has ``text`` and ``label`` columns, or ``synthetic`` for th
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from dpo_ppo.analysis.config import AnalysisConfig
+from dpo_ppo.results import RESULTS_FILE, read_results
 
 log = logging.getLogger("dpo_ppo.analyze")
 
@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     reference, policies, scorer_path, data = args.reference, list(args.policy), args.scorer, args.data
     snapshots_dir, out = args.snapshots, args.out
     if args.job is not None:
-        results = json.loads((args.job / "results.json").read_text())
+        results = read_results(args.job)
+        if results is None:
+            p.error(f"--job: no readable {RESULTS_FILE} in {args.job}")
         art = results.get("artifacts", {})
         reference = reference or art.get("reference")
         policies = policies or ([art["policy"]] if art.get("policy") else [])
