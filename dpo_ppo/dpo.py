@@ -118,6 +118,10 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
     last = last_complete_checkpoint(Path(args.output_dir))
     if last:
         log.info("dpo: resuming from %s", last)
+        # The Trainer's resume reads model.safetensors by raw key names, and GPT-NeoX's head is saved
+        # under its legacy name (embed_out, the module is lm_head): the head would silently stay at the
+        # reference's weights. Load the checkpoint through from_pretrained's key mapping first.
+        policy.load_state_dict(type(policy).from_pretrained(last, dtype=policy.dtype).state_dict())
     result = trainer.train(resume_from_checkpoint=last)
     steps = int(result.global_step)
     # pairs seen (epochs wrap around) and the tokens of prompt+chosen and prompt+rejected forwarded
