@@ -26,8 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_ppo.cache import artifact
 from dpo_ppo.identity import ConfigDrift, config_diff, config_hash
+from dpo_ppo import progress
 from dpo_ppo.joblock import JobLock
 from dpo_ppo.provenance import provenance
+from dpo_ppo import results as R
 from dpo_ppo.record import Recorder, write_json
 from dpo_ppo.snapshots import save_model_dir
 
@@ -350,6 +352,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str] | None = None,
 
     A folder locked by a live process (another launch of the same job) is left alone: the call
     returns status "skipped" with where the job runs (see dpo_ppo.joblock)."""
+    progress.configure()  # plain progress lines in a log (SLURM, files), bars on a terminal
     if cfg.get("prepare"):
         return prepare_job(cfg)
     Path(job_dir).mkdir(parents=True, exist_ok=True)
@@ -371,17 +374,17 @@ def _run_job(cfg: DictConfig, job_dir: Path, overrides: list[str] | None = None,
     apply_compute(cfg)  # compute=matched rewrites the schedule before params and config are recorded
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    results_path = job_dir / "results.json"
+    results_path = job_dir / R.RESULTS_FILE
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
     stop = check_drift(cfg, job_dir, previous, raise_errors)
     if stop is not None:
         return stop
-    if previous.get("status") == "finished" and not cfg.force:
+    if previous.get("status") == R.FINISHED and not cfg.force:
         log.info("job already finished, skipping (force=true re-runs it): %s", job_dir)
-        return {"status": "skipped", "job_dir": str(job_dir), "metrics": previous.get("metrics", {})}
+        return {"status": R.SKIPPED, "job_dir": str(job_dir), "metrics": previous.get("metrics", {})}
     job = Job(cfg, job_dir, overrides)
     results = {
-        "status": "running", "algorithm": cfg.algorithm.name, "name": cfg.name, "overrides": job.overrides,
+        "status": R.RUNNING, "algorithm": cfg.algorithm.name, "name": cfg.name, "overrides": job.overrides,
         "params": swept_params(cfg), "config": OmegaConf.to_container(cfg, resolve=True),
         "metrics": {}, "artifacts": {}, "error": None, "traceback": None,
         "trained": bool(previous.get("trained")) and not cfg.force,
@@ -399,11 +402,11 @@ def _run_job(cfg: DictConfig, job_dir: Path, overrides: list[str] | None = None,
     t0 = time.time()
     try:
         metrics = job.run()
-        status, error, tb = "finished", None, None
+        status, error, tb = R.FINISHED, None, None
     except Exception as e:  # recorded, then re-raised or returned (multirun goes on)
-        metrics, status, error, tb = results.get("metrics", {}), "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
+        metrics, status, error, tb = results.get("metrics", {}), R.FAILED, f"{type(e).__name__}: {e}", traceback.format_exc()
         log.error("job failed: %s", error)
-        (job_dir / "traceback.txt").write_text(tb)
+        (job_dir / R.TRACEBACK_FILE).write_text(tb)
         exc = e
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     fields = {"wall_time_s": round(time.time() - t0, 2), "peak_mem_mb": round(peak, 1),
@@ -417,6 +420,6 @@ def _run_job(cfg: DictConfig, job_dir: Path, overrides: list[str] | None = None,
     if job.rec.run is not None:
         job.rec.run.config.update({"compute": compute}, allow_val_change=True)
     job.rec.finish(status, **fields)
-    if status == "failed" and raise_errors:
+    if status == R.FAILED and raise_errors:
         raise exc
     return {"status": status, "job_dir": str(job_dir), "metrics": metrics, "error": error}
