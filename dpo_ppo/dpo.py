@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from dpo_ppo.snapshots import save_model_dir, snapshot_dir
+from dpo_ppo.progress import plain as plain_progress
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
         save_strategy="steps", save_steps=save_steps, save_total_limit=1,
         logging_steps=max(1, min(10, steps_per_epoch // 10)), report_to=[], seed=seed,
         use_cpu=use_cpu, gradient_checkpointing=False, dataloader_num_workers=0,
-        bf16=False, fp16=False, disable_tqdm=False,
+        bf16=False, fp16=False, disable_tqdm=plain_progress(),
     )
     examples_per_step = algo.batch_size
     trainer = TokenDPOTrainer(

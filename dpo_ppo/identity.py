@@ -13,9 +13,11 @@ import hashlib
 import json
 from typing import Any, Iterable
 
-# keys that do not change a job's results (also left out of the job folder names, see
-# hydra.job.config.override_dirname in conf/config.yaml)
-VOLATILE = ("logger", "device", "threads", "force", "cache_dir", "sweep", "name", "prepare")
+from dpo_ppo.results import EXCLUDED_KEYS
+
+# top-level keys that do not change a job's results: those left out of the job folder names
+# (results.EXCLUDED_KEYS, = hydra.job.config.override_dirname.exclude_keys), and prepare
+VOLATILE = tuple(dict.fromkeys([k.split(".")[0] for k in EXCLUDED_KEYS] + ["prepare"]))
 
 
 def identity(config: dict, volatile: Iterable[str] = VOLATILE) -> dict:

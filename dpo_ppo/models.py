@@ -17,6 +17,7 @@ import torch
 from datasets import Dataset
 
 from dpo_ppo.config import OFFLINE_HINT
+from dpo_ppo.progress import plain as plain_progress
 from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling,
                           GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast, Trainer,
                           TrainingArguments)
@@ -78,7 +79,7 @@ def pretrain(model, tokenizer, texts, model_cfg, out_dir: Path, seed: int) -> fl
         lr_scheduler_type="cosine", warmup_steps=max(1, model_cfg.pretrain_steps // 20), weight_decay=0.01,
         logging_steps=max(1, model_cfg.pretrain_steps // 10), save_strategy="no", report_to=[],
         seed=seed, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=plain_progress(),
     )
     trainer = Trainer(model=model, args=args, train_dataset=blocks,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))

@@ -42,7 +42,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
 
 from dpo_ppo.sampling import generate, model_device, pad_batch
 from dpo_ppo.snapshots import replace_dir, save_model_dir, snapshot_dir

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
 from transformers import LogitsProcessor, LogitsProcessorList
 
 

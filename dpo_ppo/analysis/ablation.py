@@ -48,7 +48,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
 
 from dpo_ppo.analysis.common import (batches, blocks, head_dim, model_device, n_heads, n_layers,
                                      right_pad)

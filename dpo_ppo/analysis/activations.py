@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
 
 from dpo_ppo.analysis.common import batches, right_pad
 

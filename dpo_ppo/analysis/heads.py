@@ -24,7 +24,7 @@ Probes (each starts with BOS, as in TransformerLens):
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
 from transformer_lens import head_detector as hd
 
 from dpo_ppo.analysis.common import batches, bos_id, right_pad

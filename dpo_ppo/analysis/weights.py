@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
-from tqdm.auto import tqdm
+from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 _SNAPSHOT = re.compile(r"ex_(\d+)$")
