@@ -48,6 +48,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
+from dpo_ppo.results import FINISHED, RESULTS_FILE, identity, read_results
+
 log = logging.getLogger(__name__)
 
 
@@ -194,15 +196,6 @@ def expand(
 # --------------------------------------------------------------------------- job status
 
 
-def read_results(path: Path) -> Optional[Dict[str, Any]]:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
 def _last_line(text: Any, limit: int = 300) -> str:
     text = str(text).strip()
     line = text.splitlines()[-1] if text else ""
@@ -234,7 +227,7 @@ class DpoPpoSweeper(Sweeper):
         params: Optional[Dict[str, Any]] = None,
         max_batch_size: Optional[int] = None,
         skip_finished: bool = True,
-        results_file: str = "results.json",
+        results_file: str = RESULTS_FILE,
         fail_on_error: bool = True,
         prepare: Optional[bool] = None,
         check_drift: bool = True,
@@ -325,16 +318,14 @@ class DpoPpoSweeper(Sweeper):
         if force:
             return False
         results = read_results(Path(job.dir) / self.results_file)
-        if not results or results.get("status") != "finished":
+        if not results or results.get("status") != FINISHED:
             return False
         recorded = results.get("overrides")
         if recorded is None:  # nothing to check the folder against: trust it
             return True
 
-        def identity(overrides: Sequence[str]) -> List[str]:  # what names the folder
-            return sorted(o for o in map(str, overrides) if o.split("=", 1)[0].lstrip("+~") not in self._exclude)
-
-        return identity(recorded) == identity(job.overrides)
+        # what names the folder: the overrides minus the config's exclude_keys
+        return identity(recorded, self._exclude) == identity(job.overrides, self._exclude)
 
     def _compose(self, idx: int) -> DictConfig:
         """Job ``idx``'s task config exactly as run_job will see it (composed with its overrides,
