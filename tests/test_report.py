@@ -188,6 +188,19 @@ def test_value_model_facet_takes_dpo_into_each(tmp_path):
     assert [(len(f.runs["dpo"]), len(f.runs["ppo"])) for f in facets] == [(15, 9), (15, 6)] and not notes
 
 
+def test_weight_claims_name_unequal_optimizer_steps(tmp_path):
+    root = planted_sweep(tmp_path / "steps", {BIAS: 0.5})
+    for folder in root.glob("*algorithm=ppo*"):
+        data = R.read_results(folder)
+        data["compute"]["optimizer_steps"] = 64
+        R.write_results(folder, data)
+    summary = report.build_report(root, n_boot=200, figures=False)
+    (bias,) = claim_rows(summary, "C5")
+    assert bias["caveat"] == "unequal optimizer steps (median DPO 8, PPO 64); compare at compute=matched"
+    assert claim_rows(summary, "C1")[0]["caveat"] == ""  # not a weight claim
+    assert "**supported**; caveat: unequal optimizer steps" in (root / "report" / "report.md").read_text()
+
+
 def test_ranges_that_do_not_meet_are_not_compared(tmp_path):
     root = planted_sweep(tmp_path / "k", {BIAS: 0.5}, kl_shift={"ppo": 20.0})
     (row,) = claim_rows(report.build_report(root, n_boot=200, figures=False), "C5")

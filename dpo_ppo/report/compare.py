@@ -242,6 +242,7 @@ class ClaimRow:
     p: float = float("nan")
     q: float = float("nan")
     verdict: str = "inconclusive"
+    caveat: str = ""  # e.g. unequal optimizer steps behind a weight-divergence claim
 
     def effect_text(self) -> str:
         c = self.comparison
@@ -319,6 +320,8 @@ def claims_table(runs: Sequence[Run], facets: Sequence[Facet], claims: Sequence[
                 row.eligible = True
                 pt = comp.points[0]
                 row.p = (min(1.0, 2 * min(pt.fit_p.values())) if claim.kind == "zero" else pt.p)
+            if metric.startswith("analysis/weights/"):
+                row.caveat = steps_caveat(facet)
             rows.append(row)
     adjust = stats.holm if fdr == "holm" else stats.benjamini_hochberg
     q = adjust([r.p if r.eligible else float("nan") for r in rows])
@@ -327,6 +330,27 @@ def claims_table(runs: Sequence[Run], facets: Sequence[Facet], claims: Sequence[
         if row.eligible:
             row.verdict = decide(row, alpha)
     return rows
+
+
+def optimizer_steps(run: Run) -> Optional[float]:
+    value = run.compute.get("optimizer_steps", run.params.get("optimizer_steps"))
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def steps_caveat(facet: Facet) -> str:
+    """Weight divergence grows with optimizer steps under Adam whatever the algorithm: say so when
+    the two sides took unequal steps (median ratio above 1.5)."""
+    med = {}
+    for a in R.ALGORITHMS:
+        steps = [s for s in map(optimizer_steps, facet.runs[a]) if s is not None]
+        if not steps:
+            return ""
+        med[a] = float(np.median(steps))
+    lo, hi = sorted(med.values())
+    if lo > 0 and hi / lo <= 1.5:
+        return ""
+    return (f"unequal optimizer steps (median DPO {med['dpo']:g}, PPO {med['ppo']:g}); "
+            "compare at compute=matched")
 
 
 def kl_points_text(comp: Comparison) -> str:

@@ -100,6 +100,8 @@ def claims_markdown(rows: Sequence[C.ClaimRow], multi_facet: bool) -> List[str]:
         verdict = f"**{r.verdict}**" if r.verdict != "inconclusive" else "inconclusive"
         if r.reason:
             verdict += f" ({r.reason})"
+        if r.caveat:
+            verdict += f"; caveat: {r.caveat}"
         if pooled:
             verdict += f"; pooled: {pooled}"
         cells = [f"{r.claim.id}: {r.claim.text} ({r.claim.expectation()})", r.claim.section,
@@ -315,7 +317,7 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
         "ci": list(r.comparison.points[0].ci) if r.comparison and r.comparison.points else None,
         "prompts": r.comparison.prompts if r.comparison else 0,
         "p": None if not math.isfinite(r.p) else r.p, "q": None if not math.isfinite(r.q) else r.q,
-        "eligible": r.eligible, "verdict": r.verdict, "reason": r.reason} for r in rows]
+        "eligible": r.eligible, "verdict": r.verdict, "reason": r.reason, "caveat": r.caveat} for r in rows]
     summary = {
         "name": name, "sweep_dir": str(root), "counts": counts, "jobs": len(runs),
         "wall_time_s": wall, "peak_mem_mb": max(mems) if mems else None,
