@@ -8,8 +8,8 @@ plus a last line when a bar that is kept (``leave``) closes:
     ppo:  40% 205/512 [02:01<03:02, 1.69ex/s]
 
 ``plain()`` tells call sites that drive their own bars (the HF Trainer's ``disable_tqdm``) which
-world they are in; ``configure()`` turns off the per-file download and ``datasets.map`` bars of
-the libraries in a log.
+world they are in; ``configure()`` turns off the libraries' own bars in a log (hub downloads,
+``datasets.map``, TRL's passes).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class LineBar(_std_tqdm):
         kwargs["dynamic_ncols"] = False
         kwargs.setdefault("ncols", 100)
         kwargs["position"] = None
+        kwargs.setdefault("disable", False)  # explicit: TQDM_DISABLE (see configure) is for the others
         kwargs["file"] = _Lines(kwargs.get("file") or sys.stderr)
         self._closing = False
         self._printed_n = 0
@@ -87,9 +88,11 @@ def tqdm(*args, **kwargs):
 
 
 def configure() -> None:
-    """In a log, silence the libraries' own bars (hub downloads, datasets.map)."""
+    """In a log, silence the libraries' own bars (hub downloads, datasets.map, TRL's reference
+    log-probs pass, which reads TQDM_DISABLE)."""
     if not plain():
         return
+    os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         from datasets.utils.logging import disable_progress_bar
 

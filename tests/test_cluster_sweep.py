@@ -64,3 +64,46 @@ def test_prepare_step_then_relaunch_with_a_running_and_a_drifted_job(tmp_path):
     assert status[jobs[1].name]["status"] == "failed"
     assert "eval.temperature: 1.0 -> 0.9" in status[jobs[1].name]["error"]
     assert json.loads((jobs[1] / "results.json").read_text())["status"] == "finished"  # left alone
+
+
+def test_preempted_job_is_requeued_and_resumes_its_checkpoint_and_wandb_run(tmp_path):
+    """submitit_local with a real SIGUSR2 (what SLURM sends before preemption or the time
+    limit): submitit checkpoints the Hydra job, requeues it, and the new attempt resumes the
+    Trainer checkpoint and the same W&B run."""
+    import signal
+    import time
+
+    env = dict(os.environ, WANDB_MODE="offline")
+    sweep = tmp_path / "s"
+    args = [sys.executable, "-m", "dpo_ppo.main", "-m", "sweep=smoke", "algorithm=dpo", "algorithm.beta=0.02",
+            *TINY, "algorithm.examples=256", "algorithm.snapshot_every=16", "threads=1",
+            f"cache_dir={tmp_path / 'cache'}", "analysis=none", "logger=wandb_offline",
+            f"hydra.sweep.dir={sweep}", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=30",
+            "hydra.sweeper.prepare=false"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 900
+        lock = None
+        while time.time() < deadline and proc.poll() is None:
+            found = list(sweep.glob("*/snapshots/ex_0000032"))
+            if found:
+                lock = json.loads((found[0].parent.parent / ".job.lock").read_text())
+                break
+            time.sleep(0.1)
+        assert lock is not None, "the job never reached its second snapshot"
+        os.kill(lock["pid"], signal.SIGUSR2)  # preemption notice
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    (job,) = [p.parent for p in sweep.glob("*/results.json")]
+    res = json.loads((job / "results.json").read_text())
+    assert res["status"] == "finished" and res["attempts"] == 2
+    assert "checkpoint-" in res["train_summary"]["resumed_from"]
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
+    assert "Caught signal SIGUSR2" in logs and "Requeued" in logs
+    assert "\r" not in "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.err"))  # plain progress
+    runs = sorted((job / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(res["wandb"]["id"]) for r in runs)
+    assert not (job / ".job.lock").exists()
