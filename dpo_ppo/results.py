@@ -18,6 +18,10 @@ A job folder holds:
       compute     what the run cost (COMPUTE_KEYS), when the trainer reports it
       analysis    {"per_head": {name: layer x head grid}, "images": {name: path in the folder}}
       artifacts   paths of the shared artifacts (reference, classifier, corpus, ref_eval, ...)
+      wandb       the job's W&B run: id (the same across attempts), project, entity, mode, url
+                  (online, or after dpo-ppo-sync), synced
+      provenance  git commit + dirty flag, library versions, SLURM ids, host, accelerator
+      config_key  hash of the config without the keys that do not change results
       wall_time_s, peak_mem_mb, stage_seconds, error, traceback, attempts, ...
 
 - ``train_log.jsonl`` (``TRAIN_LOG_FILE``): one JSON object per logged training step,
@@ -187,6 +191,7 @@ class JobResults:
     wall_time_s: Optional[float] = None
     peak_mem_mb: Optional[float] = None
     error: Optional[str] = None
+    wandb: Dict[str, Any] = field(default_factory=dict)  # id, project, entity, mode, url, synced
 
 
 def read_job(folder: Path) -> Optional[JobResults]:
@@ -207,6 +212,7 @@ def read_job(folder: Path) -> Optional[JobResults]:
         images={str(k): str(v) for k, v in (analysis.get("images") or {}).items()},
         artifacts=dict(data.get("artifacts") or {}), config=dict(data.get("config") or {}),
         wall_time_s=data.get("wall_time_s"), peak_mem_mb=data.get("peak_mem_mb"), error=data.get("error"),
+        wandb=dict(data.get("wandb") or {}),
     )
 
 

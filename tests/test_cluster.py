@@ -260,3 +260,19 @@ def test_sync_uploads_each_offline_run_of_a_sweep_once(tmp_path, monkeypatch, ca
     again = sync(sweep, runner=fake_wandb, wandb_cmd=["wandb"])
     assert calls == [] and again["sync"] == [] and again["synced"] == 4
     assert [p.name for p in plan(sweep, include_running=True)["jobs"]] == ["c"]
+
+
+def test_runs_csv_carries_wandb_ids_and_urls(tmp_path):
+    import csv
+
+    from dpo_ppo.report.load import load_run
+    from dpo_ppo.report.render import write_runs_csv
+
+    job = tmp_path / "algorithm=dpo"
+    job.mkdir()
+    (job / "results.json").write_text(json.dumps({
+        "status": "finished", "algorithm": "dpo", "params": {"beta": 0.1}, "metrics": {"eval/policy/kl_to_ref": 1.0},
+        "wandb": {"id": "abc123", "url": "https://wandb.ai/lab/p/runs/abc123"}}))
+    write_runs_csv([load_run(job, tmp_path)], ["eval/policy/kl_to_ref"], tmp_path / "runs.csv")
+    (row,) = csv.DictReader(open(tmp_path / "runs.csv"))
+    assert row["wandb_id"] == "abc123" and row["wandb_url"] == "https://wandb.ai/lab/p/runs/abc123"

@@ -36,6 +36,7 @@ class Run:
     peak_mem_mb: Optional[float] = None
     error: Optional[str] = None
     config: Dict[str, Any] = field(default_factory=dict)
+    wandb: Dict[str, Any] = field(default_factory=dict)  # the job's W&B run (id, url, ...)
     _rows: Any = None  # per-prompt eval rows, read on first use
 
     @property
@@ -132,7 +133,8 @@ def load_run(folder: Path, root: Path) -> Run:
     run = Run(dir=folder, rel=rel, status=job.status, algorithm=job.algorithm, params=job.params,
               overrides=job.overrides, metrics=job.metrics, compute=job.compute,
               per_head=_per_head(job.per_head), images=job.images, artifacts=job.artifacts,
-              wall_time_s=job.wall_time_s, peak_mem_mb=job.peak_mem_mb, error=job.error, config=job.config)
+              wall_time_s=job.wall_time_s, peak_mem_mb=job.peak_mem_mb, error=job.error, config=job.config,
+              wandb=job.wandb)
     add_derived(run)
     return run
 

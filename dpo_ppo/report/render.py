@@ -55,11 +55,11 @@ def write_runs_csv(runs: Sequence[Run], metrics: Sequence[str], path: Path) -> T
     params = sorted({k for r in runs for k in r.params} - {"algorithm"})
     compute = sorted({k for r in runs for k in r.compute})
     header = (["job", "status", "algorithm"] + params + list(metrics) + [f"compute/{k}" for k in compute]
-              + ["wall_time_s", "peak_mem_mb", "error"])
+              + ["wall_time_s", "peak_mem_mb", "error", "wandb_id", "wandb_url"])
     rows = [[r.rel, r.status, r.algorithm or ""] + [r.params.get(p, "") for p in params]
             + [r.metrics.get(m, "") for m in metrics] + [r.compute.get(k, "") for k in compute]
             + [r.wall_time_s if r.wall_time_s is not None else "", r.peak_mem_mb if r.peak_mem_mb is not None else "",
-               last_line(r.error)] for r in runs]
+               last_line(r.error), r.wandb.get("id") or "", r.wandb.get("url") or ""] for r in runs]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
