@@ -276,3 +276,17 @@ def test_runs_csv_carries_wandb_ids_and_urls(tmp_path):
     write_runs_csv([load_run(job, tmp_path)], ["eval/policy/kl_to_ref"], tmp_path / "runs.csv")
     (row,) = csv.DictReader(open(tmp_path / "runs.csv"))
     assert row["wandb_id"] == "abc123" and row["wandb_url"] == "https://wandb.ai/lab/p/runs/abc123"
+
+
+def test_slurm_sweeps_go_out_as_one_throttled_array_after_a_prepare_step():
+    from hydra_plugins.dpo_ppo_sweeper.sweeper import DpoPpoSweeper
+
+    slurm = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+             "array_parallelism": 64}
+    joblib = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}
+    sweeper = DpoPpoSweeper()
+    sweeper.config = OmegaConf.create({"hydra": {"launcher": slurm}})
+    assert sweeper.batch_size() >= 10**6 and sweeper.prepare_enabled()  # one array, prepared first
+    sweeper.config = OmegaConf.create({"hydra": {"launcher": joblib}})
+    assert sweeper.batch_size() == 2 and not sweeper.prepare_enabled()
+    assert DpoPpoSweeper(max_batch_size=50, prepare=False).batch_size() == 50

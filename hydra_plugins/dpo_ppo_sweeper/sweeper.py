@@ -14,10 +14,16 @@ Command-line overrides join the grid (``dpo-ppo -m sweep=confound seed=0,1 model
 
 Before launching, the sweeper works out each job's folder and leaves out the jobs whose folder
 already holds finished results of the same overrides (re-running a finished sweep takes seconds,
-also on SLURM), and composes a covering subset of the rest (every override of every arm at
-least once) so that a typo fails before anything runs.
+also on SLURM) unless their full config drifted since (``check_drift``: such a job is reported
+failed with the keys that differ), and the jobs whose folder is locked by a live process (running
+elsewhere: a relaunch never starts a job twice, see dpo_ppo.joblock). It composes a covering
+subset of the rest (every override of every arm at least once) so that a typo fails before
+anything runs. With ``prepare`` (default: the submitit launchers) it first launches one
+``prepare=true`` job per distinct set of shared artifacts and waits for them, so the GPU jobs
+find the classifier, preference data and reference evaluation built.
 
-The jobs go to ``self.launcher.launch`` in batches, so every Hydra launcher works (basic, joblib,
+The jobs go to ``self.launcher.launch`` in batches (on SLURM by default one batch: a single array
+throttled by ``array_parallelism``), so every Hydra launcher works (basic, joblib,
 submitit_local, submitit_slurm). After each batch the sweeper logs progress, and it writes
 ``<sweep dir>/sweep.json`` (every planned job: overrides, folder, status, error). A job that
 fails is recorded and the sweep goes on; at the end the sweeper raises ``SweepFailed`` (exit
