@@ -314,19 +314,23 @@ TRAINING_STATE = ("dpo_trainer", "ppo_state", "ppo_state.old", "snapshots", "pol
 def check_drift(cfg: DictConfig, job_dir: Path, previous: dict, raise_errors: bool) -> dict | None:
     """Config-drift guard: None when ``job_dir``'s earlier results (finished, or a checkpoint to
     resume) were made with this config, else stop the job with the keys that differ. With
-    force=true the job re-runs from scratch instead (its training state is cleared)."""
+    force=true, or when the earlier attempt failed (a fixed config is the usual reason to relaunch
+    it), the job starts from scratch instead: its training state is cleared and ``previous`` is
+    emptied (new attempt count, new W&B run)."""
     if not previous.get("config"):
         return None
     diff = config_diff(previous["config"], OmegaConf.to_container(cfg, resolve=True))
     if not diff:
         return None
     err = ConfigDrift(job_dir, diff)
-    if cfg.force:
-        log.warning("%s; force=true: re-running from scratch", err)
+    if cfg.force or previous.get("status") == "failed":
+        why = "force=true" if cfg.force else "the earlier attempt failed"
+        log.warning("%s; %s: running it from scratch", err, why)
         for name in TRAINING_STATE:
             path = Path(job_dir) / name
             if path.is_dir():
                 shutil.rmtree(path)
+        previous.clear()
         return None
     log.error("%s", err)
     if raise_errors:

@@ -145,9 +145,24 @@ def test_drift_stops_a_finished_job_and_force_reruns_it(tmp_path, stub_run):
 
 def test_drift_also_guards_a_checkpoint_resume(tmp_path, stub_run):
     job_dir = tmp_path / "job"
-    jobmod.run_job(_cfg(tmp_path, "logger=none"), job_dir, raise_errors=False)  # killed mid-training
+    jobmod.run_job(_cfg(tmp_path, "logger=none"), job_dir, raise_errors=False)
+    results = json.loads((job_dir / "results.json").read_text())
+    (job_dir / "results.json").write_text(json.dumps({**results, "status": "running"}))  # killed mid-training
     out = jobmod.run_job(_cfg(tmp_path, "logger=none", "seed=5"), job_dir, raise_errors=False)
     assert out["status"] == "failed" and "seed: 0 -> 5" in out["error"]
+    assert json.loads((job_dir / "results.json").read_text())["status"] == "running"
+
+
+def test_a_failed_job_relaunched_with_a_fixed_config_starts_over(tmp_path, stub_run):
+    job_dir = tmp_path / "job"
+    jobmod.run_job(_cfg(tmp_path), job_dir, raise_errors=False)  # fails
+    first = json.loads((job_dir / "results.json").read_text())
+    (job_dir / "snapshots" / "ex_0000016").mkdir(parents=True)  # its training state
+    stub_run.fail = False
+    assert jobmod.run_job(_cfg(tmp_path, "eval.num_prompts=16"), job_dir)["status"] == "finished"
+    res = json.loads((job_dir / "results.json").read_text())
+    assert res["attempts"] == 1 and res["wandb"]["id"] != first["wandb"]["id"]  # a fresh start
+    assert not (job_dir / "snapshots").exists() and res["config"]["eval"]["num_prompts"] == 16
 
 
 # --------------------------------------------------------------------------- lock
