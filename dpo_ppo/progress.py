@@ -63,7 +63,7 @@ class LineBar(_std_tqdm):
         self._closing = False
         self._printed_n = 0
         super().__init__(*args, **kwargs)
-        if self.bar_format is None:  # no bar drawing in a log
+        if not self.disable and self.bar_format is None:  # no bar drawing in a log (a disabled bar has no format)
             self.bar_format = ("{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
                                if self.total else "{desc}: {n_fmt} [{elapsed}, {rate_fmt}{postfix}]")
 
