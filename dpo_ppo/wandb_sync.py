@@ -48,9 +48,19 @@ def is_synced(run_dir: Path) -> bool:
     return bool(files) and all(f.with_suffix(".wandb.synced").exists() for f in files)
 
 
-def run_url(info: dict) -> str | None:
-    """The W&B page of a run, when its entity is known (results.json or WANDB_ENTITY)."""
-    entity = info.get("entity") or os.environ.get("WANDB_ENTITY")
+def default_entity() -> str | None:
+    """Your W&B default entity (asks the server; None when it cannot be reached)."""
+    try:
+        import wandb
+
+        return wandb.Api().default_entity
+    except Exception:
+        return None
+
+
+def run_url(info: dict, fallback_entity: str | None = None) -> str | None:
+    """The W&B page of a run, when its entity is known (results.json, WANDB_ENTITY, or yours)."""
+    entity = info.get("entity") or os.environ.get("WANDB_ENTITY") or fallback_entity
     if not (entity and info.get("project") and info.get("id")):
         return None
     base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
@@ -102,6 +112,9 @@ def sync(root: Path, *, dry_run: bool = False, include_running: bool = False, pr
     cmd += [str(p) for p in todo["sync"]]
     done = runner(cmd)
     todo["returncode"] = done.returncode
+    fallback = None
+    if done.returncode == 0 and not (entity or os.environ.get("WANDB_ENTITY")):
+        fallback = default_entity()  # the runs went to the user's default entity
     for folder in todo["jobs"]:
         results = _results(folder)
         if not results or "wandb" not in results:
@@ -112,7 +125,7 @@ def sync(root: Path, *, dry_run: bool = False, include_running: bool = False, pr
         if entity:
             info["entity"] = entity
         info["synced"] = all(is_synced(r) for r in offline_runs(folder))
-        info["url"] = info.get("url") or run_url(info)
+        info["url"] = info.get("url") or run_url(info, fallback)
         write_json(folder / "results.json", results)
     if done.returncode != 0:
         print(f"wandb sync exited with {done.returncode}; re-run to retry what was not synced", file=sys.stderr)
