@@ -275,6 +275,7 @@ def _choice(cfg, key: str, allowed: tuple) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Range and consistency checks; raises ConfigError naming the first bad key."""
+    validate_generic(cfg)
     algo = cfg.algorithm
     _choice(cfg, "algorithm.name", ("dpo", "ppo"))
     for key in ("examples", "lr", "batch_size", "num_completions", "prefix_len", "completion_len",
@@ -361,3 +362,184 @@ def validate(cfg: DictConfig) -> None:
     from dpo_ppo.analysis.config import validate as analysis_validate
 
     analysis_validate(cfg)
+
+
+# --------------------------------------------------------------------------- generic checks
+# (any group: unknown keys, non-finite floats, seeds, devices, local folders, sizes)
+
+SEED_MAX = 2**32 - 1
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+# other names users reach for; a typo of one of them suggests the real key
+_ALIASES = {"lr": ("learning_rate",), "examples": ("num_examples", "n_examples"),
+            "epochs": ("num_epochs", "num_train_epochs"), "kl_target": ("target_kl",),
+            "batch_size": ("bs", "batch"), "num_completions": ("completions",),
+            "completion_len": ("max_new_tokens", "completion_length"), "prefix_len": ("prompt_len",)}
+
+
+def _dataclass_fields(obj_type) -> dict | None:
+    import dataclasses
+
+    if obj_type is None or not dataclasses.is_dataclass(obj_type):
+        return None
+    return {f.name: f for f in dataclasses.fields(obj_type)}
+
+
+def schema_keys() -> list[str]:
+    """Every key of the schema, dotted (both algorithms' keys under ``algorithm``)."""
+    import typing
+
+    from dpo_ppo.analysis.config import AnalysisConfig
+
+    any_fields = {"algorithm": (DPOAlgorithmConfig, PPOAlgorithmConfig), "analysis": (AnalysisConfig,)}
+    keys = []
+    for name, hint in typing.get_type_hints(Config).items():
+        keys.append(name)
+        for sub in any_fields.get(name, (hint,)):
+            for child in _dataclass_fields(sub) or {}:
+                if f"{name}.{child}" not in keys:
+                    keys.append(f"{name}.{child}")
+    return keys
+
+
+def closest_key(key: str, candidates) -> str:
+    """The valid key nearest to ``key``: by its last part (or an alias of it), then by its parent."""
+    import difflib
+
+    parent, _, name = key.rpartition(".")
+
+    def score(cand: str) -> float:
+        c_parent, _, c_name = cand.rpartition(".")
+        names = (c_name, *_ALIASES.get(c_name, ()))
+        best = max(difflib.SequenceMatcher(None, name.lower(), n).ratio() for n in names)
+        return best + (0.15 if c_parent == parent else 0.0)
+
+    # a key under a group is matched within that group; on a tie the algorithm's key wins: that
+    # is where the knobs people mistype live
+    siblings = [c for c in candidates if parent and c.rpartition(".")[0] == parent]
+    ordered = sorted(siblings or candidates, key=lambda c: not c.startswith("algorithm."))
+    return max(ordered, key=score)
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Every key of the composed config must be in the schema, at any depth (``+key=`` adds keys
+    the schema does not know; Hydra lets them through)."""
+    valid, unknown = [], []
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        fields = _dataclass_fields(OmegaConf.get_type(node))
+        for key in node.keys():
+            full = f"{prefix}.{key}" if prefix else str(key)
+            if fields is not None and key not in fields:
+                unknown.append(full)
+                continue
+            valid.append(full)
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+                walk(child, full)
+
+    walk(cfg, "")
+    if unknown:
+        raise ConfigError(unknown[0], unknown_key_message(unknown[0], valid))
+
+
+def unknown_key_message(key: str, candidates) -> str:
+    """What to say about a key the schema does not have: whose key it is, or the closest one."""
+    parent, _, name = key.rpartition(".")
+    if parent == "algorithm":
+        for algo, schema in (("dpo", DPOAlgorithmConfig), ("ppo", PPOAlgorithmConfig)):
+            if name in _dataclass_fields(schema) and key not in candidates:
+                return f"not a key of this algorithm; it belongs to algorithm={algo}"
+    return f"not a key of the config; the closest valid key is {closest_key(key, candidates)}"
+
+
+def _leaves(node, prefix: str = ""):
+    from omegaconf import ListConfig
+
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+    for key, _ in items:
+        full = f"{prefix}.{key}" if prefix else str(key)
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)):
+            if not child._is_missing() and not child._is_none():
+                yield from _leaves(child, full)
+        elif not child._is_missing():
+            yield full, child._value()
+
+
+def check_device(key: str, name: str, allow_auto: bool = True) -> None:
+    import re
+
+    if name == "auto" and allow_auto:
+        return
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", str(name)):
+        raise ConfigError(key, f"must be {DEVICES}; got {name!r}")
+    if name.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(key, f"{name} asked for, but torch {torch.__version__} sees no CUDA device "
+                                   f"here; use {key}=cpu or {key}=auto")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(key, f"{name} asked for, but there are only {torch.cuda.device_count()} "
+                                   f"CUDA devices (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    if name == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ConfigError(key, f"mps asked for, but torch sees no MPS device here; use {key}=cpu or {key}=auto")
+
+
+def _check_writable_dir(key: str, path: str) -> None:
+    """``path`` exists as a folder, or can be created: its nearest existing ancestor is a folder."""
+    import os
+    from pathlib import Path
+
+    p = Path(path).expanduser().absolute()
+    for parent in (p, *p.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(key, f"{p} cannot be a folder: {parent} is a file")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(key, f"{p} cannot be written: {parent} is not writable")
+            return
+
+
+def validate_generic(cfg: DictConfig) -> None:
+    """The checks every group shares; run first, so that a NaN or a typo'd key never reaches the
+    range checks (NaN compares false with everything, so ``lr < 0`` lets it through)."""
+    import math
+
+    check_keys(cfg)
+    for key, value in _leaves(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(key, f"must be a finite number, got {value}")
+        name = key.rpartition(".")[2]
+        if (name == "seed" or name.endswith("_seed")) and value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+                raise ConfigError(key, f"must be an integer in [0, 2^32-1], got {value}")
+    check_device("device", cfg.device)
+    if OmegaConf.select(cfg, "analysis.device") is not None:
+        check_device("analysis.device", cfg.analysis.device)
+    for key in ("context_length", "vocab_size", "hidden_size", "num_layers", "num_heads", "pretrain_steps",
+                "pretrain_batch_size", "pretrain_seq_len", "pretrain_lr"):
+        _positive(cfg, f"model.{key}")
+    for key in ("max_length", "train_examples", "epochs", "lr", "batch_size", "hidden_size", "num_layers",
+                "num_heads"):
+        _positive(cfg, f"classifier.{key}")
+    for group in ("model", "classifier"):
+        node = cfg[group]
+        if node.source == "embedded" and node.hidden_size % node.num_heads:
+            raise ConfigError(f"{group}.num_heads", f"must divide {group}.hidden_size ({node.hidden_size}), "
+                                                    f"got {node.num_heads}")
+    _positive(cfg, "eval.num_samples_logged", allow_zero=True)
+    _check_writable_dir("cache_dir", cfg.cache_dir)
+    from dpo_ppo.sources import check_dataset_folder, check_pretrained_folder
+
+    if cfg.model.source != "embedded":
+        check_pretrained_folder("model.source", cfg.model.source)
+    if cfg.classifier.source != "embedded":
+        check_pretrained_folder("classifier.source", cfg.classifier.source, classifier=True,
+                                finetune=cfg.classifier.finetune)
+    if cfg.data.source != "synthetic":
+        check_dataset_folder("data.source", cfg.data.source)

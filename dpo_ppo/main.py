@@ -49,22 +49,106 @@ def app(cfg: DictConfig):
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    job_dir = hc.runtime.output_dir
     try:
         validate(cfg)
-    except ConfigError as e:
+        out = run_job(cfg, job_dir, overrides=list(hc.overrides.task), raise_errors=False)
+    except Exception as e:
         if multirun:  # recorded by the job like any other failure; the sweep goes on
             raise
-        print(f"Config error: {e}", file=sys.stderr)
-        sys.exit(2)
-    out = run_job(cfg, hc.runtime.output_dir, overrides=list(hc.overrides.task), raise_errors=False)
+        _exit_with_one_line(e, job_dir)
     if out["status"] == "failed" and not multirun:  # a sweep goes on; a single job says why and exits
-        print(f"Job failed: {out['error']}\n(traceback: {out['job_dir']}/traceback.txt)", file=sys.stderr)
+        print(f"Job failed: {_flat(out['error'])} (traceback: {out['job_dir']}/traceback.txt)", file=sys.stderr)
         sys.exit(1)
     return out
 
 
+# --------------------------------------------------------------------------- errors: one line each
+
+
+def _flat(text) -> str:
+    return " ".join(str(text).split())
+
+
+def config_error_line(exc: BaseException) -> str | None:
+    """One line naming the key for a bad config or override (ours or Hydra's), else None."""
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    from dpo_ppo.config import _dataclass_fields, schema_keys, unknown_key_message
+
+    if isinstance(exc, ConfigError):
+        return f"Config error: {_flat(exc)}"
+    if isinstance(exc, MissingConfigException):
+        group, _, option = (exc.missing_cfg_file or "").rpartition("/")
+        if group and exc.options:
+            return (f"Config error: {group}={option}: no such option; choose one of "
+                    f"{', '.join(sorted(exc.options))}")
+        return f"Config error: {_flat(str(exc).splitlines()[0])}"
+    if isinstance(exc, OverrideParseException):
+        detail = [ln for ln in exc.message.splitlines()[1:2] if ln.strip()] or exc.message.splitlines()[:1]
+        return (f"Config error: override {exc.override!r} does not parse ({_flat(detail[0])}); "
+                f"write key=value (+key=value adds a key)")
+    cause = exc
+    while cause is not None:
+        if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+            key = cause.full_key
+            if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and "not in" in (cause.msg or ""):
+                fields = _dataclass_fields(getattr(cause, "object_type", None)) or {}
+                parent = key.rpartition(".")[0]
+                candidates = [f"{parent}.{f}" if parent else f for f in fields]
+                candidates += [k for k in schema_keys() if k not in candidates and not k.startswith(f"{parent}.")]
+                return f"Config error: {key}: {unknown_key_message(key, candidates)}"
+            return f"Config error: {key}: {_flat((cause.msg or str(cause)).splitlines()[0])}"
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, HydraException):
+        return f"Config error: {_flat(str(exc).splitlines()[0])}"
+    return None
+
+
+def _exit_with_one_line(exc: BaseException, job_dir: str | None) -> None:
+    """Print one line for ``exc`` and exit; the traceback goes to the job folder, or a temp file."""
+    line = config_error_line(exc)
+    if line is not None:
+        print(line, file=sys.stderr)
+        sys.exit(2)
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    where = None
+    if job_dir and Path(job_dir).is_dir():
+        try:
+            where = Path(job_dir) / "traceback.txt"
+            where.write_text(text)
+        except OSError:
+            where = None
+    if where is None:
+        fd, name = tempfile.mkstemp(prefix="dpo-ppo-", suffix="-traceback.txt")
+        with open(fd, "w") as f:
+            f.write(text)
+        where = name
+    message = _flat(f"{type(exc).__name__}: {exc}")
+    if job_dir is None and isinstance(exc, OSError):  # before the job started: Hydra's output folder
+        message = (f"cannot create the job folder ({_flat(exc)}); point hydra.run.dir (hydra.sweep.dir "
+                   f"for -m) at a writable folder")
+    print(f"Error: {message} (traceback: {where})", file=sys.stderr)
+    sys.exit(1)
+
+
 def main() -> None:
-    app()
+    """``dpo-ppo``: bad input ends in one line on stderr, never a Python traceback (Hydra's
+    composition errors included: they are raised to here instead of printed by Hydra)."""
+    import os
+
+    if os.environ.get("HYDRA_FULL_ERROR"):  # the user asked for Hydra's full traces
+        app()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        app()
+    except Exception as e:
+        _exit_with_one_line(e, None)
 
 
 if __name__ == "__main__":
