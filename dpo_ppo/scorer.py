@@ -21,6 +21,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 
 from dpo_ppo.config import OFFLINE_HINT
 from dpo_ppo.models import ensure_pad
+from dpo_ppo.progress import plain as plain_progress
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,11 @@ def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, de
                             bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
         model = GPT2ForSequenceClassification(config)
     else:
+        from dpo_ppo.sources import check_pretrained_folder
+
+        if Path(cls_cfg.source).expanduser().exists():  # a local folder: say what it lacks
+            check_pretrained_folder("classifier.source", cls_cfg.source, classifier=True,
+                                    finetune=cls_cfg.finetune)
         try:
             tokenizer = AutoTokenizer.from_pretrained(cls_cfg.source)
             ensure_pad(tokenizer)
@@ -104,7 +110,7 @@ def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, de
             output_dir=str(path / "_trainer"), num_train_epochs=cls_cfg.epochs,
             per_device_train_batch_size=cls_cfg.batch_size, learning_rate=cls_cfg.lr,
             warmup_steps=10, weight_decay=0.01, lr_scheduler_type="linear",
-            logging_steps=25, save_strategy="no", report_to=[], seed=seed,
+            logging_steps=25, save_strategy="no", report_to=[], seed=seed, disable_tqdm=plain_progress(),
             use_cpu=str(device) == "cpu", dataloader_num_workers=0,
         )
         trainer = Trainer(model=model, args=args, train_dataset=train,
