@@ -6,6 +6,11 @@ on.  It is built in a temporary folder beside its final place and moved there wi
 instead of building twice or reading half a folder.  A ``MANIFEST.json`` written last lists every
 file with its size and SHA-256; a folder whose files do not match it (truncated, edited, half
 copied) is rebuilt, never silently used.
+
+A finished artifact is never written to again: datasets are opened with ``load_dataset_artifact``
+(in memory, so ``map``/``shuffle`` keep their cache files off the artifact), and the temporary
+folders of builds that were killed (``kill -9`` runs no cleanup) are removed under the lock by the
+next builder of the same key.
 """
 
 from __future__ import annotations
@@ -88,6 +93,9 @@ def artifact(cache_dir: str | Path, kind: str, spec: dict, build: Callable[[Path
                 return final
             log.warning("%s: %s is corrupt (%s); rebuilding", kind, final, problem)
             shutil.rmtree(final)
+        for stale in root.glob(f".tmp-{key}-*"):  # only a lock holder builds this key: a killed one
+            log.warning("%s: removing %s, left by a build that was killed", kind, stale.name)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         t0 = time.time()
@@ -101,3 +109,12 @@ def artifact(cache_dir: str | Path, kind: str, spec: dict, build: Callable[[Path
             raise
         log.info("%s: built in %.1f s at %s", kind, time.time() - t0, final)
     return final
+
+
+def load_dataset_artifact(path: str | Path):
+    """A ``save_to_disk`` artifact, read into memory: ``map``, ``shuffle`` and TRL's tokenization
+    then keep their results in memory instead of writing ``cache-*.arrow`` files into the
+    finished, checksummed folder."""
+    from datasets import load_from_disk
+
+    return load_from_disk(str(path), keep_in_memory=True)

@@ -118,8 +118,12 @@ def load_hub(source: str) -> DatasetDict:
     """IMDb-like data: a ``save_to_disk`` folder or a hub id, with text/label train and test splits."""
     from datasets import load_dataset, load_from_disk
 
-    if Path(source).exists():
-        ds = load_from_disk(source)
+    from dpo_ppo.sources import check_dataset_folder
+
+    if Path(source).expanduser().exists():
+        check_dataset_folder("data.source", source)
+        # in memory: cleaning it below must not write cache files into the user's folder
+        ds = load_from_disk(source, keep_in_memory=True)
     else:
         try:
             ds = load_dataset(source)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_ppo.cache import artifact
+from dpo_ppo.cache import artifact, load_dataset_artifact
 from dpo_ppo.identity import ConfigDrift, config_diff, config_hash
 from dpo_ppo import progress
 from dpo_ppo.joblock import JobLock
@@ -108,12 +108,10 @@ class Job:
     # ------------------------------------------------------------------ stages
 
     def corpus(self):
-        from datasets import load_from_disk
-
         from dpo_ppo.corpus import build_corpus
 
         path = artifact(self.cache, "corpus", self.specs["corpus"], lambda p: build_corpus(self.cfg.data, p))
-        return path, load_from_disk(str(path))
+        return path, load_dataset_artifact(path)
 
     def base(self, corpus):
         from dpo_ppo.models import build_base
@@ -132,14 +130,12 @@ class Job:
                                                    device=self.device))
 
     def prefs(self, prompts, model, tokenizer, scorer):
-        from datasets import load_from_disk
-
         from dpo_ppo.prefs import build_prefs
 
         path = artifact(self.cache, "prefs", self.specs["prefs"],
                         lambda p: build_prefs(self.cfg.algorithm, prompts, model, tokenizer, scorer, p,
                                               batch_size=self.cfg.eval.batch_size, seed=self.cfg.seed))
-        return path, load_from_disk(str(path))
+        return path, load_dataset_artifact(path)
 
     def reference_eval(self, ref_model, tokenizer, scorer, prompts):
         """The reference's eval metrics; its per-prompt rows sit beside them in ``rows.csv``."""

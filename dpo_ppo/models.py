@@ -112,6 +112,10 @@ def build_base(model_cfg, corpus, path: Path, seed: int) -> dict:
 
 
 def load_hub_lm(source: str, revision: str | None = None):
+    from dpo_ppo.sources import check_pretrained_folder
+
+    if Path(source).expanduser().exists():  # a local folder: say what it lacks, not a loader's guess
+        check_pretrained_folder("model.source", source)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, revision=revision)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
