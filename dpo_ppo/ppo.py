@@ -32,6 +32,7 @@ EOS as first token (``generate`` asks for at least one new token), as RLHF PPO u
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 import shutil
@@ -576,6 +577,8 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
         examples, updates = state["examples"], state["updates"]
         wall_before, last_snapshot = state["wall_s"], state["last_snapshot"]
         resumed_from = examples
+        logging.getLogger(__name__).info("ppo: resuming from %s at %d of %d examples (update %d)",
+                                         out_dir / "ppo_state", examples, total, updates)
 
     def checkpoint() -> None:
         save_state(out_dir, {

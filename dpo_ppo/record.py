@@ -48,6 +48,25 @@ def define_metrics(run) -> None:
     run.define_metric("analysis/*", summary="last")
 
 
+def _drop_replayed_rows(path: Path, step, keys: set) -> None:
+    """A resumed attempt logs again from ``step`` on: drop what a killed attempt logged from there
+    (rows past ``step``, and the row at ``step`` with the same metrics), and any line the kill cut
+    short, so that ``train_log.jsonl`` holds each step once."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        at = row.get("step")
+        if at is not None and (at > step or (at == step and set(row) - {"step"} == keys)):
+            continue
+        kept.append(line + "\n")
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
 class Recorder:
     """One job's results.json plus (optionally) its W&B run.
 
@@ -87,7 +106,12 @@ class Recorder:
     def log(self, metrics: dict, step: int | None = None) -> None:
         """A training-curve point (W&B history and ``train_log.jsonl``); ``step`` is the examples
         seen, unless ``metrics`` carries ``train/examples`` itself."""
-        with open(self.job_dir / TRAIN_LOG_FILE, "a") as f:
+        path = self.job_dir / TRAIN_LOG_FILE
+        if not getattr(self, "_train_log_started", False):  # this attempt's first row
+            self._train_log_started = True
+            if step is not None and path.exists():
+                _drop_replayed_rows(path, step, set(metrics))
+        with open(path, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.run is not None:
             row = dict(metrics)
