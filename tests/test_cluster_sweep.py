@@ -69,7 +69,8 @@ def test_prepare_step_then_relaunch_with_a_running_and_a_drifted_job(tmp_path):
 def test_preempted_job_is_requeued_and_resumes_its_checkpoint_and_wandb_run(tmp_path):
     """submitit_local with a real SIGUSR2 (what SLURM sends before preemption or the time
     limit): submitit checkpoints the Hydra job, requeues it, and the new attempt resumes the
-    Trainer checkpoint and the same W&B run."""
+    Trainer checkpoint and the same W&B run. The prepare step (on by default with submitit)
+    goes through the same launcher first."""
     import signal
     import time
 
@@ -78,8 +79,7 @@ def test_preempted_job_is_requeued_and_resumes_its_checkpoint_and_wandb_run(tmp_
     args = [sys.executable, "-m", "dpo_ppo.main", "-m", "sweep=smoke", "algorithm=dpo", "algorithm.beta=0.02",
             *TINY, "algorithm.examples=256", "algorithm.snapshot_every=16", "threads=1",
             f"cache_dir={tmp_path / 'cache'}", "analysis=none", "logger=wandb_offline",
-            f"hydra.sweep.dir={sweep}", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=30",
-            "hydra.sweeper.prepare=false"]
+            f"hydra.sweep.dir={sweep}", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=30"]
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 900
@@ -107,3 +107,6 @@ def test_preempted_job_is_requeued_and_resumes_its_checkpoint_and_wandb_run(tmp_
     runs = sorted((job / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.name.endswith(res["wandb"]["id"]) for r in runs)
     assert not (job / ".job.lock").exists()
+    assert "1 prepare jobs ran first" in out
+    assert "prefs: built" in next((sweep / ".prepare").glob("*/main.log")).read_text()
+    assert "prefs: cached" in (job / "main.log").read_text()
