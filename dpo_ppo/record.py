@@ -3,9 +3,11 @@
 ``results.json`` is rewritten atomically at every stage (status ``running``), and at the end with
 status ``finished`` or ``failed`` (with the error and traceback), so a sweep's report can read
 finished and unfinished jobs alike.  The W&B run gets the resolved config (plus the swept
-hyperparameters at top level as ``params``), training curves as ``train/*``, evaluation and
-analysis scalars under their stable names (also in the summary), a table of sample completions
-and the analysis plots.  ``read_offline_run`` reads an offline run's ``.wandb`` file back (used by
+hyperparameters at top level as ``params`` and the ``provenance`` record), training curves as
+``train/*`` against ``train/examples`` (``define_metric``), evaluation and analysis scalars under
+their stable names (summary: last value), tags ``algorithm=``, ``sweep=``, ``model=``, a table of
+sample completions and the analysis plots.  A relaunched or requeued job resumes its run by the id
+stored in results.json.  ``read_offline_run`` reads an offline run's ``.wandb`` file back (used by
 the tests): a 7-byte header, then LevelDB-log framed protobuf ``Record`` messages.
 """
 
