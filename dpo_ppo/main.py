@@ -45,13 +45,13 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def app(cfg: DictConfig):
-    from dpo_ppo.job import run_job
-
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     job_dir = hc.runtime.output_dir
     try:
-        validate(cfg)
+        validate(cfg)  # before torch is imported: bad input fails in about a second
+        from dpo_ppo.job import run_job
+
         out = run_job(cfg, job_dir, overrides=list(hc.overrides.task), raise_errors=False)
     except Exception as e:
         if multirun:  # recorded by the job like any other failure; the sweep goes on

@@ -111,3 +111,123 @@ def test_cli_help_and_cfg_job():
     assert proc.returncode == 0 and "algorithm: dpo, ppo" in proc.stdout
     proc = _cli("--cfg", "job", "algorithm=ppo")
     assert proc.returncode == 0 and "kl_target" in proc.stdout and "beta:" not in proc.stdout
+
+
+# ------------------------------------------------------------- generic checks (issue 12)
+
+
+@pytest.mark.parametrize("override, key, closest", [
+    ("+algorithm.lerning_rate=1e-5", "algorithm.lerning_rate", "algorithm.lr"),
+    ("+lerning_rate=1e-5", "lerning_rate", "algorithm.lr"),  # top level: searched everywhere
+    ("+eval.num_prompt=3", "eval.num_prompt", "eval.num_prompts"),
+    ("+analysis.devic=cpu", "analysis.devic", "analysis.device"),
+    ("+model.extra.deeper=1", "model.extra", None),  # a whole unknown subtree: named at its top
+])
+def test_unknown_keys_added_with_plus_name_the_closest_valid_key(override, key, closest):
+    cfg = compose_cfg([override], tiny=False)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert err.value.key == key
+    if closest:
+        assert str(err.value).endswith(f"the closest valid key is {closest}")
+    else:
+        assert "the closest valid key is model." in str(err.value)
+
+
+def test_the_other_algorithms_key_says_whose_it_is():
+    cfg = compose_cfg(["+algorithm.kl_target=3"], tiny=False)
+    with pytest.raises(ConfigError, match=r"^algorithm.kl_target: .*belongs to algorithm=ppo$"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("algorithm.lr=nan", "algorithm.lr"), ("algorithm.lr=inf", "algorithm.lr"),
+    ("algorithm.beta=nan", "algorithm.beta"), ("eval.temperature=-inf", "eval.temperature"),
+    ("classifier.lr=nan", "classifier.lr"), ("model.pretrain_lr=inf", "model.pretrain_lr"),
+])
+def test_non_finite_floats_fail(override, key):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg([override], tiny=False))
+    assert err.value.key == key and "finite" in str(err.value)
+
+
+@pytest.mark.parametrize("override, key, ok", [
+    ("seed=-5", "seed", False), ("seed=4294967296", "seed", False), ("seed=4294967295", "seed", True),
+    ("data.seed=-1", "data.seed", False), ("eval.seed=0", "eval.seed", True),
+])
+def test_seeds_are_in_uint32(override, key, ok):
+    cfg = compose_cfg([override], tiny=False)
+    if ok:
+        validate(cfg)
+    else:
+        with pytest.raises(ConfigError, match=r"\[0, 2\^32-1\]") as err:
+            validate(cfg)
+        assert err.value.key == key
+
+
+@pytest.mark.parametrize("device, ok", [("auto", True), ("cpu", True), ("tpu", False), ("cuda:x", False),
+                                        ("cuda:99", False), ("CPU", False)])
+def test_device_names(device, ok):
+    cfg = compose_cfg([f"device={device}"], tiny=False)
+    if ok:
+        validate(cfg)
+    else:
+        with pytest.raises(ConfigError) as err:
+            validate(cfg)
+        assert err.value.key == "device"
+
+
+def test_cuda_where_there_is_none_fails_at_the_config_check(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for key, override in [("device", "device=cuda"), ("analysis.device", "analysis.device=cuda:0")]:
+        with pytest.raises(ConfigError, match=f"^{key}: .*no CUDA device"):
+            validate(compose_cfg([override], tiny=False))
+
+
+def test_local_folders_are_checked_for_what_they_hold(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="^classifier.source: .*empty folder"):
+        validate(compose_cfg([f"classifier.source={empty}"], tiny=False))
+    half = tmp_path / "half"  # config and tokenizer, no weights
+    half.mkdir()
+    (half / "config.json").write_text("{}")
+    (half / "tokenizer.json").write_text("{}")
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg([f"model.source={half}"], tiny=False))
+    assert err.value.key == "model.source" and "model weights" in str(err.value) and "tokenizer" not in str(err.value)
+    data = tmp_path / "data"
+    DatasetDict({s: Dataset.from_dict({"text": ["a"], "sentiment": [1]}) for s in ("train", "test")}).save_to_disk(str(data))
+    with pytest.raises(ConfigError, match=r"^data.source: split 'train' of .* has no 'label' column \(columns: text, sentiment\)"):
+        validate(compose_cfg([f"data.source={data}"], tiny=False))
+    good = tmp_path / "good"
+    DatasetDict({s: Dataset.from_dict({"text": ["a"], "label": [1]}) for s in ("train", "test")}).save_to_disk(str(good))
+    validate(compose_cfg([f"data.source={good}"], tiny=False))
+
+
+def test_cache_dir_under_a_file_fails(tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigError, match="^cache_dir: .* is a file"):
+        validate(compose_cfg([f"cache_dir={tmp_path}/f/cache"], tiny=False))
+    assert (tmp_path / "f").read_text() == ""
+
+
+@pytest.mark.parametrize("overrides", [["sweep=smoke"], ["sweep=confound"], ["sweep=paper"], ["compute=matched"],
+                                       ["experiment=paper_run2", "algorithm=ppo", "model=pythia70m"]])
+def test_shipped_configs_hold_only_schema_keys(overrides):
+    from dpo_ppo.config import check_keys
+
+    check_keys(compose_cfg(overrides, tiny=False))
+
+
+def test_cli_composition_errors_are_one_line(tmp_path):
+    for args, line in [(["algorithm.lerning_rate=1"], "Config error: algorithm.lerning_rate: not a key of the config; "
+                                                       "the closest valid key is algorithm.lr"),
+                       (["algorithm=foo"], "Config error: algorithm=foo: no such option; choose one of dpo, ppo")]:
+        proc = _cli(*args, f"hydra.run.dir={tmp_path}", f"cache_dir={tmp_path}/cache")
+        assert proc.returncode == 2
+        assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [line]
