@@ -75,3 +75,53 @@ def test_concurrent_jobs_build_once(tmp_path):
         assert p.exitcode == 0
     assert log.read_text().count("built") == 1
     assert len({(tmp_path / f"out{i}").read_text() for i in range(3)}) == 1
+
+
+def _slow_build(root, started):
+    def build(path: Path):
+        (path / "partial.bin").write_bytes(b"\x00" * 100)
+        Path(started).write_text("building")
+        time.sleep(60)
+    artifact(root, "clf", {"killed": True}, build)
+
+
+def test_a_build_killed_with_kill_9_leaves_a_temp_folder_the_next_builder_removes(tmp_path):
+    ctx = mp.get_context("spawn")
+    started = tmp_path / "started"
+    proc = ctx.Process(target=_slow_build, args=(tmp_path / "c", str(started)))
+    proc.start()
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no except/finally runs
+    proc.join()
+    root = tmp_path / "c" / "clf"
+    assert len(list(root.glob(".tmp-*"))) == 1  # what kill -9 leaves
+    path = artifact(tmp_path / "c", "clf", {"killed": True}, _builder(tmp_path / "log"))
+    assert verify(path) is None and not (path / "partial.bin").exists()
+    assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) == [path.name]
+
+
+def test_stale_temp_folders_of_other_keys_are_left_to_their_own_builders(tmp_path):
+    other = tmp_path / "clf" / f".tmp-{spec_key({'other': 1})}-deadbeef"
+    other.mkdir(parents=True)
+    artifact(tmp_path, "clf", {"mine": 1}, _builder(tmp_path / "log"))
+    assert other.exists()  # it may be a live build of another key, under that key's lock
+
+
+def test_dataset_artifacts_are_read_without_writing_into_them(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    from dpo_ppo.cache import load_dataset_artifact
+
+    def build(path: Path):
+        DatasetDict({"train": Dataset.from_dict({"text": [f"t{i}" for i in range(50)], "label": [i % 2 for i in range(50)]})}
+                    ).save_to_disk(str(path))
+
+    path = artifact(tmp_path, "corpus", {"n": 50}, build)
+    files = sorted(p for p in path.rglob("*"))
+    ds = load_dataset_artifact(path)
+    train = ds["train"].shuffle(seed=0).map(lambda b: {"n": [len(t) for t in b["text"]]}, batched=True)
+    train = train.filter(lambda r: r["label"] == 1).rename_column("label", "labels")
+    assert len(train) == 25 and sum(train["labels"]) == 25
+    assert sorted(p for p in path.rglob("*")) == files and verify(path) is None
