@@ -107,7 +107,7 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
         max_length=(algo.prefix_len_max or algo.prefix_len) + algo.completion_len + 8,
         save_strategy="steps", save_steps=save_steps, save_total_limit=1,
         logging_steps=max(1, min(10, steps_per_epoch // 10)), report_to=[], seed=seed,
-        use_cpu=use_cpu, gradient_checkpointing=False, dataloader_num_workers=0,
+        use_cpu=use_cpu, dataloader_num_workers=0,
         bf16=False, fp16=False, disable_tqdm=plain_progress(),
     )
     examples_per_step = algo.batch_size

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,8 +148,8 @@ def test_scorer_must_read_prefix_plus_completion():
 
 def test_matched_compute_gives_both_algorithms_the_same_steps():
     native = {a: compose_cfg([f"algorithm={a}"], tiny=False) for a in ("dpo", "ppo")}
-    # native: 512 pairs / 16 per step = 32 DPO steps; 16 rollouts x 4 epochs x 4 minibatches = 256 PPO steps
-    assert planned_optimizer_steps(native["dpo"]) == 32 and planned_optimizer_steps(native["ppo"]) == 256
+    # native: 512 pairs / 16 per step = 32 DPO steps; 32 rollouts x 4 epochs x 4 minibatches = 512 PPO steps
+    assert planned_optimizer_steps(native["dpo"]) == 32 and planned_optimizer_steps(native["ppo"]) == 512
     matched = {}
     for a in ("dpo", "ppo"):
         cfg = compose_cfg([f"algorithm={a}", "compute=matched", "compute.prefixes_per_step=8"], tiny=False)
@@ -157,7 +157,7 @@ def test_matched_compute_gives_both_algorithms_the_same_steps():
         apply_compute(cfg)
         matched[a] = planned_optimizer_steps(cfg)
     assert matched == {"dpo": 64, "ppo": 64}
-    with pytest.raises(ConfigError, match=r"compute\.prefixes_per_step.*rollout_prefixes \(32\)"):
+    with pytest.raises(ConfigError, match=r"compute\.prefixes_per_step.*rollout_prefixes \(16\)"):
         validate(compose_cfg(["algorithm=ppo", "compute=matched", "compute.prefixes_per_step=12"]))
 
 
@@ -173,3 +173,37 @@ def test_ppo_counts_what_it_did(tmp_path):
     # every sample is forwarded once per epoch with gradients: prefix (4 tokens) + its completion
     assert c["trained_tokens"] == 2 * (32 * 2 * 4 + c["generated_tokens"])
     assert summary["kl_recent"] == pytest.approx(log[-1][1]["train/kl"])  # 4 updates: the last one
+
+
+# ----------------------------------------------------------------------------- whole jobs
+
+
+@pytest.mark.slow  # builds a cold artifact cache: about a minute on 2 idle cores
+def test_jobs_cold_or_warm_cache_give_the_same_metrics_and_matched_compute_equal_steps(shared_cache, tmp_path):
+    """The same config gives byte-identical metrics on a cold cache (every artifact built in the
+    job's process first, using torch's RNG) and a warm one; under compute=matched a DPO and a PPO
+    job record the same optimizer steps on the same prefixes; every eval prompt has a row."""
+    from dpo_ppo.evaluate import read_rows
+    from dpo_ppo.job import run_job
+
+    common = ["analysis=none", "logger=none", "compute=matched", "compute.prefixes_per_step=8"]
+    cold = run_job(compose_cfg([f"cache_dir={tmp_path / 'cold-cache'}", "algorithm=ppo", *common]), tmp_path / "cold")
+    warm = run_job(compose_cfg([f"cache_dir={shared_cache}", "algorithm=ppo", *common]), tmp_path / "warm")
+    assert cold["status"] == warm["status"] == "finished"
+    assert cold["metrics"] == warm["metrics"]
+    dpo = run_job(compose_cfg([f"cache_dir={shared_cache}", "algorithm=dpo", *common]), tmp_path / "dpo")
+    res = {k: json.loads((tmp_path / k / "results.json").read_text()) for k in ("warm", "dpo")}
+    # 32 prefixes, one step per 8: 4 steps each (PPO: 2 rollouts of 16 x 1 epoch x 2 minibatches)
+    assert res["warm"]["compute"]["optimizer_steps"] == res["dpo"]["compute"]["optimizer_steps"] == 4
+    assert res["warm"]["params"]["optimizer_steps"] == res["dpo"]["params"]["optimizer_steps"] == 4
+    for r in res.values():
+        c = r["compute"]
+        assert c["examples_seen"] == 32 and c["trained_tokens"] > 0 and c["generated_tokens"] > 0
+        assert c["wall_s"] > 0 and c["accelerator_s"] == 0.0
+        assert r["params"]["compute"] == "matched"
+    assert res["warm"]["params"]["value_model"] == "separate" and res["warm"]["params"]["kl_controller"] == "log"
+    rows = {k: read_rows(tmp_path / k / "eval_rows.csv") for k in ("warm", "dpo")}
+    assert [r["prompt_id"] for r in rows["warm"]] == [r["prompt_id"] for r in rows["dpo"]] == list(range(32))
+    ref_rows = read_rows(Path(res["dpo"]["artifacts"]["ref_eval"]) / "rows.csv")
+    assert len(ref_rows) == 32 and all(r["kl"] == 0 for r in ref_rows)
+    assert dpo["metrics"]["eval/policy/kl_to_ref"] == pytest.approx(sum(r["kl"] for r in rows["dpo"]) / 32, rel=1e-4)
