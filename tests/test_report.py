@@ -129,6 +129,20 @@ def test_body_is_claims_frontier_training_matched_kl(planted):
     assert "common range 0.5-5.3 nats" in body and "| metric (DPO / PPO: PPO - DPO [95%]) | at KL 0.9" in body
 
 
+@pytest.mark.parametrize("change, verdict", [(0.02, "supported"), (0.5, "contradicted")])
+def test_within_a_margin_for_both(tmp_path, change, verdict):
+    """C13: induction heads barely change under either (largest score change < 0.1)."""
+    root = tmp_path / "heads"
+    for algorithm in R.ALGORITHMS:
+        for k, kl in enumerate((0.5, 1.0, 2.0)):
+            for s in range(3):
+                write_job(root, algorithm, k + 1, s, {R.KL: kl * (1 + 0.02 * s), R.REWARD: 0.5,
+                                                      "analysis/heads/induction_max_abs_change": change + 0.01 * s})
+    (row,) = claim_rows(report.build_report(root, n_boot=300, figures=False), "C13")
+    assert row["expect"] == "|x| < 0.1 for both" and row["verdict"] == verdict
+    assert (row["q"] < 0.05) == (verdict == "contradicted")
+
+
 def test_one_run_per_side_never_gives_a_verdict(tmp_path):
     root = tmp_path / "one"
     for algorithm, bias in (("dpo", 0.01), ("ppo", 10.0)):  # a thousand-fold difference
@@ -138,11 +152,13 @@ def test_one_run_per_side_never_gives_a_verdict(tmp_path):
     assert row["n"] == {"dpo": 1, "ppo": 1} and row["effect"] == pytest.approx(9.99)
     assert row["verdict"] == "inconclusive" and row["reason"] == "fewer than 3 runs per side"
     assert all(c["verdict"] == "inconclusive" and not c["eligible"] for c in summary["claims"])
-    # two runs per side of one seed: still no verdict, whatever --min-runs says
+    (row,) = claim_rows(report.build_report(root, min_runs=1, min_seeds=1, figures=False), "C5")
+    assert row["verdict"] == "inconclusive" and row["reason"] == "fewer than 2 runs per side"
+    # two runs per side of one seed: no verdict either (the default asks for 3 seeds)
     for algorithm, bias in (("dpo", 0.01), ("ppo", 10.0)):
         write_job(root, algorithm, 2, 0, {R.KL: 3.0, R.REWARD: 0.6, BIAS: bias})
     (row,) = claim_rows(report.build_report(root, min_runs=2, figures=False), "C5")
-    assert row["verdict"] == "inconclusive" and row["reason"] == "fewer than 2 seeds per side"
+    assert row["verdict"] == "inconclusive" and row["reason"] == "fewer than 3 seeds per side"
     with pytest.raises(SystemExit):
         report.main([str(root), "--min-runs", "1", "--no-wandb"])
 

@@ -25,7 +25,7 @@ from dpo_ppo.report.load import LABELS, Run, finished
 OVERRIDES = "overrides"  # pseudo facet key: overrides params do not say (experiment=..., model=...)
 FACETS = R.FACET_KEYS + (OVERRIDES,)
 ALPHA = 0.05
-MIN_RUNS, MIN_SEEDS, N_BOOT = 3, 2, 1000
+MIN_RUNS, MIN_SEEDS, N_BOOT = 3, 3, 1000
 
 # metrics that per-prompt rows reproduce: name -> (statistic, column, transform)
 ROW_METRICS = {
@@ -118,7 +118,7 @@ class Point:
     kl: float
     fit: Dict[str, float]
     fit_ci: Dict[str, Tuple[float, float]]
-    fit_p: Dict[str, float]  # bootstrap p of "the fit is 0", per algorithm
+    boot: Dict[str, np.ndarray]  # the bootstrap draws of each algorithm's fit
     effect: float
     ci: Tuple[float, float]
     p: float
@@ -214,8 +214,13 @@ def compare(facet: Facet, metric: str, kl_fracs: Sequence[float] = (0.5,), n_boo
             yb = _rows_stat(counts, vals, kind)
         else:
             xb, yb = x, y
-        fits[a] = {"point": [float(stats.local_linear(x, y, x0, h)) for x0 in x0s],
-                   "boot": [stats.local_linear(xb, yb, x0, h, w) for x0 in x0s]}
+        point = [float(stats.local_linear(x, y, x0, h)) for x0 in x0s]
+        # drawing k clusters with replacement spreads a mean by sqrt((k-1)/k) of its standard
+        # error: widen the draws around the estimate by the inverse (matters with few seeds)
+        k = len(set(clusters))
+        widen = math.sqrt(k / (k - 1)) if k > 1 else 1.0
+        fits[a] = {"point": point, "boot": [pt + widen * (stats.local_linear(xb, yb, x0, h, w) - pt)
+                                            for pt, x0 in zip(point, x0s)]}
     for i, x0 in enumerate(x0s):
         fit = {a: fits[a]["point"][i] for a in R.ALGORITHMS}
         boot = {a: fits[a]["boot"][i] for a in R.ALGORITHMS}
@@ -223,7 +228,7 @@ def compare(facet: Facet, metric: str, kl_fracs: Sequence[float] = (0.5,), n_boo
         comp.points.append(Point(
             kl=math.exp(x0), fit=fit,
             fit_ci={a: stats.percentile_interval(boot[a]) for a in R.ALGORITHMS},
-            fit_p={a: stats.bootstrap_p(boot[a]) for a in R.ALGORITHMS},
+            boot=boot,
             effect=fit["ppo"] - fit["dpo"], ci=stats.percentile_interval(diff), p=stats.bootstrap_p(diff)))
     return comp
 
@@ -290,7 +295,7 @@ def decide(row: ClaimRow, alpha: float = ALPHA) -> str:
     # zero: each algorithm's own value is 0 within the margin
     if all(_within(pt.fit_ci[a], m) for a in R.ALGORITHMS):
         return "supported"
-    return "contradicted" if sig and any(abs(pt.fit[a]) > m for a in R.ALGORITHMS) else "inconclusive"
+    return "contradicted" if sig else "inconclusive"
 
 
 def claims_table(runs: Sequence[Run], facets: Sequence[Facet], claims: Sequence[Claim] = CLAIMS,
@@ -298,6 +303,7 @@ def claims_table(runs: Sequence[Run], facets: Sequence[Facet], claims: Sequence[
                  fdr: str = "bh", alpha: float = ALPHA, seed: int = 0) -> List[ClaimRow]:
     """One row per claim and facet holding both algorithms; verdicts after FDR control over the
     rows that could give one."""
+    min_runs = max(2, min_runs)  # one run per side never gives a verdict, whatever is asked
     present = {k for r in finished(runs) for k in r.metrics}
     rows: List[ClaimRow] = []
     for claim in claims:
@@ -319,7 +325,7 @@ def claims_table(runs: Sequence[Run], facets: Sequence[Facet], claims: Sequence[
             else:
                 row.eligible = True
                 pt = comp.points[0]
-                row.p = (min(1.0, 2 * min(pt.fit_p.values())) if claim.kind == "zero" else pt.p)
+                row.p = beyond_margin_p(pt, claim.margin) if claim.kind == "zero" else pt.p
             if metric.startswith("analysis/weights/"):
                 row.caveat = steps_caveat(facet)
             rows.append(row)
@@ -330,6 +336,18 @@ def claims_table(runs: Sequence[Run], facets: Sequence[Facet], claims: Sequence[
         if row.eligible:
             row.verdict = decide(row, alpha)
     return rows
+
+
+def beyond_margin_p(pt: Point, margin: float) -> float:
+    """For "within the margin for both" claims: the bootstrap p of "some algorithm's value lies
+    beyond the margin", i.e. the share of draws inside it (one-sided), Bonferroni over the two."""
+    ps = []
+    for a in R.ALGORITHMS:
+        draws = np.asarray(pt.boot[a], dtype=float)
+        draws = draws[np.isfinite(draws)]
+        inside = int((np.abs(draws) <= margin).sum())
+        ps.append((inside + 1) / (draws.size + 1))
+    return float(min(1.0, 2 * min(ps)))
 
 
 def optimizer_steps(run: Run) -> Optional[float]:
