@@ -92,7 +92,13 @@ def plot_frontier(configs: Sequence[Config], runs: Sequence[Run], path: Path, sp
     ax.set_title("Reward-KL frontier (mean and 95% interval over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    ax.margins(x=0.12, y=0.15)
+    # limits from the runs themselves: a t-interval over two seeds (t = 12.7) must not shrink them
+    xs = [r.kl for r in finished(runs) if math.isfinite(r.kl)] + [0.0]
+    ys = [r.metrics[R.REWARD] for r in finished(runs) if R.REWARD in r.metrics] + ([ref.mean] if ref.n else [])
+    if len(xs) > 1 and ys:
+        dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 0.1
+        ax.set_xlim(min(xs) - 0.08 * dx, max(xs) + 0.15 * dx)
+        ax.set_ylim(min(ys) - 0.12 * dy, max(ys) + 0.15 * dy)
     _place_labels(fig, ax, labels)
     return _save(fig, path)
 
