@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from dpo_ppo import results as R
 from dpo_ppo.analysis.plots import _save, plt
@@ -195,6 +195,7 @@ def plot_claim(rows: Sequence[ClaimRow], path: Path) -> Optional[str]:
                     ax.errorbar(pt.kl * dx, pt.fit[a], yerr=[[pt.fit[a] - lo], [hi - pt.fit[a]]], fmt="s",
                                 color=COLORS[a], markersize=4, capsize=3, markeredgecolor="black")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("KL to reference (nats, log scale)", fontsize=8)
