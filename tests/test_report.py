@@ -104,6 +104,17 @@ def test_no_effect_is_inconclusive_for_a_direction_and_supported_as_equal(plante
     assert ablation["p"] is None and ablation["q"] is None
 
 
+def test_holm_over_the_claims_table(planted):
+    root, summary, _ = planted
+    holm = report.build_report(root, fdr="holm", figures=False, out=root.parent / "holm")
+    pairs = [(a["q"], b["q"]) for a, b in zip(summary["claims"], holm["claims"]) if a["eligible"]]
+    assert len(pairs) == 3  # C1, C4, C5: the claims these runs measure
+    assert all(h >= b for b, h in pairs)
+    (c5,) = claim_rows(holm, "C5")  # the smallest of 3 p-values: Holm multiplies it by 3
+    assert c5["q"] == pytest.approx(3 * c5["p"])
+    assert [c["verdict"] for c in holm["claims"]] == [c["verdict"] for c in summary["claims"]]
+
+
 def test_opposite_effect_is_contradicted(tmp_path):
     root = planted_sweep(tmp_path / "s", {BIAS: -0.5})
     (row,) = claim_rows(report.build_report(root, n_boot=400, figures=False), "C5")
