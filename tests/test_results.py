@@ -76,6 +76,16 @@ def test_eval_rows_round_trip_and_missing_column(tmp_path):
     assert R.read_eval_rows(tmp_path / "missing") is None
 
 
+def test_evaluation_writes_the_contracts_rows(tmp_path):
+    from dpo_ppo.evaluate import ROW_FIELDS, write_rows
+
+    assert tuple(ROW_FIELDS) == R.EVAL_ROW_COLUMNS
+    write_rows(tmp_path / R.EVAL_ROWS_FILE, [{"prompt_id": 3, "p_positive": 0.25, "completion_len": 7, "kl": 1.5,
+                                             "kl_k1": 1.25}])
+    assert R.read_eval_rows(tmp_path) == {"prompt_id": ["3"], "p_positive": [0.25], "completion_len": [7.0],
+                                          "kl": [1.5], "kl_k1": [1.25]}
+
+
 def test_train_log_keeps_each_step_once(tmp_path):
     lines = [{"step": 1, "train/examples": 8, "train/loss": 0.7}, {"step": 2, "train/examples": 16, "train/loss": 0.6},
              {"step": 2, "train/examples": 16, "train/loss": 0.5},  # the resumed attempt's row
