@@ -13,7 +13,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from dpo_ppo import results as R
 from dpo_ppo.analysis.plots import _save, plt
 from dpo_ppo.report import stats
-from dpo_ppo.report.compare import ClaimRow, Facet, facet_value
+from dpo_ppo.report.compare import ClaimRow, facet_value
 from dpo_ppo.report.load import LABELS, Config, Run, finished
 
 COLORS = {"dpo": "tab:blue", "ppo": "tab:orange"}
