@@ -97,6 +97,9 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
     job_dir = Path(job_dir)
     steps_per_epoch = math.ceil(len(prefs) / algo.batch_size)
     save_steps = max(1, algo.snapshot_every // algo.batch_size)
+    # a divisor of save_steps: the logged loss averages the steps since the last log, and a resumed
+    # run counts from its checkpoint, so logs must fall on checkpoints for its curve to be the same
+    logging_steps = math.gcd(save_steps, max(1, min(10, steps_per_epoch // 10)))
     use_cpu = next(policy.parameters()).device.type == "cpu"
     args = DPOConfig(
         output_dir=str(job_dir / "dpo_trainer"),
@@ -106,7 +109,7 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
         per_device_train_batch_size=algo.batch_size, num_train_epochs=algo.epochs,
         max_length=(algo.prefix_len_max or algo.prefix_len) + algo.completion_len + 8,
         save_strategy="steps", save_steps=save_steps, save_total_limit=1,
-        logging_steps=max(1, min(10, steps_per_epoch // 10)), report_to=[], seed=seed,
+        logging_steps=logging_steps, report_to=[], seed=seed,
         use_cpu=use_cpu, dataloader_num_workers=0,
         bf16=False, fp16=False, disable_tqdm=plain_progress(),
     )
