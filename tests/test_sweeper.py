@@ -111,7 +111,7 @@ def test_repo_sweeps_are_registered():
 
 def test_smoke_sweep_jobs():
     jobs = _jobs_of("smoke")
-    assert len(jobs) == 4
+    assert len(jobs) == 8  # 2 DPO learning rates + 2 PPO targets, 2 seeds each
     assert {j.arm for j in jobs} == {"dpo", "ppo"}
     node = _sweep_node("smoke")
     assert node.algorithm.examples <= 256 and node.eval.num_prompts <= 500
@@ -126,18 +126,20 @@ def test_paper_sweep_jobs():
 def test_confound_sweep_each_arm_over_its_own_knob():
     jobs = _jobs_of("confound")
     node = _sweep_node("confound").hydra.sweeper
-    betas, targets = node.arms.dpo["algorithm.beta"], node.arms.ppo["algorithm.kl_target"]
-    assert min(betas) == 0.01 and max(betas) == 5 and min(targets) == 1 and max(targets) == 24
+    betas, lrs = node.arms.dpo["algorithm.beta"], node.arms.dpo["algorithm.lr"]
+    targets, coefs = node.arms.ppo["algorithm.kl_target"], node.arms.ppo_fixed["algorithm.kl_coef"]
+    assert min(targets) == 1 and max(targets) == 16 and len(lrs) == 2 and len(coefs) == 2
     shared = 1
     for values in node.params.values():
         shared *= len(values)
     assert {"algorithm.completion_len", "algorithm.prefix_len", "algorithm.examples", "seed"} <= set(node.params)
-    assert len(jobs) == (len(betas) + len(targets)) * shared
+    assert len(jobs) == (len(betas) * len(lrs) + len(targets) + len(coefs)) * shared == 360
     for job in jobs:
         text = " ".join(job.overrides)
-        assert ("algorithm=dpo" in text) == ("algorithm.beta=" in text) != ("algorithm.kl_target=" in text)
+        assert ("algorithm=dpo" in text) == ("algorithm.beta=" in text)
+        assert ("algorithm.kl_target=" in text) + ("algorithm.kl_coef=" in text) == ("algorithm=ppo" in text)
     # narrowing from the command line
-    assert len(_jobs_of("confound", ["seed=0", "algorithm=ppo"])) == len(targets) * shared // 3
+    assert len(_jobs_of("confound", ["seed=0", "algorithm=ppo"])) == (len(targets) + len(coefs)) * shared // 3
 
 
 # --------------------------------------------------------------------------- composition
