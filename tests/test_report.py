@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -386,7 +387,9 @@ def test_wandb_report_is_one_run_with_the_claims_table(tmp_path, monkeypatch):
     root = tmp_path / "w"
     for algorithm in R.ALGORITHMS:
         write_job(root, algorithm, 1, 0, {R.KL: 1.0, R.REWARD: 0.5, BIAS: 0.1})
-    for _ in range(2):  # the report re-made: the same W&B run
+    for attempt in range(2):  # the report re-made: the same W&B run
+        if attempt:
+            time.sleep(1.1)  # W&B names an offline run's folder by the second it started
         assert report.main([str(root), "--wandb", "--bootstrap", "100"]) == 0
     files = sorted((root / "report" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 2 and not (tmp_path / "wandb").exists()
@@ -394,7 +397,12 @@ def test_wandb_report_is_one_run_with_the_claims_table(tmp_path, monkeypatch):
     assert run_id == report.report_run_id(root / ".." / "w")  # the folder, however it is named
     assert all(f.parent.name.endswith(run_id) for f in files)
     assert _run_ids(files[-1]) == {run_id}
-    logged = read_offline_run(files[-1].parent)
+    deadline = time.time() + 20  # W&B's service may still be flushing the summary after finish()
+    while True:
+        logged = read_offline_run(files[-1].parent)
+        if "jobs/finished" in logged["summary"] or time.time() > deadline:
+            break
+        time.sleep(0.5)
     assert logged["run"]["group"] == "fab" and logged["run"]["job_type"] == "report"
     assert logged["run"]["project"] == "dpo-ppo-test"
     keys = set().union(*logged["history"])

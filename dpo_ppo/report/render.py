@@ -14,8 +14,8 @@ from dpo_ppo import results as R
 from dpo_ppo.report import compare as C
 from dpo_ppo.report import plots, stats
 from dpo_ppo.report.claims import CLAIMS
-from dpo_ppo.report.load import (ALL_STATUSES, LABELS, NO_RESULTS, PENDING, Run, configurations, finished,
-                                 load_run, load_sweep, metric_names)
+from dpo_ppo.report.load import (ALL_STATUSES, LABELS, NO_RESULTS, PENDING, Config, Run, configurations,
+                                 finished, load_run, load_sweep, metric_names)
 
 BODY_METRICS = (R.REWARD, R.policy_metric("gradient_loss"), R.policy_metric("binary_loss"))
 MATCHED_FRACS = (0.25, 0.5, 0.75)
@@ -159,6 +159,133 @@ def report_run_id(root: Path) -> str:
     return "report-" + hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:16]
 
 
+def progress_line(runs: Sequence[Run]) -> Tuple[str, Dict[str, int]]:
+    counts = {s: sum(r.status == s for r in runs) for s in ALL_STATUSES}
+    other = len(runs) - sum(counts.values())
+    text = (f"{len(runs)} jobs: {counts[R.FINISHED]} finished, {counts[R.FAILED]} failed, "
+            f"{counts[R.RUNNING]} running, {counts[NO_RESULTS]} started without results, "
+            f"{counts[PENDING]} not started" + (f", {other} other" if other else "") + ".")
+    return text, counts
+
+
+def body_figures(configs: Sequence[Config], runs: Sequence[Run], out: Path, split: Sequence[str], figures: bool,
+                 images: Dict[str, str]) -> List[str]:
+    """The frontier and the training curves."""
+    if figures:
+        images["frontier"] = Path(plots.plot_frontier(configs, runs, out / "frontier.png", split)).name
+    md = ["## Reward-KL frontier", "", "![frontier](frontier.png)" if figures else "(figures left out)", "",
+          "Test reward against KL to the reference per configuration (params minus seed): mean and 95% "
+          "t-interval over seeds; faint dots are single runs; the star is the reference.", ""]
+    training = plots.plot_training(configs, out / "training.png", split) if figures else None
+    if training:
+        images["training"] = Path(training).name
+        md += ["## Training curves", "", "![training curves](training.png)", "",
+               "Per configuration, mean over seeds, against examples seen (train_log.jsonl).", ""]
+    return md
+
+
+def claim_figures(rows: Sequence[C.ClaimRow], out: Path, figures: bool, images: Dict[str, str]) -> List[str]:
+    links = []
+    for claim in CLAIMS:
+        path = plots.plot_claim([r for r in rows if r.claim.id == claim.id], out / f"claim_{claim.id}.png") \
+            if figures else None
+        if path:
+            images[f"claim_{claim.id}"] = Path(path).name
+            links.append(f"![{claim.id}]({Path(path).name})")
+    if not links:
+        return []
+    return ["## One figure per claim", "",
+            "The claim's metric against KL (log scale) per algorithm: runs, the local-linear fit over each "
+            "algorithm's own KL range, the common range shaded, the compared point with its 95% intervals.",
+            ""] + links + [""]
+
+
+def cost_markdown(runs: Sequence[Run], progress: str) -> List[str]:
+    wall = sum(float(r.wall_time_s) for r in runs if isinstance(r.wall_time_s, (int, float)))
+    mems = [float(r.peak_mem_mb) for r in runs if isinstance(r.peak_mem_mb, (int, float))]
+    md = ["## Progress and cost", "", progress, "",
+          f"Compute so far: {wall:.0f} s of job wall time ({wall / 3600:.2f} h) in total"
+          + (f"; peak memory of the largest job {max(mems):.0f} MB." if mems else "."), ""]
+    unfinished = [r for r in runs if r.status != R.FINISHED]
+    if unfinished:
+        md += ["Jobs without finished results (left out):", "",
+               md_table(["job", "status", "error"], [[f"`{r.rel}`", r.status, last_line(r.error)] for r in unfinished]),
+               ""]
+    return md
+
+
+def configurations_markdown(configs: Sequence[Config], split: Sequence[str]) -> List[str]:
+    if not configs:
+        return []
+    extra = any(c.runs[0].extra_overrides() for c in configs)
+    table = []
+    for c in configs:
+        p = c.runs[0].params
+        table.append([LABELS.get(c.algorithm, c.algorithm), c.label()] + [p.get(k, "") for k in split]
+                     + ([" ".join(c.runs[0].extra_overrides())] if extra else [])
+                     + [len(c.runs), stats.mean_ci(c.values(R.REWARD)).text(), stats.mean_ci(c.values(R.KL)).text()])
+    header = ["algorithm", "knob"] + list(split) + (["other overrides"] if extra else []) + ["seeds", "reward", "KL (nats)"]
+    return ["## Configurations", "", md_table(header, table), ""]
+
+
+def all_metrics_markdown(runs: Sequence[Run], facets: Sequence[C.Facet], metrics: Sequence[str], out: Path,
+                         n_boot: int, seed: int, figures: bool, images: Dict[str, str]) -> List[str]:
+    """Every metric at matched KL: matched_kl.csv and one screening figure."""
+    all_rows = C.all_metrics_table(runs, facets, metrics, n_boot=min(n_boot, 400), seed=seed) if facets else []
+    if not all_rows:
+        return []
+    with open(out / "matched_kl.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(all_rows[0]))
+        writer.writeheader()
+        writer.writerows(all_rows)
+    md = ["## Every metric at matched KL", "",
+          f"`matched_kl.csv`: {len(all_rows)} rows (facet, metric, fits, PPO - DPO, 95% interval, p, BH q over the "
+          "whole table). A screen for what to look at next, not evidence: the claims above are the tests.", ""]
+    fig = plots.plot_all_metrics(all_rows, out / "all_metrics.png") if figures else None
+    if fig:
+        images["all_metrics"] = Path(fig).name
+        md += ["![all metrics](all_metrics.png)", ""]
+    return md
+
+
+def compare_markdown(a: Run, b: Run, out: Path, images: Dict[str, str]) -> Tuple[List[str], Dict[str, Any]]:
+    """--compare A B: the seed paper's side-by-side plots and every metric of the two runs."""
+    drawn = plots.plot_compare(a, b, out)
+    md = ["## Two runs side by side", "", f"- A: `{a.rel}` ({a.label()}, {a.status})",
+          f"- B: `{b.rel}` ({b.label()}, {b.status})", ""]
+    for key, img in drawn["images"].items():
+        md += [f"### {key}", "", f"![{key}]({img})", ""]
+        images[Path(img).stem] = img
+    md += [f"- {note}" for note in drawn["notes"]]
+    keys = sorted(set(a.metrics) | set(b.metrics), key=lambda k: (not k.startswith("eval/"), k))
+    md += ["", md_table(["metric", "A", "B", "B / A"], [
+        [k, f"{a.metrics.get(k, float('nan')):.4g}", f"{b.metrics.get(k, float('nan')):.4g}",
+         f"{b.metrics[k] / a.metrics[k]:.3g}" if k in a.metrics and k in b.metrics and a.metrics[k] else ""]
+        for k in keys]), ""]
+    shared_images = sorted(set(a.images) | set(b.images))
+    if shared_images:
+        md += ["Analysis images of the two runs:", "", "| image | A | B |", "|---|---|---|"]
+        for key in shared_images:
+            cells = [f"![{key}]({os.path.relpath(r.dir / r.images[key], out)})" if key in r.images else "–"
+                     for r in (a, b)]
+            md.append(f"| {key} | {cells[0]} | {cells[1]} |")
+        md.append("")
+    return md, drawn
+
+
+def claim_record(r: C.ClaimRow) -> Dict[str, Any]:
+    comp = r.comparison
+    pt = comp.points[0] if comp and comp.points else None
+    return {"claim": r.claim.id, "section": r.claim.section, "text": r.claim.text, "expect": r.claim.expectation(),
+            "facet": r.facet.label(), "pooled": r.facet.pooled_text(), "metric": r.metric,
+            "n": comp.n if comp else None, "seeds": comp.seeds if comp else None,
+            "kl": pt.kl if pt else None, "dpo": pt.fit["dpo"] if pt else None, "ppo": pt.fit["ppo"] if pt else None,
+            "effect": pt.effect if pt else None, "ci": list(pt.ci) if pt else None,
+            "prompts": comp.prompts if comp else 0,
+            "p": None if not math.isfinite(r.p) else r.p, "q": None if not math.isfinite(r.q) else r.q,
+            "eligible": r.eligible, "verdict": r.verdict, "reason": r.reason, "caveat": r.caveat}
+
+
 def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optional[Path] = None,
                  pool: Sequence[str] = (), min_runs: int = C.MIN_RUNS, min_seeds: int = C.MIN_SEEDS,
                  n_boot: int = C.N_BOOT, fdr: str = "bh", seed: int = 0, figures: bool = True) -> Dict[str, Any]:
@@ -174,13 +301,8 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
     runs, meta = load_sweep(root)
     pair = [resolve_job(t, root, runs) for t in compare] if compare else []
     name = meta.get("name") or next((r.config.get("name") for r in runs if r.config.get("name")), root.name)
-    done = finished(runs)
-    configs = configurations(runs)
-    metrics = metric_names(runs)
-    counts = {s: sum(r.status == s for r in runs) for s in ALL_STATUSES}
-    other = len(runs) - sum(counts.values())
-    wall = sum(float(r.wall_time_s) for r in runs if isinstance(r.wall_time_s, (int, float)))
-    mems = [float(r.peak_mem_mb) for r in runs if isinstance(r.peak_mem_mb, (int, float))]
+    done, configs, metrics = finished(runs), configurations(runs), metric_names(runs)
+    progress, counts = progress_line(runs)
     facets, facet_notes = C.make_facets(runs, pool)
     split = list(facets[0].values) if facets else []
     comparable = [f for f in facets if f.runs["dpo"] and f.runs["ppo"]]
@@ -188,15 +310,11 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
                           fdr=fdr, seed=seed)
     images: Dict[str, str] = {}
 
-    progress = (f"{len(runs)} jobs: {counts[R.FINISHED]} finished, {counts[R.FAILED]} failed, "
-                f"{counts[R.RUNNING]} running, {counts[NO_RESULTS]} started without results, "
-                f"{counts[PENDING]} not started" + (f", {other} other" if other else "") + ".")
     md: List[str] = [f"# Sweep report: {name}", "", f"Sweep folder: `{root}`. {progress}", ""]
     if facet_notes or len(facets) > 1:
-        md += ["Facets: " + ("; ".join([f"{len(facets)} ({', '.join(f.label() for f in facets)})"] + facet_notes)) + ".",
-               ""]
-
-    # 1. claims
+        md += ["Facets: " + "; ".join([f"{len(facets)} ({', '.join(f.label() for f in facets)})"] + facet_notes)
+               + ".", ""]
+    # the body: claims, frontier, training curves, matched KL
     md += ["## The seed paper's claims, DPO vs PPO at matched KL", ""]
     if not done:
         md += ["No finished jobs yet.", ""]
@@ -205,132 +323,45 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
     else:
         md += claims_markdown(rows, len(comparable) > 1)
         md += ["", RULE.format(n_boot=n_boot, fdr="Benjamini-Hochberg" if fdr == "bh" else "Holm",
-                               min_runs=min_runs, min_seeds=min_seeds, alpha=C.ALPHA, margin=CLAIMS[3].margin,
-                               facets=", ".join(R.FACET_KEYS)), ""]
-
+                               min_runs=max(2, min_runs), min_seeds=min_seeds, alpha=C.ALPHA,
+                               margin=CLAIMS[3].margin, facets=", ".join(R.FACET_KEYS)), ""]
     matched: List[Dict] = []
     if done:
-        # 2. frontier
-        if figures:
-            images["frontier"] = Path(plots.plot_frontier(configs, runs, out / "frontier.png", split)).name
-        md += ["## Reward-KL frontier", "", "![frontier](frontier.png)" if figures else "(figures left out)", "",
-               "Test reward against KL to the reference per configuration (params minus seed): mean and 95% "
-               "t-interval over seeds; faint dots are single runs; the star is the reference.", ""]
-        # 3. training curves
-        training = plots.plot_training(configs, out / "training.png", split) if figures else None
-        if training:
-            images["training"] = Path(training).name
-            md += ["## Training curves", "", "![training curves](training.png)", "",
-                   "Per configuration, mean over seeds, against examples seen (train_log.jsonl).", ""]
-        # 4. matched KL
+        md += body_figures(configs, runs, out, split, figures, images)
         md += ["## Matched KL", "",
                "Fits of each algorithm at three KL points inside the common range (its quartiles in log KL), "
                "per facet: DPO / PPO, then PPO - DPO with its bootstrap 95% interval. Every metric: "
                "appendix.", ""]
-        body, matched = matched_markdown(facets, n_boot, seed)
-        md += body
-
-    # appendix
+        section, matched = matched_markdown(facets, n_boot, seed)
+        md += section
+    # the appendix
     md += ["---", "", "# Appendix", ""]
-    claim_images = []
-    for claim in CLAIMS:
-        mine = [r for r in rows if r.claim.id == claim.id]
-        path = plots.plot_claim(mine, out / f"claim_{claim.id}.png") if figures else None
-        if path:
-            images[f"claim_{claim.id}"] = Path(path).name
-            claim_images.append(f"![{claim.id}]({Path(path).name})")
-    if claim_images:
-        md += ["## One figure per claim", "",
-               "The claim's metric against KL (log scale) per algorithm: runs, the local-linear fit over each "
-               "algorithm's own KL range, the common range shaded, the compared point with its 95% intervals.",
-               ""] + claim_images + [""]
-    md += ["## Progress and cost", "", progress, ""]
-    md.append(f"Compute so far: {wall:.0f} s of job wall time ({wall / 3600:.2f} h) in total"
-              + (f"; peak memory of the largest job {max(mems):.0f} MB." if mems else "."))
-    md.append("")
-    unfinished = [r for r in runs if r.status != R.FINISHED]
-    if unfinished:
-        md += ["Jobs without finished results (left out):", "",
-               md_table(["job", "status", "error"], [[f"`{r.rel}`", r.status, last_line(r.error)] for r in unfinished]),
-               ""]
-    if configs:
-        extra = any(c.runs[0].extra_overrides() for c in configs)
-        table = []
-        for c in configs:
-            p = c.runs[0].params
-            table.append([LABELS.get(c.algorithm, c.algorithm), c.label()] + [p.get(k, "") for k in split]
-                         + ([" ".join(c.runs[0].extra_overrides())] if extra else [])
-                         + [len(c.runs), stats.mean_ci(c.values(R.REWARD)).text(), stats.mean_ci(c.values(R.KL)).text()])
-        md += ["## Configurations", "",
-               md_table(["algorithm", "knob"] + split + (["other overrides"] if extra else []) + ["seeds", "reward", "KL (nats)"],
-                        table), ""]
-    all_rows = C.all_metrics_table(runs, comparable, metrics, n_boot=min(n_boot, 400), seed=seed) if comparable else []
-    if all_rows:
-        with open(out / "matched_kl.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(all_rows[0]))
-            writer.writeheader()
-            writer.writerows(all_rows)
-        fig = plots.plot_all_metrics(all_rows, out / "all_metrics.png") if figures else None
-        md += ["## Every metric at matched KL", "",
-               f"`matched_kl.csv`: {len(all_rows)} rows (facet, metric, fits, PPO - DPO, 95% interval, p, BH q "
-               "over the whole table). A screen for what to look at next, not evidence: the claims above are the "
-               "tests.", ""]
-        if fig:
-            images["all_metrics"] = Path(fig).name
-            md += ["![all metrics](all_metrics.png)", ""]
-
+    md += claim_figures(rows, out, figures, images)
+    md += cost_markdown(runs, progress)
+    md += configurations_markdown(configs, split)
+    md += all_metrics_markdown(runs, comparable, metrics, out, n_boot, seed, figures, images)
     compare_out: Dict[str, Any] = {}
     if pair:
-        a, b = pair
-        compare_out = plots.plot_compare(a, b, out)
-        md += ["## Two runs side by side", "", f"- A: `{a.rel}` ({a.label()}, {a.status})",
-               f"- B: `{b.rel}` ({b.label()}, {b.status})", ""]
-        for key, img in compare_out["images"].items():
-            md += [f"### {key}", "", f"![{key}]({img})", ""]
-            images[Path(img).stem] = img
-        md += [f"- {note}" for note in compare_out["notes"]]
-        keys = sorted(set(a.metrics) | set(b.metrics), key=lambda k: (not k.startswith("eval/"), k))
-        md += ["", md_table(["metric", "A", "B", "B / A"], [
-            [k, f"{a.metrics.get(k, float('nan')):.4g}", f"{b.metrics.get(k, float('nan')):.4g}",
-             f"{b.metrics[k] / a.metrics[k]:.3g}" if k in a.metrics and k in b.metrics and a.metrics[k] else ""]
-            for k in keys]), ""]
-        shared_images = sorted(set(a.images) | set(b.images))
-        if shared_images:
-            md += ["Analysis images of the two runs:", "", "| image | A | B |", "|---|---|---|"]
-            for key in shared_images:
-                cells = [f"![{key}]({os.path.relpath(r.dir / r.images[key], out)})" if key in r.images else "–"
-                         for r in (a, b)]
-                md.append(f"| {key} | {cells[0]} | {cells[1]} |")
-            md.append("")
-
+        section, compare_out = compare_markdown(pair[0], pair[1], out, images)
+        md += section
     header, table_rows = write_runs_csv(runs, metrics, out / "runs.csv")
     md += ["## Files", "", "- `runs.csv`: one row per job (status, params, metrics, compute)",
            "- `matched_kl.csv`: every metric at matched KL, per facet",
            "- `summary.json`: counts, cost, configurations, facets, the claims table, matched-KL fits", ""]
     (out / "report.md").write_text("\n".join(md))
 
-    claims_out = [{
-        "claim": r.claim.id, "section": r.claim.section, "text": r.claim.text, "expect": r.claim.expectation(),
-        "facet": r.facet.label(), "pooled": r.facet.pooled_text(), "metric": r.metric,
-        "n": r.comparison.n if r.comparison else None, "seeds": r.comparison.seeds if r.comparison else None,
-        "kl": r.comparison.points[0].kl if r.comparison and r.comparison.points else None,
-        "dpo": r.comparison.points[0].fit["dpo"] if r.comparison and r.comparison.points else None,
-        "ppo": r.comparison.points[0].fit["ppo"] if r.comparison and r.comparison.points else None,
-        "effect": r.comparison.points[0].effect if r.comparison and r.comparison.points else None,
-        "ci": list(r.comparison.points[0].ci) if r.comparison and r.comparison.points else None,
-        "prompts": r.comparison.prompts if r.comparison else 0,
-        "p": None if not math.isfinite(r.p) else r.p, "q": None if not math.isfinite(r.q) else r.q,
-        "eligible": r.eligible, "verdict": r.verdict, "reason": r.reason, "caveat": r.caveat} for r in rows]
+    mems = [float(r.peak_mem_mb) for r in runs if isinstance(r.peak_mem_mb, (int, float))]
     summary = {
         "name": name, "sweep_dir": str(root), "counts": counts, "jobs": len(runs),
-        "wall_time_s": wall, "peak_mem_mb": max(mems) if mems else None,
+        "wall_time_s": sum(float(r.wall_time_s) for r in runs if isinstance(r.wall_time_s, (int, float))),
+        "peak_mem_mb": max(mems) if mems else None,
         "failed": [{"job": r.rel, "error": last_line(r.error)} for r in runs if r.status == R.FAILED],
         "configurations": [{"algorithm": c.algorithm, "params": {k: v for k, v in c.runs[0].params.items() if k != "seed"},
                             "overrides": c.runs[0].extra_overrides(), "seeds": [r.seed for r in c.runs],
                             "metrics": {m: vars(stats.mean_ci(c.values(m))) for m in metrics}} for c in configs],
         "facets": [{"label": f.label(), "values": f.values, "pooled": f.pooled_text(),
                     "runs": {a: len(f.runs[a]) for a in R.ALGORITHMS}} for f in facets],
-        "facet_notes": facet_notes, "claims": claims_out, "matched_kl": matched,
+        "facet_notes": facet_notes, "claims": [claim_record(r) for r in rows], "matched_kl": matched,
         "images": images, "compare": compare_out,
         "settings": {"min_runs": min_runs, "min_seeds": min_seeds, "n_boot": n_boot, "fdr": fdr, "seed": seed,
                      "pool": list(pool)},
