@@ -463,7 +463,10 @@ def _leaves(node, prefix: str = ""):
             if not child._is_missing() and not child._is_none():
                 yield from _leaves(child, full)
         elif not child._is_missing():
-            yield full, child._value()
+            try:
+                yield full, node[key]  # resolved: a seed may be ${seed}
+            except Exception:  # an interpolation that does not resolve fails where it is used
+                continue
 
 
 def check_device(key: str, name: str, allow_auto: bool = True) -> None:
