@@ -469,6 +469,21 @@ def _leaves(node, prefix: str = ""):
                 continue
 
 
+def _torch_built_with_cuda() -> bool:
+    """Whether the installed torch was built for CUDA (or ROCm), read from its version file."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("torch")
+    try:
+        text = (Path(list(spec.submodule_search_locations)[0]) / "version.py").read_text()
+    except (AttributeError, IndexError, OSError, TypeError):
+        return True  # unknown: let torch itself say
+    builds = re.findall(r"^(?:cuda|hip)\b[^=]*=\s*(.+)$", text, flags=re.M)
+    return any(value.strip() != "None" for value in builds) if builds else True
+
+
 def check_device(key: str, name: str, allow_auto: bool = True) -> None:
     import re
 
@@ -477,6 +492,9 @@ def check_device(key: str, name: str, allow_auto: bool = True) -> None:
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", str(name)):
         raise ConfigError(key, f"must be {DEVICES}; got {name!r}")
     if name.startswith("cuda"):
+        if not _torch_built_with_cuda():  # a CPU build: answer without importing torch (seconds)
+            raise ConfigError(key, f"{name} asked for, but this torch is a CPU-only build, with no CUDA "
+                                   f"device; use {key}=cpu or {key}=auto")
         import torch
 
         if not torch.cuda.is_available():
