@@ -24,6 +24,11 @@ def _jobs(root: Path) -> dict:
     return out
 
 
+def _checkpointed(job: Path) -> bool:
+    """A resume point exists (a snapshot is written before the checkpoint, so it is not one)."""
+    return bool(list(job.glob("dpo_trainer/checkpoint-*/trainer_state.json"))) or (job / "ppo_state" / "state.pt").exists()
+
+
 def test_smoke_sweep_killed_relaunched_reported(tmp_path, default_cache):
     root = tmp_path / "smoke"
     cmd = [sys.executable, "-m", "dpo_ppo.main", "-m", "sweep=smoke", "hydra/launcher=joblib",
@@ -34,7 +39,7 @@ def test_smoke_sweep_killed_relaunched_reported(tmp_path, default_cache):
         jobs = _jobs(root)
         done = [n for n, r in jobs.items() if r["status"] == "finished"]
         midway = [n for n, r in jobs.items() if r["status"] == "running" and not r.get("trained")
-                  and list((root / n).glob("snapshots/ex_*"))]  # killed mid-training
+                  and _checkpointed(root / n)]  # killed mid-training, after a checkpoint
         if done and midway:
             break
         time.sleep(0.5)
@@ -49,7 +54,7 @@ def test_smoke_sweep_killed_relaunched_reported(tmp_path, default_cache):
     relaunch = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
     after = _jobs(root)
-    assert len(after) == 4 and all(r["status"] == "finished" for r in after.values())
+    assert len(after) == 8 and all(r["status"] == "finished" for r in after.values())
     assert {r["algorithm"] for r in after.values()} == {"dpo", "ppo"}
     for name in finished_before:  # no finished job lost or re-run
         assert after[name]["attempts"] == 1 and after[name]["metrics"] == before[name]["metrics"]
@@ -58,20 +63,32 @@ def test_smoke_sweep_killed_relaunched_reported(tmp_path, default_cache):
         assert after[name]["attempts"] == 2
         if before[name].get("trained"):  # killed after training: not trained again
             assert "train" not in after[name]["stage_seconds"]
-        elif list((root / name).glob("snapshots/ex_*")):  # killed mid-training: from its checkpoint
-            resumed += bool(after[name]["train_summary"]["resumed_from"])
+        elif _checkpointed(root / name):  # killed mid-training: from its checkpoint
+            resumed += after[name]["train_summary"]["resumed_from"] is not None
     assert resumed >= 1
+
+    # the sweep places its runs: no two configurations alike, a 4x span of KL, DPO and PPO overlapping
+    kl = {n: r["metrics"]["eval/policy/kl_to_ref"] for n, r in after.items()}
+    configs = {}
+    for n, r in after.items():
+        configs.setdefault(tuple(sorted(o for o in r["overrides"] if not o.startswith("seed="))), []).append(n)
+    assert len(configs) == 4
+    means = {c: sum(kl[n] for n in names) / len(names) for c, names in configs.items()}
+    assert len({round(v, 6) for v in means.values()}) == 4, means
+    assert max(kl.values()) >= 4 * min(kl.values()), kl
+    span = {a: [kl[n] for n, r in after.items() if r["algorithm"] == a] for a in ("dpo", "ppo")}
+    assert max(min(span["dpo"]), min(span["ppo"])) < min(max(span["dpo"]), max(span["ppo"])), span
 
     stamps = {p: p.stat().st_mtime for p in root.glob("*/results.json")}
     third = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert third.returncode == 0
     assert {p: p.stat().st_mtime for p in root.glob("*/results.json")} == stamps  # nothing re-ran
     sweep = json.loads((root / "sweep.json").read_text())
-    assert sum(sweep["counts"].get(k, 0) for k in ("skipped", "finished")) == 4
+    assert sum(sweep["counts"].get(k, 0) for k in ("skipped", "finished")) == 8
 
     report = subprocess.run([sys.executable, "-m", "dpo_ppo.report", str(root), "--no-wandb"],
                             capture_output=True, text=True, timeout=600)
     assert report.returncode == 0, report.stderr[-2000:]
     md = (root / "report" / "report.md").read_text()
     assert (root / "report" / "frontier.png").stat().st_size > 10_000
-    assert "| DPO |" in md and "| PPO |" in md and "4 finished" in md
+    assert "8 finished" in md and "## The seed paper's claims, DPO vs PPO at matched KL" in md
