@@ -178,18 +178,21 @@ class AdaptiveKLController:
 class LogKLController:
     """A PI controller on log(coef) (``kl_controller=log``, the default), gain tied to run length.
 
-    error    e = clip(log(KL / target), -1, 1)     (symmetric: 2x over and 2x under weigh alike)
+    error    e = clip(log(KL / target), -0.5, 1)   (in log space: 2x over and 2x under weigh alike)
     integral I <- I + k_i * e                       (unless KL already moves toward the target)
     coef       = exp(I + k_p * e)
 
     ``k_i = min(1, ln(range) / (settle * updates))``: the coefficient can cross a factor ``range``
     (100) within the first ``settle`` (25%) of the run's updates, whatever its length, so a short
     run reaches its target and a long one moves smoothly; ``k_p = k_i`` damps the overshoot of a
-    pure integrator.  ``gain`` overrides k_i.  Two guards, both measured on the embedded default:
-    the first rollout is skipped (the policy still is the reference, so its KL is 0 and says
-    nothing), and the integral holds while KL is already moving toward the target (anti-windup:
-    KL rises within one update but falls over several, and an integrator that keeps pushing while
-    it falls winds the coefficient up by orders of magnitude).
+    pure integrator.  ``gain`` overrides k_i.  Three guards, each from a run on the embedded
+    default: the first rollout is skipped (the policy still is the reference, so its KL is 0 and
+    says nothing); the integral holds while KL is already moving toward the target (anti-windup:
+    KL rises within one update but falls over several, and an integrator that kept pushing while
+    it fell wound the coefficient from 0.2 to 1600); and the error is clipped at -0.5 below, 1
+    above, so the coefficient falls at half the speed it rises (below a high target KL is noisy,
+    each dip integrated the coefficient down, and from 0.007 it took several updates to climb back
+    once KL crossed 16: the run overshot to 22.6).
     """
 
     RANGE, SETTLE = 100.0, 0.25
@@ -206,7 +209,7 @@ class LogKLController:
         previous, self.last_kl = self.last_kl, current_kl
         if previous is None:  # the first rollout: the policy is the reference
             return
-        error = min(max(math.log(max(current_kl, 1e-6) / self.target), -1.0), 1.0)
+        error = min(max(math.log(max(current_kl, 1e-6) / self.target), -0.5), 1.0)
         toward = (error > 0 and current_kl < previous) or (error < 0 and current_kl > previous)
         if not toward:
             self.integral += self.k_i * error

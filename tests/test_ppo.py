@@ -167,8 +167,8 @@ def test_log_kl_controller_gain_and_steps():
     assert ctl.value == pytest.approx(0.2 * 2 * math.exp(2))
     ctl.update(4.0 * math.e ** 4, 64)  # still above but falling toward the target: integral holds
     assert ctl.value == pytest.approx(0.2 * 2 * math.e * math.e)
-    ctl.update(4.0 / math.e, 64)  # below and falling further: integrates down
-    assert ctl.value == pytest.approx(0.2 * 2 * math.exp(1 - 1 - 1))  # I: +1 -1, then -1 proportional
+    ctl.update(4.0 / math.e, 64)  # below and falling further: integrates down, clipped at -0.5
+    assert ctl.value == pytest.approx(0.2 * 2 * math.exp(1 - 0.5 - 0.5))
     assert LogKLController(0.2, 4.0, updates=368).k_i == pytest.approx(math.log(100) / 92)
     assert LogKLController(0.2, 4.0, updates=368, gain=0.3).k_i == 0.3
 
