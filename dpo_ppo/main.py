@@ -100,7 +100,7 @@ def config_error_line(exc: BaseException) -> str | None:
                 candidates += [k for k in schema_keys() if k not in candidates and not k.startswith(f"{parent}.")]
                 return f"Config error: {key}: {unknown_key_message(key, candidates)}"
             return f"Config error: {key}: {_flat((cause.msg or str(cause)).splitlines()[0])}"
-        cause = cause.__cause__ or cause.__context__
+        cause = cause.__cause__  # explicit chaining only (Hydra's "from e"), not any error met on the way
     if isinstance(exc, HydraException):
         return f"Config error: {_flat(str(exc).splitlines()[0])}"
     return None
