@@ -92,3 +92,13 @@ def test_killed_and_relaunched_job_equals_an_uninterrupted_one(algo, cache, tmp_
             if isinstance(b[k], float) and not math.isnan(b[k]):
                 assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (row["step"], k)
     assert len(killed_rows) >= 1  # the killed attempt had logged; the relaunch replaced what it redid
+
+    # nothing was written into a finished artifact (no datasets cache-*.arrow files, no temp files)
+    from dpo_ppo.cache import MANIFEST, verify
+
+    artifacts = [p for p in cache.glob("*/*") if p.is_dir()]
+    assert {p.parent.name for p in artifacts} >= {"corpus", "base", "classifier"}
+    for art in artifacts:
+        files = {str(p.relative_to(art)) for p in art.rglob("*") if p.is_file()}
+        assert files == set(json.loads((art / MANIFEST).read_text())) | {MANIFEST}, art
+        assert verify(art) is None
