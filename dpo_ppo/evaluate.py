@@ -20,12 +20,7 @@ from __future__ import annotations
 
 import torch
 
-import csv
-from pathlib import Path
-
 from dpo_ppo.sampling import generate, sample_keys, sequence_kl
-
-ROW_FIELDS = ("prompt_id", "p_positive", "completion_len", "kl", "kl_k1")
 
 
 def distinct_n(completions: list[list[int]], n: int) -> float:
@@ -39,7 +34,8 @@ def distinct_n(completions: list[list[int]], n: int) -> float:
 
 def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg, *, ref_model=None,
                    desc: str = "eval") -> tuple[dict, list[dict]]:
-    """Metrics (see module docstring) and one row per prompt (``ROW_FIELDS`` plus the texts).
+    """Metrics (see module docstring) and one row per prompt (``results.EVAL_ROW_COLUMNS`` plus the
+    texts; ``results.write_eval_rows`` keeps the columns).
 
     Sampling is keyed by (``eval_cfg.seed``, prompt index): the same model gives the same
     completions whatever ran before in the process, and two models share their sampling noise
@@ -74,22 +70,3 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
              "kl": float(kl[i]), "kl_k1": float(k1[i]), "prompt": prompt_texts[i], "completion": comp_texts[i]}
             for i in range(len(prompts))]
     return metrics, rows
-
-
-def write_rows(path: Path, rows: list[dict]) -> None:
-    """The per-prompt rows, compact (no text): one line per prompt, ``ROW_FIELDS`` columns."""
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(ROW_FIELDS)
-        for r in rows:
-            writer.writerow([r["prompt_id"], f"{r['p_positive']:.6g}", r["completion_len"],
-                             f"{r['kl']:.6g}", f"{r['kl_k1']:.6g}"])
-    tmp.replace(path)
-
-
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{"prompt_id": int(r["prompt_id"]), "p_positive": float(r["p_positive"]),
-                 "completion_len": int(r["completion_len"]), "kl": float(r["kl"]), "kl_k1": float(r["kl_k1"])}
-                for r in csv.DictReader(f)]

@@ -139,13 +139,13 @@ class Job:
 
     def reference_eval(self, ref_model, tokenizer, scorer, prompts):
         """The reference's eval metrics; its per-prompt rows sit beside them in ``rows.csv``."""
-        from dpo_ppo.evaluate import evaluate_model, write_rows
+        from dpo_ppo.evaluate import evaluate_model
 
         def build(p):
             metrics, rows = evaluate_model(ref_model, tokenizer, scorer, prompts, self.cfg.eval, desc="eval reference")
             write_json(p / "metrics.json", metrics)
             write_json(p / "samples.json", {"rows": rows[: self.cfg.eval.num_samples_logged]})
-            write_rows(p / "rows.csv", rows)
+            R.write_eval_rows(p / R.REF_ROWS_FILE, rows)
 
         path = artifact(self.cache, "ref_eval", self.specs["ref_eval"], build)
         self.rec.results["artifacts"]["ref_eval"] = str(path)
@@ -219,7 +219,7 @@ class Job:
             self.rec.save()
         policy.eval()
         with self.stage("evaluate"):
-            from dpo_ppo.evaluate import evaluate_model, write_rows
+            from dpo_ppo.evaluate import evaluate_model
 
             ref_metrics = self.reference_eval(ref_model, tokenizer, scorer, test_prompts)
             pol_metrics, rows = evaluate_model(policy, tokenizer, scorer, test_prompts, cfg.eval,
@@ -234,7 +234,7 @@ class Job:
             self.rec.table("samples", ["prompt", "completion", "p_positive"],
                            [[r["prompt"], r["completion"], r["p_positive"]] for r in rows[:n]])
             write_json(self.job_dir / "samples.json", {"rows": rows[:n]})
-            write_rows(self.job_dir / "eval_rows.csv", rows)
+            R.write_eval_rows(self.job_dir / R.EVAL_ROWS_FILE, rows)
             log.info("eval: reward %.3f (reference %.3f), binary loss %.3f (reference %.3f), "
                      "gradient loss %.3f (reference %.3f), KL %.3f nats",
                      pol_metrics["reward_mean"], ref_metrics["reward_mean"], pol_metrics["binary_loss"],

@@ -74,7 +74,8 @@ def test_keyed_generate_ignores_batching_and_the_global_rng():
 def test_evaluation_is_the_same_whatever_ran_before_and_keeps_a_row_per_prompt(tmp_path):
     from test_ppo import share_of_target
 
-    from dpo_ppo.evaluate import ROW_FIELDS, evaluate_model, read_rows, write_rows
+    from dpo_ppo import results as R
+    from dpo_ppo.evaluate import evaluate_model
 
     model, tok = _word_model()
     ref = copy.deepcopy(model)
@@ -98,11 +99,11 @@ def test_evaluation_is_the_same_whatever_ran_before_and_keeps_a_row_per_prompt(t
     assert [r["prompt_id"] for r in rows1] == list(range(6))
     assert m1["kl_to_ref"] == pytest.approx(sum(r["kl"] for r in rows1) / 6)
     assert m1["reward_mean"] == pytest.approx(sum(r["p_positive"] for r in rows1) / 6)
-    write_rows(tmp_path / "rows.csv", rows1)
-    back = read_rows(tmp_path / "rows.csv")
-    assert (tmp_path / "rows.csv").read_text().splitlines()[0] == ",".join(ROW_FIELDS)
-    assert [r["completion_len"] for r in back] == [r["completion_len"] for r in rows1]
-    assert [r["kl"] for r in back] == pytest.approx([r["kl"] for r in rows1], rel=1e-5)
+    R.write_eval_rows(tmp_path / "rows.csv", rows1)
+    back = R.read_eval_rows(tmp_path / "rows.csv")
+    assert (tmp_path / "rows.csv").read_text().splitlines()[0] == ",".join(R.EVAL_ROW_COLUMNS)
+    assert back["completion_len"] == [r["completion_len"] for r in rows1]
+    assert back["kl"] == pytest.approx([r["kl"] for r in rows1], rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- DPO on sampled tokens
@@ -183,7 +184,7 @@ def test_jobs_cold_or_warm_cache_give_the_same_metrics_and_matched_compute_equal
     """The same config gives byte-identical metrics on a cold cache (every artifact built in the
     job's process first, using torch's RNG) and a warm one; under compute=matched a DPO and a PPO
     job record the same optimizer steps on the same prefixes; every eval prompt has a row."""
-    from dpo_ppo.evaluate import read_rows
+    from dpo_ppo import results as R
     from dpo_ppo.job import run_job
 
     common = ["analysis=none", "logger=none", "compute=matched", "compute.prefixes_per_step=8"]
@@ -202,8 +203,8 @@ def test_jobs_cold_or_warm_cache_give_the_same_metrics_and_matched_compute_equal
         assert c["wall_s"] > 0 and c["accelerator_s"] == 0.0
         assert r["params"]["compute"] == "matched"
     assert res["warm"]["params"]["value_model"] == "separate" and res["warm"]["params"]["kl_controller"] == "log"
-    rows = {k: read_rows(tmp_path / k / "eval_rows.csv") for k in ("warm", "dpo")}
-    assert [r["prompt_id"] for r in rows["warm"]] == [r["prompt_id"] for r in rows["dpo"]] == list(range(32))
-    ref_rows = read_rows(Path(res["dpo"]["artifacts"]["ref_eval"]) / "rows.csv")
-    assert len(ref_rows) == 32 and all(r["kl"] == 0 for r in ref_rows)
-    assert dpo["metrics"]["eval/policy/kl_to_ref"] == pytest.approx(sum(r["kl"] for r in rows["dpo"]) / 32, rel=1e-4)
+    rows = {k: R.read_eval_rows(tmp_path / k) for k in ("warm", "dpo")}
+    assert rows["warm"]["prompt_id"] == rows["dpo"]["prompt_id"] == [str(i) for i in range(32)]
+    ref_rows = R.read_eval_rows(Path(res["dpo"]["artifacts"]["ref_eval"]) / R.REF_ROWS_FILE)
+    assert len(ref_rows["kl"]) == 32 and all(v == 0 for v in ref_rows["kl"])
+    assert dpo["metrics"]["eval/policy/kl_to_ref"] == pytest.approx(sum(rows["dpo"]["kl"]) / 32, rel=1e-4)
