@@ -76,12 +76,11 @@ def test_eval_rows_round_trip_and_missing_column(tmp_path):
     assert R.read_eval_rows(tmp_path / "missing") is None
 
 
-def test_evaluation_writes_the_contracts_rows(tmp_path):
-    from dpo_ppo.evaluate import ROW_FIELDS, write_rows
-
-    assert tuple(ROW_FIELDS) == R.EVAL_ROW_COLUMNS
-    write_rows(tmp_path / R.EVAL_ROWS_FILE, [{"prompt_id": 3, "p_positive": 0.25, "completion_len": 7, "kl": 1.5,
-                                             "kl_k1": 1.25}])
+def test_eval_rows_keep_only_the_contracts_columns(tmp_path):
+    """evaluate_model's rows also carry the texts; the CSV keeps the contract's columns only."""
+    R.write_eval_rows(tmp_path / R.EVAL_ROWS_FILE, [{"prompt_id": 3, "p_positive": 0.25, "completion_len": 7,
+                                                     "kl": 1.5, "kl_k1": 1.25, "prompt": "a, b", "completion": "c"}])
+    assert (tmp_path / R.EVAL_ROWS_FILE).read_text().splitlines()[0] == ",".join(R.EVAL_ROW_COLUMNS)
     assert R.read_eval_rows(tmp_path) == {"prompt_id": ["3"], "p_positive": [0.25], "completion_len": [7.0],
                                           "kl": [1.5], "kl_k1": [1.25]}
 
