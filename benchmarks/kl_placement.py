@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 SETTINGS = {
-    "ppo": [[f"algorithm=ppo", f"algorithm.kl_target={t}"] for t in (1, 2, 4, 8, 16)],
+    "ppo": [["algorithm=ppo", f"algorithm.kl_target={t}"] for t in (1, 2, 4, 8, 16)],
     "ppo_fixed": [["algorithm=ppo", f"algorithm.kl_coef={c}"] for c in (0.02, 0.2, 2.0)],
     "dpo": [["algorithm=dpo", f"algorithm.lr={lr}", f"algorithm.beta={b}"]
             for lr in ("5e-5", "2e-4") for b in (0.05, 0.5, 5.0)],
