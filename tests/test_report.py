@@ -320,6 +320,17 @@ def test_run_only_override_does_not_split_a_facet_but_experiment_does(mixed):
     assert claim_rows(summary, "C5")[0]["pooled"] == "overrides (DPO none, PPO experiment=paper_run2)"
 
 
+def test_configurations_are_told_apart_by_what_varies(tmp_path):
+    """A sweep that places DPO runs by learning rate: the labels say the lr, not only β."""
+    root = tmp_path / "lr"
+    for lr in (1e-4, 5e-4):
+        for s in range(2):
+            write_job(root, "dpo", 0.1, s, {R.KL: 1.0 + 1000 * lr, R.REWARD: 0.5}, params={"lr": lr})
+    write_job(root, "ppo", 3, 0, {R.KL: 1.0, R.REWARD: 0.5})
+    configs = report.configurations(report.load_sweep(root)[0])
+    assert [c.label() for c in configs] == ["β=0.1 lr=0.0001", "β=0.1 lr=0.0005", "KL*=3"]
+
+
 def test_runs_csv_has_each_column_once(mixed):
     root, _, _ = mixed
     lines = (root / "report" / "runs.csv").read_text().splitlines()

@@ -205,9 +205,15 @@ class Config:
 
     algorithm: str
     runs: List[Run]
+    vary: List[str] = field(default_factory=list)  # other params that differ between this algorithm's configs
 
     def label(self) -> str:
-        return self.runs[0].knob()
+        """The knob, plus whatever else tells it apart from the algorithm's other configurations
+        (e.g. the learning rate when a sweep places DPO runs by lr)."""
+        params = self.runs[0].params
+        extra = [f"{k}={params[k]:g}" if isinstance(params[k], (int, float)) and not isinstance(params[k], bool)
+                 else f"{k}={params[k]}" for k in self.vary if k in params]
+        return " ".join([self.runs[0].knob()] + extra).strip()
 
     def values(self, metric: str) -> List[float]:
         return [r.metrics[metric] for r in self.runs if metric in r.metrics]
@@ -217,4 +223,11 @@ def configurations(runs: Sequence[Run]) -> List[Config]:
     groups: Dict[Tuple, Config] = {}
     for run in finished(runs):
         groups.setdefault(run.config_key(), Config(run.algorithm or "", [])).runs.append(run)
+    for algorithm in R.ALGORITHMS:
+        mine = [g for g in groups.values() if g.algorithm == algorithm]
+        skip = {"seed", "algorithm", "optimizer_steps", R.KNOBS[algorithm], "kl_coef"}
+        keys = sorted({k for g in mine for k in g.runs[0].params} - skip)
+        vary = [k for k in keys if len({json.dumps(g.runs[0].params.get(k), default=str) for g in mine}) > 1]
+        for g in mine:
+            g.vary = vary
     return sorted(groups.values(), key=lambda g: (g.algorithm, float(np.nanmean([r.kl for r in g.runs]))))
