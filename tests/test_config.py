@@ -15,7 +15,7 @@ def test_default_composes_and_validates():
     cfg = compose_cfg(tiny=False)
     validate(cfg)
     assert cfg.algorithm.name == "dpo" and cfg.model.source == "embedded"
-    assert (cfg.eval.num_prompts, cfg.eval.prefix_len, cfg.eval.completion_len) == (2000, 25, 100)
+    assert (cfg.eval.num_prompts, cfg.eval.prefix_len, cfg.eval.completion_len) == (2000, 25, 48)  # as long as training's completions
 
 
 @pytest.mark.parametrize("override, key", [

@@ -208,3 +208,13 @@ def test_jobs_cold_or_warm_cache_give_the_same_metrics_and_matched_compute_equal
     ref_rows = R.read_eval_rows(Path(res["dpo"]["artifacts"]["ref_eval"]) / R.REF_ROWS_FILE)
     assert len(ref_rows["kl"]) == 32 and all(v == 0 for v in ref_rows["kl"])
     assert dpo["metrics"]["eval/policy/kl_to_ref"] == pytest.approx(sum(rows["dpo"]["kl"]) / 32, rel=1e-4)
+
+
+def test_eval_completions_as_long_as_training_and_the_paper_presets_use_100():
+    for algo in ("dpo", "ppo"):
+        cfg = compose_cfg([f"algorithm={algo}", "algorithm.completion_len=64"], tiny=False)
+        assert cfg.eval.completion_len == 64
+        for exp in ("paper_run1", "paper_run2"):  # the seed's 5.2, whatever each algorithm trained on
+            paper = compose_cfg([f"experiment={exp}", f"algorithm={algo}", "model=pythia70m",
+                                 "classifier=gpt2_imdb"], tiny=False)
+            assert paper.eval.completion_len == 100 and paper.eval.prefix_len == 25
