@@ -23,7 +23,7 @@ def test_default_composes_and_validates():
     ("algorithm.lr=0", "algorithm.lr"),
     ("algorithm.num_completions=1", "algorithm.num_completions"),
     ("algorithm.prefix_len=250", "algorithm.prefix_len"),
-    ("eval.prefix_len=200", "eval.prefix_len"),
+    ("eval.prefix_len=220", "eval.prefix_len"),
     ("data.test_fraction=1.5", "data.test_fraction"),
 ])
 def test_bad_values_name_the_key(override, key):
