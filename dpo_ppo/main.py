@@ -108,6 +108,9 @@ def config_error_line(exc: BaseException) -> str | None:
 
 def _exit_with_one_line(exc: BaseException, job_dir: str | None) -> None:
     """Print one line for ``exc`` and exit; the traceback goes to the job folder, or a temp file."""
+    if type(exc).__name__ == "SweepFailed":  # jobs of a sweep failed (each recorded its own error)
+        print(str(exc).rstrip(), file=sys.stderr)
+        sys.exit(1)
     line = config_error_line(exc)
     if line is not None:
         print(line, file=sys.stderr)

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 
 def _run(tmp_path, sweeps, *extra):
     env = dict(os.environ, DPO_PPO_SWEEPS=str(sweeps), WANDB_MODE="disabled")
-    args = [sys.executable, "-m", "dpo_ppo.main", "-m", "sweep=smoke", "algorithm=dpo", *TINY, "threads=1",
+    # the smoke sweep's DPO arm at one seed: two learning rates, one set of shared artifacts
+    args = [sys.executable, "-m", "dpo_ppo.main", "-m", "sweep=smoke", "algorithm=dpo", "seed=0", *TINY, "threads=1",
             f"cache_dir={tmp_path / 'cache'}", "analysis=none", "logger=none", f"hydra.sweep.dir={tmp_path / 's'}",
             *extra]
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
@@ -77,6 +78,7 @@ def test_preempted_job_is_requeued_and_resumes_its_checkpoint_and_wandb_run(tmp_
     env = dict(os.environ, WANDB_MODE="offline")
     sweep = tmp_path / "s"
     args = [sys.executable, "-m", "dpo_ppo.main", "-m", "sweep=smoke", "algorithm=dpo", "algorithm.beta=0.02",
+            "algorithm.lr=5e-4", "seed=0",
             *TINY, "algorithm.examples=256", "algorithm.snapshot_every=16", "threads=1",
             f"cache_dir={tmp_path / 'cache'}", "analysis=none", "logger=wandb_offline",
             f"hydra.sweep.dir={sweep}", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=30"]
