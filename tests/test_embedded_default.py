@@ -50,10 +50,11 @@ def test_default_ppo_job_logs_its_kl_coefficient(tmp_path, default_cache):
 def test_larger_kl_target_gives_larger_kl(tmp_path, default_cache):
     small = _run(tmp_path / "small", default_cache, "algorithm=ppo", "algorithm.kl_target=1", "analysis=none",
                  "logger=none")
-    large = _run(tmp_path / "large", default_cache, "algorithm=ppo", "algorithm.kl_target=16", "analysis=none",
+    large = _run(tmp_path / "large", default_cache, "algorithm=ppo", "algorithm.kl_target=8", "analysis=none",
                  "logger=none")
     assert large["metrics"]["eval/policy/kl_to_ref"] > small["metrics"]["eval/policy/kl_to_ref"]
     # the KL the target is defined on (training rollouts, last quarter of the updates) lands within
-    # a factor 1.5 of it (measured: 1.12 and 15.6 nats; docs/kl_control.md)
-    for res, target in ((small, 1), (large, 16)):
+    # a factor 1.5 of it (measured: 1.12 and 7.73 nats; 16 is at the edge of what 512 examples at
+    # lr 1e-4 reach: 15.6 and 10.4 in two runs; docs/kl_control.md)
+    for res, target in ((small, 1), (large, 8)):
         assert target / 1.5 < res["train_summary"]["kl_recent"] < target * 1.5, res["train_summary"]
