@@ -132,29 +132,27 @@ def bootstrap_p(samples: np.ndarray) -> float:
 # --------------------------------------------------------------------------- many tests
 
 
+def _ranked(p: Sequence[float]):
+    """(p as floats, an all-nan q, the indices of the finite p in ascending order)."""
+    p = np.asarray(p, dtype=float)
+    ok = np.flatnonzero(np.isfinite(p))
+    return p, np.full(p.shape, np.nan), ok[np.argsort(p[ok])]
+
+
 def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
     """BH-adjusted p-values (q-values); nan stays nan and does not count as a test."""
-    p = np.asarray(p, dtype=float)
-    q = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
-    if not m:
-        return q
-    order = ok[np.argsort(p[ok])]
-    ranked = p[order] * m / np.arange(1, m + 1)
-    q[order] = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
+    p, q, order = _ranked(p)
+    m = order.size
+    if m:
+        ranked = p[order] * m / np.arange(1, m + 1)
+        q[order] = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
     return q
 
 
 def holm(p: Sequence[float]) -> np.ndarray:
     """Holm-adjusted p-values; nan stays nan and does not count as a test."""
-    p = np.asarray(p, dtype=float)
-    q = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
-    if not m:
-        return q
-    order = ok[np.argsort(p[ok])]
-    ranked = p[order] * (m - np.arange(m))
-    q[order] = np.minimum(1.0, np.maximum.accumulate(ranked))
+    p, q, order = _ranked(p)
+    m = order.size
+    if m:
+        q[order] = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
     return q
