@@ -47,10 +47,11 @@ def resolve_device(name: str) -> torch.device:
 def swept_params(cfg: DictConfig) -> dict:
     """The hyperparameters a sweep varies, flat, for W&B grouping and the report."""
     from dpo_ppo.config import planned_optimizer_steps
+    from dpo_ppo.ppo import kl_controller_name
 
     algo = cfg.algorithm
     ppo = algo.name == "ppo"
-    controller = ("fixed" if algo.get("kl_coef") is not None else algo.get("kl_controller")) if ppo else None
+    controller = kl_controller_name(algo) if ppo else None
     return {
         "algorithm": algo.name, "beta": algo.get("beta"),
         "kl_target": algo.get("kl_target") if controller != "fixed" else None,

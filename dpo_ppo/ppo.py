@@ -178,7 +178,7 @@ class AdaptiveKLController:
 class LogKLController:
     """A PI controller on log(coef) (``kl_controller=log``, the default), gain tied to run length.
 
-    error    e = clip(log(KL / target), -0.5, 1)   (in log space: 2x over and 2x under weigh alike)
+    error    e = clip(log(KL / target), -0.5, 1)   (log space: 2x over is +0.69, 2x under -0.69)
     integral I <- I + k_i * e                       (unless KL already moves toward the target)
     coef       = exp(I + k_p * e)
 
