@@ -164,17 +164,17 @@ class Job:
 
     # ------------------------------------------------------------------ the job
 
-    def run(self) -> dict:
-        cfg = self.cfg
+    def setup(self):
+        """The stages every job (and the sweeper's prepare step) shares: corpus, base model,
+        scorer, the frozen reference and the train/test prefixes."""
         from dpo_ppo.models import load_policy
         from dpo_ppo.prompts import make_prefixes
         from dpo_ppo.scorer import Scorer
 
+        cfg, algo = self.cfg, self.cfg.algorithm
         torch.manual_seed(cfg.seed)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        algo = cfg.algorithm
-        policy_dir = self.job_dir / "policy"
         with self.stage("corpus"):
             corpus_path, corpus = self.corpus()
         with self.stage("base"):
@@ -183,7 +183,7 @@ class Job:
             cls_path = self.classifier(corpus, base_path)
             scorer = Scorer.load(cls_path, self.device)
         self.rec.results["artifacts"] = {"corpus": str(corpus_path), "reference": str(base_path),
-                                         "classifier": str(cls_path), "policy": str(policy_dir), "prefs": None}
+                                         "classifier": str(cls_path), "prefs": None}
         self.rec.results["classifier_accuracy"] = json.loads((cls_path / "scorer.json").read_text()).get("test_accuracy")
         ref_model, tokenizer = load_policy(base_path, self.device)
         ref_model.eval().requires_grad_(False)
@@ -192,6 +192,15 @@ class Job:
                                           algo.prefix_len_max, seed=cfg.seed)
             test_prompts = make_prefixes(corpus["test"]["text"], tokenizer, cfg.eval.num_prompts,
                                          cfg.eval.prefix_len, seed=EVAL_PROMPT_SEED)
+        return corpus, base_path, scorer, ref_model, tokenizer, train_prompts, test_prompts
+
+    def run(self) -> dict:
+        from dpo_ppo.models import load_policy
+
+        cfg, algo = self.cfg, self.cfg.algorithm
+        corpus, base_path, scorer, ref_model, tokenizer, train_prompts, test_prompts = self.setup()
+        policy_dir = self.job_dir / "policy"
+        self.rec.results["artifacts"]["policy"] = str(policy_dir)
         trained = (policy_dir / "config.json").exists() and self.rec.results.get("trained")
         if trained:
             log.info("train: already done, loading %s", policy_dir)
@@ -278,27 +287,11 @@ class _Scratch:
 def _prepare(job: Job) -> list[str]:
     """Build the shared artifacts of ``job``'s config through the same stage methods a job uses
     (corpus, base, classifier, the reference's evaluation and, for DPO, the preference data)."""
-    from dpo_ppo.models import load_policy
-    from dpo_ppo.prompts import make_prefixes
-    from dpo_ppo.scorer import Scorer
-
-    cfg, algo = job.cfg, job.cfg.algorithm
     job.rec = _Scratch()
-    torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    _, corpus = job.corpus()
-    base_path = job.base(corpus)
-    scorer = Scorer.load(job.classifier(corpus, base_path), job.device)
-    ref_model, tokenizer = load_policy(base_path, job.device)
-    ref_model.eval().requires_grad_(False)
-    test_prompts = make_prefixes(corpus["test"]["text"], tokenizer, cfg.eval.num_prompts, cfg.eval.prefix_len,
-                                 seed=EVAL_PROMPT_SEED)
+    _, _, scorer, ref_model, tokenizer, train_prompts, test_prompts = job.setup()
     job.reference_eval(ref_model, tokenizer, scorer, test_prompts)
     built = ["corpus", "base", "classifier", "ref_eval"]
-    if algo.name == "dpo":
-        train_prompts = make_prefixes(corpus["train"]["text"], tokenizer, algo.examples, algo.prefix_len,
-                                      algo.prefix_len_max, seed=cfg.seed)
+    if job.cfg.algorithm.name == "dpo":
         job.prefs(train_prompts, ref_model, tokenizer, scorer)
         built.append("prefs")
     return built
