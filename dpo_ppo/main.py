@@ -108,7 +108,9 @@ def config_error_line(exc: BaseException) -> str | None:
 
 def _exit_with_one_line(exc: BaseException, job_dir: str | None) -> None:
     """Print one line for ``exc`` and exit; the traceback goes to the job folder, or a temp file."""
-    if type(exc).__name__ == "SweepFailed":  # jobs of a sweep failed (each recorded its own error)
+    from hydra_plugins.dpo_ppo_sweeper.sweeper import SweepFailed
+
+    if isinstance(exc, SweepFailed):  # jobs of a sweep failed (each recorded its own error): no config error
         print(str(exc).rstrip(), file=sys.stderr)
         sys.exit(1)
     line = config_error_line(exc)
