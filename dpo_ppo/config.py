@@ -8,6 +8,7 @@ one-line message that names the key and what would be allowed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -197,8 +198,6 @@ def apply_compute(cfg: DictConfig) -> None:
 
 def planned_optimizer_steps(cfg: DictConfig) -> int:
     """The optimizer steps the job's schedule takes (PPO without early stopping)."""
-    import math
-
     algo = cfg.algorithm
     if algo.name == "dpo":  # the Trainer's max_steps: ceil(epochs x steps per epoch)
         return math.ceil(math.ceil(algo.examples / algo.batch_size) * algo.epochs)
@@ -529,8 +528,6 @@ def _check_writable_dir(key: str, path: str) -> None:
 def validate_generic(cfg: DictConfig) -> None:
     """The checks every group shares; run first, so that a NaN or a typo'd key never reaches the
     range checks (NaN compares false with everything, so ``lr < 0`` lets it through)."""
-    import math
-
     check_keys(cfg)
     for key, value in _leaves(cfg):
         if isinstance(value, float) and not math.isfinite(value):
