@@ -53,8 +53,7 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
     with autocast():
         completions = generate(model, tokenizer, prompts, eval_cfg.completion_len,
                                temperature=eval_cfg.temperature, batch_size=gen_batch,
-                               desc=f"{desc}: sampling", keys=keys,
-                               static_cache=bool(runtime is not None and runtime.static_cache))
+                               desc=f"{desc}: sampling", keys=keys)
     prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=True)
     comp_texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
     logits = scorer.logits([p + c for p, c in zip(prompt_texts, comp_texts)])
