@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from transformers import (GPTNeoXConfig, GPTNeoXForCausalLM, GPTNeoXForSequenceClassification,
+                          PreTrainedTokenizerFast)
 
 SHAPES = {  # hidden, layers, heads, vocab, context
     "embedded": (128, 4, 8, 1024, 256),
@@ -19,14 +20,25 @@ def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
 
 
-def build_model(shape: str, tok, device) -> GPTNeoXForCausalLM:
-    """A randomly initialised GPT-NeoX of the named shape (Pythia's rotary fraction, no dropout)."""
+def neox_config(shape: str, tok, **extra) -> GPTNeoXConfig:
+    """GPT-NeoX config of the named shape (Pythia's rotary fraction, no dropout); ``extra`` e.g.
+    ``num_labels=1`` for a sequence-classification (reward or value) model."""
     hidden, layers, heads, vocab, context = SHAPES[shape]
-    config = GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                           num_attention_heads=heads, intermediate_size=4 * hidden,
-                           max_position_embeddings=context, rotary_pct=0.25, hidden_dropout=0.0,
-                           attention_dropout=0.0, eos_token_id=tok.eos_token_id,
-                           bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model = GPTNeoXForCausalLM(config).to(device)
+    return GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, intermediate_size=4 * hidden,
+                         max_position_embeddings=context, rotary_pct=0.25, hidden_dropout=0.0,
+                         attention_dropout=0.0, eos_token_id=tok.eos_token_id,
+                         bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra)
+
+
+def build_model(shape: str, tok, device) -> GPTNeoXForCausalLM:
+    """A randomly initialised GPT-NeoX causal LM of the named shape."""
+    model = GPTNeoXForCausalLM(neox_config(shape, tok)).to(device)
     model.generation_config.pad_token_id = tok.pad_token_id
     return model
+
+
+def build_scorer(shape: str, tok, device) -> GPTNeoXForSequenceClassification:
+    """A randomly initialised GPT-NeoX with a one-logit sequence-classification head (a reward or
+    value model of the named shape)."""
+    return GPTNeoXForSequenceClassification(neox_config(shape, tok, num_labels=1)).to(device)

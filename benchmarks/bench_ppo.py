@@ -4,7 +4,17 @@
     python benchmarks/bench_ppo.py --pythia        # Pythia-70m shape, on cuda if available
 
 Hyperparameters are conf/algorithm/ppo.yaml's unless overridden here.  The reward is a cheap
-text-based stand-in (share of one word), so the figures are PPO's own cost without a classifier.
+text-based stand-in (share of one word), so the figures are PPO's own cost without a classifier;
+``--reward-model`` scores with a randomly initialised sequence-classification model of the
+policy's shape instead (re-tokenised text, one forward, sigmoid of its logit), as the real runs'
+classifier and TRL's reward model do.
+
+TRL's PPOTrainer geometry (benchmarks/bench_trl_ppo.py: 64 samples x 64 new tokens, 4 epochs x 4
+minibatches of 16, separate value model, reward model forward, rollout forwards in one batch):
+
+    python benchmarks/bench_ppo.py --pythia --rollout-prefixes 64 --num-completions 1 \
+        --completion-len 64 --prefix-len 25 --batch-size 64 --ppo-epochs 4 --num-minibatches 4 \
+        --value-model separate --reward-model
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from bench_common import SHAPES, build_model, word_tokenizer
+from bench_common import SHAPES, build_model, build_scorer, word_tokenizer
 
 from dpo_ppo.config import PPOAlgorithmConfig
 from dpo_ppo.ppo import train_ppo
@@ -44,6 +54,10 @@ def main() -> None:
     parser.add_argument("--prefix-len", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per forward/backward")
     parser.add_argument("--value-model", choices=["shared", "separate"], default=None)
+    parser.add_argument("--ppo-epochs", type=int, default=None)
+    parser.add_argument("--num-minibatches", type=int, default=None)
+    parser.add_argument("--reward-model", action="store_true",
+                        help="score with a random sequence-classification model (a forward per rollout)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
 
@@ -53,7 +67,8 @@ def main() -> None:
     device = torch.device(args.device or ("cuda" if args.pythia and torch.cuda.is_available() else "cpu"))
     cfg = ppo_config(rollout_prefixes=args.rollout_prefixes, num_completions=args.num_completions,
                      completion_len=args.completion_len, prefix_len=args.prefix_len,
-                     batch_size=args.batch_size, value_model=args.value_model)
+                     batch_size=args.batch_size, value_model=args.value_model,
+                     ppo_epochs=args.ppo_epochs, num_minibatches=args.num_minibatches)
     cfg.examples = (args.updates + 1) * cfg.rollout_prefixes
     cfg.snapshot_every = 10 ** 9
 
@@ -67,6 +82,14 @@ def main() -> None:
     def reward_fn(texts):
         return torch.tensor([0.1 + 0.8 * t.split().count("t7") / max(1, len(t.split())) for t in texts])
 
+    if args.reward_model:
+        scorer = build_scorer(shape, tok, device).eval()
+
+        @torch.no_grad()
+        def reward_fn(texts):  # noqa: F811 -- the model-based reward replaces the stand-in
+            enc = tok(texts, return_tensors="pt", padding=True).to(device)
+            return torch.sigmoid(scorer(**enc).logits.float().squeeze(-1)).cpu()
+
     log = []
     with tempfile.TemporaryDirectory() as out_dir:
         start = time.time()
@@ -77,7 +100,7 @@ def main() -> None:
     params = sum(p.numel() for p in policy.parameters()) / 1e6
     samples = cfg.rollout_prefixes * cfg.num_completions
     print(f"shape={shape} ({params:.1f}M params) device={device} threads={torch.get_num_threads()} "
-          f"value_model={cfg.value_model}")
+          f"value_model={cfg.value_model} reward={'model forward' if args.reward_model else 'text stand-in'}")
     print(f"rollout {cfg.rollout_prefixes} prefixes x {cfg.num_completions} = {samples} samples, "
           f"prefix {cfg.prefix_len}, completion <= {cfg.completion_len}, "
           f"{cfg.ppo_epochs} epochs x {cfg.num_minibatches} minibatches, batch_size {cfg.batch_size}")
