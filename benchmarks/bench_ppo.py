@@ -79,16 +79,14 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, len(tok) - 2, (cfg.examples, cfg.prefix_len), generator=g).tolist()
 
+    scorer = build_scorer(shape, tok, device).eval() if args.reward_model else None
+
+    @torch.no_grad()
     def reward_fn(texts):
-        return torch.tensor([0.1 + 0.8 * t.split().count("t7") / max(1, len(t.split())) for t in texts])
-
-    if args.reward_model:
-        scorer = build_scorer(shape, tok, device).eval()
-
-        @torch.no_grad()
-        def reward_fn(texts):  # noqa: F811 -- the model-based reward replaces the stand-in
-            enc = tok(texts, return_tensors="pt", padding=True).to(device)
-            return torch.sigmoid(scorer(**enc).logits.float().squeeze(-1)).cpu()
+        if scorer is None:  # the text stand-in: share of one word
+            return torch.tensor([0.1 + 0.8 * t.split().count("t7") / max(1, len(t.split())) for t in texts])
+        enc = tok(texts, return_tensors="pt", padding=True).to(device)
+        return torch.sigmoid(scorer(**enc).logits.float().squeeze(-1)).cpu()
 
     log = []
     with tempfile.TemporaryDirectory() as out_dir:

@@ -3,6 +3,16 @@
     python benchmarks/bench_trl_ppo.py --pythia      # Pythia-70m shape, cuda if available
     python benchmarks/bench_trl_ppo.py --tiny        # embedded shape, 2 updates, CPU: a check
 
+On the GPU machine (wheel folders .whl and .whl_trl112 carried; see device_env.sh)::
+
+    source benchmarks/device_env.sh trl112 && \
+    PYTHONPATH=$TRL112_PYTHONPATH python3 benchmarks/bench_trl_ppo.py --pythia && \
+    python3 benchmarks/bench_ppo.py --pythia --rollout-prefixes 64 --num-completions 1 \
+        --completion-len 64 --prefix-len 25 --batch-size 64 --ppo-epochs 4 --num-minibatches 4 \
+        --value-model separate --reward-model
+
+Checked with trl 1.12.0 on transformers 5.17.0 (the GPU machine's) and 5.24.0, torch 2.13 (CPU).
+
 TRL 1.x dropped PPOTrainer from its main API; 1.12 keeps it as ``trl.experimental.ppo.PPOTrainer``
 (with ``PPOConfig``).  Geometry, the same as ``bench_ppo.py --pythia --rollout-prefixes 64
 --num-completions 1 --completion-len 64 --batch-size 64 --reward-model``: 64 prompts of 25 random
