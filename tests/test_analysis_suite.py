@@ -148,6 +148,69 @@ def test_a_failing_analysis_is_recorded_unless_strict(world, tmp_path):
         run_analysis(cfg, ref, pol, tok, texts=texts, labels=labels, scorer=None, out_dir=tmp_path, strict=True)
 
 
+def test_the_suite_runs_each_registered_analysis_on_one_context(world, tmp_path, monkeypatch):
+    """The registry: every enabled analysis gets the same Context; its output is merged under the
+    suite's names, a failure (or a name another analysis already wrote) is that analysis's error."""
+    from dpo_ppo.analysis import suite
+    from dpo_ppo.analysis.common import pad_id
+    from dpo_ppo.analysis.context import Output
+
+    tok, ref, pol, texts, labels = world
+    seen = []
+
+    def first(ctx):
+        seen.append(ctx)
+        out = Output()
+        out.scalar("weights/x", 2)
+        out.table("t", ["a"], [[1]])
+        out.per_head["weights/grid"] = [[0.5]]
+        out.images["p"] = "p.png"
+        out.details["d"] = {"k": 1}
+        return out
+
+    def broken(ctx):
+        seen.append(ctx)
+        raise RuntimeError("boom")
+
+    def clash(ctx):
+        seen.append(ctx)
+        out = Output()
+        out.scalar("weights/x", 3)
+        return out
+
+    def disabled(ctx):
+        raise AssertionError("a switched-off analysis ran")
+
+    monkeypatch.setattr(suite, "ANALYSES", {"weights": first, "activations": broken, "heads": clash,
+                                            "ablation": disabled})
+    res = run_analysis(_fast(ablation=False), ref, pol, tok, texts=texts, labels=labels, scorer=None,
+                       out_dir=tmp_path, device="cpu")
+    assert len(seen) == 3 and all(c is seen[0] for c in seen)  # one context, built once
+    ctx = seen[0]
+    assert (ctx.n_layers, ctx.n_heads, ctx.pad, str(ctx.device)) == (2, 4, pad_id(tok), "cpu")
+    assert ctx.texts == list(texts) and ctx.plot_dir == tmp_path / "plots"
+    assert {k: v for k, v in res["scalars"].items() if "/time_s/" not in k} == {"analysis/weights/x": 2.0}
+    assert set(res["scalars"]) - {"analysis/weights/x"} == {
+        "analysis/time_s/weights", "analysis/time_s/activations", "analysis/time_s/heads", "analysis/time_s/total"}
+    assert res["errors"]["activations"] == "RuntimeError: boom"
+    assert res["errors"]["heads"].startswith("ValueError") and "weights/x" in res["errors"]["heads"]
+    assert (res["tables"], res["per_head"], res["images"], res["details"]) == (
+        {"t": {"columns": ["a"], "data": [[1]]}}, {"weights/grid": [[0.5]]}, {"p": "p.png"}, {"d": {"k": 1}})
+    with pytest.raises(RuntimeError, match="boom"):
+        run_analysis(_fast(ablation=False), ref, pol, tok, texts=texts, labels=labels, scorer=None,
+                     out_dir=tmp_path, device="cpu", strict=True)
+
+
+def test_every_registered_analysis_has_its_switch():
+    from dataclasses import fields
+
+    from dpo_ppo.analysis.suite import ANALYSES
+
+    switches = {f.name: f.default for f in fields(AnalysisConfig)}
+    assert list(ANALYSES) == ["weights", "activations", "ablation", "heads", "sentiment_attention"]
+    assert all(switches.get(name) is True for name in ANALYSES)
+
+
 # --------------------------------------------------------------------------- config
 
 
