@@ -121,6 +121,9 @@ class PPOAlgorithmConfig(AlgorithmConfig):
     """PPO with the adaptive KL controller of Ziegler et al. (2019); see dpo_ppo/ppo.py."""
 
     name: str = "ppo"
+    # sequences per forward/backward pass (chunks of a minibatch; never changes the update);
+    # null = hardware.train_micro_batch
+    batch_size: Optional[int] = None
     rollout_prefixes: int = 32  # prefixes per rollout (x num_completions samples)
     # KL penalty.  kl_controller=log (default): a PI controller on log(kl_coef) whose gain is tied
     # to the run's number of updates, so the run reaches kl_target; ziegler: old TRL's adaptive
@@ -160,7 +163,9 @@ class EvalConfig:
     num_prompts: int = 2000
     prefix_len: int = 25
     completion_len: int = 100
-    batch_size: int = 250
+    # sequences per sampling batch; null = hardware.gen_batch_size (set from the device).  The
+    # sampling is keyed, so the batch size never changes a completion, only the speed
+    batch_size: Optional[int] = None
     temperature: float = 1.0
     num_samples_logged: int = 32  # rows of the W&B sample table
     # sampling key: completions are a function of (seed, prompt index) and the model alone, so
@@ -206,6 +211,30 @@ def planned_optimizer_steps(cfg: DictConfig) -> int:
 
 
 @dataclass
+class HardwareConfig:
+    """How a job uses its device: batch sizes and how many jobs share a GPU (group ``hardware``).
+
+    None of these change what a job computes (sampling is keyed, training batches are the
+    algorithm's), only its speed and memory, so they are left out of a job's identity: a sweep
+    started on CPUs resumes on a GPU.  null = chosen from the device when the job starts
+    (``dpo_ppo.hardware.resolve``): today's sizes on a CPU, larger ones on a GPU, scaled by its
+    memory shared among ``jobs_per_gpu`` jobs.  The chosen values are in results.json ``hardware``.
+    """
+
+    name: str = "auto"
+    gen_batch_size: Optional[int] = None  # sequences per generate call (prefs, evaluation)
+    forward_batch_size: Optional[int] = None  # sequences per no-grad forward (scoring, KL)
+    train_micro_batch: Optional[int] = None  # sequences per forward/backward (PPO chunks, DPO micro-batches)
+    analysis_batch_size: Optional[int] = None  # sequences per forward in the analyses
+    # jobs that share one GPU: local sweeps (hydra/launcher=joblib) start this many per visible
+    # GPU; on SLURM (hydra/launcher=slurm_gpu) one allocation runs this many jobs at once
+    jobs_per_gpu: int = 1
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
 class LoggerConfig:
     name: str = "wandb_offline"
     enabled: bool = True
@@ -226,9 +255,14 @@ class Config:
     analysis: Any = MISSING
     logger: LoggerConfig = MISSING
     compute: ComputeConfig = MISSING
+    hardware: HardwareConfig = MISSING
     name: str = "default"  # experiment or sweep name: W&B group, output folder
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # auto: bf16 autocast with float32 master weights on CUDA (TF32 matmuls on), float32 on a CPU;
+    # fp32: float32 everywhere (TF32 off); bf16: bf16 autocast on any device. Applies to every
+    # stage that trains or samples (pretraining, classifier, prefs, DPO, PPO, evaluation, analysis)
+    precision: str = "auto"
     # torch CPU threads for this job; 0 = torch's default (all cores). Parallel local jobs
     # (hydra/launcher=joblib) should take cores / n_jobs each: oversubscribed threads spin.
     threads: int = 0
@@ -248,7 +282,8 @@ def register_configs() -> None:
     # each group's yaml starts with `- /schema@_here_: <name>`
     for name, node in [("model", ModelConfig), ("data", DataConfig), ("classifier", ClassifierConfig),
                        ("dpo", DPOAlgorithmConfig), ("ppo", PPOAlgorithmConfig), ("eval", EvalConfig),
-                       ("logger", LoggerConfig), ("compute", ComputeConfig)]:
+                       ("logger", LoggerConfig), ("compute", ComputeConfig),
+                       ("hardware", HardwareConfig)]:
         cs.store(group="schema", name=name, node=node)
     from dpo_ppo.analysis.config import AnalysisConfig  # the analysis schema lives with the analyses
 
@@ -353,6 +388,10 @@ def validate(cfg: DictConfig) -> None:
     _positive(cfg, "data.num_reviews")
     _choice(cfg, "logger.mode", ("offline", "online", "disabled"))
     _positive(cfg, "threads", allow_zero=True)
+    _choice(cfg, "precision", PRECISIONS)
+    for key in ("gen_batch_size", "forward_batch_size", "train_micro_batch", "analysis_batch_size",
+                "jobs_per_gpu"):
+        _positive(cfg, f"hardware.{key}")
     _choice(cfg, "classifier.positive_label", (0, 1))
     if cfg.classifier.source == "embedded" and not cfg.classifier.finetune:
         raise ConfigError("classifier.finetune",

@@ -91,10 +91,25 @@ def last_complete_checkpoint(trainer_dir: Path) -> str | None:
     return None
 
 
+def micro_batches(batch: int, micro: int | None) -> tuple[int, int]:
+    """(per-device batch, gradient-accumulation steps) for an optimizer batch of ``batch`` pairs
+    with at most ``micro`` pairs per forward/backward: the largest divisor of ``batch`` that fits,
+    so every optimizer step still averages exactly ``batch`` pairs."""
+    if not micro or micro >= batch:
+        return batch, 1
+    per = max(d for d in range(1, micro + 1) if batch % d == 0)
+    return per, batch // per
+
+
 def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed: int = 0,
-              log_fn=None) -> dict:
-    """Train ``policy`` in place on the preference pairs ``prefs`` (prompt/chosen/rejected text)."""
+              log_fn=None, runtime=None) -> dict:
+    """Train ``policy`` in place on the preference pairs ``prefs`` (prompt/chosen/rejected text).
+
+    ``runtime`` (``dpo_ppo.hardware.Runtime``): bf16 mixed precision (the Trainer's autocast,
+    float32 master weights) when its precision is bf16, and micro-batches of at most
+    ``train_micro_batch`` pairs accumulated into each optimizer step of ``algo.batch_size`` pairs."""
     job_dir = Path(job_dir)
+    per_device, accumulate = micro_batches(algo.batch_size, runtime.train_micro_batch if runtime else None)
     steps_per_epoch = math.ceil(len(prefs) / algo.batch_size)
     save_steps = max(1, algo.snapshot_every // algo.batch_size)
     # a divisor of save_steps: the logged loss averages the steps since the last log, and a resumed
@@ -106,12 +121,13 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
         beta=algo.beta, loss_type=[algo.loss_type], label_smoothing=algo.label_smoothing,
         learning_rate=algo.lr, lr_scheduler_type="constant", optim="adamw_torch",
         weight_decay=algo.weight_decay, adam_epsilon=algo.adam_eps, max_grad_norm=algo.max_grad_norm,
-        per_device_train_batch_size=algo.batch_size, num_train_epochs=algo.epochs,
+        per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulate,
+        num_train_epochs=algo.epochs,
         max_length=(algo.prefix_len_max or algo.prefix_len) + algo.completion_len + 8,
         save_strategy="steps", save_steps=save_steps, save_total_limit=1,
         logging_steps=logging_steps, report_to=[], seed=seed,
         use_cpu=use_cpu, dataloader_num_workers=0,
-        bf16=False, fp16=False, disable_tqdm=plain_progress(),
+        bf16=bool(runtime is not None and runtime.bf16), fp16=False, disable_tqdm=plain_progress(),
     )
     examples_per_step = algo.batch_size
     trainer = TokenDPOTrainer(

@@ -18,6 +18,8 @@ classifier and report
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from dpo_ppo.sampling import generate, sample_keys, sequence_kl
@@ -33,18 +35,25 @@ def distinct_n(completions: list[list[int]], n: int) -> float:
 
 
 def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg, *, ref_model=None,
-                   desc: str = "eval") -> tuple[dict, list[dict]]:
+                   desc: str = "eval", runtime=None) -> tuple[dict, list[dict]]:
     """Metrics (see module docstring) and one row per prompt (``results.EVAL_ROW_COLUMNS`` plus the
     texts; ``results.write_eval_rows`` keeps the columns).
 
     Sampling is keyed by (``eval_cfg.seed``, prompt index): the same model gives the same
     completions whatever ran before in the process, and two models share their sampling noise
     prompt by prompt, so their rows pair on ``prompt_id``.
+
+    ``runtime`` (``dpo_ppo.hardware.Runtime``) gives the batch sizes (``eval_cfg.batch_size``
+    wins when set) and the precision; without it: batches of 250 / 64 in float32.
     """
+    gen_batch = eval_cfg.batch_size or (runtime.gen_batch_size if runtime is not None else 250)
+    forward_batch = runtime.forward_batch_size if runtime is not None else 64
+    autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
     keys = sample_keys(eval_cfg.seed, range(len(prompts)))
-    completions = generate(model, tokenizer, prompts, eval_cfg.completion_len,
-                           temperature=eval_cfg.temperature, batch_size=eval_cfg.batch_size,
-                           desc=f"{desc}: sampling", keys=keys)
+    with autocast():
+        completions = generate(model, tokenizer, prompts, eval_cfg.completion_len,
+                               temperature=eval_cfg.temperature, batch_size=gen_batch,
+                               desc=f"{desc}: sampling", keys=keys)
     prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=True)
     comp_texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
     logits = scorer.logits([p + c for p, c in zip(prompt_texts, comp_texts)])
@@ -61,8 +70,9 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
     }
     kl = k1 = torch.zeros(len(prompts))
     if ref_model is not None:
-        kl, k1 = sequence_kl(model, ref_model, prompts, completions, pad_id=tokenizer.pad_token_id,
-                             batch_size=eval_cfg.batch_size)
+        with autocast():
+            kl, k1 = sequence_kl(model, ref_model, prompts, completions, pad_id=tokenizer.pad_token_id,
+                                 batch_size=forward_batch)
         metrics["kl_to_ref"] = float(kl.mean())
         metrics["kl_to_ref_std"] = float(kl.std()) if len(kl) > 1 else 0.0
         metrics["kl_to_ref_k1"] = float(k1.mean())

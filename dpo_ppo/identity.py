@@ -17,11 +17,22 @@ from dpo_ppo.results import EXCLUDED_KEYS
 
 # top-level keys that do not change a job's results: those left out of the job folder names
 # (results.EXCLUDED_KEYS, = hydra.job.config.override_dirname.exclude_keys), and prepare
-VOLATILE = tuple(dict.fromkeys([k.split(".")[0] for k in EXCLUDED_KEYS] + ["prepare"]))
+# (a dotted key stays dotted unless its whole group is excluded: eval.batch_size, not eval)
+VOLATILE = tuple(dict.fromkeys([k.split(".")[0] if k.split(".")[0] in EXCLUDED_KEYS else k
+                                for k in EXCLUDED_KEYS] + ["prepare"]))
 
 
 def identity(config: dict, volatile: Iterable[str] = VOLATILE) -> dict:
-    return {k: v for k, v in config.items() if k not in set(volatile)}
+    """``config`` without the volatile keys (top-level like ``logger`` or dotted like
+    ``eval.batch_size``)."""
+    volatile = set(volatile)
+    out = {}
+    for k, v in config.items():
+        if k in volatile:
+            continue
+        nested = {key.split(".", 1)[1] for key in volatile if key.startswith(f"{k}.")}
+        out[k] = {ck: cv for ck, cv in v.items() if ck not in nested} if nested and isinstance(v, dict) else v
+    return out
 
 
 def config_hash(config: dict) -> str:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_ppo.cache import artifact, load_dataset_artifact
 from dpo_ppo.identity import ConfigDrift, config_diff, config_hash
-from dpo_ppo import progress
+from dpo_ppo import hardware, progress
 from dpo_ppo.joblock import JobLock
 from dpo_ppo.provenance import provenance
 from dpo_ppo import results as R
@@ -70,17 +70,23 @@ def _container(node) -> dict:
     return OmegaConf.to_container(node, resolve=True)
 
 
-def artifact_specs(cfg: DictConfig) -> dict:
-    """Exactly the config each shared artifact depends on."""
+def artifact_specs(cfg: DictConfig, precision: str = "fp32") -> dict:
+    """Exactly the config each shared artifact depends on; ``precision`` is the resolved one
+    (fp32 | bf16) of the stages that train or sample (batch sizes never enter: they change speed,
+    not results)."""
     corpus = {"data": _container(cfg.data)}
-    base = {"model": _container(cfg.model), "corpus": corpus if cfg.model.source == "embedded" else None}
+    numerics = {} if precision == "fp32" else {"precision": precision}  # fp32 keys = the older caches'
+    base = {"model": _container(cfg.model), "corpus": corpus if cfg.model.source == "embedded" else None,
+            **(numerics if cfg.model.source == "embedded" else {})}
     classifier = {"classifier": _container(cfg.classifier), "corpus": corpus,
-                  "tokenizer": base if cfg.classifier.source == "embedded" else None}
+                  "tokenizer": base if cfg.classifier.source == "embedded" else None,
+                  **(numerics if cfg.classifier.finetune else {})}
     algo = cfg.algorithm
     prefs = {"base": base, "classifier": classifier, "corpus": corpus, "seed": cfg.seed,
              **{k: algo[k] for k in ("examples", "num_completions", "prefix_len", "prefix_len_max",
-                                     "completion_len", "temperature", "top_k")}}
-    ref_eval = {"base": base, "classifier": classifier, "corpus": corpus, "eval": _container(cfg.eval)}
+                                     "completion_len", "temperature", "top_k")}, **numerics}
+    eval_spec = {k: v for k, v in _container(cfg.eval).items() if k != "batch_size"}
+    ref_eval = {"base": base, "classifier": classifier, "corpus": corpus, "eval": eval_spec, **numerics}
     return {"corpus": corpus, "base": base, "classifier": classifier, "prefs": prefs, "ref_eval": ref_eval}
 
 
@@ -90,8 +96,9 @@ class Job:
         self.job_dir = Path(job_dir)
         self.overrides = list(overrides or [])
         self.device = resolve_device(cfg.device)
+        self.hw = hardware.resolve(cfg, self.device)  # precision and batch sizes on this device
         self.cache = Path(cfg.cache_dir).expanduser().resolve()
-        self.specs = artifact_specs(cfg)
+        self.specs = artifact_specs(cfg, self.hw.precision)
         self.stage_times: dict[str, float] = {}
         self.rec: Recorder | None = None
 
@@ -118,7 +125,7 @@ class Job:
         from dpo_ppo.models import build_base
 
         def build(p):
-            info = build_base(self.cfg.model, corpus, p, seed=0)
+            info = build_base(self.cfg.model, corpus, p, seed=0, bf16=self.hw.bf16)
             (p / "base.json").write_text(json.dumps(info, indent=1))
 
         return artifact(self.cache, "base", self.specs["base"], build)
@@ -128,14 +135,15 @@ class Job:
 
         return artifact(self.cache, "classifier", self.specs["classifier"],
                         lambda p: build_classifier(self.cfg.classifier, corpus, base_path, p, seed=0,
-                                                   device=self.device))
+                                                   device=self.device, runtime=self.hw))
 
     def prefs(self, prompts, model, tokenizer, scorer):
         from dpo_ppo.prefs import build_prefs
 
         path = artifact(self.cache, "prefs", self.specs["prefs"],
                         lambda p: build_prefs(self.cfg.algorithm, prompts, model, tokenizer, scorer, p,
-                                              batch_size=self.cfg.eval.batch_size, seed=self.cfg.seed))
+                                              batch_size=self.hw.gen_batch_size, seed=self.cfg.seed,
+                                              autocast=self.hw.autocast))
         return path, load_dataset_artifact(path)
 
     def reference_eval(self, ref_model, tokenizer, scorer, prompts):
@@ -143,7 +151,8 @@ class Job:
         from dpo_ppo.evaluate import evaluate_model
 
         def build(p):
-            metrics, rows = evaluate_model(ref_model, tokenizer, scorer, prompts, self.cfg.eval, desc="eval reference")
+            metrics, rows = evaluate_model(ref_model, tokenizer, scorer, prompts, self.cfg.eval, desc="eval reference",
+                                           runtime=self.hw)
             write_json(p / "metrics.json", metrics)
             write_json(p / "samples.json", {"rows": rows[: self.cfg.eval.num_samples_logged]})
             R.write_eval_rows(p / R.REF_ROWS_FILE, rows)
@@ -175,13 +184,19 @@ class Job:
         torch.manual_seed(cfg.seed)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        hardware.set_matmul_precision(cfg.get("precision", "auto"), self.device)
+        self.rec.results["hardware"] = self.hw.as_dict()
+        log.info("device %s (%s), precision %s, batches: generate %d, forward %d, train %d, analysis %d",
+                 self.hw.device, self.hw.device_name, self.hw.precision, self.hw.gen_batch_size,
+                 self.hw.forward_batch_size, self.hw.train_micro_batch, self.hw.analysis_batch_size)
         with self.stage("corpus"):
             corpus_path, corpus = self.corpus()
         with self.stage("base"):
             base_path = self.base(corpus)
         with self.stage("scorer"):
             cls_path = self.classifier(corpus, base_path)
-            scorer = Scorer.load(cls_path, self.device)
+            scorer = Scorer.load(cls_path, self.device, batch_size=self.hw.forward_batch_size,
+                                 autocast=self.hw.autocast)
         self.rec.results["artifacts"] = {"corpus": str(corpus_path), "reference": str(base_path),
                                          "classifier": str(cls_path), "prefs": None}
         self.rec.results["classifier_accuracy"] = json.loads((cls_path / "scorer.json").read_text()).get("test_accuracy")
@@ -215,13 +230,14 @@ class Job:
                     from dpo_ppo.dpo import train_dpo
 
                     summary = train_dpo(algo, policy, ref_model, tokenizer, prefs, self.job_dir,
-                                        seed=cfg.seed, log_fn=self.rec.log)
+                                        seed=cfg.seed, log_fn=self.rec.log, runtime=self.hw)
             else:
                 with self.stage("train"):
                     from dpo_ppo.ppo import train_ppo
 
                     summary = train_ppo(algo, policy, ref_model, tokenizer, train_prompts,
-                                        scorer.p_positive, self.job_dir, seed=cfg.seed, log_fn=self.rec.log)
+                                        scorer.p_positive, self.job_dir, seed=cfg.seed, log_fn=self.rec.log,
+                                        runtime=self.hw)
             # replaces a policy/ left by an attempt killed before it recorded "trained"
             save_model_dir(policy, tokenizer, policy_dir)
             self.rec.results.update(trained=True, train_summary=summary)
@@ -233,7 +249,7 @@ class Job:
 
             ref_metrics = self.reference_eval(ref_model, tokenizer, scorer, test_prompts)
             pol_metrics, rows = evaluate_model(policy, tokenizer, scorer, test_prompts, cfg.eval,
-                                               ref_model=ref_model, desc="eval policy")
+                                               ref_model=ref_model, desc="eval policy", runtime=self.hw)
             metrics = {f"eval/policy/{k}": v for k, v in pol_metrics.items()}
             metrics.update({f"eval/reference/{k}": v for k, v in ref_metrics.items()})
             for k in ("gradient_loss", "binary_loss"):
@@ -260,9 +276,13 @@ class Job:
 
         snapshots = sorted((self.job_dir / "snapshots").glob("ex_*[0-9]"))
         test = corpus["test"]
-        out = run_analysis(self.cfg.analysis, ref_model, policy, tokenizer, texts=test["text"],
-                           labels=test["label"], scorer=scorer, out_dir=self.job_dir,
-                           snapshots=snapshots, device=self.device)
+        acfg = OmegaConf.to_container(self.cfg.analysis, resolve=True)
+        if acfg.get("batch_size") is None:
+            acfg["batch_size"] = self.hw.analysis_batch_size
+        with self.hw.autocast():
+            out = run_analysis(acfg, ref_model, policy, tokenizer, texts=test["text"],
+                               labels=test["label"], scorer=scorer, out_dir=self.job_dir,
+                               snapshots=snapshots, device=self.device)
         self.rec.metrics(out.get("scalars", {}))
         images = {k: str(Path(v).relative_to(self.job_dir)) if Path(v).is_absolute() else str(v)
                   for k, v in out.get("images", {}).items()}

@@ -70,7 +70,7 @@ def _lm_blocks(texts, tokenizer, seq_len: int) -> Dataset:
     return Dataset.from_dict({"input_ids": [ids[i * seq_len:(i + 1) * seq_len] for i in range(n)]})
 
 
-def pretrain(model, tokenizer, texts, model_cfg, out_dir: Path, seed: int) -> float:
+def pretrain(model, tokenizer, texts, model_cfg, out_dir: Path, seed: int, bf16: bool = False) -> float:
     """Causal-LM pretraining with ``Trainer``; returns the last logged training loss."""
     blocks = _lm_blocks(texts, tokenizer, model_cfg.pretrain_seq_len)
     args = TrainingArguments(
@@ -79,7 +79,7 @@ def pretrain(model, tokenizer, texts, model_cfg, out_dir: Path, seed: int) -> fl
         lr_scheduler_type="cosine", warmup_steps=max(1, model_cfg.pretrain_steps // 20), weight_decay=0.01,
         logging_steps=max(1, model_cfg.pretrain_steps // 10), save_strategy="no", report_to=[],
         seed=seed, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-        disable_tqdm=plain_progress(),
+        disable_tqdm=plain_progress(), bf16=bf16,
     )
     trainer = Trainer(model=model, args=args, train_dataset=blocks,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
@@ -88,14 +88,14 @@ def pretrain(model, tokenizer, texts, model_cfg, out_dir: Path, seed: int) -> fl
     return float(losses[-1] if losses else result.training_loss)
 
 
-def build_base(model_cfg, corpus, path: Path, seed: int) -> dict:
+def build_base(model_cfg, corpus, path: Path, seed: int, bf16: bool = False) -> dict:
     """Write the reference policy and its tokenizer to ``path``; returns facts for the log."""
     if model_cfg.source == "embedded":
         torch.manual_seed(seed)
         texts = corpus["train"]["text"]
         tokenizer = train_tokenizer(texts, model_cfg.vocab_size)
         model = GPTNeoXForCausalLM(tiny_neox_config(model_cfg, tokenizer))
-        loss = pretrain(model, tokenizer, texts, model_cfg, path, seed)
+        loss = pretrain(model, tokenizer, texts, model_cfg, path, seed, bf16=bf16)
         import shutil
         shutil.rmtree(path / "_trainer", ignore_errors=True)
         info = {"pretrain_loss": loss}

@@ -21,7 +21,7 @@ C)]``, so completion token ``t`` of every row sits at column ``P + t`` and is pr
 (EOS included, padding after it excluded).  Position ids come from the attention mask, exactly as
 ``generate`` sets them for left-padded prompts.
 
-``cfg.batch_size`` is the most sequences one forward/backward pass takes: scoring passes are chunked
+``cfg.batch_size`` (or, when null, the hardware's ``train_micro_batch``) is the most sequences one forward/backward pass takes: scoring passes are chunked
 by it and a larger minibatch accumulates gradients over chunks of it (the loss stays the token mean
 over the whole minibatch).  Generation runs the whole rollout as one batch.
 
@@ -31,6 +31,7 @@ EOS as first token (``generate`` asks for at least one new token), as RLHF PPO u
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -326,7 +327,7 @@ class PolicyWithValue(nn.Module):
         if with_values:
             if self.value_trunk is not None:
                 hidden = completion_hidden(self.value_trunk, batch, is_trunk=True)
-            values = self.value_head(hidden.float()).squeeze(-1)
+            values = self.value_head(hidden.float()).squeeze(-1).float()  # float32 under autocast too
         return logits, values
 
 
@@ -371,13 +372,18 @@ def select(batch: dict, idx) -> dict:
 
 @torch.no_grad()
 def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int]], reward_fn,
-            cfg, kl_coef: float, normalizer: Optional[RunningMoments]) -> tuple[dict, dict]:
-    """Sample, score, and compute per-token rewards, advantages and returns for one update."""
+            cfg, kl_coef: float, normalizer: Optional[RunningMoments], *, chunk: Optional[int] = None,
+            autocast=contextlib.nullcontext) -> tuple[dict, dict]:
+    """Sample, score, and compute per-token rewards, advantages and returns for one update.
+
+    ``chunk``: sequences per forward pass (default ``cfg.batch_size``); ``autocast``: the context
+    factory the forward passes run in (``Runtime.autocast``: bf16 autocast or nothing)."""
     policy = model.policy
     device = model_device(policy)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    completions = generate(policy, tokenizer, queries, cfg.completion_len, temperature=cfg.temperature,
-                           top_k=cfg.top_k, batch_size=len(queries), desc=None)
+    with autocast():
+        completions = generate(policy, tokenizer, queries, cfg.completion_len, temperature=cfg.temperature,
+                               top_k=cfg.top_k, batch_size=len(queries), desc=None)
     texts = tokenizer.batch_decode([q + c for q, c in zip(queries, completions)],
                                    skip_special_tokens=True)
     p_positive = torch.as_tensor(reward_fn(texts), dtype=torch.float32).flatten().cpu()
@@ -395,16 +401,17 @@ def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int
 
     batch = make_batch(queries, completions, pad_id, device)
     mask = batch["mask"]
-    n, chunk = len(queries), cfg.batch_size
+    n, chunk = len(queries), max(1, chunk or cfg.batch_size or 16)
     logprobs, ref_logprobs, values, entropy = [], [], [], []
     for start in range(0, n, chunk):
         part = select(batch, slice(start, start + chunk))
-        logits, v = model(part, cfg.temperature)
+        with autocast():
+            logits, v = model(part, cfg.temperature)
+            ref_hidden = completion_hidden(ref_model, part)
+            ref_logits = ref_model.get_output_embeddings()(ref_hidden).float() / cfg.temperature
         logprobs.append(token_logprobs(logits, part["completion_ids"]))
         entropy.append(entropy_from_logits(logits))
         values.append(v)
-        ref_hidden = completion_hidden(ref_model, part)
-        ref_logits = ref_model.get_output_embeddings()(ref_hidden).float() / cfg.temperature
         ref_logprobs.append(token_logprobs(ref_logits, part["completion_ids"]))
     logprobs, ref_logprobs = torch.cat(logprobs) * mask, torch.cat(ref_logprobs) * mask
     values, entropy = torch.cat(values) * mask, torch.cat(entropy)
@@ -438,11 +445,13 @@ def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int
 # --------------------------------------------------------------------------- optimisation
 
 
-def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: torch.Generator) -> dict:
-    """``ppo_epochs`` epochs of shuffled minibatches over one rollout; returns mean statistics."""
+def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: torch.Generator, *,
+               chunk: Optional[int] = None, autocast=contextlib.nullcontext) -> dict:
+    """``ppo_epochs`` epochs of shuffled minibatches over one rollout; returns mean statistics.
+    ``chunk`` and ``autocast`` as in ``rollout`` (the backward pass runs outside autocast)."""
     mask_all = batch["mask"]
     n, device = mask_all.shape[0], mask_all.device
-    chunk = max(1, cfg.batch_size)
+    chunk = max(1, chunk or cfg.batch_size or 16)
     params = [p for p in model.parameters() if p.requires_grad]
     keys = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl")
     totals = torch.zeros(len(keys), device=device)  # summed over optimiser steps, kept on device
@@ -458,7 +467,8 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
                 part = select(batch, mb[start: start + chunk])
                 mask = part["mask"]
                 weight = mask.sum() / mb_tokens  # chunk token mean -> minibatch token mean
-                logits, values = model(part, cfg.temperature)
+                with autocast():
+                    logits, values = model(part, cfg.temperature)
                 logprobs = token_logprobs(logits, part["completion_ids"])
                 pg, clipfrac, approx_kl = policy_loss(logprobs, part["old_logprobs"], part["advantages"],
                                                       mask, cfg.cliprange)
@@ -531,15 +541,19 @@ def load_state(out_dir: Path) -> Optional[dict]:
 
 
 def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], reward_fn, out_dir, *,
-              seed: int = 0, log_fn: Optional[Callable[[dict, int], None]] = None) -> dict:
+              seed: int = 0, log_fn: Optional[Callable[[dict, int], None]] = None, runtime=None) -> dict:
     """Train ``policy`` in place with PPO on ``prompts``; resume from ``out_dir/ppo_state`` if there.
 
     ``reward_fn(texts) -> p_positive`` scores decoded prefix + completion text.  Every
     ``cfg.snapshot_every`` prefixes (and at the end) the policy is saved to
     ``out_dir/snapshots/ex_{examples:07d}`` and the resume state to ``out_dir/ppo_state``.
     ``log_fn(metrics, step)`` gets the ``train/*`` metrics of each update with step = prefixes
-    consumed.  Returns a summary of the run.
+    consumed.  ``runtime`` (``dpo_ppo.hardware.Runtime``) gives the forward/backward chunk size
+    when ``cfg.batch_size`` is null, and bf16 autocast when its precision is bf16.  Returns a
+    summary of the run.
     """
+    chunk = cfg.batch_size or (runtime.train_micro_batch if runtime is not None else 16)
+    autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     total = len(prompts)
@@ -601,10 +615,11 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
         prefixes = prompts[examples: examples + cfg.rollout_prefixes]
         queries = [list(p) for p in prefixes for _ in range(cfg.num_completions)]
         kl_coef = kl_ctl.value
-        batch, metrics = rollout(model, ref_model, tokenizer, queries, reward_fn, cfg, kl_coef, normalizer)
+        batch, metrics = rollout(model, ref_model, tokenizer, queries, reward_fn, cfg, kl_coef, normalizer,
+                                 chunk=chunk, autocast=autocast)
         kl_ctl.update(metrics["train/kl"], len(queries))
         t1 = time.time()
-        metrics.update(ppo_update(model, optimizer, batch, cfg, generator))
+        metrics.update(ppo_update(model, optimizer, batch, cfg, generator, chunk=chunk, autocast=autocast))
         examples += len(prefixes)
         updates += 1
         kl_history.append(metrics["train/kl"])

@@ -113,8 +113,12 @@ EVAL_ROW_COLUMNS = ("prompt_id", "p_positive", "completion_len", "kl", "kl_k1")
 # Override keys that say where or how a job runs, not what it computes: left out of the job's
 # folder name and identity. Must equal conf/config.yaml's
 # hydra.job.config.override_dirname.exclude_keys (a test checks).
+# batch sizes and jobs per GPU change speed, never results (sampling is keyed): a sweep started on
+# CPUs keeps its folders on a GPU
+HARDWARE_KEYS = ("hardware", "hardware.gen_batch_size", "hardware.forward_batch_size", "hardware.train_micro_batch",
+                 "hardware.analysis_batch_size", "hardware.jobs_per_gpu", "eval.batch_size", "analysis.batch_size")
 EXCLUDED_KEYS = ("logger", "logger.mode", "logger.project", "logger.entity", "device", "threads", "force",
-                 "cache_dir", "sweep", "name")
+                 "cache_dir", "sweep", "name", *HARDWARE_KEYS)
 
 
 def override_key(override: str) -> str:

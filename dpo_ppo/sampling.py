@@ -174,19 +174,25 @@ def sequence_kl(model, ref_model, prompts: Sequence[Sequence[int]], completions:
     ``k1``: sum over completion tokens of log model(y_t|.) - log ref(y_t|.), the plain log-ratio.
     """
     device = model_device(model)
-    exact, k1 = [], []
-    for start in range(0, len(prompts), batch_size):
-        ps = prompts[start: start + batch_size]
-        cs = completions[start: start + batch_size]
+    exact, k1 = torch.zeros(len(prompts)), torch.zeros(len(prompts))
+    # batched by length (each row's numbers do not depend on its batch): a batch pads to its own
+    # longest sequence, not to the longest of all
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(completions[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start: start + batch_size]
+        ps, cs = [prompts[i] for i in idx], [completions[i] for i in idx]
         ids, mask = pad_batch([list(p) + list(c) for p, c in zip(ps, cs)], pad_id, left=False, device=device)
         logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
         logq = F.log_softmax(ref_model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
-        kl = (logp.exp() * (logp - logq)).sum(-1)  # [B, T-1]
-        ratio = torch.gather(logp - logq, 2, ids[:, 1:, None]).squeeze(-1)
-        for row, (p, c) in enumerate(zip(ps, cs)):
-            span = slice(len(p) - 1, len(p) - 1 + len(c))
-            exact.append(kl[row, span].sum())
-            k1.append(ratio[row, span].sum())
-    if not exact:
-        return torch.zeros(0), torch.zeros(0)
-    return torch.stack(exact), torch.stack(k1)
+        diff = logp - logq
+        kl = (logp.exp() * diff).sum(-1)  # [B, T-1]
+        ratio = torch.gather(diff, 2, ids[:, 1:, None]).squeeze(-1)
+        del logp, logq, diff
+        # completion positions: from len(p) - 1 to len(p) + len(c) - 2
+        pos = torch.arange(ids.shape[1] - 1, device=device)
+        starts = torch.as_tensor([len(p) - 1 for p in ps], device=device)
+        ends = starts + torch.as_tensor([len(c) for c in cs], device=device)
+        span = (pos[None, :] >= starts[:, None]) & (pos[None, :] < ends[:, None])
+        exact[idx] = torch.where(span, kl, 0.0).sum(1).cpu()
+        k1[idx] = torch.where(span, ratio, 0.0).sum(1).cpu()
+    return exact, k1

@@ -9,6 +9,7 @@ weights.  The scorer always takes text, never token ids: its tokenizer need not 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -22,6 +23,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 from dpo_ppo.config import OFFLINE_HINT
 from dpo_ppo.models import ensure_pad
 from dpo_ppo.progress import plain as plain_progress
+from dpo_ppo.sampling import pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +32,17 @@ class Scorer:
     """p(positive | text) from a saved sequence classifier."""
 
     def __init__(self, model, tokenizer, positive_label: int = 1, max_length: int = 256,
-                 batch_size: int = 64):
+                 batch_size: int = 64, autocast=None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.positive_label = positive_label
         self.max_length = max_length
         self.batch_size = batch_size
+        self.autocast = autocast or contextlib.nullcontext  # a context factory (Runtime.autocast)
 
     @classmethod
-    def load(cls, path, device="cpu", positive_label: int | None = None, max_length: int | None = None):
+    def load(cls, path, device="cpu", positive_label: int | None = None, max_length: int | None = None,
+             batch_size: int = 64, autocast=None):
         path = Path(path)
         meta = json.loads((path / "scorer.json").read_text()) if (path / "scorer.json").exists() else {}
         model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).to(device)
@@ -47,19 +51,30 @@ class Scorer:
         model.config.pad_token_id = tokenizer.pad_token_id
         return cls(model, tokenizer,
                    positive_label if positive_label is not None else meta.get("positive_label", 1),
-                   max_length or meta.get("max_length", 256))
+                   max_length or meta.get("max_length", 256), batch_size=batch_size, autocast=autocast)
 
     @torch.no_grad()
     def logits(self, texts: list[str]) -> torch.Tensor:
-        """log p(pos) - log p(neg) for each text (float32 on the CPU)."""
-        out = []
+        """log p(pos) - log p(neg) for each text (float32 on the CPU).
+
+        Texts are tokenized once and batched by length (a text's score does not depend on its
+        batch), so a batch pads to its own longest text rather than to the longest of all."""
+        if not len(texts):
+            return torch.zeros(0)
         device = next(self.model.parameters()).device
-        for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(list(texts[start:start + self.batch_size]), padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt").to(device)
-            logp = torch.log_softmax(self.model(**enc).logits.float(), -1)
-            out.append((logp[:, self.positive_label] - logp[:, 1 - self.positive_label]).cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = torch.empty(len(ids))
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            batch, mask = pad_batch([ids[i] for i in idx], pad, left=self.tokenizer.padding_side == "left",
+                                    device=device)
+            with self.autocast():
+                logits = self.model(input_ids=batch, attention_mask=mask).logits
+            logp = torch.log_softmax(logits.float(), -1)
+            out[idx] = (logp[:, self.positive_label] - logp[:, 1 - self.positive_label]).cpu()
+        return out
 
     def p_positive(self, texts: list[str]) -> torch.Tensor:
         return torch.sigmoid(self.logits(texts))
@@ -71,7 +86,7 @@ def _accuracy(scorer: Scorer, ds) -> float:
     return float(((p > 0.5).astype(int) == labels).mean())
 
 
-def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, device) -> dict:
+def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, device, runtime=None) -> dict:
     """Train (or take) the classifier, save it to ``path``; returns its held-out accuracy."""
     torch.manual_seed(seed)
     if cls_cfg.source == "embedded":
@@ -112,13 +127,15 @@ def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, de
             warmup_steps=10, weight_decay=0.01, lr_scheduler_type="linear",
             logging_steps=25, save_strategy="no", report_to=[], seed=seed, disable_tqdm=plain_progress(),
             use_cpu=str(device) == "cpu", dataloader_num_workers=0,
+            bf16=bool(runtime is not None and runtime.bf16),
         )
         trainer = Trainer(model=model, args=args, train_dataset=train,
                           data_collator=DataCollatorWithPadding(tokenizer))
         info["train_loss"] = float(trainer.train().training_loss)
         shutil.rmtree(path / "_trainer", ignore_errors=True)
     model = model.to(device)
-    scorer = Scorer(model, tokenizer, cls_cfg.positive_label, cls_cfg.max_length)
+    scorer = Scorer(model, tokenizer, cls_cfg.positive_label, cls_cfg.max_length,
+                    **({"batch_size": runtime.forward_batch_size, "autocast": runtime.autocast} if runtime else {}))
     test = corpus["test"].shuffle(seed=seed).select(range(min(2000, len(corpus["test"]))))
     info["test_accuracy"] = _accuracy(scorer, test)
     log.info("classifier: held-out accuracy %.3f on %d test reviews", info["test_accuracy"], len(test))

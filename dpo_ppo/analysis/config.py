@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 # A sentiment prompt marks its sentiment word with square brackets; the attention paid to the
 # word's last BPE token is what analysis 5 measures.  These are the seed's prompt (section 3.4)
@@ -36,7 +36,7 @@ class AnalysisConfig:
     sentiment_attention: bool = True  # 5. attention paid to the sentiment token
     # --- shared
     seed: int = 0  # which held-out texts are drawn (texts are shuffled with this seed)
-    batch_size: int = 16  # sequences per forward pass
+    batch_size: Optional[int] = None  # sequences per forward pass; null = hardware.analysis_batch_size
     max_tokens: int = 64  # texts are cut to this many tokens (activations, LM loss, heads)
     device: str = "auto"  # auto: the policy's device
     # --- 2. activations
@@ -86,7 +86,7 @@ def validate(cfg) -> None:
     for key in ("batch_size", "max_tokens", "activation_prompts", "ablation_lm_texts", "ablation_prompts",
                 "ablation_prefix_len", "ablation_completion_len", "ablation_rows", "head_texts",
                 "head_random_seqs", "head_random_len", "top_heads"):
-        if a[key] <= 0:
+        if a[key] is not None and a[key] <= 0:
             raise ConfigError(f"analysis.{key}", f"must be > 0, got {a[key]}")
     if a.max_tokens < 2:
         raise ConfigError("analysis.max_tokens", f"must be >= 2 (a next-token loss needs two), got {a.max_tokens}")
