@@ -334,6 +334,7 @@ def test_analyze_app_checks_its_input_naming_the_key(saved, tmp_path):
         "precision=fp16": "precision",
         "device=tpu": "device",
         "hardware.analysis_batch_size=0": "hardware.analysis_batch_size",
+        "hardware.forward_batch_size=-1": "hardware.forward_batch_size",  # the scorer's batch
         f"scorer={root / 'policy'}": "scorer",  # a causal LM, not a classifier
         f"policy=[{root / 'policy'},{tmp_path / 'nowhere'}]": "policy[1]",
         f"corpus={tmp_path / 'nowhere'}": "corpus",
