@@ -11,9 +11,9 @@ The naive loop is what the seed's per-head ablation amounts to: for every (head,
 evaluation: a pass over the LM texts and one ``generate`` over the prompts, with a hook ablating
 that head.  The batched implementation (dpo_ppo/analysis/ablation.py, its hooks in hooks.py)
 stacks the variants along the batch dimension, runs the blocks below the ablated layer once, and
-samples all variants' completions in one ``generate``.  Sizes default to conf/analysis/full.yaml's.  Both produce the
-same numbers (checked here; the completions use common random numbers, so they match token for
-token).  Weights are random and the "classifier" is a hash of the text: the figures are the
+samples all variants' completions in one ``generate``.  Sizes default to conf/analysis/full.yaml's.
+Both produce the same numbers (checked here; the completions use common random numbers, so they
+match token for token).  Weights are random and the "classifier" is a hash of the text: the figures are the
 ablation machinery's own cost, the classifier's is the same for both (the same texts are scored).
 """
 
@@ -24,17 +24,12 @@ import platform
 import time
 
 import torch
-from bench_common import SHAPES, build_model, word_tokenizer
+from bench_common import build
+from fixtures import HashScorer  # tests/fixtures.py: bench_common put tests/ on sys.path
 
 from dpo_ppo import hardware
 from dpo_ppo.analysis.ablation import ablate_heads
 from dpo_ppo.analysis.cli import analysis_config, compose
-from dpo_ppo.analysis.toy import HashScorer
-
-def build(shape: str, device):
-    tok = word_tokenizer(SHAPES[shape][3])
-    torch.manual_seed(0)
-    return build_model(shape, tok, device).eval(), tok
 
 
 def timed(fn, repeats: int):

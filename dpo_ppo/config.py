@@ -226,6 +226,12 @@ class HardwareConfig:
     forward_batch_size: Optional[int] = None  # sequences per no-grad forward (scoring, KL)
     train_micro_batch: Optional[int] = None  # sequences per forward/backward (PPO chunks, DPO micro-batches)
     analysis_batch_size: Optional[int] = None  # sequences per forward in the analyses
+    # PPO rollouts sample with transformers' static KV cache, which ``generate`` compiles on a GPU
+    # (torch.compile, CUDA graphs): fewer launches per token after a one-off compile, paid back
+    # over hundreds of same-shaped rollouts (evaluation and DPO's pairs are a few large batches,
+    # where it would not be).  Completions are the same either way; docs/performance.md has the
+    # measured trade-off
+    static_cache: bool = False
     # jobs that share one GPU: local sweeps (hydra/launcher=joblib) start this many per visible
     # GPU; on SLURM (hydra/launcher=slurm_gpu) one allocation runs this many jobs at once
     jobs_per_gpu: int = 1
