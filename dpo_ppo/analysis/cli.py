@@ -159,8 +159,8 @@ def check(cfg: DictConfig) -> Plan:
     check_device("device", cfg.device)
     if cfg.analysis.device is not None:
         check_device("analysis.device", cfg.analysis.device)
-    for key, value in cfg.hardware.items():
-        if key != "name" and value is not None and value <= 0:
+    for key, value in cfg.hardware.items():  # the sizes (ints); not the name or a switch
+        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
             raise ConfigError(f"hardware.{key}", f"must be > 0, got {value}")
     policy = cfg.policy
     policies = [str(p) for p in policy] if OmegaConf.is_list(policy) else ([str(policy)] if policy else [])
