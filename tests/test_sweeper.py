@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from hydra_plugins.dpo_ppo_sweeper.config import register_sweeps, sweep_dirs
-from hydra_plugins.dpo_ppo_sweeper.sweeper import expand, format_value
+from hydra_plugins.dpo_ppo_sweeper.sweeper import expand, format_value, override_dirname
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = {
@@ -215,3 +215,44 @@ def test_slurm_gpu_launcher_preset(tmp_path, monkeypatch):
     assert "#SBATCH --export=ALL" in script
     assert "export WANDB_API_KEY" in script
     assert f"#SBATCH --time={launcher['timeout_min']}" in script
+
+
+OVERRIDE_LISTS = [
+    [],
+    ["seed=1"],
+    ["seed=1", "algorithm=ppo", "algorithm.kl_target=3"],  # not sorted as given
+    ["algorithm.beta=0.1", "logger=none", "device=cpu", "name=x"],  # excluded keys among them
+    ["+extra.key=1", "~analysis", "analysis@foo=fast", "++model.lr=2e-4"],  # add, delete, package, force-add
+    ["name='a=b'", "data.path=/tmp/x", "eval.tag=\"k=v\"", "list=[1,2]", "dict={a:1,b:2}"],  # '=' and separators in values
+    ["b=2", "a=1", "B=0", "a.b=3"],  # string order, not key order
+]
+
+
+def test_override_dirname_matches_hydras_private_function():
+    """Ours reproduces Hydra's (private) get_overrides_dirname. Imported here, inside the test: if
+    Hydra moves or changes it, this test fails and says so instead of the sweeper guessing wrong
+    job folders silently."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    exclude = ["logger", "device", "name", "sweep"]
+    for lines in OVERRIDE_LISTS:
+        overrides = parser.parse_overrides(lines)
+        for item_sep, kv_sep in ((",", "="), ("/", ":"), ("__", "-")):
+            for keys in (exclude, []):
+                ours = override_dirname(overrides, keys, item_sep, kv_sep)
+                assert ours == get_overrides_dirname(overrides, keys, item_sep, kv_sep), (lines, item_sep, kv_sep)
+    # and what it gives, independently of Hydra: sorted, excluded keys dropped, every '=' replaced
+    overrides = parser.parse_overrides(["seed=1", "algorithm=ppo", "device=cpu", "name='a=b'"])
+    assert override_dirname(overrides, ["device"], ",", "=") == "algorithm=ppo,name='a=b',seed=1"
+    assert override_dirname(overrides, ["device", "name"], "/", ":") == "algorithm:ppo/seed:1"
+
+
+def test_override_dirname_with_the_repository_naming():
+    """The job folder name of the real config's hydra.job.config.override_dirname settings."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    naming = OmegaConf.load(REPO / "conf" / "config.yaml").hydra.job.config.override_dirname
+    overrides = OverridesParser.create().parse_overrides(["algorithm=dpo", "seed=0", "logger=none", "sweep=smoke"])
+    assert override_dirname(overrides, list(naming.exclude_keys), naming.item_sep, naming.kv_sep) == "algorithm=dpo,seed=0"

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from hydra.core.hydra_config import HydraConfig
-from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobReturn, JobStatus, configure_log
@@ -109,6 +108,21 @@ def format_value(value: Any) -> str:
     if _PLAIN.fullmatch(text):
         return text
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def override_dirname(overrides: Sequence[Override], exclude_keys: Sequence[str], item_sep: str,
+                     kv_sep: str) -> str:
+    """``hydra.job.override_dirname`` of a job: what Hydra names a job folder by, from the public
+    settings of ``hydra.job.config.override_dirname`` (``kv_sep``, ``item_sep``, ``exclude_keys``).
+
+    The overrides as typed (``input_line``), those whose key or group is excluded left out, sorted
+    as strings and joined by ``item_sep``; then every ``=`` of the result becomes ``kv_sep`` (also
+    one inside a value, as Hydra does).  Hydra computes it in a private function; our copy of the
+    rule is checked against that function in tests/test_sweeper.py, so a change in Hydra shows.
+    """
+    excluded = set(exclude_keys)
+    kept = sorted(o.input_line for o in overrides if o.key_or_group not in excluded)
+    return item_sep.join(kept).replace("=", kv_sep)
 
 
 def _parse(parser: OverridesParser, line: str) -> Override:
@@ -299,8 +313,8 @@ class DpoPpoSweeper(Sweeper):
             self._exclude = set(exclude)
             for idx, job in enumerate(self.jobs):
                 try:
-                    dirname = get_overrides_dirname(parser.parse_overrides(list(job.overrides)), exclude,
-                                                    naming.item_sep, naming.kv_sep)
+                    dirname = override_dirname(parser.parse_overrides(list(job.overrides)), exclude,
+                                               naming.item_sep, naming.kv_sep)
                     for node in nodes:
                         with read_write(node), open_dict(node):
                             node.job.override_dirname = dirname
