@@ -381,7 +381,8 @@ class DpoPpoSweeper(Sweeper):
         if self.prepare is not None:
             return bool(self.prepare)
         assert self.config is not None
-        return "submitit" in str(self.config.hydra.launcher.get("_target_", ""))
+        target = str(self.config.hydra.launcher.get("_target_", ""))
+        return "submitit" in target or "dpo_ppo_sweeper.launchers" in target  # stock or packed (launchers.py)
 
     def _prepare(self, name: str, indices: Sequence[int]) -> int:
         """The prepare step: one prepare=true job per distinct set of shared artifacts of the
