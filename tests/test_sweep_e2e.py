@@ -304,3 +304,18 @@ def test_packed_local_preemption_stops_and_requeues_every_job_of_the_task(app):
         assert json.loads((f / "results.json").read_text())["status"] == "finished"
     log = "".join(p.read_text() for p in root.joinpath(".submitit").rglob("*_0_log.*"))
     assert "stopping 2 job(s) before the requeue" in log and "Requeued" in log
+
+
+def test_joblib_gpu_preset_runs_jobs_per_gpu_jobs_at_once_with_the_cores_split(app):
+    """hydra/launcher=joblib_gpu with hardware.jobs_per_gpu=2 on a machine without a GPU: 2 jobs
+    at once (one "GPU": the CPU), each worker with cpu_count // 2 torch threads."""
+    from joblib import cpu_count
+
+    proc = run(app, "hydra/launcher=joblib_gpu", f"hydra.searchpath=[file://{REPO / 'conf'}]",
+               "hardware.jobs_per_gpu=2", "algorithm=ppo")
+    assert proc.returncode == 0, proc.output
+    assert "n_jobs=2" in proc.output and "2/4 done" in proc.output and "4/4 done: 4 finished" in proc.output
+    where = [json.loads(p.read_text()) for p in (app / "multirun" / "tiny").glob("*/process.json")]
+    assert len(where) == 4 and len({w["pid"] for w in where}) <= 2  # run by the 2 workers
+    expected = os.environ.get("OMP_NUM_THREADS") or str(max(1, cpu_count() // 2))
+    assert {w["omp_num_threads"] for w in where} == {expected}

@@ -281,6 +281,17 @@ class PackedLocalConf(LocalQueueConf):
     stop_grace_s: float = 30.0
 
 
+def _register_resolvers() -> None:
+    """``${dpo_ppo_gpu_jobs:N}`` (conf/hydra/launcher/joblib_gpu.yaml) in any app that finds
+    this repository's launcher presets, not only dpo-ppo (which registers it too)."""
+    try:
+        from dpo_ppo.gpus import register_resolvers
+    except ImportError:
+        return
+    register_resolvers()
+
+
+_register_resolvers()
 ConfigStore.instance().store(group="hydra/launcher", name="packed_slurm", node=PackedSlurmConf,
                              provider="dpo_ppo_sweeper")
 ConfigStore.instance().store(group="hydra/launcher", name="packed_local", node=PackedLocalConf,
