@@ -24,7 +24,8 @@ find the classifier, preference data and reference evaluation built.
 
 The jobs go to ``self.launcher.launch`` in batches (on SLURM by default one batch: a single array
 throttled by ``array_parallelism``), so every Hydra launcher works (basic, joblib,
-submitit_local, submitit_slurm). After each batch the sweeper logs progress, and it writes
+submitit_local, submitit_slurm, and this package's packed_local / packed_slurm, which run
+``hardware.jobs_per_gpu`` jobs per array task: launchers.py). After each batch the sweeper logs progress, and it writes
 ``<sweep dir>/sweep.json`` (every planned job: overrides, folder, status, error). A job that
 fails is recorded and the sweep goes on; at the end the sweeper raises ``SweepFailed`` (exit
 code 1) listing the failed jobs. A job counts as failed when it raised, when it returned a dict
