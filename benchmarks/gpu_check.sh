@@ -44,7 +44,7 @@ step 100 trl env PYTHONPATH="$TRL112_PYTHONPATH" \
   $PY benchmarks/bench_trl_ppo.py --pythia --precision default,autocast --json "$OUT/trl.json"
 step 180 targets $PY benchmarks/bench_gpu.py targets --out "$OUT"
 step 45 agreement $PY benchmarks/bench_gpu.py agreement --out "$OUT"
-step 100 packing $PY benchmarks/bench_packing.py --pythia --n 4 --json "$OUT/packing.json"
+step 110 packing $PY benchmarks/bench_packing.py 4 --lean --json "$OUT/packing.json"
 step 75 static $PY benchmarks/bench_gpu.py static --out "$OUT"
 echo "== total $(( $(date +%s) - T0 ))s" | tee -a "$OUT/log.txt"
 $PY benchmarks/gpu_table.py "$OUT"

@@ -6,6 +6,7 @@ The end-to-end runs through Hydra launchers are in test_sweep_e2e.py.
 
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
@@ -183,38 +184,63 @@ def test_real_config_composes_with_each_sweep():
         assert str(cfg.hydra.sweep.dir) == f"multirun/{name}"
 
 
+def _sbatch_script(tmp_path, monkeypatch, cfg):
+    """The sbatch script of an array task of ``cfg``'s launcher, rendered by the launcher's own
+    executor (no SLURM needed: a fake srun on PATH)."""
+    from hydra.utils import instantiate
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "srun").write_text("#!/bin/sh\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.params["submitit_folder"] = str(tmp_path / "sub")
+    return launcher, launcher._executor()._executor._make_submission_file_text("python -m dpo_ppo.main", "uid")
+
+
 def test_slurm_gpu_launcher_preset(tmp_path, monkeypatch):
-    """hydra/launcher=slurm_gpu composes and renders an sbatch script with one GPU per job and
-    the W&B environment passed through (no SLURM needed: a fake srun on PATH)."""
+    """hydra/launcher=slurm_gpu composes and renders an sbatch script with one GPU per array task
+    and the W&B environment passed through; one job per task unless jobs_per_gpu says more."""
     (tmp_path / "config.yaml").write_text("name: demo\nseed: 0\n")
     cfg = _compose(tmp_path, ["hydra/launcher=slurm_gpu", f"hydra.searchpath=[file://{REPO / 'conf'}]"])
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert launcher["_target_"].endswith("PackedSlurmLauncher")
     assert launcher["gpus_per_node"] == 1 and launcher["timeout_min"] > 0 and launcher["array_parallelism"] > 0
     assert launcher["additional_parameters"]["export"] == "ALL"
     assert any("WANDB_API_KEY" in line for line in launcher["setup"])
     assert launcher["name"] == "demo"
+    assert launcher["jobs_per_gpu"] == 1  # an app without hardware.jobs_per_gpu: one job per task
 
-    import submitit
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "srun").write_text("#!/bin/sh\n")
-    (bin_dir / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
-    # the same mapping hydra_submitit_launcher's launch() does
-    params = {k: v for k, v in launcher.items() if k != "_target_"}
-    executor = submitit.AutoExecutor(cluster="slurm", folder=str(tmp_path / "sub"),
-                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
-    params.pop("submitit_folder")
-    base = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
-    script = executor._executor._make_submission_file_text("python -m dpo_ppo.main", "uid")
+    packed, script = _sbatch_script(tmp_path, monkeypatch, cfg)
+    assert packed.jobs_per_task == 1
     assert "#SBATCH --gpus-per-node=1" in script
     assert "#SBATCH --export=ALL" in script
     assert "export WANDB_API_KEY" in script
     assert f"#SBATCH --time={launcher['timeout_min']}" in script
+    assert "#SBATCH --ntasks-per-node=1" in script and "--cpus-per-task=8" in script
+    assert "jobs_per_gpu" not in script and "stop_grace" not in script  # the launcher's, not sbatch's
+
+
+def test_slurm_gpu_preset_takes_jobs_per_gpu_from_the_job_config(tmp_path, monkeypatch):
+    """hardware.jobs_per_gpu=3, given once: 3 jobs per array task of one GPU (x2 with 2 GPUs), the
+    sbatch request unchanged (one task, the CPUs shared by its jobs); a bad value names the key."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    (tmp_path / "config.yaml").write_text("name: demo\nseed: 0\nhardware:\n  jobs_per_gpu: 1\n")
+    cfg = _compose(tmp_path, ["hydra/launcher=slurm_gpu", f"hydra.searchpath=[file://{REPO / 'conf'}]",
+                              "hardware.jobs_per_gpu=3"])
+    packed, script = _sbatch_script(tmp_path, monkeypatch, cfg)
+    assert (packed.jobs_per_gpu, packed.jobs_per_task) == (3, 3)
+    assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --gpus-per-node=1" in script
+    cfg = _compose(tmp_path, ["hydra/launcher=slurm_gpu", f"hydra.searchpath=[file://{REPO / 'conf'}]",
+                              "hardware.jobs_per_gpu=3", "hydra.launcher.gpus_per_node=2"])
+    assert instantiate(cfg.hydra.launcher).jobs_per_task == 6
+    cfg = _compose(tmp_path, ["hydra/launcher=slurm_gpu", f"hydra.searchpath=[file://{REPO / 'conf'}]",
+                              "hardware.jobs_per_gpu=0"])
+    with pytest.raises(InstantiationException, match=r"hardware.jobs_per_gpu.*must be an integer >= 1, got 0"):
+        instantiate(cfg.hydra.launcher)
 
 
 OVERRIDE_LISTS = [

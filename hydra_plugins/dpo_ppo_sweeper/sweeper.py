@@ -24,7 +24,8 @@ find the classifier, preference data and reference evaluation built.
 
 The jobs go to ``self.launcher.launch`` in batches (on SLURM by default one batch: a single array
 throttled by ``array_parallelism``), so every Hydra launcher works (basic, joblib,
-submitit_local, submitit_slurm). After each batch the sweeper logs progress, and it writes
+submitit_local, submitit_slurm, and this package's packed_local / packed_slurm, which run
+``hardware.jobs_per_gpu`` jobs per array task: launchers.py). After each batch the sweeper logs progress, and it writes
 ``<sweep dir>/sweep.json`` (every planned job: overrides, folder, status, error). A job that
 fails is recorded and the sweep goes on; at the end the sweeper raises ``SweepFailed`` (exit
 code 1) listing the failed jobs. A job counts as failed when it raised, when it returned a dict
@@ -395,7 +396,8 @@ class DpoPpoSweeper(Sweeper):
         if self.prepare is not None:
             return bool(self.prepare)
         assert self.config is not None
-        return "submitit" in str(self.config.hydra.launcher.get("_target_", ""))
+        target = str(self.config.hydra.launcher.get("_target_", ""))
+        return "submitit" in target or "dpo_ppo_sweeper.launchers" in target  # stock or packed (launchers.py)
 
     def _prepare(self, name: str, indices: Sequence[int]) -> int:
         """The prepare step: one prepare=true job per distinct set of shared artifacts of the
