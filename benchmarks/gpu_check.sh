@@ -42,10 +42,10 @@ step 90 sampling $PY benchmarks/bench_gpu.py sampling --out "$OUT"
 step 75 ppo $PY benchmarks/bench_ppo.py --pythia --geometry trl --precision both --json "$OUT/ppo.json"
 step 100 trl env PYTHONPATH="$TRL112_PYTHONPATH" \
   $PY benchmarks/bench_trl_ppo.py --pythia --precision default,autocast --json "$OUT/trl.json"
-step 180 targets $PY benchmarks/bench_gpu.py targets --out "$OUT"
-step 45 agreement $PY benchmarks/bench_gpu.py agreement --out "$OUT"
+step 240 targets $PY benchmarks/bench_gpu.py targets --out "$OUT"
+step 40 agreement $PY benchmarks/bench_gpu.py agreement --out "$OUT"
 step 110 packing $PY benchmarks/bench_packing.py 4 --lean --json "$OUT/packing.json"
-step 75 static $PY benchmarks/bench_gpu.py static --out "$OUT"
+step 60 static $PY benchmarks/bench_gpu.py static --out "$OUT"
 echo "== total $(( $(date +%s) - T0 ))s" | tee -a "$OUT/log.txt"
 $PY benchmarks/gpu_table.py "$OUT"
 # what comes back from the device tool is at most 8 files: keep the JSON, the table and the log
