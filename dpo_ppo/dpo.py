@@ -128,6 +128,10 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
         logging_steps=logging_steps, report_to=[], seed=seed,
         use_cpu=use_cpu, dataloader_num_workers=0,
         bf16=bool(runtime is not None and runtime.bf16), fp16=False, disable_tqdm=plain_progress(),
+        # the frozen reference's log-probs once, in large no-grad batches, instead of a reference
+        # forward in every training step (TRL's own option; the same numbers)
+        precompute_ref_log_probs=True,
+        precompute_ref_batch_size=runtime.forward_batch_size if runtime is not None else 64,
     )
     examples_per_step = algo.batch_size
     trainer = TokenDPOTrainer(
