@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_ppo.config import ConfigError, register_configs, validate
+from dpo_ppo.config import ConfigError, load, register_configs
 
 log = logging.getLogger("dpo_ppo")
 
@@ -49,10 +49,12 @@ def app(cfg: DictConfig):
     multirun = hc.mode == RunMode.MULTIRUN
     job_dir = hc.runtime.output_dir
     try:
-        validate(cfg)  # before torch is imported: bad input fails in about a second
+        # the composed DictConfig becomes the typed Config here, once, and is checked before torch
+        # is imported: bad input fails in about a second
+        typed = load(cfg)
         from dpo_ppo.job import run_job
 
-        out = run_job(cfg, job_dir, overrides=list(hc.overrides.task), raise_errors=False)
+        out = run_job(typed, job_dir, overrides=list(hc.overrides.task), raise_errors=False)
     except Exception as e:
         if multirun:  # recorded by the job like any other failure; the sweep goes on
             raise
