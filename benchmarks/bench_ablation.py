@@ -24,16 +24,11 @@ import platform
 import time
 
 import torch
-from bench_common import SHAPES, build_model, word_tokenizer
+from bench_common import build
+from fixtures import HashScorer  # tests/fixtures.py: bench_common put tests/ on sys.path
 
 from dpo_ppo.analysis.ablation import ablate_heads
 from dpo_ppo.analysis.cli import load_preset
-from dpo_ppo.analysis.toy import HashScorer
-
-def build(shape: str, device):
-    tok = word_tokenizer(SHAPES[shape][3])
-    torch.manual_seed(0)
-    return build_model(shape, tok, device).eval(), tok
 
 
 def timed(fn, repeats: int):

@@ -1,9 +1,14 @@
-"""Model shapes and a word-level tokenizer shared by the benchmark scripts (random weights)."""
+"""Model shapes shared by the benchmark scripts, built (random weights, word-level tokenizer) by the
+tests' fixtures module, tests/fixtures.py, which this puts on ``sys.path``."""
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from fixtures import toy_model, word_tokenizer  # noqa: E402
 
 SHAPES = {  # hidden, layers, heads, vocab, context
     "embedded": (128, 4, 8, 1024, 256),
@@ -11,22 +16,10 @@ SHAPES = {  # hidden, layers, heads, vocab, context
 }
 
 
-def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """Every id decodes to a word, so sampled completions always make text for a scorer."""
-    vocab = {f"t{i}": i for i in range(vocab_size - 2)} | {"<eos>": vocab_size - 2, "<pad>": vocab_size - 1}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
-
-
-def build_model(shape: str, tok, device) -> GPTNeoXForCausalLM:
-    """A randomly initialised GPT-NeoX of the named shape (Pythia's rotary fraction, no dropout)."""
+def build(shape: str, device, seed: int = 0):
+    """A randomly initialised GPT-NeoX of the named shape (weights drawn after
+    ``torch.manual_seed(seed)``, in eval mode) on ``device``, and its word-level tokenizer."""
     hidden, layers, heads, vocab, context = SHAPES[shape]
-    config = GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                           num_attention_heads=heads, intermediate_size=4 * hidden,
-                           max_position_embeddings=context, rotary_pct=0.25, hidden_dropout=0.0,
-                           attention_dropout=0.0, eos_token_id=tok.eos_token_id,
-                           bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model = GPTNeoXForCausalLM(config).to(device)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    return model
+    tok = word_tokenizer(vocab)
+    model = toy_model(tok, hidden=hidden, layers=layers, heads=heads, context=context, seed=seed)
+    return model.to(device), tok

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from bench_common import SHAPES, build_model, word_tokenizer
+from bench_common import build
 
 from dpo_ppo.config import PPOAlgorithmConfig
 from dpo_ppo.ppo import train_ppo
@@ -57,9 +57,7 @@ def main() -> None:
     cfg.examples = (args.updates + 1) * cfg.rollout_prefixes
     cfg.snapshot_every = 10 ** 9
 
-    tok = word_tokenizer(SHAPES[shape][3])
-    torch.manual_seed(0)
-    policy = build_model(shape, tok, device)
+    policy, tok = build(shape, device)
     ref = copy.deepcopy(policy).eval()
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, len(tok) - 2, (cfg.examples, cfg.prefix_len), generator=g).tolist()

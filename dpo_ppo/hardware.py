@@ -43,6 +43,7 @@ class Runtime:
     train_micro_batch: int
     analysis_batch_size: int
     jobs_per_gpu: int = 1
+    static_cache: bool = False
     memory_gib: Optional[float] = None  # GPU memory one job may use
 
     @property
@@ -103,4 +104,5 @@ def resolve(cfg, device: torch.device) -> Runtime:
             sizes[key] = int(value)
     precision_key = getattr(cfg, "precision", "auto")
     return Runtime(device=str(device), device_name=name, precision=resolve_precision(precision_key, device),
-                   jobs_per_gpu=jobs, memory_gib=memory, **sizes)
+                   jobs_per_gpu=jobs, memory_gib=memory, static_cache=bool(getattr(hw, "static_cache", False)),
+                   **sizes)

@@ -50,15 +50,18 @@ def ensure_pad(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def tiny_neox_config(model_cfg, tokenizer) -> GPTNeoXConfig:
-    return GPTNeoXConfig(
+def tiny_neox_config(model_cfg, tokenizer, **overrides) -> GPTNeoXConfig:
+    """Pythia's architecture (rotary on a quarter of each head, parallel residual, untied
+    embeddings) at ``model_cfg``'s size, no dropout.  ``overrides`` replace or add GPTNeoXConfig
+    arguments (the tests' toy models use them)."""
+    return GPTNeoXConfig(**dict(
         vocab_size=len(tokenizer), hidden_size=model_cfg.hidden_size,
         num_hidden_layers=model_cfg.num_layers, num_attention_heads=model_cfg.num_heads,
         intermediate_size=4 * model_cfg.hidden_size, max_position_embeddings=model_cfg.context_length,
         rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, hidden_dropout=0.0, attention_dropout=0.0,
-    )
+    ) | overrides)
 
 
 def _lm_blocks(texts, tokenizer, seq_len: int) -> Dataset:

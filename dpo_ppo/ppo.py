@@ -373,7 +373,7 @@ def select(batch: dict, idx) -> dict:
 @torch.no_grad()
 def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int]], reward_fn,
             cfg, kl_coef: float, normalizer: Optional[RunningMoments], *, chunk: Optional[int] = None,
-            autocast=contextlib.nullcontext) -> tuple[dict, dict]:
+            autocast=contextlib.nullcontext, static_cache: bool = False) -> tuple[dict, dict]:
     """Sample, score, and compute per-token rewards, advantages and returns for one update.
 
     ``chunk``: sequences per forward pass (default ``cfg.batch_size``); ``autocast``: the context
@@ -383,7 +383,7 @@ def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with autocast():
         completions = generate(policy, tokenizer, queries, cfg.completion_len, temperature=cfg.temperature,
-                               top_k=cfg.top_k, batch_size=len(queries), desc=None)
+                               top_k=cfg.top_k, batch_size=len(queries), desc=None, static_cache=static_cache)
     texts = tokenizer.batch_decode([q + c for q, c in zip(queries, completions)],
                                    skip_special_tokens=True)
     p_positive = torch.as_tensor(reward_fn(texts), dtype=torch.float32).flatten().cpu()
@@ -616,7 +616,8 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
         queries = [list(p) for p in prefixes for _ in range(cfg.num_completions)]
         kl_coef = kl_ctl.value
         batch, metrics = rollout(model, ref_model, tokenizer, queries, reward_fn, cfg, kl_coef, normalizer,
-                                 chunk=chunk, autocast=autocast)
+                                 chunk=chunk, autocast=autocast,
+                                 static_cache=bool(runtime is not None and runtime.static_cache))
         kl_ctl.update(metrics["train/kl"], len(queries))
         t1 = time.time()
         metrics.update(ppo_update(model, optimizer, batch, cfg, generator, chunk=chunk, autocast=autocast))

@@ -7,8 +7,7 @@ hyperparameters at top level as ``params`` and the ``provenance`` record), train
 ``train/*`` against ``train/examples`` (``define_metric``), evaluation and analysis scalars under
 their stable names (summary: last value), tags ``algorithm=``, ``sweep=``, ``model=``, a table of
 sample completions and the analysis plots.  A relaunched or requeued job resumes its run by the id
-stored in results.json.  ``read_offline_run`` reads an offline run's ``.wandb`` file back (used by
-the tests): a 7-byte header, then LevelDB-log framed protobuf ``Record`` messages.
+stored in results.json.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 from pathlib import Path
 
 from dpo_ppo.results import RESULTS_FILE, TRAIN_LOG_FILE
@@ -151,91 +149,3 @@ class Recorder:
                 self.run.summary["error"] = fields["error"]
             self.run.finish(exit_code=0 if status == "finished" else 1)
             self.run = None
-
-
-# --------------------------------------------------------------------------- reading back
-
-
-def _records(data: bytes):
-    """Yield the payloads of a LevelDB-log framed file (after W&B's 7-byte header)."""
-    block, header = 32768, 7
-    pos, pending = 7, b""
-    while pos + header <= len(data):
-        left = block - pos % block
-        if left < header:  # block trailer padding
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + header])
-        pos += header
-        chunk = data[pos:pos + length]
-        pos += length
-        if kind == 0 and length == 0:
-            continue
-        if kind == 1:  # FULL
-            yield chunk
-        elif kind == 2:  # FIRST
-            pending = chunk
-        elif kind == 3:  # MIDDLE
-            pending += chunk
-        elif kind == 4:  # LAST
-            yield pending + chunk
-            pending = b""
-
-
-def read_offline_run(run_dir: Path, wait_s: float = 20.0) -> dict:
-    """Config, history rows, summary, run facts (id, group, tags, ...) and metric definitions
-    (``define_metric``) of an offline W&B run folder.
-
-    W&B's service may still be flushing the file for a moment after ``finish()`` returns, so this
-    re-reads it for up to ``wait_s`` seconds until the run's exit record is there.
-    """
-    import time
-
-    deadline = time.time() + wait_s
-    while True:
-        out = _read_offline_run(Path(run_dir))
-        if out["exit_code"] is not None or time.time() > deadline:
-            return out
-        time.sleep(0.2)
-
-
-def _read_offline_run(run_dir: Path) -> dict:
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    files = list(run_dir.glob("run-*.wandb"))
-    if not files:
-        raise FileNotFoundError(f"no run-*.wandb in {run_dir}")
-    data = files[0].read_bytes()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{files[0]} is not a W&B log")
-    out = {"config": {}, "history": [], "summary": {}, "run": {}, "metrics": {}, "exit_code": None}
-    for payload in _records(data):
-        rec = pb.Record()
-        rec.ParseFromString(payload)
-        which = rec.WhichOneof("record_type")
-        if which == "run":
-            out["run"] = {"group": rec.run.run_group, "job_type": rec.run.job_type,
-                          "project": rec.run.project, "name": rec.run.display_name,
-                          "id": rec.run.run_id, "tags": list(rec.run.tags)}
-            for item in rec.run.config.update:
-                out["config"][item.key] = json.loads(item.value_json)
-        elif which == "config":
-            for item in rec.config.update:
-                out["config"][item.key] = json.loads(item.value_json)
-        elif which == "history":
-            row = {}
-            for item in rec.history.item:
-                key = item.key or "/".join(item.nested_key)
-                row[key] = json.loads(item.value_json)
-            out["history"].append(row)
-        elif which == "summary":
-            for item in rec.summary.update:
-                key = item.key or "/".join(item.nested_key)
-                out["summary"][key] = json.loads(item.value_json)
-        elif which == "metric":  # define_metric
-            m = rec.metric
-            summary = [f.name for f, v in m.summary.ListFields() if v] if m.HasField("summary") else []
-            out["metrics"][m.name or m.glob_name] = {"step_metric": m.step_metric or None, "summary": summary}
-        elif which == "exit":
-            out["exit_code"] = rec.exit.exit_code
-    return out

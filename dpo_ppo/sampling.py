@@ -70,9 +70,10 @@ def sample_keys(seed: int, ids: Sequence[int]) -> list[int]:
     return [int(seed) * 1_000_003 + int(i) for i in ids]
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool, device=None):
-    """Pad token-id lists into (input_ids, attention_mask) tensors."""
-    width = max(len(s) for s in seqs)
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool, device=None, width: int | None = None):
+    """Pad token-id lists into (input_ids, attention_mask) tensors, ``width`` columns (default:
+    the longest sequence)."""
+    width = max([len(s) for s in seqs] + [width or 0])
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -91,7 +92,7 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool, device=Non
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
              temperature: float = 1.0, top_k: int = 0, batch_size: int = 64,
              desc: str | None = "sampling", stop_at_eos: bool = True,
-             keys: Optional[Sequence[int]] = None) -> list[list[int]]:
+             keys: Optional[Sequence[int]] = None, static_cache: bool = False) -> list[list[int]]:
     """Sample one completion per prompt with ``model.generate``; returns the new token ids.
 
     A completion ends at the first EOS (the EOS itself is kept, so that its probability is part of
@@ -99,6 +100,11 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens:
     range of prefix lengths costs little padding.  Without ``keys`` sampling draws from torch's
     global RNG; with ``keys`` (one int per prompt, see ``sample_keys``) each completion is a
     function of its key and the model alone (``KeyedGumbelSampler``).
+
+    ``static_cache``: transformers' static KV cache, which ``generate`` compiles on a GPU (CUDA
+    graphs, ``torch.compile``); every batch then has the same shape (prompts left-padded to the
+    longest of the call, the last batch topped up with copies of its first row) so that the
+    compiled decoding step is reused, not recompiled.  Completions are the same either way.
     """
     device = model_device(model)
     was_training = model.training
@@ -108,15 +114,23 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens:
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
     starts = range(0, len(order), batch_size)
+    width = max((len(p) for p in prompts), default=0)
     bar = tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None)
     for start in bar:
         idx = order[start: start + batch_size]
-        ids, mask = pad_batch([prompts[i] for i in idx], pad_id, left=True, device=device)
+        rows = [prompts[i] for i in idx]
+        if static_cache:  # one shape for every batch: full rows, the call's widest prompt
+            rows += [rows[0]] * (min(batch_size, len(order)) - len(rows))
+        ids, mask = pad_batch(rows, pad_id, left=True, device=device, width=width if static_cache else None)
         kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=1, pad_token_id=pad_id, top_p=None)
+        if static_cache:
+            kwargs["cache_implementation"] = "static"
         if keys is None:
             kwargs.update(do_sample=True, temperature=temperature, top_k=top_k if top_k > 0 else None)
         else:
-            batch_keys = torch.as_tensor([keys[i] for i in idx], dtype=torch.long, device=device)
+            row_keys = [keys[i] for i in idx]
+            row_keys += [row_keys[0]] * (len(rows) - len(row_keys))
+            batch_keys = torch.as_tensor(row_keys, dtype=torch.long, device=device)
             kwargs.update(do_sample=False, temperature=None, top_k=None, logits_processor=LogitsProcessorList(
                 [KeyedGumbelSampler(batch_keys, ids.shape[1], temperature, top_k)]))
         if stop_at_eos:

@@ -7,7 +7,7 @@ import torch
 
 from dpo_ppo.analysis import ablation as A
 from dpo_ppo.analysis.common import encode, head_dim, pad_id
-from dpo_ppo.analysis.toy import HashScorer, toy_model, toy_reviews, toy_tokenizer
+from fixtures import HashScorer, toy_model, toy_reviews, toy_tokenizer
 
 
 

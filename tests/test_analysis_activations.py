@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from dpo_ppo.analysis.activations import activation_divergence, softmax_kl
 from dpo_ppo.analysis.common import boot_bridge, encode, pad_id
-from dpo_ppo.analysis.toy import toy_model, toy_reviews, toy_tokenizer
+from fixtures import toy_model, toy_reviews, toy_tokenizer
 
 
 

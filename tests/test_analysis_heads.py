@@ -10,7 +10,7 @@ from dpo_ppo.analysis import heads as hd
 from dpo_ppo.analysis import sentiment_attention as sa
 from dpo_ppo.analysis.common import boot_bridge, pad_id
 from dpo_ppo.analysis.config import parse_marked_prompt
-from dpo_ppo.analysis.toy import toy_model, toy_reviews, toy_tokenizer
+from fixtures import toy_model, toy_reviews, toy_tokenizer
 
 
 

@@ -13,7 +13,7 @@ from dpo_ppo.analysis.cli import load_preset, main
 from dpo_ppo.analysis.common import select_balanced
 from dpo_ppo.analysis.config import AnalysisConfig
 from dpo_ppo.analysis.suite import run_analysis
-from dpo_ppo.analysis.toy import LexiconScorer, toy_model, toy_reviews, toy_tokenizer
+from fixtures import LexiconScorer, toy_model, toy_reviews, toy_tokenizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dpo_ppo.analysis import weights as W
-from dpo_ppo.analysis.toy import toy_model, toy_tokenizer
+from fixtures import toy_model, toy_tokenizer
 
 
 def _state(**tensors):

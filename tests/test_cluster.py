@@ -18,8 +18,8 @@ from conftest import compose_cfg
 from dpo_ppo import job as jobmod
 from dpo_ppo.identity import config_diff, config_hash
 from dpo_ppo.joblock import LOCK_FILE, JobLock
-from dpo_ppo.record import read_offline_run
 from dpo_ppo.wandb_sync import plan, sync
+from fixtures import read_offline_run
 
 
 def _cfg(tmp_path, *overrides):

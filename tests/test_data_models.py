@@ -4,13 +4,14 @@ the latter exercised on local folders written by save_pretrained / save_to_disk.
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
-from transformers import GPT2Config, GPT2ForSequenceClassification, GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPTNeoXForCausalLM
 
 from dpo_ppo.config import ClassifierConfig, ModelConfig
 from dpo_ppo.corpus import NEGATIVE, POSITIVE, load_hub, make_synthetic
 from dpo_ppo.models import build_base, load_policy, train_tokenizer
 from dpo_ppo.prompts import make_prefixes
 from dpo_ppo.scorer import Scorer, build_classifier
+from fixtures import toy_model
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +85,7 @@ def test_hub_model_path_on_a_saved_folder(corpus, tmp_path):
     """model.source pointing at a save_pretrained folder goes through the hub loading code."""
     tok = train_tokenizer(corpus["train"]["text"], 300)
     tok.pad_token = None  # like Pythia: no pad token
-    src = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
-                                           num_attention_heads=4, intermediate_size=64))
+    src = toy_model(tok, hidden=32, layers=2, heads=4, context=2048, intermediate_size=64)
     src.save_pretrained(str(tmp_path / "hub"))
     tok.save_pretrained(str(tmp_path / "hub"))
     cfg = ModelConfig(name="local", source=str(tmp_path / "hub"))

@@ -5,37 +5,29 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
 from dpo_ppo.config import EvalConfig, LoggerConfig
 from dpo_ppo.evaluate import distinct_n, evaluate_model
-from dpo_ppo.record import Recorder, read_offline_run
+from dpo_ppo.record import Recorder
 from dpo_ppo.sampling import completion_logprobs, generate, pad_batch, sequence_kl
+from fixtures import read_offline_run, toy_model, word_tokenizer
 
 
 @pytest.fixture(scope="module")
 def word_tok():
-    vocab = {"<eos>": 0, "<pad>": 1, **{f"w{i}": i + 2 for i in range(14)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    from tokenizers import decoders
-    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    return word_tokenizer(16, specials_first=True)  # <eos> = 0, <pad> = 1, then t0..t13
 
 
 def tiny_lm(seed=0):
-    torch.manual_seed(seed)
-    return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=16, hidden_size=16, num_hidden_layers=1,
-                                            num_attention_heads=2, intermediate_size=32,
-                                            eos_token_id=0, pad_token_id=1)).eval()
+    return toy_model(word_tokenizer(16, specials_first=True), hidden=16, layers=1, heads=2, context=2048,
+                     intermediate_size=32, seed=seed)
 
 
 class FakeScorer:
-    """p(positive) = share of 'w2' tokens in the text: a scorer we can compute by hand."""
+    """p(positive) = share of 't2' tokens in the text: a scorer we can compute by hand."""
 
     def logits(self, texts):
-        p = torch.tensor([max(1e-4, min(1 - 1e-4, t.split().count("w2") / max(1, len(t.split())))) for t in texts])
+        p = torch.tensor([max(1e-4, min(1 - 1e-4, t.split().count("t2") / max(1, len(t.split())))) for t in texts])
         return torch.log(p) - torch.log1p(-p)
 
     def p_positive(self, texts):
@@ -92,10 +84,10 @@ def test_evaluate_metrics_by_hand(word_tok):
     assert metrics["gradient_loss"] == pytest.approx(float((1 - p).mean()), abs=1e-6)
     assert metrics["binary_loss"] == pytest.approx(float((p < 0.5).float().mean()))
     assert metrics["kl_to_ref"] == pytest.approx(0.0, abs=1e-6)  # a model against itself
-    # the scorer sees prompt + completion: every prompt holds one w2 of its >= 3 words
+    # the scorer sees prompt + completion, the two texts joined as they are
     for r in rows:
         words = (r["prompt"] + r["completion"]).split()
-        assert r["p_positive"] == pytest.approx(max(1e-4, words.count("w2") / len(words)), rel=1e-3)
+        assert r["p_positive"] == pytest.approx(max(1e-4, words.count("t2") / len(words)), rel=1e-3)
     other, _ = evaluate_model(model, word_tok, FakeScorer(), prompts, cfg, ref_model=tiny_lm(2))
     assert other["kl_to_ref"] > 0.01 and other["kl_to_ref_k1"] != other["kl_to_ref"]
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import compose_cfg
 from dpo_ppo.job import artifact_specs, run_job
-from dpo_ppo.record import read_offline_run
+from fixtures import read_offline_run
 
 
 def _cfg(shared_cache, *overrides):

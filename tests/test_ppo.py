@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from transformers import GPTNeoXForCausalLM
 
 from dpo_ppo.config import PPOAlgorithmConfig
 from dpo_ppo.ppo import (AdaptiveKLController, FixedKLController, LogKLController, PolicyWithValue,
@@ -16,27 +15,18 @@ from dpo_ppo.ppo import (AdaptiveKLController, FixedKLController, LogKLControlle
                          make_kl_controller, policy_loss, ppo_update, rollout, token_logprobs,
                          train_ppo, value_loss, whiten)
 from dpo_ppo.sampling import completion_logprobs
+from fixtures import toy_model, word_tokenizer
 
 VOCAB = 20  # words t0..t19, then <eos>, <pad>
 TARGET = "t3"
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {f"t{i}": i for i in range(VOCAB)} | {"<eos>": VOCAB, "<pad>": VOCAB + 1}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+def tiny_tokenizer():
+    return word_tokenizer(VOCAB + 2)
 
 
-def tiny_model(tok, seed: int = 0) -> GPTNeoXForCausalLM:
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
-                           hidden_dropout=0.0, attention_dropout=0.0, eos_token_id=tok.eos_token_id,
-                           bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model = GPTNeoXForCausalLM(config)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    return model.eval()
+def tiny_model(tok, seed: int = 0):
+    return toy_model(tok, context=64, seed=seed)
 
 
 def share_of_target(texts: list[str]) -> torch.Tensor:

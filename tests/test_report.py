@@ -378,10 +378,10 @@ def test_python_m_report(tmp_path):
 def _run_ids(run_file: Path) -> set:
     from wandb.proto import wandb_internal_pb2 as pb
 
-    from dpo_ppo.record import _records
+    from fixtures import wandb_records
 
     ids = set()
-    for payload in _records(run_file.read_bytes()):
+    for payload in wandb_records(run_file.read_bytes()):
         rec = pb.Record()
         rec.ParseFromString(payload)
         if rec.WhichOneof("record_type") == "run":
@@ -391,7 +391,7 @@ def _run_ids(run_file: Path) -> set:
 
 def test_wandb_report_is_one_run_with_the_claims_table(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    from dpo_ppo.record import read_offline_run
+    from fixtures import read_offline_run
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Issue 10's GPU check, one script: run it from the repository root on a GPU machine.
+#
+#   bash benchmarks/gpu_check.sh            # results in $OUT (or ./gpu-check), one table at the end
+#
+# It installs what the machine lacks from wheels in .whl/ (and TRL 1.12 for the peer benchmark in
+# .whl_trl112/; see benchmarks/device_env.sh), then runs each benchmark under its own time limit,
+# most important first, so that a slow one never costs the others: sampling speed, PPO per update
+# (ours and TRL 1.12's on the same work), the paper_run2 jobs, bf16 against fp32, jobs packed on
+# one GPU, the static KV cache.  Every figure comes from benchmarks/*.py; docs/performance.md
+# keeps them with the card's name.  About 8 minutes on an H100.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled WANDB_SILENT=true \
+       TOKENIZERS_PARALLELISM=false
+PY=${PYTHON:-python3}
+T0=$(date +%s)
+source benchmarks/device_env.sh || { echo "gpu_check: could not install the wheels in .whl/"; exit 1; }
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader 2>&1 | tee "$OUT/log.txt"
+
+step() {  # step SECONDS NAME COMMAND...: one benchmark, its own limit, its log kept
+  local limit=$1 name=$2
+  shift 2
+  echo "== $name (limit ${limit}s, at $(( $(date +%s) - T0 ))s)" | tee -a "$OUT/log.txt"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  if [ $rc -eq 0 ]; then
+    tail -n 3 "$OUT/$name.log" | cut -c1-300 | tee -a "$OUT/log.txt"
+  else  # a failure shows more of its log
+    tail -n 25 "$OUT/$name.log" | cut -c1-300 | tee -a "$OUT/log.txt"
+    echo "   $name: exit $rc" | tee -a "$OUT/log.txt"
+  fi
+}
+
+step 90 sampling $PY benchmarks/bench_gpu.py sampling --out "$OUT"
+step 75 ppo $PY benchmarks/bench_ppo.py --pythia --geometry trl --json "$OUT/ppo.json"
+step 90 trl bash -c "source benchmarks/device_env.sh trl112 && $PY benchmarks/bench_trl_ppo.py --json $OUT/trl.json"
+step 180 targets $PY benchmarks/bench_gpu.py targets --out "$OUT"
+step 45 agreement $PY benchmarks/bench_gpu.py agreement --out "$OUT"
+step 100 packing $PY benchmarks/bench_packing.py --pythia --n 4 --json "$OUT/packing.json"
+step 75 static $PY benchmarks/bench_gpu.py static --out "$OUT"
+echo "== total $(( $(date +%s) - T0 ))s" | tee -a "$OUT/log.txt"
+$PY benchmarks/gpu_table.py "$OUT"
+# what comes back from the device tool is at most 8 files: keep the JSON, the table and the log
+rm -f "$OUT"/*.log

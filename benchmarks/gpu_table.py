@@ -1,0 +1,67 @@
+"""One table from the JSON files benchmarks/gpu_check.sh leaves in its output folder.
+
+    python benchmarks/gpu_table.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def load(folder: Path, name: str) -> dict:
+    path = folder / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def get(d: dict, *keys, default="-"):
+    for key in keys:
+        if not isinstance(d, dict) or key not in d or d[key] is None:
+            return default
+        d = d[key]
+    return d
+
+
+def main(folder: Path) -> None:
+    s, st, a, t = (load(folder, n) for n in ("sampling", "static", "agreement", "targets"))
+    p, trl, pk = (load(folder, n) for n in ("ppo", "trl", "packing"))
+    card = s.get("card") or t.get("card") or "?"
+    rows = [
+        ("card", card, ""),
+        ("forward limit, bf16 [256 x 125] tok/s", get(s, "forward_limit_bf16", "tokens_per_s"), ""),
+        ("sampling before (fp32, batch 250) tok/s", get(s, "before_fp32_b250", "tokens_per_s"), ""),
+        (f"sampling after (bf16, batch {get(s, 'auto_gen_batch')}) tok/s", get(s, "after_bf16_auto", "tokens_per_s"),
+         f"x{get(s, 'ratio_after_vs_before')} (target >= 3)"),
+        ("sampling after, fp32, same batch tok/s", get(s, "after_fp32_auto", "tokens_per_s"), ""),
+        ("sampling run1 shape (100 + 200 tokens) tok/s", get(s, "run1_after_bf16", "tokens_per_s"), ""),
+        ("rollout 128 static cache: compile (first call) s", get(st, "static_first_call_s"), ""),
+        ("rollout 128: static vs dynamic tok/s", get(st, "static_rollout128", "tokens_per_s"),
+         f"dynamic {get(st, 'dynamic_rollout128', 'tokens_per_s')}"),
+        ("eval KL fp32 / bf16 - fp32 (paired se)", get(a, "fp32", "kl_to_ref"),
+         f"{get(a, 'kl_to_ref_bf16_minus_fp32')} ({get(a, 'kl_to_ref_paired_se')}); se of the mean {get(a, 'kl_to_ref_se')}"),
+        ("eval reward fp32 / bf16 - fp32 (paired se)", get(a, "fp32", "reward_mean"),
+         f"{get(a, 'reward_mean_bf16_minus_fp32')} ({get(a, 'reward_mean_paired_se')}); se of the mean {get(a, 'reward_mean_se')}"),
+        ("PPO s/update, ours fp32", get(p, "fp32", "s_per_update"), ""),
+        ("PPO s/update, ours bf16 (default)", get(p, "bf16", "s_per_update"), ""),
+        ("PPO s/update, TRL 1.12 (its default)", get(trl, "default", "s_per_update"), ""),
+        ("PPO s/update, TRL 1.12 bf16", get(trl, "bf16", "s_per_update"), ""),
+        ("prepare (corpus, base, scorer, ref eval) s", get(t, "prepare", "job_s"), ""),
+        ("paper_run2 DPO job, full analysis s", get(t, "run2_dpo", "job_s"), f"stages {get(t, 'run2_dpo', 'stages')} (target < 60)"),
+        ("paper_run2 PPO job (extrapolated) s", get(t, "run2_ppo_extrapolated_s"),
+         f"{get(t, 'run2_ppo_s_per_update')} s/update; stages {get(t, 'run2_ppo_part', 'stages')} (target < 120)"),
+        ("  same, rollouts with static cache s", get(t, "run2_ppo_static_extrapolated_s"),
+         f"{get(t, 'run2_ppo_static_s_per_update')} s/update; stages {get(t, 'run2_ppo_static_part', 'stages')}"),
+        ("packing: jobs/hour alone / N at once", get(pk, "alone_jobs_per_hour"),
+         f"{get(pk, 'packed_jobs_per_hour')} with N={get(pk, 'n')}: x{get(pk, 'ratio')} (target >= 4)"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value!s:>12}  {note}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "."))

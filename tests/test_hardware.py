@@ -1,0 +1,176 @@
+"""Issue 10: precision and batch sizes from the device, without changing what a job computes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose_cfg
+from dpo_ppo import hardware
+from dpo_ppo.config import ConfigError, validate
+from dpo_ppo.dpo import micro_batches
+from dpo_ppo.identity import config_hash
+from dpo_ppo.sampling import generate, sample_keys
+
+
+def _word_model():
+    from test_ppo import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    return tiny_model(tok), tok
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def test_cpu_keeps_the_cpu_sizes_in_float32_and_fixed_values_win():
+    rt = hardware.resolve(compose_cfg([]), torch.device("cpu"))
+    assert (rt.precision, rt.gen_batch_size, rt.forward_batch_size, rt.train_micro_batch,
+            rt.analysis_batch_size) == ("fp32", 250, 64, 16, 16)
+    rt = hardware.resolve(compose_cfg(["hardware.gen_batch_size=7", "precision=bf16"]), torch.device("cpu"))
+    assert (rt.gen_batch_size, rt.precision, rt.bf16) == (7, "bf16", True)
+    assert isinstance(rt.autocast(), torch.autocast)
+    assert not isinstance(hardware.resolve(compose_cfg([]), torch.device("cpu")).autocast(), torch.autocast)
+
+
+def test_gpu_sizes_scale_with_the_memory_a_job_may_use(monkeypatch):
+    # 80 GiB alone: every size at its cap; 80 GiB shared by 4: 20 GiB each, the powers of two below
+    # 32, 2, 2, 4 per GiB (640 -> 512, 40 -> 32, 40 -> 32, 80 -> 64), which is the gpu80 preset
+    assert hardware.gpu_sizes(80) == {"gen_batch_size": 1024, "forward_batch_size": 64,
+                                      "train_micro_batch": 64, "analysis_batch_size": 128}
+    assert hardware.gpu_sizes(20) == {"gen_batch_size": 512, "forward_batch_size": 32,
+                                      "train_micro_batch": 32, "analysis_batch_size": 64}
+    preset = OmegaConf.load(Path(__file__).parents[1] / "conf" / "hardware" / "gpu80.yaml")
+    assert {k: preset[k] for k in hardware.gpu_sizes(20)} == hardware.gpu_sizes(80 / preset.jobs_per_gpu)
+    assert hardware.gpu_sizes(1)["gen_batch_size"] == 64  # small cards: the floor
+
+    props = types.SimpleNamespace(name="Fake H100", total_memory=80 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    rt = hardware.resolve(compose_cfg(["hardware.jobs_per_gpu=4"]), torch.device("cuda", 0))
+    assert (rt.device_name, rt.precision, rt.memory_gib, rt.gen_batch_size) == ("Fake H100", "bf16", 20.0, 512)
+    assert hardware.resolve(compose_cfg(["precision=fp32"]), torch.device("cuda", 0)).precision == "fp32"
+
+
+def test_bad_precision_and_sizes_name_the_key():
+    with pytest.raises(ConfigError, match=r"precision: must be one of auto, fp32, bf16; got 'fp16'"):
+        validate(compose_cfg(["precision=fp16"]))
+    with pytest.raises(ConfigError, match=r"hardware\.jobs_per_gpu: must be > 0, got 0"):
+        validate(compose_cfg(["hardware.jobs_per_gpu=0"]))
+
+
+def test_batch_sizes_are_not_part_of_a_jobs_identity():
+    def key(overrides):
+        return config_hash(OmegaConf.to_container(compose_cfg(overrides), resolve=True))
+
+    base = key([])
+    assert key(["hardware=gpu80", "eval.batch_size=17", "analysis.batch_size=3", "hardware.static_cache=true"]) == base
+    assert key(["precision=bf16"]) != base  # bf16 numerics are another computation
+
+
+def test_artifact_keys_carry_the_precision_only_when_it_is_not_float32():
+    from dpo_ppo.job import artifact_specs
+
+    cfg = compose_cfg([])
+    fp32, bf16 = artifact_specs(cfg, "fp32"), artifact_specs(cfg, "bf16")
+    assert "precision" not in json.dumps(fp32)  # the keys of caches built before precision existed
+    for name in ("base", "classifier", "prefs", "ref_eval"):
+        assert bf16[name] != fp32[name]
+    assert bf16["corpus"] == fp32["corpus"]
+    assert "batch_size" not in fp32["ref_eval"]["eval"]
+
+
+# ----------------------------------------------------------------------------- same computation
+
+
+@pytest.mark.parametrize("batch,micro,expected", [(16, None, (16, 1)), (16, 64, (16, 1)), (16, 5, (4, 4)),
+                                                  (12, 8, (6, 2)), (7, 3, (1, 7))])
+def test_micro_batches_divide_the_optimizer_batch(batch, micro, expected):
+    assert micro_batches(batch, micro) == expected
+
+
+def test_dpo_micro_batches_take_the_same_steps_as_whole_batches(tmp_path):
+    """Gradient accumulation over micro-batches of 2 pairs gives the optimizer step of the whole
+    batch of 4 (the loss is a mean over pairs): the weights after two steps match."""
+    from datasets import Dataset
+
+    from dpo_ppo.dpo import train_dpo
+
+    model, tok = _word_model()
+    g = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(4, 20, (n,), generator=g).tolist()  # noqa: E731
+    pairs = Dataset.from_dict({"prompt": ["p"] * 8, "chosen": ["c"] * 8, "rejected": ["r"] * 8,
+                               "prompt_ids": [ids(4) for _ in range(8)], "chosen_ids": [ids(5) for _ in range(8)],
+                               "rejected_ids": [ids(3) for _ in range(8)]})
+    algo = OmegaConf.create({"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.0, "lr": 1e-2,
+                             "weight_decay": 0.0, "adam_eps": 1e-8, "max_grad_norm": 1e9, "batch_size": 4,
+                             "epochs": 1.0, "prefix_len": 4, "prefix_len_max": None, "completion_len": 6,
+                             "snapshot_every": 1000})
+    trained = {}
+    for micro in (None, 2):
+        policy = copy.deepcopy(model)
+        rt = None if micro is None else hardware.Runtime("cpu", "cpu", "fp32", 8, 8, micro, 8)
+        summary = train_dpo(algo, policy, copy.deepcopy(model).eval(), tok, pairs, tmp_path / str(micro), runtime=rt)
+        assert summary["steps"] == 2
+        trained[micro] = policy.state_dict()
+    moved = max(float((trained[None][k] - model.state_dict()[k]).abs().max()) for k in trained[None])
+    diff = max(float((trained[None][k] - trained[2][k]).abs().max()) for k in trained[None])
+    assert moved > 1e-3 and diff < 1e-3 * moved  # float32 sums in another order, through Adam
+
+
+def test_static_cache_gives_the_same_completions():
+    model, tok = _word_model()
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(4, 20, (int(n),), generator=g).tolist() for n in torch.randint(2, 7, (11,), generator=g)]
+    keys = sample_keys(3, range(len(prompts)))
+    dynamic = generate(model, tok, prompts, 9, batch_size=4, desc=None, keys=keys)
+    static = generate(model, tok, prompts, 9, batch_size=4, desc=None, keys=keys, static_cache=True)
+    assert static == dynamic and len(set(map(tuple, dynamic))) > 5
+
+
+def test_bf16_evaluation_agrees_with_float32_within_its_noise():
+    """The same policy evaluated in float32 and under bf16 autocast (on the CPU here): mean KL and
+    reward differ by less than their standard errors."""
+    from dpo_ppo.evaluate import evaluate_model
+
+    ref, tok = _word_model()
+    policy = copy.deepcopy(ref)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+
+    class LengthScorer:  # p(positive) rises with the text's length: a smooth, cheap reward
+        def logits(self, texts):
+            return torch.tensor([0.1 * len(t.split()) - 1.0 for t in texts])
+
+    cfg = OmegaConf.create({"seed": 0, "completion_len": 12, "temperature": 1.0, "batch_size": None})
+    prompts = [[4 + i % 16, 5 + i % 7, 6] for i in range(200)]
+    out = {}
+    for precision in ("fp32", "bf16"):
+        rt = hardware.Runtime("cpu", "cpu", precision, 64, 64, 16, 16)
+        out[precision], _ = evaluate_model(policy, tok, LengthScorer(), prompts, cfg, ref_model=ref, runtime=rt)
+    n = len(prompts) ** 0.5
+    assert out["fp32"]["kl_to_ref"] > 0.5
+    assert abs(out["bf16"]["kl_to_ref"] - out["fp32"]["kl_to_ref"]) < out["fp32"]["kl_to_ref_std"] / n
+    assert abs(out["bf16"]["reward_mean"] - out["fp32"]["reward_mean"]) < out["fp32"]["reward_std"] / n
+
+
+def test_a_bf16_job_runs_end_to_end_on_the_cpu(shared_cache, tmp_path):
+    """precision=bf16 reaches every stage (here on the CPU's autocast): the job finishes, records
+    its precision, and its policy's numbers are finite."""
+    from dpo_ppo.job import run_job
+
+    cfg = compose_cfg([f"cache_dir={shared_cache}", "logger=none", "precision=bf16", "analysis=fast",
+                       "algorithm=ppo", "algorithm.batch_size=null", "algorithm.rollout_prefixes=8"])
+    out = run_job(cfg, tmp_path / "job")
+    results = json.loads((tmp_path / "job" / "results.json").read_text())
+    assert out["status"] == "finished" and results["hardware"]["precision"] == "bf16"
+    assert results["hardware"]["train_micro_batch"] == 16
+    for key in ("eval/policy/reward_mean", "eval/policy/kl_to_ref"):
+        assert torch.isfinite(torch.tensor(results["metrics"][key]))
