@@ -180,7 +180,10 @@ def run_job(name: str, overrides: list[str], work: Path, timeout: int) -> dict:
     job = work / "jobs" / name
     cmd = [sys.executable, "-m", "dpo_ppo.main", *overrides, f"hydra.run.dir={job}"]
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        proc = subprocess.CompletedProcess(cmd, returncode=124, stderr=f"timed out after {timeout} s")
     wall = time.time() - t0
     res_file = job / "results.json"
     res = json.loads(res_file.read_text()) if res_file.exists() else {}

@@ -21,9 +21,13 @@ source benchmarks/device_env.sh || { echo "gpu_check: could not install the whee
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader 2>&1 | tee "$OUT/log.txt"
 
-step() {  # step SECONDS NAME COMMAND...: one benchmark, its own limit, its log kept
+BUDGET=${BUDGET:-570}  # seconds for everything (the device tool allows 600 per command)
+step() {  # step SECONDS NAME COMMAND...: one benchmark, its own limit (within the budget), its log kept
   local limit=$1 name=$2
   shift 2
+  local left=$(( BUDGET - ($(date +%s) - T0) ))
+  if [ "$left" -lt 20 ]; then echo "== $name: skipped, budget spent" | tee -a "$OUT/log.txt"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
   echo "== $name (limit ${limit}s, at $(( $(date +%s) - T0 ))s)" | tee -a "$OUT/log.txt"
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
