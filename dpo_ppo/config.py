@@ -7,10 +7,11 @@ dataclasses once (``load``: ``OmegaConf.to_object``, then the checks) and passes
 results.json, the config hash and the artifact cache keys are made of.
 
 Every field carries its help text (``option(default, help)``; ``field_help`` reads it back), and
-every dataclass checks its own fields in ``check`` beside them; ``Config.check`` runs the generic
-checks (unknown keys, non-finite floats, seeds, devices, local folders), each group's ``check``,
-and the checks across groups (a prefix + completion that fits the model's context and the
-classifier's ``max_length``, ...).  Each check raises ``ConfigError`` with a one-line message that
+every dataclass checks its own fields in ``check`` beside them.  ``load`` first looks for keys the
+schema does not know (``+key=``; only the DictConfig still has them), then ``Config.check`` runs
+the generic checks (non-finite floats, seeds, devices), each group's ``check``, the checks across
+groups (a prefix + completion that fits the model's context and the classifier's ``max_length``,
+...) and last the local folders.  Each check raises ``ConfigError`` with a one-line message that
 names the key (full dotted path) and what would be allowed.  The checks are methods, not
 ``__post_init__``: ``to_object`` builds the groups before the checks across them could run, and
 tests build out-of-range configs on purpose.

@@ -68,26 +68,22 @@ def swept_params(cfg: Config) -> dict:
     }
 
 
-def _container(node) -> dict:
-    return as_dict(node)
-
-
 def artifact_specs(cfg: Config, precision: str = "fp32") -> dict:
     """Exactly the config each shared artifact depends on; ``precision`` is the resolved one
     (fp32 | bf16) of the stages that train or sample (batch sizes never enter: they change speed,
-    not results)."""
-    corpus = {"data": _container(cfg.data)}
+    not results).  Reads attributes and ``as_dict``, so a composed DictConfig gives the same specs."""
+    corpus = {"data": as_dict(cfg.data)}
     numerics = {} if precision == "fp32" else {"precision": precision}  # fp32 keys = the older caches'
-    base = {"model": _container(cfg.model), "corpus": corpus if cfg.model.source == "embedded" else None,
+    base = {"model": as_dict(cfg.model), "corpus": corpus if cfg.model.source == "embedded" else None,
             **(numerics if cfg.model.source == "embedded" else {})}
-    classifier = {"classifier": _container(cfg.classifier), "corpus": corpus,
+    classifier = {"classifier": as_dict(cfg.classifier), "corpus": corpus,
                   "tokenizer": base if cfg.classifier.source == "embedded" else None,
                   **(numerics if cfg.classifier.finetune else {})}
     algo = cfg.algorithm
     prefs = {"base": base, "classifier": classifier, "corpus": corpus, "seed": cfg.seed,
              **{k: getattr(algo, k) for k in ("examples", "num_completions", "prefix_len", "prefix_len_max",
                                      "completion_len", "temperature", "top_k")}, **numerics}
-    eval_spec = {k: v for k, v in _container(cfg.eval).items() if k != "batch_size"}
+    eval_spec = {k: v for k, v in as_dict(cfg.eval).items() if k != "batch_size"}
     ref_eval = {"base": base, "classifier": classifier, "corpus": corpus, "eval": eval_spec, **numerics}
     return {"corpus": corpus, "base": base, "classifier": classifier, "prefs": prefs, "ref_eval": ref_eval}
 
