@@ -9,11 +9,11 @@ processes and timings swing by several times from run to run; one thread is stea
 
 The naive loop is what the seed's per-head ablation amounts to: for every (head, kind) one full
 evaluation: a pass over the LM texts and one ``generate`` over the prompts, with a hook ablating
-that head.  The batched implementation (dpo_ppo/analysis/ablation.py) stacks the variants along
-the batch dimension, runs the blocks below the ablated layer once, and samples all variants'
-completions in one ``generate``.  Sizes default to conf/analysis/full.yaml's.  Both produce the
-same numbers (checked here; the completions use common random numbers, so they match token for
-token).  Weights are random and the "classifier" is a hash of the text: the figures are the
+that head.  The batched implementation (dpo_ppo/analysis/ablation.py, its hooks in hooks.py)
+stacks the variants along the batch dimension, runs the blocks below the ablated layer once, and
+samples all variants' completions in one ``generate``.  Sizes default to conf/analysis/full.yaml's.
+Both produce the same numbers (checked here; the completions use common random numbers, so they
+match token for token).  Weights are random and the "classifier" is a hash of the text: the figures are the
 ablation machinery's own cost, the classifier's is the same for both (the same texts are scored).
 """
 
@@ -27,8 +27,9 @@ import torch
 from bench_common import build
 from fixtures import HashScorer  # tests/fixtures.py: bench_common put tests/ on sys.path
 
+from dpo_ppo import hardware
 from dpo_ppo.analysis.ablation import ablate_heads
-from dpo_ppo.analysis.cli import load_preset
+from dpo_ppo.analysis.cli import analysis_config, compose
 
 
 def timed(fn, repeats: int):
@@ -54,7 +55,8 @@ def max_diff(a: dict, b: dict) -> float:
 
 
 def main() -> None:
-    full = load_preset("full")
+    composed = compose(["analysis=full"])  # as dpo-ppo-analyze composes it
+    full = analysis_config(composed)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pythia", action="store_true", help="Pythia-70m shape (6 layers x 8 heads, hidden 512)")
     p.add_argument("--device", default=None)
@@ -63,7 +65,8 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=full.ablation_prompts, help="0: LM loss only")
     p.add_argument("--prefix-len", type=int, default=full.ablation_prefix_len)
     p.add_argument("--completion-len", type=int, default=full.ablation_completion_len)
-    p.add_argument("--batch-size", type=int, default=full.batch_size)
+    p.add_argument("--batch-size", type=int, default=full.batch_size,
+                   help="default: the preset's, or if null the device's (hardware.resolve)")
     p.add_argument("--rows", type=int, default=full.ablation_rows)
     p.add_argument("--kinds", default="zero,mean")
     p.add_argument("--repeats", type=int, default=1, help="best of N timings (each implementation)")
@@ -73,6 +76,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if args.pythia and torch.cuda.is_available() else "cpu"))
     shape = "pythia70m" if args.pythia else "embedded"
+    if args.batch_size is None:
+        args.batch_size = hardware.resolve(composed, device).analysis_batch_size
     model, tok = build(shape, device)
     g = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size - 2

@@ -37,6 +37,15 @@ from dpo_ppo import hardware  # noqa: E402
 from dpo_ppo.sampling import generate, sample_keys  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+OUT_FILE: Path | None = None  # <out>/<section>.json, rewritten at every emit: a killed run keeps its figures
+
+
+def emit(out: dict) -> None:
+    print(json.dumps(out), flush=True)
+    if OUT_FILE is not None:
+        OUT_FILE.write_text(json.dumps(out, indent=1))
+
+
 SHAPE = "pythia70m"  # --shape embedded: a CPU smoke run of the script itself
 VOCAB = SHAPES[SHAPE][3]
 
@@ -104,11 +113,11 @@ def section_sampling(device, out: dict) -> None:
     out["after_bf16_auto"] = sample_rate(model, tok, prompts_of(n, 25, 1), 100, rt.gen_batch_size, "bf16", device)
     out["after_fp32_auto"] = sample_rate(model, tok, prompts_of(n, 25, 1), 100, rt.gen_batch_size, "fp32", device)
     out["ratio_after_vs_before"] = round(out["after_bf16_auto"]["tokens_per_s"] / out["before_fp32_b250"]["tokens_per_s"], 2)
-    print(json.dumps(out), flush=True)
+    emit(out)
     # run1 shape: 100-token prefixes, 500 new tokens (a shorter run of it: 200 new tokens)
     out["run1_after_bf16"] = sample_rate(model, tok, prompts_of(rt.gen_batch_size // 2, 100, 2), 200,
                                          rt.gen_batch_size // 2, "bf16", device)
-    print(json.dumps(out), flush=True)
+    emit(out)
 
 
 def section_static(device, out: dict) -> None:
@@ -119,7 +128,7 @@ def section_static(device, out: dict) -> None:
     out["static_first_call_s"] = first["seconds"]
     out["static_rollout128"] = sample_rate(model, tok, prompts_of(128, 25, 4), 100, 128, "bf16", device, static=True)
     out["dynamic_rollout128"] = sample_rate(model, tok, prompts_of(128, 25, 4), 100, 128, "bf16", device)
-    print(json.dumps(out), flush=True)
+    emit(out)
 
 
 def section_agreement(device, out: dict) -> None:
@@ -157,7 +166,7 @@ def section_agreement(device, out: dict) -> None:
         out[f"{key}_bf16_minus_fp32"] = round(float(d.mean()), 4)
         out[f"{key}_paired_se"] = round(float(d.std() / n ** 0.5), 4)
         out[f"{key}_se"] = round(out["fp32"][f"{key.split('_mean')[0]}_std" if key == "reward_mean" else "kl_to_ref_std"] / n ** 0.5, 4)
-    print(json.dumps(out), flush=True)
+    emit(out)
 
 
 def save_shapes(folder: Path) -> tuple[Path, Path]:
@@ -202,9 +211,9 @@ def section_targets(device, out: dict, work: Path, ppo_examples: int, extra: lis
               "classifier.finetune=false", "experiment=paper_run2", "logger=none", f"cache_dir={work / 'cache'}",
               *extra]
     out["prepare"] = run_job("prepare", [*common, "algorithm=ppo", "prepare=true"], work, 300)
-    print(json.dumps(out), flush=True)
+    emit(out)
     out["run2_dpo"] = run_job("run2_dpo", [*common, "algorithm=dpo", "analysis=full"], work, 400)
-    print(json.dumps(out), flush=True)
+    emit(out)
     # PPO: a part of the run (the same updates, fewer of them), extrapolated to run2's 10000
     # examples; default (dynamic cache) and with the rollouts' static cache
     for name, more in (("run2_ppo_part", []), ("run2_ppo_static_part", ["hardware.static_cache=true"])):
@@ -215,14 +224,14 @@ def section_targets(device, out: dict, work: Path, ppo_examples: int, extra: lis
             tag = name.replace("_part", "")
             out[f"{tag}_extrapolated_s"] = round(part["job_s"] - stages["train"] + stages["train"] / ppo_examples * 10000, 1)
             out[f"{tag}_s_per_update"] = round(stages["train"] / max(1, (part["train"] or {}).get("updates") or 1), 3)
-        print(json.dumps(out), flush=True)
+        emit(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("section", choices=["sampling", "static", "agreement", "targets"])
     parser.add_argument("--out", default=os.environ.get("OUT") or ".", help="folder for <section>.json")
-    parser.add_argument("--ppo-examples", type=int, default=640, help="PPO run2 examples actually run (extrapolated to 10000)")
+    parser.add_argument("--ppo-examples", type=int, default=480, help="PPO run2 examples actually run (extrapolated to 10000)")
     parser.add_argument("--extra", action="append", default=[], help="extra job overrides (targets)")
     parser.add_argument("--shape", default="pythia70m", choices=sorted(SHAPES))
     args = parser.parse_args()
@@ -233,6 +242,9 @@ def main() -> None:
     if device.type == "cuda":
         out["card"] = torch.cuda.get_device_name(0)
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    global OUT_FILE
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    OUT_FILE = Path(args.out) / f"{args.section}.json"
     try:
         if args.section == "sampling":
             section_sampling(device, out)
@@ -243,8 +255,7 @@ def main() -> None:
         else:
             section_targets(device, out, work, args.ppo_examples, args.extra)
     finally:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / f"{args.section}.json").write_text(json.dumps(out, indent=1))
+        emit(out)
 
 
 if __name__ == "__main__":

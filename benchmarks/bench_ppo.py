@@ -4,12 +4,23 @@
     python benchmarks/bench_ppo.py --pythia        # Pythia-70m shape, on cuda if available
 
 Hyperparameters are conf/algorithm/ppo.yaml's unless overridden here.  The reward is a cheap
-text-based stand-in (share of one word), so the figures are PPO's own cost without a classifier.
+text-based stand-in (share of one word), so the figures are PPO's own cost without a classifier;
+``--reward-model`` scores with a randomly initialised sequence-classification model of the
+policy's shape instead (re-tokenised text, one forward, sigmoid of its logit), as the real runs'
+classifier and TRL's reward model do.
+
+TRL's PPOTrainer geometry (benchmarks/bench_trl_ppo.py: 64 samples x 64 new tokens, 4 epochs x 4
+minibatches of 16, separate value model, reward model forward, rollout forwards in one batch):
+
+    python benchmarks/bench_ppo.py --pythia --rollout-prefixes 64 --num-completions 1 \
+        --completion-len 64 --prefix-len 25 --batch-size 64 --ppo-epochs 4 --num-minibatches 4 \
+        --value-model separate --reward-model
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import copy
 import statistics
 import tempfile
@@ -18,7 +29,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from bench_common import build
+from bench_common import build, build_scorer
 
 from dpo_ppo.config import PPOAlgorithmConfig
 from dpo_ppo.ppo import train_ppo
@@ -44,8 +55,33 @@ def main() -> None:
     parser.add_argument("--prefix-len", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per forward/backward")
     parser.add_argument("--value-model", choices=["shared", "separate"], default=None)
+    parser.add_argument("--ppo-epochs", type=int, default=None)
+    parser.add_argument("--num-minibatches", type=int, default=None)
+    parser.add_argument("--reward-model", action="store_true",
+                        help="score with a random sequence-classification model (a forward per rollout)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--geometry", choices=["trl"], default=None,
+                        help="trl: TRL's PPOTrainer benchmark geometry (the flags in the docstring, at once)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "both"],
+                        help="fp32, bf16 (autocast, as precision=auto on a GPU), or both one after the other")
+    parser.add_argument("--static-cache", action="store_true", help="rollouts with the static KV cache")
+    parser.add_argument("--json", default=None, help="write the figures to this file")
     args = parser.parse_args()
+    if args.geometry == "trl":
+        for key, value in dict(rollout_prefixes=64, num_completions=1, completion_len=64, prefix_len=25,
+                               batch_size=64, ppo_epochs=4, num_minibatches=4, value_model="separate").items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+        args.reward_model = True
+    results = {}
+    for precision in (["fp32", "bf16"] if args.precision == "both" else [args.precision]):
+        results[precision] = run(args, precision)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+def run(args, precision: str) -> dict:
+    from dpo_ppo import hardware
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -53,7 +89,8 @@ def main() -> None:
     device = torch.device(args.device or ("cuda" if args.pythia and torch.cuda.is_available() else "cpu"))
     cfg = ppo_config(rollout_prefixes=args.rollout_prefixes, num_completions=args.num_completions,
                      completion_len=args.completion_len, prefix_len=args.prefix_len,
-                     batch_size=args.batch_size, value_model=args.value_model)
+                     batch_size=args.batch_size, value_model=args.value_model,
+                     ppo_epochs=args.ppo_epochs, num_minibatches=args.num_minibatches)
     cfg.examples = (args.updates + 1) * cfg.rollout_prefixes
     cfg.snapshot_every = 10 ** 9
 
@@ -62,20 +99,31 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, len(tok) - 2, (cfg.examples, cfg.prefix_len), generator=g).tolist()
 
-    def reward_fn(texts):
-        return torch.tensor([0.1 + 0.8 * t.split().count("t7") / max(1, len(t.split())) for t in texts])
+    scorer = build_scorer(shape, tok, device).eval() if args.reward_model else None
 
+    @torch.no_grad()
+    def reward_fn(texts):
+        if scorer is None:  # the text stand-in: share of one word
+            return torch.tensor([0.1 + 0.8 * t.split().count("t7") / max(1, len(t.split())) for t in texts])
+        enc = tok(texts, return_tensors="pt", padding=True).to(device)
+        return torch.sigmoid(scorer(**enc).logits.float().squeeze(-1)).cpu()
+
+    hardware.set_matmul_precision("fp32" if precision == "fp32" else "auto", device)
+    runtime = hardware.Runtime(str(device), str(device), precision, 64, 64, cfg.batch_size or 64, 16,
+                               static_cache=args.static_cache)
     log = []
     with tempfile.TemporaryDirectory() as out_dir:
         start = time.time()
-        train_ppo(cfg, policy, ref, tok, prompts, reward_fn, out_dir, log_fn=lambda m, s: log.append(m))
+        train_ppo(cfg, policy, ref, tok, prompts, reward_fn, out_dir, log_fn=lambda m, s: log.append(m),
+                  runtime=runtime)
         wall = time.time() - start
     timed = log[1:]  # the first update pays for warm-up
     per_update = [m["train/rollout_s"] + m["train/optimize_s"] for m in timed]
     params = sum(p.numel() for p in policy.parameters()) / 1e6
     samples = cfg.rollout_prefixes * cfg.num_completions
-    print(f"shape={shape} ({params:.1f}M params) device={device} threads={torch.get_num_threads()} "
-          f"value_model={cfg.value_model}")
+    print(f"precision={precision} static_cache={args.static_cache} "
+          f"shape={shape} ({params:.1f}M params) device={device} threads={torch.get_num_threads()} "
+          f"value_model={cfg.value_model} reward={'model forward' if args.reward_model else 'text stand-in'}")
     print(f"rollout {cfg.rollout_prefixes} prefixes x {cfg.num_completions} = {samples} samples, "
           f"prefix {cfg.prefix_len}, completion <= {cfg.completion_len}, "
           f"{cfg.ppo_epochs} epochs x {cfg.num_minibatches} minibatches, batch_size {cfg.batch_size}")
@@ -86,6 +134,12 @@ def main() -> None:
     print(f"tokens/s          {statistics.mean(m['train/tokens_per_s'] for m in timed):.0f} "
           f"(completion tokens per second of update, {statistics.mean(m['train/completion_len'] for m in timed):.1f} per sample)")
     print(f"wall incl. warm-up and final snapshot: {wall:.1f} s for {len(log)} updates")
+    return {"s_per_update": round(statistics.median(per_update), 4),
+            "rollout_s": round(statistics.median(m["train/rollout_s"] for m in timed), 4),
+            "optimize_s": round(statistics.median(m["train/optimize_s"] for m in timed), 4),
+            "samples": samples, "completion_len": cfg.completion_len, "device": str(device),
+            "card": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+            "mean_completion": round(statistics.mean(m["train/completion_len"] for m in timed), 1)}
 
 
 if __name__ == "__main__":

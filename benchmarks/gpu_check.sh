@@ -17,8 +17,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disa
        TOKENIZERS_PARALLELISM=false
 PY=${PYTHON:-python3}
 T0=$(date +%s)
-source benchmarks/device_env.sh || { echo "gpu_check: could not install the wheels in .whl/"; exit 1; }
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+source benchmarks/device_env.sh trl112 || { echo "gpu_check: could not install the wheels in .whl/"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader 2>&1 | tee "$OUT/log.txt"
 
 BUDGET=${BUDGET:-570}  # seconds for everything (the device tool allows 600 per command)
@@ -40,12 +39,13 @@ step() {  # step SECONDS NAME COMMAND...: one benchmark, its own limit (within t
 }
 
 step 90 sampling $PY benchmarks/bench_gpu.py sampling --out "$OUT"
-step 75 ppo $PY benchmarks/bench_ppo.py --pythia --geometry trl --json "$OUT/ppo.json"
-step 90 trl bash -c "source benchmarks/device_env.sh trl112 && $PY benchmarks/bench_trl_ppo.py --json $OUT/trl.json"
-step 180 targets $PY benchmarks/bench_gpu.py targets --out "$OUT"
-step 45 agreement $PY benchmarks/bench_gpu.py agreement --out "$OUT"
-step 100 packing $PY benchmarks/bench_packing.py --pythia --n 4 --json "$OUT/packing.json"
-step 75 static $PY benchmarks/bench_gpu.py static --out "$OUT"
+step 75 ppo $PY benchmarks/bench_ppo.py --pythia --geometry trl --precision both --json "$OUT/ppo.json"
+step 100 trl env PYTHONPATH="$TRL112_PYTHONPATH" \
+  $PY benchmarks/bench_trl_ppo.py --pythia --precision default,autocast --json "$OUT/trl.json"
+step 240 targets $PY benchmarks/bench_gpu.py targets --out "$OUT"
+step 40 agreement $PY benchmarks/bench_gpu.py agreement --out "$OUT"
+step 110 packing $PY benchmarks/bench_packing.py 4 --lean --json "$OUT/packing.json"
+step 60 static $PY benchmarks/bench_gpu.py static --out "$OUT"
 echo "== total $(( $(date +%s) - T0 ))s" | tee -a "$OUT/log.txt"
 $PY benchmarks/gpu_table.py "$OUT"
 # what comes back from the device tool is at most 8 files: keep the JSON, the table and the log

@@ -26,6 +26,13 @@ def get(d: dict, *keys, default="-"):
     return d
 
 
+def ratio(a, b) -> str:
+    try:
+        return f"{float(a) / float(b):.2f}"
+    except (TypeError, ValueError, ZeroDivisionError):
+        return "-"
+
+
 def main(folder: Path) -> None:
     s, st, a, t = (load(folder, n) for n in ("sampling", "static", "agreement", "targets"))
     p, trl, pk = (load(folder, n) for n in ("ppo", "trl", "packing"))
@@ -47,8 +54,10 @@ def main(folder: Path) -> None:
          f"{get(a, 'reward_mean_bf16_minus_fp32')} ({get(a, 'reward_mean_paired_se')}); se of the mean {get(a, 'reward_mean_se')}"),
         ("PPO s/update, ours fp32", get(p, "fp32", "s_per_update"), ""),
         ("PPO s/update, ours bf16 (default)", get(p, "bf16", "s_per_update"), ""),
-        ("PPO s/update, TRL 1.12 (its default)", get(trl, "default", "s_per_update"), ""),
-        ("PPO s/update, TRL 1.12 bf16", get(trl, "bf16", "s_per_update"), ""),
+        ("PPO s/update, TRL 1.12 (its default: fp32)", get(trl, "default", "s_per_update"),
+         f"ours bf16 is x{ratio(get(trl, 'default', 's_per_update'), get(p, 'bf16', 's_per_update'))} faster (target >= 3)"),
+        ("PPO s/update, TRL 1.12 bf16 autocast", get(trl, "autocast", "s_per_update"),
+         f"ours bf16 is x{ratio(get(trl, 'autocast', 's_per_update'), get(p, 'bf16', 's_per_update'))} faster"),
         ("prepare (corpus, base, scorer, ref eval) s", get(t, "prepare", "job_s"), ""),
         ("paper_run2 DPO job, full analysis s", get(t, "run2_dpo", "job_s"), f"stages {get(t, 'run2_dpo', 'stages')} (target < 60)"),
         ("paper_run2 PPO job (extrapolated) s", get(t, "run2_ppo_extrapolated_s"),

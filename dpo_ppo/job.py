@@ -40,9 +40,16 @@ log = logging.getLogger("dpo_ppo")
 EVAL_PROMPT_SEED = 1234  # the same unseen test prefixes for every job, whatever its seed
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, jobs_per_gpu: int = 1) -> torch.device:
+    """``auto``: a GPU when there is one, else the CPU. With several GPUs the job claims a slot
+    on the least-loaded one, ``jobs_per_gpu`` slots per GPU (dpo_ppo.gpus); any other name
+    (cpu, cuda, cuda:N) is taken as it is."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        from dpo_ppo import gpus
+
+        return gpus.job_device(jobs_per_gpu)
     return torch.device(name)
 
 
@@ -93,7 +100,7 @@ class Job:
         self.cfg = cfg = to_typed(cfg)
         self.job_dir = Path(job_dir)
         self.overrides = list(overrides or [])
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, (cfg.hardware.jobs_per_gpu if cfg.hardware is not None else None) or 1)
         self.hw = hardware.resolve(cfg, self.device)  # precision and batch sizes on this device
         self.cache = Path(cfg.cache_dir).expanduser().resolve()
         self.specs = artifact_specs(cfg, self.hw.precision)

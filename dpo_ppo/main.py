@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from dpo_ppo import gpus
 from dpo_ppo.config import ConfigError, load, register_configs
 
 log = logging.getLogger("dpo_ppo")
@@ -40,6 +41,7 @@ def slug(override_dirname: str) -> str:
 
 if not OmegaConf.has_resolver("dpo_ppo_slug"):
     OmegaConf.register_new_resolver("dpo_ppo_slug", slug)
+gpus.register_resolvers()  # ${dpo_ppo_gpu_jobs:N} (conf/hydra/launcher/joblib_gpu.yaml)
 register_configs()
 
 
@@ -54,7 +56,10 @@ def app(cfg: DictConfig):
         typed = load(cfg)
         from dpo_ppo.job import run_job
 
-        out = run_job(typed, job_dir, overrides=list(hc.overrides.task), raise_errors=False)
+        try:
+            out = run_job(typed, job_dir, overrides=list(hc.overrides.task), raise_errors=False)
+        finally:
+            gpus.release()  # the GPU slot the job held (dpo_ppo.gpus): the process's next job claims again
     except Exception as e:
         if multirun:  # recorded by the job like any other failure; the sweep goes on
             raise

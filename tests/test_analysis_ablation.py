@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dpo_ppo.analysis import ablation as A
+from dpo_ppo.analysis import hooks
 from dpo_ppo.analysis.common import encode, head_dim, pad_id
 from fixtures import HashScorer, toy_model, toy_reviews, toy_tokenizer
 
@@ -116,15 +117,15 @@ def test_stacked_ablation_rejects_a_wrong_batch_and_removes_its_hooks(data):
     tok, seqs, _ = data
     model = _model(tok)
     ids = torch.tensor([seqs[0][:5]])
-    with A.StackedAblation(model, [None, (0, 0, "zero")]):
+    with hooks.StackedAblation(model, [None, (0, 0, "zero")]):
         with pytest.raises(RuntimeError, match="stacked variants"):
             model(ids)  # 1 row for 2 variants
     assert all(not layer.attention.dense._forward_pre_hooks for layer in model.gpt_neox.layers)
     with pytest.raises(ValueError, match="mean ablation"):
-        A.StackedAblation(model, [(0, 0, "mean")], means=None)
+        hooks.StackedAblation(model, [(0, 0, "mean")], means=None)
 
 
 def test_robustness_summary():
     r = A.robustness([[0.0, 1.0], [3.0, -2.0]])
     assert r == {"mean": 0.5, "max": 3.0, "argmax_layer": 1, "argmax_head": 0}
-    assert len(A.variants_for(_model(toy_tokenizer(toy_reviews(10)[0])), ["zero", "mean"])) == 1 + 2 * 3 * 4
+    assert len(hooks.variants_for(_model(toy_tokenizer(toy_reviews(10)[0])), ["zero", "mean"])) == 1 + 2 * 3 * 4

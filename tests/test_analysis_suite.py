@@ -1,4 +1,4 @@
-"""The whole suite (run_analysis), its config group and the dpo-ppo-analyze command."""
+"""The whole suite (run_analysis), its registry, its config group and the dpo-ppo-analyze app."""
 
 import copy
 import json
@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dpo_ppo.analysis.cli import load_preset, main
+from dpo_ppo.analysis.cli import analysis_config, analyze, compose
 from dpo_ppo.analysis.common import select_balanced
 from dpo_ppo.analysis.config import AnalysisConfig
 from dpo_ppo.analysis.suite import run_analysis
@@ -37,8 +37,20 @@ def _strict_json(path):
     return json.loads(Path(path).read_text(), parse_constant=no_nan)
 
 
+def _preset(name, *overrides):
+    """conf/analysis/NAME.yaml as dpo-ppo-analyze composes it, its null batch size resolved on the
+    CPU as a job would (the suite takes a number)."""
+    from dpo_ppo import hardware
+
+    composed = compose([f"analysis={name}", *overrides])
+    cfg = analysis_config(composed)
+    if cfg.batch_size is None:
+        cfg.batch_size = hardware.resolve(composed, torch.device("cpu")).analysis_batch_size
+    return cfg
+
+
 def _fast(**overrides):
-    cfg = load_preset("fast")
+    cfg = _preset("fast")
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
@@ -133,7 +145,7 @@ def test_identical_models_show_no_change(world, tmp_path):
 
 def test_disabled_suite_writes_an_empty_result(world, tmp_path):
     tok, ref, pol, texts, labels = world
-    res = run_analysis(load_preset("none"), ref, pol, tok, texts=texts, labels=labels, scorer=None, out_dir=tmp_path)
+    res = run_analysis(_preset("none"), ref, pol, tok, texts=texts, labels=labels, scorer=None, out_dir=tmp_path)
     assert res["scalars"] == {} and res["images"] == {}
     assert _strict_json(tmp_path / "analysis.json")["config"]["enabled"] is False
 
@@ -146,6 +158,69 @@ def test_a_failing_analysis_is_recorded_unless_strict(world, tmp_path):
     assert "sentiment_attention" in res["errors"] and "analysis/weights/msd_all" in res["scalars"]
     with pytest.raises(ValueError, match="last token"):
         run_analysis(cfg, ref, pol, tok, texts=texts, labels=labels, scorer=None, out_dir=tmp_path, strict=True)
+
+
+def test_the_suite_runs_each_registered_analysis_on_one_context(world, tmp_path, monkeypatch):
+    """The registry: every enabled analysis gets the same Context; its output is merged under the
+    suite's names, a failure (or a name another analysis already wrote) is that analysis's error."""
+    from dpo_ppo.analysis import suite
+    from dpo_ppo.analysis.common import pad_id
+    from dpo_ppo.analysis.context import Output
+
+    tok, ref, pol, texts, labels = world
+    seen = []
+
+    def first(ctx):
+        seen.append(ctx)
+        out = Output()
+        out.scalar("weights/x", 2)
+        out.table("t", ["a"], [[1]])
+        out.per_head["weights/grid"] = [[0.5]]
+        out.images["p"] = "p.png"
+        out.details["d"] = {"k": 1}
+        return out
+
+    def broken(ctx):
+        seen.append(ctx)
+        raise RuntimeError("boom")
+
+    def clash(ctx):
+        seen.append(ctx)
+        out = Output()
+        out.scalar("weights/x", 3)
+        return out
+
+    def disabled(ctx):
+        raise AssertionError("a switched-off analysis ran")
+
+    monkeypatch.setattr(suite, "ANALYSES", {"weights": first, "activations": broken, "heads": clash,
+                                            "ablation": disabled})
+    res = run_analysis(_fast(ablation=False), ref, pol, tok, texts=texts, labels=labels, scorer=None,
+                       out_dir=tmp_path, device="cpu")
+    assert len(seen) == 3 and all(c is seen[0] for c in seen)  # one context, built once
+    ctx = seen[0]
+    assert (ctx.n_layers, ctx.n_heads, ctx.pad, str(ctx.device)) == (2, 4, pad_id(tok), "cpu")
+    assert ctx.texts == list(texts) and ctx.plot_dir == tmp_path / "plots"
+    assert {k: v for k, v in res["scalars"].items() if "/time_s/" not in k} == {"analysis/weights/x": 2.0}
+    assert set(res["scalars"]) - {"analysis/weights/x"} == {
+        "analysis/time_s/weights", "analysis/time_s/activations", "analysis/time_s/heads", "analysis/time_s/total"}
+    assert res["errors"]["activations"] == "RuntimeError: boom"
+    assert res["errors"]["heads"].startswith("ValueError") and "weights/x" in res["errors"]["heads"]
+    assert (res["tables"], res["per_head"], res["images"], res["details"]) == (
+        {"t": {"columns": ["a"], "data": [[1]]}}, {"weights/grid": [[0.5]]}, {"p": "p.png"}, {"d": {"k": 1}})
+    with pytest.raises(RuntimeError, match="boom"):
+        run_analysis(_fast(ablation=False), ref, pol, tok, texts=texts, labels=labels, scorer=None,
+                     out_dir=tmp_path, device="cpu", strict=True)
+
+
+def test_every_registered_analysis_has_its_switch():
+    from dataclasses import fields
+
+    from dpo_ppo.analysis.suite import ANALYSES
+
+    switches = {f.name: f.default for f in fields(AnalysisConfig)}
+    assert list(ANALYSES) == ["weights", "activations", "ablation", "heads", "sentiment_attention"]
+    assert all(switches.get(name) is True for name in ANALYSES)
 
 
 # --------------------------------------------------------------------------- config
@@ -185,8 +260,9 @@ def test_full_preset_matches_the_schema_defaults():
     for key, value in full.items():
         if key != "defaults":
             assert defaults[key] == value, key
-    fast = load_preset("fast", ["heads=false"])
+    fast = analysis_config(compose(["analysis=fast", "analysis.heads=false"]))
     assert fast.name == "fast" and fast.heads is False and fast.activation_prompts < defaults.activation_prompts
+    assert fast.batch_size is None and _preset("fast").batch_size == 16  # null: the device's size (a CPU's)
 
 
 # --------------------------------------------------------------------------- dpo-ppo-analyze
@@ -202,41 +278,100 @@ def _save_classifier(path, tok):
     tok.save_pretrained(path)
 
 
-def test_cli_reanalyses_a_job_folder(world, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def saved(world, tmp_path_factory):
+    """A finished job's folder (named as a sweep names it: '=' and ',' in it) and what it points to."""
     from datasets import Dataset, DatasetDict
 
     tok, ref, pol, texts, labels = world
-    job = tmp_path / "job"
+    root = tmp_path_factory.mktemp("saved")
+    job = root / "algorithm=dpo,seed=0"
     for name, model in (("reference", ref), ("policy", pol)):
-        model.save_pretrained(tmp_path / name)
-        tok.save_pretrained(tmp_path / name)
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
     pol.save_pretrained(job / "snapshots" / "ex_0000016")
-    _save_classifier(tmp_path / "classifier", tok)
+    _save_classifier(root / "classifier", tok)
     DatasetDict({"train": Dataset.from_dict({"text": texts[:10], "label": labels[:10]}),
-                 "test": Dataset.from_dict({"text": texts, "label": labels})}).save_to_disk(tmp_path / "corpus")
-    job.mkdir(exist_ok=True)
+                 "test": Dataset.from_dict({"text": texts, "label": labels})}).save_to_disk(root / "corpus")
     (job / "results.json").write_text(json.dumps({"artifacts": {
-        "reference": str(tmp_path / "reference"), "policy": str(tmp_path / "policy"),
-        "classifier": str(tmp_path / "classifier"), "corpus": str(tmp_path / "corpus")}}))
-    assert main(["--job", str(job), "--preset", "fast", "--set", "heads=false", "--device", "cpu"]) == 0
+        "reference": str(root / "reference"), "policy": str(root / "policy"),
+        "classifier": str(root / "classifier"), "corpus": str(root / "corpus")}}))
+    return root, job
+
+
+def test_analyze_app_reanalyses_a_job_folder(saved, tmp_path, capsys):
+    root, job = saved
+    cfg = compose([f"job='{job}'", "analysis=fast", "analysis.heads=false", "device=cpu"])
+    assert cfg.job == str(job)  # the quoted folder name survives Hydra's grammar
+    analyze(cfg)
     out = job / "reanalysis-fast" / "analysis.json"
-    saved = _strict_json(out)
-    assert saved["config"]["heads"] is False and saved["errors"] == {}
-    assert saved["scalars"]["analysis/weights/num_snapshots"] == 1
-    assert "analysis/ablation/policy/zero/grad_loss_delta_max" in saved["scalars"]  # the real scorer ran
-    printed = capsys.readouterr().out
-    assert "analysis/weights/msd_biases\t" in printed
-    # two policies by path, each into its own folder; a bad override fails with the key's name
-    assert main(["--reference", str(tmp_path / "reference"), "--policy", str(tmp_path / "policy"),
-                 "--policy", str(tmp_path / "reference"), "--scorer", str(tmp_path / "classifier"),
-                 "--data", str(tmp_path / "corpus"), "--out", str(tmp_path / "two"), "--preset", "fast",
-                 "--set", "ablation=false", "--set", "heads=false", "--quiet"]) == 0
-    assert (tmp_path / "two" / "policy" / "analysis.json").exists()
+    result = _strict_json(out)
+    assert result["config"]["heads"] is False and result["errors"] == {}
+    assert result["config"]["batch_size"] == 16  # null resolved through hardware.resolve on the CPU
+    assert result["scalars"]["analysis/weights/num_snapshots"] == 1
+    assert "analysis/ablation/policy/zero/grad_loss_delta_max" in result["scalars"]  # the real scorer ran
+    printed = capsys.readouterr()
+    assert "analysis/weights/msd_biases\t" in printed.out and "reanalysis-fast" in printed.err
+    # two policies by path, each into its own folder; hardware.analysis_batch_size fills a null batch
+    analyze(compose([f"reference={root / 'reference'}", f"policy=[{root / 'policy'},{root / 'reference'}]",
+                     f"scorer={root / 'classifier'}", f"corpus={root / 'corpus'}", f"out_dir={tmp_path / 'two'}",
+                     "analysis=fast", "analysis.ablation=false", "analysis.heads=false", "quiet=true",
+                     "hardware.analysis_batch_size=3", "device=cpu"]))
+    assert capsys.readouterr().out == ""
+    assert _strict_json(tmp_path / "two" / "policy" / "analysis.json")["config"]["batch_size"] == 3
     same = _strict_json(tmp_path / "two" / "reference" / "analysis.json")
     assert same["scalars"]["analysis/weights/msd_all"] == 0.0
-    with pytest.raises(SystemExit, match="analysis.activation_prompts"):
-        main(["--job", str(job), "--preset", "fast", "--set", "activation_prompts=-1"])
 
+
+def test_analyze_app_checks_its_input_naming_the_key(saved, tmp_path):
+    from dpo_ppo.config import ConfigError
+
+    root, job = saved
+    pieces = [f"reference={root / 'reference'}", f"policy={root / 'policy'}", f"scorer={root / 'classifier'}",
+              "corpus=synthetic", f"out_dir={tmp_path}"]
+    bad = {
+        "analysis.activation_prompts=-1": "analysis.activation_prompts",
+        "precision=fp16": "precision",
+        "device=tpu": "device",
+        "hardware.analysis_batch_size=0": "hardware.analysis_batch_size",
+        "hardware.forward_batch_size=-1": "hardware.forward_batch_size",  # the scorer's batch
+        f"scorer={root / 'policy'}": "scorer",  # a causal LM, not a classifier
+        f"policy=[{root / 'policy'},{tmp_path / 'nowhere'}]": "policy[1]",
+        f"corpus={tmp_path / 'nowhere'}": "corpus",
+        "reference=null": "reference",
+        "+extra=1": "extra",
+    }
+    for override, key in bad.items():
+        with pytest.raises(ConfigError) as e:
+            analyze(compose(pieces + [override]))
+        assert e.value.key == key, override
+    with pytest.raises(ConfigError, match="job: no readable results.json"):
+        analyze(compose([f"job={root / 'reference'}"]))
+
+
+def test_analyze_command_one_line_errors_and_a_run(saved, tmp_path):
+    """The console script: bad input is one line on stderr naming the key (exit 2), before torch is
+    imported; a run writes analysis.json where asked and nothing of Hydra's in the working folder."""
+    import subprocess
+    import sys
+
+    root, job = saved
+    exe = str(Path(sys.executable).with_name("dpo-ppo-analyze"))
+    cases = {("polcy=x",): "Config error: polcy: not a key of the config; the closest valid key is policy",
+             ("analysis=medium",): "Config error: analysis=medium: no such option; choose one of fast, full, none",
+             (f"job='{job}'", "analysis.max_tokens=1"): "Config error: analysis.max_tokens: must be >= 2"}
+    for args, line in cases.items():
+        r = subprocess.run([exe, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and r.stderr.strip().startswith(line) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    run = tmp_path / "run"
+    run.mkdir()
+    r = subprocess.run([exe, f"job='{job}'", f"out_dir={tmp_path / 'out'}", "analysis=fast", "analysis.activations=false",
+                        "analysis.ablation=false", "analysis.heads=false", "analysis.sentiment_attention=false",
+                        "device=cpu"], cwd=run, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "analysis/weights/msd_all\t" in r.stdout and "Traceback" not in r.stderr
+    assert _strict_json(tmp_path / "out" / "analysis.json")["scalars"]["analysis/weights/num_snapshots"] == 1
+    assert list(run.iterdir()) == []  # no outputs/, .hydra/ or log file
 
 
 def test_prompt_selection_is_balanced_shuffled_and_deterministic():

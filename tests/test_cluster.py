@@ -305,3 +305,6 @@ def test_slurm_sweeps_go_out_as_one_throttled_array_after_a_prepare_step():
     sweeper.config = OmegaConf.create({"hydra": {"launcher": joblib}})
     assert sweeper.batch_size() == 2 and not sweeper.prepare_enabled()
     assert DpoPpoSweeper(max_batch_size=50, prepare=False).batch_size() == 50
+    packed = {**slurm, "_target_": "hydra_plugins.dpo_ppo_sweeper.launchers.PackedSlurmLauncher"}  # slurm_gpu
+    sweeper.config = OmegaConf.create({"hydra": {"launcher": packed}})
+    assert sweeper.batch_size() >= 10**6 and sweeper.prepare_enabled()

@@ -112,3 +112,22 @@ def test_preempted_job_is_requeued_and_resumes_its_checkpoint_and_wandb_run(tmp_
     assert "1 prepare jobs ran first" in out
     assert "prefs: built" in next((sweep / ".prepare").glob("*/main.log")).read_text()
     assert "prefs: cached" in (job / "main.log").read_text()
+
+
+def test_two_real_jobs_share_one_array_task_with_jobs_per_gpu_2(tmp_path):
+    """The real sweep through the packed launcher (submitit_local standing in for SLURM):
+    hardware.jobs_per_gpu=2 once on the command line puts the two DPO jobs into one array task,
+    run at once, each with its own folder, finished results and batch sizes for half a GPU."""
+    proc = _run(tmp_path, REPO / "sweeps", "hydra/launcher=packed_local", "hardware.jobs_per_gpu=2",
+                "hydra.launcher.timeout_min=30")
+    assert proc.returncode == 0, proc.output[-4000:]
+    assert "1 prepare jobs ran first" in proc.output and "2 jobs in 1 array task(s) of up to 2" in proc.output
+    sweep = tmp_path / "s"
+    jobs = sorted(p.parent for p in sweep.glob("*/results.json"))
+    assert len(jobs) == 2
+    for job in jobs:
+        res = json.loads((job / "results.json").read_text())
+        assert res["status"] == "finished" and res["hardware"]["jobs_per_gpu"] == 2
+        assert "prefs: cached" in (job / "main.log").read_text()
+    tasks = [p for p in (sweep / ".submitit").iterdir() if list(p.glob("*_job1_log.out"))]
+    assert len(tasks) == 1  # the two jobs' own processes, in one task

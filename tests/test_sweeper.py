@@ -6,13 +6,14 @@ The end-to-end runs through Hydra launchers are in test_sweep_e2e.py.
 
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from hydra_plugins.dpo_ppo_sweeper.config import register_sweeps, sweep_dirs
-from hydra_plugins.dpo_ppo_sweeper.sweeper import expand, format_value
+from hydra_plugins.dpo_ppo_sweeper.sweeper import expand, format_value, override_dirname
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = {
@@ -183,35 +184,101 @@ def test_real_config_composes_with_each_sweep():
         assert str(cfg.hydra.sweep.dir) == f"multirun/{name}"
 
 
+def _sbatch_script(tmp_path, monkeypatch, cfg):
+    """The sbatch script of an array task of ``cfg``'s launcher, rendered by the launcher's own
+    executor (no SLURM needed: a fake srun on PATH)."""
+    from hydra.utils import instantiate
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "srun").write_text("#!/bin/sh\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.params["submitit_folder"] = str(tmp_path / "sub")
+    return launcher, launcher._executor()._executor._make_submission_file_text("python -m dpo_ppo.main", "uid")
+
+
 def test_slurm_gpu_launcher_preset(tmp_path, monkeypatch):
-    """hydra/launcher=slurm_gpu composes and renders an sbatch script with one GPU per job and
-    the W&B environment passed through (no SLURM needed: a fake srun on PATH)."""
+    """hydra/launcher=slurm_gpu composes and renders an sbatch script with one GPU per array task
+    and the W&B environment passed through; one job per task unless jobs_per_gpu says more."""
     (tmp_path / "config.yaml").write_text("name: demo\nseed: 0\n")
     cfg = _compose(tmp_path, ["hydra/launcher=slurm_gpu", f"hydra.searchpath=[file://{REPO / 'conf'}]"])
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert launcher["_target_"].endswith("PackedSlurmLauncher")
     assert launcher["gpus_per_node"] == 1 and launcher["timeout_min"] > 0 and launcher["array_parallelism"] > 0
     assert launcher["additional_parameters"]["export"] == "ALL"
     assert any("WANDB_API_KEY" in line for line in launcher["setup"])
     assert launcher["name"] == "demo"
+    assert launcher["jobs_per_gpu"] == 1  # an app without hardware.jobs_per_gpu: one job per task
 
-    import submitit
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "srun").write_text("#!/bin/sh\n")
-    (bin_dir / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
-    # the same mapping hydra_submitit_launcher's launch() does
-    params = {k: v for k, v in launcher.items() if k != "_target_"}
-    executor = submitit.AutoExecutor(cluster="slurm", folder=str(tmp_path / "sub"),
-                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
-    params.pop("submitit_folder")
-    base = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
-    script = executor._executor._make_submission_file_text("python -m dpo_ppo.main", "uid")
+    packed, script = _sbatch_script(tmp_path, monkeypatch, cfg)
+    assert packed.jobs_per_task == 1
     assert "#SBATCH --gpus-per-node=1" in script
     assert "#SBATCH --export=ALL" in script
     assert "export WANDB_API_KEY" in script
     assert f"#SBATCH --time={launcher['timeout_min']}" in script
+    assert "#SBATCH --ntasks-per-node=1" in script and "--cpus-per-task=8" in script
+    assert "jobs_per_gpu" not in script and "stop_grace" not in script  # the launcher's, not sbatch's
+
+
+def test_slurm_gpu_preset_takes_jobs_per_gpu_from_the_job_config(tmp_path, monkeypatch):
+    """hardware.jobs_per_gpu=3, given once: 3 jobs per array task of one GPU (x2 with 2 GPUs), the
+    sbatch request unchanged (one task, the CPUs shared by its jobs); a bad value names the key."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    (tmp_path / "config.yaml").write_text("name: demo\nseed: 0\nhardware:\n  jobs_per_gpu: 1\n")
+    cfg = _compose(tmp_path, ["hydra/launcher=slurm_gpu", f"hydra.searchpath=[file://{REPO / 'conf'}]",
+                              "hardware.jobs_per_gpu=3"])
+    packed, script = _sbatch_script(tmp_path, monkeypatch, cfg)
+    assert (packed.jobs_per_gpu, packed.jobs_per_task) == (3, 3)
+    assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --gpus-per-node=1" in script
+    cfg = _compose(tmp_path, ["hydra/launcher=slurm_gpu", f"hydra.searchpath=[file://{REPO / 'conf'}]",
+                              "hardware.jobs_per_gpu=3", "hydra.launcher.gpus_per_node=2"])
+    assert instantiate(cfg.hydra.launcher).jobs_per_task == 6
+    cfg = _compose(tmp_path, ["hydra/launcher=slurm_gpu", f"hydra.searchpath=[file://{REPO / 'conf'}]",
+                              "hardware.jobs_per_gpu=0"])
+    with pytest.raises(InstantiationException, match=r"hardware.jobs_per_gpu.*must be an integer >= 1, got 0"):
+        instantiate(cfg.hydra.launcher)
+
+
+OVERRIDE_LISTS = [
+    [],
+    ["seed=1"],
+    ["seed=1", "algorithm=ppo", "algorithm.kl_target=3"],  # not sorted as given
+    ["algorithm.beta=0.1", "logger=none", "device=cpu", "name=x"],  # excluded keys among them
+    ["+extra.key=1", "~analysis", "analysis@foo=fast", "++model.lr=2e-4"],  # add, delete, package, force-add
+    ["name='a=b'", "data.path=/tmp/x", "eval.tag=\"k=v\"", "list=[1,2]", "dict={a:1,b:2}"],  # '=' and separators in values
+    ["b=2", "a=1", "B=0", "a.b=3"],  # string order, not key order
+]
+
+
+def test_override_dirname_matches_hydras_private_function():
+    """Ours reproduces Hydra's (private) get_overrides_dirname. Imported here, inside the test: if
+    Hydra moves or changes it, this test fails and says so instead of the sweeper guessing wrong
+    job folders silently."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    exclude = ["logger", "device", "name", "sweep"]
+    for lines in OVERRIDE_LISTS:
+        overrides = parser.parse_overrides(lines)
+        for item_sep, kv_sep in ((",", "="), ("/", ":"), ("__", "-")):
+            for keys in (exclude, []):
+                ours = override_dirname(overrides, keys, item_sep, kv_sep)
+                assert ours == get_overrides_dirname(overrides, keys, item_sep, kv_sep), (lines, item_sep, kv_sep)
+    # and what it gives, independently of Hydra: sorted, excluded keys dropped, every '=' replaced
+    overrides = parser.parse_overrides(["seed=1", "algorithm=ppo", "device=cpu", "name='a=b'"])
+    assert override_dirname(overrides, ["device"], ",", "=") == "algorithm=ppo,name='a=b',seed=1"
+    assert override_dirname(overrides, ["device", "name"], "/", ":") == "algorithm:ppo/seed:1"
+
+
+def test_override_dirname_with_the_repository_naming():
+    """The job folder name of the real config's hydra.job.config.override_dirname settings."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    naming = OmegaConf.load(REPO / "conf" / "config.yaml").hydra.job.config.override_dirname
+    overrides = OverridesParser.create().parse_overrides(["algorithm=dpo", "seed=0", "logger=none", "sweep=smoke"])
+    assert override_dirname(overrides, list(naming.exclude_keys), naming.item_sep, naming.kv_sep) == "algorithm=dpo,seed=0"

@@ -23,199 +23,27 @@ What is measured, per head and kind, as a change against the unablated model:
   prompt + completion (the default) is the objective the policy was trained on.
 
 How it is batched.  The naive way runs one full evaluation per (head, kind): ``2 * L * H + 1`` passes
-over the texts.  Here the variants are stacked along the batch dimension: a batch of ``b`` texts is
-repeated for ``R`` variants (rows ``r*b .. r*b+b-1`` belong to variant ``r``) and a forward
-pre-hook on every layer's ``attention.dense`` rewrites each variant's head slice in its own rows, so
-one forward (or one ``generate``) evaluates many ablations.  For the LM loss the lower layers are
-shared as well: all variants of layer ``L`` see the same input up to block ``L``, so the batch runs
-once, unrepeated, up to there.  In a parallel-residual block (GPT-NeoX, Pythia) even block ``L``
-is shared: the ablation changes its output by exactly ``(z'_h - z_h) W_O[:, h]^T`` and nothing
-else, so the block's clean output is expanded to ``R * b`` rows with that correction added (a
-forward hook); other blocks are expanded on entry to block ``L`` and ablated there.
-``benchmarks/bench_ablation.py`` measures each step against the naive loop on the same inputs.
-
-Why HF forward hooks and not the TransformerBridge here: the hook needs the per-head outputs right
-before the projection (TransformerLens's ``blocks.L.attn.hook_z``), and ``attention.dense``'s input is
-exactly that tensor in GPT-NeoX; hooking the HF module lets ``model.generate`` (with its KV cache)
-run ablated models unchanged and avoids the bridge's deep copy and per-hook overhead for the
-``2 * L * H`` variants.  Hooks are removed on exit; the model is never modified.
+over the texts.  Here the variants are stacked along the batch dimension, so one forward (or one
+``generate``) evaluates many ablations, and for the LM loss the blocks below the ablated layer (in
+a parallel-residual block such as Pythia's, that block too) run once for all of them: the hooks
+that do this are in ``hooks.py``.  ``benchmarks/bench_ablation.py`` measures each step against the
+naive loop on the same inputs.  Hooks are removed on exit; the model is never modified.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from dpo_ppo.analysis import plots
+from dpo_ppo.analysis.common import (batches, blocks, encode, head_dim, model_device, n_heads, n_layers,
+                                     pad_id)
+from dpo_ppo.analysis.context import Context, Output
+from dpo_ppo.analysis.hooks import StackedAblation, Variant, expand_after, expand_at, variants_for
 from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
-
-from dpo_ppo.analysis.common import (batches, blocks, head_dim, model_device, n_heads, n_layers,
-                                     right_pad)
-
-Variant = Optional[tuple]  # (layer, head, kind) or None for the unablated model
-
-
-def variants_for(model, kinds: Sequence[str]) -> list[Variant]:
-    """The baseline (None) followed by every (layer, head, kind)."""
-    return [None] + [(L, h, k) for k in kinds for L in range(n_layers(model)) for h in range(n_heads(model))]
-
-
-class StackedAblation(contextlib.AbstractContextManager):
-    """Pre-hooks on each layer's ``attention.dense`` that ablate one head per stacked variant.
-
-    The batch seen by the hook must be ``R * b`` rows, replicate-major (``ids.repeat(R, 1)``), where
-    ``R = len(variants)``; variant ``None`` leaves its rows untouched.
-    """
-
-    def __init__(self, model, variants: Sequence[Variant], means: dict | None = None):
-        self.model, self.variants, self.handles = model, list(variants), []
-        H, dh = n_heads(model), head_dim(model)
-        R = len(self.variants)
-        self.plan = {}
-        for L in range(n_layers(model)):
-            keep = torch.ones(R, H)
-            fill = torch.zeros(R, H, dh)
-            for r, v in enumerate(self.variants):
-                if v is None or v[0] != L:
-                    continue
-                _, h, kind = v
-                keep[r, h] = 0.0
-                if kind == "mean":
-                    if means is None:
-                        raise ValueError("mean ablation needs the heads' mean outputs")
-                    fill[r, h] = means[L][h].float().cpu()
-                elif kind != "zero":
-                    raise ValueError(f"unknown ablation kind {kind!r}")
-            if (keep == 0).any():
-                self.plan[L] = (keep, fill)
-
-    def _hook(self, L):
-        keep, fill = self.plan[L]
-        cache = {}
-
-        def hook(module, args):
-            x = args[0]
-            R = keep.shape[0]
-            if x.shape[0] % R:
-                raise RuntimeError(f"batch of {x.shape[0]} rows is not {R} stacked variants")
-            key = (x.device, x.dtype)
-            if key not in cache:
-                cache[key] = (keep.to(x.device, x.dtype), fill.to(x.device, x.dtype))
-            k, f = cache[key]
-            H, dh = f.shape[1], f.shape[2]
-            xv = x.reshape(R, x.shape[0] // R, *x.shape[1:-1], H, dh)
-            shape = (R,) + (1,) * (xv.dim() - 3) + (H,)
-            out = xv * k.view(*shape, 1) + f.view(*shape, dh)
-            return (out.reshape(x.shape),) + tuple(args[1:])
-
-        return hook
-
-    def __enter__(self):
-        layers = blocks(self.model)
-        for L in self.plan:
-            self.handles.append(layers[L].attention.dense.register_forward_pre_hook(self._hook(L)))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-        return False
-
-
-class _Tiler:
-    """Pre-hooks that tile the per-row extras every block gets (the causal mask of eager
-    attention, position ids or rotary tables with a batch dimension) once the hidden state has
-    been expanded to ``times * b`` rows; size-1 extras broadcast and stay as they are.  Used
-    without a padding mask (right padding: a causal model's real tokens never see the pads)."""
-
-    def __init__(self, times: int):
-        self.times, self.b = times, None
-
-    def tile(self, x):
-        if torch.is_tensor(x) and x.dim() and x.shape[0] == self.b and self.b > 1:
-            return x.repeat(self.times, *([1] * (x.dim() - 1)))
-        if isinstance(x, tuple):
-            return tuple(self.tile(y) for y in x)
-        return x
-
-    def extras(self, kwargs):
-        return {k: (v if k == "hidden_states" else self.tile(v)) for k, v in kwargs.items()}
-
-    def later(self, module, args, kwargs):
-        return args, self.extras(kwargs)
-
-
-@contextlib.contextmanager
-def _hooks(handles):
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _expand_at(model, layer: int, times: int):
-    """Repeat the hidden state ``times`` along the batch when it enters block ``layer``.
-
-    Blocks below ``layer`` run once on the unrepeated batch; everything from ``layer`` up sees
-    ``times * b`` rows (replicate-major), ablated there by a ``StackedAblation``.
-    """
-    tiler = _Tiler(times)
-
-    def first(module, args, kwargs):
-        if args:
-            tiler.b = args[0].shape[0]
-            args = (args[0].repeat(times, *([1] * (args[0].dim() - 1))),) + tuple(args[1:])
-        else:
-            hidden = kwargs["hidden_states"]
-            tiler.b = hidden.shape[0]
-            kwargs = dict(kwargs, hidden_states=hidden.repeat(times, *([1] * (hidden.dim() - 1))))
-        return args, tiler.extras(kwargs)
-
-    layers = blocks(model)
-    handles = [layers[layer].register_forward_pre_hook(first, with_kwargs=True)]
-    handles += [layers[L].register_forward_pre_hook(tiler.later, with_kwargs=True) for L in range(layer + 1, len(layers))]
-    return _hooks(handles)
-
-
-def _expand_after(model, layer: int, ablation: "StackedAblation"):
-    """Run block ``layer`` once, unrepeated, and expand its *output* to one copy per variant,
-    each corrected exactly for its ablated head.
-
-    Valid for parallel-residual blocks (GPT-NeoX / Pythia: ``h + attn(ln1(h)) + mlp(ln2(h))``):
-    there the ablation changes only the attention output, by ``(z'_h - z_h) W_O[:, h]^T`` where
-    ``z_h`` is the head's slice of the projection's input and ``z'_h`` its replacement (0 or the
-    mean), and nothing else in the block reads it.  So even block ``layer`` is shared, and the
-    variants of the last layer need no transformer block at all.
-    """
-    keep, fill = ablation.plan[layer]
-    times = keep.shape[0]
-    dense = blocks(model)[layer].attention.dense
-    tiler, state = _Tiler(times), {}
-
-    def grab(module, args):
-        state["z"] = args[0]
-
-    def expand(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        z = state.pop("z")
-        b, H, dh = z.shape[0], fill.shape[1], fill.shape[2]
-        tiler.b = b
-        k, f = keep.to(z.device, z.dtype), fill.to(z.device, z.dtype)
-        zv = z.reshape(1, b, *z.shape[1:-1], H, dh)
-        shape = (times,) + (1,) * (zv.dim() - 3) + (H,)
-        diff = (f.view(*shape, dh) - zv) * (1 - k).view(*shape, 1)  # nonzero only in the ablated head
-        delta = diff.reshape(times, b, *z.shape[1:-1], H * dh) @ dense.weight.T
-        new = (hidden.unsqueeze(0) + delta).reshape(times * b, *hidden.shape[1:])
-        return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
-
-    layers = blocks(model)
-    handles = [dense.register_forward_pre_hook(grab), layers[layer].register_forward_hook(expand)]
-    handles += [layers[L].register_forward_pre_hook(tiler.later, with_kwargs=True) for L in range(layer + 1, len(layers))]
-    return _hooks(handles)
-
+from dpo_ppo.sampling import pad_batch
 
 # --------------------------------------------------------------------------- LM loss
 
@@ -239,7 +67,7 @@ def head_means(model, seqs: list[list[int]], *, pad: int, batch_size: int = 16) 
     handles = [blocks(model)[L].attention.dense.register_forward_pre_hook(grab(L)) for L in sums]
     try:
         for span in batches(len(seqs), batch_size):
-            ids, mask = right_pad(seqs[span], pad, device=device)
+            ids, mask = pad_batch(seqs[span], pad, left=False, device=device)
             current["mask"] = mask.double()
             _base(model)(input_ids=ids, use_cache=False)
             count += int(mask.sum())
@@ -285,7 +113,7 @@ def lm_losses(model, seqs: list[list[int]], variants: Sequence[Variant], *, pad:
     device = model_device(model)
     total = torch.zeros(len(variants), dtype=torch.float64)
     count = torch.zeros(len(variants), dtype=torch.float64)
-    padded = [right_pad(seqs[s], pad, device=device) for s in batches(len(seqs), batch_size)]
+    padded = [pad_batch(seqs[s], pad, left=False, device=device) for s in batches(len(seqs), batch_size)]
     if naive:
         for r, v in enumerate(tqdm(variants, desc="ablation (naive)", leave=False, disable=not progress)):
             with StackedAblation(model, [v], means):
@@ -310,11 +138,11 @@ def lm_losses(model, seqs: list[list[int]], variants: Sequence[Variant], *, pad:
         ablation = StackedAblation(model, vs, means)
         if share_lower and layer < n_layers(model) and parallel:
             # block `layer` and those below run once; its output is expanded and corrected
-            with _expand_after(model, layer, ablation):
+            with expand_after(model, layer, ablation):
                 s, c = _nll(model, ids, mask)
         elif share_lower and 0 < layer < n_layers(model):
             # blocks below `layer` run once, then the batch is tiled and ablated at `layer`
-            with ablation, _expand_at(model, layer, len(vs)):
+            with ablation, expand_at(model, layer, len(vs)):
                 s, c = _nll(model, ids, mask)
         else:
             with ablation:
@@ -350,16 +178,6 @@ class SharedGumbelSampler:
         return scores.float() / self.temperature + g[self.rows.to(scores.device)]
 
 
-def _left_pad(seqs, pad, device):
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.as_tensor(s)
-        mask[i, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
 @torch.no_grad()
 def sample_completions(model, prompts: list[list[int]], variants: Sequence[Variant], *, pad: int, eos: int,
                        max_new_tokens: int, temperature: float = 1.0, seed: int = 0, means=None,
@@ -372,7 +190,7 @@ def sample_completions(model, prompts: list[list[int]], variants: Sequence[Varia
 
     device = model_device(model)
     P = len(prompts)
-    ids, mask = _left_pad(prompts, pad, device)
+    ids, mask = pad_batch(prompts, pad, left=True, device=device)
     per = 1 if naive else max(1, rows // P)
     out: list[list[list[int]]] = []
     spans = list(batches(len(variants), per))
@@ -419,8 +237,6 @@ def ablate_heads(model, tokenizer, *, lm_seqs: list[list[int]], prompts: list[li
     Returns per kind ``[layer][head]`` matrices ``lm_loss_increase`` and, with a scorer,
     ``grad_loss_delta``/``binary_loss_delta``, plus the unablated baselines.
     """
-    from dpo_ppo.analysis.common import pad_id
-
     pad = pad_id(tokenizer) if pad is None else pad
     L, H = n_layers(model), n_heads(model)
     variants = variants_for(model, kinds)
@@ -458,3 +274,67 @@ def robustness(grid: list[list[float]]) -> dict:
     arg = int(flat.argmax())
     H = len(grid[0])
     return {"mean": float(flat.mean()), "max": float(flat.max()), "argmax_layer": arg // H, "argmax_head": arg % H}
+
+
+def _prompts(ctx: Context) -> list[list[int]]:
+    """Held-out review prefixes of exactly ``ablation_prefix_len`` tokens (shorter only if too few),
+    from texts other than the LM-loss ones."""
+    cfg = ctx.cfg
+    pool = ctx.order[cfg.ablation_lm_texts:] or ctx.order
+    full, _ = encode(ctx.tokenizer, ctx.texts_at(pool), cfg.ablation_prefix_len, min_tokens=cfg.ablation_prefix_len)
+    if len(full) < cfg.ablation_prompts:
+        short, _ = encode(ctx.tokenizer, ctx.texts_at(pool), cfg.ablation_prefix_len, min_tokens=2)
+        full = full + [s for s in short if len(s) < cfg.ablation_prefix_len]
+    return full[: cfg.ablation_prompts]
+
+
+def run(ctx: Context) -> Output:
+    """Scalars ``ablation/{model}/...``, table ``ablation``, every ``[layer][head]`` delta matrix,
+    heat maps and the baselines (with sample completions) of the policy and, if asked, the reference."""
+    cfg, out = ctx.cfg, Output()
+    lm_idx = ctx.order[: cfg.ablation_lm_texts]
+    lm_seqs, _ = encode(ctx.tokenizer, ctx.texts_at(lm_idx), cfg.max_tokens)
+    prompts = None
+    if cfg.ablation_sentiment and ctx.scorer is not None:
+        prompts = _prompts(ctx)
+    names = ["reference", "policy"] if cfg.ablation_reference else ["policy"]
+    rows, per_model = [], {}
+    for name in names:
+        r = ablate_heads(ctx.models[name], ctx.tokenizer, lm_seqs=lm_seqs, prompts=prompts,
+                         scorer=ctx.scorer if prompts else None, kinds=list(cfg.ablation_kinds),
+                         completion_len=cfg.ablation_completion_len, temperature=cfg.ablation_temperature,
+                         score_prompt=cfg.ablation_score_prompt, batch_size=cfg.batch_size,
+                         rows=cfg.ablation_rows, seed=cfg.seed, pad=ctx.pad)
+        per_model[name] = r
+        out.scalar(f"ablation/{name}/lm_loss_base", r["lm_loss_base"])
+        for base in ("grad_loss_base", "binary_loss_base"):
+            if base in r:
+                out.scalar(f"ablation/{name}/{base}", r[base])
+        for kind, grids in r["kinds"].items():
+            for metric, grid in grids.items():
+                rob = robustness(grid)
+                out.scalar(f"ablation/{name}/{kind}/{metric}_mean", rob["mean"])
+                out.scalar(f"ablation/{name}/{kind}/{metric}_max", rob["max"])
+                if metric != "lm_loss_increase":
+                    out.scalar(f"ablation/{name}/{kind}/{metric}_min", min(min(row) for row in grid))
+            for L in range(ctx.n_layers):
+                for h in range(ctx.n_heads):
+                    rows.append([name, kind, L, h] + [grids[m][L][h] if m in grids else None
+                                                      for m in ("lm_loss_increase", "grad_loss_delta",
+                                                                "binary_loss_delta")])
+    out.table("ablation", ["model", "kind", "layer", "head", "lm_loss_increase", "grad_loss_delta",
+                           "binary_loss_delta"], rows)
+    for name, r in per_model.items():
+        for kind, grids in r["kinds"].items():
+            for metric, grid in grids.items():
+                out.per_head[f"ablation/{name}/{kind}/{metric}"] = grid
+    out.details["ablation"] = {name: {k: v for k, v in r.items() if k != "kinds"} for name, r in per_model.items()}
+    for metric, label in (("lm_loss_increase", "LM loss increase (nats)"),
+                          ("grad_loss_delta", "change in mean(1 - p_positive)")):
+        panels = {f"{name} {kind}": per_model[name]["kinds"][kind][metric]
+                  for name in names for kind in cfg.ablation_kinds if metric in per_model[name]["kinds"][kind]}
+        if panels:
+            out.images[f"ablation_{metric}"] = plots.heatmaps(
+                panels, ctx.plot_dir / f"ablation_{metric}.png", f"Head ablation: {label}",
+                diverging=True, cbar=label)
+    return out

@@ -34,9 +34,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
 
-from dpo_ppo.analysis.common import batches, right_pad
+from dpo_ppo.analysis import plots
+from dpo_ppo.analysis.common import batches, encode, select_balanced
+from dpo_ppo.analysis.context import Context, Output
+from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
+from dpo_ppo.sampling import pad_batch
 
 SITES = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
 SUBSETS = ("all", "pos", "neg")
@@ -74,7 +77,9 @@ def activation_divergence(ref_bridge, pol_bridge, seqs: list[list[int]], labels:
     lens = []
     spans = list(batches(len(seqs), batch_size))
     for span in tqdm(spans, desc="activations", unit="batch", leave=False, disable=not progress):
-        ids, mask = right_pad(seqs[span], pad, device=device)
+        # right padding needs no attention mask in a causal model: a real token never attends to
+        # the pads after it, so its activations are the unpadded ones; pads are left out of means
+        ids, mask = pad_batch(seqs[span], pad, left=False, device=device)
         _, ref_cache = ref_bridge.run_with_cache(ids, names_filter=names_filter)
         _, pol_cache = pol_bridge.run_with_cache(ids, names_filter=names_filter)
         for site, hook in SITES.items():
@@ -107,3 +112,53 @@ def activation_divergence(ref_bridge, pol_bridge, seqs: list[list[int]], labels:
         "logit_lens_kl": summarise(torch.cat(lens)),
         "num_prompts": {s: int(m.sum()) for s, m in masks.items()},
     }
+
+
+# --------------------------------------------------------------------------- the analysis
+
+
+def _mean(values) -> float:
+    vals = [v for v in values if v == v]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def run(ctx: Context) -> Output:
+    """Scalars ``activations/...``, tables ``activations`` and ``logit_lens``, their plots."""
+    cfg, out = ctx.cfg, Output()
+    idx = select_balanced(ctx.labels, cfg.activation_prompts, cfg.seed)
+    seqs, kept = encode(ctx.tokenizer, ctx.texts_at(idx), cfg.max_tokens)
+    labels = [ctx.labels[idx[k]] for k in kept]
+    r = activation_divergence(ctx.bridge("reference"), ctx.bridge("policy"), seqs, labels,
+                              pad=ctx.pad, batch_size=cfg.batch_size)
+    rows = []
+    for site, metrics in r["sites"].items():
+        for metric, subsets in metrics.items():
+            for subset, per_layer in subsets.items():
+                out.scalar(f"activations/{site}/{metric}_{subset}_mean", _mean(per_layer))
+                for L, v in enumerate(per_layer):
+                    out.scalar(f"activations/{site}/{metric}_{subset}_layer{L}", v)
+                    rows.append([site, metric, subset, L, v])
+    out.table("activations", ["site", "metric", "subset", "layer", "value"], rows)
+    lens_rows = []
+    for subset, per_layer in r["logit_lens_kl"].items():
+        suffix = "" if subset == "all" else f"_{subset}"
+        for L, v in enumerate(per_layer):
+            out.scalar(f"activations/logit_lens_kl{suffix}_layer{L}", v)
+            lens_rows.append([subset, L, v])
+        out.scalar(f"activations/logit_lens_kl{suffix}_mean", _mean(per_layer))
+    out.scalar("activations/output_kl", r["logit_lens_kl"]["all"][-1])
+    for subset, n in r["num_prompts"].items():
+        out.scalar(f"activations/num_prompts_{subset}", n)
+    out.table("logit_lens", ["subset", "layer", "kl"], lens_rows)
+    out.details["activations"] = r
+    layers = list(range(ctx.n_layers))
+    for metric in ("cos", "kl"):
+        series = {f"{site} {subset}": r["sites"][site][metric][subset] for site in SITES for subset in SUBSETS}
+        out.images[f"activations_{metric}"] = plots.lines(
+            layers, series, ctx.plot_dir / f"activations_{metric}.png",
+            "Cosine similarity to the reference" if metric == "cos" else "KL(softmax(tuned) || softmax(ref))",
+            "layer", metric)
+    out.images["logit_lens_kl"] = plots.lines(
+        layers, r["logit_lens_kl"], ctx.plot_dir / "logit_lens_kl.png", "Logit-lens KL(tuned || reference)",
+        "layer", "nats per token")
+    return out

@@ -1,76 +1,214 @@
 """``dpo-ppo-analyze``: run the analysis suite on saved models, without training.
 
-Re-analyse a finished job (reads ``JOB/results.json``: ``artifacts.reference``, ``artifacts.policy``,
-``artifacts.classifier``, ``artifacts.corpus``; snapshots from ``JOB/snapshots/ex_*``)::
+A Hydra app like ``dpo-ppo`` (config conf/analyze.yaml: the ``analysis`` and ``hardware`` groups
+plus the keys below), taking Hydra overrides.  Re-analyse a finished job (reads
+``JOB/results.json``: ``artifacts.reference``, ``artifacts.policy``, ``artifacts.classifier``,
+``artifacts.corpus``; snapshots from ``JOB/snapshots/ex_*``; writes ``JOB/reanalysis-PRESET``)::
 
-    dpo-ppo-analyze --job multirun/smoke/algorithm=dpo --preset fast
+    dpo-ppo-analyze "job='multirun/smoke/algorithm=dpo'" analysis=fast
 
-or name the pieces (several ``--policy`` are analysed one after the other, each into its own
-subfolder of ``--out``)::
+(a value holding ``=`` or ``,``, as job folders do, is quoted for Hydra) or name the pieces
+(a list of policies is analysed one after the other, each into its own subfolder of ``out_dir``)::
 
-    dpo-ppo-analyze --reference REF --policy POL [--policy POL2] --scorer CLS --data CORPUS|synthetic \\
-        --out DIR [--preset full|fast|PATH.yaml] [--set ablation_prompts=4 --set heads=false]
+    dpo-ppo-analyze reference=REF policy=POL scorer=CLS corpus=CORPUS|synthetic out_dir=DIR \\
+        [analysis=full|fast] [analysis.heads=false] [device=cpu] [precision=fp32]
+    dpo-ppo-analyze reference=REF 'policy=[POL1,POL2]' ...
 
-Models are ``save_pretrained`` folders (with their tokenizer); the scorer is a folder with a HF
-sequence classifier and its tokenizer (positive label 1); the corpus is a ``save_to_disk`` folder
-whose ``test`` split has ``text`` and ``label`` columns, or ``synthetic`` for the embedded corpus.
+Models are ``save_pretrained`` folders (with their tokenizer; a policy without one uses the
+reference's); the scorer is a folder with a HF sequence classifier and its tokenizer (positive
+label 1); the corpus is a ``save_to_disk`` folder whose ``test`` split has ``text`` and ``label``
+columns, or ``synthetic`` for the embedded corpus.  Bad input ends in one line naming the key.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Optional
 
-import torch
+import hydra
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from dpo_ppo.analysis.config import AnalysisConfig
-from dpo_ppo.results import RESULTS_FILE, read_results
+from dpo_ppo.config import ConfigError, register_configs
+from dpo_ppo.main import CONF_DIR
 
 log = logging.getLogger("dpo_ppo.analyze")
 
-
-def _conf_dirs() -> list[Path]:
-    here = Path(__file__).resolve()
-    return [here.parents[2] / "conf" / "analysis", here.parents[1] / "conf" / "analysis"]
+PROG = "dpo-ppo-analyze"
 
 
-def load_preset(preset: str, overrides: list[str] = ()) -> AnalysisConfig:
-    """conf/analysis/<preset>.yaml (or a yaml path) merged onto the schema, then ``KEY=VALUE`` overrides."""
-    from omegaconf import OmegaConf
+@dataclass
+class AnalyzeConfig:
+    """The top config of ``dpo-ppo-analyze`` (conf/analyze.yaml)."""
 
-    path = Path(preset)
-    if not path.suffix:
-        path = next((d / f"{preset}.yaml" for d in _conf_dirs() if (d / f"{preset}.yaml").exists()), None)
-    base = OmegaConf.structured(AnalysisConfig)
-    if path is None or not path.exists():
-        if preset != "full":
-            raise SystemExit(f"dpo-ppo-analyze: preset {preset!r} not found in {[str(d) for d in _conf_dirs()]}")
-        merged = base  # the schema's defaults are the full preset
-    else:
-        data = OmegaConf.load(path)
-        if "defaults" in data:
-            data.pop("defaults")
-        merged = OmegaConf.merge(base, data)
-    if overrides:
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-    return OmegaConf.to_object(merged)
+    analysis: Any = MISSING  # group analysis: which analyses, at what sizes
+    hardware: Any = MISSING  # group hardware: a null analysis.batch_size comes from it
+    job: Optional[str] = None  # a job folder with results.json: fills the five keys below
+    reference: Optional[str] = None  # reference model folder
+    policy: Any = None  # tuned model folder, or a list of them
+    scorer: Optional[str] = None  # sentiment classifier folder
+    corpus: Optional[str] = None  # corpus folder (save_to_disk, test split) or synthetic
+    snapshots: Optional[str] = None  # folder of ex_* snapshots (default with job: JOB/snapshots)
+    out_dir: Optional[str] = None  # default with job: JOB/reanalysis-<analysis.name>
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto | fp32 | bf16, as dpo-ppo's precision
+    quiet: bool = False  # do not print the scalars
 
 
-def check(cfg: AnalysisConfig) -> None:
-    from omegaconf import OmegaConf
+def register() -> None:
+    register_configs()  # the group schemas (schema/analysis, schema/hardware)
+    from hydra.core.config_store import ConfigStore
 
-    from dpo_ppo.analysis.config import validate
-    from dpo_ppo.config import ConfigError
+    ConfigStore.instance().store(name="analyze_schema", node=AnalyzeConfig)
 
+
+register()
+
+
+# --------------------------------------------------------------------------- config
+
+
+def compose(overrides=()) -> DictConfig:
+    """The config the command line ``dpo-ppo-analyze OVERRIDES`` composes (for tests and benchmarks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose("analyze", overrides=list(overrides))
+
+
+def analysis_config(cfg: DictConfig):
+    """``cfg.analysis`` as an ``AnalysisConfig``."""
+    return OmegaConf.to_object(cfg.analysis)
+
+
+@dataclass
+class Plan:
+    """What to analyse, with the paths filled in from ``job`` and checked."""
+
+    reference: str
+    policies: list
+    scorer: str
+    corpus: str
+    out_dir: Path
+    snapshots: Optional[Path] = None
+    names: list = field(default_factory=list)
+
+
+def _keys() -> list[str]:
+    """Every key of the app's schema, dotted (for the closest-key suggestion)."""
+    import dataclasses
+
+    from dpo_ppo.analysis.config import AnalysisConfig
+    from dpo_ppo.config import HardwareConfig
+
+    keys = [f.name for f in dataclasses.fields(AnalyzeConfig)]
+    keys += [f"analysis.{f.name}" for f in dataclasses.fields(AnalysisConfig)]
+    keys += [f"hardware.{f.name}" for f in dataclasses.fields(HardwareConfig)]
+    return keys
+
+
+def _check_model(key: str, source: str) -> None:
+    """A ``save_pretrained`` model folder (config.json and weights; the tokenizer may come from the
+    reference).  A name that is no local path is left to ``from_pretrained``."""
+    from dpo_ppo.sources import WEIGHTS, local_path
+
+    path = local_path(str(source))
+    if path is None:
+        return
+    if not path.is_dir():
+        raise ConfigError(key, f"no such folder: {path}" if not path.exists() else f"{path} is a file; it must be a folder")
+    names = {p.name for p in path.iterdir()}
+    missing = ([] if "config.json" in names else ["config.json"]) + \
+              ([] if names & set(WEIGHTS) else ["model weights (model.safetensors or pytorch_model.bin)"])
+    if missing:
+        raise ConfigError(key, f"{path} is not a save_pretrained folder; missing: {', '.join(missing)}")
+
+
+def _check_classifier(key: str, source: str) -> None:
+    """The scorer's config.json names a sequence classifier (when it names an architecture)."""
+    import json
+
+    from dpo_ppo.sources import local_path
+
+    path = local_path(str(source))
+    if path is None:
+        return
     try:
-        validate(OmegaConf.create({"analysis": OmegaConf.structured(cfg)}))
-    except ConfigError as e:
-        raise SystemExit(f"dpo-ppo-analyze: {e}") from None
+        archs = json.loads((path / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError) as e:
+        raise ConfigError(key, f"{path}/config.json is unreadable ({e})") from None
+    if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ConfigError(key, f"{path} holds a {archs[0]}, not a sequence classifier")
+
+
+def check(cfg: DictConfig) -> Plan:
+    """Every check that needs no torch: keys, ranges, the job folder, the paths.  Raises
+    ``ConfigError`` naming the first bad key."""
+    from dpo_ppo.analysis.config import validate as validate_analysis
+    from dpo_ppo.config import PRECISIONS, check_device, check_keys
+    from dpo_ppo.results import RESULTS_FILE, read_results
+    from dpo_ppo.sources import check_dataset_folder, check_pretrained_folder
+
+    check_keys(cfg)
+    validate_analysis(cfg)
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}; got {cfg.precision!r}")
+    check_device("device", cfg.device)
+    if cfg.analysis.device is not None:
+        check_device("analysis.device", cfg.analysis.device)
+    for key, value in cfg.hardware.items():  # the sizes (ints); not the name or a switch
+        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+            raise ConfigError(f"hardware.{key}", f"must be > 0, got {value}")
+    policy = cfg.policy
+    policies = [str(p) for p in policy] if OmegaConf.is_list(policy) else ([str(policy)] if policy else [])
+    reference, scorer, corpus = cfg.reference, cfg.scorer, cfg.corpus
+    snapshots, out_dir = cfg.snapshots, cfg.out_dir
+    if cfg.job is not None:
+        job = Path(cfg.job)
+        if not job.is_dir():
+            raise ConfigError("job", f"no such folder: {job}")
+        results = read_results(job)
+        if results is None:
+            raise ConfigError("job", f"no readable {RESULTS_FILE} in {job}")
+        art = results.get("artifacts", {})
+        reference = reference or art.get("reference")
+        policies = policies or ([art["policy"]] if art.get("policy") else [])
+        scorer = scorer or art.get("classifier")
+        corpus = corpus or art.get("corpus")
+        snapshots = snapshots or str(job)
+        out_dir = out_dir or str(job / f"reanalysis-{cfg.analysis.name}")
+    for key, value in (("reference", reference), ("policy", policies), ("scorer", scorer), ("corpus", corpus),
+                       ("out_dir", out_dir)):
+        if not value:
+            raise ConfigError(key, f"missing: give {key}=... (or job=JOB_DIR, a job folder with {RESULTS_FILE})")
+    _check_model("reference", reference)
+    for i, p in enumerate(policies):
+        _check_model("policy" if len(policies) == 1 else f"policy[{i}]", p)
+    check_pretrained_folder("scorer", scorer)
+    _check_classifier("scorer", scorer)
+    if corpus != "synthetic":
+        path = Path(corpus)
+        if not path.exists():
+            raise ConfigError("corpus", f"no such folder: {path} (or corpus=synthetic)")
+        if (path / "dataset_dict.json").is_file():
+            check_dataset_folder("corpus", corpus, splits=("test",))
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("out_dir", f"{out} is a file; it must be a folder")
+    names = [Path(x).name or f"policy{i}" for i, x in enumerate(policies)]
+    names = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
+    return Plan(reference=str(reference), policies=policies, scorer=str(scorer), corpus=str(corpus), out_dir=out,
+                snapshots=Path(snapshots) if snapshots else None, names=names)
+
+
+# --------------------------------------------------------------------------- loading
 
 
 def load_lm(path, device):
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device).eval()
@@ -81,38 +219,8 @@ def load_lm(path, device):
     return model, tokenizer
 
 
-class _Scorer:
-    """Fallback when dpo_ppo.scorer is unavailable: p(label 1) of a saved sequence classifier."""
-
-    def __init__(self, path, device):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.model = AutoModelForSequenceClassification.from_pretrained(str(path)).to(device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id
-
-    @torch.no_grad()
-    def p_positive(self, texts):
-        out = []
-        for i in range(0, len(texts), 64):
-            enc = self.tokenizer(list(texts[i:i + 64]), padding=True, truncation=True, max_length=256,
-                                 return_tensors="pt").to(self.model.device)
-            out.append(torch.softmax(self.model(**enc).logits.float(), -1)[:, 1].cpu())
-        return torch.cat(out) if out else torch.zeros(0)
-
-
-def load_scorer(path, device):
-    try:
-        from dpo_ppo.scorer import Scorer
-    except ImportError:
-        return _Scorer(path, device)
-    return Scorer.load(path, device)
-
-
-def load_test_split(data: str) -> tuple[list[str], list[int]]:
-    if data == "synthetic":
+def load_test_split(corpus: str) -> tuple[list[str], list[int]]:
+    if corpus == "synthetic":
         from dpo_ppo.config import DataConfig
         from dpo_ppo.corpus import make_synthetic
 
@@ -121,81 +229,115 @@ def load_test_split(data: str) -> tuple[list[str], list[int]]:
     else:
         from datasets import DatasetDict, load_from_disk
 
-        ds = load_from_disk(str(data))
+        ds = load_from_disk(str(corpus))
         if isinstance(ds, DatasetDict):
             if "test" not in ds:
-                raise SystemExit(f"dpo-ppo-analyze: {data} has no 'test' split (found {list(ds)})")
+                raise ConfigError("corpus", f"{corpus} has no 'test' split (found {list(ds)})")
             ds = ds["test"]
     return list(ds["text"]), [int(y) for y in ds["label"]]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="dpo-ppo-analyze", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--job", type=Path, help="a job folder with results.json (fills the paths below)")
-    p.add_argument("--reference", help="reference model folder")
-    p.add_argument("--policy", action="append", default=[], help="tuned model folder (repeatable)")
-    p.add_argument("--scorer", help="sentiment classifier folder")
-    p.add_argument("--data", help="corpus folder (save_to_disk, test split) or 'synthetic'")
-    p.add_argument("--snapshots", type=Path, help="folder of ex_* snapshots (default with --job: JOB/snapshots)")
-    p.add_argument("--out", type=Path, help="output folder (default with --job: JOB/reanalysis-PRESET)")
-    p.add_argument("--preset", default="full", help="full | fast | none | a yaml file (default: full)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an analysis setting, e.g. --set ablation_prompts=4")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
-    p.add_argument("--quiet", action="store_true", help="do not print the scalars")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+# --------------------------------------------------------------------------- the app
 
+
+def analyze(cfg: DictConfig) -> dict:
+    """Check ``cfg``, then analyse every policy against the reference; {policy name: result}."""
+    plan = check(cfg)  # before torch is imported: bad input fails in about a second
+    import torch
+
+    from dpo_ppo import hardware
     from dpo_ppo.analysis.suite import run_analysis
     from dpo_ppo.analysis.weights import find_snapshots
+    from dpo_ppo.scorer import Scorer
 
-    reference, policies, scorer_path, data = args.reference, list(args.policy), args.scorer, args.data
-    snapshots_dir, out = args.snapshots, args.out
-    if args.job is not None:
-        results = read_results(args.job)
-        if results is None:
-            p.error(f"--job: no readable {RESULTS_FILE} in {args.job}")
-        art = results.get("artifacts", {})
-        reference = reference or art.get("reference")
-        policies = policies or ([art["policy"]] if art.get("policy") else [])
-        scorer_path = scorer_path or art.get("classifier")
-        data = data or art.get("corpus")
-        snapshots_dir = snapshots_dir or args.job
-        out = out or args.job / f"reanalysis-{Path(args.preset).stem}"
-    missing = [name for name, v in (("--reference", reference), ("--policy", policies), ("--scorer", scorer_path),
-                                    ("--data", data), ("--out", out)) if not v]
-    if missing:
-        p.error(f"missing {', '.join(missing)} (or give --job)")
-    cfg = load_preset(args.preset, args.overrides)
-    check(cfg)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    texts, labels = load_test_split(data)
-    ref_model, ref_tok = load_lm(reference, device)
-    scorer = load_scorer(scorer_path, device)
-    snapshots = find_snapshots(snapshots_dir) if snapshots_dir is not None else []
-    names = [Path(x).name or f"policy{i}" for i, x in enumerate(policies)]
-    names = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
-    for name, path in zip(names, policies):
+    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    runtime = hardware.resolve(cfg, device)
+    hardware.set_matmul_precision(cfg.precision, device)
+    acfg = analysis_config(cfg)
+    if acfg.batch_size is None:
+        acfg.batch_size = runtime.analysis_batch_size
+    log.info("%s: device %s (%s), precision %s, analysis batch %d", PROG, runtime.device, runtime.device_name,
+             runtime.precision, acfg.batch_size)
+    texts, labels = load_test_split(plan.corpus)
+    ref_model, ref_tok = load_lm(plan.reference, device)
+    scorer = Scorer.load(plan.scorer, device, batch_size=runtime.forward_batch_size, autocast=runtime.autocast)
+    snapshots = find_snapshots(plan.snapshots) if plan.snapshots is not None else []
+    results = {}
+    for name, path in zip(plan.names, plan.policies):
         policy, pol_tok = load_lm(path, device)
         tokenizer = pol_tok or ref_tok
         if tokenizer is None:
-            p.error(f"no tokenizer in {path} or {reference}")
+            raise ConfigError("policy", f"no tokenizer in {path} or in the reference {plan.reference}")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        target = Path(out) if len(policies) == 1 else Path(out) / name
-        res = run_analysis(cfg, ref_model, policy, tokenizer, texts=texts, labels=labels, scorer=scorer,
-                           out_dir=target, snapshots=snapshots if len(policies) == 1 else (), device=device)
-        if not args.quiet:
+        target = plan.out_dir if len(plan.policies) == 1 else plan.out_dir / name
+        with runtime.autocast():
+            res = run_analysis(acfg, ref_model, policy, tokenizer, texts=texts, labels=labels, scorer=scorer,
+                               out_dir=target, snapshots=snapshots if len(plan.policies) == 1 else (),
+                               device=device)
+        if not cfg.quiet:
             for key, value in res["scalars"].items():
                 print(f"{key}\t{value:.6g}")
         for part, err in res["errors"].items():
-            print(f"dpo-ppo-analyze: {part} failed: {err}", file=sys.stderr)
-        print(f"dpo-ppo-analyze: {name}: {len(res['scalars'])} scalars, {len(res['images'])} plots -> "
+            print(f"{PROG}: {part} failed: {err}", file=sys.stderr)
+        print(f"{PROG}: {name}: {len(res['scalars'])} scalars, {len(res['images'])} plots -> "
               f"{target / 'analysis.json'}", file=sys.stderr)
+        results[name] = res
         del policy
-    return 0
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="analyze")
+def app(cfg: DictConfig) -> None:
+    try:
+        analyze(cfg)
+    except Exception as e:
+        _exit_with_one_line(e)
+
+
+def error_line(exc: BaseException) -> str | None:
+    """One line naming the key for bad input, else None: dpo-ppo's, with this app's keys suggested
+    for an unknown one."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    from dpo_ppo.config import unknown_key_message
+    from dpo_ppo.main import config_error_line
+
+    cause = exc
+    while cause is not None:
+        if (isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and getattr(cause, "full_key", None)
+                and "not in" in (cause.msg or "")):
+            return f"Config error: {cause.full_key}: {unknown_key_message(cause.full_key, _keys())}"
+        cause = cause.__cause__
+    return config_error_line(exc)
+
+
+def _exit_with_one_line(exc: BaseException) -> None:
+    """Bad input: one line naming the key, exit 2.  Anything else: one line, the traceback in a file,
+    exit 1 (dpo-ppo's rule)."""
+    from dpo_ppo.main import _exit_with_one_line as one_line
+
+    line = error_line(exc)
+    if line is not None:
+        print(line, file=sys.stderr)
+        sys.exit(2)
+    one_line(exc, None)
+
+
+def main() -> None:
+    """``dpo-ppo-analyze``: Hydra's composition errors are raised to here (not printed by Hydra),
+    so that they too end in one line; ``HYDRA_FULL_ERROR=1`` keeps Hydra's full traces."""
+    import os
+
+    if os.environ.get("HYDRA_FULL_ERROR"):
+        app()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        app()
+    except Exception as e:
+        _exit_with_one_line(e)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

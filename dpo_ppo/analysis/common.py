@@ -133,19 +133,6 @@ def encode(tokenizer, texts: Sequence[str], max_tokens: int, *, prepend_bos: boo
     return seqs, kept
 
 
-def right_pad(seqs: Sequence[Sequence[int]], pad: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask) right-padded.  No attention mask is needed by a causal model for right padding:
-    a real token never attends to the pads after it, so its activations are exactly the unpadded
-    ones; pads are simply left out of every average."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = True
-    return ids.to(device), mask.to(device)
-
-
 def batches(n: int, size: int):
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))

@@ -24,10 +24,13 @@ Probes (each starts with BOS, as in TransformerLens):
 from __future__ import annotations
 
 import torch
-from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
 from transformer_lens import head_detector as hd
 
-from dpo_ppo.analysis.common import batches, bos_id, right_pad
+from dpo_ppo.analysis import plots
+from dpo_ppo.analysis.common import batches, bos_id, encode
+from dpo_ppo.analysis.context import MODELS, Context, Output
+from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
+from dpo_ppo.sampling import pad_batch
 
 HEAD_TYPES = ("previous_token", "duplicate_token", "induction")
 _PATTERNS = {"previous_token": hd.get_previous_token_head_detection_pattern,
@@ -58,7 +61,7 @@ def head_scores(bridge, seqs: list[list[int]], head_type: str, *, pad: int, batc
     spans = list(batches(len(seqs), batch_size))
     for span in tqdm(spans, desc=f"heads ({head_type})", leave=False, disable=not progress):
         chunk = seqs[span]
-        ids, _ = right_pad(chunk, pad, device=bridge.cfg.device)
+        ids, _ = pad_batch(chunk, pad, left=False, device=bridge.cfg.device)  # pads come after [:n, :n]
         _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n.endswith("attn.hook_pattern"))
         for i, s in enumerate(chunk):
             n = len(s)
@@ -80,3 +83,46 @@ def detect_all(bridge, *, text_seqs: list[list[int]], random_seqs: list[list[int
         "induction": head_scores(bridge, random_seqs, "induction", pad=pad, batch_size=batch_size,
                                  progress=progress),
     }
+
+
+# --------------------------------------------------------------------------- the analysis
+
+
+def run(ctx: Context) -> Output:
+    """Scalars ``heads/...``, table ``heads``, per-head scores of both models and their change."""
+    cfg, out = ctx.cfg, Output()
+    idx = ctx.order[: cfg.head_texts]
+    text_seqs, _ = encode(ctx.tokenizer, ctx.texts_at(idx), cfg.max_tokens, prepend_bos=cfg.prepend_bos)
+    vocab = min(len(ctx.tokenizer), ctx.models["policy"].config.vocab_size)
+    random_seqs = repeated_random_tokens(ctx.tokenizer, cfg.head_random_seqs, cfg.head_random_len,
+                                         seed=cfg.seed, vocab=vocab)
+    scores = {name: detect_all(ctx.bridge(name), text_seqs=text_seqs, random_seqs=random_seqs,
+                               pad=ctx.pad, batch_size=cfg.batch_size) for name in MODELS}
+    rows = []
+    per = {name: {t: s.tolist() for t, s in scores[name].items()} for name in MODELS}
+    per["change"] = {}
+    for t in HEAD_TYPES:
+        delta = scores["policy"][t] - scores["reference"][t]
+        per["change"][t] = delta.tolist()
+        for name in MODELS:
+            s = scores[name][t]
+            out.scalar(f"heads/{name}/{t}_max", s.max())
+            top = int(s.flatten().argmax())
+            out.scalar(f"heads/{name}/{t}_top_layer", top // ctx.n_heads)
+            out.scalar(f"heads/{name}/{t}_top_head", top % ctx.n_heads)
+            for L in range(ctx.n_layers):
+                for h in range(ctx.n_heads):
+                    rows.append([name, t, L, h, float(s[L, h])])
+        out.scalar(f"heads/{t}_max_abs_change", delta.abs().max())
+        out.scalar(f"heads/{t}_mean_abs_change", delta.abs().mean())
+        out.images[f"heads_{t}"] = plots.heatmaps(
+            {name: scores[name][t].tolist() for name in MODELS}, ctx.plot_dir / f"heads_{t}.png",
+            f"{t.replace('_', '-')} head score", cbar="score")
+    out.images["heads_change"] = plots.heatmaps(
+        per["change"], ctx.plot_dir / "heads_change.png", "Head score change (policy - reference)",
+        diverging=True, cbar="change")
+    out.table("heads", ["model", "type", "layer", "head", "score"], rows)
+    for group, grids in per.items():
+        for t, grid in grids.items():
+            out.per_head[f"heads/{group}/{t}"] = grid
+    return out

@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
+
+from dpo_ppo.analysis import plots
+from dpo_ppo.analysis.context import Context, Output
 from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -145,3 +148,46 @@ def _row(examples, reference, previous, params) -> dict:
     for L, v in cum["layers"].items():
         row[f"msd_layer{L}"] = v["all"]
     return row
+
+
+# --------------------------------------------------------------------------- the analysis
+
+
+def run(ctx: Context) -> Output:
+    """Scalars ``weights/...``, tables ``weights_per_tensor`` (and ``weights_over_training`` with
+    snapshots), plots and the per-layer values, of the caller's models (not the device copies)."""
+    out = Output()
+    ref = parameters(ctx.reference)
+    pol = parameters(ctx.policy)
+    d = divergence(ref, pol)
+    for key in ("msd_all", "msd_weights", "msd_biases", "msd_weights_tensor_mean", "msd_biases_tensor_mean"):
+        out.scalar(f"weights/{key}", d[key])
+    out.scalar("weights/bias_weight_ratio", d["msd_biases"] / d["msd_weights"] if d["msd_weights"] else float("nan"))
+    for L, v in d["layers"].items():
+        out.scalar(f"weights/msd_layer{L}", v["all"])
+        out.scalar(f"weights/msd_layer{L}_weights", v["weight"])
+        out.scalar(f"weights/msd_layer{L}_biases", v["bias"])
+    out.table("weights_per_tensor", ["tensor", "kind", "layer", "numel", "msd"],
+              [[t["tensor"], t["kind"], t["layer"], t["numel"], t["msd"]] for t in d["tensors"]])
+    out.details["weights_per_layer"] = {str(L): v for L, v in d["layers"].items()}
+    out.details["weights_skipped"] = d["skipped"]
+    out.images["weights_summary"] = plots.bars(
+        {"weights": d["msd_weights"], "biases": d["msd_biases"]}, ctx.plot_dir / "weights_summary.png",
+        "Mean-square divergence from the reference", "MSD")
+    layers = sorted(d["layers"])
+    out.images["weights_per_layer"] = plots.lines(
+        layers, {k: [d["layers"][L][k] for L in layers] for k in ("weight", "bias", "all")},
+        ctx.plot_dir / "weights_per_layer.png", "Divergence per layer", "layer", "MSD")
+    if ctx.cfg.snapshots and ctx.snapshots:
+        rows = over_training(ref, ctx.snapshots)
+        cols = list(rows[0].keys())
+        out.table("weights_over_training", cols, [[r[c] for c in cols] for r in rows])
+        out.scalar("weights/num_snapshots", len(rows))
+        x = [r["examples"] for r in rows]
+        out.images["weights_over_training"] = plots.lines(
+            x, {"weights (cumulative)": [r["msd_weights"] for r in rows],
+                "biases (cumulative)": [r["msd_biases"] for r in rows],
+                "weights (step)": [r["step_msd_weights"] for r in rows],
+                "biases (step)": [r["step_msd_biases"] for r in rows]},
+            ctx.plot_dir / "weights_over_training.png", "Divergence over training", "examples", "MSD")
+    return out

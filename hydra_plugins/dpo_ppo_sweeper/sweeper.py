@@ -24,7 +24,8 @@ find the classifier, preference data and reference evaluation built.
 
 The jobs go to ``self.launcher.launch`` in batches (on SLURM by default one batch: a single array
 throttled by ``array_parallelism``), so every Hydra launcher works (basic, joblib,
-submitit_local, submitit_slurm). After each batch the sweeper logs progress, and it writes
+submitit_local, submitit_slurm, and this package's packed_local / packed_slurm, which run
+``hardware.jobs_per_gpu`` jobs per array task: launchers.py). After each batch the sweeper logs progress, and it writes
 ``<sweep dir>/sweep.json`` (every planned job: overrides, folder, status, error). A job that
 fails is recorded and the sweep goes on; at the end the sweeper raises ``SweepFailed`` (exit
 code 1) listing the failed jobs. A job counts as failed when it raised, when it returned a dict
@@ -44,7 +45,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from hydra.core.hydra_config import HydraConfig
-from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobReturn, JobStatus, configure_log
@@ -109,6 +109,21 @@ def format_value(value: Any) -> str:
     if _PLAIN.fullmatch(text):
         return text
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def override_dirname(overrides: Sequence[Override], exclude_keys: Sequence[str], item_sep: str,
+                     kv_sep: str) -> str:
+    """``hydra.job.override_dirname`` of a job: what Hydra names a job folder by, from the public
+    settings of ``hydra.job.config.override_dirname`` (``kv_sep``, ``item_sep``, ``exclude_keys``).
+
+    The overrides as typed (``input_line``), those whose key or group is excluded left out, sorted
+    as strings and joined by ``item_sep``; then every ``=`` of the result becomes ``kv_sep`` (also
+    one inside a value, as Hydra does).  Hydra computes it in a private function; our copy of the
+    rule is checked against that function in tests/test_sweeper.py, so a change in Hydra shows.
+    """
+    excluded = set(exclude_keys)
+    kept = sorted(o.input_line for o in overrides if o.key_or_group not in excluded)
+    return item_sep.join(kept).replace("=", kv_sep)
 
 
 def _parse(parser: OverridesParser, line: str) -> Override:
@@ -299,8 +314,8 @@ class DpoPpoSweeper(Sweeper):
             self._exclude = set(exclude)
             for idx, job in enumerate(self.jobs):
                 try:
-                    dirname = get_overrides_dirname(parser.parse_overrides(list(job.overrides)), exclude,
-                                                    naming.item_sep, naming.kv_sep)
+                    dirname = override_dirname(parser.parse_overrides(list(job.overrides)), exclude,
+                                               naming.item_sep, naming.kv_sep)
                     for node in nodes:
                         with read_write(node), open_dict(node):
                             node.job.override_dirname = dirname
@@ -386,7 +401,8 @@ class DpoPpoSweeper(Sweeper):
         if self.prepare is not None:
             return bool(self.prepare)
         assert self.config is not None
-        return "submitit" in str(self.config.hydra.launcher.get("_target_", ""))
+        target = str(self.config.hydra.launcher.get("_target_", ""))
+        return "submitit" in target or "dpo_ppo_sweeper.launchers" in target  # stock or packed (launchers.py)
 
     def _prepare(self, name: str, indices: Sequence[int]) -> int:
         """The prepare step: one prepare=true job per distinct set of shared artifacts of the

@@ -1,0 +1,100 @@
+"""What every analysis gets (``Context``) and what it gives back (``Output``).
+
+The suite builds one ``Context`` per (reference, policy) pair and hands it to each enabled
+analysis's ``run(ctx) -> Output``.  An ``Output`` holds only that analysis's results, under the
+names they will have in ``analysis.json`` (scalars without the suite's ``analysis/`` prefix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from dpo_ppo.analysis.common import (boot_bridge, n_heads, n_layers, on_device, pad_id, resolve_device,
+                                     shuffled_indices)
+from dpo_ppo.analysis.config import AnalysisConfig
+
+MODELS = ("reference", "policy")
+
+
+@dataclass
+class Context:
+    """The inputs of one suite run, built once and shared by every analysis.
+
+    ``reference``/``policy`` are the caller's models (read, never changed); ``models`` the same two
+    on ``device`` (the caller's own where they already live there, else copies).  ``order`` is the
+    held-out texts' indices shuffled with ``cfg.seed``.  ``bridge(name)`` boots a TransformerLens
+    bridge of ``models[name]`` the first time an analysis asks for it.
+    """
+
+    cfg: AnalysisConfig
+    reference: Any
+    policy: Any
+    models: dict
+    tokenizer: Any
+    texts: list
+    labels: list
+    scorer: Any
+    out_dir: Path
+    snapshots: list
+    device: torch.device
+    pad: int
+    order: list
+    n_layers: int
+    n_heads: int
+    _bridges: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, cfg: AnalysisConfig, reference, policy, tokenizer, *, texts: Sequence[str],
+              labels: Sequence[int], scorer, out_dir: Path, snapshots: Sequence[Path] = (),
+              device=None) -> "Context":
+        L, H = n_layers(policy), n_heads(policy)
+        if (n_layers(reference), n_heads(reference)) != (L, H):
+            raise ValueError(f"reference ({n_layers(reference)}x{n_heads(reference)}) and policy ({L}x{H}) "
+                             f"differ in shape")
+        device = resolve_device(device if device is not None else cfg.device, policy)
+        texts = list(texts)
+        return cls(cfg=cfg, reference=reference, policy=policy,
+                   models={"reference": on_device(reference, device), "policy": on_device(policy, device)},
+                   tokenizer=tokenizer, texts=texts, labels=[int(y) for y in labels], scorer=scorer,
+                   out_dir=Path(out_dir), snapshots=list(snapshots or ()), device=device, pad=pad_id(tokenizer),
+                   order=shuffled_indices(len(texts), cfg.seed), n_layers=L, n_heads=H)
+
+    @property
+    def plot_dir(self) -> Path:
+        return self.out_dir / "plots"
+
+    def bridge(self, name: str):
+        """The TransformerBridge of ``models[name]`` (booted once, on a copy)."""
+        if name not in self._bridges:
+            self._bridges[name] = boot_bridge(self.models[name], self.tokenizer, self.device)
+        return self._bridges[name]
+
+    def texts_at(self, indices: Sequence[int]) -> list[str]:
+        return [self.texts[i] for i in indices]
+
+
+@dataclass
+class Output:
+    """One analysis's results: the parts of ``analysis.json`` it fills (see suite.py)."""
+
+    scalars: dict = field(default_factory=dict)
+    tables: dict = field(default_factory=dict)
+    images: dict = field(default_factory=dict)
+    per_head: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+
+    PARTS = ("scalars", "tables", "images", "per_head", "details")
+
+    def scalar(self, name: str, value) -> None:
+        self.scalars[name] = float(value)
+
+    def table(self, name: str, columns: list, data: list) -> None:
+        self.tables[name] = {"columns": columns, "data": data}
+
+    def parts(self) -> dict:
+        return {part: getattr(self, part) for part in self.PARTS}
+
