@@ -41,7 +41,7 @@ def ppo_config(**overrides):
     for key, value in overrides.items():
         if value is not None:
             cfg[key] = value
-    return cfg
+    return OmegaConf.to_object(cfg)  # the typed PPOAlgorithmConfig, as a job's train_ppo gets it
 
 
 def main() -> None:

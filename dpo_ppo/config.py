@@ -1,30 +1,40 @@
 """Typed configuration: one dataclass per config group, registered with Hydra's ConfigStore.
 
 Hydra checks types and key names when it composes the config (a typo'd key or a string where a
-number belongs fails there).  Value checks that a type cannot express (beta > 0, a prefix that fits
-the model's context, ...) live in ``validate`` and run before any stage starts; both paths end in a
-one-line message that names the key and what would be allowed.
+number belongs fails there).  The entrypoint then turns the composed DictConfig into these
+dataclasses once (``load``: ``OmegaConf.to_object``, then the checks) and passes the typed
+``Config`` on; code downstream reads attributes, and ``as_dict`` gives the plain dict that
+results.json, the config hash and the artifact cache keys are made of.
+
+Every field carries its help text (``option(default, help)``; ``field_help`` reads it back), and
+every dataclass checks its own fields in ``check`` beside them.  ``load`` first looks for keys the
+schema does not know (``+key=``; only the DictConfig still has them), then ``Config.check`` runs
+the generic checks (non-finite floats, seeds, devices), each group's ``check``, the checks across
+groups (a prefix + completion that fits the model's context and the classifier's ``max_length``,
+...) and last the local folders.  Each check raises ``ConfigError`` with a one-line message that
+names the key (full dotted path) and what would be allowed.  The checks are methods, not
+``__post_init__``: ``to_object`` builds the groups before the checks across them could run, and
+tests build out-of-range configs on purpose.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from dpo_ppo.analysis.config import AnalysisConfig
+from dpo_ppo.checks import ConfigError, choice, field_help, finite, option, positive
+
+__all__ = ["AlgorithmConfig", "ClassifierConfig", "ComputeConfig", "Config", "ConfigError", "DataConfig",
+           "DPOAlgorithmConfig", "EvalConfig", "HardwareConfig", "LoggerConfig", "ModelConfig",
+           "PPOAlgorithmConfig", "as_dict", "field_help", "load", "to_typed", "validate"]
 
 OFFLINE_HINT = "Offline, use the embedded default (model=tiny data=synthetic classifier=tiny)"
-
-
-class ConfigError(ValueError):
-    """A config value is out of range; the message names the key and what is allowed."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}")
 
 
 # --------------------------------------------------------------------------- groups
@@ -32,150 +42,262 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """The reference policy: the embedded tiny GPT-NeoX, or a hub id / local folder."""
+    """The reference policy: the embedded tiny GPT-NeoX, or a hub id / local folder (group ``model``)."""
 
-    name: str = "tiny"
-    # "embedded": built and pretrained here on the corpus; otherwise a hub id or a local folder
-    # saved with save_pretrained (e.g. EleutherAI/pythia-70m).
-    source: str = "embedded"
-    revision: Optional[str] = None
-    # longest sequence (prefix + completion) the model takes; checked against the lengths asked for
-    context_length: int = 256
-    # architecture and pretraining of the embedded model (ignored for a hub model)
-    vocab_size: int = 1024
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 8
-    pretrain_steps: int = 300
-    pretrain_batch_size: int = 32
-    pretrain_seq_len: int = 64
-    pretrain_lr: float = 3e-3
+    name: str = option("tiny", "the preset's name (conf/model/NAME.yaml); names the model in logs and tags")
+    source: str = option("embedded", "embedded: a GPT-NeoX built and pretrained here on the corpus; else a "
+                                      "hub id (EleutherAI/pythia-70m) or a local folder saved with save_pretrained")
+    revision: Optional[str] = option(None, "hub revision (branch, tag or commit) of a hub model; null = main")
+    context_length: int = option(256, "longest sequence (prefix + completion) the model takes, in tokens; "
+                                      "checked against the lengths asked for; > 0")
+    vocab_size: int = option(1024, "embedded only: tokens of the BPE tokenizer trained on the corpus; > 0")
+    hidden_size: int = option(128, "embedded only: width of the residual stream; > 0, a multiple of num_heads")
+    num_layers: int = option(4, "embedded only: transformer layers; > 0")
+    num_heads: int = option(8, "embedded only: attention heads per layer; > 0, divides hidden_size")
+    pretrain_steps: int = option(300, "embedded only: optimizer steps of pretraining on the corpus; > 0")
+    pretrain_batch_size: int = option(32, "embedded only: sequences per pretraining step; > 0")
+    pretrain_seq_len: int = option(64, "embedded only: tokens per pretraining sequence; > 0")
+    pretrain_lr: float = option(3e-3, "embedded only: peak AdamW learning rate of pretraining (cosine "
+                                      "schedule); > 0")
+
+    def check(self, where: str = "model") -> None:
+        for key in ("context_length", "vocab_size", "hidden_size", "num_layers", "num_heads", "pretrain_steps",
+                    "pretrain_batch_size", "pretrain_seq_len", "pretrain_lr"):
+            positive(f"{where}.{key}", getattr(self, key))
+        _heads_divide_hidden(self, where)
+
+
+def _heads_divide_hidden(group, where: str) -> None:
+    if group.source == "embedded" and group.hidden_size % group.num_heads:
+        raise ConfigError(f"{where}.num_heads", f"must divide {where}.hidden_size ({group.hidden_size}), "
+                                                f"got {group.num_heads}")
 
 
 @dataclass
 class DataConfig:
-    """Labelled reviews with a train/test split."""
+    """Labelled reviews with a train/test split (group ``data``)."""
 
-    name: str = "synthetic"
-    # "synthetic": generated here; otherwise a datasets hub id (stanfordnlp/imdb) or a folder
-    # written by Dataset(Dict).save_to_disk with "text" and "label" columns.
-    source: str = "synthetic"
-    num_reviews: int = 10000  # synthetic only
-    test_fraction: float = 0.2  # synthetic only; hub data sets bring their own test split
-    seed: int = 0
+    name: str = option("synthetic", "the preset's name (conf/data/NAME.yaml)")
+    source: str = option("synthetic", "synthetic: reviews generated here; else a datasets hub id "
+                                      "(stanfordnlp/imdb) or a folder written by Dataset(Dict).save_to_disk "
+                                      "with text and label columns and a test split")
+    num_reviews: int = option(10000, "synthetic only: reviews generated (train + test); > 0")
+    test_fraction: float = option(0.2, "synthetic only: share of the reviews held out as the test split, "
+                                       "in (0, 1); hub data sets bring their own test split")
+    seed: int = option(0, "synthetic only: seed of the generated reviews and their split; in [0, 2^32-1]")
+
+    def check(self, where: str = "data") -> None:
+        finite(f"{where}.test_fraction", self.test_fraction)
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"{where}.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        positive(f"{where}.num_reviews", self.num_reviews)
 
 
 @dataclass
 class ClassifierConfig:
-    """The reward: p(positive | text) from a sequence classifier."""
+    """The reward: p(positive | text) from a sequence classifier (group ``classifier``)."""
 
-    name: str = "tiny"
-    # "embedded": a tiny GPT-2 trained from scratch with the corpus tokenizer; otherwise a hub id
-    # or folder, fine-tuned on the corpus labels when finetune=true (gpt2, as in the seed) or used
-    # as it is when finetune=false (an off-the-shelf sentiment model).
-    source: str = "embedded"
-    finetune: bool = True
-    positive_label: int = 1
-    max_length: int = 128
-    train_examples: int = 4000
-    epochs: float = 2.0
-    lr: float = 1e-3
-    batch_size: int = 32
-    # architecture of the embedded classifier
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
+    name: str = option("tiny", "the preset's name (conf/classifier/NAME.yaml)")
+    source: str = option("embedded", "embedded: a tiny GPT-2 trained from scratch with the corpus tokenizer; "
+                                     "else a hub id or local folder, fine-tuned on the corpus labels "
+                                     "(finetune=true, e.g. gpt2) or used as it is (finetune=false, an "
+                                     "off-the-shelf sentiment model)")
+    finetune: bool = option(True, "train the classifier on the corpus labels; false needs a source that "
+                                  "already is a sentiment classifier")
+    positive_label: int = option(1, "which output label means positive; 0 or 1")
+    max_length: int = option(128, "tokens the scorer reads; longer texts are truncated, so it must cover "
+                                  "prefix + completion (checked); > 0")
+    train_examples: int = option(4000, "training reviews used to train or fine-tune it; > 0")
+    epochs: float = option(2.0, "passes over train_examples (fractions allowed); > 0")
+    lr: float = option(1e-3, "AdamW learning rate of its training; > 0")
+    batch_size: int = option(32, "reviews per training step; > 0")
+    hidden_size: int = option(64, "embedded only: width of the GPT-2; > 0, a multiple of num_heads")
+    num_layers: int = option(2, "embedded only: transformer layers; > 0")
+    num_heads: int = option(4, "embedded only: attention heads per layer; > 0, divides hidden_size")
+
+    def check(self, where: str = "classifier") -> None:
+        for key in ("max_length", "train_examples", "epochs", "lr", "batch_size", "hidden_size", "num_layers",
+                    "num_heads"):
+            positive(f"{where}.{key}", getattr(self, key))
+        _heads_divide_hidden(self, where)
+        choice(f"{where}.positive_label", self.positive_label, (0, 1))
+        if self.source == "embedded" and not self.finetune:
+            raise ConfigError(f"{where}.finetune",
+                              f"the embedded classifier is trained from scratch; finetune=false needs "
+                              f"{where}.source set to a ready sentiment model")
+
+
+ALGORITHMS = ("dpo", "ppo")
 
 
 @dataclass
 class AlgorithmConfig:
-    """What DPO and PPO share: the data they train on and the optimiser."""
+    """What DPO and PPO share: the data they train on and the optimiser (group ``algorithm``)."""
 
-    name: str = MISSING
-    examples: int = 512  # training prefixes (the seed's "Examples")
-    lr: float = 1e-6
-    batch_size: int = 8
-    num_completions: int = 4  # samples per prefix (the seed's "Completions chosen from per prefix")
-    prefix_len: int = 25  # tokens; with prefix_len_max, the low end of a range
-    prefix_len_max: Optional[int] = None  # e.g. 75 for the seed's "25-75 tokens"
-    completion_len: int = 100  # max new tokens
-    temperature: float = 1.0  # sampling temperature for training completions
-    top_k: int = 0  # 0 = no top-k truncation (pure sampling, as in the seed)
-    weight_decay: float = 0.0
-    adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0
-    snapshot_every: int = 2000  # examples between saved policy snapshots (the seed: 2000)
+    name: str = option(MISSING, "dpo or ppo: which trainer, and which schema the rest of the group follows")
+    examples: int = option(512, "training prefixes, each used once per pass (the seed's \"Examples\"); > 0")
+    lr: float = option(1e-6, "AdamW learning rate, constant; > 0")
+    batch_size: int = option(8, "training prefixes (DPO: preference pairs) per optimizer step; > 0")
+    num_completions: int = option(4, "completions sampled per prefix (the seed's \"Completions chosen from "
+                                     "per prefix\"); > 0, DPO >= 2")
+    prefix_len: int = option(25, "prefix length in tokens; with prefix_len_max, the low end of a range; > 0")
+    prefix_len_max: Optional[int] = option(None, "high end of a range of prefix lengths in tokens, drawn per "
+                                                 "prefix (e.g. 75 for the seed's 25-75); >= prefix_len; "
+                                                 "null = every prefix prefix_len long")
+    completion_len: int = option(100, "most new tokens per completion (sampling stops at EOS earlier); > 0")
+    temperature: float = option(1.0, "sampling temperature of training completions; > 0")
+    top_k: int = option(0, "sample from the k most likely tokens only; 0 = no truncation (pure sampling, "
+                           "as in the seed); >= 0")
+    weight_decay: float = option(0.0, "AdamW's decoupled weight decay; >= 0")
+    adam_eps: float = option(1e-8, "AdamW's epsilon")
+    max_grad_norm: float = option(1.0, "gradient clipping by global norm per optimizer step; 0 = none; >= 0")
+    snapshot_every: int = option(2000, "training prefixes between saved policy snapshots (the seed: 2000), "
+                                       "for the weight analyses over training; > 0")
+
+    def check(self, where: str = "algorithm") -> None:
+        choice(f"{where}.name", self.name, ALGORITHMS)
+        schema = ALGORITHM_SCHEMAS.get(self.name)
+        if type(self) is not AlgorithmConfig and not isinstance(self, schema):
+            raise ConfigError(f"{where}.name", f"{self.name} does not fit this group's keys ({type(self).__name__}); "
+                                               f"choose the algorithm with algorithm={self.name}")
+        for key in ("examples", "lr", "batch_size", "num_completions", "prefix_len", "completion_len",
+                    "snapshot_every", "temperature"):
+            positive(f"{where}.{key}", getattr(self, key))
+        for key in ("weight_decay", "max_grad_norm", "top_k"):
+            positive(f"{where}.{key}", getattr(self, key), allow_zero=True)
+        if self.prefix_len_max is not None and self.prefix_len_max < self.prefix_len:
+            raise ConfigError(f"{where}.prefix_len_max",
+                              f"must be >= {where}.prefix_len ({self.prefix_len}), got "
+                              f"{self.prefix_len_max}; leave it null for a fixed prefix length")
+
+    @property
+    def longest_prefix(self) -> int:
+        """Tokens of the longest training prefix."""
+        return self.prefix_len_max or self.prefix_len
 
 
 @dataclass
 class DPOAlgorithmConfig(AlgorithmConfig):
-    name: str = "dpo"
-    beta: float = 0.1
-    loss_type: str = "sigmoid"  # any of TRL's DPO loss types
-    epochs: float = 1.0
-    label_smoothing: float = 0.0
+    """DPO through TRL's DPOTrainer on pairs the reference sampled (best and worst of num_completions)."""
+
+    name: str = option("dpo", "dpo")
+    beta: float = option(0.1, "strength of the implicit KL penalty toward the reference (the beta of the "
+                              "DPO loss); > 0")
+    loss_type: str = option("sigmoid", "any of TRL's DPO loss types (sigmoid: the DPO paper's loss)")
+    epochs: float = option(1.0, "passes over the preference pairs (fractions allowed); > 0")
+    label_smoothing: float = option(0.0, "assumed probability that a pair's preference is flipped "
+                                         "(conservative DPO); in [0, 0.5)")
+
+    def check(self, where: str = "algorithm") -> None:
+        super().check(where)
+        positive(f"{where}.beta", self.beta)
+        positive(f"{where}.epochs", self.epochs)
+        if self.num_completions < 2:
+            raise ConfigError(f"{where}.num_completions",
+                              f"DPO needs >= 2 completions per prefix to pick chosen and rejected, "
+                              f"got {self.num_completions}")
+        finite(f"{where}.label_smoothing", self.label_smoothing)
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"{where}.label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
 
 
 @dataclass
 class PPOAlgorithmConfig(AlgorithmConfig):
-    """PPO with the adaptive KL controller of Ziegler et al. (2019); see dpo_ppo/ppo.py."""
+    """PPO with the adaptive KL controller of Ziegler et al. (2019); see dpo_ppo/ppo.py.
 
-    name: str = "ppo"
-    # sequences per forward/backward pass (chunks of a minibatch; never changes the update);
-    # null = hardware.train_micro_batch
-    batch_size: Optional[int] = None
-    rollout_prefixes: int = 32  # prefixes per rollout (x num_completions samples)
-    # KL penalty.  kl_controller=log (default): a PI controller on log(kl_coef) whose gain is tied
-    # to the run's number of updates, so the run reaches kl_target; ziegler: old TRL's adaptive
-    # controller (Ziegler et al. 2019; the paper presets), which moves kl_coef by at most
-    # 20% x samples/kl_horizon per update.  kl_coef=X fixes the coefficient (no target; the direct
-    # analogue of DPO's beta) and overrides kl_controller.
-    kl_controller: str = "log"
-    kl_target: float = 6.0  # nats per sequence on training rollouts (sum of k1 over the completion)
-    kl_coef: Optional[float] = None  # fixed KL coefficient; null = adaptive toward kl_target
-    init_kl_coef: float = 0.2  # the adaptive controllers' starting coefficient
-    kl_horizon: int = 10000  # ziegler only: samples over which a full 20% error acts
-    kl_gain: Optional[float] = None  # log only: integral gain per update; null = tied to run length
-    kl_estimator: str = "k1"  # k1: log p - log q per token; k3: (r - 1) - log r
-    # reward
-    reward_kind: str = "logit"  # logit of p(positive) or the probability itself
-    normalize_reward: bool = False  # running mean/std normalisation of the score
-    # optimisation
-    ppo_epochs: int = 4
-    num_minibatches: int = 4
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    whiten_advantages: bool = True
-    # separate (default): the value head reads its own trainable copy of the reference trunk, so
-    # the policy's weights carry the policy loss alone (what the analyses compare with DPO);
-    # shared: the head reads the policy's trunk and the value loss trains the policy too
-    value_model: str = "separate"
-    early_stop_kl: Optional[float] = None  # stop an update's epochs when approx KL exceeds this
+    KL penalty: kl_controller=log (default) is a PI controller on log(kl_coef) whose gain is tied to
+    the run's number of updates, so the run reaches kl_target; ziegler is old TRL's adaptive
+    controller (the paper presets), which moves kl_coef by at most 20% x samples/kl_horizon per
+    update.  kl_coef=X fixes the coefficient (no target; the direct analogue of DPO's beta) and
+    overrides kl_controller.  See docs/kl_control.md.
+    """
+
+    name: str = option("ppo", "ppo")
+    batch_size: Optional[int] = option(None, "sequences per forward/backward pass (chunks of a minibatch; "
+                                             "never changes the update); > 0; null = hardware.train_micro_batch")
+    rollout_prefixes: int = option(32, "prefixes per rollout, each sampled num_completions times; > 0")
+    kl_controller: str = option("log", "how kl_coef moves toward kl_target: log (PI controller on "
+                                       "log kl_coef) or ziegler (old TRL's); ignored when kl_coef is set")
+    kl_target: float = option(6.0, "KL to the reference the controller aims for, in nats per sequence on "
+                                   "training rollouts (sum of the per-token estimate over the completion); > 0")
+    kl_coef: Optional[float] = option(None, "fixed KL coefficient (per-token penalty weight); >= 0; "
+                                            "null = adaptive toward kl_target")
+    init_kl_coef: float = option(0.2, "the adaptive controllers' starting coefficient; > 0")
+    kl_horizon: int = option(10000, "ziegler only: samples over which a full 20% error acts; > 0")
+    kl_gain: Optional[float] = option(None, "log only: integral gain per update; > 0; null = tied to the "
+                                            "run's number of updates")
+    kl_estimator: str = option("k1", "per-token KL estimate: k1 (log p - log q) or k3 ((r - 1) - log r)")
+    reward_kind: str = option("logit", "the score: logit (of p(positive)) or prob (p(positive) itself)")
+    normalize_reward: bool = option(False, "normalise the score by its running mean and std")
+    ppo_epochs: int = option(4, "passes over each rollout; > 0")
+    num_minibatches: int = option(4, "shuffled minibatches per pass, one optimizer step each; > 0, divides "
+                                     "rollout_prefixes x num_completions")
+    gamma: float = option(1.0, "discount per token in GAE; in [0, 1]")
+    lam: float = option(0.95, "GAE's lambda (bias-variance trade-off of the advantages); in [0, 1]")
+    cliprange: float = option(0.2, "PPO's clip on the probability ratio (1 +- cliprange); > 0")
+    cliprange_value: float = option(0.2, "clip on how far a value prediction moves from the rollout's; > 0")
+    vf_coef: float = option(0.1, "weight of the value loss in the summed loss; >= 0")
+    whiten_advantages: bool = option(True, "normalise advantages to mean 0, std 1 over each rollout")
+    value_model: str = option("separate", "separate: the value head reads its own trainable copy of the "
+                                          "reference trunk, so the policy's weights carry the policy loss "
+                                          "alone (what the analyses compare with DPO); shared: the head reads "
+                                          "the policy's trunk and the value loss trains the policy too")
+    early_stop_kl: Optional[float] = option(None, "stop an update's remaining epochs when an epoch's mean "
+                                                  "approximate KL to the rollout policy (nats per token) "
+                                                  "exceeds this; > 0; null = never")
+
+    def check(self, where: str = "algorithm") -> None:
+        super().check(where)
+        for key in ("kl_target", "init_kl_coef", "kl_horizon", "ppo_epochs", "num_minibatches",
+                    "cliprange", "cliprange_value", "rollout_prefixes"):
+            positive(f"{where}.{key}", getattr(self, key))
+        positive(f"{where}.vf_coef", self.vf_coef, allow_zero=True)
+        positive(f"{where}.early_stop_kl", self.early_stop_kl)
+        choice(f"{where}.kl_estimator", self.kl_estimator, ("k1", "k3"))
+        choice(f"{where}.kl_controller", self.kl_controller, ("log", "ziegler"))
+        positive(f"{where}.kl_coef", self.kl_coef, allow_zero=True)
+        positive(f"{where}.kl_gain", self.kl_gain)
+        choice(f"{where}.reward_kind", self.reward_kind, ("logit", "prob"))
+        choice(f"{where}.value_model", self.value_model, ("shared", "separate"))
+        for key in ("gamma", "lam"):
+            value = getattr(self, key)
+            finite(f"{where}.{key}", value)
+            if not 0 <= value <= 1:
+                raise ConfigError(f"{where}.{key}", f"must be in [0, 1], got {value}")
+        samples = self.rollout_prefixes * self.num_completions
+        if samples % self.num_minibatches:
+            raise ConfigError(f"{where}.num_minibatches",
+                              f"must divide rollout_prefixes * num_completions = {samples}, "
+                              f"got {self.num_minibatches}")
+
+
+ALGORITHM_SCHEMAS = {"dpo": DPOAlgorithmConfig, "ppo": PPOAlgorithmConfig}
 
 
 @dataclass
 class EvalConfig:
-    """Evaluation on unseen test prefixes (the seed's 5.2: 2000 prefixes, 25 tokens, 100 new)."""
+    """Evaluation on unseen test prefixes (group ``eval``; the seed's 5.2: 2000 prefixes, 25 tokens, 100 new)."""
 
-    num_prompts: int = 2000
-    prefix_len: int = 25
-    completion_len: int = 100
-    # sequences per sampling batch; null = hardware.gen_batch_size (set from the device).  The
-    # sampling is keyed, so the batch size never changes a completion, only the speed
-    batch_size: Optional[int] = None
-    temperature: float = 1.0
-    num_samples_logged: int = 32  # rows of the W&B sample table
-    # sampling key: completions are a function of (seed, prompt index) and the model alone, so
-    # every job samples its eval prompts with the same noise and rows pair across jobs
-    seed: int = 0
+    num_prompts: int = option(2000, "unseen test prefixes, the same for every job; > 0")
+    prefix_len: int = option(25, "tokens of each test prefix; > 0")
+    completion_len: int = option(100, "most new tokens per completion; > 0 (conf: = algorithm.completion_len)")
+    batch_size: Optional[int] = option(None, "sequences per sampling batch; > 0; null = hardware.gen_batch_size. "
+                                             "Sampling is keyed, so it never changes a completion, only the speed")
+    temperature: float = option(1.0, "sampling temperature; > 0")
+    num_samples_logged: int = option(32, "rows of the sample table (W&B, samples.json); >= 0")
+    seed: int = option(0, "sampling key: completions are a function of (seed, prompt index) and the model "
+                          "alone, so every job samples its eval prompts with the same noise and rows pair "
+                          "across jobs; in [0, 2^32-1]")
+
+    def check(self, where: str = "eval") -> None:
+        for key in ("num_prompts", "prefix_len", "completion_len", "batch_size", "temperature"):
+            positive(f"{where}.{key}", getattr(self, key))
+        positive(f"{where}.num_samples_logged", self.num_samples_logged, allow_zero=True)
 
 
 @dataclass
 class ComputeConfig:
-    """How much optimisation each algorithm gets.
+    """How much optimisation each algorithm gets (group ``compute``).
 
     native: each algorithm's own schedule (DPO: one step per ``batch_size`` pairs for ``epochs``;
     PPO: ``ppo_epochs`` x ``num_minibatches`` steps per rollout, ~8x DPO's steps at the paper's
@@ -185,13 +307,19 @@ class ComputeConfig:
     same number of optimizer steps on the same prefixes.
     """
 
-    mode: str = "native"  # native | matched
-    prefixes_per_step: int = 16  # matched only
+    mode: str = option("native", "native (each algorithm's own schedule) or matched (one step per "
+                                  "prefixes_per_step prefixes for both)")
+    prefixes_per_step: int = option(16, "matched only: training prefixes per optimizer step; > 0, divides "
+                                        "a PPO job's algorithm.rollout_prefixes")
+
+    def check(self, where: str = "compute") -> None:
+        choice(f"{where}.mode", self.mode, ("native", "matched"))
+        positive(f"{where}.prefixes_per_step", self.prefixes_per_step)
 
 
-def apply_compute(cfg: DictConfig) -> None:
-    """Rewrite the algorithm's schedule in place for ``compute.mode=matched`` (after ``validate``)."""
-    compute = cfg.get("compute")
+def apply_compute(cfg) -> None:
+    """Rewrite the algorithm's schedule in place for ``compute.mode=matched`` (after the checks)."""
+    compute = getattr(cfg, "compute", None)
     if compute is None or compute.mode != "matched":
         return
     algo, n = cfg.algorithm, compute.prefixes_per_step
@@ -201,7 +329,7 @@ def apply_compute(cfg: DictConfig) -> None:
         algo.ppo_epochs, algo.num_minibatches = 1, algo.rollout_prefixes // n
 
 
-def planned_optimizer_steps(cfg: DictConfig) -> int:
+def planned_optimizer_steps(cfg) -> int:
     """The optimizer steps the job's schedule takes (PPO without early stopping)."""
     algo = cfg.algorithm
     if algo.name == "dpo":  # the Trainer's max_steps: ceil(epochs x steps per epoch)
@@ -221,64 +349,139 @@ class HardwareConfig:
     memory shared among ``jobs_per_gpu`` jobs.  The chosen values are in results.json ``hardware``.
     """
 
-    name: str = "auto"
-    gen_batch_size: Optional[int] = None  # sequences per generate call (prefs, evaluation)
-    forward_batch_size: Optional[int] = None  # sequences per no-grad forward (scoring, KL)
-    train_micro_batch: Optional[int] = None  # sequences per forward/backward (PPO chunks, DPO micro-batches)
-    analysis_batch_size: Optional[int] = None  # sequences per forward in the analyses
-    # PPO rollouts sample with transformers' static KV cache, which ``generate`` compiles on a GPU
-    # (torch.compile, CUDA graphs): fewer launches per token after a one-off compile, paid back
-    # over hundreds of same-shaped rollouts (evaluation and DPO's pairs are a few large batches,
-    # where it would not be).  Completions are the same either way; docs/performance.md has the
-    # measured trade-off
-    static_cache: bool = False
-    # jobs that share one GPU: local sweeps (hydra/launcher=joblib) start this many per visible
-    # GPU; on SLURM (hydra/launcher=slurm_gpu) one allocation runs this many jobs at once
-    jobs_per_gpu: int = 1
+    name: str = option("auto", "the preset's name (conf/hardware/NAME.yaml: auto, cpu, gpu80)")
+    gen_batch_size: Optional[int] = option(None, "sequences per generate call (prefs, evaluation); > 0; "
+                                                 "null = from the device")
+    forward_batch_size: Optional[int] = option(None, "sequences per no-grad forward (scoring, KL); > 0; "
+                                                     "null = from the device")
+    train_micro_batch: Optional[int] = option(None, "sequences per forward/backward (PPO chunks, DPO "
+                                                    "micro-batches); > 0; null = from the device")
+    analysis_batch_size: Optional[int] = option(None, "sequences per forward in the analyses; > 0; "
+                                                      "null = from the device")
+    static_cache: bool = option(False, "PPO rollouts sample with transformers' static KV cache, which generate "
+                                       "compiles on a GPU (torch.compile, CUDA graphs): fewer launches per token "
+                                       "after a one-off compile, paid back over hundreds of same-shaped rollouts "
+                                       "(not used for evaluation or DPO's pairs: a few large batches). "
+                                       "Completions are the same either way; docs/performance.md has the "
+                                       "measured trade-off")
+    jobs_per_gpu: int = option(1, "jobs that share one GPU: local sweeps (hydra/launcher=joblib) start this "
+                                  "many per visible GPU; on SLURM (hydra/launcher=slurm_gpu) one allocation "
+                                  "runs this many at once; > 0")
+
+    def check(self, where: str = "hardware") -> None:
+        for key in ("gen_batch_size", "forward_batch_size", "train_micro_batch", "analysis_batch_size",
+                    "jobs_per_gpu"):
+            positive(f"{where}.{key}", getattr(self, key))
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+LOGGER_MODES = ("offline", "online", "disabled")
 
 
 @dataclass
 class LoggerConfig:
-    name: str = "wandb_offline"
-    enabled: bool = True
-    project: str = "dpo-ppo"
-    entity: Optional[str] = None
-    mode: str = "offline"  # offline | online | disabled
-    dir: Optional[str] = None  # default: the job folder
-    tags: list = field(default_factory=list)
+    """Weights & Biases logging (group ``logger``); results.json is written whatever these say."""
+
+    name: str = option("wandb_offline", "the preset's name (conf/logger/NAME.yaml: none, wandb, wandb_offline)")
+    enabled: bool = option(True, "log a W&B run at all")
+    project: str = option("dpo-ppo", "W&B project")
+    entity: Optional[str] = option(None, "W&B entity (user or team); null = the default of the login")
+    mode: str = option("offline", "offline (written to disk; dpo-ppo-sync uploads), online or disabled")
+    dir: Optional[str] = option(None, "folder of the W&B files; null = the job folder")
+    tags: list = option(help="extra W&B tags, beside algorithm=, sweep= and model=", factory=list)
+
+    def check(self, where: str = "logger") -> None:
+        choice(f"{where}.mode", self.mode, LOGGER_MODES)
 
 
 @dataclass
 class Config:
-    model: ModelConfig = MISSING
-    data: DataConfig = MISSING
-    classifier: ClassifierConfig = MISSING
-    algorithm: Any = MISSING
-    eval: EvalConfig = MISSING
-    analysis: Any = MISSING
-    logger: LoggerConfig = MISSING
-    compute: ComputeConfig = MISSING
-    hardware: HardwareConfig = MISSING
-    name: str = "default"  # experiment or sweep name: W&B group, output folder
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # auto: bf16 autocast with float32 master weights on CUDA (TF32 matmuls on), float32 on a CPU;
-    # fp32: float32 everywhere (TF32 off); bf16: bf16 autocast on any device. Applies to every
-    # stage that trains or samples (pretraining, classifier, prefs, DPO, PPO, evaluation, analysis)
-    precision: str = "auto"
-    # torch CPU threads for this job; 0 = torch's default (all cores). Parallel local jobs
-    # (hydra/launcher=joblib) should take cores / n_jobs each: oversubscribed threads spin.
-    threads: int = 0
-    cache_dir: str = ".cache/dpo-ppo"  # shared artifacts (corpus, base, classifier, prefs)
-    force: bool = False  # re-run a job whose folder already holds finished results
-    # the sweep file a job came from (set by sweeps/<name>.yaml; logged with the job's config)
-    sweep: Optional[str] = None
-    # build the shared artifacts this config needs (corpus, base, classifier, reference
-    # evaluation, DPO preferences) and stop: the sweeper's prepare step before the GPU jobs
-    prepare: bool = False
+    """One job: every group, plus the keys of no group (the top level of conf/config.yaml)."""
+
+    model: ModelConfig = option(MISSING, "the reference policy (group model: tiny, pythia70m)")
+    data: DataConfig = option(MISSING, "the labelled reviews (group data: synthetic, imdb)")
+    classifier: ClassifierConfig = option(MISSING, "the reward model (group classifier: tiny, gpt2_imdb)")
+    algorithm: Any = option(MISSING, "DPOAlgorithmConfig or PPOAlgorithmConfig, by name (group algorithm: dpo, "
+                                     "ppo)")
+    eval: EvalConfig = option(MISSING, "the evaluation (group eval)")
+    analysis: AnalysisConfig = option(MISSING, "the analyses of what changed (group analysis: full, fast, none)")
+    logger: LoggerConfig = option(MISSING, "W&B logging (group logger: wandb_offline, wandb, none)")
+    compute: ComputeConfig = option(MISSING, "the optimisation schedule (group compute: native, matched)")
+    hardware: HardwareConfig = option(MISSING, "batch sizes from the device (group hardware: auto, cpu, gpu80)")
+    name: str = option("default", "experiment or sweep name: W&B group, output folder")
+    seed: int = option(0, "seed of training (prefixes, sampling, initialisation); in [0, 2^32-1]")
+    device: str = option("auto", "auto (cuda when there is one, else cpu), cpu, cuda, cuda:N or mps")
+    precision: str = option("auto", "auto: bf16 autocast with float32 master weights on CUDA (TF32 matmuls "
+                                    "on), float32 on a CPU; fp32: float32 everywhere (TF32 off); bf16: bf16 "
+                                    "autocast on any device. Applies to every stage that trains or samples")
+    threads: int = option(0, "torch CPU threads for this job; 0 = torch's default (all cores). Parallel local "
+                             "jobs (hydra/launcher=joblib) should take cores / n_jobs each; >= 0")
+    cache_dir: str = option(".cache/dpo-ppo", "folder of the shared artifacts (corpus, base, classifier, "
+                                               "prefs, reference evaluation); created if missing")
+    force: bool = option(False, "re-run a job whose folder already holds finished results (or results made "
+                                "under another config)")
+    sweep: Optional[str] = option(None, "the sweep file a job came from (set by sweeps/NAME.yaml; logged with "
+                                        "the job's config)")
+    prepare: bool = option(False, "build the shared artifacts this config needs (corpus, base, classifier, "
+                                  "reference evaluation, DPO preferences) and stop: the sweeper's prepare step")
+
+    def check(self) -> None:
+        """Every check, in order: the generic ones (they guard the range checks: NaN compares false
+        with everything), each group's own, those across groups, then those that touch the
+        filesystem (local folders); raises ConfigError naming the first bad key."""
+        check_generic(self)
+        self.model.check("model")
+        self.data.check("data")
+        self.classifier.check("classifier")
+        self.algorithm.check("algorithm")
+        self.compute.check("compute")
+        self.eval.check("eval")
+        self.logger.check("logger")
+        self.hardware.check("hardware")
+        positive("threads", self.threads, allow_zero=True)
+        choice("precision", self.precision, PRECISIONS)
+        self.check_across()
+        if self.analysis is not None and self.analysis.enabled:
+            self.analysis.check("analysis")
+            self.analysis.check_model(self.model, "analysis")
+        check_local_paths(self)
+
+    def check_across(self) -> None:
+        """What no group can check alone: the lengths asked for against the model's context and
+        the classifier's max_length, and compute=matched against PPO's rollouts."""
+        algo, model, ev = self.algorithm, self.model, self.eval
+        compute = self.compute
+        if compute.mode == "matched" and algo.name == "ppo" and algo.rollout_prefixes % compute.prefixes_per_step:
+            raise ConfigError("compute.prefixes_per_step",
+                              f"must divide algorithm.rollout_prefixes ({algo.rollout_prefixes}) for "
+                              f"compute=matched, got {compute.prefixes_per_step}")
+        context = model.context_length
+        longest_prefix = algo.longest_prefix
+        if longest_prefix + algo.completion_len > context:
+            raise ConfigError("algorithm.prefix_len" if algo.prefix_len_max is None else "algorithm.prefix_len_max",
+                              f"prefix ({longest_prefix}) + algorithm.completion_len ({algo.completion_len}) "
+                              f"= {longest_prefix + algo.completion_len} tokens exceeds the context of "
+                              f"model={model.name} ({context} tokens)")
+        if ev.prefix_len + ev.completion_len > context:
+            raise ConfigError("eval.prefix_len",
+                              f"eval.prefix_len + eval.completion_len = "
+                              f"{ev.prefix_len + ev.completion_len} exceeds the context of "
+                              f"model={model.name} ({context} tokens)")
+        # the scorer truncates at classifier.max_length: it must read the whole prefix + completion
+        scored = {"algorithm.completion_len": longest_prefix + algo.completion_len,
+                  "eval.completion_len": ev.prefix_len + ev.completion_len}
+        for key, tokens in scored.items():
+            if tokens > self.classifier.max_length:
+                raise ConfigError("classifier.max_length",
+                                  f"the scorer would truncate what it scores: prefix + {key} = {tokens} "
+                                  f"tokens > classifier.max_length ({self.classifier.max_length}) of "
+                                  f"classifier={self.classifier.name}; raise classifier.max_length to >= "
+                                  f"{tokens} or shorten the completions")
+
+
+GROUPS = {"model": ModelConfig, "data": DataConfig, "classifier": ClassifierConfig, "dpo": DPOAlgorithmConfig,
+          "ppo": PPOAlgorithmConfig, "eval": EvalConfig, "logger": LoggerConfig, "compute": ComputeConfig,
+          "hardware": HardwareConfig, "analysis": AnalysisConfig}
 
 
 def register_configs() -> None:
@@ -286,130 +489,60 @@ def register_configs() -> None:
     cs.store(name="config_schema", node=Config)
     # schemas live in their own group so that `--help` lists only real options under each group;
     # each group's yaml starts with `- /schema@_here_: <name>`
-    for name, node in [("model", ModelConfig), ("data", DataConfig), ("classifier", ClassifierConfig),
-                       ("dpo", DPOAlgorithmConfig), ("ppo", PPOAlgorithmConfig), ("eval", EvalConfig),
-                       ("logger", LoggerConfig), ("compute", ComputeConfig),
-                       ("hardware", HardwareConfig)]:
+    for name, node in GROUPS.items():
         cs.store(group="schema", name=name, node=node)
-    from dpo_ppo.analysis.config import AnalysisConfig  # the analysis schema lives with the analyses
-
-    cs.store(group="schema", name="analysis", node=AnalysisConfig)
 
 
-# --------------------------------------------------------------------------- validation
+# --------------------------------------------------------------------------- conversion
 
 
-def _positive(cfg, key: str, allow_zero: bool = False) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value is None:
-        return
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+def to_typed(cfg) -> Config:
+    """The composed config as the ``Config`` dataclass (``OmegaConf.to_object``: interpolations
+    resolved; ``algorithm`` a DPOAlgorithmConfig or PPOAlgorithmConfig as its yaml's schema says,
+    ``analysis`` an AnalysisConfig).  No checks (``load`` runs them); a Config passes through."""
+    if isinstance(cfg, Config):
+        return cfg
+    if not isinstance(cfg, DictConfig) or OmegaConf.get_type(cfg) is not Config:
+        raise TypeError(f"expected the composed dpo-ppo config (a DictConfig of {Config.__name__}) or a "
+                        f"{Config.__name__}, got {type(cfg).__name__}")
+    typed = OmegaConf.to_object(cfg)
+    algo = typed.algorithm
+    if isinstance(algo, dict) and algo.get("name") in ALGORITHM_SCHEMAS:
+        # an algorithm node without its schema (``algorithm`` is Any in Config): by its name
+        typed.algorithm = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ALGORITHM_SCHEMAS[algo["name"]]),
+                                                              algo))
+    return typed
 
 
-def _choice(cfg, key: str, allowed: tuple) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value not in allowed:
-        raise ConfigError(key, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
+def load(cfg) -> Config:
+    """The entrypoint's one step from Hydra to the job: unknown keys (only visible before the
+    conversion), the conversion (``to_typed``), every check (``Config.check``).  Returns the typed
+    config; raises ConfigError naming the first bad key."""
+    if isinstance(cfg, DictConfig):
+        check_keys(cfg)
+    typed = to_typed(cfg)
+    typed.check()
+    return typed
 
 
-def validate(cfg: DictConfig) -> None:
-    """Range and consistency checks; raises ConfigError naming the first bad key."""
-    validate_generic(cfg)
-    algo = cfg.algorithm
-    _choice(cfg, "algorithm.name", ("dpo", "ppo"))
-    for key in ("examples", "lr", "batch_size", "num_completions", "prefix_len", "completion_len",
-                "snapshot_every", "temperature"):
-        _positive(cfg, f"algorithm.{key}")
-    for key in ("weight_decay", "max_grad_norm", "top_k"):
-        _positive(cfg, f"algorithm.{key}", allow_zero=True)
-    if algo.prefix_len_max is not None and algo.prefix_len_max < algo.prefix_len:
-        raise ConfigError("algorithm.prefix_len_max",
-                          f"must be >= algorithm.prefix_len ({algo.prefix_len}), got "
-                          f"{algo.prefix_len_max}; leave it null for a fixed prefix length")
-    if algo.name == "dpo":
-        _positive(cfg, "algorithm.beta")
-        _positive(cfg, "algorithm.epochs")
-        if algo.num_completions < 2:
-            raise ConfigError("algorithm.num_completions",
-                              f"DPO needs >= 2 completions per prefix to pick chosen and rejected, "
-                              f"got {algo.num_completions}")
-        if not 0 <= algo.label_smoothing < 0.5:
-            raise ConfigError("algorithm.label_smoothing", f"must be in [0, 0.5), got {algo.label_smoothing}")
-    else:
-        for key in ("kl_target", "init_kl_coef", "kl_horizon", "ppo_epochs", "num_minibatches",
-                    "cliprange", "cliprange_value", "rollout_prefixes"):
-            _positive(cfg, f"algorithm.{key}")
-        _positive(cfg, "algorithm.vf_coef", allow_zero=True)
-        _positive(cfg, "algorithm.early_stop_kl")
-        _choice(cfg, "algorithm.kl_estimator", ("k1", "k3"))
-        _choice(cfg, "algorithm.kl_controller", ("log", "ziegler"))
-        _positive(cfg, "algorithm.kl_coef", allow_zero=True)
-        _positive(cfg, "algorithm.kl_gain")
-        _choice(cfg, "algorithm.reward_kind", ("logit", "prob"))
-        _choice(cfg, "algorithm.value_model", ("shared", "separate"))
-        for key in ("gamma", "lam"):
-            value = algo[key]
-            if not 0 <= value <= 1:
-                raise ConfigError(f"algorithm.{key}", f"must be in [0, 1], got {value}")
-        samples = algo.rollout_prefixes * algo.num_completions
-        if samples % algo.num_minibatches:
-            raise ConfigError("algorithm.num_minibatches",
-                              f"must divide rollout_prefixes * num_completions = {samples}, "
-                              f"got {algo.num_minibatches}")
-    compute = cfg.get("compute")
-    if compute is not None:
-        _choice(cfg, "compute.mode", ("native", "matched"))
-        _positive(cfg, "compute.prefixes_per_step")
-        if compute.mode == "matched" and algo.name == "ppo" and algo.rollout_prefixes % compute.prefixes_per_step:
-            raise ConfigError("compute.prefixes_per_step",
-                              f"must divide algorithm.rollout_prefixes ({algo.rollout_prefixes}) for "
-                              f"compute=matched, got {compute.prefixes_per_step}")
-    context = cfg.model.context_length
-    longest_prefix = algo.prefix_len_max or algo.prefix_len
-    if longest_prefix + algo.completion_len > context:
-        raise ConfigError("algorithm.prefix_len" if algo.prefix_len_max is None else "algorithm.prefix_len_max",
-                          f"prefix ({longest_prefix}) + algorithm.completion_len ({algo.completion_len}) "
-                          f"= {longest_prefix + algo.completion_len} tokens exceeds the context of "
-                          f"model={cfg.model.name} ({context} tokens)")
-    for key in ("num_prompts", "prefix_len", "completion_len", "batch_size", "temperature"):
-        _positive(cfg, f"eval.{key}")
-    if cfg.eval.prefix_len + cfg.eval.completion_len > context:
-        raise ConfigError("eval.prefix_len",
-                          f"eval.prefix_len + eval.completion_len = "
-                          f"{cfg.eval.prefix_len + cfg.eval.completion_len} exceeds the context of "
-                          f"model={cfg.model.name} ({context} tokens)")
-    # the scorer truncates at classifier.max_length: it must read the whole prefix + completion
-    scored = {"algorithm.completion_len": longest_prefix + algo.completion_len,
-              "eval.completion_len": cfg.eval.prefix_len + cfg.eval.completion_len}
-    for key, tokens in scored.items():
-        if tokens > cfg.classifier.max_length:
-            raise ConfigError("classifier.max_length",
-                              f"the scorer would truncate what it scores: prefix + {key} = {tokens} "
-                              f"tokens > classifier.max_length ({cfg.classifier.max_length}) of "
-                              f"classifier={cfg.classifier.name}; raise classifier.max_length to >= {tokens} "
-                              f"or shorten the completions")
-    if not 0 < cfg.data.test_fraction < 1:
-        raise ConfigError("data.test_fraction", f"must be in (0, 1), got {cfg.data.test_fraction}")
-    _positive(cfg, "data.num_reviews")
-    _choice(cfg, "logger.mode", ("offline", "online", "disabled"))
-    _positive(cfg, "threads", allow_zero=True)
-    _choice(cfg, "precision", PRECISIONS)
-    for key in ("gen_batch_size", "forward_batch_size", "train_micro_batch", "analysis_batch_size",
-                "jobs_per_gpu"):
-        _positive(cfg, f"hardware.{key}")
-    _choice(cfg, "classifier.positive_label", (0, 1))
-    if cfg.classifier.source == "embedded" and not cfg.classifier.finetune:
-        raise ConfigError("classifier.finetune",
-                          "the embedded classifier is trained from scratch; finetune=false needs "
-                          "classifier.source set to a ready sentiment model")
-    from dpo_ppo.analysis.config import validate as analysis_validate
+def validate(cfg) -> Config:
+    """``load`` under its older name: checks ``cfg`` (a composed DictConfig or a Config) and
+    returns the typed config."""
+    return load(cfg)
 
-    analysis_validate(cfg)
+
+def as_dict(cfg) -> dict:
+    """The plain dict of a config dataclass (``dataclasses.asdict``; a DictConfig resolved the
+    same way): what results.json's ``config``, the config hash and the artifact keys are made of."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return dataclasses.asdict(cfg)
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    raise TypeError(f"expected a config dataclass, got {type(cfg).__name__}")
 
 
 # --------------------------------------------------------------------------- generic checks
-# (any group: unknown keys, non-finite floats, seeds, devices, local folders, sizes)
+# (any group: unknown keys, non-finite floats, seeds, devices, local folders)
 
 SEED_MAX = 2**32 - 1
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
@@ -421,8 +554,6 @@ _ALIASES = {"lr": ("learning_rate",), "examples": ("num_examples", "n_examples")
 
 
 def _dataclass_fields(obj_type) -> dict | None:
-    import dataclasses
-
     if obj_type is None or not dataclasses.is_dataclass(obj_type):
         return None
     return {f.name: f for f in dataclasses.fields(obj_type)}
@@ -432,9 +563,7 @@ def schema_keys() -> list[str]:
     """Every key of the schema, dotted (both algorithms' keys under ``algorithm``)."""
     import typing
 
-    from dpo_ppo.analysis.config import AnalysisConfig
-
-    any_fields = {"algorithm": (DPOAlgorithmConfig, PPOAlgorithmConfig), "analysis": (AnalysisConfig,)}
+    any_fields = {"algorithm": (DPOAlgorithmConfig, PPOAlgorithmConfig)}
     keys = []
     for name, hint in typing.get_type_hints(Config).items():
         keys.append(name)
@@ -466,7 +595,7 @@ def closest_key(key: str, candidates) -> str:
 
 def check_keys(cfg: DictConfig) -> None:
     """Every key of the composed config must be in the schema, at any depth (``+key=`` adds keys
-    the schema does not know; Hydra lets them through)."""
+    the schema does not know; Hydra lets them through, and the conversion would drop them)."""
     valid, unknown = [], []
 
     def walk(node: DictConfig, prefix: str) -> None:
@@ -497,20 +626,14 @@ def unknown_key_message(key: str, candidates) -> str:
 
 
 def _leaves(node, prefix: str = ""):
-    from omegaconf import ListConfig
-
-    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
-    for key, _ in items:
+    """(dotted key, value) of every leaf of a plain dict / list tree (``as_dict`` of a config)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, value in items:
         full = f"{prefix}.{key}" if prefix else str(key)
-        child = node._get_node(key)
-        if isinstance(child, (DictConfig, ListConfig)):
-            if not child._is_missing() and not child._is_none():
-                yield from _leaves(child, full)
-        elif not child._is_missing():
-            try:
-                yield full, node[key]  # resolved: a seed may be ${seed}
-            except Exception:  # an interpolation that does not resolve fails where it is used
-                continue
+        if isinstance(value, (dict, list, tuple)):
+            yield from _leaves(value, full)
+        else:
+            yield full, value
 
 
 def _torch_built_with_cuda() -> bool:
@@ -570,32 +693,23 @@ def _check_writable_dir(key: str, path: str) -> None:
             return
 
 
-def validate_generic(cfg: DictConfig) -> None:
-    """The checks every group shares; run first, so that a NaN or a typo'd key never reaches the
-    range checks (NaN compares false with everything, so ``lr < 0`` lets it through)."""
-    check_keys(cfg)
-    for key, value in _leaves(cfg):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(key, f"must be a finite number, got {value}")
+def check_generic(cfg: Config) -> None:
+    """The checks every group shares; run first, so that a NaN never reaches the range checks
+    (NaN compares false with everything, so ``lr < 0`` lets it through)."""
+    for key, value in _leaves(as_dict(cfg)):
+        finite(key, value)
         name = key.rpartition(".")[2]
         if (name == "seed" or name.endswith("_seed")) and value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
                 raise ConfigError(key, f"must be an integer in [0, 2^32-1], got {value}")
     check_device("device", cfg.device)
-    if OmegaConf.select(cfg, "analysis.device") is not None:
+    if cfg.analysis is not None and cfg.analysis.device is not None:
         check_device("analysis.device", cfg.analysis.device)
-    for key in ("context_length", "vocab_size", "hidden_size", "num_layers", "num_heads", "pretrain_steps",
-                "pretrain_batch_size", "pretrain_seq_len", "pretrain_lr"):
-        _positive(cfg, f"model.{key}")
-    for key in ("max_length", "train_examples", "epochs", "lr", "batch_size", "hidden_size", "num_layers",
-                "num_heads"):
-        _positive(cfg, f"classifier.{key}")
-    for group in ("model", "classifier"):
-        node = cfg[group]
-        if node.source == "embedded" and node.hidden_size % node.num_heads:
-            raise ConfigError(f"{group}.num_heads", f"must divide {group}.hidden_size ({node.hidden_size}), "
-                                                    f"got {node.num_heads}")
-    _positive(cfg, "eval.num_samples_logged", allow_zero=True)
+
+
+def check_local_paths(cfg: Config) -> None:
+    """The cache folder can be written; local model, classifier and data folders hold what their
+    loaders need (file names and small JSON files only)."""
     _check_writable_dir("cache_dir", cfg.cache_dir)
     from dpo_ppo.sources import check_dataset_folder, check_pretrained_folder
 

@@ -86,7 +86,7 @@ def _pow2_floor(x: float) -> int:
 
 def resolve(cfg, device: torch.device) -> Runtime:
     """The job's ``Runtime`` from ``cfg.precision`` and ``cfg.hardware`` on ``device``."""
-    hw = cfg.get("hardware") if hasattr(cfg, "get") else getattr(cfg, "hardware", None)
+    hw = getattr(cfg, "hardware", None)
     jobs = int(getattr(hw, "jobs_per_gpu", 1) or 1) if hw is not None else 1
     memory = None
     if device.type == "cuda":
@@ -102,7 +102,7 @@ def resolve(cfg, device: torch.device) -> Runtime:
         value = getattr(hw, key, None) if hw is not None else None
         if value is not None:
             sizes[key] = int(value)
-    precision_key = cfg.get("precision", "auto") if hasattr(cfg, "get") else getattr(cfg, "precision", "auto")
+    precision_key = getattr(cfg, "precision", "auto")
     return Runtime(device=str(device), device_name=name, precision=resolve_precision(precision_key, device),
                    jobs_per_gpu=jobs, memory_gib=memory, static_cache=bool(getattr(hw, "static_cache", False)),
                    **sizes)

@@ -13,6 +13,7 @@ trainer's last checkpoint.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import resource
@@ -22,9 +23,10 @@ import traceback
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dpo_ppo.cache import artifact, load_dataset_artifact
+from dpo_ppo.config import Config, as_dict, to_typed
 from dpo_ppo.identity import ConfigDrift, config_diff, config_hash
 from dpo_ppo import hardware, progress
 from dpo_ppo.joblock import JobLock
@@ -51,7 +53,7 @@ def resolve_device(name: str, jobs_per_gpu: int = 1) -> torch.device:
     return torch.device(name)
 
 
-def swept_params(cfg: DictConfig) -> dict:
+def swept_params(cfg: Config) -> dict:
     """The hyperparameters a sweep varies, flat, for W&B grouping and the report."""
     from dpo_ppo.config import planned_optimizer_steps
     from dpo_ppo.ppo import kl_controller_name
@@ -60,11 +62,11 @@ def swept_params(cfg: DictConfig) -> dict:
     ppo = algo.name == "ppo"
     controller = kl_controller_name(algo) if ppo else None
     return {
-        "algorithm": algo.name, "beta": algo.get("beta"),
-        "kl_target": algo.get("kl_target") if controller != "fixed" else None,
-        "kl_coef": algo.get("kl_coef"), "kl_controller": controller,
-        "value_model": algo.get("value_model") if ppo else None,
-        "compute": cfg.compute.mode if cfg.get("compute") is not None else "native",
+        "algorithm": algo.name, "beta": getattr(algo, "beta", None),
+        "kl_target": getattr(algo, "kl_target", None) if controller != "fixed" else None,
+        "kl_coef": getattr(algo, "kl_coef", None), "kl_controller": controller,
+        "value_model": getattr(algo, "value_model", None) if ppo else None,
+        "compute": cfg.compute.mode if cfg.compute is not None else "native",
         "optimizer_steps": planned_optimizer_steps(cfg),
         "seed": cfg.seed, "examples": algo.examples,
         "lr": algo.lr, "num_completions": algo.num_completions, "prefix_len": algo.prefix_len,
@@ -73,36 +75,32 @@ def swept_params(cfg: DictConfig) -> dict:
     }
 
 
-def _container(node) -> dict:
-    return OmegaConf.to_container(node, resolve=True)
-
-
-def artifact_specs(cfg: DictConfig, precision: str = "fp32") -> dict:
+def artifact_specs(cfg: Config, precision: str = "fp32") -> dict:
     """Exactly the config each shared artifact depends on; ``precision`` is the resolved one
     (fp32 | bf16) of the stages that train or sample (batch sizes never enter: they change speed,
-    not results)."""
-    corpus = {"data": _container(cfg.data)}
+    not results).  Reads attributes and ``as_dict``, so a composed DictConfig gives the same specs."""
+    corpus = {"data": as_dict(cfg.data)}
     numerics = {} if precision == "fp32" else {"precision": precision}  # fp32 keys = the older caches'
-    base = {"model": _container(cfg.model), "corpus": corpus if cfg.model.source == "embedded" else None,
+    base = {"model": as_dict(cfg.model), "corpus": corpus if cfg.model.source == "embedded" else None,
             **(numerics if cfg.model.source == "embedded" else {})}
-    classifier = {"classifier": _container(cfg.classifier), "corpus": corpus,
+    classifier = {"classifier": as_dict(cfg.classifier), "corpus": corpus,
                   "tokenizer": base if cfg.classifier.source == "embedded" else None,
                   **(numerics if cfg.classifier.finetune else {})}
     algo = cfg.algorithm
     prefs = {"base": base, "classifier": classifier, "corpus": corpus, "seed": cfg.seed,
-             **{k: algo[k] for k in ("examples", "num_completions", "prefix_len", "prefix_len_max",
+             **{k: getattr(algo, k) for k in ("examples", "num_completions", "prefix_len", "prefix_len_max",
                                      "completion_len", "temperature", "top_k")}, **numerics}
-    eval_spec = {k: v for k, v in _container(cfg.eval).items() if k != "batch_size"}
+    eval_spec = {k: v for k, v in as_dict(cfg.eval).items() if k != "batch_size"}
     ref_eval = {"base": base, "classifier": classifier, "corpus": corpus, "eval": eval_spec, **numerics}
     return {"corpus": corpus, "base": base, "classifier": classifier, "prefs": prefs, "ref_eval": ref_eval}
 
 
 class Job:
-    def __init__(self, cfg: DictConfig, job_dir: Path, overrides: list[str] | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: Config | DictConfig, job_dir: Path, overrides: list[str] | None = None):
+        self.cfg = cfg = to_typed(cfg)
         self.job_dir = Path(job_dir)
         self.overrides = list(overrides or [])
-        self.device = resolve_device(cfg.device, OmegaConf.select(cfg, "hardware.jobs_per_gpu", default=None) or 1)
+        self.device = resolve_device(cfg.device, (cfg.hardware.jobs_per_gpu if cfg.hardware is not None else None) or 1)
         self.hw = hardware.resolve(cfg, self.device)  # precision and batch sizes on this device
         self.cache = Path(cfg.cache_dir).expanduser().resolve()
         self.specs = artifact_specs(cfg, self.hw.precision)
@@ -191,7 +189,7 @@ class Job:
         torch.manual_seed(cfg.seed)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        hardware.set_matmul_precision(cfg.get("precision", "auto"), self.device)
+        hardware.set_matmul_precision(cfg.precision, self.device)
         self.rec.results["hardware"] = self.hw.as_dict()
         log.info("device %s (%s), precision %s, batches: generate %d, forward %d, train %d, analysis %d",
                  self.hw.device, self.hw.device_name, self.hw.precision, self.hw.gen_batch_size,
@@ -273,7 +271,7 @@ class Job:
                      pol_metrics["reward_mean"], ref_metrics["reward_mean"], pol_metrics["binary_loss"],
                      ref_metrics["binary_loss"], pol_metrics["gradient_loss"], ref_metrics["gradient_loss"],
                      pol_metrics["kl_to_ref"])
-        if cfg.analysis.get("enabled", False):
+        if cfg.analysis is not None and cfg.analysis.enabled:
             with self.stage("analyze"):
                 self.analyze(ref_model, policy, tokenizer, scorer, corpus)
         return self.rec.results["metrics"]
@@ -283,9 +281,9 @@ class Job:
 
         snapshots = sorted((self.job_dir / "snapshots").glob("ex_*[0-9]"))
         test = corpus["test"]
-        acfg = OmegaConf.to_container(self.cfg.analysis, resolve=True)
-        if acfg.get("batch_size") is None:
-            acfg["batch_size"] = self.hw.analysis_batch_size
+        acfg = self.cfg.analysis
+        if acfg.batch_size is None:
+            acfg = dataclasses.replace(acfg, batch_size=self.hw.analysis_batch_size)
         with self.hw.autocast():
             out = run_analysis(acfg, ref_model, policy, tokenizer, texts=test["text"],
                                labels=test["label"], scorer=scorer, out_dir=self.job_dir,
@@ -328,7 +326,7 @@ def _prepare(job: Job) -> list[str]:
 TRAINING_STATE = ("dpo_trainer", "ppo_state", "ppo_state.old", "snapshots", "policy")
 
 
-def check_drift(cfg: DictConfig, job_dir: Path, previous: dict, raise_errors: bool) -> dict | None:
+def check_drift(cfg: Config, job_dir: Path, previous: dict, raise_errors: bool) -> dict | None:
     """Config-drift guard: None when ``job_dir``'s earlier results (finished, or a checkpoint to
     resume) were made with this config, else stop the job with the keys that differ. With
     force=true, or when the earlier attempt failed (a fixed config is the usual reason to relaunch
@@ -336,7 +334,7 @@ def check_drift(cfg: DictConfig, job_dir: Path, previous: dict, raise_errors: bo
     emptied (new attempt count, new W&B run)."""
     if not previous.get("config"):
         return None
-    diff = config_diff(previous["config"], OmegaConf.to_container(cfg, resolve=True))
+    diff = config_diff(previous["config"], as_dict(cfg))
     if not diff:
         return None
     err = ConfigDrift(job_dir, diff)
@@ -355,11 +353,12 @@ def check_drift(cfg: DictConfig, job_dir: Path, previous: dict, raise_errors: bo
     return {"status": "failed", "job_dir": str(job_dir), "metrics": {}, "error": str(err)}
 
 
-def prepare_job(cfg: DictConfig) -> dict:
+def prepare_job(cfg: Config) -> dict:
     """``prepare=true``: build the shared artifacts this job's config needs and stop (the
     sweeper's prepare step, before the GPU jobs start); writes nothing in a job folder."""
     from dpo_ppo.config import apply_compute
 
+    cfg = to_typed(cfg)
     apply_compute(cfg)
     t0 = time.time()
     built = _prepare(Job(cfg, Path(cfg.cache_dir)))
@@ -367,14 +366,17 @@ def prepare_job(cfg: DictConfig) -> dict:
     return {"status": "prepared", "artifacts": built}
 
 
-def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str] | None = None,
+def run_job(cfg: Config | DictConfig, job_dir: Path, overrides: list[str] | None = None,
             raise_errors: bool = True) -> dict:
     """Run (or skip, or resume) the job under its folder's lock; returns its status and metrics.
 
+    ``cfg``: the typed Config (``dpo_ppo.config.load``, as the entrypoint passes it), or for
+    convenience a composed DictConfig, converted here without the checks (``to_typed``).
     A folder locked by a live process (another launch of the same job) is left alone: the call
     returns status "skipped" with where the job runs (see dpo_ppo.joblock)."""
     progress.configure()  # plain progress lines in a log (SLURM, files), bars on a terminal
-    if cfg.get("prepare"):
+    cfg = to_typed(cfg)
+    if cfg.prepare:
         return prepare_job(cfg)
     Path(job_dir).mkdir(parents=True, exist_ok=True)
     lock = JobLock(job_dir)
@@ -388,7 +390,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str] | None = None,
         lock.release()
 
 
-def _run_job(cfg: DictConfig, job_dir: Path, overrides: list[str] | None = None,
+def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
              raise_errors: bool = True) -> dict:
     from dpo_ppo.config import apply_compute
 
@@ -406,10 +408,10 @@ def _run_job(cfg: DictConfig, job_dir: Path, overrides: list[str] | None = None,
     job = Job(cfg, job_dir, overrides)
     results = {
         "status": R.RUNNING, "algorithm": cfg.algorithm.name, "name": cfg.name, "overrides": job.overrides,
-        "params": swept_params(cfg), "config": OmegaConf.to_container(cfg, resolve=True),
+        "params": swept_params(cfg), "config": as_dict(cfg),
         "metrics": {}, "artifacts": {}, "error": None, "traceback": None,
         "trained": bool(previous.get("trained")) and not cfg.force,
-        "attempts": previous.get("attempts", 0) + 1, "config_key": config_hash(OmegaConf.to_container(cfg, resolve=True)),
+        "attempts": previous.get("attempts", 0) + 1, "config_key": config_hash(as_dict(cfg)),
         "provenance": provenance(),
     }
     if previous.get("train_summary") and results["trained"]:

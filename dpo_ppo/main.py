@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_ppo import gpus
-from dpo_ppo.config import ConfigError, register_configs, validate
+from dpo_ppo.config import ConfigError, load, register_configs
 
 log = logging.getLogger("dpo_ppo")
 
@@ -51,11 +51,13 @@ def app(cfg: DictConfig):
     multirun = hc.mode == RunMode.MULTIRUN
     job_dir = hc.runtime.output_dir
     try:
-        validate(cfg)  # before torch is imported: bad input fails in about a second
+        # the composed DictConfig becomes the typed Config here, once, and is checked before torch
+        # is imported: bad input fails in about a second
+        typed = load(cfg)
         from dpo_ppo.job import run_job
 
         try:
-            out = run_job(cfg, job_dir, overrides=list(hc.overrides.task), raise_errors=False)
+            out = run_job(typed, job_dir, overrides=list(hc.overrides.task), raise_errors=False)
         finally:
             gpus.release()  # the GPU slot the job held (dpo_ppo.gpus): the process's next job claims again
     except Exception as e:

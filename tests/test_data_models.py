@@ -4,7 +4,6 @@ the latter exercised on local folders written by save_pretrained / save_to_disk.
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
-from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPTNeoXForCausalLM
 
 from dpo_ppo.config import ClassifierConfig, ModelConfig
@@ -53,7 +52,7 @@ def test_hub_data_loader_on_a_saved_folder(tmp_path):
 def test_offline_hub_ids_fail_fast_naming_the_offline_preset():
     with pytest.raises(RuntimeError, match="data=synthetic"):
         load_hub("stanfordnlp/imdb-does-not-exist")
-    cfg = OmegaConf.structured(ModelConfig(name="pythia70m", source="EleutherAI/pythia-70m-nope"))
+    cfg = ModelConfig(name="pythia70m", source="EleutherAI/pythia-70m-nope")
     with pytest.raises(RuntimeError, match="model=tiny data=synthetic classifier=tiny"):
         build_base(cfg, None, None, 0)
 
@@ -73,8 +72,8 @@ def test_tokenizer_and_prefixes(corpus):
 
 
 def test_embedded_base_pretrains_below_uniform_loss(corpus, tmp_path):
-    cfg = OmegaConf.structured(ModelConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=4,
-                                           pretrain_steps=30, pretrain_batch_size=16, pretrain_seq_len=32))
+    cfg = ModelConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=4,
+                      pretrain_steps=30, pretrain_batch_size=16, pretrain_seq_len=32)
     info = build_base(cfg, corpus, tmp_path, seed=0)
     assert info["pretrain_loss"] < 0.8 * torch.log(torch.tensor(300.0)).item()
     model, tok = load_policy(tmp_path)
@@ -89,7 +88,7 @@ def test_hub_model_path_on_a_saved_folder(corpus, tmp_path):
     src = toy_model(tok, hidden=32, layers=2, heads=4, context=2048, intermediate_size=64)
     src.save_pretrained(str(tmp_path / "hub"))
     tok.save_pretrained(str(tmp_path / "hub"))
-    cfg = OmegaConf.structured(ModelConfig(name="local", source=str(tmp_path / "hub")))
+    cfg = ModelConfig(name="local", source=str(tmp_path / "hub"))
     build_base(cfg, None, tmp_path / "out", seed=0)
     model, tok2 = load_policy(tmp_path / "out")
     assert tok2.pad_token == tok2.eos_token  # ensure_pad
@@ -105,8 +104,8 @@ def test_classifier_finetunes_a_saved_gpt2_and_scores_text(tmp_path):
     GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=64, n_layer=2,
                                              n_head=4, num_labels=2)).save_pretrained(str(tmp_path / "gpt2"))
     tok.save_pretrained(str(tmp_path / "gpt2"))
-    cfg = OmegaConf.structured(ClassifierConfig(name="local", source=str(tmp_path / "gpt2"), train_examples=2000,
-                                                epochs=3, lr=1e-3, batch_size=32, max_length=128))
+    cfg = ClassifierConfig(name="local", source=str(tmp_path / "gpt2"), train_examples=2000,
+                           epochs=3, lr=1e-3, batch_size=32, max_length=128)
     info = build_classifier(cfg, corpus, None, tmp_path / "clf", seed=0, device="cpu")
     assert info["test_accuracy"] > 0.75  # from chance, on held-out reviews
     scorer = Scorer.load(tmp_path / "clf")

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from dpo_ppo.config import EvalConfig, LoggerConfig
 from dpo_ppo.evaluate import distinct_n, evaluate_model
@@ -77,7 +76,7 @@ def test_generate_respects_lengths_and_stops_at_eos(word_tok):
 
 def test_evaluate_metrics_by_hand(word_tok):
     model = tiny_lm(1)
-    cfg = OmegaConf.structured(EvalConfig(num_prompts=8, prefix_len=2, completion_len=5, batch_size=4))
+    cfg = EvalConfig(num_prompts=8, prefix_len=2, completion_len=5, batch_size=4)
     prompts = [[2, 3]] * 8
     metrics, rows = evaluate_model(model, word_tok, FakeScorer(), prompts, cfg, ref_model=model)
     p = torch.tensor([r["p_positive"] for r in rows])
@@ -110,7 +109,7 @@ def test_sequence_kl_by_hand():
 
 
 def test_recorder_writes_results_and_an_offline_wandb_run(tmp_path):
-    cfg = OmegaConf.structured(LoggerConfig(project="proj"))
+    cfg = LoggerConfig(project="proj")
     results = {"status": "running", "algorithm": "ppo", "name": "mysweep", "metrics": {}}
     rec = Recorder(tmp_path, results, cfg, {"algorithm": {"kl_target": 3.0}, "params": {"kl_target": 3.0}},
                    run_name="job1")

@@ -9,8 +9,10 @@ number of prompts / texts / tokens, never a layer or head count: those come from
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
+
+from dpo_ppo.checks import ConfigError, finite, option
 
 # A sentiment prompt marks its sentiment word with square brackets; the attention paid to the
 # word's last BPE token is what analysis 5 measures.  These are the seed's prompt (section 3.4)
@@ -26,43 +28,109 @@ _MARK = re.compile(r"\[([^\[\]]+)\]")
 
 @dataclass
 class AnalysisConfig:
-    name: str = "full"
-    enabled: bool = True  # master switch: false skips the whole suite
+    """The analysis suite (group ``analysis``): which analyses run and the sizes that set their cost.
+
+    ``check`` holds the group's own ranges; ``check_model`` what must fit the model (``Config.check``
+    runs both when the suite is enabled).
+    """
+
+    name: str = option("full", "the preset's name (conf/analysis/NAME.yaml: full, fast, none)")
+    enabled: bool = option(True, "master switch: false skips the whole suite (and its checks)")
     # --- which analyses run
-    weights: bool = True  # 1. mean-square weight / bias divergence (and over snapshots)
-    activations: bool = True  # 2. activation cosine / KL per layer, logit-lens KL
-    ablation: bool = True  # 3. per-head zero / mean ablation: LM loss and sentiment
-    heads: bool = True  # 4. previous-token / duplicate-token / induction head scores
-    sentiment_attention: bool = True  # 5. attention paid to the sentiment token
+    weights: bool = option(True, "1. mean-square weight / bias divergence from the reference (and over snapshots)")
+    activations: bool = option(True, "2. activation cosine / KL per layer, logit-lens KL")
+    ablation: bool = option(True, "3. per-head zero / mean ablation: LM loss and sentiment")
+    heads: bool = option(True, "4. previous-token / duplicate-token / induction head scores")
+    sentiment_attention: bool = option(True, "5. attention paid to the sentiment token")
     # --- shared
-    seed: int = 0  # which held-out texts are drawn (texts are shuffled with this seed)
-    batch_size: Optional[int] = None  # sequences per forward pass; null = hardware.analysis_batch_size
-    max_tokens: int = 64  # texts are cut to this many tokens (activations, LM loss, heads)
-    device: str = "auto"  # auto: the policy's device
+    seed: int = option(0, "which held-out texts are drawn (texts are shuffled with this seed); in [0, 2^32-1]")
+    batch_size: Optional[int] = option(None, "sequences per forward pass; > 0; null = hardware.analysis_batch_size")
+    max_tokens: int = option(64, "texts are cut to this many tokens (activations, LM loss, heads); >= 2, "
+                                 "max_tokens + 1 within the model's context")
+    device: str = option("auto", "auto (the policy's device), cpu, cuda, cuda:N or mps")
     # --- 2. activations
-    activation_prompts: int = 256  # held-out texts, half positive, half negative where possible
+    activation_prompts: int = option(256, "held-out texts, half positive, half negative where possible; > 0")
     # --- 3. ablation
-    ablation_kinds: List[str] = field(default_factory=lambda: ["zero", "mean"])
-    ablation_reference: bool = True  # ablate the reference as well as the policy
-    ablation_lm_texts: int = 32  # held-out texts for the LM loss (and the mean activations)
-    ablation_sentiment: bool = True  # also measure the sentiment objective under ablation
-    ablation_prompts: int = 16  # prompts whose completions are scored under each ablation
-    ablation_prefix_len: int = 16  # tokens of each prompt
-    ablation_completion_len: int = 16  # new tokens per completion
-    ablation_temperature: float = 1.0
-    ablation_score_prompt: bool = True  # score prompt + completion (false: completion only)
-    ablation_rows: int = 512  # stacked rows (variants x texts) per forward in the batched ablation
+    ablation_kinds: List[str] = option(help="how a head is ablated: a non-empty subset of [zero, mean]",
+                                       factory=lambda: ["zero", "mean"])
+    ablation_reference: bool = option(True, "ablate the reference as well as the policy")
+    ablation_lm_texts: int = option(32, "held-out texts for the LM loss (and the mean activations); > 0")
+    ablation_sentiment: bool = option(True, "also measure the sentiment objective under ablation")
+    ablation_prompts: int = option(16, "prompts whose completions are scored under each ablation; > 0")
+    ablation_prefix_len: int = option(16, "tokens of each ablation prompt; > 0")
+    ablation_completion_len: int = option(16, "new tokens per ablation completion; > 0, prefix + completion "
+                                              "within the model's context")
+    ablation_temperature: float = option(1.0, "sampling temperature of the ablation completions; > 0")
+    ablation_score_prompt: bool = option(True, "score prompt + completion (false: the completion only)")
+    ablation_rows: int = option(512, "stacked rows (variants x texts) per forward in the batched ablation; > 0")
     # --- 4. head detection
-    head_texts: int = 16  # natural held-out texts for previous-token scores
-    head_random_seqs: int = 16  # repeated random-token sequences for duplicate / induction scores
-    head_random_len: int = 20  # length of the random half (the sequence is BOS + r + r)
+    head_texts: int = option(16, "natural held-out texts for previous-token scores; > 0")
+    head_random_seqs: int = option(16, "repeated random-token sequences for duplicate / induction scores; > 0")
+    head_random_len: int = option(20, "tokens of the random half (the sequence is BOS + r + r); > 0, "
+                                      "2 x head_random_len + 1 within the model's context")
     # --- 5. attention to the sentiment token
-    sentiment_prompts: List[str] = field(default_factory=lambda: list(DEFAULT_SENTIMENT_PROMPTS))
-    attention_layer: int = -1  # layer whose patterns are plotted; -1: where attention changed most
-    prepend_bos: bool = True  # heads and sentiment prompts start with BOS (<|endoftext|>), as in TL
-    top_heads: int = 5  # heads listed as "changed most"
+    sentiment_prompts: List[str] = option(help="prompts with one sentiment word marked in square brackets and "
+                                               "more text after it; at least one when sentiment_attention",
+                                          factory=lambda: list(DEFAULT_SENTIMENT_PROMPTS))
+    attention_layer: int = option(-1, "layer whose patterns are plotted (0-based, below the model's layer "
+                                      "count); -1: where attention changed most")
+    prepend_bos: bool = option(True, "heads and sentiment prompts start with BOS (<|endoftext|>), as in "
+                                     "TransformerLens")
+    top_heads: int = option(5, "heads listed as \"changed most\"; > 0")
     # --- 1. weights over training
-    snapshots: bool = True  # divergence at every snapshot folder the job saved
+    snapshots: bool = option(True, "divergence at every snapshot folder the job saved")
+
+    def check(self, where: str = "analysis") -> None:
+        """The group's own ranges (whether or not the suite is enabled; callers skip a disabled one)."""
+        for key in ("batch_size", "max_tokens", "activation_prompts", "ablation_lm_texts", "ablation_prompts",
+                    "ablation_prefix_len", "ablation_completion_len", "ablation_rows", "head_texts",
+                    "head_random_seqs", "head_random_len", "top_heads"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{where}.{key}", f"must be > 0, got {value}")
+        if self.max_tokens < 2:
+            raise ConfigError(f"{where}.max_tokens", f"must be >= 2 (a next-token loss needs two), got {self.max_tokens}")
+        finite(f"{where}.ablation_temperature", self.ablation_temperature)
+        if self.ablation_temperature <= 0:
+            raise ConfigError(f"{where}.ablation_temperature", f"must be > 0, got {self.ablation_temperature}")
+        bad = [k for k in self.ablation_kinds if k not in ABLATION_KINDS]
+        if bad or not len(self.ablation_kinds):
+            raise ConfigError(f"{where}.ablation_kinds", f"must be a non-empty subset of {list(ABLATION_KINDS)}, "
+                                                         f"got {list(self.ablation_kinds)}")
+        if self.attention_layer < -1:
+            raise ConfigError(f"{where}.attention_layer",
+                              f"must be -1 (auto) or a layer index >= 0, got {self.attention_layer}")
+        if self.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
+            raise ConfigError(f"{where}.device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.sentiment_attention and not len(self.sentiment_prompts):
+            raise ConfigError(f"{where}.sentiment_prompts", "needs at least one prompt when sentiment_attention=true")
+        for i, p in enumerate(self.sentiment_prompts):
+            try:
+                text, _, end = parse_marked_prompt(p)
+            except ValueError as e:
+                raise ConfigError(f"{where}.sentiment_prompts[{i}]", str(e)) from None
+            if not text[end:].strip():
+                raise ConfigError(f"{where}.sentiment_prompts[{i}]",
+                                  f"the marked word must be followed by more text (attention is measured "
+                                  f"from later positions), got {p!r}")
+
+    def check_model(self, model, where: str = "analysis") -> None:
+        """What must fit ``model`` (a ModelConfig: ``name``, ``source``, ``context_length``,
+        ``num_layers``): the lengths asked for, and attention_layer for the embedded model."""
+        context = getattr(model, "context_length", None)
+        if not context:
+            return
+        checks = [(f"{where}.max_tokens", self.max_tokens + 1),
+                  (f"{where}.ablation_prefix_len", self.ablation_prefix_len + self.ablation_completion_len),
+                  (f"{where}.head_random_len", 2 * self.head_random_len + 1)]
+        for key, need in checks:
+            if need > context:
+                raise ConfigError(key, f"needs {need} tokens, more than the context of "
+                                       f"model={model.name} ({context} tokens)")
+        layers = getattr(model, "num_layers", None)
+        if model.source == "embedded" and layers and self.attention_layer >= layers:
+            raise ConfigError(f"{where}.attention_layer",
+                              f"model={model.name} has {layers} layers (0..{layers - 1}), got {self.attention_layer}")
 
 
 def parse_marked_prompt(prompt: str) -> tuple[str, int, int]:
@@ -77,51 +145,16 @@ def parse_marked_prompt(prompt: str) -> tuple[str, int, int]:
 
 
 def validate(cfg) -> None:
-    """Range checks for ``cfg.analysis``; raises ConfigError naming the key."""
-    from dpo_ppo.config import ConfigError  # lazy: dpo_ppo.config imports this module
-
+    """``cfg.analysis``'s checks (and, when ``cfg`` has a model, those against it), for callers
+    holding a whole config or ``{"analysis": ...}``; a disabled suite is not checked."""
     a = cfg.analysis
+    if a is not None and not isinstance(a, AnalysisConfig):  # a DictConfig node
+        from omegaconf import OmegaConf
+
+        a = OmegaConf.to_object(a)
     if a is None or not a.enabled:
         return
-    for key in ("batch_size", "max_tokens", "activation_prompts", "ablation_lm_texts", "ablation_prompts",
-                "ablation_prefix_len", "ablation_completion_len", "ablation_rows", "head_texts",
-                "head_random_seqs", "head_random_len", "top_heads"):
-        if a[key] is not None and a[key] <= 0:
-            raise ConfigError(f"analysis.{key}", f"must be > 0, got {a[key]}")
-    if a.max_tokens < 2:
-        raise ConfigError("analysis.max_tokens", f"must be >= 2 (a next-token loss needs two), got {a.max_tokens}")
-    if a.ablation_temperature <= 0:
-        raise ConfigError("analysis.ablation_temperature", f"must be > 0, got {a.ablation_temperature}")
-    bad = [k for k in a.ablation_kinds if k not in ABLATION_KINDS]
-    if bad or not len(a.ablation_kinds):
-        raise ConfigError("analysis.ablation_kinds",
-                          f"must be a non-empty subset of {list(ABLATION_KINDS)}, got {list(a.ablation_kinds)}")
-    if a.attention_layer < -1:
-        raise ConfigError("analysis.attention_layer", f"must be -1 (auto) or a layer index >= 0, got {a.attention_layer}")
-    if a.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", a.device):
-        raise ConfigError("analysis.device", f"must be auto, cpu, cuda or cuda:N, got {a.device!r}")
-    if a.sentiment_attention and not len(a.sentiment_prompts):
-        raise ConfigError("analysis.sentiment_prompts", "needs at least one prompt when sentiment_attention=true")
-    for i, p in enumerate(a.sentiment_prompts):
-        try:
-            text, _, end = parse_marked_prompt(p)
-        except ValueError as e:
-            raise ConfigError(f"analysis.sentiment_prompts[{i}]", str(e)) from None
-        if not text[end:].strip():
-            raise ConfigError(f"analysis.sentiment_prompts[{i}]",
-                              f"the marked word must be followed by more text (attention is measured "
-                              f"from later positions), got {p!r}")
-    model = cfg.get("model") if hasattr(cfg, "get") else None
-    context = getattr(model, "context_length", None) if model is not None else None
-    if context:
-        checks = [("analysis.max_tokens", a.max_tokens + 1),
-                  ("analysis.ablation_prefix_len", a.ablation_prefix_len + a.ablation_completion_len),
-                  ("analysis.head_random_len", 2 * a.head_random_len + 1)]
-        for key, need in checks:
-            if need > context:
-                raise ConfigError(key, f"needs {need} tokens, more than the context of "
-                                       f"model={model.name} ({context} tokens)")
-        layers = getattr(model, "num_layers", None)
-        if model.source == "embedded" and layers and a.attention_layer >= layers:
-            raise ConfigError("analysis.attention_layer",
-                              f"model={model.name} has {layers} layers (0..{layers - 1}), got {a.attention_layer}")
+    a.check("analysis")
+    model = getattr(cfg, "model", None)
+    if model is not None:
+        a.check_model(model, "analysis")

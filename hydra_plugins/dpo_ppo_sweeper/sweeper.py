@@ -262,7 +262,7 @@ class DpoPpoSweeper(Sweeper):
         self.fail_on_error = fail_on_error
         self.prepare = prepare
         self.check_drift = check_drift
-        self._composed: Dict[int, DictConfig] = {}
+        self._composed: Dict[int, Any] = {}  # typed Config (or a resolved DictConfig)
         self.hydra_context: Optional[HydraContext] = None
         self.config: Optional[DictConfig] = None
         self.launcher: Optional[Launcher] = None
@@ -348,11 +348,12 @@ class DpoPpoSweeper(Sweeper):
         # what names the folder: the overrides minus the config's exclude_keys
         return identity(recorded, self._exclude) == identity(job.overrides, self._exclude)
 
-    def _compose(self, idx: int) -> DictConfig:
+    def _compose(self, idx: int) -> Any:
         """Job ``idx``'s task config exactly as run_job will see it (composed with its overrides,
-        Hydra's node removed, the compute mode applied); cached."""
+        Hydra's node removed, converted to the typed Config as the entrypoint does, the compute
+        mode applied); a task config that is not dpo-ppo's stays a resolved DictConfig; cached."""
         if idx not in self._composed:
-            from dpo_ppo.config import apply_compute
+            from dpo_ppo.config import Config, apply_compute, to_typed
 
             assert self.hydra_context is not None and self.config is not None
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(self.jobs[idx].overrides))
@@ -362,8 +363,11 @@ class DpoPpoSweeper(Sweeper):
                 hydra_config.set_config(cfg)  # ${hydra:...} resolves as in the job
                 with read_write(cfg), open_dict(cfg):
                     del cfg["hydra"]
-                apply_compute(cfg)
-                cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+                if OmegaConf.get_type(cfg) is Config:
+                    cfg = to_typed(cfg)
+                    apply_compute(cfg)
+                else:
+                    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
             finally:
                 hydra_config.cfg = previous  # type: ignore[assignment]
             self._composed[idx] = cfg
@@ -371,11 +375,12 @@ class DpoPpoSweeper(Sweeper):
 
     def _drift(self, idx: int, results: Mapping[str, Any]) -> Optional[str]:
         """The drift message when job ``idx``'s finished results were made with another config."""
+        from dpo_ppo.config import as_dict
         from dpo_ppo.identity import ConfigDrift, config_diff
 
         if not (self.check_drift and results.get("config")):
             return None
-        diff = config_diff(dict(results["config"]), OmegaConf.to_container(self._compose(idx)))
+        diff = config_diff(dict(results["config"]), as_dict(self._compose(idx)))
         return str(ConfigDrift(self.jobs[idx].dir, diff)) if diff else None
 
     @staticmethod
@@ -403,6 +408,7 @@ class DpoPpoSweeper(Sweeper):
         """The prepare step: one prepare=true job per distinct set of shared artifacts of the
         jobs about to run, launched together and awaited before the jobs. Returns how many."""
         from dpo_ppo.cache import spec_key
+        from dpo_ppo.config import Config
         from dpo_ppo.job import artifact_specs
 
         assert self.launcher is not None
@@ -410,7 +416,7 @@ class DpoPpoSweeper(Sweeper):
         chosen: List[int] = []
         for idx in indices:
             cfg = self._compose(idx)
-            if "prepare" not in cfg or "data" not in cfg:  # not a dpo-ppo config: nothing shared
+            if not isinstance(cfg, Config):  # not a dpo-ppo config: nothing shared
                 return 0
             specs = artifact_specs(cfg)
             kinds = ["corpus", "base", "classifier", "ref_eval"] + (["prefs"] if cfg.algorithm.name == "dpo" else [])
