@@ -2,6 +2,7 @@
 # Issue 10's GPU check, one script: run it from the repository root on a GPU machine.
 #
 #   bash benchmarks/gpu_check.sh            # results in $OUT (or ./gpu-check), one table at the end
+#   STEPS="sampling ppo" BUDGET=200 bash benchmarks/gpu_check.sh   # some steps, a shorter budget
 #
 # It installs what the machine lacks from wheels in .whl/ (and TRL 1.12 for the peer benchmark in
 # .whl_trl112/; see benchmarks/device_env.sh), then runs each benchmark under its own time limit,
@@ -24,6 +25,7 @@ BUDGET=${BUDGET:-570}  # seconds for everything (the device tool allows 600 per 
 step() {  # step SECONDS NAME COMMAND...: one benchmark, its own limit (within the budget), its log kept
   local limit=$1 name=$2
   shift 2
+  if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]]; then return; fi  # STEPS="sampling ppo": only those
   local left=$(( BUDGET - ($(date +%s) - T0) ))
   if [ "$left" -lt 20 ]; then echo "== $name: skipped, budget spent" | tee -a "$OUT/log.txt"; return; fi
   [ "$limit" -gt "$left" ] && limit=$left
