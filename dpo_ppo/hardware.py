@@ -84,6 +84,12 @@ def _pow2_floor(x: float) -> int:
     return n
 
 
+def _static_cache(hw, device: torch.device) -> bool:
+    """hardware.static_cache, null = on for CUDA (where generate compiles it), off elsewhere."""
+    value = getattr(hw, "static_cache", None) if hw is not None else None
+    return device.type == "cuda" if value is None else bool(value)
+
+
 def resolve(cfg, device: torch.device) -> Runtime:
     """The job's ``Runtime`` from ``cfg.precision`` and ``cfg.hardware`` on ``device``."""
     hw = getattr(cfg, "hardware", None)
@@ -104,5 +110,5 @@ def resolve(cfg, device: torch.device) -> Runtime:
             sizes[key] = int(value)
     precision_key = getattr(cfg, "precision", "auto")
     return Runtime(device=str(device), device_name=name, precision=resolve_precision(precision_key, device),
-                   jobs_per_gpu=jobs, memory_gib=memory, static_cache=bool(getattr(hw, "static_cache", False)),
+                   jobs_per_gpu=jobs, memory_gib=memory, static_cache=_static_cache(hw, device),
                    **sizes)

@@ -134,6 +134,46 @@ def test_static_cache_gives_the_same_completions():
     assert static == dynamic and len(set(map(tuple, dynamic))) > 5
 
 
+def test_static_cache_is_on_for_a_gpu_unless_set(monkeypatch):
+    assert hardware.resolve(compose_cfg([]), torch.device("cpu")).static_cache is False
+    assert hardware.resolve(compose_cfg(["hardware.static_cache=true"]), torch.device("cpu")).static_cache is True
+    props = types.SimpleNamespace(name="Fake H100", total_memory=80 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert hardware.resolve(compose_cfg([]), torch.device("cuda", 0)).static_cache is True
+    assert hardware.resolve(compose_cfg(["hardware.static_cache=false"]), torch.device("cuda", 0)).static_cache is False
+
+
+def test_bf16_sampling_with_a_static_cache_uses_one_refreshed_bf16_copy():
+    """Under bf16 autocast a static-cache rollout samples from a bf16 twin of the policy, made once
+    and refreshed in place: after a weight update its completions are those of the updated
+    weights (what a fresh bf16 copy samples), and eager sampling stays on the float32 model."""
+    from dpo_ppo import sampling
+
+    model, tok = _word_model()
+    prompts = [[4, 5, 6], [7, 8], [9, 10, 11], [12, 13]]
+    keys = sample_keys(1, range(len(prompts)))
+
+    def bf16_fresh():
+        return generate(copy.deepcopy(model).to(torch.bfloat16), tok, prompts, 8, batch_size=4, desc=None,
+                        keys=keys, static_cache=True)
+
+    def under_autocast(static):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return generate(model, tok, prompts, 8, batch_size=4, desc=None, keys=keys, static_cache=static)
+
+    assert under_autocast(True) == bf16_fresh()
+    twin = sampling._BF16_TWINS[model]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    assert under_autocast(True) == bf16_fresh()
+    assert sampling._BF16_TWINS[model] is twin and next(twin.parameters()).dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32  # the policy itself is never cast
+    # eager sampling under autocast is the float32 model's, autocast off
+    assert under_autocast(False) == generate(model, tok, prompts, 8, batch_size=4, desc=None, keys=keys)
+
+
 def test_bf16_evaluation_agrees_with_float32_within_its_noise():
     """The same policy evaluated in float32 and under bf16 autocast (on the CPU here): mean KL and
     reward differ by less than their standard errors."""
