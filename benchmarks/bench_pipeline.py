@@ -52,7 +52,7 @@ def main(overrides: list[str]) -> None:
     texts = load_from_disk(arts["corpus"])["test"]["text"]
     prompts = make_prefixes(texts, tok, 500, cfg.eval.prefix_len, seed=0)
     t0 = time.time()
-    comps = generate(model, tok, prompts, cfg.eval.completion_len, batch_size=cfg.eval.batch_size, desc=None)
+    comps = generate(model, tok, prompts, cfg.eval.completion_len, batch_size=cfg.eval.batch_size or 250, desc=None)
     gen_s = time.time() - t0
     new_tokens = sum(map(len, comps))
     full = [tok.decode(p + c, skip_special_tokens=True) for p, c in zip(prompts, comps)]
@@ -60,7 +60,7 @@ def main(overrides: list[str]) -> None:
     scorer.p_positive(full)
     score_s = time.time() - t0
     print(f"\ngeneration: {len(prompts) / gen_s:.1f} samples/s ({new_tokens / gen_s:.0f} new tokens/s, "
-          f"batch {cfg.eval.batch_size}, up to {cfg.eval.completion_len} tokens)")
+          f"batch {cfg.eval.batch_size or 250}, up to {cfg.eval.completion_len} tokens)")
     print(f"scoring:    {len(full) / score_s:.1f} samples/s")
     print(f"(job folder: {tmp / 'job'})")
 
