@@ -5,11 +5,12 @@
 #   STEPS="sampling ppo" BUDGET=200 bash benchmarks/gpu_check.sh   # some steps, a shorter budget
 #
 # It installs what the machine lacks from wheels in .whl/ (and TRL 1.12 for the peer benchmark in
-# .whl_trl112/; see benchmarks/device_env.sh), then runs each benchmark under its own time limit,
-# most important first, so that a slow one never costs the others: sampling speed, PPO per update
+# .whl_trl112/; `bash benchmarks/fetch_wheels.sh` fills both here: carry them along), then runs
+# each benchmark under its own time limit, most important first, so that a slow one never costs the others: sampling speed, PPO per update
 # (ours and TRL 1.12's on the same work), the paper_run2 jobs, bf16 against fp32, jobs packed on
 # one GPU, the static KV cache.  Every figure comes from benchmarks/*.py; docs/performance.md
-# keeps them with the card's name.  About 8 minutes on an H100.
+# keeps them with the card's name.  The budget (570 s) was too short for all of it on an H200 on
+# 2026-11-27: the paper_run2 PPO job and packing ran out of time; BUDGET= and STEPS= split it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
