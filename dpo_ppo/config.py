@@ -364,7 +364,7 @@ class HardwareConfig:
                                                 "of same-shaped rollouts (not used for evaluation or DPO's pairs: a "
                                                 "few large batches). Completions are the same either way; null = on "
                                                 "a GPU, off on a CPU (docs/performance.md)")
-    jobs_per_gpu: int = option(1, "jobs that share one GPU: local sweeps (hydra/launcher=joblib) start this "
+    jobs_per_gpu: int = option(1, "jobs that share one GPU: local sweeps (hydra/launcher=joblib_gpu) start this "
                                   "many per visible GPU; on SLURM (hydra/launcher=slurm_gpu) one allocation "
                                   "runs this many at once; > 0")
 
@@ -413,9 +413,11 @@ class Config:
     device: str = option("auto", "auto (cuda when there is one, else cpu), cpu, cuda, cuda:N or mps")
     precision: str = option("auto", "auto: bf16 autocast with float32 master weights on CUDA (TF32 matmuls "
                                     "on), float32 on a CPU; fp32: float32 everywhere (TF32 off); bf16: bf16 "
-                                    "autocast on any device. Applies to every stage that trains or samples")
+                                    "autocast on any device. Applies to every stage that trains or samples "
+                                    "(decoding itself runs float32 except compiled rollouts: "
+                                    "docs/performance.md)")
     threads: int = option(0, "torch CPU threads for this job; 0 = torch's default (all cores). Parallel local "
-                             "jobs (hydra/launcher=joblib) should take cores / n_jobs each; >= 0")
+                             "jobs (hydra/launcher=joblib, joblib_gpu) get cores / n_jobs each from joblib; >= 0")
     cache_dir: str = option(".cache/dpo-ppo", "folder of the shared artifacts (corpus, base, classifier, "
                                                "prefs, reference evaluation); created if missing")
     force: bool = option(False, "re-run a job whose folder already holds finished results (or results made "

@@ -21,9 +21,9 @@ C)]``, so completion token ``t`` of every row sits at column ``P + t`` and is pr
 (EOS included, padding after it excluded).  Position ids come from the attention mask, exactly as
 ``generate`` sets them for left-padded prompts.
 
-``cfg.batch_size`` (or, when null, the hardware's ``train_micro_batch``) is the most sequences one forward/backward pass takes: scoring passes are chunked
-by it and a larger minibatch accumulates gradients over chunks of it (the loss stays the token mean
-over the whole minibatch).  Generation runs the whole rollout as one batch.
+``cfg.batch_size`` (when null, the hardware's ``train_micro_batch``) is the most sequences one
+forward/backward pass takes: scoring passes are chunked by it and a larger minibatch accumulates
+gradients over chunks of it (the loss stays the token mean over the whole minibatch).  Generation runs the whole rollout as one batch.
 
 Log-probs are of the temperature-scaled policy; they ignore ``top_k`` truncation and the ban on an
 EOS as first token (``generate`` asks for at least one new token), as RLHF PPO usually does.

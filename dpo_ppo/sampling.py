@@ -95,7 +95,8 @@ class KeyedGumbelSampler(LogitsProcessor):
         if self.top_k and self.top_k < scores.shape[-1]:
             kth = torch.topk(scores, self.top_k, dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
-        return scores + keyed_gumbel(self.keys.to(scores.device), input_ids.shape[1] - self.prompt_width, scores.shape[-1])
+        step = input_ids.shape[1] - self.prompt_width
+        return scores + keyed_gumbel(self.keys.to(scores.device), step, scores.shape[-1])
 
 
 def sample_keys(seed: int, ids: Sequence[int]) -> list[int]:
