@@ -64,7 +64,8 @@ def main() -> None:
                         help="trl: TRL's PPOTrainer benchmark geometry (the flags in the docstring, at once)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "both"],
                         help="fp32, bf16 (autocast, as precision=auto on a GPU), or both one after the other")
-    parser.add_argument("--static-cache", action="store_true", help="rollouts with the static KV cache")
+    parser.add_argument("--static-cache", action="store_true",
+                        help="rollouts with the static KV cache (with --precision both: a third, bf16 run with it)")
     parser.add_argument("--json", default=None, help="write the figures to this file")
     args = parser.parse_args()
     if args.geometry == "trl":
@@ -74,13 +75,17 @@ def main() -> None:
                 setattr(args, key, value)
         args.reward_model = True
     results = {}
-    for precision in (["fp32", "bf16"] if args.precision == "both" else [args.precision]):
-        results[precision] = run(args, precision)
+    if args.precision == "both":  # with --static-cache: fp32 and bf16 eager, then bf16 with the static cache
+        variants = [("fp32", False), ("bf16", False)] + ([("bf16", True)] if args.static_cache else [])
+    else:
+        variants = [(args.precision, args.static_cache)]
+    for precision, static in variants:
+        results[precision + ("_static" if static else "")] = run(args, precision, static)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
 
-def run(args, precision: str) -> dict:
+def run(args, precision: str, static: bool) -> dict:
     from dpo_ppo import hardware
 
     if args.threads:
@@ -110,7 +115,7 @@ def run(args, precision: str) -> dict:
 
     hardware.set_matmul_precision("fp32" if precision == "fp32" else "auto", device)
     runtime = hardware.Runtime(str(device), str(device), precision, 64, 64, cfg.batch_size or 64, 16,
-                               static_cache=args.static_cache)
+                               static_cache=static)
     log = []
     with tempfile.TemporaryDirectory() as out_dir:
         start = time.time()
@@ -121,7 +126,7 @@ def run(args, precision: str) -> dict:
     per_update = [m["train/rollout_s"] + m["train/optimize_s"] for m in timed]
     params = sum(p.numel() for p in policy.parameters()) / 1e6
     samples = cfg.rollout_prefixes * cfg.num_completions
-    print(f"precision={precision} static_cache={args.static_cache} "
+    print(f"precision={precision} static_cache={static} "
           f"shape={shape} ({params:.1f}M params) device={device} threads={torch.get_num_threads()} "
           f"value_model={cfg.value_model} reward={'model forward' if args.reward_model else 'text stand-in'}")
     print(f"rollout {cfg.rollout_prefixes} prefixes x {cfg.num_completions} = {samples} samples, "

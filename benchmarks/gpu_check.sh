@@ -42,7 +42,7 @@ step() {  # step SECONDS NAME COMMAND...: one benchmark, its own limit (within t
 }
 
 step 90 sampling $PY benchmarks/bench_gpu.py sampling --out "$OUT"
-step 75 ppo $PY benchmarks/bench_ppo.py --pythia --geometry trl --precision both --json "$OUT/ppo.json"
+step 100 ppo $PY benchmarks/bench_ppo.py --pythia --geometry trl --precision both --static-cache --json "$OUT/ppo.json"
 step 100 trl env PYTHONPATH="$TRL112_PYTHONPATH" \
   $PY benchmarks/bench_trl_ppo.py --pythia --precision default,autocast --json "$OUT/trl.json"
 step 240 targets $PY benchmarks/bench_gpu.py targets --out "$OUT"
