@@ -30,14 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cores() -> int:
-    try:
-        n = int(os.environ.get("OMP_NUM_THREADS", ""))
-        if n > 0:
-            return n
-    except ValueError:
-        pass
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+from dpo_ppo.gpus import task_cores as cores  # noqa: E402  (OMP_NUM_THREADS, else the affinity)
 
 
 def job_command(cache: Path, run_dir: Path, jobs_per_gpu: int, extra: list[str]) -> list[str]:

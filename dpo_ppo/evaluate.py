@@ -22,6 +22,7 @@ import contextlib
 
 import torch
 
+from dpo_ppo.hardware import CPU_SIZES
 from dpo_ppo.sampling import generate, sample_keys, sequence_kl
 
 
@@ -46,8 +47,8 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
     ``runtime`` (``dpo_ppo.hardware.Runtime``) gives the batch sizes (``eval_cfg.batch_size``
     wins when set) and the precision; without it: batches of 250 / 64 in float32.
     """
-    gen_batch = eval_cfg.batch_size or (runtime.gen_batch_size if runtime is not None else 250)
-    forward_batch = runtime.forward_batch_size if runtime is not None else 64
+    gen_batch = eval_cfg.batch_size or (runtime.gen_batch_size if runtime is not None else CPU_SIZES["gen_batch_size"])
+    forward_batch = runtime.forward_batch_size if runtime is not None else CPU_SIZES["forward_batch_size"]
     autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
     keys = sample_keys(eval_cfg.seed, range(len(prompts)))
     with autocast():

@@ -86,13 +86,32 @@ def concurrent_jobs(jobs_per_gpu) -> int:
 
 def check_jobs_per_gpu(value) -> int:
     """``hardware.jobs_per_gpu`` as a positive int, or an error naming the key."""
+    return positive_int(value, "hardware.jobs_per_gpu", " (jobs sharing one GPU)")
+
+
+def positive_int(value, key: str, meaning: str = "") -> int:
+    """``value`` as an int >= 1 (bools and floats refused), or a ValueError naming ``key``."""
     try:
         n = None if isinstance(value, (bool, float)) else int(value)
     except (TypeError, ValueError):
         n = None
     if n is None or n < 1:
-        raise ValueError(f"hardware.jobs_per_gpu must be an integer >= 1 (jobs sharing one GPU), got {value!r}")
+        raise ValueError(f"{key} must be an integer >= 1{meaning}, got {value!r}")
     return n
+
+
+def task_cores() -> int:
+    """CPU cores this process may use: OMP_NUM_THREADS when set, else its affinity."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+        if n > 0:
+            return n
+    except ValueError:
+        pass
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def register_resolvers() -> None:

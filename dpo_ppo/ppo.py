@@ -23,7 +23,8 @@ C)]``, so completion token ``t`` of every row sits at column ``P + t`` and is pr
 
 ``cfg.batch_size`` (when null, the hardware's ``train_micro_batch``) is the most sequences one
 forward/backward pass takes: scoring passes are chunked by it and a larger minibatch accumulates
-gradients over chunks of it (the loss stays the token mean over the whole minibatch).  Generation runs the whole rollout as one batch.
+gradients over chunks of it (the loss stays the token mean over the whole minibatch).  Generation
+runs the whole rollout as one batch.
 
 Log-probs are of the temperature-scaled policy; they ignore ``top_k`` truncation and the ban on an
 EOS as first token (``generate`` asks for at least one new token), as RLHF PPO usually does.
@@ -46,6 +47,7 @@ import torch
 import torch.nn as nn
 from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
 
+from dpo_ppo.hardware import CPU_SIZES
 from dpo_ppo.sampling import generate, model_device, pad_batch
 from dpo_ppo.snapshots import replace_dir, save_model_dir, snapshot_dir
 
@@ -401,7 +403,7 @@ def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int
 
     batch = make_batch(queries, completions, pad_id, device)
     mask = batch["mask"]
-    n, chunk = len(queries), max(1, chunk or cfg.batch_size or 16)
+    n, chunk = len(queries), max(1, chunk or cfg.batch_size or CPU_SIZES["train_micro_batch"])
     logprobs, ref_logprobs, values, entropy = [], [], [], []
     for start in range(0, n, chunk):
         part = select(batch, slice(start, start + chunk))
@@ -451,7 +453,7 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
     ``chunk`` and ``autocast`` as in ``rollout`` (the backward pass runs outside autocast)."""
     mask_all = batch["mask"]
     n, device = mask_all.shape[0], mask_all.device
-    chunk = max(1, chunk or cfg.batch_size or 16)
+    chunk = max(1, chunk or cfg.batch_size or CPU_SIZES["train_micro_batch"])
     params = [p for p in model.parameters() if p.requires_grad]
     keys = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl")
     totals = torch.zeros(len(keys), device=device)  # summed over optimiser steps, kept on device
@@ -552,7 +554,7 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
     when ``cfg.batch_size`` is null, and bf16 autocast when its precision is bf16.  Returns a
     summary of the run.
     """
-    chunk = cfg.batch_size or (runtime.train_micro_batch if runtime is not None else 16)
+    chunk = cfg.batch_size or (runtime.train_micro_batch if runtime is not None else CPU_SIZES["train_micro_batch"])
     autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

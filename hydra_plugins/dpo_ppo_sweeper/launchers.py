@@ -40,6 +40,8 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQue
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
+from dpo_ppo.gpus import positive_int as _positive_int, task_cores  # noqa: F401  (task_cores: for callers)
+
 log = logging.getLogger(__name__)
 
 # the processes of the jobs this array task runs now (module state: the launcher is pickled
@@ -55,30 +57,6 @@ Group = List[Tuple[List[str], int]]  # (overrides, job number) of each job of on
 def _say(message: str) -> None:
     """A line in the array task's own log (no logging is configured in that process)."""
     print(f"dpo_ppo packed ({time.strftime('%Y-%m-%d %H:%M:%S')}) - {message}", file=sys.stderr, flush=True)
-
-
-def task_cores() -> int:
-    """CPU cores this process may use: OMP_NUM_THREADS when set, else its affinity."""
-    try:
-        n = int(os.environ.get("OMP_NUM_THREADS", ""))
-        if n > 0:
-            return n
-    except ValueError:
-        pass
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _positive_int(value: Any, key: str) -> int:
-    try:
-        n = None if isinstance(value, (bool, float)) else int(value)
-    except (TypeError, ValueError):
-        n = None
-    if n is None or n < 1:
-        raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
-    return n
 
 
 class PackedLauncherMixin:
