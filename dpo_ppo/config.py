@@ -358,12 +358,17 @@ class HardwareConfig:
                                                     "micro-batches); > 0; null = from the device")
     analysis_batch_size: Optional[int] = option(None, "sequences per forward in the analyses; > 0; "
                                                       "null = from the device")
-    static_cache: Optional[bool] = option(None, "PPO rollouts sample with transformers' static KV cache, which "
-                                                "generate compiles on a GPU (torch.compile, CUDA graphs): ~12 s "
-                                                "once, then 21x the tokens/s of a rollout on an H200, over hundreds "
-                                                "of same-shaped rollouts (not used for evaluation or DPO's pairs: a "
-                                                "few large batches). Completions are the same either way; null = on "
-                                                "a GPU, off on a CPU (docs/performance.md)")
+    static_cache: Optional[bool] = option(None, "sample with transformers' static KV cache, which generate "
+                                                "compiles on a GPU (torch.compile, CUDA graphs): ~12 s per model and "
+                                                "shape, then 21x the tokens/s of an eager PPO rollout on an H200. "
+                                                "Used for PPO's rollouts (hundreds of same-shaped calls) and for a "
+                                                "prefs or evaluation call of at least static_cache_min_tokens. "
+                                                "Completions are the same either way; null = on a GPU, off on a CPU "
+                                                "(docs/performance.md)")
+    static_cache_min_tokens: Optional[int] = option(None, "with static_cache on, a prefs or evaluation call "
+                                                          "(prompts x new tokens) of fewer tokens decodes eagerly, "
+                                                          "its compile costing more than it saves; >= 0 (0: every "
+                                                          "call); null = 2000000")
     jobs_per_gpu: int = option(1, "jobs that share one GPU: local sweeps (hydra/launcher=joblib_gpu) start this "
                                   "many per visible GPU; on SLURM (hydra/launcher=slurm_gpu) one allocation "
                                   "runs this many at once; > 0")
@@ -372,6 +377,7 @@ class HardwareConfig:
         for key in ("gen_batch_size", "forward_batch_size", "train_micro_batch", "analysis_batch_size",
                     "jobs_per_gpu"):
             positive(f"{where}.{key}", getattr(self, key))
+        positive(f"{where}.static_cache_min_tokens", self.static_cache_min_tokens, allow_zero=True)
 
 
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -51,10 +51,11 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
     forward_batch = runtime.forward_batch_size if runtime is not None else CPU_SIZES["forward_batch_size"]
     autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
     keys = sample_keys(eval_cfg.seed, range(len(prompts)))
+    static = runtime is not None and runtime.static_for(len(prompts), eval_cfg.completion_len)
     with autocast():
         completions = generate(model, tokenizer, prompts, eval_cfg.completion_len,
                                temperature=eval_cfg.temperature, batch_size=gen_batch,
-                               desc=f"{desc}: sampling", keys=keys)
+                               desc=f"{desc}: sampling", keys=keys, static_cache=static)
     prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=True)
     comp_texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
     logits = scorer.logits([p + c for p, c in zip(prompt_texts, comp_texts)])

@@ -31,6 +31,13 @@ _GPU_MAX = {"gen_batch_size": 1024, "forward_batch_size": 64, "train_micro_batch
 _GPU_MIN = {"gen_batch_size": 64, "forward_batch_size": 8, "train_micro_batch": 8, "analysis_batch_size": 8}
 
 
+# a prefs or evaluation call samples with the static cache from this many tokens (prompts x new
+# tokens) on: the compile (12 s per model and shape on an H200) against the eager rate at batch 1024
+# (106k tokens/s) pays off from ~2M tokens if compiled decoding at that batch runs ~3x faster, as
+# it does at PPO's batch of 128 (21x there); `bench_gpu.py sampling` measures it
+STATIC_CACHE_MIN_TOKENS = 2_000_000
+
+
 @dataclasses.dataclass
 class Runtime:
     """The resolved precision and batch sizes of one job (results.json ``hardware``)."""
@@ -44,11 +51,18 @@ class Runtime:
     analysis_batch_size: int
     jobs_per_gpu: int = 1
     static_cache: bool = False
+    static_cache_min_tokens: int = STATIC_CACHE_MIN_TOKENS
     memory_gib: Optional[float] = None  # GPU memory one job may use
 
     @property
     def bf16(self) -> bool:
         return self.precision == "bf16"
+
+    def static_for(self, prompts: int, max_new_tokens: int) -> bool:
+        """Whether one sampling call of ``prompts`` x ``max_new_tokens`` (prefs, evaluation) uses
+        the static cache: when it is on and the call is large enough to pay for its compile.  PPO's
+        rollouts (hundreds of calls of one shape) use ``static_cache`` as it is."""
+        return self.static_cache and prompts * max_new_tokens >= self.static_cache_min_tokens
 
     def autocast(self):
         """The context every forward pass of a stage runs in: bf16 autocast, or nothing."""
@@ -85,7 +99,8 @@ def _pow2_floor(x: float) -> int:
 
 
 def _static_cache(hw, device: torch.device) -> bool:
-    """hardware.static_cache, null = on for CUDA (where generate compiles it), off elsewhere."""
+    """hardware.static_cache, null = on for CUDA (where generate compiles it), off elsewhere (on a
+    CPU nothing is compiled: the same completions at about the same speed)."""
     value = getattr(hw, "static_cache", None) if hw is not None else None
     return device.type == "cuda" if value is None else bool(value)
 
@@ -109,6 +124,8 @@ def resolve(cfg, device: torch.device) -> Runtime:
         if value is not None:
             sizes[key] = int(value)
     precision_key = getattr(cfg, "precision", "auto")
+    min_tokens = getattr(hw, "static_cache_min_tokens", None) if hw is not None else None
     return Runtime(device=str(device), device_name=name, precision=resolve_precision(precision_key, device),
                    jobs_per_gpu=jobs, memory_gib=memory, static_cache=_static_cache(hw, device),
+                   static_cache_min_tokens=STATIC_CACHE_MIN_TOKENS if min_tokens is None else int(min_tokens),
                    **sizes)

@@ -148,7 +148,9 @@ class Job:
         path = artifact(self.cache, "prefs", self.specs["prefs"],
                         lambda p: build_prefs(self.cfg.algorithm, prompts, model, tokenizer, scorer, p,
                                               batch_size=self.hw.gen_batch_size, seed=self.cfg.seed,
-                                              autocast=self.hw.autocast))
+                                              autocast=self.hw.autocast, static_cache=self.hw.static_for(
+                                                  len(prompts) * self.cfg.algorithm.num_completions,
+                                                  self.cfg.algorithm.completion_len)))
         return path, load_dataset_artifact(path)
 
     def reference_eval(self, ref_model, tokenizer, scorer, prompts):

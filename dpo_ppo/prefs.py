@@ -27,14 +27,17 @@ PREFS_SEED_OFFSET = 7_919  # keeps the prefs' sampling keys apart from evaluatio
 
 
 def build_prefs(algo, prompts: list[list[int]], model, tokenizer, scorer, path: Path,
-                batch_size: int = 256, seed: int = 0, autocast=contextlib.nullcontext) -> dict:
-    """Sample ``algo.num_completions`` completions per prompt, keep best and worst; save to ``path``."""
+                batch_size: int = 256, seed: int = 0, autocast=contextlib.nullcontext,
+                static_cache: bool = False) -> dict:
+    """Sample ``algo.num_completions`` completions per prompt, keep best and worst; save to ``path``.
+    ``static_cache`` as in ``sampling.generate`` (the same pairs, faster on a GPU at this scale)."""
     k = algo.num_completions
     repeated = [p for p in prompts for _ in range(k)]
     keys = sample_keys(seed + PREFS_SEED_OFFSET, range(len(repeated)))
     with autocast():
         completions = generate(model, tokenizer, repeated, algo.completion_len, temperature=algo.temperature,
-                               top_k=algo.top_k, batch_size=batch_size, desc="prefs: sampling", keys=keys)
+                               top_k=algo.top_k, batch_size=batch_size, desc="prefs: sampling", keys=keys,
+                               static_cache=static_cache)
     prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=True)
     comp_texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
     full = [prompt_texts[i // k] + c for i, c in enumerate(comp_texts)]

@@ -117,6 +117,7 @@ EVAL_ROW_COLUMNS = ("prompt_id", "p_positive", "completion_len", "kl", "kl_k1")
 # CPUs keeps its folders on a GPU
 HARDWARE_KEYS = ("hardware", "hardware.gen_batch_size", "hardware.forward_batch_size", "hardware.train_micro_batch",
                  "hardware.analysis_batch_size", "hardware.jobs_per_gpu", "hardware.static_cache",
+                 "hardware.static_cache_min_tokens",
                  "eval.batch_size", "analysis.batch_size")
 EXCLUDED_KEYS = ("logger", "logger.mode", "logger.project", "logger.entity", "device", "threads", "force",
                  "cache_dir", "sweep", "name", *HARDWARE_KEYS)

@@ -8,9 +8,8 @@ with the seed's 25-75 token prefixes).  ``pad_batch`` left-pads prompts for ``ge
 from __future__ import annotations
 
 import contextlib
-import copy
+import functools
 import logging
-import weakref
 from typing import Optional, Sequence
 
 import torch
@@ -135,51 +134,51 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens:
     global RNG; with ``keys`` (one int per prompt, see ``sample_keys``) each completion is a
     function of its key and the model alone (``KeyedGumbelSampler``).
 
+    Decoding runs the model in its own dtype with autocast off, whatever context it is called in:
+    measured on an H200 (docs/performance.md), eager decoding of the float32 model (TF32 matmuls)
+    gave 106k tokens/s at batch 1024, against 28k under bf16 autocast (which recasts every weight
+    at every token) and 32k from a bf16 copy.  So under ``precision=bf16`` the samples are the
+    float32 model's, and they do not depend on ``static_cache``.
+
     ``static_cache``: transformers' static KV cache, which ``generate`` compiles on a GPU (CUDA
     graphs, ``torch.compile``); every batch then has the same shape (prompts left-padded to the
     longest of the call, the last batch topped up with copies of its first row) so that the
-    compiled decoding step is reused, not recompiled.  Completions are the same either way.
+    compiled decoding step is reused, not recompiled.  Completions are the same either way (up to
+    floating-point rounding in the compiled kernels).  Should compiling fail on a GPU, the call and
+    every later one decode eagerly, with a warning.
     """
     device = model_device(model)
     was_training = model.training
     model.eval()
-    sampler, no_autocast = _sampling_model(model, static_cache)
+    static_cache = static_cache and not _STATIC_FAILED
+    run = functools.partial(_generate, model, tokenizer, prompts, max_new_tokens, temperature=temperature,
+                            top_k=top_k, batch_size=batch_size, desc=desc, stop_at_eos=stop_at_eos, keys=keys,
+                            device=device)
     try:
-        with no_autocast:
-            return _generate(sampler, tokenizer, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
-                             batch_size=batch_size, desc=desc, stop_at_eos=stop_at_eos, keys=keys,
-                             static_cache=static_cache, device=device)
+        with _no_autocast(device):
+            try:
+                return run(static_cache=static_cache)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # a compiler problem must not cost the job: the same samples, eagerly
+                if not (static_cache and device.type == "cuda"):
+                    raise
+                _STATIC_FAILED.append(repr(e))
+                logging.getLogger(__name__).warning("sampling: the compiled static cache failed (%r); decoding "
+                                                    "eagerly from now on (the same completions, slower)", e)
+                return run(static_cache=False)
     finally:
         model.train(was_training)
 
 
-def _sampling_model(model, static_cache: bool):
-    """The model to sample from and the context to sample in.
-
-    Under bf16 autocast, decoding never runs in autocast: it recasts every weight at every token
-    and keeps the KV cache in float32, and a static cache refuses the mixed dtypes.  Measured on an
-    H200 (docs/performance.md): eager decoding of the float32 model (TF32 matmuls) gave 106k
-    tokens/s at batch 1024, against 28k under autocast and 32k from a bf16 copy; so eager
-    sampling uses the float32 model with autocast off.  With the static cache (compiled decoding)
-    a bf16 copy runs, one per model, kept across calls and refreshed in place (a new copy each
-    call would recompile): 67k tokens/s for a 128-sample rollout against 3k eager."""
-    device_type = model_device(model).type
-    if not (torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16
-            and next(model.parameters()).dtype == torch.float32):
-        return model, contextlib.nullcontext()
-    no_autocast = torch.autocast(device_type, enabled=False)
-    if not static_cache:
-        return model, no_autocast
-    twin = _BF16_TWINS.get(model)
-    if twin is None:
-        twin = _BF16_TWINS[model] = copy.deepcopy(model).to(torch.bfloat16).eval()
-    with torch.no_grad():
-        for dst, src in zip(twin.state_dict().values(), model.state_dict().values()):
-            dst.copy_(src)
-    return twin, no_autocast
+_STATIC_FAILED: list = []  # set once the compiled static-cache path has failed in this process
 
 
-_BF16_TWINS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its bf16 sampling copy
+def _no_autocast(device: torch.device):
+    """Autocast off for decoding (see ``generate``), or nothing when none is on."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _generate(model, tokenizer, prompts, max_new_tokens, *, temperature, top_k, batch_size, desc, stop_at_eos,

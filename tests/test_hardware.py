@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import json
 import types
 from pathlib import Path
@@ -37,6 +39,9 @@ def test_cpu_keeps_the_cpu_sizes_in_float32_and_fixed_values_win():
     assert (rt.gen_batch_size, rt.precision, rt.bf16) == (7, "bf16", True)
     assert isinstance(rt.autocast(), torch.autocast)
     assert not isinstance(hardware.resolve(compose_cfg([]), torch.device("cpu")).autocast(), torch.autocast)
+    # hardware=cpu fixes the CPU sizes on any device: the preset must say what CPU_SIZES says
+    preset = compose_cfg(["hardware=cpu"]).hardware
+    assert {k: preset[k] for k in hardware.CPU_SIZES} == hardware.CPU_SIZES
 
 
 def test_gpu_sizes_scale_with_the_memory_a_job_may_use(monkeypatch):
@@ -63,6 +68,9 @@ def test_bad_precision_and_sizes_name_the_key():
         validate(compose_cfg(["precision=fp16"]))
     with pytest.raises(ConfigError, match=r"hardware\.jobs_per_gpu: must be > 0, got 0"):
         validate(compose_cfg(["hardware.jobs_per_gpu=0"]))
+    with pytest.raises(ConfigError, match=r"hardware\.static_cache_min_tokens: must be >= 0, got -1"):
+        validate(compose_cfg(["hardware.static_cache_min_tokens=-1"]))
+    validate(compose_cfg(["hardware.static_cache_min_tokens=0"]))
 
 
 def test_batch_sizes_are_not_part_of_a_jobs_identity():
@@ -70,7 +78,8 @@ def test_batch_sizes_are_not_part_of_a_jobs_identity():
         return config_hash(OmegaConf.to_container(compose_cfg(overrides), resolve=True))
 
     base = key([])
-    assert key(["hardware=gpu80", "eval.batch_size=17", "analysis.batch_size=3", "hardware.static_cache=true"]) == base
+    assert key(["hardware=gpu80", "eval.batch_size=17", "analysis.batch_size=3", "hardware.static_cache=true",
+                "hardware.static_cache_min_tokens=0"]) == base
     assert key(["precision=bf16"]) != base  # bf16 numerics are another computation
 
 
@@ -144,34 +153,82 @@ def test_static_cache_is_on_for_a_gpu_unless_set(monkeypatch):
     assert hardware.resolve(compose_cfg(["hardware.static_cache=false"]), torch.device("cuda", 0)).static_cache is False
 
 
-def test_bf16_sampling_with_a_static_cache_uses_one_refreshed_bf16_copy():
-    """Under bf16 autocast a static-cache rollout samples from a bf16 twin of the policy, made once
-    and refreshed in place: after a weight update its completions are those of the updated
-    weights (what a fresh bf16 copy samples), and eager sampling stays on the float32 model."""
+def test_sampling_under_bf16_autocast_is_the_float32_models_with_or_without_static_cache():
+    """Decoding turns autocast off and runs the model in its own dtype: under bf16 autocast the
+    completions are the float32 model's, with the static cache or without (so that
+    hardware.static_cache, left out of a job's identity, changes speed only), and they follow
+    the weights after an update.  A bf16 copy samples something else: the check can fail."""
+    model, tok = _word_model()
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(4, 20, (int(n),), generator=g).tolist() for n in torch.randint(2, 6, (12,), generator=g)]
+    keys = sample_keys(1, range(len(prompts)))
+
+    def sample(m, static, autocast):
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with ctx:
+            return generate(m, tok, prompts, 10, batch_size=5, desc=None, keys=keys, static_cache=static)
+
+    for _ in range(2):  # before and after a weight update
+        plain = sample(model, False, False)
+        assert sample(model, True, True) == plain and sample(model, False, True) == plain
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        assert next(model.parameters()).dtype == torch.float32  # the policy itself is never cast
+    assert sample(copy.deepcopy(model).to(torch.bfloat16), False, False) != sample(model, False, False)
+
+
+def test_a_failing_static_cache_on_a_gpu_falls_back_to_eager_decoding(monkeypatch, caplog):
+    """A compiler error in the static-cache path on a GPU costs a warning, not the job: the call
+    and later ones decode eagerly.  On a CPU (no compile) the error is raised."""
     from dpo_ppo import sampling
 
     model, tok = _word_model()
-    prompts = [[4, 5, 6], [7, 8], [9, 10, 11], [12, 13]]
-    keys = sample_keys(1, range(len(prompts)))
+    calls = []
 
-    def bf16_fresh():
-        return generate(copy.deepcopy(model).to(torch.bfloat16), tok, prompts, 8, batch_size=4, desc=None,
-                        keys=keys, static_cache=True)
+    def fake_generate(*args, static_cache, **kwargs):
+        calls.append(static_cache)
+        if static_cache:
+            raise RuntimeError("inductor failed")
+        return [[1]]
 
-    def under_autocast(static):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return generate(model, tok, prompts, 8, batch_size=4, desc=None, keys=keys, static_cache=static)
+    monkeypatch.setattr(sampling, "_generate", fake_generate)
+    monkeypatch.setattr(sampling, "_STATIC_FAILED", [])
+    with pytest.raises(RuntimeError, match="inductor"):  # a CPU: nothing compiles, a real error
+        generate(model, tok, [[4, 5]], 3, desc=None, static_cache=True)
+    monkeypatch.setattr(sampling, "model_device", lambda m: torch.device("cuda", 0))
+    calls.clear()
+    assert generate(model, tok, [[4, 5]], 3, desc=None, static_cache=True) == [[1]]
+    assert generate(model, tok, [[4, 5]], 3, desc=None, static_cache=True) == [[1]]
+    assert calls == [True, False, False]  # the second call no longer tries to compile
+    assert "decoding eagerly" in caplog.text
 
-    assert under_autocast(True) == bf16_fresh()
-    twin = sampling._BF16_TWINS[model]
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    assert under_autocast(True) == bf16_fresh()
-    assert sampling._BF16_TWINS[model] is twin and next(twin.parameters()).dtype == torch.bfloat16
-    assert next(model.parameters()).dtype == torch.float32  # the policy itself is never cast
-    # eager sampling under autocast is the float32 model's, autocast off
-    assert under_autocast(False) == generate(model, tok, prompts, 8, batch_size=4, desc=None, keys=keys)
+
+def test_static_cache_for_prefs_and_evaluation_only_from_enough_tokens(monkeypatch):
+    """Prefs and evaluation sample with the static cache only when the call is large enough to pay
+    for its compile (hardware.static_cache_min_tokens, prompts x new tokens)."""
+    from dpo_ppo import evaluate
+
+    rt = hardware.Runtime("cpu", "cpu", "fp32", 8, 8, 8, 8, static_cache=True, static_cache_min_tokens=1000)
+    assert not rt.static_for(10, 99) and rt.static_for(10, 100)
+    assert not dataclasses.replace(rt, static_cache=False).static_for(10**6, 100)
+    assert hardware.resolve(compose_cfg([]), torch.device("cpu")).static_cache_min_tokens == \
+        hardware.STATIC_CACHE_MIN_TOKENS
+    assert hardware.resolve(compose_cfg(["hardware.static_cache_min_tokens=7"]),
+                            torch.device("cpu")).static_cache_min_tokens == 7
+    seen = []
+    monkeypatch.setattr(evaluate, "generate", lambda *a, static_cache, **k: seen.append(static_cache) or
+                        [[5]] * len(a[2]))
+
+    class Scorer:
+        def logits(self, texts):
+            return torch.zeros(len(texts))
+
+    model, tok = _word_model()
+    cfg = OmegaConf.create({"seed": 0, "completion_len": 10, "temperature": 1.0, "batch_size": None})
+    for n in (99, 100):
+        evaluate.evaluate_model(model, tok, Scorer(), [[4, 5]] * n, cfg, runtime=rt)
+    assert seen == [False, True]
 
 
 def test_bf16_evaluation_agrees_with_float32_within_its_noise():
