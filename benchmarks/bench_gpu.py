@@ -1,6 +1,6 @@
 """GPU figures at Pythia-70m shape (random weights: no downloads): sampling, precision, job targets.
 
-    python benchmarks/bench_gpu.py sampling      # tokens/s: forward limit, before, after (+ static cache)
+    python benchmarks/bench_gpu.py sampling      # tokens/s: forward limit, before, after, static cache
     python benchmarks/bench_gpu.py agreement     # eval metrics in float32 and bf16, same policy
     python benchmarks/bench_gpu.py targets       # paper_run2 DPO and PPO jobs, seconds per stage
     python benchmarks/bench_gpu.py all --out DIR # everything, one JSON per section in DIR
@@ -114,9 +114,24 @@ def section_sampling(device, out: dict) -> None:
     out["after_fp32_auto"] = sample_rate(model, tok, prompts_of(n, 25, 1), 100, rt.gen_batch_size, "fp32", device)
     out["ratio_after_vs_before"] = round(out["after_bf16_auto"]["tokens_per_s"] / out["before_fp32_b250"]["tokens_per_s"], 2)
     emit(out)
+    # the static cache at the same batch (what prefs of >= hardware.static_cache_min_tokens use):
+    # the first call compiles, the second (new prompts, same shape) runs what was compiled
+    first = sample_rate(model, tok, prompts_of(n, 25, 6), 100, rt.gen_batch_size, "bf16", device, static=True)
+    out["static_auto_first_call_s"] = first["seconds"]
+    out["static_auto"] = static = sample_rate(model, tok, prompts_of(n, 25, 7), 100, rt.gen_batch_size, "bf16",
+                                              device, static=True)
+    out["ratio_static_vs_before"] = round(static["tokens_per_s"] / out["before_fp32_b250"]["tokens_per_s"], 2)
+    compile_s = first["seconds"] - static["seconds"]
+    gain = 1 / out["after_bf16_auto"]["tokens_per_s"] - 1 / static["tokens_per_s"]
+    # the call size from which the static cache pays for its compile (hardware.static_cache_min_tokens)
+    out["static_break_even_tokens"] = round(compile_s / gain) if gain > 0 else None
+    emit(out)
     # run1 shape: 100-token prefixes, 500 new tokens (a shorter run of it: 200 new tokens)
-    out["run1_after_bf16"] = sample_rate(model, tok, prompts_of(rt.gen_batch_size // 2, 100, 2), 200,
-                                         rt.gen_batch_size // 2, "bf16", device)
+    half = rt.gen_batch_size // 2
+    out["run1_after_bf16"] = sample_rate(model, tok, prompts_of(half, 100, 2), 200, half, "bf16", device)
+    emit(out)
+    sample_rate(model, tok, prompts_of(half, 100, 8), 200, half, "bf16", device, static=True)  # compile
+    out["run1_static"] = sample_rate(model, tok, prompts_of(half, 100, 2), 200, half, "bf16", device, static=True)
     emit(out)
 
 
@@ -215,8 +230,8 @@ def section_targets(device, out: dict, work: Path, ppo_examples: int, extra: lis
     out["run2_dpo"] = run_job("run2_dpo", [*common, "algorithm=dpo", "analysis=full"], work, 400)
     emit(out)
     # PPO: a part of the run (the same updates, fewer of them), extrapolated to run2's 10000
-    # examples; default (dynamic cache) and with the rollouts' static cache
-    for name, more in (("run2_ppo_part", []), ("run2_ppo_static_part", ["hardware.static_cache=true"])):
+    # examples; the default (on a GPU: rollouts with the static cache), then eager rollouts
+    for name, more in (("run2_ppo_part", []), ("run2_ppo_eager_part", ["hardware.static_cache=false"])):
         out[name] = part = run_job(name, [*common, "algorithm=ppo", "analysis=full",
                                           f"algorithm.examples={ppo_examples}", *more], work, 400)
         stages = part.get("stages") or {}

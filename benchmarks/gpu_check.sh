@@ -6,11 +6,15 @@
 #
 # It installs what the machine lacks from wheels in .whl/ (and TRL 1.12 for the peer benchmark in
 # .whl_trl112/; `bash benchmarks/fetch_wheels.sh` fills both here: carry them along), then runs
-# each benchmark under its own time limit, most important first, so that a slow one never costs the others: sampling speed, PPO per update
-# (ours and TRL 1.12's on the same work), the paper_run2 jobs, bf16 against fp32, jobs packed on
-# one GPU, the static KV cache.  Every figure comes from benchmarks/*.py; docs/performance.md
-# keeps them with the card's name.  The budget (570 s) was too short for all of it on an H200 on
-# 2026-11-27: the paper_run2 PPO job and packing ran out of time; BUDGET= and STEPS= split it.
+# each benchmark under its own time limit, so that a slow one never costs the others.  The order is
+# what docs/performance.md still lacks first: PPO per update, ours and TRL 1.12's on the same work
+# (one run, one card, for the ratio); the paper_run2 jobs; sampling speed with the static cache at
+# batch 1024 and its break-even size; jobs packed on one GPU; bf16 against fp32; the rollouts'
+# static cache.  Every figure comes from benchmarks/*.py; docs/performance.md keeps them with the
+# card's name.  All of it takes ~800 s on an H200, more than one device call (600 s): with the
+# device tool's 15 minutes, run it as two calls on the same warm machine,
+#   STEPS="ppo trl targets" bash benchmarks/gpu_check.sh      # ~450 s
+#   STEPS="sampling packing agreement" bash benchmarks/gpu_check.sh   # ~300 s
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
@@ -41,13 +45,13 @@ step() {  # step SECONDS NAME COMMAND...: one benchmark, its own limit (within t
   fi
 }
 
-step 90 sampling $PY benchmarks/bench_gpu.py sampling --out "$OUT"
 step 100 ppo $PY benchmarks/bench_ppo.py --pythia --geometry trl --precision both --static-cache --json "$OUT/ppo.json"
 step 100 trl env PYTHONPATH="$TRL112_PYTHONPATH" \
   $PY benchmarks/bench_trl_ppo.py --pythia --precision default,autocast --json "$OUT/trl.json"
 step 240 targets $PY benchmarks/bench_gpu.py targets --out "$OUT"
-step 40 agreement $PY benchmarks/bench_gpu.py agreement --out "$OUT"
+step 150 sampling $PY benchmarks/bench_gpu.py sampling --out "$OUT"
 step 110 packing $PY benchmarks/bench_packing.py 4 --lean --json "$OUT/packing.json"
+step 40 agreement $PY benchmarks/bench_gpu.py agreement --out "$OUT"
 step 60 static $PY benchmarks/bench_gpu.py static --out "$OUT"
 echo "== total $(( $(date +%s) - T0 ))s" | tee -a "$OUT/log.txt"
 $PY benchmarks/gpu_table.py "$OUT"
