@@ -148,19 +148,26 @@ def _exit_with_one_line(exc: BaseException, job_dir: str | None) -> None:
     sys.exit(1)
 
 
-def main() -> None:
-    """``dpo-ppo``: bad input ends in one line on stderr, never a Python traceback (Hydra's
-    composition errors included: they are raised to here instead of printed by Hydra)."""
+def run_cli(app, on_error) -> None:
+    """Run the Hydra ``app`` of a console script so that bad input ends in one line: Hydra's
+    composition errors are raised to here (``HYDRA_FULL_ERROR=1``) instead of printed by Hydra,
+    and ``on_error(exc)`` prints that line and exits.  A user who set ``HYDRA_FULL_ERROR``
+    keeps Hydra's full traces."""
     import os
 
-    if os.environ.get("HYDRA_FULL_ERROR"):  # the user asked for Hydra's full traces
+    if os.environ.get("HYDRA_FULL_ERROR"):
         app()
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         app()
     except Exception as e:
-        _exit_with_one_line(e, None)
+        on_error(e)
+
+
+def main() -> None:
+    """``dpo-ppo``: bad input ends in one line on stderr, never a Python traceback."""
+    run_cli(app, lambda e: _exit_with_one_line(e, None))
 
 
 if __name__ == "__main__":

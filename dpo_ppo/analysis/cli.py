@@ -32,7 +32,7 @@ import hydra
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dpo_ppo.config import ConfigError, register_configs
-from dpo_ppo.main import CONF_DIR
+from dpo_ppo.main import CONF_DIR, run_cli
 
 log = logging.getLogger("dpo_ppo.analyze")
 
@@ -325,18 +325,8 @@ def _exit_with_one_line(exc: BaseException) -> None:
 
 
 def main() -> None:
-    """``dpo-ppo-analyze``: Hydra's composition errors are raised to here (not printed by Hydra),
-    so that they too end in one line; ``HYDRA_FULL_ERROR=1`` keeps Hydra's full traces."""
-    import os
-
-    if os.environ.get("HYDRA_FULL_ERROR"):
-        app()
-        return
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        app()
-    except Exception as e:
-        _exit_with_one_line(e)
+    """``dpo-ppo-analyze``: bad input, Hydra's composition errors included, ends in one line."""
+    run_cli(app, _exit_with_one_line)
 
 
 if __name__ == "__main__":  # pragma: no cover
