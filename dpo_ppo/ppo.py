@@ -456,8 +456,11 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
     chunk = max(1, chunk or cfg.batch_size or CPU_SIZES["train_micro_batch"])
     params = [p for p in model.parameters() if p.requires_grad]
     keys = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl")
-    totals = torch.zeros(len(keys), device=device)  # summed over optimiser steps, kept on device
-    steps, epochs_done, trained_tokens = 0, 0, 0
+    # statistics stay on the device until the end: reading one back (int(), float()) inside the
+    # loop would make the CPU wait for the GPU at every chunk, where it could queue the next kernels
+    totals = torch.zeros(len(keys), device=device)  # summed over optimiser steps
+    trained_tokens = torch.zeros((), dtype=torch.long, device=device)
+    steps, epochs_done = 0, 0
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=generator).to(device)
         epoch = torch.zeros(len(keys), device=device)
@@ -477,7 +480,7 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
                 vf, vf_clipfrac = value_loss(values, part["old_values"], part["returns"], mask,
                                              cfg.cliprange_value)
                 ((pg + cfg.vf_coef * vf) * weight).backward()
-                trained_tokens += int(part["attention_mask"].sum())
+                trained_tokens += part["attention_mask"].sum()
                 epoch += torch.stack([pg.detach(), vf.detach(), clipfrac, vf_clipfrac, approx_kl]) * weight
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -485,14 +488,14 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
             steps += 1
         totals += epoch
         epochs_done += 1
-        mean_approx_kl = float(epoch[keys.index("approx_kl")]) / len(minibatches)
-        if cfg.early_stop_kl is not None and mean_approx_kl > cfg.early_stop_kl:
-            break
+        if cfg.early_stop_kl is not None:
+            if float(epoch[keys.index("approx_kl")]) / len(minibatches) > cfg.early_stop_kl:
+                break
     optimizer.zero_grad(set_to_none=True)
     stats = {f"train/{key}": float(value) / max(steps, 1) for key, value in zip(keys, totals)}
     stats["train/ppo_epochs_done"] = epochs_done
     stats["train/optimizer_steps"] = steps
-    stats["train/trained_tokens"] = trained_tokens
+    stats["train/trained_tokens"] = int(trained_tokens)
     return stats
 
 
