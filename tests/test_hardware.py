@@ -271,3 +271,27 @@ def test_a_bf16_job_runs_end_to_end_on_the_cpu(shared_cache, tmp_path):
     assert results["hardware"]["train_micro_batch"] == 16
     for key in ("eval/policy/reward_mean", "eval/policy/kl_to_ref"):
         assert torch.isfinite(torch.tensor(results["metrics"][key]))
+
+
+def test_a_job_samples_its_prefs_with_the_static_cache_from_enough_tokens(tmp_path, monkeypatch):
+    """The job asks for the static cache for DPO's pairs when prefixes x completions x completion
+    length reaches hardware.static_cache_min_tokens, not below."""
+    from datasets import Dataset
+
+    from dpo_ppo import prefs
+    from dpo_ppo.job import Job
+
+    seen = []
+
+    def fake_build_prefs(algo, prompts, model, tokenizer, scorer, path, *, static_cache, **kwargs):
+        seen.append(static_cache)
+        Dataset.from_dict({"prompt_ids": [[1]], "chosen_ids": [[2]], "rejected_ids": [[3]]}).save_to_disk(str(path))
+
+    monkeypatch.setattr(prefs, "build_prefs", fake_build_prefs)
+    prompts = [[4, 5], [6, 7], [8, 9]]
+    for extra in (0, 1):
+        cfg = compose_cfg(["algorithm=dpo", f"cache_dir={tmp_path / str(extra)}", "hardware.static_cache=true"])
+        tokens = len(prompts) * cfg.algorithm.num_completions * cfg.algorithm.completion_len
+        cfg.hardware.static_cache_min_tokens = tokens + extra
+        Job(cfg, tmp_path / f"job{extra}").prefs(prompts, None, None, None)
+    assert seen == [True, False]
