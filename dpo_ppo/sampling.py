@@ -39,14 +39,11 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 def keyed_gumbel(keys: torch.Tensor, step: int, width: int) -> torch.Tensor:
     """Gumbel noise -log(-log(u)) of ``keyed_uniform``: on a GPU one fused kernel (torch.compile),
     instead of ~20 passes over a [batch, vocabulary] int64 tensor per sampled token."""
-    if keys.device.type == "cuda":
-        fn = _compiled_gumbel()
-        if fn is not None:
-            try:
-                return fn(keys, torch.as_tensor(step, device=keys.device), width)
-            except Exception as e:  # a compiler problem must never stop sampling
-                _COMPILED["gumbel"] = None
-                logging.getLogger(__name__).warning("sampling: compiled Gumbel noise failed (%s); eager from now on", e)
+    if keys.device.type == "cuda" and "Gumbel noise" not in _COMPILE_FAILED:
+        try:
+            return _compiled_gumbel()(keys, torch.as_tensor(step, device=keys.device), width)
+        except Exception as e:  # a compiler problem must never stop sampling
+            _compile_failed("Gumbel noise", e)
     return _gumbel_eager(keys, step, width)
 
 
@@ -54,16 +51,18 @@ def _gumbel_eager(keys, step, width):
     return -torch.log(-torch.log(keyed_uniform(keys, step, width)))
 
 
-_COMPILED: dict = {}
-
-
+@functools.cache
 def _compiled_gumbel():
-    if "gumbel" not in _COMPILED:
-        try:
-            _COMPILED["gumbel"] = torch.compile(_gumbel_eager, dynamic=True)
-        except Exception:  # no compiler available: eager
-            _COMPILED["gumbel"] = None
-    return _COMPILED["gumbel"]
+    return torch.compile(_gumbel_eager, dynamic=True)
+
+
+_COMPILE_FAILED: set = set()  # the compiled paths that failed in this process: eager from then on
+
+
+def _compile_failed(what: str, exc: BaseException) -> None:
+    _COMPILE_FAILED.add(what)
+    logging.getLogger(__name__).warning("sampling: the compiled %s failed (%r); decoding eagerly from now on "
+                                        "(the same samples, slower)", what, exc)
 
 
 def keyed_uniform(keys: torch.Tensor, step, width: int) -> torch.Tensor:
@@ -150,7 +149,7 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens:
     device = model_device(model)
     was_training = model.training
     model.eval()
-    static_cache = static_cache and not _STATIC_FAILED
+    static_cache = static_cache and "static cache" not in _COMPILE_FAILED
     run = functools.partial(_generate, model, tokenizer, prompts, max_new_tokens, temperature=temperature,
                             top_k=top_k, batch_size=batch_size, desc=desc, stop_at_eos=stop_at_eos, keys=keys,
                             device=device)
@@ -163,15 +162,10 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens:
             except Exception as e:  # a compiler problem must not cost the job: the same samples, eagerly
                 if not (static_cache and device.type == "cuda"):
                     raise
-                _STATIC_FAILED.append(repr(e))
-                logging.getLogger(__name__).warning("sampling: the compiled static cache failed (%r); decoding "
-                                                    "eagerly from now on (the same completions, slower)", e)
+                _compile_failed("static cache", e)
                 return run(static_cache=False)
     finally:
         model.train(was_training)
-
-
-_STATIC_FAILED: list = []  # set once the compiled static-cache path has failed in this process
 
 
 def _no_autocast(device: torch.device):

@@ -193,7 +193,7 @@ def test_a_failing_static_cache_on_a_gpu_falls_back_to_eager_decoding(monkeypatc
         return [[1]]
 
     monkeypatch.setattr(sampling, "_generate", fake_generate)
-    monkeypatch.setattr(sampling, "_STATIC_FAILED", [])
+    monkeypatch.setattr(sampling, "_COMPILE_FAILED", set())
     with pytest.raises(RuntimeError, match="inductor"):  # a CPU: nothing compiles, a real error
         generate(model, tok, [[4, 5]], 3, desc=None, static_cache=True)
     monkeypatch.setattr(sampling, "model_device", lambda m: torch.device("cuda", 0))
