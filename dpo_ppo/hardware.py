@@ -101,14 +101,14 @@ def _pow2_floor(x: float) -> int:
 def _static_cache(hw, device: torch.device) -> bool:
     """hardware.static_cache, null = on for CUDA (where generate compiles it), off elsewhere (on a
     CPU nothing is compiled: the same completions at about the same speed)."""
-    value = getattr(hw, "static_cache", None) if hw is not None else None
+    value = getattr(hw, "static_cache", None)
     return device.type == "cuda" if value is None else bool(value)
 
 
 def resolve(cfg, device: torch.device) -> Runtime:
     """The job's ``Runtime`` from ``cfg.precision`` and ``cfg.hardware`` on ``device``."""
     hw = getattr(cfg, "hardware", None)
-    jobs = int(getattr(hw, "jobs_per_gpu", 1) or 1) if hw is not None else 1
+    jobs = int(getattr(hw, "jobs_per_gpu", None) or 1)  # getattr(None, ...) is the default: no hardware group
     memory = None
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
@@ -120,11 +120,11 @@ def resolve(cfg, device: torch.device) -> Runtime:
         name = device.type
         sizes = dict(CPU_SIZES)
     for key in sizes:  # fixed values (hardware=cpu, hardware.gen_batch_size=512) win
-        value = getattr(hw, key, None) if hw is not None else None
+        value = getattr(hw, key, None)
         if value is not None:
             sizes[key] = int(value)
     precision_key = getattr(cfg, "precision", "auto")
-    min_tokens = getattr(hw, "static_cache_min_tokens", None) if hw is not None else None
+    min_tokens = getattr(hw, "static_cache_min_tokens", None)
     return Runtime(device=str(device), device_name=name, precision=resolve_precision(precision_key, device),
                    jobs_per_gpu=jobs, memory_gib=memory, static_cache=_static_cache(hw, device),
                    static_cache_min_tokens=STATIC_CACHE_MIN_TOKENS if min_tokens is None else int(min_tokens),
