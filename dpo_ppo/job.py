@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from dpo_ppo.analysis.config import REFERENCE_ANALYSIS_VERSION
 from dpo_ppo.cache import artifact, load_dataset_artifact
 from dpo_ppo.config import Config, as_dict, to_typed
 from dpo_ppo.identity import ConfigDrift, config_diff, config_hash
@@ -92,7 +93,14 @@ def artifact_specs(cfg: Config, precision: str = "fp32") -> dict:
                                      "completion_len", "temperature", "top_k")}, **numerics}
     eval_spec = {k: v for k, v in as_dict(cfg.eval).items() if k != "batch_size"}
     ref_eval = {"base": base, "classifier": classifier, "corpus": corpus, "eval": eval_spec, **numerics}
-    return {"corpus": corpus, "base": base, "classifier": classifier, "prefs": prefs, "ref_eval": ref_eval}
+    # the reference's side of the per-model analyses (Job.reference_cache): the reference, the
+    # held-out texts, the scorer and the analysis settings; the analysis's "what" is added per call
+    analysis = (None if cfg.analysis is None else
+                {k: v for k, v in as_dict(cfg.analysis).items() if k not in ("name", "batch_size", "device")})
+    ref_analysis = {"base": base, "classifier": classifier, "corpus": corpus, "analysis": analysis,
+                    "code": REFERENCE_ANALYSIS_VERSION, **numerics}
+    return {"corpus": corpus, "base": base, "classifier": classifier, "prefs": prefs, "ref_eval": ref_eval,
+            "ref_analysis": ref_analysis}
 
 
 class Job:
@@ -167,6 +175,15 @@ class Job:
         path = artifact(self.cache, "ref_eval", self.specs["ref_eval"], build)
         self.rec.results["artifacts"]["ref_eval"] = str(path)
         return json.loads((path / "metrics.json").read_text())
+
+    def reference_cache(self, what: str, compute):
+        """The reference's side of analysis ``what`` (``analysis.context.Context``), from the shared
+        cache: the first job of a sweep to need it computes it (the others wait on its lock), every
+        later one reads it.  A computed value is returned as read back, so a job gets the same
+        numbers whether it computed them or not."""
+        path = artifact(self.cache, "ref_analysis", {**self.specs["ref_analysis"], "what": what},
+                        lambda p: torch.save(compute(), p / "value.pt"))
+        return torch.load(path / "value.pt", map_location="cpu", weights_only=True)
 
     def record_compute(self, summary: dict) -> None:
         """What training cost, for comparisons at matched compute: results.json ``compute``."""
@@ -289,7 +306,7 @@ class Job:
         with self.hw.autocast():
             out = run_analysis(acfg, ref_model, policy, tokenizer, texts=test["text"],
                                labels=test["label"], scorer=scorer, out_dir=self.job_dir,
-                               snapshots=snapshots, device=self.device)
+                               snapshots=snapshots, device=self.device, reference_cache=self.reference_cache)
         self.rec.metrics(out.get("scalars", {}))
         images = {k: str(Path(v).relative_to(self.job_dir)) if Path(v).is_absolute() else str(v)
                   for k, v in out.get("images", {}).items()}

@@ -126,6 +126,49 @@ def test_full_suite_on_tiny_models(world, tmp_path):
     assert res["details"]["ablation"]["policy"]["completions_base"]
 
 
+def test_the_reference_side_is_computed_once_through_the_reference_cache(world, tmp_path):
+    """With a reference_cache the reference's ablation, head scores and attention are asked of it
+    (and computed only when it has none): the same numbers as without one; what it holds is what
+    the analyses report, and the policy's side never goes through it."""
+    tok, ref, pol, texts, labels = world
+    cfg = _fast(ablation_reference=True, activations=False, weights=False)
+
+    def analyse(out, cache=None):
+        res = run_analysis(cfg, ref, pol, tok, texts=texts, labels=labels, scorer=LexiconScorer(),
+                           out_dir=tmp_path / out, device="cpu", strict=True, reference_cache=cache)
+        return {k: v for k, v in res["scalars"].items() if "/time_s/" not in k}, res["per_head"]
+
+    plain = analyse("plain")
+    store, asked = {}, []
+
+    def cache(what, compute):
+        asked.append(what)
+        if what not in store:
+            store[what] = compute()
+        return store[what]
+
+    assert analyse("first", cache) == plain
+    assert sorted(asked) == ["ablation", "heads", "sentiment_attention"]
+    # a later job reads what is stored (changed here, so that reading it shows): nothing is recomputed
+    store["ablation"]["lm_loss_base"] = 123.0
+    store["heads"]["induction"] = torch.full_like(store["heads"]["induction"], 0.5)
+    store["sentiment_attention"]["mean"] = torch.zeros_like(store["sentiment_attention"]["mean"])
+
+    def read_only(what, compute):
+        return store[what]
+
+    scalars, per_head = analyse("second", read_only)
+    assert scalars["analysis/ablation/reference/lm_loss_base"] == 123.0
+    assert scalars["analysis/heads/reference/induction_max"] == 0.5
+    assert scalars["analysis/sentiment_attention/reference/max_attention"] == 0.0
+    assert scalars["analysis/sentiment_attention/max_abs_change"] == pytest.approx(
+        plain[0]["analysis/sentiment_attention/policy/max_attention"])
+    for name, value in plain[0].items():
+        if "/policy/" in name:
+            assert scalars[name] == value, name
+    assert per_head["heads/policy/induction"] == plain[1]["heads/policy/induction"]
+
+
 def test_identical_models_show_no_change(world, tmp_path):
     tok, ref, _, texts, labels = world
     cfg = _fast(ablation=False)

@@ -57,6 +57,39 @@ def test_artifacts_shared_across_jobs_and_keyed_by_their_inputs(shared_cache):
     assert artifact_specs(_cfg(shared_cache, "classifier.lr=0.01"))["classifier"] != a["classifier"]
 
 
+def test_the_reference_analysis_is_shared_by_jobs_and_keyed_by_what_it_depends_on(shared_cache, tmp_path):
+    """Job.reference_cache: computed by the first job that asks, read back by every later one with
+    the same reference, texts, scorer and analysis settings, whatever the algorithm, its
+    hyperparameters, the seed or the batch size; recomputed when an analysis setting changes."""
+    import torch
+
+    from dpo_ppo.job import Job
+
+    def job(*overrides):
+        return Job(compose_cfg([f"cache_dir={tmp_path / 'cache'}", "analysis=fast", *overrides]),
+                   tmp_path / "job")
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"grid": torch.arange(6.0).view(2, 3) / 7, "base": 0.25, "texts": ["a b"]}
+
+    first = job("algorithm.beta=0.5").reference_cache("ablation", compute)
+    assert calls == [1] and first["base"] == 0.25 and first["texts"] == ["a b"]
+    assert torch.equal(first["grid"], torch.arange(6.0).view(2, 3) / 7)
+    for same in (["algorithm=ppo", "algorithm.kl_target=3"], ["seed=7"], ["analysis.batch_size=3"],
+                 ["analysis.device=cpu"]):
+        again = job(*same).reference_cache("ablation", compute)
+        assert calls == [1], same
+        assert torch.equal(again["grid"], first["grid"]) and again["base"] == first["base"]
+    job().reference_cache("heads", compute)  # another analysis: its own entry
+    job("analysis.ablation_prompts=5").reference_cache("ablation", compute)
+    job("precision=bf16").reference_cache("ablation", compute)
+    assert len(calls) == 4
+    assert len([p for p in (tmp_path / "cache" / "ref_analysis").iterdir() if p.is_dir()]) == 4
+
+
 def test_killed_job_resumes_from_its_last_snapshot(shared_cache, tmp_path):
     """Kill a real job after its first snapshot; the relaunch continues from the checkpoint."""
     from conftest import TINY

@@ -85,6 +85,12 @@ def test_smoke_sweep_killed_relaunched_reported(tmp_path, default_cache):
     span = {a: [kl[n] for n, r in after.items() if r["algorithm"] == a] for a in ("dpo", "ppo")}
     assert max(min(span["dpo"]), min(span["ppo"])) < min(max(span["dpo"]), max(span["ppo"])), span
 
+    # the reference's side of the analyses was computed once for the sweep's 8 jobs (and shared with
+    # any other job of this cache with analysis=fast), not once per job
+    specs = [json.loads(p.read_text()) for p in default_cache.glob("ref_analysis/*/spec.json")]
+    fast = sorted(s["what"] for s in specs if s["analysis"]["max_tokens"] == 32 and not s["analysis"]["ablation_reference"])
+    assert fast == ["heads", "sentiment_attention"], fast
+
     stamps = {p: p.stat().st_mtime for p in root.glob("*/results.json")}
     third = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert third.returncode == 0

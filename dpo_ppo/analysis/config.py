@@ -26,6 +26,12 @@ ABLATION_KINDS = ("zero", "mean")
 _MARK = re.compile(r"\[([^\[\]]+)\]")
 
 
+# part of the key of every cached reference-side result (Job.reference_cache, Context.of_reference):
+# raise it whenever an analysis changes what it computes for the reference, so that no sweep reads
+# results of older code
+REFERENCE_ANALYSIS_VERSION = 1
+
+
 @dataclass
 class AnalysisConfig:
     """The analysis suite (group ``analysis``): which analyses run and the sizes that set their cost.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -28,6 +28,12 @@ class Context:
     on ``device`` (the caller's own where they already live there, else copies).  ``order`` is the
     held-out texts' indices shuffled with ``cfg.seed``.  ``bridge(name)`` boots a TransformerLens
     bridge of ``models[name]`` the first time an analysis asks for it.
+
+    ``reference_cache(what, compute)``, when given, returns ``compute()``'s value for the reference's
+    side of analysis ``what`` from wherever the caller keeps it (a job: the sweep's shared cache,
+    ``Job.reference_cache``), computing it only the first time.  Every job of a sweep analyses the
+    same reference on the same texts, so its ablation, head scores and attention are computed once.
+    Analyses reach it through ``of_reference``.
     """
 
     cfg: AnalysisConfig
@@ -45,12 +51,13 @@ class Context:
     order: list
     n_layers: int
     n_heads: int
+    reference_cache: Optional[Callable[[str, Callable[[], Any]], Any]] = None
     _bridges: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, cfg: AnalysisConfig, reference, policy, tokenizer, *, texts: Sequence[str],
               labels: Sequence[int], scorer, out_dir: Path, snapshots: Sequence[Path] = (),
-              device=None) -> "Context":
+              device=None, reference_cache=None) -> "Context":
         L, H = n_layers(policy), n_heads(policy)
         if (n_layers(reference), n_heads(reference)) != (L, H):
             raise ValueError(f"reference ({n_layers(reference)}x{n_heads(reference)}) and policy ({L}x{H}) "
@@ -61,7 +68,8 @@ class Context:
                    models={"reference": on_device(reference, device), "policy": on_device(policy, device)},
                    tokenizer=tokenizer, texts=texts, labels=[int(y) for y in labels], scorer=scorer,
                    out_dir=Path(out_dir), snapshots=list(snapshots or ()), device=device, pad=pad_id(tokenizer),
-                   order=shuffled_indices(len(texts), cfg.seed), n_layers=L, n_heads=H)
+                   order=shuffled_indices(len(texts), cfg.seed), n_layers=L, n_heads=H,
+                   reference_cache=reference_cache)
 
     @property
     def plot_dir(self) -> Path:
@@ -72,6 +80,14 @@ class Context:
         if name not in self._bridges:
             self._bridges[name] = boot_bridge(self.models[name], self.tokenizer, self.device)
         return self._bridges[name]
+
+    def of_reference(self, what: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``, the reference's side of analysis ``what``: from ``reference_cache`` when
+        there is one (``compute`` must then depend on nothing but the reference, the held-out texts,
+        the scorer and ``cfg``: that is what the cache's key holds)."""
+        if self.reference_cache is None:
+            return compute()
+        return self.reference_cache(what, compute)
 
     def texts_at(self, indices: Sequence[int]) -> list[str]:
         return [self.texts[i] for i in indices]

@@ -90,13 +90,16 @@ def _merge(res: dict, out: Output) -> None:
 
 
 def run_analysis(cfg_analysis, reference, policy, tokenizer, *, texts: list[str], labels: list[int], scorer,
-                 out_dir: Path, snapshots: Sequence[Path] = (), device=None, strict: bool = False) -> dict:
+                 out_dir: Path, snapshots: Sequence[Path] = (), device=None, strict: bool = False,
+                 reference_cache=None) -> dict:
     """Run the enabled analyses on (reference, policy); write ``out_dir/analysis.json`` and plots.
 
     ``texts``/``labels`` are held-out reviews (1 = positive); ``scorer.p_positive(texts)`` is the
     sentiment classifier; ``snapshots`` are ``save_pretrained`` folders ``.../ex_{examples:07d}``.
     Neither model is modified (bridges and device moves work on copies; hooks are removed).
     ``strict=True`` re-raises the first failing analysis instead of recording it under ``errors``.
+    ``reference_cache(what, compute)``: where the reference's side of the per-model analyses is kept
+    between runs (``Context``); None computes it here.
     ``cfg_analysis.batch_size`` must be a number here (a null is resolved by the caller).
     """
     cfg = _as_config(cfg_analysis)
@@ -105,7 +108,7 @@ def run_analysis(cfg_analysis, reference, policy, tokenizer, *, texts: list[str]
     res = _empty()
     if cfg.enabled:
         ctx = Context.build(cfg, reference, policy, tokenizer, texts=texts, labels=labels, scorer=scorer,
-                            out_dir=out_dir, snapshots=snapshots, device=device)
+                            out_dir=out_dir, snapshots=snapshots, device=device, reference_cache=reference_cache)
         t0 = time.perf_counter()
         with evaluating(reference, policy, *ctx.models.values()):
             for name, run in ANALYSES.items():
