@@ -3,7 +3,7 @@
     python benchmarks/bench_gpu.py sampling      # tokens/s: forward limit, before, after, static cache
     python benchmarks/bench_gpu.py agreement     # eval metrics in float32 and bf16, same policy
     python benchmarks/bench_gpu.py targets       # paper_run2 DPO and PPO jobs, seconds per stage
-    python benchmarks/bench_gpu.py all --out DIR # everything, one JSON per section in DIR
+    python benchmarks/bench_gpu.py targets1      # paper_run1's DPO and PPO jobs (fitted from parts)
 
 Shapes: the policy is a GPT-NeoX of Pythia-70m's shape (hidden 512, 6 layers, 8 heads, vocabulary
 50304), the classifier a GPT-2 small sequence classifier (768 x 12 x 12), both random and saved with
@@ -185,9 +185,12 @@ def section_agreement(device, out: dict) -> None:
 
 
 def save_shapes(folder: Path) -> tuple[Path, Path]:
-    """A random Pythia-70m-shaped policy and a random GPT-2-small classifier, save_pretrained."""
+    """A random Pythia-70m-shaped policy and a random GPT-2-small classifier, save_pretrained (kept
+    when ``folder`` has them: a second section in the same ``--work`` folder reuses its cache)."""
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
+    if (folder / "policy" / "config.json").is_file() and (folder / "classifier" / "config.json").is_file():
+        return folder / "policy", folder / "classifier"
     policy, tok = build(SHAPE, "cpu")
     policy.save_pretrained(folder / "policy")
     tok.save_pretrained(folder / "policy")
@@ -209,45 +212,99 @@ def run_job(name: str, overrides: list[str], work: Path, timeout: int) -> dict:
     except subprocess.TimeoutExpired:
         proc = subprocess.CompletedProcess(cmd, returncode=124, stderr=f"timed out after {timeout} s")
     wall = time.time() - t0
-    res_file = job / "results.json"
-    res = json.loads(res_file.read_text()) if res_file.exists() else {}
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)
-    return {"name": name, "rc": proc.returncode, "process_s": round(wall, 1), "job_s": res.get("wall_time_s"),
+    return {**read_job(name, work), "rc": proc.returncode, "process_s": round(wall, 1)}
+
+
+def read_job(name: str, work: Path) -> dict:
+    """What the benchmark keeps of job ``name``'s results.json (empty figures if it has none)."""
+    res_file = work / "jobs" / name / "results.json"
+    res = json.loads(res_file.read_text()) if res_file.exists() else {}
+    return {"name": name, "rc": 0 if res.get("status") == "finished" else 1, "job_s": res.get("wall_time_s"),
             "stages": res.get("stage_seconds"), "peak_gpu_mb": res.get("peak_gpu_mem_mb"),
             "hardware": res.get("hardware"), "compute": res.get("compute"),
             "kl": (res.get("metrics") or {}).get("eval/policy/kl_to_ref"),
             "train": {k: v for k, v in (res.get("train_summary") or {}).items() if k in ("updates", "steps", "wall_s")}}
 
 
-def section_targets(device, out: dict, work: Path, ppo_examples: int, extra: list[str]) -> None:
+# A job's parts that grow with its examples (pairs sampled and trained on, PPO's updates) are
+# measured at two sizes and fitted, t = fixed + rate x examples: a compile (the static cache's, ~12 s)
+# or a model load happens once however long the job, so scaling one part up would multiply it.
+# name: (experiment, algorithm, full examples, (small, large) examples actually run)
+PARTS = {
+    "run2_ppo": ("paper_run2", "ppo", 10000, (96, 288)),
+    "run1_dpo": ("paper_run1", "dpo", 25000, (64, 192)),
+    "run1_ppo": ("paper_run1", "ppo", 25000, (64, 192)),
+}
+
+
+def fit_part(small: dict, large: dict, sizes: tuple[int, int], full: int, analyze_s) -> dict:
+    """The full job's seconds from two parts of ``sizes`` examples (analysis off): the larger part's
+    job, plus the per-example seconds of prefs + train (the fit's slope) for the examples it did not
+    run, plus ``analyze_s``, the full analysis of a job of this shape (measured on run2's DPO job)."""
+    def growing(part):
+        stages = part.get("stages") or {}
+        return stages.get("prefs", 0.0) + stages.get("train", 0.0)
+
+    if small.get("rc") != 0 or large.get("rc") != 0 or not large.get("job_s"):
+        return {}
+    rate = (growing(large) - growing(small)) / (sizes[1] - sizes[0])
+    out = {"s_per_example": round(rate, 5), "fixed_s": round(growing(small) - rate * sizes[0], 1)}
+    if analyze_s is not None:
+        out["extrapolated_s"] = round(large["job_s"] + rate * (full - sizes[1]) + analyze_s, 1)
+    updates = (large.get("train") or {}).get("updates")
+    if updates:
+        out["s_per_update"] = round((large["stages"]["train"] - small["stages"]["train"])
+                                    / max(1, updates - ((small.get("train") or {}).get("updates") or 0)), 3)
+    return out
+
+
+def section_targets(device, out: dict, work: Path, parts: list[str], extra: list[str],
+                    sizes: tuple[int, int] | None = None) -> None:
     policy, classifier = save_shapes(work)
     common = ["model=pythia70m", f"model.source={policy}", "classifier=gpt2_imdb", f"classifier.source={classifier}",
-              "classifier.finetune=false", "experiment=paper_run2", "logger=none", f"cache_dir={work / 'cache'}",
-              *extra]
-    out["prepare"] = run_job("prepare", [*common, "algorithm=ppo", "prepare=true"], work, 300)
+              "classifier.finetune=false", "logger=none", f"cache_dir={work / 'cache'}", *extra]
+    out["prepare"] = run_job("prepare", [*common, "experiment=paper_run2", "algorithm=ppo", "prepare=true"], work, 300)
     emit(out)
-    out["run2_dpo"] = run_job("run2_dpo", [*common, "algorithm=dpo", "analysis=full"], work, 400)
-    emit(out)
-    # PPO: a part of the run (the same updates, fewer of them), extrapolated to run2's 10000
-    # examples; the default (on a GPU: rollouts with the static cache), then eager rollouts
-    for name, more in (("run2_ppo_part", []), ("run2_ppo_eager_part", ["hardware.static_cache=false"])):
-        out[name] = part = run_job(name, [*common, "algorithm=ppo", "analysis=full",
-                                          f"algorithm.examples={ppo_examples}", *more], work, 400)
-        stages = part.get("stages") or {}
-        if stages.get("train"):
-            tag = name.replace("_part", "")
-            out[f"{tag}_extrapolated_s"] = round(part["job_s"] - stages["train"] + stages["train"] / ppo_examples * 10000, 1)
-            out[f"{tag}_s_per_update"] = round(stages["train"] / max(1, (part["train"] or {}).get("updates") or 1), 3)
+    if "run2_dpo" in parts and (work / "jobs" / "run2_dpo" / "results.json").is_file():
+        out["run2_dpo"] = read_job("run2_dpo", work)  # measured by an earlier section in this --work
+    elif "run2_dpo" in parts:
+        out["run2_dpo"] = run_job("run2_dpo", [*common, "experiment=paper_run2", "algorithm=dpo", "analysis=full"],
+                                  work, 400)
+        emit(out)
+    analyze_s = ((out.get("run2_dpo") or {}).get("stages") or {}).get("analyze")
+    for name in [p for p in PARTS if p in parts]:
+        experiment, algorithm, full, default_sizes = PARTS[name]
+        part_sizes = sizes or default_sizes
+        # the static cache as the full job would use it (its DPO pairs are >= static_cache_min_tokens)
+        runs = [run_job(f"{name}_{n}", [*common, f"experiment={experiment}", f"algorithm={algorithm}",
+                                         "analysis=none", f"algorithm.examples={n}",
+                                         "hardware.static_cache_min_tokens=0"], work, 300) for n in part_sizes]
+        out[name] = {"parts": dict(zip(map(str, part_sizes), runs)), "examples": full,
+                     **fit_part(runs[0], runs[1], part_sizes, full, analyze_s)}
+        emit(out)
+    if "run2_ppo_eager" in parts:  # rollouts without the static cache, for comparison
+        out["run2_ppo_eager"] = run_job("run2_ppo_eager", [*common, "experiment=paper_run2", "algorithm=ppo",
+                                                           "analysis=none", "algorithm.examples=288",
+                                                           "hardware.static_cache=false"], work, 300)
         emit(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", choices=["sampling", "static", "agreement", "targets"])
+    parser.add_argument("section", choices=["sampling", "static", "agreement", "targets", "targets1"],
+                        help="targets1: targets with --jobs run1_dpo,run1_ppo (its own targets1.json)")
     parser.add_argument("--out", default=os.environ.get("OUT") or ".", help="folder for <section>.json")
-    parser.add_argument("--ppo-examples", type=int, default=480, help="PPO run2 examples actually run (extrapolated to 10000)")
+    parser.add_argument("--work", help="folder for the saved shapes, the jobs and their cache (default: a new "
+                                       "temporary one); the same for targets and targets1 shares the prepare step")
+    parser.add_argument("--jobs", default=None,
+                        help="which jobs, of run2_dpo (whole), run2_ppo, run1_dpo, run1_ppo (two parts each, "
+                             "fitted), run2_ppo_eager; default: run2_dpo,run2_ppo for targets, "
+                             "run2_dpo,run1_dpo,run1_ppo for targets1 (run2_dpo: only when --work does not "
+                             "have it, for the analysis seconds the fits add)")
     parser.add_argument("--extra", action="append", default=[], help="extra job overrides (targets)")
+    parser.add_argument("--sizes", help="SMALL,LARGE examples of every fitted part, instead of PARTS' (a CPU smoke run)")
     parser.add_argument("--shape", default="pythia70m", choices=sorted(SHAPES))
     args = parser.parse_args()
     global SHAPE, VOCAB
@@ -256,7 +313,8 @@ def main() -> None:
     out: dict = {"section": args.section, "device": str(device), "torch": torch.__version__}
     if device.type == "cuda":
         out["card"] = torch.cuda.get_device_name(0)
-    work = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    work.mkdir(parents=True, exist_ok=True)
     global OUT_FILE
     Path(args.out).mkdir(parents=True, exist_ok=True)
     OUT_FILE = Path(args.out) / f"{args.section}.json"
@@ -268,7 +326,9 @@ def main() -> None:
         elif args.section == "agreement":
             section_agreement(device, out)
         else:
-            section_targets(device, out, work, args.ppo_examples, args.extra)
+            default = "run2_dpo,run2_ppo" if args.section == "targets" else "run2_dpo,run1_dpo,run1_ppo"
+            sizes = tuple(int(n) for n in args.sizes.split(",")) if args.sizes else None
+            section_targets(device, out, work, (args.jobs or default).split(","), args.extra, sizes)
     finally:
         emit(out)
 

@@ -8,16 +8,20 @@
 # .whl_trl112/; `bash benchmarks/fetch_wheels.sh` fills both here: carry them along), then runs
 # each benchmark under its own time limit, so that a slow one never costs the others.  The order is
 # what docs/performance.md still lacks first: PPO per update, ours and TRL 1.12's on the same work
-# (one run, one card, for the ratio); the paper_run2 jobs; sampling speed with the static cache at
-# batch 1024 and its break-even size; jobs packed on one GPU; bf16 against fp32; the rollouts'
+# (one run, one card, for the ratio); the paper_run2 jobs; the paper_run1 jobs (fitted from two
+# parts each); sampling speed with the static cache at batch 1024 and its break-even size; jobs
+# packed on one GPU; bf16 against fp32 (measured already: docs/performance.md); the rollouts'
 # static cache.  Every figure comes from benchmarks/*.py; docs/performance.md keeps them with the
-# card's name.  All of it takes ~800 s on an H200, more than one device call (600 s): with the
-# device tool's 15 minutes, run it as two calls on the same warm machine,
-#   STEPS="ppo trl targets" bash benchmarks/gpu_check.sh      # ~450 s
-#   STEPS="sampling packing agreement" bash benchmarks/gpu_check.sh   # ~300 s
+# card's name.  All of it takes ~1000 s on an H200, more than one device call (600 s) and than a
+# session's 15 minutes: run the first four as two calls on the same warm machine (targets and
+# targets1 share the jobs' folder $WORK, so the second does not prepare again),
+#   STEPS="ppo trl targets" bash benchmarks/gpu_check.sh      # ~400 s (estimated)
+#   STEPS="targets1 sampling" bash benchmarks/gpu_check.sh    # ~320 s (estimated)
+# and packing (~110 s) in a later session.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
+WORK=${WORK:-.gpu-work}  # the jobs of targets and targets1 and their cache (git-ignored; kept between calls)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled WANDB_SILENT=true \
        TOKENIZERS_PARALLELISM=false
@@ -48,7 +52,8 @@ step() {  # step SECONDS NAME COMMAND...: one benchmark, its own limit (within t
 step 100 ppo $PY benchmarks/bench_ppo.py --pythia --geometry trl --precision both --static-cache --json "$OUT/ppo.json"
 step 100 trl env PYTHONPATH="$TRL112_PYTHONPATH" \
   $PY benchmarks/bench_trl_ppo.py --pythia --precision default,autocast --json "$OUT/trl.json"
-step 240 targets $PY benchmarks/bench_gpu.py targets --out "$OUT"
+step 240 targets $PY benchmarks/bench_gpu.py targets --work "$WORK" --out "$OUT"
+step 200 targets1 $PY benchmarks/bench_gpu.py targets1 --work "$WORK" --out "$OUT"
 step 150 sampling $PY benchmarks/bench_gpu.py sampling --out "$OUT"
 step 110 packing $PY benchmarks/bench_packing.py 4 --lean --json "$OUT/packing.json"
 step 40 agreement $PY benchmarks/bench_gpu.py agreement --out "$OUT"

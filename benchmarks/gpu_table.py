@@ -33,8 +33,15 @@ def ratio(a, b) -> str:
         return "-"
 
 
+def fitted(fit: dict, label: str, target: int) -> tuple:
+    """A row for a job fitted from two parts (bench_gpu.fit_part)."""
+    return (f"{label} (fitted from parts, full analysis) s", get(fit, "extrapolated_s"),
+            f"{get(fit, 's_per_example')} s/example, {get(fit, 's_per_update')} s/update, "
+            f"fixed {get(fit, 'fixed_s')} s (target < {target})")
+
+
 def main(folder: Path) -> None:
-    s, st, a, t = (load(folder, n) for n in ("sampling", "static", "agreement", "targets"))
+    s, st, a, t, t1 = (load(folder, n) for n in ("sampling", "static", "agreement", "targets", "targets1"))
     p, trl, pk = (load(folder, n) for n in ("ppo", "trl", "packing"))
     card = s.get("card") or t.get("card") or "?"
     rows = [
@@ -64,12 +71,13 @@ def main(folder: Path) -> None:
          f"ours bf16 is x{ratio(get(trl, 'default', 's_per_update'), get(p, 'bf16', 's_per_update'))} faster (target >= 3)"),
         ("PPO s/update, TRL 1.12 bf16 autocast", get(trl, "autocast", "s_per_update"),
          f"ours bf16 is x{ratio(get(trl, 'autocast', 's_per_update'), get(p, 'bf16', 's_per_update'))} faster"),
-        ("prepare (corpus, base, scorer, ref eval) s", get(t, "prepare", "job_s"), ""),
+        ("prepare (corpus, base, scorer, ref eval) s", get(t, "prepare", "process_s"), ""),
         ("paper_run2 DPO job, full analysis s", get(t, "run2_dpo", "job_s"), f"stages {get(t, 'run2_dpo', 'stages')} (target < 60)"),
-        ("paper_run2 PPO job (extrapolated, GPU default) s", get(t, "run2_ppo_extrapolated_s"),
-         f"{get(t, 'run2_ppo_s_per_update')} s/update; stages {get(t, 'run2_ppo_part', 'stages')} (target < 120)"),
-        ("  same, eager rollouts (static_cache=false) s", get(t, "run2_ppo_eager_extrapolated_s"),
-         f"{get(t, 'run2_ppo_eager_s_per_update')} s/update; stages {get(t, 'run2_ppo_eager_part', 'stages')}"),
+        *[fitted(get(x, name, default={}), label, target) for x, name, label, target in (
+            (t, "run2_ppo", "paper_run2 PPO job", 120), (t1, "run1_dpo", "paper_run1 DPO job", 240),
+            (t1, "run1_ppo", "paper_run1 PPO job", 240))],
+        ("  run2 PPO part of 288, eager rollouts: train s", get(t, "run2_ppo_eager", "stages", "train"),
+         f"static cache: {get(t, 'run2_ppo', 'parts', '288', 'stages', 'train')}"),
         ("packing: jobs/hour alone / N at once", get(pk, "alone_jobs_per_hour"),
          f"{get(pk, 'packed_jobs_per_hour')} with N={get(pk, 'n')}: x{get(pk, 'ratio')} (target >= 4)"),
     ]

@@ -75,7 +75,11 @@ def _old_specs(cfg: DictConfig, precision: str) -> dict:
                                      "completion_len", "temperature", "top_k")}, **numerics}
     eval_spec = {k: v for k, v in container(cfg.eval).items() if k != "batch_size"}
     ref_eval = {"base": base, "classifier": classifier, "corpus": corpus, "eval": eval_spec, **numerics}
-    return {"corpus": corpus, "base": base, "classifier": classifier, "prefs": prefs, "ref_eval": ref_eval}
+    analysis = {k: v for k, v in container(cfg.analysis).items() if k not in ("name", "batch_size", "device")}
+    ref_analysis = {"base": base, "classifier": classifier, "corpus": corpus, "analysis": analysis, "code": 1,
+                    **numerics}
+    return {"corpus": corpus, "base": base, "classifier": classifier, "prefs": prefs, "ref_eval": ref_eval,
+            "ref_analysis": ref_analysis}
 
 
 CONFIGS = [[], ["algorithm=ppo"], ["compute=matched", "compute.prefixes_per_step=8"],
