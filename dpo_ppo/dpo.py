@@ -91,6 +91,9 @@ def last_complete_checkpoint(trainer_dir: Path) -> str | None:
     return None
 
 
+_GRADIENT_CHECKPOINTING = False
+
+
 def micro_batches(batch: int, micro: int | None) -> tuple[int, int]:
     """(per-device batch, gradient-accumulation steps) for an optimizer batch of ``batch`` pairs
     with at most ``micro`` pairs per forward/backward: the largest divisor of ``batch`` that fits,
@@ -132,6 +135,9 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
         # forward in every training step (TRL's own option; the same numbers)
         precompute_ref_log_probs=True,
         precompute_ref_batch_size=runtime.forward_batch_size if runtime is not None else 64,
+        # TRL's configs turn gradient checkpointing on by default (a memory saving for large models);
+        # at these sizes it only re-runs every forward inside the backward pass (the same gradients)
+        gradient_checkpointing=_GRADIENT_CHECKPOINTING,
     )
     examples_per_step = algo.batch_size
     trainer = TokenDPOTrainer(

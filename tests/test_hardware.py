@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import types
 from pathlib import Path
@@ -131,6 +132,40 @@ def test_dpo_micro_batches_take_the_same_steps_as_whole_batches(tmp_path):
     moved = max(float((trained[None][k] - model.state_dict()[k]).abs().max()) for k in trained[None])
     diff = max(float((trained[None][k] - trained[2][k]).abs().max()) for k in trained[None])
     assert moved > 1e-3 and diff < 1e-3 * moved  # float32 sums in another order, through Adam
+
+
+def test_dpo_runs_each_forward_once_per_step(tmp_path, monkeypatch):
+    """TRL's DPOConfig checkpoints gradients by default, which re-runs every block's forward inside
+    the backward pass; train_dpo turns it off: one forward of the policy's blocks per optimizer step
+    (chosen and rejected together), half of what checkpointing runs, and the same trained weights."""
+    from datasets import Dataset
+
+    from dpo_ppo import dpo
+
+    model, tok = _word_model()
+    g = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(4, 20, (n,), generator=g).tolist()  # noqa: E731
+    pairs = Dataset.from_dict({"prompt_ids": [ids(4) for _ in range(8)], "chosen_ids": [ids(5) for _ in range(8)],
+                               "rejected_ids": [ids(3) for _ in range(8)]})
+    algo = OmegaConf.create({"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.0, "lr": 1e-2,
+                             "weight_decay": 0.0, "adam_eps": 1e-8, "max_grad_norm": 1e9, "batch_size": 4,
+                             "epochs": 1.0, "prefix_len": 4, "prefix_len_max": None, "completion_len": 6,
+                             "snapshot_every": 1000})
+    calls, weights = {}, {}
+    for checkpointing in (False, True):
+        monkeypatch.setattr(dpo, "_GRADIENT_CHECKPOINTING", checkpointing)
+        policy = copy.deepcopy(model)
+        seen = []
+        # calls of a module's forward inside a block: a checkpointed block calls it again in the backward
+        # pass (forward hooks would not show it: they do not run in the recomputation)
+        mlp = policy.gpt_neox.layers[0].mlp
+        mlp.forward = functools.partial(lambda forward, *args, **kwargs: (seen.append(1), forward(*args, **kwargs))[1],
+                                        mlp.forward)
+        summary = dpo.train_dpo(algo, policy, copy.deepcopy(model).eval(), tok, pairs, tmp_path / str(checkpointing))
+        calls[checkpointing], weights[checkpointing] = len(seen), policy.state_dict()
+    assert summary["steps"] == 2
+    assert calls == {False: 2, True: 4}
+    assert all(torch.equal(weights[False][k], weights[True][k]) for k in weights[False])
 
 
 def test_static_cache_gives_the_same_completions():
