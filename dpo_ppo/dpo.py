@@ -12,6 +12,7 @@ Trainer's own checkpoint (model, optimiser, scheduler, RNG) is kept at the same 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -92,6 +93,10 @@ def last_complete_checkpoint(trainer_dir: Path) -> str | None:
 
 
 _GRADIENT_CHECKPOINTING = False
+# transformers 5.2x renamed TrainingArguments' gradient_checkpointing (now a deprecated alias) to
+# activation_checkpointing; older releases only have the first
+_CHECKPOINTING_ARG = next(name for name in ("activation_checkpointing", "gradient_checkpointing")
+                          if name in {f.name for f in dataclasses.fields(DPOConfig)})
 
 
 def micro_batches(batch: int, micro: int | None) -> tuple[int, int]:
@@ -137,7 +142,7 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
         precompute_ref_batch_size=runtime.forward_batch_size if runtime is not None else 64,
         # TRL's configs turn gradient checkpointing on by default (a memory saving for large models);
         # at these sizes it only re-runs every forward inside the backward pass (the same gradients)
-        gradient_checkpointing=_GRADIENT_CHECKPOINTING,
+        **{_CHECKPOINTING_ARG: _GRADIENT_CHECKPOINTING},
     )
     examples_per_step = algo.batch_size
     trainer = TokenDPOTrainer(
