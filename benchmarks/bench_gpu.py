@@ -232,6 +232,8 @@ def read_job(name: str, work: Path) -> dict:
 # measured at two sizes and fitted, t = fixed + rate x examples: a compile (the static cache's, ~12 s)
 # or a model load happens once however long the job, so scaling one part up would multiply it.
 # name: (experiment, algorithm, full examples, (small, large) examples actually run)
+EVAL_TOKENS = 2000 * 100  # the experiments' evaluation: 2000 prefixes, completions of up to 100 tokens
+# (at the sizes below, each DPO part samples more than this: 64 prefixes x 8 x 500 tokens = 256000)
 PARTS = {
     "run2_ppo": ("paper_run2", "ppo", 10000, (96, 288)),
     "run1_dpo": ("paper_run1", "dpo", 25000, (64, 192)),
@@ -277,10 +279,12 @@ def section_targets(device, out: dict, work: Path, parts: list[str], extra: list
     for name in [p for p in PARTS if p in parts]:
         experiment, algorithm, full, default_sizes = PARTS[name]
         part_sizes = sizes or default_sizes
-        # the static cache as the full job would use it (its DPO pairs are >= static_cache_min_tokens)
+        # the static cache where the full job uses it: for its DPO pairs (run1's 100M tokens are above
+        # hardware.static_cache_min_tokens, a part's 0.26M below it), not for its evaluation (0.2M)
+        static = [f"hardware.static_cache_min_tokens={EVAL_TOKENS + 1}"] if algorithm == "dpo" else []
         runs = [run_job(f"{name}_{n}", [*common, f"experiment={experiment}", f"algorithm={algorithm}",
-                                         "analysis=none", f"algorithm.examples={n}",
-                                         "hardware.static_cache_min_tokens=0"], work, 300) for n in part_sizes]
+                                         "analysis=none", f"algorithm.examples={n}", *static], work, 300)
+                for n in part_sizes]
         out[name] = {"parts": dict(zip(map(str, part_sizes), runs)), "examples": full,
                      **fit_part(runs[0], runs[1], part_sizes, full, analyze_s)}
         emit(out)
