@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -269,7 +270,7 @@ def section_targets(device, out: dict, work: Path, parts: list[str], extra: list
               "classifier.finetune=false", "logger=none", f"cache_dir={work / 'cache'}", *extra]
     out["prepare"] = run_job("prepare", [*common, "experiment=paper_run2", "algorithm=ppo", "prepare=true"], work, 300)
     emit(out)
-    if "run2_dpo" in parts and (work / "jobs" / "run2_dpo" / "results.json").is_file():
+    if (work / "jobs" / "run2_dpo" / "results.json").is_file():
         out["run2_dpo"] = read_job("run2_dpo", work)  # measured by an earlier section in this --work
     elif "run2_dpo" in parts:
         out["run2_dpo"] = run_job("run2_dpo", [*common, "experiment=paper_run2", "algorithm=dpo", "analysis=full"],
@@ -282,6 +283,10 @@ def section_targets(device, out: dict, work: Path, parts: list[str], extra: list
         # the static cache where the full job uses it: for its DPO pairs (run1's 100M tokens are above
         # hardware.static_cache_min_tokens, a part's 0.26M below it), not for its evaluation (0.2M)
         static = [f"hardware.static_cache_min_tokens={EVAL_TOKENS + 1}"] if algorithm == "dpo" else []
+        # measured afresh when run again in the same --work: not the old job's results, not cached pairs
+        shutil.rmtree(work / "cache" / "prefs", ignore_errors=True)
+        for n in part_sizes:
+            shutil.rmtree(work / "jobs" / f"{name}_{n}", ignore_errors=True)
         runs = [run_job(f"{name}_{n}", [*common, f"experiment={experiment}", f"algorithm={algorithm}",
                                          "analysis=none", f"algorithm.examples={n}", *static], work, 300)
                 for n in part_sizes]
@@ -305,8 +310,8 @@ def main() -> None:
     parser.add_argument("--jobs", default=None,
                         help="which jobs, of run2_dpo (whole), run2_ppo, run1_dpo, run1_ppo (two parts each, "
                              "fitted), run2_ppo_eager; default: run2_dpo,run2_ppo for targets, "
-                             "run2_dpo,run1_dpo,run1_ppo for targets1 (run2_dpo: only when --work does not "
-                             "have it, for the analysis seconds the fits add)")
+                             "run2_dpo,run1_dpo,run1_ppo for targets1 (run2_dpo is read, not run, when --work "
+                             "has it: the fits add its analysis seconds)")
     parser.add_argument("--extra", action="append", default=[], help="extra job overrides (targets)")
     parser.add_argument("--sizes", help="SMALL,LARGE examples of every fitted part, instead of PARTS' (a CPU smoke run)")
     parser.add_argument("--shape", default="pythia70m", choices=sorted(SHAPES))
