@@ -183,6 +183,8 @@ class Job:
         numbers whether it computed them or not."""
         path = artifact(self.cache, "ref_analysis", {**self.specs["ref_analysis"], "what": what},
                         lambda p: torch.save(compute(), p / "value.pt"))
+        if self.rec is not None:  # results.json artifacts.ref_analysis: {what: folder}
+            self.rec.results["artifacts"].setdefault("ref_analysis", {})[what] = str(path)
         return torch.load(path / "value.pt", map_location="cpu", weights_only=True)
 
     def record_compute(self, summary: dict) -> None:

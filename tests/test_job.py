@@ -63,7 +63,7 @@ def test_the_reference_analysis_is_shared_by_jobs_and_keyed_by_what_it_depends_o
     hyperparameters, the seed or the batch size; recomputed when an analysis setting changes."""
     import torch
 
-    from dpo_ppo.job import Job
+    from dpo_ppo.job import Job, _Scratch
 
     def job(*overrides):
         return Job(compose_cfg([f"cache_dir={tmp_path / 'cache'}", "analysis=fast", *overrides]),
@@ -75,8 +75,12 @@ def test_the_reference_analysis_is_shared_by_jobs_and_keyed_by_what_it_depends_o
         calls.append(1)
         return {"grid": torch.arange(6.0).view(2, 3) / 7, "base": 0.25, "texts": ["a b"]}
 
-    first = job("algorithm.beta=0.5").reference_cache("ablation", compute)
+    recorded = job("algorithm.beta=0.5")
+    recorded.rec = _Scratch()
+    first = recorded.reference_cache("ablation", compute)
     assert calls == [1] and first["base"] == 0.25 and first["texts"] == ["a b"]
+    folder = Path(recorded.rec.results["artifacts"]["ref_analysis"]["ablation"])  # results.json's record
+    assert folder.parent == tmp_path / "cache" / "ref_analysis" and (folder / "value.pt").is_file()
     assert torch.equal(first["grid"], torch.arange(6.0).view(2, 3) / 7)
     for same in (["algorithm=ppo", "algorithm.kl_target=3"], ["seed=7"], ["analysis.batch_size=3"],
                  ["analysis.device=cpu"]):
