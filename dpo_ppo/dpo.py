@@ -92,6 +92,8 @@ def last_complete_checkpoint(trainer_dir: Path) -> str | None:
     return None
 
 
+# activation (gradient) checkpointing in DPO: off, see train_dpo (a module constant, so that a test
+# can turn it on to compare)
 _GRADIENT_CHECKPOINTING = False
 # transformers 5.2x renamed TrainingArguments' gradient_checkpointing (now a deprecated alias) to
 # activation_checkpointing; older releases only have the first

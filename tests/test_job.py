@@ -57,7 +57,7 @@ def test_artifacts_shared_across_jobs_and_keyed_by_their_inputs(shared_cache):
     assert artifact_specs(_cfg(shared_cache, "classifier.lr=0.01"))["classifier"] != a["classifier"]
 
 
-def test_the_reference_analysis_is_shared_by_jobs_and_keyed_by_what_it_depends_on(shared_cache, tmp_path):
+def test_the_reference_analysis_is_shared_by_jobs_and_keyed_by_what_it_depends_on(tmp_path):
     """Job.reference_cache: computed by the first job that asks, read back by every later one with
     the same reference, texts, scorer and analysis settings, whatever the algorithm, its
     hyperparameters, the seed or the batch size; recomputed when an analysis setting changes."""
