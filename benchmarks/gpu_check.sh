@@ -15,8 +15,8 @@
 # card's name.  All of it takes ~1000 s on an H200, more than one device call (600 s) and than a
 # session's 15 minutes: run the first four as two calls on the same warm machine (targets and
 # targets1 share the jobs' folder $WORK, so the second does not prepare again),
-#   STEPS="ppo trl targets" bash benchmarks/gpu_check.sh      # ~400 s (estimated)
-#   STEPS="targets1 sampling" bash benchmarks/gpu_check.sh    # ~320 s (estimated)
+#   STEPS="ppo trl targets" bash benchmarks/gpu_check.sh      # ~450 s (estimated; at most 500)
+#   STEPS="targets1 sampling" bash benchmarks/gpu_check.sh    # ~350 s (estimated; at most 410)
 # and packing (~110 s) in a later session.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -52,8 +52,8 @@ step() {  # step SECONDS NAME COMMAND...: one benchmark, its own limit (within t
 step 100 ppo $PY benchmarks/bench_ppo.py --pythia --geometry trl --precision both --static-cache --json "$OUT/ppo.json"
 step 100 trl env PYTHONPATH="$TRL112_PYTHONPATH" \
   $PY benchmarks/bench_trl_ppo.py --pythia --precision default,autocast --json "$OUT/trl.json"
-step 240 targets $PY benchmarks/bench_gpu.py targets --work "$WORK" --out "$OUT"
-step 200 targets1 $PY benchmarks/bench_gpu.py targets1 --work "$WORK" --out "$OUT"
+step 300 targets $PY benchmarks/bench_gpu.py targets --work "$WORK" --out "$OUT"
+step 260 targets1 $PY benchmarks/bench_gpu.py targets1 --work "$WORK" --out "$OUT"
 step 150 sampling $PY benchmarks/bench_gpu.py sampling --out "$OUT"
 step 110 packing $PY benchmarks/bench_packing.py 4 --lean --json "$OUT/packing.json"
 step 40 agreement $PY benchmarks/bench_gpu.py agreement --out "$OUT"
