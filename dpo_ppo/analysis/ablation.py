@@ -300,15 +300,13 @@ def run(ctx: Context) -> Output:
     names = ["reference", "policy"] if cfg.ablation_reference else ["policy"]
     rows, per_model = [], {}
     for name in names:
-        def compute(name=name):
-            return ablate_heads(ctx.models[name], ctx.tokenizer, lm_seqs=lm_seqs, prompts=prompts,
-                                scorer=ctx.scorer if prompts else None, kinds=list(cfg.ablation_kinds),
-                                completion_len=cfg.ablation_completion_len, temperature=cfg.ablation_temperature,
-                                score_prompt=cfg.ablation_score_prompt, batch_size=cfg.batch_size,
-                                rows=cfg.ablation_rows, seed=cfg.seed, pad=ctx.pad)
-
         # the reference's ablation is the same in every job of a sweep: computed once (Context)
-        r = ctx.of_reference("ablation", compute) if name == "reference" else compute()
+        r = ctx.for_model(name, "ablation", lambda: ablate_heads(
+            ctx.models[name], ctx.tokenizer, lm_seqs=lm_seqs, prompts=prompts,
+            scorer=ctx.scorer if prompts else None, kinds=list(cfg.ablation_kinds),
+            completion_len=cfg.ablation_completion_len, temperature=cfg.ablation_temperature,
+            score_prompt=cfg.ablation_score_prompt, batch_size=cfg.batch_size, rows=cfg.ablation_rows,
+            seed=cfg.seed, pad=ctx.pad))
         per_model[name] = r
         out.scalar(f"ablation/{name}/lm_loss_base", r["lm_loss_base"])
         for base in ("grad_loss_base", "binary_loss_base"):

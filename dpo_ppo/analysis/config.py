@@ -26,7 +26,7 @@ ABLATION_KINDS = ("zero", "mean")
 _MARK = re.compile(r"\[([^\[\]]+)\]")
 
 
-# part of the key of every cached reference-side result (Job.reference_cache, Context.of_reference):
+# part of the key of every cached reference-side result (Job.reference_cache, Context.for_model):
 # raise it whenever an analysis changes what it computes for the reference, so that no sweep reads
 # results of older code
 REFERENCE_ANALYSIS_VERSION = 1

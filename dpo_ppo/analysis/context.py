@@ -33,7 +33,7 @@ class Context:
     side of analysis ``what`` from wherever the caller keeps it (a job: the sweep's shared cache,
     ``Job.reference_cache``), computing it only the first time.  Every job of a sweep analyses the
     same reference on the same texts, so its ablation, head scores and attention are computed once.
-    Analyses reach it through ``of_reference``.
+    Analyses reach it through ``for_model``.
     """
 
     cfg: AnalysisConfig
@@ -81,11 +81,12 @@ class Context:
             self._bridges[name] = boot_bridge(self.models[name], self.tokenizer, self.device)
         return self._bridges[name]
 
-    def of_reference(self, what: str, compute: Callable[[], Any]) -> Any:
-        """``compute()``, the reference's side of analysis ``what``: from ``reference_cache`` when
-        there is one (``compute`` must then depend on nothing but the reference, the held-out texts,
-        the scorer and ``cfg``: that is what the cache's key holds)."""
-        if self.reference_cache is None:
+    def for_model(self, name: str, what: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``, model ``name``'s side of analysis ``what``.  The reference's comes from
+        ``reference_cache`` when there is one (``compute`` must then depend on nothing but the
+        reference, the held-out texts, the scorer and ``cfg``: that is what the cache's key holds);
+        the policy's is always computed."""
+        if name != "reference" or self.reference_cache is None:
             return compute()
         return self.reference_cache(what, compute)
 

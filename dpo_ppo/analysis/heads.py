@@ -96,11 +96,9 @@ def run(ctx: Context) -> Output:
     vocab = min(len(ctx.tokenizer), ctx.models["policy"].config.vocab_size)
     random_seqs = repeated_random_tokens(ctx.tokenizer, cfg.head_random_seqs, cfg.head_random_len,
                                          seed=cfg.seed, vocab=vocab)
-    def detect(name):
-        return detect_all(ctx.bridge(name), text_seqs=text_seqs, random_seqs=random_seqs, pad=ctx.pad,
-                          batch_size=cfg.batch_size)
-
-    scores = {"reference": ctx.of_reference("heads", lambda: detect("reference")), "policy": detect("policy")}
+    scores = {name: ctx.for_model(name, "heads", lambda: detect_all(
+        ctx.bridge(name), text_seqs=text_seqs, random_seqs=random_seqs, pad=ctx.pad, batch_size=cfg.batch_size))
+        for name in MODELS}
     rows = []
     per = {name: {t: s.tolist() for t, s in scores[name].items()} for name in MODELS}
     per["change"] = {}

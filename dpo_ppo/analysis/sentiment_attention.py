@@ -91,9 +91,8 @@ def run(ctx: Context) -> Output:
     cfg, out = ctx.cfg, Output()
     n_layers, H = ctx.n_layers, ctx.n_heads
     prepared = prepare_prompts(ctx.tokenizer, list(cfg.sentiment_prompts), prepend_bos=cfg.prepend_bos)
-    att = {"reference": ctx.of_reference("sentiment_attention",
-                                         lambda: attention_to_token(ctx.bridge("reference"), prepared)),
-           "policy": attention_to_token(ctx.bridge("policy"), prepared)}
+    att = {name: ctx.for_model(name, "sentiment_attention", lambda: attention_to_token(ctx.bridge(name), prepared))
+           for name in MODELS}
     ref, pol = att["reference"]["mean"], att["policy"]["mean"]
     delta = pol - ref
     top = top_changes(ref, pol, cfg.top_heads)
