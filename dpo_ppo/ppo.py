@@ -488,9 +488,10 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
             steps += 1
         totals += epoch
         epochs_done += 1
-        if cfg.early_stop_kl is not None:
-            if float(epoch[keys.index("approx_kl")]) / len(minibatches) > cfg.early_stop_kl:
-                break
+        # read back (a sync) only when early stopping asks for it
+        stop = cfg.early_stop_kl
+        if stop is not None and float(epoch[keys.index("approx_kl")]) / len(minibatches) > stop:
+            break
     optimizer.zero_grad(set_to_none=True)
     stats = {f"train/{key}": float(value) / max(steps, 1) for key, value in zip(keys, totals)}
     stats["train/ppo_epochs_done"] = epochs_done
