@@ -105,10 +105,15 @@ def _static_cache(hw, device: torch.device) -> bool:
     return device.type == "cuda" if value is None else bool(value)
 
 
+def jobs_per_gpu(cfg) -> int:
+    """``cfg.hardware.jobs_per_gpu``, 1 where unset or where the config has no hardware group."""
+    return int(getattr(getattr(cfg, "hardware", None), "jobs_per_gpu", None) or 1)
+
+
 def resolve(cfg, device: torch.device) -> Runtime:
     """The job's ``Runtime`` from ``cfg.precision`` and ``cfg.hardware`` on ``device``."""
     hw = getattr(cfg, "hardware", None)
-    jobs = int(getattr(hw, "jobs_per_gpu", None) or 1)  # getattr(None, ...) is the default: no hardware group
+    jobs = jobs_per_gpu(cfg)
     memory = None
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()

@@ -108,7 +108,7 @@ class Job:
         self.cfg = cfg = to_typed(cfg)
         self.job_dir = Path(job_dir)
         self.overrides = list(overrides or [])
-        self.device = resolve_device(cfg.device, (cfg.hardware.jobs_per_gpu if cfg.hardware is not None else None) or 1)
+        self.device = resolve_device(cfg.device, hardware.jobs_per_gpu(cfg))
         self.hw = hardware.resolve(cfg, self.device)  # precision and batch sizes on this device
         self.cache = Path(cfg.cache_dir).expanduser().resolve()
         self.specs = artifact_specs(cfg, self.hw.precision)
