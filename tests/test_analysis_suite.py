@@ -426,3 +426,38 @@ def test_prompt_selection_is_balanced_shuffled_and_deterministic():
     few_pos = [1, 0, 0, 0, 0, 0]
     idx = select_balanced(few_pos, 4, seed=0)
     assert len(idx) == 4 and sum(few_pos[i] for i in idx) == 1  # all the positives there are
+
+
+def test_analyze_app_computes_the_references_side_once_for_a_list_of_policies(saved, tmp_path, monkeypatch):
+    from dpo_ppo.analysis import context
+
+    root, _ = saved
+    computed = []
+    original = context.Context.for_model
+
+    def spy(self, name, what, compute):
+        def counted():
+            computed.append((name, what))
+            return compute()
+        return original(self, name, what, counted)
+
+    monkeypatch.setattr(context.Context, "for_model", spy)
+    overrides = [f"reference={root / 'reference'}", f"scorer={root / 'classifier'}", f"corpus={root / 'corpus'}",
+                 "analysis=fast", "analysis.heads=false", "analysis.ablation_reference=true", "quiet=true",
+                 "device=cpu"]
+    two = analyze(compose(overrides + [f"policy=[{root / 'policy'},{root / 'policy'}]",
+                                       f"out_dir={tmp_path / 'two'}"]))
+    reference_side = [c for c in computed if c[0] == "reference"]
+    whats = {w for _, w in reference_side}
+    assert whats == {"ablation", "sentiment_attention"}  # the per-model analyses left on
+    assert len(reference_side) == len(whats)  # once each, for the first policy only
+    assert sum(1 for c in computed if c[0] == "policy") == 2 * len(whats)  # the policies' sides every time
+    # the second policy's reference numbers are the first's, which are those of a lone analysis
+    computed.clear()
+    one = analyze(compose(overrides + [f"policy={root / 'policy'}", f"out_dir={tmp_path / 'one'}"]))
+    first, second = two.values()
+    (alone,) = one.values()
+    ref_keys = [k for k in alone["scalars"] if "/reference/" in k]
+    assert ref_keys
+    for key in ref_keys:
+        assert first["scalars"][key] == second["scalars"][key] == alone["scalars"][key], key

@@ -240,6 +240,39 @@ def load_test_split(corpus: str) -> tuple[list[str], list[int]]:
 # --------------------------------------------------------------------------- the app
 
 
+class ReferenceMemo:
+    """The reference's side of the per-model analyses (``Context.for_model``), kept in memory for
+    the policies of one invocation: analysing a list of policies against one reference computes
+    the reference's ablation, head scores and attention once, not once per policy.  It is keyed
+    by the tokenizer's vocabulary and special tokens too (each policy may bring its own), and each
+    policy gets its own copy of a value."""
+
+    def __init__(self):
+        self.values: dict = {}
+
+    @staticmethod
+    def tokenizer_key(tokenizer) -> str:
+        import hashlib
+        import json
+
+        spec = {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.special_tokens_map,
+                "padding_side": tokenizer.padding_side}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+    def bind(self, tokenizer):
+        """``reference_cache(what, compute)`` for analyses run with ``tokenizer``."""
+        import copy
+
+        key = self.tokenizer_key(tokenizer)
+
+        def cached(what: str, compute):
+            if (what, key) not in self.values:
+                self.values[what, key] = compute()
+            return copy.deepcopy(self.values[what, key])
+
+        return cached
+
+
 def analyze(cfg: DictConfig) -> dict:
     """Check ``cfg``, then analyse every policy against the reference; {policy name: result}."""
     plan = check(cfg)  # before torch is imported: bad input fails in about a second
@@ -263,6 +296,7 @@ def analyze(cfg: DictConfig) -> dict:
     scorer = Scorer.load(plan.scorer, device, batch_size=runtime.forward_batch_size, autocast=runtime.autocast)
     snapshots = find_snapshots(plan.snapshots) if plan.snapshots is not None else []
     results = {}
+    reference_side = ReferenceMemo()
     for name, path in zip(plan.names, plan.policies):
         policy, pol_tok = load_lm(path, device)
         tokenizer = pol_tok or ref_tok
@@ -274,7 +308,7 @@ def analyze(cfg: DictConfig) -> dict:
         with runtime.autocast():
             res = run_analysis(acfg, ref_model, policy, tokenizer, texts=texts, labels=labels, scorer=scorer,
                                out_dir=target, snapshots=snapshots if len(plan.policies) == 1 else (),
-                               device=device)
+                               device=device, reference_cache=reference_side.bind(tokenizer))
         if not cfg.quiet:
             for key, value in res["scalars"].items():
                 print(f"{key}\t{value:.6g}")
