@@ -55,11 +55,60 @@ def test_fdr_adjustments_by_hand():
     assert math.isnan(stats.benjamini_hochberg(p)[4]) and math.isnan(stats.holm(p)[4])
 
 
-def test_bootstrap_p_and_interval():
-    assert stats.bootstrap_p(np.full(999, 0.3)) == pytest.approx(2 / 1000)
-    assert stats.bootstrap_p(np.concatenate([np.full(500, -1.0), np.full(500, 1.0)])) == 1.0
-    assert stats.bootstrap_p(np.full(99, 1e-17)) == 1.0  # rounding noise is no effect
-    assert stats.percentile_interval(np.arange(101.0)) == pytest.approx((2.5, 97.5))
+def test_t_interval_p_and_welch_dof_by_hand():
+    assert stats.t975(2) == pytest.approx(T2, abs=5e-4) and stats.t975(4) == pytest.approx(2.776, abs=5e-4)
+    assert math.isnan(stats.t975(0))
+    assert stats.boot_se(np.array([1.0, 2.0, 3.0, np.nan])) == pytest.approx(1.0)
+    lo, hi = stats.t_interval(1.0, 0.5, 4)
+    assert (lo, hi) == pytest.approx((1.0 - 2.7764 * 0.5, 1.0 + 2.7764 * 0.5), abs=1e-4)
+    assert stats.t_p(2.7764451 * 0.5, 0.5, 4) == pytest.approx(0.05, abs=1e-6)  # at the quantile: p = 5%
+    assert stats.t_p(-1.0, 1.0, 4) == pytest.approx(0.3739, abs=1e-4)  # 2 x P(T_4 > 1)
+    assert stats.t_p_beyond(1.5, 0.5, 4, margin=1.0) == pytest.approx(0.18695, abs=1e-4)  # P(T_4 > 1)
+    assert stats.t_p_beyond(0.4, 0.5, 4, margin=1.0) > 0.5  # inside the margin: no evidence beyond it
+    # Welch-Satterthwaite: equal errors from 3 + 3 units -> 4; one side exact -> the other's k - 1
+    assert stats.welch_dof([1.0, 1.0], [3, 3]) == pytest.approx(4.0)
+    assert stats.welch_dof([1.0, 0.0], [3, 3]) == pytest.approx(2.0)
+    assert stats.welch_dof([1.0, 1.0], [3, 5]) == pytest.approx(4 / (1 / 2 + 1 / 4))
+    assert math.isnan(stats.welch_dof([1.0, 1.0], [1, 3]))
+    # draws that are all equal: a point interval; p 0 for a nonzero value, 1 for zero
+    assert stats.t_interval(0.3, 0.0, 4) == (0.3, 0.3)
+    assert stats.t_p(0.3, 0.0, 4) == 0.0 and stats.t_p(0.0, 0.0, 4) == 1.0
+
+
+def _runs_at_one_kl(algorithm, values, kl=1.0):
+    from dpo_ppo.report.load import Run
+
+    return [Run(dir=Path("/nowhere"), rel=f"{algorithm}{i}", status="finished", algorithm=algorithm,
+                params={"seed": i}, metrics={BIAS: v, R.KL: kl}) for i, v in enumerate(values)]
+
+
+def test_matched_kl_interval_is_welchs_t_interval_with_three_seeds():
+    """All runs at one KL: each fit is its seeds' mean, so the interval must be Welch's t-interval
+    of two means of 3 (computed by hand), not the +-1.96 se a percentile bootstrap gives."""
+    facet = C.Facet({}, {}, {"dpo": _runs_at_one_kl("dpo", [1.0, 2.0, 3.0]),
+                             "ppo": _runs_at_one_kl("ppo", [2.0, 4.0, 6.0])})
+    pt = C.compare(facet, BIAS, n_boot=20000).points[0]
+    se = math.sqrt(1.0 / 3 + 4.0 / 3)  # sample variances 1 and 4, 3 seeds each
+    dof = (5 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2)  # 2.94
+    assert pt.effect == pytest.approx(2.0)
+    assert pt.effect_se == pytest.approx(se, rel=0.03) and pt.effect_dof == pytest.approx(dof, rel=0.03)
+    half = (pt.ci[1] - pt.ci[0]) / 2
+    assert half == pytest.approx(stats.t975(dof) * se, rel=0.04)  # ~4.1; 1.96 se would be ~2.5
+    assert pt.p == pytest.approx(stats.t_p(2.0, se, dof), rel=0.05)  # ~0.23
+    # each side's own interval: its mean +- t(2) s / sqrt(3)
+    assert pt.fit_ci["dpo"] == pytest.approx((2.0 - T2 / math.sqrt(3), 2.0 + T2 / math.sqrt(3)), rel=0.04)
+
+
+def test_false_positive_rate_with_three_seeds_is_near_alpha():
+    """No difference between the algorithms, 3 seeds a side (the report's minimum): p < 0.05 in
+    about 5% of sweeps. The percentile bootstrap this replaced gave ~14%."""
+    rng = np.random.default_rng(7)
+    hits = 0
+    sims = 300
+    for i in range(sims):
+        facet = C.Facet({}, {}, {a: _runs_at_one_kl(a, rng.normal(size=3)) for a in ("dpo", "ppo")})
+        hits += C.compare(facet, BIAS, n_boot=400, seed=i).points[0].p < 0.05
+    assert hits / sims < 0.09  # binomial sd at 5% of 300: 1.3%
 
 
 # --------------------------------------------------------------------------- planted truths
@@ -419,3 +468,17 @@ def test_wandb_report_is_one_run_with_the_claims_table(tmp_path, monkeypatch):
     keys = set().union(*logged["history"])
     assert {"claims/nrows", "runs/nrows", "plots/frontier/path"} <= keys
     assert logged["summary"]["jobs/finished"] == 2 and logged["summary"]["claims/inconclusive"] == 14
+
+
+@pytest.mark.parametrize("ci, verdict", [((0.01, 0.6), "inconclusive"),  # could still be inside the margin
+                                         ((0.3, 0.6), "contradicted"),  # beyond it: above 0.2875
+                                         ((-0.2, 0.25), "supported")])  # within +-0.2875
+def test_same_is_contradicted_only_when_the_interval_lies_beyond_the_margin(ci, verdict):
+    from dpo_ppo.report.claims import Claim
+
+    claim = Claim("X", "1", "equal", (BIAS,), "same", margin=0.25)  # margin: 25% of (1.0 + 1.3) / 2
+    point = C.Point(kl=1.0, fit={"dpo": 1.0, "ppo": 1.3}, fit_ci={}, boot={}, se={}, dof={}, effect=0.3,
+                    ci=ci, p=0.01)
+    comp = C.Comparison(BIAS, C.Facet({}, {}, {}), {}, {}, {}, (1.0, 1.0), points=[point])
+    row = C.ClaimRow(claim, comp.facet, BIAS, comp, eligible=True, p=0.01, q=0.04)
+    assert C.decide(row) == verdict

@@ -2,10 +2,13 @@
 
 Per algorithm, a metric is modelled as a smooth (local-linear, Gaussian kernel) function of
 log KL over the runs of one facet; the two fits are compared only inside the KL range both
-algorithms' runs cover, at stated KL points. Intervals come from a bootstrap that redraws seeds
-(whole seeds: every run of a seed together; runs when an algorithm has a single seed) and, where
-every run has per-prompt rows (eval_rows.csv), the evaluation prompts too (the same prompts for
-every run, so DPO and PPO stay paired).
+algorithms' runs cover, at stated KL points. Standard errors come from a bootstrap that redraws
+seeds (whole seeds: every run of a seed together; runs when an algorithm has a single seed) and,
+where every run has per-prompt rows (eval_rows.csv), the evaluation prompts too (the same prompts
+for every run, so DPO and PPO stay paired). Intervals and p-values are Student t on those
+standard errors, with the seeds' degrees of freedom (k - 1 per side, Welch-Satterthwaite for
+PPO - DPO): with 3 seeds a side a percentile interval of the draws would be a +-1.96 se interval
+where t is 2.78, and its p could not go below 2 / (draws + 1).
 """
 
 from __future__ import annotations
@@ -119,9 +122,13 @@ class Point:
     fit: Dict[str, float]
     fit_ci: Dict[str, Tuple[float, float]]
     boot: Dict[str, np.ndarray]  # the bootstrap draws of each algorithm's fit
+    se: Dict[str, float]  # each fit's standard error (the draws' standard deviation)
+    dof: Dict[str, float]  # each fit's degrees of freedom: its seeds (clusters) - 1
     effect: float
     ci: Tuple[float, float]
     p: float
+    effect_se: float = float("nan")
+    effect_dof: float = float("nan")  # Welch-Satterthwaite over the two sides
 
 
 @dataclass
@@ -135,6 +142,10 @@ class Comparison:
     points: List[Point] = field(default_factory=list)
     prompts: int = 0  # prompts resampled (0: seeds only)
     note: str = ""
+    left_out: Dict[str, int] = field(default_factory=dict)  # runs without a positive, finite KL
+
+    def left_out_text(self) -> str:
+        return ", ".join(f"{n} {LABELS[a]} run(s)" for a, n in self.left_out.items())
 
     def runs_text(self) -> str:
         return f"{self.n['dpo']} / {self.n['ppo']}"
@@ -169,13 +180,15 @@ def compare(facet: Facet, metric: str, kl_fracs: Sequence[float] = (0.5,), n_boo
             seed: int = 0, use_rows: bool = True) -> Comparison:
     """Fit the metric against log KL per algorithm in the facet and compare the fits at KL points
     placed at ``kl_fracs`` of the common log-KL range."""
-    sides = {a: [r for r in facet.runs[a] if metric in r.metrics and r.kl > 0 and math.isfinite(r.kl)]
-             for a in R.ALGORITHMS}
+    measured = {a: [r for r in facet.runs[a] if metric in r.metrics] for a in R.ALGORITHMS}
+    sides = {a: [r for r in m if r.kl > 0 and math.isfinite(r.kl)] for a, m in measured.items()}
     n = {a: len(s) for a, s in sides.items()}
     seeds = {a: len({r.seed for r in s}) for a, s in sides.items()}
     kl_range = {a: (min(r.kl for r in s), max(r.kl for r in s)) if s else (math.nan, math.nan)
                 for a, s in sides.items()}
     comp = Comparison(metric, facet, n, seeds, kl_range, None)
+    # the fit is against log KL: a run at KL 0 (a policy that did not move) cannot sit on it
+    comp.left_out = {a: len(measured[a]) - n[a] for a in R.ALGORITHMS if len(measured[a]) > n[a]}
     if not all(n.values()):
         missing = [LABELS[a] for a in R.ALGORITHMS if not n[a]]
         comp.note = f"no {' or '.join(missing)} run with this metric"
@@ -219,17 +232,23 @@ def compare(facet: Facet, metric: str, kl_fracs: Sequence[float] = (0.5,), n_boo
         # error: widen the draws around the estimate by the inverse (matters with few seeds)
         k = len(set(clusters))
         widen = math.sqrt(k / (k - 1)) if k > 1 else 1.0
-        fits[a] = {"point": point, "boot": [pt + widen * (stats.local_linear(xb, yb, x0, h, w) - pt)
-                                            for pt, x0 in zip(point, x0s)]}
+        fits[a] = {"point": point, "k": k,
+                   "boot": [pt + widen * (stats.local_linear(xb, yb, x0, h, w) - pt) for pt, x0 in zip(point, x0s)]}
     for i, x0 in enumerate(x0s):
         fit = {a: fits[a]["point"][i] for a in R.ALGORITHMS}
         boot = {a: fits[a]["boot"][i] for a in R.ALGORITHMS}
-        diff = boot["ppo"] - boot["dpo"]
+        se = {a: stats.boot_se(boot[a]) for a in R.ALGORITHMS}
+        dof = {a: float(fits[a]["k"] - 1) for a in R.ALGORITHMS}
+        effect = fit["ppo"] - fit["dpo"]
+        # the difference's draws keep the pairing of shared prompts; its dof come from the seeds
+        effect_se = stats.boot_se(boot["ppo"] - boot["dpo"])
+        effect_dof = stats.welch_dof([se[a] for a in R.ALGORITHMS], [fits[a]["k"] for a in R.ALGORITHMS])
         comp.points.append(Point(
             kl=math.exp(x0), fit=fit,
-            fit_ci={a: stats.percentile_interval(boot[a]) for a in R.ALGORITHMS},
-            boot=boot,
-            effect=fit["ppo"] - fit["dpo"], ci=stats.percentile_interval(diff), p=stats.bootstrap_p(diff)))
+            fit_ci={a: stats.t_interval(fit[a], se[a], dof[a]) for a in R.ALGORITHMS},
+            boot=boot, se=se, dof=dof, effect=effect,
+            ci=stats.t_interval(effect, effect_se, effect_dof), p=stats.t_p(effect, effect_se, effect_dof),
+            effect_se=effect_se, effect_dof=effect_dof))
     return comp
 
 
@@ -276,6 +295,11 @@ def _within(ci: Tuple[float, float], m: float) -> bool:
     return math.isfinite(ci[0]) and -m <= ci[0] and ci[1] <= m
 
 
+def _beyond(ci: Tuple[float, float], m: float) -> bool:
+    """The whole interval lies outside +-m (on one side): a difference larger than the margin."""
+    return math.isfinite(ci[0]) and (ci[0] > m or ci[1] < -m)
+
+
 def decide(row: ClaimRow, alpha: float = ALPHA) -> str:
     """The verdict of an eligible row from its adjusted p-value (the rule under the table)."""
     pt = row.comparison.points[0]
@@ -287,7 +311,7 @@ def decide(row: ClaimRow, alpha: float = ALPHA) -> str:
     if kind == "same":
         if _within(pt.ci, m):
             return "supported"
-        return "contradicted" if sig and abs(pt.effect) > m else "inconclusive"
+        return "contradicted" if sig and _beyond(pt.ci, m) else "inconclusive"
     if kind == "differ":
         if sig:
             return "supported"
@@ -326,8 +350,10 @@ def claims_table(runs: Sequence[Run], facets: Sequence[Facet], claims: Sequence[
                 row.eligible = True
                 pt = comp.points[0]
                 row.p = beyond_margin_p(pt, claim.margin) if claim.kind == "zero" else pt.p
-            if metric.startswith("analysis/weights/"):
-                row.caveat = steps_caveat(facet)
+            caveats = [steps_caveat(facet) if metric.startswith("analysis/weights/") else "",
+                       f"{comp.left_out_text()} left out: KL not positive (the fit is in log KL)"
+                       if comp.left_out else ""]
+            row.caveat = "; ".join(c for c in caveats if c)
             rows.append(row)
     adjust = stats.holm if fdr == "holm" else stats.benjamini_hochberg
     q = adjust([r.p if r.eligible else float("nan") for r in rows])
@@ -339,14 +365,11 @@ def claims_table(runs: Sequence[Run], facets: Sequence[Facet], claims: Sequence[
 
 
 def beyond_margin_p(pt: Point, margin: float) -> float:
-    """For "within the margin for both" claims: the bootstrap p of "some algorithm's value lies
-    beyond the margin", i.e. the share of draws inside it (one-sided), Bonferroni over the two."""
-    ps = []
-    for a in R.ALGORITHMS:
-        draws = np.asarray(pt.boot[a], dtype=float)
-        draws = draws[np.isfinite(draws)]
-        inside = int((np.abs(draws) <= margin).sum())
-        ps.append((inside + 1) / (draws.size + 1))
+    """For "within the margin for both" claims: the p of "some algorithm's value lies beyond the
+    margin" (one-sided t per algorithm, null at the margin), Bonferroni over the two."""
+    ps = [stats.t_p_beyond(pt.fit[a], pt.se[a], pt.dof[a], margin) for a in R.ALGORITHMS]
+    if any(math.isnan(p) for p in ps):
+        return float("nan")
     return float(min(1.0, 2 * min(ps)))
 
 
