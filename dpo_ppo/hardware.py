@@ -87,6 +87,39 @@ def set_matmul_precision(precision_key: str, device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = precision_key != "fp32"
 
 
+@contextlib.contextmanager
+def exact_float32(device):
+    """Float32 arithmetic for what compares two models: autocast off and, on CUDA, TF32 off.
+
+    The KL of a policy to its reference (evaluation, PPO's penalty and controller) and the
+    activation divergences are differences of two models' outputs.  Under bf16 autocast every
+    weight is rounded to bf16 (a relative step of 2^-8) in each forward pass, and at the paper's lr
+    of 1e-6 most of what training changed is smaller than that step: the two rounded models then
+    differ by rounding, which puts a positive floor under every KL and divergence (~1e-3 nats on the
+    embedded model at a 5e-4 relative weight change, where float32 gives ~1e-5).  These passes are a
+    few forwards without gradients, so float32 costs little; training and sampling keep the precision.
+    """
+    device = torch.device(device)
+    with torch.autocast(device_type=device.type, enabled=False):
+        if device.type != "cuda":
+            yield
+            return
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def is_exact_float32(device) -> bool:
+    """Whether forwards on ``device`` run in plain float32 here (no autocast, no TF32)."""
+    device = torch.device(device)
+    if torch.is_autocast_enabled(device.type):
+        return False
+    return device.type != "cuda" or not torch.backends.cuda.matmul.allow_tf32
+
+
 def gpu_sizes(memory_gib: float) -> dict:
     return {k: int(min(_GPU_MAX[k], max(_GPU_MIN[k], _pow2_floor(_PER_GIB[k] * memory_gib)))) for k in _PER_GIB}
 

@@ -47,6 +47,7 @@ import torch
 import torch.nn as nn
 from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
 
+from dpo_ppo import hardware
 from dpo_ppo.hardware import CPU_SIZES
 from dpo_ppo.sampling import generate, model_device, pad_batch
 from dpo_ppo.snapshots import replace_dir, save_model_dir, snapshot_dir
@@ -329,7 +330,8 @@ class PolicyWithValue(nn.Module):
         if with_values:
             if self.value_trunk is not None:
                 hidden = completion_hidden(self.value_trunk, batch, is_trunk=True)
-            values = self.value_head(hidden.float()).squeeze(-1).float()  # float32 under autocast too
+            with torch.autocast(device_type=hidden.device.type, enabled=False):  # a float32 head under autocast too
+                values = self.value_head(hidden.float()).squeeze(-1)
         return logits, values
 
 
@@ -405,20 +407,28 @@ def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int
     mask = batch["mask"]
     n, chunk = len(queries), max(1, chunk or cfg.batch_size or CPU_SIZES["train_micro_batch"])
     logprobs, ref_logprobs, values, entropy = [], [], [], []
+    kl_logprobs = []  # the policy's log-probs for the KL: float32 (below); logprobs: the update's precision
     for start in range(0, n, chunk):
         part = select(batch, slice(start, start + chunk))
         with autocast():
             logits, v = model(part, cfg.temperature)
-            ref_hidden = completion_hidden(ref_model, part)
-            ref_logits = ref_model.get_output_embeddings()(ref_hidden).float() / cfg.temperature
-        logprobs.append(token_logprobs(logits, part["completion_ids"]))
+            exact = hardware.is_exact_float32(device)
+        lp = token_logprobs(logits, part["completion_ids"])
+        logprobs.append(lp)
         entropy.append(entropy_from_logits(logits))
         values.append(v)
+        # the KL penalty compares two nearby models: float32, not bf16 (hardware.exact_float32);
+        # the ratio's old log-probs stay in the update's precision, so it starts at 1
+        with hardware.exact_float32(device):
+            kl_logprobs.append(lp if exact else token_logprobs(
+                model(part, cfg.temperature, with_values=False)[0], part["completion_ids"]))
+            ref_hidden = completion_hidden(ref_model, part)
+            ref_logits = ref_model.get_output_embeddings()(ref_hidden).float() / cfg.temperature
         ref_logprobs.append(token_logprobs(ref_logits, part["completion_ids"]))
     logprobs, ref_logprobs = torch.cat(logprobs) * mask, torch.cat(ref_logprobs) * mask
     values, entropy = torch.cat(values) * mask, torch.cat(entropy)
 
-    kl = kl_per_token(logprobs, ref_logprobs, cfg.kl_estimator) * mask
+    kl = kl_per_token(torch.cat(kl_logprobs) * mask, ref_logprobs, cfg.kl_estimator) * mask
     rewards = -kl_coef * kl
     last = (mask.sum(1).long() - 1).clamp(min=0)
     rewards[torch.arange(n, device=device), last] += score.to(device)

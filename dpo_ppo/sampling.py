@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from dpo_ppo import hardware
 from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -253,8 +254,16 @@ def sequence_kl(model, ref_model, prompts: Sequence[Sequence[int]], completions:
     distributions compared; on completions sampled from ``model`` its mean estimates the
     sequence-level KL with less variance than the log-ratio, and it is never negative.
     ``k1``: sum over completion tokens of log model(y_t|.) - log ref(y_t|.), the plain log-ratio.
+
+    Both run in float32 whatever autocast surrounds the call (``hardware.exact_float32``: bf16
+    rounding of two nearby models' weights would put a floor under the KL).
     """
     device = model_device(model)
+    with hardware.exact_float32(device):
+        return _sequence_kl(model, ref_model, prompts, completions, pad_id, batch_size, device)
+
+
+def _sequence_kl(model, ref_model, prompts, completions, pad_id, batch_size, device):
     exact, k1 = torch.zeros(len(prompts)), torch.zeros(len(prompts))
     # batched by length (each row's numbers do not depend on its batch): a batch pads to its own
     # longest sequence, not to the longest of all

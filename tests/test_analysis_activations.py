@@ -143,3 +143,19 @@ def test_a_trainer_patched_forward_does_not_bypass_the_bridge(setup):
     assert r["sites"]["resid"]["cos"]["all"][0] == pytest.approx(1.0, abs=1e-6)
     assert r["sites"]["mlp"]["kl"]["all"][1] > 1e-6
     assert "forward" in patched.__dict__  # the caller's model keeps its patch
+
+
+def test_divergences_are_float32_under_bf16_autocast(setup):
+    """A nearby policy (weights moved below bf16's resolution): under bf16 autocast the divergences
+    are the float32 ones (hardware.exact_float32), not bf16 rounding of two models."""
+    tok, ref, seqs, labels = setup
+    pol = copy.deepcopy(ref)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in pol.parameters():
+            p.add_(5e-4 * p.std().clamp_min(1e-3) * torch.randn(p.shape, generator=g))
+    plain = _run(tok, ref, pol, seqs, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = _run(tok, ref, pol, seqs, labels)
+    assert auto == plain
+    assert 0 < max(plain["logit_lens_kl"]["all"]) < 1e-4

@@ -330,3 +330,61 @@ def test_a_job_samples_its_prefs_with_the_static_cache_from_enough_tokens(tmp_pa
         cfg.hardware.static_cache_min_tokens = tokens + extra
         Job(cfg, tmp_path / f"job{extra}").prefs(prompts, None, None, None)
     assert seen == [True, False]
+
+
+# ----------------------------------------------------------------------------- what compares two models
+
+
+def _nearby(model, scale=5e-4):
+    """A copy with every weight moved by ``scale`` of its tensor's spread: a policy early in a run at
+    lr 1e-6, whose changes sit below bf16's resolution (a relative step of 2^-8)."""
+    near = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in near.parameters():
+            p.add_(scale * p.std().clamp_min(1e-3) * torch.randn(p.shape, generator=g))
+    return near
+
+
+def test_kl_to_the_reference_is_float32_under_bf16_autocast():
+    """Evaluation's KL compares two nearby models: under bf16 autocast it is computed in float32
+    (hardware.exact_float32), bit for bit the float32 numbers.  The same forwards in bf16 sit on a
+    floor of rounding far above the true KL: what a GPU job's KL axis would have measured."""
+    from dpo_ppo import sampling
+
+    ref, tok = _word_model()
+    policy = _nearby(ref)
+    prompts = [[4 + i % 16, 5 + i % 7, 6] for i in range(48)]
+    completions = sampling.generate(policy, tok, prompts, 12, keys=sampling.sample_keys(0, range(48)),
+                                    batch_size=48, desc=None)
+    kl, k1 = sampling.sequence_kl(policy, ref, prompts, completions, pad_id=tok.pad_token_id)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kl_auto, k1_auto = sampling.sequence_kl(policy, ref, prompts, completions, pad_id=tok.pad_token_id)
+        with torch.no_grad():  # the same forwards without exact_float32
+            floor, _ = sampling._sequence_kl(policy, ref, prompts, completions, tok.pad_token_id, 64,
+                                             torch.device("cpu"))
+    assert torch.equal(kl, kl_auto) and torch.equal(k1, k1_auto)
+    assert float(floor.mean()) > 10 * float(kl.mean())
+
+
+def test_ppo_kl_penalty_is_float32_under_bf16_autocast():
+    """PPO's per-token KL (its penalty and the controller's reading) is float32 under bf16 autocast:
+    the same rollout gives the same KL with and without autocast.  The ratio's old log-probs stay
+    in the update's precision."""
+    from test_ppo import make_prompts, ppo_cfg, share_of_target
+
+    from dpo_ppo.ppo import PolicyWithValue, rollout
+
+    ref, tok = _word_model()
+    policy = _nearby(ref)
+    cfg = ppo_cfg(completion_len=8)
+    queries = make_prompts(16)
+    out = {}
+    for name, autocast in (("fp32", contextlib.nullcontext),
+                           ("bf16", lambda: torch.autocast("cpu", dtype=torch.bfloat16))):
+        torch.manual_seed(0)
+        out[name], _ = rollout(PolicyWithValue(policy, ref), ref, tok, queries, share_of_target, cfg,
+                               kl_coef=0.2, normalizer=None, autocast=autocast)
+    assert torch.equal(out["fp32"]["completion_ids"], out["bf16"]["completion_ids"])
+    assert torch.equal(out["fp32"]["kl"], out["bf16"]["kl"])
+    assert not torch.equal(out["fp32"]["old_logprobs"], out["bf16"]["old_logprobs"])  # the update's precision

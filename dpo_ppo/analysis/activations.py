@@ -35,6 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dpo_ppo import hardware
 from dpo_ppo.analysis import plots
 from dpo_ppo.analysis.common import batches, encode, select_balanced
 from dpo_ppo.analysis.context import Context, Output
@@ -63,9 +64,15 @@ def activation_divergence(ref_bridge, pol_bridge, seqs: list[list[int]], labels:
                           pad: int, batch_size: int = 16, progress: bool = True) -> dict:
     """Cosine and softmax-KL per site and layer, and logit-lens KL per layer.
 
+    In float32 whatever autocast surrounds the call (``hardware.exact_float32``).
     Returns ``{"sites": {site: {"cos"|"kl": {subset: [per layer]}}}, "logit_lens_kl": {subset:
     [per layer]}, "num_prompts": {subset: n}}``.
     """
+    with hardware.exact_float32(ref_bridge.cfg.device):  # a divergence of two nearby models: no bf16 floor
+        return _activation_divergence(ref_bridge, pol_bridge, seqs, labels, pad, batch_size, progress)
+
+
+def _activation_divergence(ref_bridge, pol_bridge, seqs, labels, pad, batch_size, progress) -> dict:
     n_layers = ref_bridge.cfg.n_layers
     device = ref_bridge.cfg.device
     wanted = tuple(SITES.values())
