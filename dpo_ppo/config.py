@@ -150,7 +150,8 @@ class AlgorithmConfig:
                            "as in the seed); >= 0")
     weight_decay: float = option(0.0, "AdamW's decoupled weight decay; >= 0")
     adam_eps: float = option(1e-8, "AdamW's epsilon")
-    max_grad_norm: float = option(1.0, "gradient clipping by global norm per optimizer step; 0 = none; >= 0")
+    max_grad_norm: float = option(1.0, "gradient clipping by global norm per optimizer step (PPO: the policy's and "
+                                  "the value model's gradients apart); 0 = none; >= 0")
     snapshot_every: int = option(2000, "training prefixes between saved policy snapshots (the seed: 2000), "
                                        "for the weight analyses over training; > 0")
 

@@ -311,6 +311,10 @@ class PolicyWithValue(nn.Module):
         nn.init.normal_(self.value_head.weight, std=1.0 / math.sqrt(hidden + 1))
         nn.init.zeros_(self.value_head.bias)
 
+    def value_modules(self) -> nn.ModuleList:
+        """What the value loss trains besides the policy: the head, and the trunk when separate."""
+        return nn.ModuleList([m for m in (self.value_trunk, self.value_head) if m is not None])
+
     def value_state_dict(self) -> dict:
         state = {"head": self.value_head.state_dict()}
         if self.value_trunk is not None:
@@ -464,7 +468,9 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
     mask_all = batch["mask"]
     n, device = mask_all.shape[0], mask_all.device
     chunk = max(1, chunk or cfg.batch_size or CPU_SIZES["train_micro_batch"])
-    params = [p for p in model.parameters() if p.requires_grad]
+    # clipped apart: the policy's gradient as DPO's is (max_grad_norm on the policy alone), so the
+    # value loss, large early in a run, does not scale down the policy's steps through a joint norm
+    groups = [[p for p in part.parameters() if p.requires_grad] for part in (model.policy, model.value_modules())]
     keys = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl")
     # statistics stay on the device until the end: reading one back (int(), float()) inside the
     # loop would make the CPU wait for the GPU at every chunk, where it could queue the next kernels
@@ -493,7 +499,8 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
                 trained_tokens += part["attention_mask"].sum()
                 epoch += torch.stack([pg.detach(), vf.detach(), clipfrac, vf_clipfrac, approx_kl]) * weight
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                for group in groups:
+                    torch.nn.utils.clip_grad_norm_(group, cfg.max_grad_norm)
             optimizer.step()
             steps += 1
         totals += epoch

@@ -365,3 +365,28 @@ def test_resume_refuses_a_different_layout(tmp_path):
     run(ppo_cfg(examples=32, snapshot_every=16), tmp_path)
     with pytest.raises(ValueError, match="fresh out_dir"):
         run(ppo_cfg(examples=32, snapshot_every=16, rollout_prefixes=8), tmp_path)
+
+
+def test_the_value_loss_does_not_scale_the_policys_clipped_step():
+    """Gradients are clipped apart: with a separate value model, the policy's step (plain SGD here,
+    so a step is the clipped gradient) is the same whether the value error is small or huge.  A
+    joint norm let the value loss shrink the policy's step."""
+    tok = tiny_tokenizer()
+    ref = tiny_model(tok)
+    cfg = ppo_cfg(value_model="separate", vf_coef=1.0, ppo_epochs=1, num_minibatches=1, max_grad_norm=1e-3)
+    queries = make_prompts(8)
+    torch.manual_seed(0)
+    batch, _ = rollout(PolicyWithValue(copy.deepcopy(ref), ref, "separate"), ref, tok, queries, share_of_target,
+                       cfg, kl_coef=0.0, normalizer=None)
+    moved = []
+    for offset in (0.0, 100.0):
+        torch.manual_seed(1)
+        model = PolicyWithValue(copy.deepcopy(ref), ref, "separate")
+        b = dict(batch, returns=batch["returns"] + offset)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+        ppo_update(model, optimizer, b, cfg, torch.Generator().manual_seed(0))
+        moved.append({k: v - ref.state_dict()[k] for k, v in model.policy.state_dict().items()})
+    norm = torch.sqrt(sum((d.double() ** 2).sum() for d in moved[0].values()))
+    assert float(norm) == pytest.approx(1e-3, rel=1e-3)  # the policy's own gradient, clipped to the norm
+    for key, delta in moved[0].items():
+        torch.testing.assert_close(moved[1][key], delta, rtol=1e-5, atol=1e-9)
