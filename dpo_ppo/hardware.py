@@ -96,7 +96,7 @@ def exact_float32(device):
     weight is rounded to bf16 (a relative step of 2^-8) in each forward pass, and at the paper's lr
     of 1e-6 most of what training changed is smaller than that step: the two rounded models then
     differ by rounding, which puts a positive floor under every KL and divergence (~1e-3 nats on the
-    embedded model at a 5e-4 relative weight change, where float32 gives ~1e-5).  These passes are a
+    embedded model at a 5e-4 relative weight change, where float32 gives < 1e-5).  These passes are a
     few forwards without gradients, so float32 costs little; training and sampling keep the precision.
     """
     device = torch.device(device)
