@@ -335,8 +335,10 @@ def planned_optimizer_steps(cfg) -> int:
     algo = cfg.algorithm
     if algo.name == "dpo":  # the Trainer's max_steps: ceil(epochs x steps per epoch)
         return math.ceil(math.ceil(algo.examples / algo.batch_size) * algo.epochs)
-    updates = math.ceil(algo.examples / algo.rollout_prefixes)
-    return updates * algo.ppo_epochs * algo.num_minibatches
+    full, rest = divmod(algo.examples, algo.rollout_prefixes)
+    # the last, partial rollout: minibatches of the full rollouts' size (ppo.rollout_minibatches)
+    last = math.ceil(rest * algo.num_minibatches / algo.rollout_prefixes) if rest else 0
+    return (full * algo.num_minibatches + last) * algo.ppo_epochs
 
 
 @dataclass

@@ -461,6 +461,14 @@ def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int
 # --------------------------------------------------------------------------- optimisation
 
 
+def rollout_minibatches(cfg, samples: int) -> int:
+    """Minibatches of a rollout of ``samples``: ``num_minibatches`` for a full rollout, and for the
+    last, partial one (examples not a multiple of rollout_prefixes) as many of the same size as it
+    fills (ceil), as DPO's last batch is one step: so compute=matched gives both the same steps."""
+    full = cfg.rollout_prefixes * cfg.num_completions
+    return max(1, min(samples, math.ceil(samples * cfg.num_minibatches / full)))
+
+
 def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: torch.Generator, *,
                chunk: Optional[int] = None, autocast=contextlib.nullcontext) -> dict:
     """``ppo_epochs`` epochs of shuffled minibatches over one rollout; returns mean statistics.
@@ -480,7 +488,7 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=generator).to(device)
         epoch = torch.zeros(len(keys), device=device)
-        minibatches = torch.tensor_split(order, min(cfg.num_minibatches, n))
+        minibatches = torch.tensor_split(order, rollout_minibatches(cfg, n))
         for mb in minibatches:
             mb_tokens = mask_all[mb].sum().clamp(min=1)
             optimizer.zero_grad(set_to_none=True)

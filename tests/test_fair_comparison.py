@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -158,8 +159,34 @@ def test_matched_compute_gives_both_algorithms_the_same_steps():
         apply_compute(cfg)
         matched[a] = planned_optimizer_steps(cfg)
     assert matched == {"dpo": 64, "ppo": 64}
+    # the paper presets: examples not a multiple of PPO's 32-prefix rollouts (a partial last one)
+    for run, native_steps, matched_steps in (("paper_run1", (1563, 12500), 1563), ("paper_run2", (625, 5000), 625)):
+        steps = {}
+        for a in ("dpo", "ppo"):
+            cfg = compose_cfg([f"experiment={run}", f"algorithm={a}"], tiny=False)
+            steps[a] = planned_optimizer_steps(cfg)
+            cfg = compose_cfg([f"experiment={run}", f"algorithm={a}", "compute=matched"], tiny=False)
+            apply_compute(cfg)
+            assert planned_optimizer_steps(cfg) == matched_steps, (run, a)
+        assert (steps["dpo"], steps["ppo"]) == native_steps, run
     with pytest.raises(ConfigError, match=r"compute\.prefixes_per_step.*rollout_prefixes \(16\)"):
         validate(compose_cfg(["algorithm=ppo", "compute=matched", "compute.prefixes_per_step=12"]))
+
+
+def test_a_partial_last_rollout_takes_minibatches_of_the_usual_size(tmp_path):
+    """40 examples in rollouts of 16 prefixes: two full rollouts (4 minibatches of 8 samples each)
+    and one of 8 prefixes, which takes 2 minibatches of 8 samples (not 4 of 4): 10 steps a pass,
+    as planned_optimizer_steps says, and as DPO with batch 4 would take for 40 pairs."""
+    from test_ppo import ppo_cfg, run
+
+    from dpo_ppo.ppo import rollout_minibatches
+
+    cfg = ppo_cfg(examples=40, rollout_prefixes=16, ppo_epochs=1, num_minibatches=8, num_completions=2,
+                  completion_len=4)
+    assert [rollout_minibatches(cfg, n) for n in (32, 16, 2, 1)] == [8, 4, 1, 1]
+    _, _, log, summary = run(cfg, tmp_path)
+    assert [m["train/optimizer_steps"] for _, m in log] == [8, 8, 4]
+    assert summary["compute"]["optimizer_steps"] == 20 == planned_optimizer_steps(SimpleNamespace(algorithm=cfg))
 
 
 def test_ppo_counts_what_it_did(tmp_path):
