@@ -177,6 +177,10 @@ class AlgorithmConfig:
         return self.prefix_len_max or self.prefix_len
 
 
+# TRL 1.16's DPO losses that read label_smoothing (the others, sigmoid included, ignore it)
+LABEL_SMOOTHING_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
+
+
 @dataclass
 class DPOAlgorithmConfig(AlgorithmConfig):
     """DPO through TRL's DPOTrainer on pairs the reference sampled (best and worst of num_completions)."""
@@ -186,8 +190,9 @@ class DPOAlgorithmConfig(AlgorithmConfig):
                               "DPO loss); > 0")
     loss_type: str = option("sigmoid", "any of TRL's DPO loss types (sigmoid: the DPO paper's loss)")
     epochs: float = option(1.0, "passes over the preference pairs (fractions allowed); > 0")
-    label_smoothing: float = option(0.0, "assumed probability that a pair's preference is flipped "
-                                         "(conservative DPO); in [0, 0.5)")
+    label_smoothing: float = option(0.0, "assumed probability that a pair's preference is flipped; in [0, "
+                                         "0.5), read only by loss_type robust (conservative DPO), exo_pair, "
+                                         "aot, aot_unpaired")
 
     def check(self, where: str = "algorithm") -> None:
         super().check(where)
@@ -200,6 +205,11 @@ class DPOAlgorithmConfig(AlgorithmConfig):
         finite(f"{where}.label_smoothing", self.label_smoothing)
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"{where}.label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss_type not in LABEL_SMOOTHING_LOSSES:
+            raise ConfigError(f"{where}.label_smoothing",
+                              f"TRL's {self.loss_type!r} loss ignores it (it would train plain {self.loss_type}); "
+                              f"set {where}.loss_type to one of {', '.join(LABEL_SMOOTHING_LOSSES)} "
+                              f"(robust: conservative DPO), or label_smoothing to 0")
 
 
 @dataclass

@@ -220,6 +220,7 @@ def test_a_field_without_help_is_refused():
     (C.PPOAlgorithmConfig(rollout_prefixes=3, num_completions=2, num_minibatches=4), "algorithm",
      "algorithm.num_minibatches"),
     (C.DPOAlgorithmConfig(label_smoothing=0.5), "algorithm", "algorithm.label_smoothing"),
+    (C.DPOAlgorithmConfig(label_smoothing=0.1), "algorithm", "algorithm.label_smoothing"),  # sigmoid ignores it
     (C.DPOAlgorithmConfig(lr=float("nan")), "algorithm", "algorithm.lr"),
     (C.ModelConfig(num_heads=3), "model", "model.num_heads"),
     (C.ClassifierConfig(finetune=False), "classifier", "classifier.finetune"),
@@ -274,3 +275,9 @@ def test_the_two_schemas_do_not_import_each_other():
     for path in ("dpo_ppo/analysis/config.py", "dpo_ppo/checks.py", "dpo_ppo/sources.py"):
         assert not imports.search((REPO / path).read_text()), path  # not even lazily, inside a function
     assert imports.search((REPO / "dpo_ppo/main.py").read_text())  # the pattern does find one
+
+
+def test_label_smoothing_is_refused_where_trls_loss_ignores_it():
+    C.DPOAlgorithmConfig(loss_type="robust", label_smoothing=0.1).check()  # conservative DPO reads it
+    with pytest.raises(ConfigError, match=r"^algorithm.label_smoothing: TRL's 'sigmoid' loss ignores it.*robust"):
+        C.DPOAlgorithmConfig(label_smoothing=0.1).check()
