@@ -461,6 +461,20 @@ def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int
 # --------------------------------------------------------------------------- optimisation
 
 
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups with weight decay where transformers' Trainer (DPO's optimizer) puts it: not on
+    biases or LayerNorm weights.  Decaying PPO's biases and not DPO's would confound the bias
+    divergence the seed compares."""
+    from transformers import Trainer
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not weight_decay:  # one group, as before this rule (a checkpoint's optimizer state still loads)
+        return [{"params": [p for _, p in named], "weight_decay": 0.0}]
+    decay = set(Trainer.get_decay_parameter_names(None, model))  # the Trainer's rule; it reads no state
+    return [{"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+
+
 def rollout_minibatches(cfg, samples: int) -> int:
     """Minibatches of a rollout of ``samples``: ``num_minibatches`` for a full rollout, and for the
     last, partial one (examples not a multiple of rollout_prefixes) as many of the same size as it
@@ -596,8 +610,7 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
     random.seed(seed)
     np.random.seed(seed)
     model = PolicyWithValue(policy, ref_model, cfg.value_model).eval()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, eps=cfg.adam_eps)
     kl_ctl = make_kl_controller(cfg, updates=math.ceil(total / cfg.rollout_prefixes))
     normalizer = RunningMoments() if cfg.normalize_reward else None
     generator = torch.Generator().manual_seed(seed)  # minibatch shuffling

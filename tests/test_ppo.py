@@ -390,3 +390,28 @@ def test_the_value_loss_does_not_scale_the_policys_clipped_step():
     assert float(norm) == pytest.approx(1e-3, rel=1e-3)  # the policy's own gradient, clipped to the norm
     for key, delta in moved[0].items():
         torch.testing.assert_close(moved[1][key], delta, rtol=1e-5, atol=1e-9)
+
+
+def test_weight_decay_spares_biases_and_layernorms_as_dpos_trainer_does():
+    """With zero advantages and no value error the gradients are zero, so one AdamW step is weight
+    decay alone: PPO's weights shrink by lr x decay, its biases and LayerNorm weights do not move,
+    as transformers' Trainer (DPO's optimizer) decays them."""
+    from dpo_ppo.ppo import param_groups
+
+    tok = tiny_tokenizer()
+    ref = tiny_model(tok)
+    cfg = ppo_cfg(ppo_epochs=1, num_minibatches=1, weight_decay=0.5)
+    model = PolicyWithValue(copy.deepcopy(ref), ref, "separate")
+    torch.manual_seed(0)
+    batch, _ = rollout(model, ref, tok, make_prompts(8), share_of_target, cfg, kl_coef=0.0, normalizer=None)
+    batch["advantages"] = torch.zeros_like(batch["advantages"])
+    batch["returns"] = batch["old_values"].clone()
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=0.1)
+    before = {n: p.detach().clone() for n, p in model.policy.named_parameters()}
+    ppo_update(model, optimizer, batch, cfg, torch.Generator().manual_seed(0))
+    for name, p in model.policy.named_parameters():
+        if name.endswith("bias") or "norm" in name:  # input_layernorm, final_layer_norm, ...
+            assert torch.equal(p, before[name]), name
+        else:
+            torch.testing.assert_close(p, before[name] * (1 - 0.1 * 0.5), msg=name)
+    assert len(param_groups(model, 0.0)) == 1  # no decay: one group, as a checkpoint's optimizer has
