@@ -161,13 +161,15 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
         policy.load_state_dict(type(policy).from_pretrained(last, dtype=policy.dtype).state_dict())
     result = trainer.train(resume_from_checkpoint=last)
     steps = int(result.global_step)
-    # pairs seen (epochs wrap around) and the tokens of prompt+chosen and prompt+rejected forwarded
-    # with gradients; a partial last batch counts as a whole step's pairs at most
+    # pairs seen and the tokens of prompt+chosen and prompt+rejected forwarded with gradients: each
+    # epoch is ceil(pairs / batch) steps whose last batch is partial; a fractional last epoch
+    # trains the first steps of a fresh shuffle, whose pairs get the mean pair's tokens
     pair_tokens = [2 * len(p) + len(c) + len(r) for p, c, r in
                    zip(prefs["prompt_ids"], prefs["chosen_ids"], prefs["rejected_ids"])]
-    seen = min(steps * algo.batch_size, math.ceil(len(prefs) * algo.epochs))
-    full, part = divmod(seen, len(prefs))
+    full, rest_steps = divmod(steps, math.ceil(len(prefs) / algo.batch_size))
+    part = min(rest_steps * algo.batch_size, len(prefs))
+    seen = full * len(prefs) + part
     compute = {"optimizer_steps": steps, "examples_seen": seen,
-               "trained_tokens": int(full * sum(pair_tokens) + sum(pair_tokens[:part]))}
+               "trained_tokens": round(full * sum(pair_tokens) + part * sum(pair_tokens) / len(prefs))}
     return {"train_loss": float(result.training_loss), "steps": steps, "resumed_from": last,
             "compute": compute}
