@@ -16,8 +16,9 @@ the sweeper's sweep.json for jobs not started yet, then writes into PATH/report/
   wandb/           the report's W&B run (job_type "report", group = the sweep name; the same run
                    each time the report is re-made), offline unless --wandb-mode online
 
-Package layout: load (reading the sweep), stats (fit, t-intervals on bootstrap standard errors, FDR), claims (the seed's list),
-compare (facets, matched KL, verdicts), plots, render (report.md, files, W&B), cli.
+Package layout: load (reading the sweep), stats (fit, t-intervals on bootstrap standard errors, FDR),
+claims (the seed's list), compare (facets, matched KL, verdicts), plots, render (report.md, files,
+W&B), cli.
 """
 
 from dpo_ppo.report.cli import main
