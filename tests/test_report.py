@@ -470,14 +470,14 @@ def test_wandb_report_is_one_run_with_the_claims_table(tmp_path, monkeypatch):
     assert logged["summary"]["jobs/finished"] == 2 and logged["summary"]["claims/inconclusive"] == 14
 
 
-@pytest.mark.parametrize("ci, verdict", [((0.01, 0.6), "inconclusive"),  # could still be inside the margin
-                                         ((0.3, 0.6), "contradicted"),  # beyond it: above 0.2875
-                                         ((-0.2, 0.25), "supported")])  # within +-0.2875
-def test_same_is_contradicted_only_when_the_interval_lies_beyond_the_margin(ci, verdict):
+@pytest.mark.parametrize("effect, ci, verdict", [(0.3, (0.01, 0.6), "inconclusive"),  # could be inside the margin
+                                                 (0.45, (0.3, 0.6), "contradicted"),  # beyond it: above 0.2875
+                                                 (0.02, (-0.2, 0.25), "supported")])  # within +-0.2875
+def test_same_is_contradicted_only_when_the_interval_lies_beyond_the_margin(effect, ci, verdict):
     from dpo_ppo.report.claims import Claim
 
     claim = Claim("X", "1", "equal", (BIAS,), "same", margin=0.25)  # margin: 25% of (1.0 + 1.3) / 2
-    point = C.Point(kl=1.0, fit={"dpo": 1.0, "ppo": 1.3}, fit_ci={}, boot={}, se={}, dof={}, effect=0.3,
+    point = C.Point(kl=1.0, fit={"dpo": 1.0, "ppo": 1.3}, fit_ci={}, boot={}, se={}, dof={}, effect=effect,
                     ci=ci, p=0.01)
     comp = C.Comparison(BIAS, C.Facet({}, {}, {}), {}, {}, {}, (1.0, 1.0), points=[point])
     row = C.ClaimRow(claim, comp.facet, BIAS, comp, eligible=True, p=0.01, q=0.04)
