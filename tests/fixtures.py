@@ -142,6 +142,36 @@ class HashScorer:
         return torch.tensor([zlib.crc32(t.encode()) / 2 ** 32 for t in texts], dtype=torch.float32)
 
 
+# --------------------------------------------------------------------------- DPO inputs
+
+
+def token_pairs(n: int, seed: int = 0, texts: bool = False):
+    """``n`` preference pairs of random token ids (prompt 4, chosen 5, rejected 3 tokens) as the
+    prefs stage saves them; ``texts`` adds placeholder text columns."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(length: int) -> list[int]:
+        return torch.randint(4, 20, (length,), generator=g).tolist()
+
+    columns = {"prompt_ids": [ids(4) for _ in range(n)], "chosen_ids": [ids(5) for _ in range(n)],
+               "rejected_ids": [ids(3) for _ in range(n)]}
+    if texts:
+        columns = {"prompt": ["p"] * n, "chosen": ["c"] * n, "rejected": ["r"] * n, **columns}
+    return Dataset.from_dict(columns)
+
+
+def dpo_algo(**overrides):
+    """The ``algorithm`` group ``train_dpo`` reads, for token_pairs: batch 4, one epoch, lr 1e-2."""
+    from omegaconf import OmegaConf
+
+    base = {"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.0, "lr": 1e-2, "weight_decay": 0.0,
+            "adam_eps": 1e-8, "max_grad_norm": 1e9, "batch_size": 4, "epochs": 1.0, "prefix_len": 4,
+            "prefix_len_max": None, "completion_len": 6, "snapshot_every": 1000}
+    return OmegaConf.create({**base, **overrides})
+
+
 # --------------------------------------------------------------------------- offline W&B runs
 
 

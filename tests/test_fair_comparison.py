@@ -250,22 +250,14 @@ def test_eval_completions_as_long_as_training_and_the_paper_presets_use_100():
 def test_dpo_counts_pairs_over_a_fractional_epoch(tmp_path):
     """11 pairs in batches of 4 (3 steps an epoch, the last of 3 pairs), 1.5 epochs: the Trainer
     takes ceil(3 x 1.5) = 5 steps, 11 pairs then 2 batches of 4 of a fresh shuffle: 19 pairs."""
-    from datasets import Dataset
-    from omegaconf import OmegaConf
+    from fixtures import dpo_algo, token_pairs
     from test_ppo import tiny_model, tiny_tokenizer
 
     from dpo_ppo.dpo import train_dpo
 
     tok = tiny_tokenizer()
     model = tiny_model(tok)
-    g = torch.Generator().manual_seed(0)
-    ids = lambda n: torch.randint(4, 20, (n,), generator=g).tolist()  # noqa: E731
-    pairs = Dataset.from_dict({"prompt_ids": [ids(4) for _ in range(11)], "chosen_ids": [ids(5) for _ in range(11)],
-                               "rejected_ids": [ids(3) for _ in range(11)]})
-    algo = OmegaConf.create({"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.0, "lr": 1e-3,
-                             "weight_decay": 0.0, "adam_eps": 1e-8, "max_grad_norm": 1.0, "batch_size": 4,
-                             "epochs": 1.5, "prefix_len": 4, "prefix_len_max": None, "completion_len": 6,
-                             "snapshot_every": 1000})
+    pairs, algo = token_pairs(11), dpo_algo(lr=1e-3, max_grad_norm=1.0, epochs=1.5)
     summary = train_dpo(algo, copy.deepcopy(model), copy.deepcopy(model).eval(), tok, pairs, tmp_path)
     c = summary["compute"]
     assert (c["optimizer_steps"], c["examples_seen"]) == (5, 19)

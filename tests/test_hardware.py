@@ -108,20 +108,12 @@ def test_micro_batches_divide_the_optimizer_batch(batch, micro, expected):
 def test_dpo_micro_batches_take_the_same_steps_as_whole_batches(tmp_path):
     """Gradient accumulation over micro-batches of 2 pairs gives the optimizer step of the whole
     batch of 4 (the loss is a mean over pairs): the weights after two steps match."""
-    from datasets import Dataset
+    from fixtures import dpo_algo, token_pairs
 
     from dpo_ppo.dpo import train_dpo
 
     model, tok = _word_model()
-    g = torch.Generator().manual_seed(0)
-    ids = lambda n: torch.randint(4, 20, (n,), generator=g).tolist()  # noqa: E731
-    pairs = Dataset.from_dict({"prompt": ["p"] * 8, "chosen": ["c"] * 8, "rejected": ["r"] * 8,
-                               "prompt_ids": [ids(4) for _ in range(8)], "chosen_ids": [ids(5) for _ in range(8)],
-                               "rejected_ids": [ids(3) for _ in range(8)]})
-    algo = OmegaConf.create({"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.0, "lr": 1e-2,
-                             "weight_decay": 0.0, "adam_eps": 1e-8, "max_grad_norm": 1e9, "batch_size": 4,
-                             "epochs": 1.0, "prefix_len": 4, "prefix_len_max": None, "completion_len": 6,
-                             "snapshot_every": 1000})
+    pairs, algo = token_pairs(8, texts=True), dpo_algo()
     trained = {}
     for micro in (None, 2):
         policy = copy.deepcopy(model)
@@ -138,19 +130,12 @@ def test_dpo_runs_each_forward_once_per_step(tmp_path, monkeypatch):
     """TRL's DPOConfig checkpoints gradients by default, which re-runs every block's forward inside
     the backward pass; train_dpo turns it off: one forward of the policy's blocks per optimizer step
     (chosen and rejected together), half of what checkpointing runs, and the same trained weights."""
-    from datasets import Dataset
+    from fixtures import dpo_algo, token_pairs
 
     from dpo_ppo import dpo
 
     model, tok = _word_model()
-    g = torch.Generator().manual_seed(0)
-    ids = lambda n: torch.randint(4, 20, (n,), generator=g).tolist()  # noqa: E731
-    pairs = Dataset.from_dict({"prompt_ids": [ids(4) for _ in range(8)], "chosen_ids": [ids(5) for _ in range(8)],
-                               "rejected_ids": [ids(3) for _ in range(8)]})
-    algo = OmegaConf.create({"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.0, "lr": 1e-2,
-                             "weight_decay": 0.0, "adam_eps": 1e-8, "max_grad_norm": 1e9, "batch_size": 4,
-                             "epochs": 1.0, "prefix_len": 4, "prefix_len_max": None, "completion_len": 6,
-                             "snapshot_every": 1000})
+    pairs, algo = token_pairs(8), dpo_algo()
     calls, weights = {}, {}
     for checkpointing in (False, True):
         monkeypatch.setattr(dpo, "_GRADIENT_CHECKPOINTING", checkpointing)
