@@ -71,3 +71,29 @@ def planted_sweep(root: Path, effects: Dict[str, float], *, seeds: int = 3, knob
                 knob = [0.02, 0.1, 0.5][k % 3] * (1 + k // 3) if algorithm == "dpo" else [1, 3, 9][k % 3] * (1 + k // 3)
                 write_job(root, algorithm, knob, s, metrics, params=params(algorithm) if params else None)
     return root
+
+
+def planted_facet(rng: np.random.Generator, curve: Callable[[float], float], grids: Dict[str, Sequence[float]],
+                  seeds: int, sigma: float, effect: Callable[[float], float] = lambda x: 0.0,
+                  metric: str = BIAS, kl_jitter: float = 0.05):
+    """One facet of in-memory runs (no folders): each algorithm's configurations at the KL values of
+    ``grids[algorithm]`` (jittered per seed by exp(kl_jitter N(0, 1))), the metric curve(log KL) +
+    N(0, sigma), plus effect(log KL) for PPO. For the estimator's calibration tests: thousands of
+    fits in seconds."""
+    from dpo_ppo.report.compare import Facet
+    from dpo_ppo.report.load import Run
+
+    runs = {}
+    for algorithm, grid in grids.items():
+        knob = "beta" if algorithm == "dpo" else "kl_target"
+        side = []
+        for c, kl in enumerate(grid):
+            for s in range(seeds):
+                k = kl * math.exp(kl_jitter * rng.normal())
+                x = math.log(k)
+                y = curve(x) + (effect(x) if algorithm == "ppo" else 0.0) + sigma * rng.normal()
+                side.append(Run(dir=Path("/nowhere"), rel=f"{algorithm}-{c}-{s}", status=R.FINISHED,
+                                algorithm=algorithm, params={"seed": s, knob: float(kl)},
+                                metrics={metric: y, R.KL: k}))
+        runs[algorithm] = side
+    return Facet({}, {}, runs)

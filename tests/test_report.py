@@ -35,19 +35,6 @@ def test_mean_ci_by_hand():
     assert one.n == 1 and math.isnan(one.half) and one.text() == "5"
 
 
-def test_local_linear_is_exact_on_a_line_and_a_mean_at_one_point():
-    x = np.array([0.0, 1.0, 2.0, 3.0])
-    assert float(stats.local_linear(x, 2 * x + 1, 0.5, h=0.35)) == pytest.approx(2.0)
-    assert float(stats.local_linear(x, 2 * x + 1, 2.5, h=5.0)) == pytest.approx(6.0)
-    # all runs at one KL: the weighted mean, whatever the point
-    assert float(stats.local_linear(np.ones(3), np.array([1.0, 2.0, 6.0]), 0.0, h=0.5)) == pytest.approx(3.0)
-    # resample rows (B, n) of counts: row 0 keeps runs 0, 1 only (a line through them)
-    w = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 2.0]])
-    y = np.array([0.0, 1.0, 5.0, 5.0])
-    fits = stats.local_linear(x, y, 0.5, h=1.0, w=w)
-    assert fits.shape == (2,) and fits[0] == pytest.approx(0.5) and fits[1] == pytest.approx(5.0)
-
-
 def test_fdr_adjustments_by_hand():
     p = [0.01, 0.04, 0.03, 0.005, float("nan")]
     assert np.allclose(stats.benjamini_hochberg(p)[:4], [0.02, 0.04, 0.04, 0.02])

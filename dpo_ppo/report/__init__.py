@@ -16,7 +16,7 @@ the sweeper's sweep.json for jobs not started yet, then writes into PATH/report/
   wandb/           the report's W&B run (job_type "report", group = the sweep name; the same run
                    each time the report is re-made), offline unless --wandb-mode online
 
-Package layout: load (reading the sweep), stats (fit, t-intervals on bootstrap standard errors, FDR),
+Package layout: load (reading the sweep), stats (the joint fit, t-intervals on bootstrap standard errors, FDR),
 claims (the seed's list), compare (facets, matched KL, verdicts), plots, render (report.md, files,
 W&B), cli.
 """
@@ -25,8 +25,8 @@ from dpo_ppo.report.cli import main
 from dpo_ppo.report.compare import claims_table, make_facets
 from dpo_ppo.report.load import Run, configurations, finished, load_run, load_sweep, metric_names
 from dpo_ppo.report.render import build_report, log_to_wandb, report_run_id
-from dpo_ppo.report.stats import Stat, benjamini_hochberg, holm, local_linear, mean_ci
+from dpo_ppo.report.stats import JointModel, Stat, benjamini_hochberg, holm, mean_ci
 
 __all__ = ["main", "build_report", "log_to_wandb", "report_run_id", "load_sweep", "load_run", "Run", "finished",
            "configurations", "metric_names", "make_facets", "claims_table", "mean_ci", "Stat",
-           "local_linear", "benjamini_hochberg", "holm"]
+           "JointModel", "benjamini_hochberg", "holm"]

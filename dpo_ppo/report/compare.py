@@ -1,14 +1,19 @@
-"""DPO vs PPO at matched KL: facets, the per-algorithm fit against log KL, the claims table.
+"""DPO vs PPO at matched KL: facets, the joint fit of both algorithms against log KL, the claims
+table.
 
-Per algorithm, a metric is modelled as a smooth (local-linear, Gaussian kernel) function of
-log KL over the runs of one facet; the two fits are compared only inside the KL range both
-algorithms' runs cover, at stated KL points. Standard errors come from a bootstrap that redraws
-seeds (whole seeds: every run of a seed together; runs when an algorithm has a single seed) and,
-where every run has per-prompt rows (eval_rows.csv), the evaluation prompts too (the same prompts
-for every run, so DPO and PPO stay paired). Intervals and p-values are Student t on those
-standard errors, with the seeds' degrees of freedom (k - 1 per side, Welch-Satterthwaite for
-PPO - DPO): with 3 seeds a side a percentile interval of the draws would be a +-1.96 se interval
-where t is 2.78, and its p could not go below 2 / (draws + 1).
+A metric is modelled over both algorithms' runs of one facet as metric = f(log KL) +- g(log KL) / 2
+(``stats.JointModel``): f, shared, carries what the two have in common; g = PPO - DPO. Fitting each
+algorithm apart (a smoother per algorithm, as this module once did) gives each its own smoothing
+bias, set by where its runs happen to sit: two identical curves sampled on different KL grids then
+differ. The comparison is made only inside the KL range both algorithms' runs cover, at stated KL
+points. Standard errors come from a bootstrap of each source of noise apart: each algorithm's seeds
+(whole seeds: every run of a seed together; runs when an algorithm has a single seed) and, where
+every run has per-prompt rows (eval_rows.csv), the evaluation prompts (the same prompts for every
+run, so DPO and PPO stay paired). Intervals and p-values are Student t on those standard errors
+with Welch-Satterthwaite's degrees of freedom over the sources (k - 1 per algorithm's seeds): with 3
+seeds a side a percentile interval of the draws would be a +-1.96 se interval where t is 2.78.
+Each interval also carries a bound on the smoothing bias (how far the estimate moves when f gets
+one degree more).
 """
 
 from __future__ import annotations
@@ -121,14 +126,15 @@ class Point:
     kl: float
     fit: Dict[str, float]
     fit_ci: Dict[str, Tuple[float, float]]
-    boot: Dict[str, np.ndarray]  # the bootstrap draws of each algorithm's fit
-    se: Dict[str, float]  # each fit's standard error (the draws' standard deviation)
-    dof: Dict[str, float]  # each fit's degrees of freedom: its seeds (clusters) - 1
+    boot: Dict[str, np.ndarray]  # the bootstrap draws of the effect, per source (dpo, ppo seeds; prompts)
+    se: Dict[str, float]  # each fit's standard error
+    dof: Dict[str, float]  # each fit's degrees of freedom (Welch-Satterthwaite over the sources)
     effect: float
     ci: Tuple[float, float]
     p: float
     effect_se: float = float("nan")
-    effect_dof: float = float("nan")  # Welch-Satterthwaite over the two sides
+    effect_dof: float = float("nan")  # Welch-Satterthwaite over the sources (seeds of each side, prompts)
+    bias: Dict[str, float] = field(default_factory=dict)  # smoothing-bias bound of dpo, ppo, effect (in the intervals)
 
 
 @dataclass
@@ -142,13 +148,26 @@ class Comparison:
     points: List[Point] = field(default_factory=list)
     prompts: int = 0  # prompts resampled (0: seeds only)
     note: str = ""
-    left_out: Dict[str, int] = field(default_factory=dict)  # runs without a positive, finite KL
+    left_out: Dict[str, Dict[str, int]] = field(default_factory=dict)  # reason -> algorithm -> runs
+    model: Optional[stats.JointModel] = None
+    coef: Optional[np.ndarray] = None  # the joint model's coefficients
+    cv: Dict[int, float] = field(default_factory=dict)  # degree of f -> cross-validated error
+    window: Optional[Tuple[float, float]] = None  # the KL window of the runs in the fit (nats)
+    outside: Dict[str, int] = field(default_factory=dict)  # runs beyond the window, per algorithm
+    varies: str = ""  # set when PPO - DPO changes across the common range (its ends differ, p < ALPHA)
+    vary_p: float = float("nan")
+    bias_degree: Optional[int] = None  # the degree of f whose fit bounds the bias (None: no bound)
 
     def left_out_text(self) -> str:
-        return ", ".join(f"{n} {LABELS[a]} run(s)" for a, n in self.left_out.items())
+        return "; ".join(", ".join(f"{n} {LABELS[a]} run(s)" for a, n in per.items()) + f" left out: {reason}"
+                         for reason, per in self.left_out.items())
 
     def runs_text(self) -> str:
         return f"{self.n['dpo']} / {self.n['ppo']}"
+
+    def curves(self, log_kl: Sequence[float]) -> Dict[str, np.ndarray]:
+        """The fitted model at log-KL points: f, effect, dpo, ppo."""
+        return self.model.curves(self.coef, log_kl)
 
 
 def _row_matrix(runs: Sequence[Run], ids: Sequence[str], metric: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -176,79 +195,188 @@ def _rows_stat(counts: np.ndarray, values: np.ndarray, kind: str) -> np.ndarray:
     return np.sqrt(var)
 
 
+def _bad_rows(run: Run, metric: str) -> str:
+    """Why a run's per-prompt rows cannot stand in for the metric ('' when they can)."""
+    rows = run.rows()
+    column = ROW_METRICS[metric][1]
+    for col in dict.fromkeys((column, "kl")):
+        if col not in rows:
+            return f"eval_rows.csv has no {col} column"
+        bad = int(np.sum(~np.isfinite(rows[col])))
+        if bad:
+            return f"{bad} non-finite {col} value(s) in eval_rows.csv"
+    return ""
+
+
+def _leave_out(comp: Comparison, reason: str, algorithm: str) -> None:
+    per = comp.left_out.setdefault(reason, {})
+    per[algorithm] = per.get(algorithm, 0) + 1
+
+
+WINDOW = 0.25  # the fit takes runs up to this fraction of the common log-KL span beyond its ends
+MIN_WINDOW = 0.35  # ... and at least this far (a factor 1.4 in KL)
+
+
 def compare(facet: Facet, metric: str, kl_fracs: Sequence[float] = (0.5,), n_boot: int = N_BOOT,
             seed: int = 0, use_rows: bool = True) -> Comparison:
-    """Fit the metric against log KL per algorithm in the facet and compare the fits at KL points
-    placed at ``kl_fracs`` of the common log-KL range."""
-    measured = {a: [r for r in facet.runs[a] if metric in r.metrics] for a in R.ALGORITHMS}
-    sides = {a: [r for r in m if r.kl > 0 and math.isfinite(r.kl)] for a, m in measured.items()}
-    n = {a: len(s) for a, s in sides.items()}
-    seeds = {a: len({r.seed for r in s}) for a, s in sides.items()}
-    kl_range = {a: (min(r.kl for r in s), max(r.kl for r in s)) if s else (math.nan, math.nan)
-                for a, s in sides.items()}
-    comp = Comparison(metric, facet, n, seeds, kl_range, None)
-    # the fit is against log KL: a run at KL 0 (a policy that did not move) cannot sit on it
-    comp.left_out = {a: len(measured[a]) - n[a] for a in R.ALGORITHMS if len(measured[a]) > n[a]}
-    if not all(n.values()):
-        missing = [LABELS[a] for a in R.ALGORITHMS if not n[a]]
+    """PPO - DPO of the metric at KL points placed at ``kl_fracs`` of the common log-KL range.
+
+    The model (``stats.JointModel``): metric = f(log KL) +- g(log KL) / 2 over both algorithms'
+    runs inside the common range (and a margin beyond its ends), f shared, of the degree that
+    cross-validates best, g = PPO - DPO a line. Runs with a non-finite value or per-prompt row, or
+    a KL that is not positive, are left out and named (``left_out``)."""
+    comp = Comparison(metric, facet, {}, {}, {}, None)
+    sides: Dict[str, List[Run]] = {}
+    for a in R.ALGORITHMS:
+        sides[a] = []
+        measures = any(metric in r.metrics for r in facet.runs[a])  # else: not this algorithm's metric
+        for r in facet.runs[a] if measures else []:
+            if metric not in r.metrics:  # results.json keeps finite numbers only (results.scalar_metrics)
+                _leave_out(comp, "no finite value in results.json", a)
+            elif not math.isfinite(r.metrics[metric]):
+                _leave_out(comp, f"the metric is {r.metrics[metric]}", a)
+            elif not (r.kl > 0 and math.isfinite(r.kl)):  # the fit is in log KL: a run at KL 0 cannot sit on it
+                _leave_out(comp, "KL not positive (the fit is in log KL)", a)
+            else:
+                sides[a].append(r)
+    use_rows = use_rows and metric in ROW_METRICS and all(r.rows() is not None for a in sides for r in sides[a])
+    if use_rows:  # a NaN p_positive would count as a negative completion in p < 0.5, silently
+        for a in R.ALGORITHMS:
+            keep = []
+            for r in sides[a]:
+                why = _bad_rows(r, metric)
+                if why:
+                    _leave_out(comp, why, a)
+                else:
+                    keep.append(r)
+            sides[a] = keep
+    comp.n = {a: len(s) for a, s in sides.items()}
+    comp.seeds = {a: len({r.seed for r in s}) for a, s in sides.items()}
+    comp.kl_range = {a: (min(r.kl for r in s), max(r.kl for r in s)) if s else (math.nan, math.nan)
+                     for a, s in sides.items()}
+    if not all(comp.n.values()):
+        missing = [LABELS[a] for a in R.ALGORITHMS if not comp.n[a]]
         comp.note = f"no {' or '.join(missing)} run with this metric"
         return comp
-    lo = max(math.log(kl_range[a][0]) for a in R.ALGORITHMS)
-    hi = min(math.log(kl_range[a][1]) for a in R.ALGORITHMS)
+    lo = max(math.log(comp.kl_range[a][0]) for a in R.ALGORITHMS)
+    hi = min(math.log(comp.kl_range[a][1]) for a in R.ALGORITHMS)
     if lo > hi + 1e-12:
         comp.note = "KL ranges do not overlap"
         return comp
     comp.common = (math.exp(lo), math.exp(hi))
-    x0s = [lo + f * (hi - lo) for f in kl_fracs]
-    rng = np.random.default_rng(seed)
-    everyone = sides["dpo"] + sides["ppo"]
+    margin = max(MIN_WINDOW, WINDOW * (hi - lo))
+    comp.window = (math.exp(lo - margin), math.exp(hi + margin))
+    inside = {a: [r for r in sides[a] if lo - margin <= math.log(r.kl) <= hi + margin] for a in R.ALGORITHMS}
+    comp.outside = {a: len(sides[a]) - len(inside[a]) for a in R.ALGORITHMS if len(sides[a]) > len(inside[a])}
+    everyone = inside["dpo"] + inside["ppo"]
+    side = np.array([-1.0] * len(inside["dpo"]) + [1.0] * len(inside["ppo"]))
     ids: List[str] = []
-    if use_rows and metric in ROW_METRICS and all(r.rows() is not None for r in everyone):
+    if use_rows:
         common_ids = set(everyone[0].rows()["prompt_id"])
         for r in everyone[1:]:
             common_ids &= set(r.rows()["prompt_id"])
         ids = sorted(common_ids, key=str)
     comp.prompts = len(ids)
-    counts = stats.multinomial_counts(len(ids), n_boot, rng) if ids else None
-    fits: Dict[str, Dict[str, Any]] = {}
-    for a in R.ALGORITHMS:
-        s = sides[a]
-        x = np.log([r.kl for r in s])
-        y = np.array([r.metrics[metric] for r in s])
-        h = stats.bandwidth(x)
-        clusters = [r.seed for r in s] if seeds[a] >= 2 else list(range(len(s)))
-        w = stats.cluster_weights(clusters, n_boot, rng)
-        if ids:
-            kind = ROW_METRICS[metric][0]
-            vals, kls = _row_matrix(s, ids, metric)
-            ones = np.ones((1, len(ids)))
-            x, y = np.log(np.maximum(_rows_stat(ones, kls, "mean")[0], 1e-12)), _rows_stat(ones, vals, kind)[0]
-            xb = np.log(np.maximum(_rows_stat(counts, kls, "mean"), 1e-12))
-            yb = _rows_stat(counts, vals, kind)
-        else:
-            xb, yb = x, y
-        point = [float(stats.local_linear(x, y, x0, h)) for x0 in x0s]
-        # drawing k clusters with replacement spreads a mean by sqrt((k-1)/k) of its standard
-        # error: widen the draws around the estimate by the inverse (matters with few seeds)
-        k = len(set(clusters))
-        widen = math.sqrt(k / (k - 1)) if k > 1 else 1.0
-        fits[a] = {"point": point, "k": k,
-                   "boot": [pt + widen * (stats.local_linear(xb, yb, x0, h, w) - pt) for pt, x0 in zip(point, x0s)]}
+    if ids:
+        kind = ROW_METRICS[metric][0]
+        vals, kls = _row_matrix(everyone, ids, metric)
+        ones = np.ones((1, len(ids)))
+        x = np.log(np.maximum(_rows_stat(ones, kls, "mean")[0], 1e-12))
+        y = _rows_stat(ones, vals, kind)[0]
+    else:
+        x = np.log([r.kl for r in everyone])
+        y = np.array([r.metrics[metric] for r in everyone], dtype=float)
+
+    # the model: g a line when each algorithm has two configurations or more in the window
+    groups = [r.config_key() for r in everyone]
+    configs = {a: len({r.config_key() for r in inside[a]}) for a in R.ALGORITHMS}
+    deg_g = 1 if min(configs.values()) >= 2 else 0
+    max_deg = max(0, min(stats.MAX_DEGREE, len(set(groups)) - deg_g - 2))
+    center = 0.5 * (lo + hi)
+    scale = max(float(np.max(np.abs(x - center))), 0.1)
+    deg_f, comp.cv = stats.choose_degree(x, y, side, groups, center, scale, deg_g, max_deg)
+    model = comp.model = stats.JointModel(center, scale, deg_f, deg_g)
+    X = model.design(x, side)
+    comp.coef = stats.weighted_lstsq(X, y, np.ones_like(y))
+    x0s = [lo + f * (hi - lo) for f in kl_fracs]
+    at = x0s + [lo, hi]  # the points, then the common range's ends (does the effect vary?)
+    est = model.curves(comp.coef, at)
+    # how far the estimates move when f gets one degree more (where the runs identify it): a
+    # bound on the smoothing bias the chosen degree may leave, added to every interval. It is
+    # small where both algorithms have runs near a point and large where one of them only
+    # interpolates across a gap, which is where the shape of f decides the answer.
+    richer = stats.JointModel(center, scale, deg_f + 1, deg_g)
+    bias = {q: np.zeros(len(at)) for q in ("dpo", "ppo", "effect")}
+    if deg_f + 1 <= stats.MAX_DEGREE and richer.size <= len(set(groups)) and \
+            stats.identified(richer.design(x, side), np.ones_like(y)):
+        other = richer.curves(stats.weighted_lstsq(richer.design(x, side), y, np.ones_like(y)), at)
+        bias = {q: np.abs(other[q] - est[q]) for q in bias}
+    comp.bias_degree = deg_f + 1 if bias["effect"].any() else None
+
+    # the bootstrap, one source at a time: each algorithm's seeds (whole seeds: every run of a seed
+    # together; runs when an algorithm has a single seed), then the prompts (shared by every run,
+    # so DPO and PPO stay paired). The variances add; Welch-Satterthwaite gives the dof.
+    rng = np.random.default_rng(seed)
+    draws: Dict[str, Dict[str, np.ndarray]] = {}
+    units: Dict[str, int] = {}
+    for a, sign in (("dpo", -1.0), ("ppo", 1.0)):
+        mine = side == sign
+        clusters = [r.seed for r in inside[a]] if comp.seeds[a] >= 2 else list(range(len(inside[a])))
+        w = np.ones((n_boot, len(y)))
+        w[:, mine] = stats.cluster_weights(clusters, n_boot, rng)
+        units[a] = len(set(clusters))
+        draws[a] = model.curves(stats.weighted_lstsq(X[None], y[None], w), at)
+    if ids:
+        counts = stats.multinomial_counts(len(ids), n_boot, rng)
+        xb = np.log(np.maximum(_rows_stat(counts, kls, "mean"), 1e-12))
+        yb = _rows_stat(counts, vals, kind)
+        draws["prompts"] = model.curves(stats.weighted_lstsq(model.design(xb, side), yb, np.ones_like(yb)), at)
+        units["prompts"] = len(ids)
+
+    def spread(q: str, i: int) -> Tuple[List[float], List[int]]:
+        """Each source's standard error of quantity q at point i (seeds' draws widened: drawing k
+        seeds with replacement spreads a mean by sqrt((k-1)/k) of its standard error)."""
+        ses = []
+        for src, d in draws.items():
+            k = units[src]
+            widen = math.sqrt(k / (k - 1)) if src != "prompts" and k > 1 else 1.0
+            ses.append(widen * stats.boot_se(d[q][:, i]))
+        return ses, [units[src] for src in draws]
+
+    def se_dof(q: str, i: int) -> Tuple[float, float]:
+        ses, k = spread(q, i)
+        return math.sqrt(sum(v * v for v in ses)), stats.welch_dof(ses, k)
+
     for i, x0 in enumerate(x0s):
-        fit = {a: fits[a]["point"][i] for a in R.ALGORITHMS}
-        boot = {a: fits[a]["boot"][i] for a in R.ALGORITHMS}
-        se = {a: stats.boot_se(boot[a]) for a in R.ALGORITHMS}
-        dof = {a: float(fits[a]["k"] - 1) for a in R.ALGORITHMS}
-        effect = fit["ppo"] - fit["dpo"]
-        # the difference's draws keep the pairing of shared prompts; its dof come from the seeds
-        effect_se = stats.boot_se(boot["ppo"] - boot["dpo"])
-        effect_dof = stats.welch_dof([se[a] for a in R.ALGORITHMS], [fits[a]["k"] for a in R.ALGORITHMS])
+        fit = {a: float(est[a][i]) for a in R.ALGORITHMS}
+        se, dof = {}, {}
+        for a in R.ALGORITHMS:
+            se[a], dof[a] = se_dof(a, i)
+        effect = float(est["effect"][i])
+        effect_se, effect_dof = se_dof("effect", i)
+        b = {q: float(bias[q][i]) for q in bias}
         comp.points.append(Point(
             kl=math.exp(x0), fit=fit,
-            fit_ci={a: stats.t_interval(fit[a], se[a], dof[a]) for a in R.ALGORITHMS},
-            boot=boot, se=se, dof=dof, effect=effect,
-            ci=stats.t_interval(effect, effect_se, effect_dof), p=stats.t_p(effect, effect_se, effect_dof),
-            effect_se=effect_se, effect_dof=effect_dof))
+            fit_ci={a: stats.t_interval(fit[a], se[a], dof[a], bias=b[a]) for a in R.ALGORITHMS},
+            boot={src: d["effect"][:, i] for src, d in draws.items()}, se=se, dof=dof, effect=effect,
+            ci=stats.t_interval(effect, effect_se, effect_dof, bias=b["effect"]),
+            p=stats.t_p(effect, effect_se, effect_dof, bias=b["effect"]),
+            effect_se=effect_se, effect_dof=effect_dof, bias=b))
+    if deg_g and hi > lo:
+        i_lo, i_hi = len(x0s), len(x0s) + 1
+        change = float(est["effect"][i_hi] - est["effect"][i_lo])
+        ses, k = [], []
+        for src, d in draws.items():
+            kk = units[src]
+            widen = math.sqrt(kk / (kk - 1)) if src != "prompts" and kk > 1 else 1.0
+            ses.append(widen * stats.boot_se(d["effect"][:, i_hi] - d["effect"][:, i_lo]))
+            k.append(kk)
+        change_bias = float(bias["effect"][i_hi] + bias["effect"][i_lo])
+        comp.vary_p = stats.t_p(change, math.sqrt(sum(v * v for v in ses)), stats.welch_dof(ses, k), bias=change_bias)
+        if comp.vary_p < ALPHA:
+            comp.varies = (f"PPO - DPO changes across the common KL range: {fmt(float(est['effect'][i_lo]))} "
+                           f"at KL {math.exp(lo):.3g}, {fmt(float(est['effect'][i_hi]))} at KL {math.exp(hi):.3g} "
+                           f"(p = {comp.vary_p:.2g})")
     return comp
 
 
@@ -351,8 +479,7 @@ def claims_table(runs: Sequence[Run], facets: Sequence[Facet], claims: Sequence[
                 pt = comp.points[0]
                 row.p = beyond_margin_p(pt, claim.margin) if claim.kind == "zero" else pt.p
             caveats = [steps_caveat(facet) if metric.startswith("analysis/weights/") else "",
-                       f"{comp.left_out_text()} left out: KL not positive (the fit is in log KL)"
-                       if comp.left_out else ""]
+                       comp.left_out_text(), comp.varies]
             row.caveat = "; ".join(c for c in caveats if c)
             rows.append(row)
     adjust = stats.holm if fdr == "holm" else stats.benjamini_hochberg
@@ -367,7 +494,7 @@ def claims_table(runs: Sequence[Run], facets: Sequence[Facet], claims: Sequence[
 def beyond_margin_p(pt: Point, margin: float) -> float:
     """For "within the margin for both" claims: the p of "some algorithm's value lies beyond the
     margin" (one-sided t per algorithm, null at the margin), Bonferroni over the two."""
-    ps = [stats.t_p_beyond(pt.fit[a], pt.se[a], pt.dof[a], margin) for a in R.ALGORITHMS]
+    ps = [stats.t_p_beyond(pt.fit[a], pt.se[a], pt.dof[a], margin, bias=pt.bias.get(a, 0.0)) for a in R.ALGORITHMS]
     if any(math.isnan(p) for p in ps):
         return float("nan")
     return float(min(1.0, 2 * min(ps)))

@@ -168,8 +168,8 @@ def plot_training(configs: Sequence[Config], path: Path, split: Sequence[str] = 
 
 
 def plot_claim(rows: Sequence[ClaimRow], path: Path) -> Optional[str]:
-    """One claim: its metric against KL per algorithm in each facet (runs, fitted curves over
-    each algorithm's own KL range), the common KL range shaded, the comparison point with its
+    """One claim: its metric against KL per algorithm in each facet (runs; the joint fit's curve
+    of each algorithm over the common KL range, shaded), the comparison point with its
     intervals."""
     rows = [r for r in rows if r.comparison is not None][:3]
     if not rows:
@@ -184,10 +184,13 @@ def plot_claim(rows: Sequence[ClaimRow], path: Path) -> Optional[str]:
             x = np.log([r.kl for r in side])
             y = np.array([r.metrics[metric] for r in side])
             ax.scatter(np.exp(x), y, s=14, alpha=0.6, color=COLORS[a], label=f"{LABELS[a]} ({len(side)} runs)")
-            grid = np.linspace(x.min(), x.max(), 40) if np.ptp(x) > 0 else x[:1]
-            ax.plot(np.exp(grid), stats.fit_curve(x, y, grid), color=COLORS[a], lw=1.5)
         if comp.common:
             ax.axvspan(*comp.common, color="grey", alpha=0.12, lw=0)
+        if comp.model is not None:  # the joint fit, over the common range where it compares
+            grid = np.linspace(math.log(comp.common[0]), math.log(comp.common[1]), 40)
+            curves = comp.curves(grid)
+            for a in R.ALGORITHMS:
+                ax.plot(np.exp(grid), curves[a], color=COLORS[a], lw=1.5)
         for pt in comp.points:
             for a, dx in (("dpo", 0.985), ("ppo", 1.015)):
                 lo, hi = pt.fit_ci[a]

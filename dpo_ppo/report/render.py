@@ -69,15 +69,24 @@ def write_runs_csv(runs: Sequence[Run], metrics: Sequence[str], path: Path) -> T
 
 RULE = (
     "How to read it. Effect = PPO - DPO of the metric at the middle of the KL range both "
-    "algorithms' runs cover (geometric mean of its ends; `at KL`), each algorithm's value read off "
-    "a local-linear fit of the metric against log KL over its runs (Gaussian kernel, width half "
-    "its log-KL span, at least 0.35). Standard errors come from a bootstrap ({n_boot} draws) "
-    "over seeds, and over evaluation prompts (paired across runs) where every run has per-prompt "
-    "rows; with k seeds the draws are widened by sqrt(k / (k - 1)) around the estimate. The 95% "
-    "interval is the estimate ± a Student t quantile x that standard error, with k - 1 degrees "
-    "of freedom per algorithm and Welch-Satterthwaite's for PPO - DPO (between min(k) - 1 and "
-    "k_DPO + k_PPO - 2: with 3 seeds a side the quantile is ~2.8, not 1.96). p is the t test's "
-    "two-sided p of effect = 0; q is p adjusted over the rows that can give a verdict ({fdr}). "
+    "algorithms' runs cover (geometric mean of its ends; `at KL`), read off one fit of both "
+    "algorithms' runs against log KL: metric = f(log KL) ± g(log KL) / 2, f shared by the two "
+    "(a polynomial whose degree, up to 3, predicts left-out configurations best), g = PPO - DPO a "
+    "line (a constant when an algorithm has one configuration), over the runs inside the common "
+    "KL range and a margin beyond its ends (a quarter of its log span, at least a factor 1.4). "
+    "Because f is shared, curves the two algorithms have in common cancel wherever each "
+    "algorithm's runs sit; the intervals add the distance the estimates move when f gets one "
+    "degree more (a bound on the smoothing bias: wide where an algorithm only interpolates across "
+    "a gap). Standard errors come from a bootstrap ({n_boot} draws) of each source apart: each "
+    "algorithm's seeds, and the evaluation prompts (paired across runs) where every run has "
+    "per-prompt rows; with k seeds the seeds' draws are widened by sqrt(k / (k - 1)). The 95% "
+    "interval is the estimate ± (a Student t quantile x that standard error + the bias bound), "
+    "with Welch-Satterthwaite's degrees of freedom over the sources (k - 1 per algorithm's seeds: "
+    "with 3 seeds a side the quantile is ~2.8, not 1.96). p is the t test's two-sided p of "
+    "effect = 0 for (|effect| - bias bound) / se; q is p adjusted over the rows that can give a "
+    "verdict ({fdr}). A caveat says when PPO - DPO differs between the two ends of the common "
+    "range (p < 0.05): then the effect at the middle is not the whole story. Runs whose metric, "
+    "per-prompt row or KL is not finite (or KL not positive) are left out, and the row says so. "
     "A row gives a verdict only with at least {min_runs} runs and {min_seeds} seeds per "
     "algorithm inside one facet and overlapping KL ranges; "
     "otherwise it is inconclusive, and one run per side never gives one. "
@@ -155,6 +164,9 @@ def matched_markdown(facets: Sequence[C.Facet], n_boot: int, seed: int) -> Tuple
                 {"kl": p.kl, "dpo": p.fit["dpo"], "ppo": p.fit["ppo"], "effect": p.effect, "ci": list(p.ci), "p": p.p}
                 for p in comp.points]})
         md += [md_table(["metric (DPO / PPO: PPO - DPO [95%])"] + [f"at KL {k:.3g}" for k in points], rows), ""]
+        notes = [f"- `{c.metric}`: " + "; ".join(t for t in (c.varies, c.left_out_text()) if t)
+                 for c in comps if c.varies or c.left_out]
+        md += notes + ([""] if notes else [])
     return md, out
 
 
@@ -200,8 +212,8 @@ def claim_figures(rows: Sequence[C.ClaimRow], out: Path, figures: bool, images: 
     if not links:
         return []
     return ["## One figure per claim", "",
-            "The claim's metric against KL (log scale) per algorithm: runs, the local-linear fit over each "
-            "algorithm's own KL range, the common range shaded, the compared point with its 95% intervals.",
+            "The claim's metric against KL (log scale) per algorithm: runs, the joint fit's curve of each "
+            "algorithm over the common range (shaded), the compared point with its 95% intervals.",
             ""] + links + [""]
 
 

@@ -1,10 +1,11 @@
-"""Statistics: t-intervals, a local-linear fit, the bootstrap's standard errors, FDR control."""
+"""Statistics: t-intervals, the joint fit of both algorithms against log KL, the bootstrap's
+standard errors, FDR control."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import stats as _scipy
@@ -46,42 +47,104 @@ def mean_ci(values: Iterable[float]) -> Stat:
     return Stat(mean, half, n)
 
 
-# --------------------------------------------------------------------------- the fit
+# --------------------------------------------------------------------------- the joint fit
+#
+# The comparison's model: over the runs of both algorithms, metric = f(log KL) + s g(log KL) / 2,
+# s = +1 for PPO and -1 for DPO, f a polynomial shared by both algorithms and g (PPO - DPO) a
+# line (a constant when an algorithm has a single configuration). The shared f carries the
+# curvature both algorithms have in common, so identical curves give g = 0 wherever each
+# algorithm's runs sit: a per-algorithm smoother (the estimator this replaced) has a smoothing
+# bias that depends on its own runs' placement, and two placements gave a difference out of
+# nothing. f's degree is chosen by leave-one-configuration-out cross-validation.
+
+MAX_DEGREE = 3
 
 
-def bandwidth(x: np.ndarray) -> float:
-    """Kernel width in log KL: half the span of the runs' log KL, at least 0.35 (a factor 1.4)."""
-    x = np.asarray(x, dtype=float)
-    return max(0.35, 0.5 * float(np.ptp(x))) if x.size else 0.35
+@dataclass
+class JointModel:
+    """Where the polynomial basis sits: u = (log KL - center) / scale; f of degree ``deg_f``, g of
+    degree ``deg_g``."""
+
+    center: float
+    scale: float
+    deg_f: int
+    deg_g: int
+
+    @property
+    def size(self) -> int:
+        return self.deg_f + self.deg_g + 2
+
+    def design(self, x: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """(..., n, p) design of runs at log KL ``x`` on sides ``s`` (+1 PPO, -1 DPO)."""
+        u = (np.asarray(x, dtype=float) - self.center) / self.scale
+        s = np.broadcast_to(np.asarray(s, dtype=float), u.shape)
+        cols = [u ** j for j in range(self.deg_f + 1)] + [0.5 * s * u ** j for j in range(self.deg_g + 1)]
+        return np.stack(cols, axis=-1)
+
+    def curves(self, beta: np.ndarray, x: Sequence[float]) -> Dict[str, np.ndarray]:
+        """f, g and each side's curve (dpo = f - g/2, ppo = f + g/2) at log-KL points ``x``:
+        arrays (..., len(x)) for coefficients ``beta`` (..., p)."""
+        u = (np.asarray(x, dtype=float) - self.center) / self.scale
+        powers = u[None, :] ** np.arange(max(self.deg_f, self.deg_g) + 1)[:, None]  # (d + 1, m)
+        beta = np.asarray(beta, dtype=float)
+        f = beta[..., : self.deg_f + 1] @ powers[: self.deg_f + 1]
+        g = beta[..., self.deg_f + 1:] @ powers[: self.deg_g + 1]
+        return {"f": f, "effect": g, "dpo": f - 0.5 * g, "ppo": f + 0.5 * g}
 
 
-def local_linear(x: np.ndarray, y: np.ndarray, x0: float, h: float, w: Optional[np.ndarray] = None) -> np.ndarray:
-    """Local-linear (Gaussian kernel) estimate of y at x0, row by row.
-
-    ``x``, ``y``, ``w`` are (n,) or (B, n): B resamples of n runs, ``w`` the resampling counts.
-    Where the weighted runs sit at one x (or the design is degenerate) the estimate is their
-    weighted mean. Returns (B,) (or a 0-d array)."""
-    x, y = np.atleast_2d(np.asarray(x, dtype=float)), np.atleast_2d(np.asarray(y, dtype=float))
-    w = np.ones_like(x) if w is None else np.atleast_2d(np.asarray(w, dtype=float))
-    x, y, w = np.broadcast_arrays(x, y, w)
-    u = x - x0
-    a = w * np.exp(-0.5 * (u / h) ** 2)
-    s0, s1, s2 = a.sum(1), (a * u).sum(1), (a * u * u).sum(1)
-    t0, t1 = (a * y).sum(1), (a * u * y).sum(1)
-    det = s0 * s2 - s1 * s1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = t0 / s0
-        fit = (s2 * t0 - s1 * t1) / det
-    # spread of x among the weighted runs, relative: below 1e-9 they sit at one KL
-    ok = det > 1e-9 * np.maximum(s0 * s0, 1e-300) * h * h
-    out = np.where(ok, fit, mean)
-    return out if out.shape[0] > 1 else out.reshape(())
+def weighted_lstsq(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least squares, batched over leading axes: X (..., n, p), y and w (..., n) ->
+    (..., p). A design that cannot identify every coefficient gets the minimum-norm solution."""
+    X, y, w = np.asarray(X, dtype=float), np.asarray(y, dtype=float), np.asarray(w, dtype=float)
+    xtw = np.swapaxes(X, -1, -2) * w[..., None, :]
+    return (np.linalg.pinv(xtw @ X) @ (xtw @ y[..., None]))[..., 0]
 
 
-def fit_curve(x: np.ndarray, y: np.ndarray, grid: np.ndarray, h: Optional[float] = None) -> np.ndarray:
-    """The local-linear fit evaluated on a grid of log-KL points (for plots)."""
-    h = bandwidth(x) if h is None else h
-    return np.array([float(local_linear(x, y, g, h)) for g in grid])
+def identified(X: np.ndarray, w: np.ndarray) -> bool:
+    """Whether the runs with positive weight identify every coefficient of the design."""
+    rows = X[np.asarray(w) > 0]
+    if rows.shape[0] < X.shape[1]:
+        return False
+    sv = np.linalg.svd(rows, compute_uv=False)
+    return bool(sv[-1] > 1e-8 * sv[0])
+
+
+def choose_degree(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: Sequence, center: float,
+                  scale: float, deg_g: int, max_deg: int) -> Tuple[int, Dict[int, float]]:
+    """The degree of f (0..max_deg) with the smallest leave-one-configuration-out prediction error
+    (mean over the configurations of their runs' squared error; ties to the smaller degree), and
+    every candidate's error. A fold that leaves an algorithm with one configuration fits g as a
+    constant; folds some candidate cannot identify are left out for all candidates, so the
+    candidates are scored on the same folds."""
+    x, y, s = (np.asarray(v, dtype=float) for v in (x, y, s))
+    labels = list(dict.fromkeys(groups))
+    idx = np.array([labels.index(g) for g in groups])
+    side_of = {g: s[idx == i][0] for i, g in enumerate(labels)}
+    candidates = list(range(min(1, max_deg), max_deg + 1))
+    folds = []
+    for i, g in enumerate(labels):
+        keep = idx != i
+        left = {side: sum(1 for h in labels if h != g and side_of[h] == side) for side in (-1.0, 1.0)}
+        if min(left.values()) < 1:
+            continue  # the other configurations hold one algorithm only: g is not identified
+        dg = deg_g if min(left.values()) >= 2 else 0
+        models = {d: JointModel(center, scale, d, dg) for d in candidates}
+        if not all(identified(m.design(x, s), keep.astype(float)) for m in models.values()):
+            continue
+        folds.append((i, keep, models))
+    errors = {d: float("nan") for d in candidates}
+    if not folds:
+        return candidates[0], errors
+    for d in candidates:
+        err = []
+        for i, keep, models in folds:
+            X = models[d].design(x, s)
+            beta = weighted_lstsq(X, y, keep.astype(float))
+            out = ~keep
+            err.append(float(np.mean((X[out] @ beta - y[out]) ** 2)))
+        errors[d] = float(np.mean(err))
+    best = min(candidates, key=lambda d: (round(errors[d], 12), d))
+    return best, errors
 
 
 # --------------------------------------------------------------------------- the bootstrap
@@ -128,34 +191,39 @@ def _degenerate(se: float, estimate: float) -> bool:
     return se <= 1e-12 * (1.0 + abs(estimate))  # draws equal up to rounding
 
 
-def t_interval(estimate: float, se: float, dof: float, level: float = 0.95) -> Tuple[float, float]:
-    """estimate +- t(level, dof) se: the interval of a bootstrap standard error from few units.
-    With k seeds a percentile interval of the draws is a normal interval (+-1.96 se), too narrow
-    for k - 1 degrees of freedom (t = 4.30 at 2, 2.78 at 4)."""
+def t_interval(estimate: float, se: float, dof: float, level: float = 0.95, bias: float = 0.0) -> Tuple[float, float]:
+    """estimate +- (t(level, dof) se + bias): the interval of a bootstrap standard error from few
+    units, widened by a bound on the estimate's bias (0: none). With k seeds a percentile
+    interval of the draws is a normal interval (+-1.96 se), too narrow for k - 1 degrees of
+    freedom (t = 4.30 at 2, 2.78 at 4)."""
     if not (math.isfinite(estimate) and math.isfinite(se)):
         return float("nan"), float("nan")
     if _degenerate(se, estimate):
-        return estimate, estimate
+        return estimate - bias, estimate + bias
     half = float(_scipy.t.ppf(0.5 + level / 2, dof)) * se if dof >= 1 else float("nan")
-    return estimate - half, estimate + half
+    return estimate - half - bias, estimate + half + bias
 
 
-def t_p(estimate: float, se: float, dof: float) -> float:
-    """Two-sided p of "the true value is 0" from a t statistic estimate / se with dof."""
+def t_p(estimate: float, se: float, dof: float, bias: float = 0.0) -> float:
+    """Two-sided p of "the true value is 0" from a t statistic (|estimate| - bias) / se with dof:
+    an estimate within its bias bound of 0 is no evidence (p = 1). Consistent with ``t_interval``:
+    p < 1 - level exactly when its interval excludes 0."""
     if not (math.isfinite(estimate) and math.isfinite(se)):
         return float("nan")
+    excess = max(abs(estimate) - bias, 0.0)
     if _degenerate(se, estimate):
-        return 1.0 if abs(estimate) <= 1e-12 else 0.0
+        return 1.0 if excess <= 1e-12 else 0.0
     if not dof >= 1:
         return float("nan")
-    return float(min(1.0, 2 * _scipy.t.sf(abs(estimate) / se, dof)))
+    return float(min(1.0, 2 * _scipy.t.sf(excess / se, dof)))
 
 
-def t_p_beyond(estimate: float, se: float, dof: float, margin: float) -> float:
-    """One-sided p of "|true value| <= margin" against "beyond it" (least favourable: at the margin)."""
+def t_p_beyond(estimate: float, se: float, dof: float, margin: float, bias: float = 0.0) -> float:
+    """One-sided p of "|true value| <= margin" against "beyond it" (least favourable: at the
+    margin, the estimate's bias bound in the null's favour)."""
     if not (math.isfinite(estimate) and math.isfinite(se)):
         return float("nan")
-    excess = abs(estimate) - margin
+    excess = abs(estimate) - margin - bias
     if _degenerate(se, estimate):
         return 0.0 if excess > 0 else 1.0
     if not dof >= 1:
