@@ -312,7 +312,9 @@ class Job:
         self.rec.metrics(out.get("scalars", {}))
         images = {k: str(Path(v).relative_to(self.job_dir)) if Path(v).is_absolute() else str(v)
                   for k, v in out.get("images", {}).items()}
-        self.rec.results["analysis"] = {"per_head": out.get("per_head", {}), "images": images}
+        tables = out.get("tables", {})
+        self.rec.results["analysis"] = {"per_head": out.get("per_head", {}), "images": images,
+                                        "over_training": {k: tables[k] for k in R.OVER_TRAINING_TABLES if k in tables}}
         self.rec.save()
         for name, table in out.get("tables", {}).items():
             self.rec.table(f"analysis/{name}", table["columns"], table["data"])

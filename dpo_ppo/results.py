@@ -16,7 +16,9 @@ A job folder holds:
       config      the full resolved config
       metrics     {metric name: float} (METRIC names below)
       compute     what the run cost (COMPUTE_KEYS), when the trainer reports it
-      analysis    {"per_head": {name: layer x head grid}, "images": {name: path in the folder}}
+      analysis    {"per_head": {name: layer x head grid}, "images": {name: path in the folder},
+                   "over_training": {table: {"columns": [...], "data": [[...], ...]}}}
+                  (OVER_TRAINING_TABLES: one row per snapshot, "examples" first)
       artifacts   paths of the shared artifacts (reference, classifier, corpus, ref_eval, ...)
       wandb       the job's W&B run: id (the same across attempts), project, entity, mode, url
                   (online, or after dpo-ppo-sync), synced
@@ -51,6 +53,9 @@ EVAL_ROWS_FILE = "eval_rows.csv"
 REF_ROWS_FILE = "rows.csv"  # in the reference evaluation artifact (results["artifacts"]["ref_eval"])
 TRACEBACK_FILE = "traceback.txt"
 SWEEP_FILE = "sweep.json"  # written by the sweeper in the sweep folder
+# analysis tables with one row per snapshot (column "examples" first) that results.json carries, so
+# that a report draws them over training without reading analysis.json
+OVER_TRAINING_TABLES = ("weights_over_training", "heads_over_training")
 
 # --------------------------------------------------------------------------- statuses
 
@@ -198,6 +203,16 @@ class JobResults:
     peak_mem_mb: Optional[float] = None
     error: Optional[str] = None
     wandb: Dict[str, Any] = field(default_factory=dict)  # id, project, entity, mode, url, synced
+    over_training: Dict[str, Dict[str, List[Any]]] = field(default_factory=dict)  # table -> column -> values
+
+
+def _columns(table: Any) -> Dict[str, List[Any]]:
+    """{"columns": [...], "data": [[...], ...]} -> {column: values}; {} when malformed."""
+    try:
+        cols, data = list(table["columns"]), list(table["data"])
+        return {str(c): [row[i] for row in data] for i, c in enumerate(cols)}
+    except (KeyError, TypeError, IndexError):
+        return {}
 
 
 def read_job(folder: Path) -> Optional[JobResults]:
@@ -219,6 +234,7 @@ def read_job(folder: Path) -> Optional[JobResults]:
         artifacts=dict(data.get("artifacts") or {}), config=dict(data.get("config") or {}),
         wall_time_s=data.get("wall_time_s"), peak_mem_mb=data.get("peak_mem_mb"), error=data.get("error"),
         wandb=dict(data.get("wandb") or {}),
+        over_training={str(k): _columns(v) for k, v in (analysis.get("over_training") or {}).items()},
     )
 
 

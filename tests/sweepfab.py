@@ -21,7 +21,7 @@ def write_job(root: Path, algorithm: str, knob: float, seed: int, metrics: Dict[
               status: str = R.FINISHED, params: Optional[dict] = None, overrides: Sequence[str] = (),
               wall: Optional[float] = 100.0, mem: Optional[float] = 500.0, error: Optional[str] = None,
               rows: Optional[dict] = None, train_log: Sequence[dict] = (), per_head: Optional[dict] = None,
-              name: str = "fab") -> Path:
+              over_training: Optional[dict] = None, name: str = "fab") -> Path:
     key = "beta" if algorithm == "dpo" else "kl_target"
     extra = "".join(f",{o}" for o in overrides)
     tag = "".join(f",{k}={v}" for k, v in sorted((params or {}).items()))
@@ -41,7 +41,7 @@ def write_job(root: Path, algorithm: str, knob: float, seed: int, metrics: Dict[
         "params": p, "config": {"name": name, "logger": {"project": "dpo-ppo-test", "entity": None}},
         "metrics": dict(metrics) if status == R.FINISHED else {},
         "compute": {"optimizer_steps": 8, "examples_seen": 128},
-        "analysis": {"per_head": per_head or {}, "images": {}},
+        "analysis": {"per_head": per_head or {}, "images": {}, "over_training": over_training or {}},
         "artifacts": {}, "wall_time_s": wall, "peak_mem_mb": mem, "error": error, "traceback": None,
     })
     if rows is not None:

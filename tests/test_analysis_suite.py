@@ -262,7 +262,8 @@ def test_every_registered_analysis_has_its_switch():
     from dpo_ppo.analysis.suite import ANALYSES
 
     switches = {f.name: f.default for f in fields(AnalysisConfig)}
-    assert list(ANALYSES) == ["weights", "activations", "ablation", "heads", "sentiment_attention"]
+    assert list(ANALYSES) == ["weights", "activations", "ablation", "heads", "sentiment_attention",
+                              "heads_over_training"]
     assert all(switches.get(name) is True for name in ANALYSES)
 
 

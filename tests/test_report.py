@@ -469,3 +469,31 @@ def test_same_is_contradicted_only_when_the_interval_lies_beyond_the_margin(effe
     comp = C.Comparison(BIAS, C.Facet({}, {}, {}), {}, {}, {}, (1.0, 1.0), points=[point])
     row = C.ClaimRow(claim, comp.facet, BIAS, comp, eligible=True, p=0.01, q=0.04)
     assert C.decide(row) == verdict
+
+
+def test_over_training_curves_are_drawn_and_summarised_per_configuration(tmp_path):
+    """Planted: PPO's induction heads drift away from the reference as training goes on (change
+    0.01 per 100 examples, the same for every seed), DPO's stay put, and both diverge in weights
+    alike. The report must draw them over examples and hold the seeds' means in summary.json."""
+    root = tmp_path / "ot"
+    for algorithm in ("dpo", "ppo"):
+        for s in range(3):
+            xs = [0, 100, 200, 300]
+            heads = {"columns": ["examples", "induction_max_abs_change", "sentiment_attention_max_abs_change"],
+                     "data": [[x, (0.0001 * x if algorithm == "ppo" else 0.0) + 0.001 * s, 0.0] for x in xs]}
+            weights = {"columns": ["examples", "msd_weights", "msd_biases"],
+                       "data": [[x, 1e-6 * x, 2e-6 * x] for x in xs]}
+            write_job(root, algorithm, 1, s, {R.KL: 1.0 + 0.1 * s, R.REWARD: 0.6, BIAS: 1.0},
+                      over_training={"heads_over_training": heads, "weights_over_training": weights})
+    summary = report.build_report(root, n_boot=50)
+    curves = {(c["algorithm"], c["measure"]): c for c in summary["over_training"]}
+    ppo = curves[("ppo", "heads_over_training/induction_max_abs_change")]
+    assert ppo["examples"] == [0, 100, 200, 300] and ppo["n"] == [3, 3, 3, 3]
+    assert ppo["mean"] == pytest.approx([0.001, 0.011, 0.021, 0.031])  # + the seeds' mean offset 0.001
+    assert curves[("dpo", "heads_over_training/induction_max_abs_change")]["mean"] == pytest.approx([0.001] * 4)
+    assert curves[("dpo", "weights_over_training/msd_biases")]["mean"] == pytest.approx([0, 2e-4, 4e-4, 6e-4])
+    assert ("ppo", "heads_over_training/previous_token_max_abs_change") not in curves  # not in the tables
+    text = (root / "report" / "report.md").read_text()
+    assert "## Over training" in text and "![over training](over_training.png)" in text
+    assert (root / "report" / "over_training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["images"]["over_training"] == "over_training.png"

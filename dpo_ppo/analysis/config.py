@@ -15,11 +15,23 @@ from typing import List, Optional
 from dpo_ppo.checks import ConfigError, finite, option
 
 # A sentiment prompt marks its sentiment word with square brackets; the attention paid to the
-# word's last BPE token is what analysis 5 measures.  These are the seed's prompt (section 3.4)
-# and its negative twin ("awful" instead of "excellent").
+# word's last BPE token is what analysis 5 measures.  The first two are the seed's prompt (section
+# 3.4) and its negative twin ("awful" instead of "excellent"); the rest vary the template, the
+# word's place and the word, always as a positive / negative pair on the same template so that the
+# two polarities are compared on equal terms.
 DEFAULT_SENTIMENT_PROMPTS = [
     "This movie was [excellent] because it had a great storyline and",
     "This movie was [awful] because it had a great storyline and",
+    "The acting was [brilliant] and the script kept me watching until",
+    "The acting was [terrible] and the script kept me watching until",
+    "I thought the film was [wonderful], and my friends said that",
+    "I thought the film was [boring], and my friends said that",
+    "A [superb] story about a detective who searches for",
+    "A [tedious] story about a detective who searches for",
+    "Honestly, the direction felt [delightful] from the first scene to",
+    "Honestly, the direction felt [clumsy] from the first scene to",
+    "What a [great] cast, and the music in the second half",
+    "What a [dull] cast, and the music in the second half",
 ]
 
 ABLATION_KINDS = ("zero", "mean")
@@ -48,6 +60,8 @@ class AnalysisConfig:
     ablation: bool = option(True, "3. per-head zero / mean ablation: LM loss and sentiment")
     heads: bool = option(True, "4. previous-token / duplicate-token / induction head scores")
     sentiment_attention: bool = option(True, "5. attention paid to the sentiment token")
+    heads_over_training: bool = option(True, "6. the head scores of 4 and the attention of 5 at every snapshot "
+                                             "the job saved (the seed's next experiment, 3.4); needs snapshots")
     # --- shared
     seed: int = option(0, "which held-out texts are drawn (texts are shuffled with this seed); in [0, 2^32-1]")
     batch_size: Optional[int] = option(None, "sequences per forward pass; > 0; null = hardware.analysis_batch_size")
@@ -84,7 +98,8 @@ class AnalysisConfig:
                                      "TransformerLens")
     top_heads: int = option(5, "heads listed as \"changed most\"; > 0")
     # --- 1. weights over training
-    snapshots: bool = option(True, "divergence at every snapshot folder the job saved")
+    snapshots: bool = option(True, "analyse the snapshot folders the job saved (1: divergence over training; "
+                                   "6: heads over training); false: the final policy only")
 
     def check(self, where: str = "analysis") -> None:
         """The group's own ranges (whether or not the suite is enabled; callers skip a disabled one)."""

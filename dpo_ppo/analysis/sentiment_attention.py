@@ -24,6 +24,8 @@ from dpo_ppo.analysis.context import MODELS, Context, Output
 
 log = logging.getLogger(__name__)
 
+PATTERN_PLOTS = 2  # prompts whose full attention patterns are drawn (the seed's pair); all are measured
+
 
 def sentiment_token_position(tokenizer, text: str, start: int, end: int, *, prepend_bos: bool = True) -> tuple[list[int], int]:
     """Token ids of ``text`` (BOS first if asked) and the index of the last token of ``text[start:end]``."""
@@ -137,7 +139,7 @@ def run(ctx: Context) -> Output:
         log.warning("analysis.attention_layer=%d but the model has %d layers; plotting the last", layer, n_layers)
         layer = n_layers - 1
     out.scalar("sentiment_attention/plotted_layer", layer)
-    for i, item in enumerate(prepared):
+    for i, item in enumerate(prepared[:PATTERN_PLOTS]):
         key = f"attention_L{layer}_p{i}"
         out.images[key] = plots.attention_patterns(
             {name: att[name]["patterns"][i][layer].numpy() for name in MODELS}, item["tokens"],

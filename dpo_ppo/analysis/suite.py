@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from dpo_ppo.analysis import ablation, activations, heads, sentiment_attention, weights
+from dpo_ppo.analysis import ablation, activations, heads, over_training, sentiment_attention, weights
 from dpo_ppo.analysis.common import evaluating
 from dpo_ppo.analysis.config import AnalysisConfig
 from dpo_ppo.analysis.context import Context, Output
@@ -47,6 +47,7 @@ ANALYSES: dict[str, Callable[[Context], Output]] = {
     "ablation": ablation.run,
     "heads": heads.run,
     "sentiment_attention": sentiment_attention.run,
+    "heads_over_training": over_training.run,
 }
 
 

@@ -37,6 +37,7 @@ class Run:
     error: Optional[str] = None
     config: Dict[str, Any] = field(default_factory=dict)
     wandb: Dict[str, Any] = field(default_factory=dict)  # the job's W&B run (id, url, ...)
+    over_training: Dict[str, Dict[str, List[Any]]] = field(default_factory=dict)  # table -> column -> values
     _rows: Any = None  # per-prompt eval rows, read on first use
 
     @property
@@ -134,7 +135,7 @@ def load_run(folder: Path, root: Path) -> Run:
               overrides=job.overrides, metrics=job.metrics, compute=job.compute,
               per_head=_per_head(job.per_head), images=job.images, artifacts=job.artifacts,
               wall_time_s=job.wall_time_s, peak_mem_mb=job.peak_mem_mb, error=job.error, config=job.config,
-              wandb=job.wandb)
+              wandb=job.wandb, over_training=job.over_training)
     add_derived(run)
     return run
 
@@ -217,6 +218,20 @@ class Config:
 
     def values(self, metric: str) -> List[float]:
         return [r.metrics[metric] for r in self.runs if metric in r.metrics]
+
+    def over_training(self, table: str, column: str) -> Optional[Dict[str, Any]]:
+        """Mean over the seeds of one over-training column (results.OVER_TRAINING_TABLES) at each
+        number of examples: {"examples", "mean", "n"} (n: seeds at that point); None if no run has it."""
+        per_x: Dict[float, List[float]] = {}
+        for run in self.runs:
+            cols = run.over_training.get(table, {})
+            for x, v in zip(cols.get("examples", []), cols.get(column, [])):
+                if isinstance(x, (int, float)) and isinstance(v, (int, float)) and np.isfinite(v):
+                    per_x.setdefault(float(x), []).append(float(v))
+        if not per_x:
+            return None
+        xs = sorted(per_x)
+        return {"examples": xs, "mean": [float(np.mean(per_x[x])) for x in xs], "n": [len(per_x[x]) for x in xs]}
 
 
 def configurations(runs: Sequence[Run]) -> List[Config]:

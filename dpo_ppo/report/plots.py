@@ -167,6 +167,47 @@ def plot_training(configs: Sequence[Config], path: Path, split: Sequence[str] = 
     return _save(fig, path)
 
 
+# the report's over-training panels: title -> (results.OVER_TRAINING_TABLES table, column)
+OVER_TRAINING_PANELS = {
+    "weights: MSD from reference": ("weights_over_training", "msd_weights"),
+    "biases: MSD from reference": ("weights_over_training", "msd_biases"),
+    "previous-token heads: max |change|": ("heads_over_training", "previous_token_max_abs_change"),
+    "duplicate-token heads: max |change|": ("heads_over_training", "duplicate_token_max_abs_change"),
+    "induction heads: max |change|": ("heads_over_training", "induction_max_abs_change"),
+    "attention to the sentiment word: max |change|": ("heads_over_training", "sentiment_attention_max_abs_change"),
+}
+
+
+def plot_over_training(configs: Sequence[Config], path: Path) -> Optional[str]:
+    """The analyses at every snapshot (weights, head scores, attention to the sentiment word),
+    per configuration (mean over seeds) against examples seen, both algorithms in each panel.
+    None when no run has an over-training table."""
+    curves = {title: [(c, c.over_training(*where)) for c in configs] for title, where in OVER_TRAINING_PANELS.items()}
+    if not any(cv for per in curves.values() for _, cv in per):
+        return None
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6), squeeze=False)
+    for ax, (title, per) in zip(axes.flat, curves.items()):
+        for a in R.ALGORITHMS:
+            mine = [(c, cv) for c, cv in per if c.algorithm == a and cv]
+            cmap = plt.get_cmap("Blues" if a == "dpo" else "Oranges")
+            for i, (c, cv) in enumerate(mine):
+                shade = 0.45 + 0.5 * (i + 1) / (len(mine) + 1)
+                ax.plot(cv["examples"], cv["mean"], marker="o", ms=3, lw=1.2, color=cmap(shade),
+                        label=f"{LABELS[a]} {c.label()}".strip())
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("examples seen", fontsize=8)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not analysed", ha="center", va="center", transform=ax.transAxes, color="grey")
+    handles, labels = next(((h, l) for h, l in (ax.get_legend_handles_labels() for ax in axes.flat) if h), ([], []))
+    if handles:
+        axes[0, 0].legend(handles, labels, fontsize=6, loc="best")
+    fig.suptitle("Over training: each snapshot against the reference (0 examples)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_claim(rows: Sequence[ClaimRow], path: Path) -> Optional[str]:
     """One claim: its metric against KL per algorithm in each facet (runs; the joint fit's curve
     of each algorithm over the common KL range, shaded), the comparison point with its

@@ -187,7 +187,7 @@ def progress_line(runs: Sequence[Run]) -> Tuple[str, Dict[str, int]]:
 
 def body_figures(configs: Sequence[Config], runs: Sequence[Run], out: Path, split: Sequence[str], figures: bool,
                  images: Dict[str, str]) -> List[str]:
-    """The frontier and the training curves."""
+    """The frontier, the training curves and the analyses over training."""
     if figures:
         images["frontier"] = Path(plots.plot_frontier(configs, runs, out / "frontier.png", split)).name
     md = ["## Reward-KL frontier", "", "![frontier](frontier.png)" if figures else "(figures left out)", "",
@@ -198,7 +198,27 @@ def body_figures(configs: Sequence[Config], runs: Sequence[Run], out: Path, spli
         images["training"] = Path(training).name
         md += ["## Training curves", "", "![training curves](training.png)", "",
                "Per configuration, mean over seeds, against examples seen (train_log.jsonl).", ""]
+    over = plots.plot_over_training(configs, out / "over_training.png") if figures else None
+    if over:
+        images["over_training"] = Path(over).name
+        md += ["## Over training", "", "![over training](over_training.png)", "",
+               "The analyses at every saved snapshot, per configuration (mean over seeds), against examples "
+               "seen: mean-square divergence of weights and biases, and the largest change of any head's "
+               "previous-token, duplicate-token and induction score and of its attention to the sentiment "
+               "word (the seed's suggested next experiment, 3.4). Data: `summary.json` `over_training`.", ""]
     return md
+
+
+def over_training_summary(configs: Sequence[Config]) -> List[Dict[str, Any]]:
+    """Every configuration's over-training curves (mean over seeds), for summary.json."""
+    out = []
+    for c in configs:
+        for table, column in plots.OVER_TRAINING_PANELS.values():
+            curve = c.over_training(table, column)
+            if curve:
+                out.append({"algorithm": c.algorithm, "configuration": c.label(), "measure": f"{table}/{column}",
+                            **curve})
+    return out
 
 
 def claim_figures(rows: Sequence[C.ClaimRow], out: Path, figures: bool, images: Dict[str, str]) -> List[str]:
@@ -379,6 +399,7 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
         "facets": [{"label": f.label(), "values": f.values, "pooled": f.pooled_text(),
                     "runs": {a: len(f.runs[a]) for a in R.ALGORITHMS}} for f in facets],
         "facet_notes": facet_notes, "claims": [claim_record(r) for r in rows], "matched_kl": matched,
+        "over_training": over_training_summary(configs),
         "images": images, "compare": compare_out,
         "settings": {"min_runs": min_runs, "min_seeds": min_seeds, "n_boot": n_boot, "fdr": fdr, "seed": seed,
                      "pool": list(pool)},
