@@ -333,27 +333,24 @@ def compare(facet: Facet, metric: str, kl_fracs: Sequence[float] = (0.5,), n_boo
         draws["prompts"] = model.curves(stats.weighted_lstsq(model.design(xb, side), yb, np.ones_like(yb)), at)
         units["prompts"] = len(ids)
 
-    def spread(q: str, i: int) -> Tuple[List[float], List[int]]:
-        """Each source's standard error of quantity q at point i (seeds' draws widened: drawing k
-        seeds with replacement spreads a mean by sqrt((k-1)/k) of its standard error)."""
+    def se_dof(pick) -> Tuple[float, float]:
+        """Standard error and degrees of freedom of one quantity, ``pick(curves) -> (B,) draws``:
+        each source's bootstrap standard error (the seeds' widened: drawing k seeds with
+        replacement spreads a mean by sqrt((k-1)/k) of its standard error), added in quadrature."""
         ses = []
         for src, d in draws.items():
             k = units[src]
             widen = math.sqrt(k / (k - 1)) if src != "prompts" and k > 1 else 1.0
-            ses.append(widen * stats.boot_se(d[q][:, i]))
-        return ses, [units[src] for src in draws]
-
-    def se_dof(q: str, i: int) -> Tuple[float, float]:
-        ses, k = spread(q, i)
-        return math.sqrt(sum(v * v for v in ses)), stats.welch_dof(ses, k)
+            ses.append(widen * stats.boot_se(pick(d)))
+        return math.sqrt(sum(v * v for v in ses)), stats.welch_dof(ses, [units[src] for src in draws])
 
     for i, x0 in enumerate(x0s):
         fit = {a: float(est[a][i]) for a in R.ALGORITHMS}
         se, dof = {}, {}
         for a in R.ALGORITHMS:
-            se[a], dof[a] = se_dof(a, i)
+            se[a], dof[a] = se_dof(lambda d: d[a][:, i])
         effect = float(est["effect"][i])
-        effect_se, effect_dof = se_dof("effect", i)
+        effect_se, effect_dof = se_dof(lambda d: d["effect"][:, i])
         b = {q: float(bias[q][i]) for q in bias}
         comp.points.append(Point(
             kl=math.exp(x0), fit=fit,
@@ -365,14 +362,9 @@ def compare(facet: Facet, metric: str, kl_fracs: Sequence[float] = (0.5,), n_boo
     if deg_g and hi > lo:
         i_lo, i_hi = len(x0s), len(x0s) + 1
         change = float(est["effect"][i_hi] - est["effect"][i_lo])
-        ses, k = [], []
-        for src, d in draws.items():
-            kk = units[src]
-            widen = math.sqrt(kk / (kk - 1)) if src != "prompts" and kk > 1 else 1.0
-            ses.append(widen * stats.boot_se(d["effect"][:, i_hi] - d["effect"][:, i_lo]))
-            k.append(kk)
+        change_se, change_dof = se_dof(lambda d: d["effect"][:, i_hi] - d["effect"][:, i_lo])
         change_bias = float(bias["effect"][i_hi] + bias["effect"][i_lo])
-        comp.vary_p = stats.t_p(change, math.sqrt(sum(v * v for v in ses)), stats.welch_dof(ses, k), bias=change_bias)
+        comp.vary_p = stats.t_p(change, change_se, change_dof, bias=change_bias)
         if comp.vary_p < ALPHA:
             comp.varies = (f"PPO - DPO changes across the common KL range: {fmt(float(est['effect'][i_lo]))} "
                            f"at KL {math.exp(lo):.3g}, {fmt(float(est['effect'][i_hi]))} at KL {math.exp(hi):.3g} "
