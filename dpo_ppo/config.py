@@ -306,7 +306,10 @@ ALGORITHM_SCHEMAS = {"dpo": DPOAlgorithmConfig, "ppo": PPOAlgorithmConfig}
 class EvalConfig:
     """Evaluation on unseen test prefixes (group ``eval``; the seed's 5.2: 2000 prefixes, 25 tokens, 100 new)."""
 
-    num_prompts: int = option(2000, "unseen test prefixes, the same for every job; > 0")
+    num_prompts: int = option(1950, "unseen test prefixes, the same for every job, each from a different test "
+                                    "review (refused when the test split has fewer reviews longer than "
+                                    "prefix_len); > 0. conf: 1950 (the embedded test split has 1987 such "
+                                    "reviews), 2000 (the seed's) in experiment=paper_run1/2")
     prefix_len: int = option(25, "tokens of each test prefix; > 0")
     completion_len: int = option(100, "most new tokens per completion; > 0 (conf: = algorithm.completion_len)")
     batch_size: Optional[int] = option(None, "sequences per sampling batch; > 0; null = hardware.gen_batch_size. "
