@@ -767,16 +767,25 @@ def check_model_folder(cfg, key: str, folder) -> None:
     no pad).  Reads small JSON files only."""
     from pathlib import Path
 
-    from dpo_ppo.sources import context_length, tokenizer_has_pad_or_eos
+    from dpo_ppo.sources import context_length
 
     folder = Path(folder).expanduser()
     context = context_length(folder)
     if context is not None:
         check_context(cfg, context, f"{key}={cfg.model.source} (its config.json)")
-    if tokenizer_has_pad_or_eos(folder) is False:
-        raise ConfigError(key, f"the tokenizer in {folder} has neither a pad nor an EOS token, so completions "
-                               f"can be neither padded nor ended; save it with tokenizer.eos_token (or "
-                               f"pad_token) set")
+    check_tokenizer_pad(key, folder)
+
+
+def check_tokenizer_pad(key: str, folder) -> None:
+    """The tokenizer saved in ``folder`` has a pad or an EOS token (padding uses EOS when there is
+    no pad): refused when its files write both out as null."""
+    from pathlib import Path
+
+    from dpo_ppo.sources import tokenizer_has_pad_or_eos
+
+    if tokenizer_has_pad_or_eos(Path(folder)) is False:
+        raise ConfigError(key, f"the tokenizer in {folder} has neither a pad nor an EOS token to pad batches "
+                               f"with (or end completions); save it with tokenizer.eos_token (or pad_token) set")
 
 
 def check_data(cfg: Config) -> None:
@@ -825,6 +834,8 @@ def check_local_paths(cfg: Config) -> None:
     if cls.source != "embedded":
         check_pretrained_folder("classifier.source", cls.source, classifier=True, finetune=cls.finetune)
         folder = local_path(cls.source)
+        if folder is not None:
+            check_tokenizer_pad("classifier.source", folder)  # the scorer pads its batches
         if folder is not None and not cls.finetune:
             labels = id2label(folder)
             if labels:

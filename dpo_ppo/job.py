@@ -237,14 +237,12 @@ class Job:
 
     def check_base(self, base_path: Path) -> None:
         """The reference's own context (its config.json, a hub model's too) holds prefix +
-        completion; the config check compared the ``model.context_length`` key or a local folder."""
-        from dpo_ppo.config import check_context
-        from dpo_ppo.sources import context_length
+        completion, and its tokenizer has a pad or EOS token; the config check read a local folder
+        (or compared the ``model.context_length`` key of a hub id)."""
+        from dpo_ppo.config import check_model_folder
 
-        if self.cfg.model.source != "embedded":
-            context = context_length(Path(base_path))
-            if context is not None:
-                check_context(self.cfg, context, f"model.source={self.cfg.model.source}")
+        if self.cfg.model.source != "embedded":  # a hub model's, read after the base stage saved it
+            check_model_folder(self.cfg, "model.source", base_path)
 
     def prompts(self, corpus, base_path: Path):
         """Training and evaluation prefixes, tokenized by the reference's tokenizer.  Evaluation

@@ -171,6 +171,7 @@ CASES = [
     (["model.source={short_context}", "model.context_length=256"],
      ["Config error: algorithm.prefix_len:", "= 73 tokens exceeds the context of model.source=", "(64 tokens)"]),
     (["model.source={no_pad_no_eos}"], ["Config error: model.source:", "neither a pad nor an EOS token"]),
+    (["classifier.source={no_pad_no_eos}"], ["Config error: classifier.source:", "neither a pad nor an EOS token"]),
     (["data.source={short_train}", "eval.num_prompts=2"],
      ["Config error: algorithm.prefix_len:", "no review in the train split", "lower algorithm.prefix_len"]),
 ]
