@@ -334,3 +334,34 @@ def test_a_valid_job_reads_label_names_scores_three_labels_and_counts_its_prompt
     assert list(corpus["train"]["label"]) == [1 - y for y in original["train"]["label"]]  # 1 = positive again
     scorer = json.loads((Path(res["artifacts"]["classifier"]) / "scorer.json").read_text())
     assert (scorer["positive_label"], scorer["negative_label"]) == (2, 0)
+
+
+def test_the_reward_of_a_three_label_classifier_is_log_p_positive_minus_log_p_negative():
+    """Issue 20, item 4: the reward for K labels (documented at classifier.positive_label);
+    a binary scorer's numbers are those of before (the other label is the negative one)."""
+    import pytest
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from dpo_ppo.scorer import Scorer
+    from dpo_ppo.sources import classifier_labels
+    from fixtures import toy_tokenizer
+
+    tok = toy_tokenizer()
+    torch.manual_seed(0)
+    texts = ["a wonderful film", "a dull film with a weak plot", "it runs two hours"]
+    for labels, positive, negative in ((["negative", "neutral", "positive"], "positive", None),
+                                       (["LABEL_0", "LABEL_1"], 1, None)):
+        config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=16, n_layer=1, n_head=2,
+                            num_labels=len(labels), id2label=dict(enumerate(labels)), pad_token_id=tok.pad_token_id)
+        model = GPT2ForSequenceClassification(config).eval()
+        pos, neg = classifier_labels(dict(enumerate(labels)), positive, negative)
+        scorer = Scorer(model, tok, pos, negative_label=neg)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(**tok(texts[:1], return_tensors="pt")).logits.float(), -1)[0]
+        assert (pos, neg) == ((2, 0) if len(labels) == 3 else (1, 0))
+        assert float(scorer.logits(texts[:1])[0]) == pytest.approx(float(logp[pos] - logp[neg]), rel=1e-5, abs=1e-6)
+        p = scorer.p_positive(texts)
+        assert bool(((p > 0) & (p < 1)).all())
+        if len(labels) == 2:  # the binary reward as it always was
+            assert torch.equal(scorer.logits(texts), Scorer(model, tok, 1).logits(texts))
