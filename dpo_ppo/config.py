@@ -49,7 +49,9 @@ class ModelConfig:
                                       "hub id (EleutherAI/pythia-70m) or a local folder saved with save_pretrained")
     revision: Optional[str] = option(None, "hub revision (branch, tag or commit) of a hub model; null = main")
     context_length: int = option(256, "longest sequence (prefix + completion) the model takes, in tokens; "
-                                      "checked against the lengths asked for; > 0")
+                                      "checked against the lengths asked for (a model folder's own config.json "
+                                      "max_position_embeddings is read instead, a hub model's after the base "
+                                      "stage); > 0")
     vocab_size: int = option(1024, "embedded only: tokens of the BPE tokenizer trained on the corpus; > 0")
     hidden_size: int = option(128, "embedded only: width of the residual stream; > 0, a multiple of num_heads")
     num_layers: int = option(4, "embedded only: transformer layers; > 0")
@@ -773,6 +775,8 @@ def check_model_folder(cfg, key: str, folder) -> None:
     context = context_length(folder)
     if context is not None:
         check_context(cfg, context, f"{key}={cfg.model.source} (its config.json)")
+    else:  # the folder does not say: the model.context_length key
+        check_context(cfg)
     check_tokenizer_pad(key, folder)
 
 
