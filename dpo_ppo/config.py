@@ -49,7 +49,9 @@ class ModelConfig:
                                       "hub id (EleutherAI/pythia-70m) or a local folder saved with save_pretrained")
     revision: Optional[str] = option(None, "hub revision (branch, tag or commit) of a hub model; null = main")
     context_length: int = option(256, "longest sequence (prefix + completion) the model takes, in tokens; "
-                                      "checked against the lengths asked for; > 0")
+                                      "checked against the lengths asked for (a model folder's own config.json "
+                                      "max_position_embeddings is read instead, a hub model's after the base "
+                                      "stage); > 0")
     vocab_size: int = option(1024, "embedded only: tokens of the BPE tokenizer trained on the corpus; > 0")
     hidden_size: int = option(128, "embedded only: width of the residual stream; > 0, a multiple of num_heads")
     num_layers: int = option(4, "embedded only: transformer layers; > 0")
@@ -104,7 +106,14 @@ class ClassifierConfig:
                                      "off-the-shelf sentiment model)")
     finetune: bool = option(True, "train the classifier on the corpus labels; false needs a source that "
                                   "already is a sentiment classifier")
-    positive_label: int = option(1, "which output label means positive; 0 or 1")
+    positive_label: Any = option(1, "which output label means positive: an index, or a name of the model's "
+                                    "id2label (finetune=false; case-insensitive). The reward is log p(positive) - "
+                                    "log p(negative) and evaluation's p_positive its sigmoid, p(positive) / "
+                                    "(p(positive) + p(negative)): p(positive) itself for two labels, positive "
+                                    "against negative alone (a neutral label's share left out) for more")
+    negative_label: Any = option(None, "which output label means negative: an index or an id2label name; "
+                                       "null = the other label of two, or with more labels the one named "
+                                       "negative (none or several such: refused, set it)")
     max_length: int = option(128, "tokens the scorer reads; longer texts are truncated, so it must cover "
                                   "prefix + completion (checked); > 0")
     train_examples: int = option(4000, "training reviews used to train or fine-tune it; > 0")
@@ -120,7 +129,17 @@ class ClassifierConfig:
                     "num_heads"):
             positive(f"{where}.{key}", getattr(self, key))
         _heads_divide_hidden(self, where)
-        choice(f"{where}.positive_label", self.positive_label, (0, 1))
+        for key in ("positive_label", "negative_label"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, str, type(None))) or value == "":
+                raise ConfigError(f"{where}.{key}", f"must be a label index or name, got {value!r}")
+        if self.finetune or self.source == "embedded":  # trained here on the corpus labels: 0 neg, 1 pos
+            choice(f"{where}.positive_label", self.positive_label, (0, 1))
+            if self.negative_label is not None and self.negative_label != 1 - self.positive_label:
+                raise ConfigError(f"{where}.negative_label",
+                                  f"a classifier trained here has two labels; with positive_label="
+                                  f"{self.positive_label} it must be {1 - self.positive_label} or null, got "
+                                  f"{self.negative_label!r}")
         if self.source == "embedded" and not self.finetune:
             raise ConfigError(f"{where}.finetune",
                               f"the embedded classifier is trained from scratch; finetune=false needs "
@@ -289,7 +308,10 @@ ALGORITHM_SCHEMAS = {"dpo": DPOAlgorithmConfig, "ppo": PPOAlgorithmConfig}
 class EvalConfig:
     """Evaluation on unseen test prefixes (group ``eval``; the seed's 5.2: 2000 prefixes, 25 tokens, 100 new)."""
 
-    num_prompts: int = option(2000, "unseen test prefixes, the same for every job; > 0")
+    num_prompts: int = option(1950, "unseen test prefixes, the same for every job, each from a different test "
+                                    "review (refused when the test split has fewer reviews longer than "
+                                    "prefix_len); > 0. conf: 1950 (the embedded test split has 1987 such "
+                                    "reviews), 2000 (the seed's) in experiment=paper_run1/2")
     prefix_len: int = option(25, "tokens of each test prefix; > 0")
     completion_len: int = option(100, "most new tokens per completion; > 0 (conf: = algorithm.completion_len)")
     batch_size: Optional[int] = option(None, "sequences per sampling batch; > 0; null = hardware.gen_batch_size. "
@@ -476,18 +498,11 @@ class Config:
             raise ConfigError("compute.prefixes_per_step",
                               f"must divide algorithm.rollout_prefixes ({algo.rollout_prefixes}) for "
                               f"compute=matched, got {compute.prefixes_per_step}")
-        context = model.context_length
+        from dpo_ppo.sources import local_path
+
+        if model.source == "embedded" or local_path(model.source) is None:
+            check_context(self)  # a local folder's own context is checked with the folders (check_model_folder)
         longest_prefix = algo.longest_prefix
-        if longest_prefix + algo.completion_len > context:
-            raise ConfigError("algorithm.prefix_len" if algo.prefix_len_max is None else "algorithm.prefix_len_max",
-                              f"prefix ({longest_prefix}) + algorithm.completion_len ({algo.completion_len}) "
-                              f"= {longest_prefix + algo.completion_len} tokens exceeds the context of "
-                              f"model={model.name} ({context} tokens)")
-        if ev.prefix_len + ev.completion_len > context:
-            raise ConfigError("eval.prefix_len",
-                              f"eval.prefix_len + eval.completion_len = "
-                              f"{ev.prefix_len + ev.completion_len} exceeds the context of "
-                              f"model={model.name} ({context} tokens)")
         # the scorer truncates at classifier.max_length: it must read the whole prefix + completion
         scored = {"algorithm.completion_len": longest_prefix + algo.completion_len,
                   "eval.completion_len": ev.prefix_len + ev.completion_len}
@@ -728,16 +743,105 @@ def check_generic(cfg: Config) -> None:
         check_device("analysis.device", cfg.analysis.device)
 
 
+def check_context(cfg, context: int | None = None, what: str | None = None) -> None:
+    """Prefix + completion, in training and in evaluation, fit the model's context: ``context``
+    tokens (what the model itself says, ``what`` naming where that was read), else the
+    ``model.context_length`` key."""
+    algo, ev, model = cfg.algorithm, cfg.eval, cfg.model
+    if context is None:
+        context, what = model.context_length, f"model={model.name}"
+    longest_prefix = algo.longest_prefix
+    if longest_prefix + algo.completion_len > context:
+        raise ConfigError("algorithm.prefix_len" if algo.prefix_len_max is None else "algorithm.prefix_len_max",
+                          f"prefix ({longest_prefix}) + algorithm.completion_len ({algo.completion_len}) "
+                          f"= {longest_prefix + algo.completion_len} tokens exceeds the context of "
+                          f"{what} ({context} tokens)")
+    if ev.prefix_len + ev.completion_len > context:
+        raise ConfigError("eval.prefix_len",
+                          f"eval.prefix_len + eval.completion_len = "
+                          f"{ev.prefix_len + ev.completion_len} exceeds the context of "
+                          f"{what} ({context} tokens)")
+
+
+def check_model_folder(cfg, key: str, folder) -> None:
+    """What a save_pretrained model folder must offer the job: a context (config.json) that holds
+    prefix + completion, and a tokenizer with a pad or an EOS token (padding uses EOS when there is
+    no pad).  Reads small JSON files only."""
+    from pathlib import Path
+
+    from dpo_ppo.sources import context_length
+
+    folder = Path(folder).expanduser()
+    context = context_length(folder)
+    if context is not None:
+        check_context(cfg, context, f"{key}={cfg.model.source} (its config.json)")
+    else:  # the folder does not say: the model.context_length key
+        check_context(cfg)
+    check_tokenizer_pad(key, folder)
+
+
+def check_tokenizer_pad(key: str, folder) -> None:
+    """The tokenizer saved in ``folder`` has a pad or an EOS token (padding uses EOS when there is
+    no pad): refused when its files write both out as null."""
+    from pathlib import Path
+
+    from dpo_ppo.sources import tokenizer_has_pad_or_eos
+
+    if tokenizer_has_pad_or_eos(Path(folder)) is False:
+        raise ConfigError(key, f"the tokenizer in {folder} has neither a pad nor an EOS token to pad batches "
+                               f"with (or end completions); save it with tokenizer.eos_token (or pad_token) set")
+
+
+def check_data(cfg: Config) -> None:
+    """What the reviews must be before any stage: labels that mean 0 = negative / 1 = positive in
+    both splits, non-empty texts (a local folder: read here; a hub data set: when the corpus
+    stage loads it), enough test reviews for eval.num_prompts distinct prompts, and some review
+    longer than each prefix length.  The number of tokens needs the tokenizer, which the base
+    stage may build: here a bound (one token per byte at most); the prompts stage, before the
+    scorer, checks the exact count."""
+    from dpo_ppo.prompts import eval_shortfall, usable_upper_bound
+    from dpo_ppo.sources import check_corpus, load_dataset_folder, local_path
+
+    data, ev, algo = cfg.data, cfg.eval, cfg.algorithm
+    if data.source == "synthetic":
+        n_test = int(round(data.num_reviews * data.test_fraction))
+        if n_test < ev.num_prompts:
+            raise eval_shortfall(ev.num_prompts, n_test, n_test, ev.prefix_len, data.source, bound=True)
+        return
+    if local_path(data.source) is None:  # a hub id: checked when the corpus stage loads it
+        return
+    ds = load_dataset_folder("data.source", data.source)
+    check_corpus("data.source", ds)
+    test = list(ds["test"]["text"])
+    usable = usable_upper_bound(test, ev.prefix_len)
+    if usable < ev.num_prompts:
+        raise eval_shortfall(ev.num_prompts, len(test), usable, ev.prefix_len, data.source, bound=True)
+    if not usable_upper_bound(list(ds["train"]["text"]), algo.prefix_len):
+        raise ConfigError("algorithm.prefix_len",
+                          f"no review in the train split of data.source={data.source} can be longer than "
+                          f"algorithm.prefix_len={algo.prefix_len} tokens (the longest has "
+                          f"{max(len(t.encode()) for t in ds['train']['text'])} bytes); lower algorithm.prefix_len")
+
+
 def check_local_paths(cfg: Config) -> None:
     """The cache folder can be written; local model, classifier and data folders hold what their
-    loaders need (file names and small JSON files only)."""
+    loaders need and what the job needs of them (small JSON files, and the reviews of a local
+    data folder, memory-mapped)."""
     _check_writable_dir("cache_dir", cfg.cache_dir)
-    from dpo_ppo.sources import check_dataset_folder, check_pretrained_folder
+    from dpo_ppo.sources import check_pretrained_folder, classifier_labels, id2label, local_path
 
     if cfg.model.source != "embedded":
         check_pretrained_folder("model.source", cfg.model.source)
-    if cfg.classifier.source != "embedded":
-        check_pretrained_folder("classifier.source", cfg.classifier.source, classifier=True,
-                                finetune=cfg.classifier.finetune)
-    if cfg.data.source != "synthetic":
-        check_dataset_folder("data.source", cfg.data.source)
+        if local_path(cfg.model.source) is not None:
+            check_model_folder(cfg, "model.source", local_path(cfg.model.source))
+    cls = cfg.classifier
+    if cls.source != "embedded":
+        check_pretrained_folder("classifier.source", cls.source, classifier=True, finetune=cls.finetune)
+        folder = local_path(cls.source)
+        if folder is not None:
+            check_tokenizer_pad("classifier.source", folder)  # the scorer pads its batches
+        if folder is not None and not cls.finetune:
+            labels = id2label(folder)
+            if labels:
+                classifier_labels(labels, cls.positive_label, cls.negative_label)
+    check_data(cfg)

@@ -136,7 +136,16 @@ def load_hub(source: str) -> DatasetDict:
     if not isinstance(ds, DatasetDict) or not {"train", "test"} <= set(ds):
         raise RuntimeError(f"data.source={source!r}: needs 'train' and 'test' splits, found "
                            f"{list(ds) if isinstance(ds, DatasetDict) else type(ds).__name__}")
+    from dpo_ppo.sources import check_corpus
+
     out = DatasetDict({split: ds[split].select_columns(["text", "label"]) for split in ("train", "test")})
+    mapping = check_corpus("data.source", out)  # labels read, not assumed (the config check ran it too)
+    if mapping is not None:  # names say 0 = positive, or string labels: stored as 0 = negative, 1 = positive
+        from datasets import Features, Value
+
+        log.info("corpus: labels mapped to 0 = negative, 1 = positive: %s", mapping)
+        out = out.map(lambda b: {"label": [mapping[v] for v in b["label"]]}, batched=True,
+                      features=Features({**out["train"].features, "label": Value("int64")}), desc="labels")
     return out.map(_clean, batched=True, desc="cleaning")
 
 

@@ -22,9 +22,21 @@ VOLATILE = tuple(dict.fromkeys([k.split(".")[0] if k.split(".")[0] in EXCLUDED_K
                                 for k in EXCLUDED_KEYS] + ["prepare"]))
 
 
+# keys added after jobs had recorded their configs, with the default that keeps the older
+# behaviour: at that default they are left out of a job's identity (and of the artifact keys,
+# ``without_late_defaults``), so a folder or cache made before them is still the same job
+LATE_DEFAULTS = {"classifier": {"negative_label": None}}
+
+
+def without_late_defaults(group: str, values: dict) -> dict:
+    """``values`` of config group ``group`` without the LATE_DEFAULTS keys at their default."""
+    late = LATE_DEFAULTS.get(group, {})
+    return {k: v for k, v in values.items() if not (k in late and v == late[k])}
+
+
 def identity(config: dict, volatile: Iterable[str] = VOLATILE) -> dict:
     """``config`` without the volatile keys (top-level like ``logger`` or dotted like
-    ``eval.batch_size``)."""
+    ``eval.batch_size``) and without late keys at their default (LATE_DEFAULTS)."""
     volatile = set(volatile)
     out = {}
     for k, v in config.items():
@@ -32,6 +44,8 @@ def identity(config: dict, volatile: Iterable[str] = VOLATILE) -> dict:
             continue
         nested = {key.split(".", 1)[1] for key in volatile if key.startswith(f"{k}.")}
         out[k] = {ck: cv for ck, cv in v.items() if ck not in nested} if nested and isinstance(v, dict) else v
+        if isinstance(out[k], dict):
+            out[k] = without_late_defaults(k, out[k])
     return out
 
 

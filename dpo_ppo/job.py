@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from dpo_ppo.analysis.config import REFERENCE_ANALYSIS_VERSION
 from dpo_ppo.cache import artifact, load_dataset_artifact
 from dpo_ppo.config import Config, as_dict, to_typed
-from dpo_ppo.identity import ConfigDrift, config_diff, config_hash
+from dpo_ppo.identity import ConfigDrift, config_diff, config_hash, without_late_defaults
 from dpo_ppo import hardware, progress
 from dpo_ppo.joblock import JobLock
 from dpo_ppo.provenance import provenance
@@ -84,7 +84,7 @@ def artifact_specs(cfg: Config, precision: str = "fp32") -> dict:
     numerics = {} if precision == "fp32" else {"precision": precision}  # fp32 keys = the older caches'
     base = {"model": as_dict(cfg.model), "corpus": corpus if cfg.model.source == "embedded" else None,
             **(numerics if cfg.model.source == "embedded" else {})}
-    classifier = {"classifier": as_dict(cfg.classifier), "corpus": corpus,
+    classifier = {"classifier": without_late_defaults("classifier", as_dict(cfg.classifier)), "corpus": corpus,
                   "tokenizer": base if cfg.classifier.source == "embedded" else None,
                   **(numerics if cfg.classifier.finetune else {})}
     algo = cfg.algorithm
@@ -203,10 +203,9 @@ class Job:
         """The stages every job (and the sweeper's prepare step) shares: corpus, base model,
         scorer, the frozen reference and the train/test prefixes."""
         from dpo_ppo.models import load_policy
-        from dpo_ppo.prompts import make_prefixes
         from dpo_ppo.scorer import Scorer
 
-        cfg, algo = self.cfg, self.cfg.algorithm
+        cfg = self.cfg
         torch.manual_seed(cfg.seed)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -219,6 +218,12 @@ class Job:
             corpus_path, corpus = self.corpus()
         with self.stage("base"):
             base_path = self.base(corpus)
+        self.check_base(base_path)
+        # the prompts before the scorer: a prefix no review reaches, or too few test reviews for
+        # eval.num_prompts distinct prompts, is refused before the classifier is trained (the
+        # tokenizer alone is loaded here; the prefixes do not depend on when they are made)
+        with self.stage("prompts"):
+            train_prompts, test_prompts = self.prompts(corpus, base_path)
         with self.stage("scorer"):
             cls_path = self.classifier(corpus, base_path)
             scorer = Scorer.load(cls_path, self.device, batch_size=self.hw.forward_batch_size,
@@ -228,12 +233,49 @@ class Job:
         self.rec.results["classifier_accuracy"] = json.loads((cls_path / "scorer.json").read_text()).get("test_accuracy")
         ref_model, tokenizer = load_policy(base_path, self.device)
         ref_model.eval().requires_grad_(False)
-        with self.stage("prompts"):
-            train_prompts = make_prefixes(corpus["train"]["text"], tokenizer, algo.examples, algo.prefix_len,
-                                          algo.prefix_len_max, seed=cfg.seed)
-            test_prompts = make_prefixes(corpus["test"]["text"], tokenizer, cfg.eval.num_prompts,
-                                         cfg.eval.prefix_len, seed=EVAL_PROMPT_SEED)
         return corpus, base_path, scorer, ref_model, tokenizer, train_prompts, test_prompts
+
+    def check_base(self, base_path: Path) -> None:
+        """The reference's own context (its config.json, a hub model's too) holds prefix +
+        completion, and its tokenizer has a pad or EOS token; the config check read a local folder
+        (or compared the ``model.context_length`` key of a hub id)."""
+        from dpo_ppo.config import check_model_folder
+
+        if self.cfg.model.source != "embedded":  # a hub model's, read after the base stage saved it
+            check_model_folder(self.cfg, "model.source", base_path)
+
+    def prompts(self, corpus, base_path: Path):
+        """Training and evaluation prefixes, tokenized by the reference's tokenizer.  Evaluation
+        never reuses a test review (refused: eval.num_prompts / eval.prefix_len); training may
+        reuse reviews across passes (a small corpus still gives algorithm.examples), which the log
+        and results.json ``prompts`` say."""
+        from transformers import AutoTokenizer
+
+        from dpo_ppo.models import ensure_pad
+        from dpo_ppo.prompts import eval_shortfall, make_prefixes
+
+        cfg, algo, ev = self.cfg, self.cfg.algorithm, self.cfg.eval
+        tokenizer = AutoTokenizer.from_pretrained(str(base_path))
+        ensure_pad(tokenizer)
+        test_texts = corpus["test"]["text"]
+        test_stats: dict = {}
+        test_prompts = make_prefixes(test_texts, tokenizer, ev.num_prompts, ev.prefix_len,
+                                     seed=EVAL_PROMPT_SEED, stats=test_stats, key="eval.prefix_len")
+        if test_stats["distinct"] < ev.num_prompts:
+            raise eval_shortfall(ev.num_prompts, len(test_texts), test_stats["distinct"], ev.prefix_len,
+                                 cfg.data.source)
+        train_stats: dict = {}
+        train_prompts = make_prefixes(corpus["train"]["text"], tokenizer, algo.examples, algo.prefix_len,
+                                      algo.prefix_len_max, seed=cfg.seed, stats=train_stats,
+                                      key="algorithm.prefix_len")
+        reused = len(train_prompts) - train_stats["distinct"]
+        if reused:
+            log.info("prompts: the %d training prefixes come from %d distinct reviews (%d reused across passes over "
+                     "the %d train reviews)", len(train_prompts), train_stats["distinct"], reused,
+                     len(corpus["train"]))
+        self.rec.results[R.PROMPTS] = {"train": len(train_prompts), "train_distinct": train_stats["distinct"],
+                                       "eval": len(test_prompts), "eval_distinct": test_stats["distinct"]}
+        return train_prompts, test_prompts
 
     def run(self) -> dict:
         from dpo_ppo.models import load_policy

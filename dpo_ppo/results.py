@@ -20,6 +20,8 @@ A job folder holds:
                    "over_training": {table: {"columns": [...], "data": [[...], ...]}}}
                   (OVER_TRAINING_TABLES: one row per snapshot, "examples" first)
       artifacts   paths of the shared artifacts (reference, classifier, corpus, ref_eval, ...)
+      prompts     {"train": N, "train_distinct": reviews they come from, "eval": N,
+                  "eval_distinct": = eval (evaluation never reuses a review)}      (PROMPT_KEYS)
       wandb       the job's W&B run: id (the same across attempts), project, entity, mode, url
                   (online, or after dpo-ppo-sync), synced
       provenance  git commit + dirty flag, library versions, SLURM ids, host, accelerator
@@ -71,6 +73,9 @@ POLICY, REFERENCE, IMPROVEMENT = "eval/policy/", "eval/reference/", "eval/improv
 EVAL_METRICS = ("reward_mean", "reward_std", "score_logit_mean", "gradient_loss", "binary_loss",
                 "completion_len", "distinct_1", "distinct_2", "kl_to_ref", "kl_to_ref_std", "kl_to_ref_k1")
 ANALYSIS = "analysis/"
+
+PROMPTS = "prompts"  # results.json: how many prefixes and how many distinct reviews they come from
+PROMPT_KEYS = ("train", "train_distinct", "eval", "eval_distinct")
 
 
 def policy_metric(name: str) -> str:

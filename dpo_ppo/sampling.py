@@ -283,6 +283,9 @@ def _sequence_kl(model, ref_model, prompts, completions, pad_id, batch_size, dev
         starts = torch.as_tensor([len(p) - 1 for p in ps], device=device)
         ends = starts + torch.as_tensor([len(c) for c in cs], device=device)
         span = (pos[None, :] >= starts[:, None]) & (pos[None, :] < ends[:, None])
-        exact[idx] = torch.where(span, kl, 0.0).sum(1).cpu()
+        # a KL is >= 0; float32 rounding of two nearly equal distributions can leave a sum of
+        # -1e-7 (nearby models, another CPU's BLAS): that is 0.  Clamping the sequence's sum (not each
+        # position) leaves every positive sum as it was, bit for bit
+        exact[idx] = torch.where(span, kl, 0.0).sum(1).clamp_min(0).cpu()
         k1[idx] = torch.where(span, ratio, 0.0).sum(1).cpu()
     return exact, k1

@@ -1,10 +1,16 @@
-"""The reward: a sequence classifier's p(positive | text).
+"""The reward: a sequence classifier's log p(positive | text) - log p(negative | text).
 
 ``classifier.source=embedded`` trains a tiny GPT-2 from scratch with the corpus tokenizer;
 ``classifier.source=gpt2`` fine-tunes GPT-2 on the corpus labels (the seed's reward); with
 ``finetune=false`` the source is taken as a ready sentiment classifier.  Training goes through
 transformers' ``Trainer``; held-out accuracy is measured on the test split and kept beside the
 weights.  The scorer always takes text, never token ids: its tokenizer need not be the policy's.
+
+A classifier of K > 2 labels (negative / neutral / positive) is scored on its positive and negative
+labels (``classifier.positive_label`` / ``negative_label``, by index or id2label name): the reward
+is log p(positive) - log p(negative) and ``p_positive`` its sigmoid, p(positive) / (p(positive) +
+p(negative)), how much more positive than negative the text reads with the neutral share left
+out.  For two labels these are the logit and p(positive) themselves.
 """
 
 from __future__ import annotations
@@ -29,13 +35,14 @@ log = logging.getLogger(__name__)
 
 
 class Scorer:
-    """p(positive | text) from a saved sequence classifier."""
+    """log p(positive) - log p(negative) and its sigmoid from a saved sequence classifier."""
 
     def __init__(self, model, tokenizer, positive_label: int = 1, max_length: int = 256,
-                 batch_size: int = 64, autocast=None):
+                 batch_size: int = 64, autocast=None, negative_label: int | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.positive_label = positive_label
+        self.negative_label = 1 - positive_label if negative_label is None else negative_label
         self.max_length = max_length
         self.batch_size = batch_size
         self.autocast = autocast or contextlib.nullcontext  # a context factory (Runtime.autocast)
@@ -51,7 +58,8 @@ class Scorer:
         model.config.pad_token_id = tokenizer.pad_token_id
         return cls(model, tokenizer,
                    positive_label if positive_label is not None else meta.get("positive_label", 1),
-                   max_length or meta.get("max_length", 256), batch_size=batch_size, autocast=autocast)
+                   max_length or meta.get("max_length", 256), batch_size=batch_size, autocast=autocast,
+                   negative_label=None if positive_label is not None else meta.get("negative_label"))
 
     @torch.no_grad()
     def logits(self, texts: list[str]) -> torch.Tensor:
@@ -73,7 +81,7 @@ class Scorer:
             with self.autocast():
                 logits = self.model(input_ids=batch, attention_mask=mask).logits
             logp = torch.log_softmax(logits.float(), -1)
-            out[idx] = (logp[:, self.positive_label] - logp[:, 1 - self.positive_label]).cpu()
+            out[idx] = (logp[:, self.positive_label] - logp[:, self.negative_label]).cpu()
         return out
 
     def p_positive(self, texts: list[str]) -> torch.Tensor:
@@ -112,6 +120,12 @@ def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, de
             raise RuntimeError(f"classifier.source={cls_cfg.source!r}: could not load it "
                                f"({str(e).splitlines()[0][:200]}). {OFFLINE_HINT}.") from e
         model.config.pad_token_id = tokenizer.pad_token_id
+    positive, negative = cls_cfg.positive_label, None
+    if not cls_cfg.finetune:  # a ready classifier: its labels by index or id2label name
+        from dpo_ppo.sources import classifier_labels
+
+        positive, negative = classifier_labels({int(k): str(v) for k, v in model.config.id2label.items()},
+                                               cls_cfg.positive_label, cls_cfg.negative_label)
     info = {}
     if cls_cfg.finetune:
         train = corpus["train"].shuffle(seed=seed)
@@ -134,13 +148,15 @@ def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, de
         info["train_loss"] = float(trainer.train().training_loss)
         shutil.rmtree(path / "_trainer", ignore_errors=True)
     model = model.to(device)
-    scorer = Scorer(model, tokenizer, cls_cfg.positive_label, cls_cfg.max_length,
+    scorer = Scorer(model, tokenizer, positive, cls_cfg.max_length, negative_label=negative,
                     **({"batch_size": runtime.forward_batch_size, "autocast": runtime.autocast} if runtime else {}))
     test = corpus["test"].shuffle(seed=seed).select(range(min(2000, len(corpus["test"]))))
     info["test_accuracy"] = _accuracy(scorer, test)
     log.info("classifier: held-out accuracy %.3f on %d test reviews", info["test_accuracy"], len(test))
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
-    (path / "scorer.json").write_text(json.dumps({"positive_label": cls_cfg.positive_label,
-                                                  "max_length": cls_cfg.max_length, **info}, indent=1))
+    labels = {"positive_label": positive}
+    if negative is not None and negative != 1 - positive:  # a binary scorer.json stays as it was
+        labels["negative_label"] = negative
+    (path / "scorer.json").write_text(json.dumps({**labels, "max_length": cls_cfg.max_length, **info}, indent=1))
     return info

@@ -159,3 +159,30 @@ def test_divergences_are_float32_under_bf16_autocast(setup):
         auto = _run(tok, ref, pol, seqs, labels)
     assert auto == plain
     assert 0 < max(plain["logit_lens_kl"]["all"]) < 1e-4
+
+
+def test_kl_of_nearby_distributions_is_never_negative():
+    """Issue 20: for two nearby models sum p (log p - log q) cancels, and in float32 it came out at
+    -3.3e-9 on one x86 CPU.  softmax_kl works in float64 and clamps what rounding is left at 0;
+    evaluation's sequence KL clamps its per-sequence sum.  Checked against a float64 reference with
+    a tolerance, not a bit pattern: BLAS and CPU may round differently."""
+    from dpo_ppo.analysis.activations import _logit_lens_kl
+    from dpo_ppo.sampling import sequence_kl
+
+    g = torch.Generator().manual_seed(0)
+    p = 8 * torch.randn(6, 10, 3000, generator=g)  # float32 logits, as the models give them
+    q = p + 1e-5 * torch.randn(p.shape, generator=g)
+    kl = softmax_kl(p, q)
+    assert kl.dtype == torch.float64 and bool((kl >= 0).all())
+    exact = (F.softmax(p.double(), -1) * (F.log_softmax(p.double(), -1) - F.log_softmax(q.double(), -1))).sum(-1)
+    assert torch.allclose(kl, exact.clamp_min(0), rtol=1e-6, atol=1e-15)
+    assert torch.allclose(_logit_lens_kl(p, q, rows=4), kl, rtol=1e-12, atol=0)  # the row chunks change nothing
+    assert float(softmax_kl(p, p).abs().max()) == 0.0
+
+    texts, _ = toy_reviews(20)
+    tok = toy_tokenizer(texts)
+    ref = toy_model(tok, layers=2, hidden=32, heads=4)
+    prompts = [tok(t, add_special_tokens=False)["input_ids"][:6] for t in texts[:8]]
+    completions = [tok(t, add_special_tokens=False)["input_ids"][6:14] for t in texts[:8]]
+    exact_kl, _ = sequence_kl(ref, copy.deepcopy(ref), prompts, completions, pad_id=tok.pad_token_id)
+    assert bool((exact_kl >= 0).all()) and float(exact_kl.max()) < 1e-6  # a model against itself: 0, never below

@@ -15,7 +15,9 @@ def test_default_composes_and_validates():
     cfg = compose_cfg(tiny=False)
     validate(cfg)
     assert cfg.algorithm.name == "dpo" and cfg.model.source == "embedded"
-    assert (cfg.eval.num_prompts, cfg.eval.prefix_len, cfg.eval.completion_len) == (2000, 25, 48)  # as long as training's completions
+    # as long as training's completions; 1950 prompts: 1987 of the 2000 synthetic test reviews reach 25 tokens
+    assert (cfg.eval.num_prompts, cfg.eval.prefix_len, cfg.eval.completion_len) == (1950, 25, 48)
+    assert compose_cfg(["experiment=paper_run2"], tiny=False).eval.num_prompts == 2000  # the seed's 5.2
 
 
 @pytest.mark.parametrize("override, key", [
@@ -205,8 +207,10 @@ def test_local_folders_are_checked_for_what_they_hold(tmp_path):
     with pytest.raises(ConfigError, match=r"^data.source: split 'train' of .* has no 'label' column \(columns: text, sentiment\)"):
         validate(compose_cfg([f"data.source={data}"], tiny=False))
     good = tmp_path / "good"
-    DatasetDict({s: Dataset.from_dict({"text": ["a"], "label": [1]}) for s in ("train", "test")}).save_to_disk(str(good))
-    validate(compose_cfg([f"data.source={good}"], tiny=False))
+    review = "a review long enough for a prefix of 25 tokens, whatever the tokenizer makes of it " * 2
+    DatasetDict({s: Dataset.from_dict({"text": [review, review], "label": [0, 1]}) for s in ("train", "test")}
+                ).save_to_disk(str(good))
+    validate(compose_cfg([f"data.source={good}", "eval.num_prompts=2"], tiny=False))
 
 
 def test_cache_dir_under_a_file_fails(tmp_path):

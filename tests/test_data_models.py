@@ -41,12 +41,12 @@ def test_synthetic_corpus_is_deterministic_balanced_and_varied(corpus):
 def test_hub_data_loader_on_a_saved_folder(tmp_path):
     DatasetDict({
         "train": Dataset.from_dict({"text": ["Great<br /><br />film.", "Bad."], "label": [1, 0]}),
-        "test": Dataset.from_dict({"text": ["Fine<br/>movie"], "label": [1]}),
+        "test": Dataset.from_dict({"text": ["Fine<br/>movie", "Dull."], "label": [1, 0]}),
         "unsupervised": Dataset.from_dict({"text": ["x"], "label": [-1]}),
     }).save_to_disk(str(tmp_path / "imdb"))
     ds = load_hub(str(tmp_path / "imdb"))
     assert set(ds) == {"train", "test"}
-    assert ds["train"]["text"] == ["Great film.", "Bad."] and ds["test"]["text"] == ["Fine movie"]
+    assert ds["train"]["text"] == ["Great film.", "Bad."] and ds["test"]["text"] == ["Fine movie", "Dull."]
 
 
 def test_offline_hub_ids_fail_fast_naming_the_offline_preset():

@@ -349,7 +349,26 @@ def test_kl_to_the_reference_is_float32_under_bf16_autocast():
             floor, _ = sampling._sequence_kl(policy, ref, prompts, completions, tok.pad_token_id, 64,
                                              torch.device("cpu"))
     assert torch.equal(kl, kl_auto) and torch.equal(k1, k1_auto)
-    assert float(floor.mean()) > 10 * float(kl.mean())
+    # the true KL, in float64 (float32's own rounding is ~1e-7 per sequence here, as large as the KL:
+    # its clamped sums are no yardstick)
+    truth = _sequence_kl_float64(policy, ref, prompts, completions)
+    assert float(floor.mean()) > 10 * float(truth.mean())
+    assert bool((kl >= 0).all()) and float((kl - truth).abs().max()) < 2e-6
+
+
+def _sequence_kl_float64(policy, ref, prompts, completions) -> torch.Tensor:
+    """sum over completion positions of KL(policy || ref), both models run in float64."""
+    import torch.nn.functional as F
+
+    p64, r64 = copy.deepcopy(policy).double(), copy.deepcopy(ref).double()
+    out = []
+    with torch.no_grad():
+        for p, c in zip(prompts, completions):
+            ids = torch.tensor([list(p) + list(c)])
+            lp = F.log_softmax(p64(input_ids=ids).logits[0, :-1], -1)
+            lq = F.log_softmax(r64(input_ids=ids).logits[0, :-1], -1)
+            out.append((lp.exp() * (lp - lq)).sum(-1)[len(p) - 1:len(p) + len(c) - 1].sum())
+    return torch.stack(out).float()
 
 
 def test_ppo_kl_penalty_is_float32_under_bf16_autocast():

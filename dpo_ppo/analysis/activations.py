@@ -47,10 +47,24 @@ SUBSETS = ("all", "pos", "neg")
 
 
 def softmax_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
-    """KL(softmax(p) || softmax(q)) over the last dimension."""
+    """KL(softmax(p) || softmax(q)) over the last dimension, never negative.
+
+    For two nearby models ``sum p (log p - log q)`` is a sum of terms of both signs that nearly
+    cancel: in float32 its rounding error (~1e-7 of each term) exceeds a KL of 1e-9, and the sum
+    came out at -3.3e-9 on one x86 CPU and positive on another.  So the default is float64 (the
+    inputs, float32 or lower, convert exactly), and what rounding is left (a KL of two
+    distributions equal to ~1e-16) is clamped at 0: a KL is >= 0 by definition, so a negative
+    value can only be rounding."""
     lp = F.log_softmax(p_logits.to(dtype), -1)
     lq = F.log_softmax(q_logits.to(dtype), -1)
-    return (lp.exp() * (lp - lq)).sum(-1)
+    return (lp.exp() * (lp - lq)).sum(-1).clamp_min(0)
+
+
+def _logit_lens_kl(pol_logits: torch.Tensor, ref_logits: torch.Tensor, rows: int = 4) -> torch.Tensor:
+    """``softmax_kl`` of [B, T, vocab] logits in float64, a few rows at a time (float64 logits of a
+    50k vocabulary are 400 kB per token: converting the whole batch at once would double memory)."""
+    return torch.cat([softmax_kl(pol_logits[i:i + rows], ref_logits[i:i + rows])
+                      for i in range(0, pol_logits.shape[0], rows)])
 
 
 def _per_prompt_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -103,7 +117,7 @@ def _activation_divergence(ref_bridge, pol_bridge, seqs, labels, pad, batch_size
             key = f"blocks.{L}.{SITES['resid']}"
             pol_logits = pol_bridge.unembed(pol_bridge.ln_final(pol_cache[key]))
             ref_logits = ref_bridge.unembed(ref_bridge.ln_final(ref_cache[key]))
-            lens_l.append(_per_prompt_mean(softmax_kl(pol_logits, ref_logits, torch.float32).double(), mask))
+            lens_l.append(_per_prompt_mean(_logit_lens_kl(pol_logits, ref_logits), mask))
         lens.append(torch.stack(lens_l, 1).cpu())
         del ref_cache, pol_cache
 
