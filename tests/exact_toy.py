@@ -5,8 +5,8 @@ per prompt, so the reference's, the optimum's and a trained policy's whole seque
 are computed exactly, by enumeration.
 
 - Tokens: ``word_tokenizer(7)``: t0, t1, t2 (completions), t3, t4 (prompts), <eos>, <pad>.  The toy
-  GPT-NeoX's output head puts a fixed -1e4 on every logit but t0-t2 (``MaskedHead``), so every
-  completion is 3 of those words (``generate`` and PPO's log-probs see the same distribution; no
+  GPT-NeoX's weights give every id but t0-t2 a logit of -1e4 (``ban_tokens``), so every completion
+  is 3 of those words (``generate``, PPO's and TRL's log-probs all see the same distribution; no
   EOS, no first-token ban).
 - Prompts: A = "t3", B = "t4": a prompt word never met in a completion (a prompt of completion words
   repeated, "t0 t0", made "t0 t0" and "t0 t0 t0" the same context to an attention model without
@@ -27,7 +27,6 @@ import itertools
 import math
 
 import torch
-import torch.nn as nn
 
 from fixtures import toy_model, word_tokenizer
 
@@ -36,21 +35,28 @@ PROMPTS = {"A": [3], "B": [4]}
 TARGETS = {"A": (0, 1, 2), "B": (2, 1, 0)}
 COMPLETIONS = [list(y) for y in itertools.product(range(WORDS), repeat=LENGTH)]  # 27
 SHIFT = 1.5  # logit(p_positive) = r - SHIFT
+BANNED = [3, 4, 5, 6]  # t3, t4 (the prompts), <eos>, <pad>: never in a completion
 
 
-class MaskedHead(nn.Linear):
-    """The LM head with a fixed -1e4 added to the logits of the ids in ``banned`` (a buffer, not a
-    parameter: nothing trains it and ``save_pretrained`` does not write it)."""
-
-    def __init__(self, linear: nn.Linear, banned: list[int]):
-        super().__init__(linear.in_features, linear.out_features, bias=False)
-        self.weight = linear.weight
-        offset = torch.zeros(linear.out_features)
-        offset[banned] = -1e4
-        self.register_buffer("offset", offset, persistent=False)
-
-    def forward(self, x):
-        return super().forward(x) + self.offset.to(x.dtype)
+def ban_tokens(model, banned: list[int]) -> None:
+    """Give the ids in ``banned`` a logit of -1e4 in the weights themselves, so that every way of
+    computing log-probs sees it (TRL's DPOTrainer multiplies the hidden states by the head's weight
+    directly, past any module's forward): the final LayerNorm's last hidden unit is a constant 1
+    (weight 0, bias 1) and the banned rows of the head read -1e4 from it and nothing else.  Gradient
+    hooks keep those entries where they are (zero gradient: AdamW leaves them, decay is 0)."""
+    ln, head = model.base_model.final_layer_norm, model.get_output_embeddings()
+    last = ln.weight.shape[0] - 1
+    with torch.no_grad():
+        ln.weight[last], ln.bias[last] = 0.0, 1.0
+        head.weight[banned] = 0.0
+        head.weight[banned, last] = -1e4
+    unit = torch.zeros_like(ln.weight, dtype=torch.bool)
+    unit[last] = True
+    rows = torch.zeros_like(head.weight, dtype=torch.bool)
+    rows[banned] = True
+    ln.weight.register_hook(lambda g: g.masked_fill(unit, 0))
+    ln.bias.register_hook(lambda g: g.masked_fill(unit, 0))
+    head.weight.register_hook(lambda g: g.masked_fill(rows, 0))
 
 
 def tokenizer():
@@ -60,9 +66,15 @@ def tokenizer():
 def reference(tok, seed: int = 0, hidden: int = 16, layers: int = 1):
     """The reference policy: a random toy GPT-NeoX whose head emits t0, t1, t2 only."""
     model = toy_model(tok, hidden=hidden, layers=layers, heads=2, context=16, seed=seed)
-    banned = [i for i in range(len(tok)) if i >= WORDS]  # the prompt words, <eos>, <pad>
-    model.set_output_embeddings(MaskedHead(model.get_output_embeddings(), banned))
+    ban_tokens(model, BANNED)
     return model
+
+
+def trainable_copy(model):
+    """A copy to train, with the hooks that keep the ban (``deepcopy`` is not relied on to copy them)."""
+    policy = copy.deepcopy(model)
+    ban_tokens(policy, BANNED)
+    return policy
 
 
 def reward(prompt: str, completion) -> float:
@@ -168,7 +180,7 @@ def train(cfg, out_dir, seed: int = 0, model_seed: int = 0, log=None):
 
     tok = tokenizer()
     ref = reference(tok, seed=model_seed)
-    policy = copy.deepcopy(ref)
+    policy = trainable_copy(ref)
     ref_logp = sequence_logprobs(ref)
     summary = train_ppo(cfg, policy, ref, tok, prompt_list(cfg.examples), reward_fn, out_dir, seed=seed,
                         log_fn=(lambda m, step: log.append(m)) if log is not None else None)
@@ -209,7 +221,7 @@ def train_dpo(beta: float, pairs: int, out_dir, *, seed: int = 0, model_seed: in
 
     tok = tokenizer()
     ref = reference(tok, seed=model_seed)
-    policy = copy.deepcopy(ref)
+    policy = trainable_copy(ref)
     ref_logp = sequence_logprobs(ref)
     algo = OmegaConf.create({"beta": beta, "loss_type": "sigmoid", "label_smoothing": 0.0, "lr": 3e-3,
                              "weight_decay": 0.0, "adam_eps": 1e-8, "max_grad_norm": 1.0, "batch_size": 32,
