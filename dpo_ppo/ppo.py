@@ -10,9 +10,12 @@ ours, after CleanRL's ``ppo.py`` and "The N Implementation Details of RLHF with 
    with its own tokenizer: only text crosses that border).
 2. one no-grad forward of policy (+ values) and of the frozen reference over the rollout gives
    per-token log-probs; reward per token = -kl_coef * kl_t, plus the score at the last token.
-3. GAE (``gamma``, ``lam``) on those rewards and values, advantages whitened over the rollout.
+3. GAE (``gamma``, ``lam``) on those rewards and values, advantages whitened over the rollout:
+   centred, and divided by their std or the running std of the score, whichever is larger.
 4. ``ppo_epochs`` passes over the rollout in ``num_minibatches`` shuffled minibatches: clipped
-   policy loss + ``vf_coef`` * clipped value loss, gradient clipping, AdamW.
+   policy loss + ``vf_coef`` * clipped value loss, gradient clipping, AdamW; within a trust region
+   (``early_stop_kl``, on by default): the update ends at the first minibatch whose approximate KL
+   to the rollout policy passes it, and the step that crossed is halved until it keeps the bound.
 5. the KL controller moves ``kl_coef`` toward ``kl_target`` (Ziegler et al. 2019, as in old TRL).
 
 Batch layout.  A rollout is one tensor ``[prefix (left-padded to P) | completion (right-padded to
