@@ -452,8 +452,8 @@ def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int
     adv_scale = 1.0
     if cfg.whiten_advantages:
         # the floor: the score's own scale.  Without it a rollout in which every sample scored
-        # alike had as advantages the value model's error (std ~0.003 on the exact toy of
-        # tests/test_known_answers.py), rescaled to std 1: a push on the right answer in a random
+        # alike had as advantages the value model's error (std ~0.003 on the exact toy,
+        # tests/exact_toy.py), rescaled to std 1: a push on the right answer in a random
         # direction, which threw converged policies off their optimum (issue 21)
         floor = score_moments.std if score_moments is not None and score_moments.count > 1 else 0.0
         adv_scale = max(adv_std, floor)
