@@ -267,14 +267,16 @@ class PPOAlgorithmConfig(AlgorithmConfig):
     cliprange: float = option(0.2, "PPO's clip on the probability ratio (1 +- cliprange); > 0")
     cliprange_value: float = option(0.2, "clip on how far a value prediction moves from the rollout's; > 0")
     vf_coef: float = option(0.1, "weight of the value loss in the summed loss; >= 0")
-    whiten_advantages: bool = option(True, "normalise advantages to mean 0, std 1 over each rollout")
+    whiten_advantages: bool = option(True, "normalise advantages to mean 0 over each rollout and divide them by "
+                                           "their std, or by the running std of the score when that is larger "
+                                           "(so that agreeing samples' value errors are not blown up)")
     value_model: str = option("separate", "separate: the value head reads its own trainable copy of the "
                                           "reference trunk, so the policy's weights carry the policy loss "
                                           "alone (what the analyses compare with DPO); shared: the head reads "
                                           "the policy's trunk and the value loss trains the policy too")
-    early_stop_kl: Optional[float] = option(None, "stop an update's remaining epochs when an epoch's mean "
-                                                  "approximate KL to the rollout policy (nats per token) "
-                                                  "exceeds this; > 0; null = never")
+    early_stop_kl: Optional[float] = option(0.02, "trust region: end an update (before the step) at the first "
+                                                  "minibatch whose approximate KL to the rollout policy (k3, "
+                                                  "nats per token) exceeds this; > 0; null = never")
 
     def check(self, where: str = "algorithm") -> None:
         super().check(where)

@@ -10,9 +10,12 @@ ours, after CleanRL's ``ppo.py`` and "The N Implementation Details of RLHF with 
    with its own tokenizer: only text crosses that border).
 2. one no-grad forward of policy (+ values) and of the frozen reference over the rollout gives
    per-token log-probs; reward per token = -kl_coef * kl_t, plus the score at the last token.
-3. GAE (``gamma``, ``lam``) on those rewards and values, advantages whitened over the rollout.
+3. GAE (``gamma``, ``lam``) on those rewards and values, advantages whitened over the rollout:
+   centred, and divided by their std or the running std of the score, whichever is larger.
 4. ``ppo_epochs`` passes over the rollout in ``num_minibatches`` shuffled minibatches: clipped
-   policy loss + ``vf_coef`` * clipped value loss, gradient clipping, AdamW.
+   policy loss + ``vf_coef`` * clipped value loss, gradient clipping, AdamW; within a trust region
+   (``early_stop_kl``, on by default): the update ends at the first minibatch whose approximate KL
+   to the rollout policy passes it, and the step that crossed is halved until it keeps the bound.
 5. the KL controller moves ``kl_coef`` toward ``kl_target`` (Ziegler et al. 2019, as in old TRL).
 
 Batch layout.  A rollout is one tensor ``[prefix (left-padded to P) | completion (right-padded to
@@ -66,10 +69,12 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((x - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over the masked entries (unbiased variance); masked-out entries become 0."""
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, min_std: float = 0.0) -> torch.Tensor:
+    """(x - mean) / max(std, min_std) over the masked entries (unbiased variance); masked-out entries
+    become 0.  ``min_std`` keeps a rollout whose entries nearly agree from being blown up to unit
+    variance (PPO passes the running std of the score: see ``rollout``)."""
     mean, var = masked_mean(x, mask), masked_var(x, mask)
-    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    out = (x - mean) * torch.rsqrt(torch.clamp(var, min=min_std ** 2) + 1e-8)
     if not shift_mean:
         out = out + mean
     return out * mask
@@ -381,11 +386,15 @@ def select(batch: dict, idx) -> dict:
 @torch.no_grad()
 def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int]], reward_fn,
             cfg, kl_coef: float, normalizer: Optional[RunningMoments], *, chunk: Optional[int] = None,
-            autocast=contextlib.nullcontext, static_cache: bool = False) -> tuple[dict, dict]:
+            autocast=contextlib.nullcontext, static_cache: bool = False,
+            score_moments: Optional[RunningMoments] = None) -> tuple[dict, dict]:
     """Sample, score, and compute per-token rewards, advantages and returns for one update.
 
     ``chunk``: sequences per forward pass (default ``cfg.batch_size``); ``autocast``: the context
-    factory the forward passes run in (``Runtime.autocast``: bf16 autocast or nothing)."""
+    factory the forward passes run in (``Runtime.autocast``: bf16 autocast or nothing).
+    ``score_moments``: running moments of every score the run has fed into rewards; whitening
+    divides the advantages by max(their std, its std), so a rollout whose samples all scored alike
+    (advantages = the value model's error) is not rescaled into a unit-variance signal."""
     policy = model.policy
     device = model_device(policy)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -406,6 +415,8 @@ def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int
     if normalizer is not None:
         normalizer.update(score)
         score = normalizer.normalize(score)
+    if score_moments is not None:
+        score_moments.update(score)
 
     batch = make_batch(queries, completions, pad_id, device)
     mask = batch["mask"]
@@ -437,8 +448,16 @@ def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int
     last = (mask.sum(1).long() - 1).clamp(min=0)
     rewards[torch.arange(n, device=device), last] += score.to(device)
     advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    adv_std = float(masked_var(advantages, mask).sqrt())
+    adv_scale = 1.0
     if cfg.whiten_advantages:
-        advantages = whiten(advantages, mask)
+        # the floor: the score's own scale.  Without it a rollout in which every sample scored
+        # alike had as advantages the value model's error (std ~0.003 on the exact toy,
+        # tests/exact_toy.py), rescaled to std 1: a push on the right answer in a random
+        # direction, which threw converged policies off their optimum (issue 21)
+        floor = score_moments.std if score_moments is not None and score_moments.count > 1 else 0.0
+        adv_scale = max(adv_std, floor)
+        advantages = whiten(advantages, mask, min_std=floor)
     batch.update(old_logprobs=logprobs, ref_logprobs=ref_logprobs, old_values=values, kl=kl,
                  rewards=rewards, advantages=advantages, returns=returns)
 
@@ -452,6 +471,8 @@ def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int
         "train/kl_coef": kl_coef,
         "train/entropy": float(masked_mean(entropy, mask)),
         "train/explained_variance": explained_variance(values, returns, mask),
+        "train/advantage_std": adv_std,  # before whitening
+        "train/advantage_scale": adv_scale,  # what whitening divided by
         "train/completion_len": float(mask.sum(1).mean()),
         "train/completion_tokens": int(mask.sum()),
     }
@@ -483,6 +504,24 @@ def rollout_minibatches(cfg, samples: int) -> int:
     return max(1, min(samples, math.ceil(samples * cfg.num_minibatches / full)))
 
 
+BACKTRACK_STEPS = 6  # halvings of a step that crossed early_stop_kl before it is undone (1/64 is left)
+
+
+@torch.no_grad()
+def rollout_approx_kl(model: PolicyWithValue, batch: dict, cfg, chunk: int, autocast=contextlib.nullcontext) -> torch.Tensor:
+    """The approximate KL (k3, token mean) of the current policy to the rollout's on ``batch``."""
+    mask_all = batch["mask"]
+    n, total = mask_all.shape[0], mask_all.sum().clamp(min=1)
+    out = torch.zeros((), device=mask_all.device)
+    for start in range(0, n, chunk):
+        part = select(batch, slice(start, start + chunk))
+        with autocast():
+            logits, _ = model(part, cfg.temperature, with_values=False)
+        logratio = token_logprobs(logits, part["completion_ids"]) - part["old_logprobs"]
+        out += (((logratio.exp() - 1) - logratio) * part["mask"]).sum() / total
+    return out
+
+
 def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: torch.Generator, *,
                chunk: Optional[int] = None, autocast=contextlib.nullcontext) -> dict:
     """``ppo_epochs`` epochs of shuffled minibatches over one rollout; returns mean statistics.
@@ -498,14 +537,16 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
     # loop would make the CPU wait for the GPU at every chunk, where it could queue the next kernels
     totals = torch.zeros(len(keys), device=device)  # summed over optimiser steps
     trained_tokens = torch.zeros((), dtype=torch.long, device=device)
-    steps, epochs_done = 0, 0
+    steps, per_epoch, stopped, last_kl, before, check = 0, 1, False, 0.0, None, None
+    stop = cfg.early_stop_kl
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=generator).to(device)
-        epoch = torch.zeros(len(keys), device=device)
         minibatches = torch.tensor_split(order, rollout_minibatches(cfg, n))
+        per_epoch = len(minibatches)
         for mb in minibatches:
             mb_tokens = mask_all[mb].sum().clamp(min=1)
             optimizer.zero_grad(set_to_none=True)
+            step_stats = torch.zeros(len(keys), device=device)
             for start in range(0, len(mb), chunk):
                 part = select(batch, mb[start: start + chunk])
                 mask = part["mask"]
@@ -519,21 +560,54 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
                                              cfg.cliprange_value)
                 ((pg + cfg.vf_coef * vf) * weight).backward()
                 trained_tokens += part["attention_mask"].sum()
-                epoch += torch.stack([pg.detach(), vf.detach(), clipfrac, vf_clipfrac, approx_kl]) * weight
+                step_stats += torch.stack([pg.detach(), vf.detach(), clipfrac, vf_clipfrac, approx_kl]) * weight
+            # the trust region: this minibatch's approximate KL measures where the steps taken so far
+            # moved the policy on samples of the rollout; past early_stop_kl the update ends here,
+            # without this step, and the last step is cut back until it keeps the bound (read back,
+            # a sync, only when early stopping is on)
+            if stop is not None:
+                last_kl = float(step_stats[keys.index("approx_kl")])
+                if last_kl > stop:
+                    stopped, check = True, mb
+                    break
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
                 for group in groups:
                     torch.nn.utils.clip_grad_norm_(group, cfg.max_grad_norm)
+            if stop is not None:
+                before = [p.detach().clone() for p in groups[0]]
             optimizer.step()
+            totals += step_stats
             steps += 1
-        totals += epoch
-        epochs_done += 1
-        # read back (a sync) only when early stopping asks for it
-        stop = cfg.early_stop_kl
-        if stop is not None and float(epoch[keys.index("approx_kl")]) / len(minibatches) > stop:
+        if stopped:
             break
+    if stop is not None and not stopped and steps:  # the last step, which no minibatch has measured yet
+        check = minibatches[0]
+        last_kl = float(rollout_approx_kl(model, select(batch, check), cfg, chunk, autocast))
+        stopped = last_kl > stop
+    step_kept = 1.0
+    if stopped and before is not None:
+        # backtrack along the last step (TRPO's line search) until the bound holds, else undo it:
+        # on the exact toy (tests/exact_toy.py) one AdamW step at lr 3e-3 took the policy from 0.997
+        # to 1e-5 on the right answer; ending the update after that step was too late, and undoing
+        # it whole froze a run whose every first step crossed the bound (issue 21)
+        with torch.no_grad():
+            deltas = [p - b for p, b in zip(groups[0], before)]
+            for _ in range(BACKTRACK_STEPS):
+                step_kept /= 2
+                for p, b, d in zip(groups[0], before, deltas):
+                    p.copy_(b + step_kept * d)
+                if float(rollout_approx_kl(model, select(batch, check), cfg, chunk, autocast)) <= stop:
+                    break
+            else:
+                step_kept = 0.0
+                for p, b in zip(groups[0], before):
+                    p.copy_(b)
     optimizer.zero_grad(set_to_none=True)
     stats = {f"train/{key}": float(value) / max(steps, 1) for key, value in zip(keys, totals)}
-    stats["train/ppo_epochs_done"] = epochs_done
+    stats["train/approx_kl_last"] = last_kl  # the last check of the trust region (0 without early stop)
+    stats["train/early_stopped"] = int(stopped)
+    stats["train/last_step_kept"] = step_kept  # 1, or what the trust region kept of the update's last step
+    stats["train/ppo_epochs_done"] = steps / per_epoch  # fractional when early stopping cut an epoch
     stats["train/optimizer_steps"] = steps
     stats["train/trained_tokens"] = int(trained_tokens)
     return stats
@@ -613,6 +687,7 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, eps=cfg.adam_eps)
     kl_ctl = make_kl_controller(cfg, updates=math.ceil(total / cfg.rollout_prefixes))
     normalizer = RunningMoments() if cfg.normalize_reward else None
+    score_moments = RunningMoments()  # the scores fed into rewards: the whitening floor (rollout)
     generator = torch.Generator().manual_seed(seed)  # minibatch shuffling
     layout = {"examples": total, "rollout_prefixes": cfg.rollout_prefixes,
               "num_completions": cfg.num_completions, "value_model": cfg.value_model}
@@ -633,6 +708,8 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
         compute, kl_history = state["compute"], state["kl_history"]
         if normalizer is not None and state["normalizer"] is not None:
             normalizer.load_state_dict(state["normalizer"])
+        if state.get("score_moments") is not None:
+            score_moments.load_state_dict(state["score_moments"])
         generator.set_state(state["generator"])
         _set_rng_state(state["rng"])
         examples, updates = state["examples"], state["updates"]
@@ -647,6 +724,7 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
             "optimizer": optimizer.state_dict(), "kl_controller": kl_ctl.state_dict(),
             "compute": compute, "kl_history": kl_history,
             "normalizer": normalizer.state_dict() if normalizer is not None else None,
+            "score_moments": score_moments.state_dict(),
             "generator": generator.get_state(), "rng": _rng_state(), "examples": examples,
             "updates": updates, "wall_s": wall_before + time.time() - t_start,
             "last_snapshot": last_snapshot})
@@ -661,7 +739,8 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
         kl_coef = kl_ctl.value
         batch, metrics = rollout(model, ref_model, tokenizer, queries, reward_fn, cfg, kl_coef, normalizer,
                                  chunk=chunk, autocast=autocast,
-                                 static_cache=bool(runtime is not None and runtime.static_cache))
+                                 static_cache=bool(runtime is not None and runtime.static_cache),
+                                 score_moments=score_moments)
         kl_ctl.update(metrics["train/kl"], len(queries))
         t1 = time.time()
         metrics.update(ppo_update(model, optimizer, batch, cfg, generator, chunk=chunk, autocast=autocast))
