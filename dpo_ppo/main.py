@@ -84,8 +84,13 @@ def config_error_line(exc: BaseException) -> str | None:
 
     from dpo_ppo.config import _dataclass_fields, schema_keys, unknown_key_message
 
+    from hydra_plugins.dpo_ppo_sweeper.config import sweep_error_line
+
     if isinstance(exc, ConfigError):
         return f"Config error: {_flat(exc)}"
+    sweep_line = sweep_error_line(exc)  # a sweep file that does not parse or lacks the sweeper
+    if sweep_line is not None:
+        return f"Config error: {_flat(sweep_line)}"
     if isinstance(exc, MissingConfigException):
         group, _, option = (exc.missing_cfg_file or "").rpartition("/")
         if group and exc.options:
