@@ -53,7 +53,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out) if args.out else Path(args.path) / "report"
     c = summary["counts"]
     print(f"{summary['name']}: {summary['jobs']} jobs ({c[R.FINISHED]} finished, {c[R.FAILED]} failed, "
-          f"{c[R.RUNNING]} running, {c['no results']} without results, {c['pending']} not started)")
+          f"{c[R.RUNNING]} running, " + (f"{c[R.INTERRUPTED]} interrupted, " if c.get(R.INTERRUPTED) else "")
+          + f"{c['no results']} without results, {c['pending']} not started)")
     verdicts = [v["verdict"] for v in summary["claims"]]
     if verdicts:
         print("claims: " + ", ".join(f"{verdicts.count(v)} {v}" for v in ("supported", "contradicted", "inconclusive")))

@@ -16,14 +16,14 @@ SKIP_DIRS = {"report", "wandb", ".submitit", ".hydra", "__pycache__"}
 LABELS = {"dpo": "DPO", "ppo": "PPO"}
 SYMBOLS = {"beta": "β", "kl_target": "KL*", "kl_coef": "c"}
 NO_RESULTS, PENDING = "no results", "pending"  # a started job without results.json; a planned one
-ALL_STATUSES = (R.FINISHED, R.FAILED, R.RUNNING, NO_RESULTS, PENDING)
+ALL_STATUSES = (R.FINISHED, R.FAILED, R.RUNNING, R.INTERRUPTED, NO_RESULTS, PENDING)
 
 
 @dataclass
 class Run:
     dir: Path
     rel: str  # folder relative to the sweep folder
-    status: str  # finished | failed | running | no results | pending
+    status: str  # finished | failed | running | interrupted | no results | pending
     algorithm: Optional[str] = None
     params: Dict[str, Any] = field(default_factory=dict)
     overrides: List[str] = field(default_factory=list)

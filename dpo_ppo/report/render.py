@@ -168,7 +168,8 @@ def progress_line(runs: Sequence[Run]) -> Tuple[str, Dict[str, int]]:
     counts = {s: sum(r.status == s for r in runs) for s in ALL_STATUSES}
     other = len(runs) - sum(counts.values())
     text = (f"{len(runs)} jobs: {counts[R.FINISHED]} finished, {counts[R.FAILED]} failed, "
-            f"{counts[R.RUNNING]} running, {counts[NO_RESULTS]} started without results, "
+            f"{counts[R.RUNNING]} running, " + (f"{counts[R.INTERRUPTED]} interrupted, " if counts[R.INTERRUPTED] else "")
+            + f"{counts[NO_RESULTS]} started without results, "
             f"{counts[PENDING]} not started" + (f", {other} other" if other else "") + ".")
     return text, counts
 
