@@ -214,6 +214,7 @@ class JobResults:
     peak_mem_mb: Optional[float] = None
     error: Optional[str] = None
     wandb: Dict[str, Any] = field(default_factory=dict)  # id, project, entity, mode, url, synced
+    config_key: Optional[str] = None  # hash of the config (dpo_ppo.identity): one per distinct job
 
 
 def read_job(folder: Path) -> Optional[JobResults]:
@@ -234,7 +235,7 @@ def read_job(folder: Path) -> Optional[JobResults]:
         images={str(k): str(v) for k, v in (analysis.get("images") or {}).items()},
         artifacts=dict(data.get("artifacts") or {}), config=dict(data.get("config") or {}),
         wall_time_s=data.get("wall_time_s"), peak_mem_mb=data.get("peak_mem_mb"), error=data.get("error"),
-        wandb=dict(data.get("wandb") or {}),
+        wandb=dict(data.get("wandb") or {}), config_key=data.get("config_key"),
     )
 
 

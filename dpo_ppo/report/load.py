@@ -37,6 +37,7 @@ class Run:
     error: Optional[str] = None
     config: Dict[str, Any] = field(default_factory=dict)
     wandb: Dict[str, Any] = field(default_factory=dict)  # the job's W&B run (id, url, ...)
+    config_key_hash: Optional[str] = None  # results.json config_key: two folders with one are one job
     _rows: Any = None  # per-prompt eval rows, read on first use
 
     @property
@@ -134,7 +135,7 @@ def load_run(folder: Path, root: Path) -> Run:
               overrides=job.overrides, metrics=job.metrics, compute=job.compute,
               per_head=_per_head(job.per_head), images=job.images, artifacts=job.artifacts,
               wall_time_s=job.wall_time_s, peak_mem_mb=job.peak_mem_mb, error=job.error, config=job.config,
-              wandb=job.wandb)
+              wandb=job.wandb, config_key_hash=job.config_key)
     add_derived(run)
     return run
 
@@ -186,7 +187,28 @@ def load_sweep(root: Path) -> Tuple[List[Run], Dict[str, Any]]:
                               if R.override_key(o) == "algorithm"), None)
             runs.append(Run(dir=root / rel, rel=rel, status=PENDING, algorithm=algorithm,
                             overrides=list(job.get("overrides", []))))
+    runs, duplicates = drop_duplicates(runs)
+    if duplicates:
+        meta = {**meta, "duplicates": duplicates}
     return runs, meta
+
+
+def drop_duplicates(runs: Sequence[Run]) -> Tuple[List[Run], List[Dict[str, str]]]:
+    """Finished runs whose results.json has the config key of an earlier one (the same job in two
+    folders: ``beta=1`` and ``beta=1.0`` before the sweeper merged them) count once: counted twice
+    they are two "seeds" with a zero interval."""
+    kept: List[Run] = []
+    first: Dict[str, Run] = {}
+    dropped: List[Dict[str, str]] = []
+    for run in runs:
+        key = run.config_key_hash if run.status == R.FINISHED else None
+        if key and key in first:
+            dropped.append({"job": run.rel, "kept": first[key].rel})
+            continue
+        if key:
+            first[key] = run
+        kept.append(run)
+    return kept, dropped
 
 
 def finished(runs: Sequence[Run]) -> List[Run]:
