@@ -175,25 +175,32 @@ def _canonical(value: Any) -> Any:
     return (type(value).__name__, str(value))
 
 
-def job_signature(overrides: Sequence[str], parser: OverridesParser, exclude: Sequence[str] = ()) -> Tuple:
+def _setting(parser: OverridesParser, line: str) -> Tuple[str, Any]:
+    """(key, canonical value) of one override; ("~", key) for a deletion."""
+    try:
+        override = _parse(parser, line)
+    except Exception:  # reported when the job is composed; here it is just itself
+        return ("raw", line)
+    if override.is_delete():
+        return ("~", override.key_or_group)
+    return (override.key_or_group, _canonical(override.value()))
+
+
+def job_signature(overrides: Sequence[str], parser: OverridesParser, exclude: Sequence[str] = (),
+                  memo: Optional[Dict[str, Tuple[str, Any]]] = None) -> Tuple:
     """What a job's overrides set, for finding grid points that are one job: each key (``+``
     dropped) with its value as Hydra's grammar types it (``_canonical``), the keys in
-    ``exclude`` (where and how a job runs, not what it computes) left out, sorted."""
+    ``exclude`` (where and how a job runs, not what it computes) left out, sorted. ``memo``
+    keeps each distinct override parsed once across the jobs of a sweep."""
     excluded = set(exclude)
+    memo = {} if memo is None else memo
     out = []
     for line in overrides:
-        try:
-            override = _parse(parser, line)
-        except Exception:  # reported when the job is composed; here it is just itself
-            out.append(("raw", line))
-            continue
-        key = override.key_or_group
-        if key in excluded:
-            continue
-        if override.is_delete():
-            out.append(("~", key))
-        else:
-            out.append((key, _canonical(override.value())))
+        if line not in memo:
+            memo[line] = _setting(parser, line)
+        setting = memo[line]
+        if setting[0] not in excluded and not (setting[0] == "~" and setting[1] in excluded):
+            out.append(setting)
     return tuple(sorted(out, key=repr))
 
 
@@ -249,6 +256,7 @@ def expand(
 
     jobs: List[Job] = []
     seen: Dict[Tuple, int] = {}
+    memo: Dict[str, Tuple[str, Any]] = {}
     for arm_name, own in arm_axes:
         arm_shared = dict(shared)
         keep = True
@@ -265,7 +273,7 @@ def expand(
             continue
         axes = list(own.values()) + [a for k, a in arm_shared.items() if k not in own]
         for combo in itertools.product(*[a.overrides for a in axes]):
-            signature = job_signature(combo, parser, exclude)
+            signature = job_signature(combo, parser, exclude, memo)
             if signature in seen:
                 if merged is not None:
                     merged.append(Merged(arm=arm_name, overrides=list(combo), kept=seen[signature]))
