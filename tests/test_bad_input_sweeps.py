@@ -251,3 +251,14 @@ def test_analyze_on_a_job_that_did_not_train_says_why(tmp_path, status, error, e
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run([ANALYZE, f"job={job}"], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2 and _one_line(proc) == f"Config error: job: {job}: {expected}"
+
+
+def test_an_arm_dropped_on_the_command_line_is_no_error(sweeps):
+    """``hydra.sweeper.arms.ppo=null`` on the command line drops the arm on purpose (the file's
+    null arm is the error above)."""
+    folder = sweeps / "multirun" / "nullarm" / "algorithm=dpo,seed=0"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"status": "finished", "overrides": ["algorithm=dpo", "seed=0"]}))
+    proc = _sweep(sweeps, "nullarm", "hydra.sweeper.arms.ppo=null")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[nullarm] 1 jobs (dpo: 1)" in proc.stdout + proc.stderr
