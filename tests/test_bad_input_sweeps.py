@@ -262,3 +262,17 @@ def test_an_arm_dropped_on_the_command_line_is_no_error(sweeps):
     proc = _sweep(sweeps, "nullarm", "hydra.sweeper.arms.ppo=null")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[nullarm] 1 jobs (dpo: 1)" in proc.stdout + proc.stderr
+
+
+def test_analyze_on_a_job_that_failed_after_training_says_it_failed(tmp_path):
+    """Its trained policy can still be re-analysed (the remedy when the job's own analysis failed),
+    but the command says the job failed first."""
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "results.json").write_text(json.dumps({"status": "failed", "error": "ValueError: analysis broke",
+                                                  "trained": True, "artifacts": {}}))
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([ANALYZE, f"job={job}"], capture_output=True, text=True, timeout=120, env=env)
+    assert (f"{job}: the job failed after training (ValueError: analysis broke); analysing its trained policy"
+            in proc.stderr.splitlines()[0])
