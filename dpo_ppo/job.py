@@ -16,8 +16,10 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import resource
 import shutil
+import signal
 import time
 import traceback
 from pathlib import Path
@@ -119,7 +121,11 @@ class Job:
     def stage(self, name: str):
         log.info("stage %s ...", name)
         t0 = time.time()
-        yield
+        try:
+            yield
+        except BaseException:  # a stage cut short still took its seconds (an interrupted attempt's cost)
+            self.stage_times[name] = round(time.time() - t0, 2)
+            raise
         self.stage_times[name] = round(time.time() - t0, 2)
         log.info("stage %s done in %.1f s", name, self.stage_times[name])
         if self.rec is not None:
@@ -418,6 +424,86 @@ def check_drift(cfg: Config, job_dir: Path, previous: dict, raise_errors: bool) 
     return {"status": "failed", "job_dir": str(job_dir), "metrics": {}, "error": str(err)}
 
 
+def _previous_results(job_dir: Path) -> dict:
+    """The results.json an earlier attempt left, {} when none. One that cannot be read (cut short
+    by a full disk or a kill mid-write, or not a results object) is moved aside to
+    ``results.json.unreadable``, with the training state beside it: nothing tells which config
+    that state was made with, so the job starts again from scratch instead of failing on every
+    relaunch."""
+    path = Path(job_dir) / R.RESULTS_FILE
+    if not path.exists():
+        return {}
+    previous = R.read_results(path)
+    if previous is not None:
+        return previous
+    aside = path.with_name(R.RESULTS_FILE + ".unreadable")
+    os.replace(path, aside)
+    for name in TRAINING_STATE:
+        if (Path(job_dir) / name).is_dir():
+            shutil.rmtree(Path(job_dir) / name)
+    log.warning("%s is unreadable (cut short, or not a results object); moved to %s, the job runs "
+                "from scratch", path, aside.name)
+    return {}
+
+
+class Interrupted(BaseException):
+    """SIGTERM (a scheduler's stop, ``kill``) or SIGINT (Ctrl-C) while a job ran: recorded as
+    status ``interrupted``, then re-raised for the entrypoint to exit 128 + signal."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """Within the block, SIGTERM raises ``Interrupted`` (Ctrl-C raises KeyboardInterrupt anyway).
+    Only where SIGTERM has its default action, in the main thread: a launcher that handles it
+    (submitit, the packed launcher's exit) keeps its handler."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _interruption(exc: BaseException) -> int | None:
+    """The signal that stopped the job, when ``exc`` is a stop rather than an error."""
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    if isinstance(exc, KeyboardInterrupt):
+        return signal.SIGINT
+    if isinstance(exc, SystemExit) and exc.code == 128 + signal.SIGTERM:  # the packed launcher's stop
+        return signal.SIGTERM
+    return None
+
+
+def _attempt_costs(previous: dict, force: bool) -> list[dict]:
+    """What the earlier attempts of this run cost (results.json ``compute_attempts``). An attempt
+    that died without a record (SIGKILL, out of memory, a lost node) counts the stages it
+    finished (its ``stage_seconds``): a lower bound. A forced re-run starts a new run: none."""
+    if force or not previous:
+        return []
+    costs = [dict(a) for a in previous.get("compute_attempts") or [] if isinstance(a, dict)]
+    attempts = previous.get("attempts") or 0
+    if attempts > len(costs):
+        stages = previous.get("stage_seconds") or {}
+        costs.append({"attempt": attempts, "status": previous.get("status"), "recorded": False,
+                      "wall_s": round(sum(v for v in stages.values() if isinstance(v, (int, float))), 2),
+                      "train_s": stages.get("train"), "accelerator_s": None})
+    return costs
+
+
 def prepare_job(cfg: Config) -> dict:
     """``prepare=true``: build the shared artifacts this job's config needs and stop (the
     sweeper's prepare step, before the GPU jobs start); writes nothing in a job folder."""
@@ -462,8 +548,7 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
     apply_compute(cfg)  # compute=matched rewrites the schedule before params and config are recorded
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    results_path = job_dir / R.RESULTS_FILE
-    previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    previous = _previous_results(job_dir)
     stop = check_drift(cfg, job_dir, previous, raise_errors)
     if stop is not None:
         return stop
@@ -487,27 +572,47 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
                     "provenance": results["provenance"], "config_key": results["config_key"]}
     resume_id = None if cfg.force else (previous.get("wandb") or {}).get("id")
     job.rec = Recorder(job_dir, results, logger, wandb_config, run_name=job_dir.name, resume_id=resume_id)
+    earlier = _attempt_costs(previous, cfg.force)
     t0 = time.time()
+    stopped: BaseException | None = None
     try:
-        metrics = job.run()
+        with _stop_signals():
+            metrics = job.run()
         status, error, tb = R.FINISHED, None, None
     except Exception as e:  # recorded, then re-raised or returned (multirun goes on)
         metrics, status, error, tb = results.get("metrics", {}), R.FAILED, f"{type(e).__name__}: {e}", traceback.format_exc()
         log.error("job failed: %s", error)
         (job_dir / R.TRACEBACK_FILE).write_text(tb)
         exc = e
+    except BaseException as e:  # SIGTERM / SIGINT: recorded as interrupted, then re-raised
+        signum = _interruption(e)
+        if signum is None:
+            raise
+        stopped, metrics, status, tb = e, results.get("metrics", {}), R.INTERRUPTED, None
+        error = f"interrupted by {signal.Signals(signum).name}"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     fields = {"wall_time_s": round(time.time() - t0, 2), "peak_mem_mb": round(peak, 1),
               "stage_seconds": job.stage_times, "error": error, "traceback": tb}
     if torch.cuda.is_available():
         fields["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    # what every attempt of this run cost; the seconds in compute are their sums
+    this = {"attempt": results["attempts"], "status": status, "wall_s": fields["wall_time_s"],
+            "train_s": job.stage_times.get("train"),
+            # seconds this job held an accelerator (its stages ran on it); 0 on CPU
+            "accelerator_s": round(sum(job.stage_times.values()), 2) if job.device.type != "cpu" else 0.0}
+    attempts = earlier + [this]
+    results["compute_attempts"] = attempts
     compute = results.setdefault("compute", {})
-    compute["wall_s"] = fields["wall_time_s"]
-    # seconds this job held an accelerator (its stages ran on it); 0 on CPU
-    compute["accelerator_s"] = round(sum(job.stage_times.values()), 2) if job.device.type != "cpu" else 0.0
+    total = lambda key: round(sum(a.get(key) or 0.0 for a in attempts), 2)  # noqa: E731
+    compute["wall_s"], compute["accelerator_s"] = total("wall_s"), total("accelerator_s")
+    if "train_s" in compute or any(a.get("train_s") is not None for a in attempts):
+        compute["train_s"] = total("train_s")
     if job.rec.run is not None:
         job.rec.run.config.update({"compute": compute}, allow_val_change=True)
     job.rec.finish(status, **fields)
+    if stopped is not None:
+        log.warning("job %s: %s; relaunch the same command to resume it", job_dir, error)
+        raise stopped
     if status == R.FAILED and raise_errors:
         raise exc
     return {"status": status, "job_dir": str(job_dir), "metrics": metrics, "error": error}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -58,6 +59,12 @@ def app(cfg: DictConfig):
 
         try:
             out = run_job(typed, job_dir, overrides=list(hc.overrides.task), raise_errors=False)
+        except KeyboardInterrupt:  # Ctrl-C: the job recorded status interrupted
+            _exit_interrupted(signal.SIGINT, job_dir)
+        except BaseException as e:
+            if type(e).__name__ != "Interrupted":  # job.Interrupted (SIGTERM): recorded likewise
+                raise
+            _exit_interrupted(e.signum, job_dir)  # type: ignore[attr-defined]
         finally:
             gpus.release()  # the GPU slot the job held (dpo_ppo.gpus): the process's next job claims again
     except Exception as e:
@@ -73,6 +80,13 @@ def app(cfg: DictConfig):
 # --------------------------------------------------------------------------- errors: one line each
 
 
+def _exit_interrupted(signum: int, job_dir: str | None) -> None:
+    """A job stopped by SIGTERM/SIGINT: one line, exit 128 + the signal (130, 143), no traceback."""
+    where = f": {job_dir} recorded as interrupted; run the same command again to resume it" if job_dir else ""
+    print(f"Interrupted by {signal.Signals(signum).name}{where}", file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
+
+
 def _flat(text) -> str:
     return " ".join(str(text).split())
 
@@ -84,8 +98,13 @@ def config_error_line(exc: BaseException) -> str | None:
 
     from dpo_ppo.config import _dataclass_fields, schema_keys, unknown_key_message
 
+    from hydra_plugins.dpo_ppo_sweeper.config import sweep_error_line
+
     if isinstance(exc, ConfigError):
         return f"Config error: {_flat(exc)}"
+    sweep_line = sweep_error_line(exc)  # a sweep file that does not parse or lacks the sweeper
+    if sweep_line is not None:
+        return f"Config error: {_flat(sweep_line)}"
     if isinstance(exc, MissingConfigException):
         group, _, option = (exc.missing_cfg_file or "").rpartition("/")
         if group and exc.options:
@@ -161,6 +180,8 @@ def run_cli(app, on_error) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         app()
+    except KeyboardInterrupt:  # Ctrl-C before or after a job (during one, the app exits itself)
+        _exit_interrupted(signal.SIGINT, None)
     except Exception as e:
         on_error(e)
 

@@ -8,7 +8,8 @@ A job folder holds:
 
 - ``results.json`` (``RESULTS_FILE``): a JSON object, rewritten atomically at every stage::
 
-      status      "running" | "finished" | "failed"           (STATUSES)
+      status      "running" | "finished" | "failed" | "interrupted" (STATUSES; interrupted:
+                  stopped by SIGTERM/SIGINT, resumed by a relaunch like a running job)
       algorithm   "dpo" | "ppo"                                (ALGORITHMS)
       name        the sweep / experiment name (the W&B group)
       overrides   the job's command-line overrides (its identity: ``identity``)
@@ -27,6 +28,9 @@ A job folder holds:
       provenance  git commit + dirty flag, library versions, SLURM ids, host, accelerator
       config_key  hash of the config without the keys that do not change results
       wall_time_s, peak_mem_mb, stage_seconds, error, traceback, attempts, ...
+      compute_attempts  one entry per attempt: {attempt, status, wall_s, train_s, accelerator_s}
+                  (``compute``'s seconds are their sums; its steps and tokens are the trained
+                  policy's, carried across attempts by the checkpoint it resumed from)
 
 - ``train_log.jsonl`` (``TRAIN_LOG_FILE``): one JSON object per logged training step,
   ``{"step": N, "train/...": value, "train/examples": examples seen}``;
@@ -62,7 +66,10 @@ OVER_TRAINING_TABLES = ("weights_over_training", "heads_over_training")
 # --------------------------------------------------------------------------- statuses
 
 RUNNING, FINISHED, FAILED = "running", "finished", "failed"
-STATUSES = (RUNNING, FINISHED, FAILED)
+# stopped by SIGTERM/SIGINT (a scheduler, Ctrl-C): unfinished, resumed by a relaunch like a running one
+INTERRUPTED = "interrupted"
+STATUSES = (RUNNING, FINISHED, FAILED, INTERRUPTED)
+UNFINISHED = (RUNNING, INTERRUPTED)
 SKIPPED = "skipped"  # run_job's answer for a job finished before (never in results.json)
 
 ALGORITHMS = ("dpo", "ppo")
@@ -166,7 +173,7 @@ def write_results(folder: Path, results: Dict[str, Any]) -> Path:
 
 def read_results(path: Path) -> Optional[Dict[str, Any]]:
     """A job's results (``path`` is the job folder or its results.json); None when missing,
-    half-written or not a JSON object."""
+    half-written, not a JSON object or without a status (``{}``: every writer sets one)."""
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_FILE
@@ -174,7 +181,16 @@ def read_results(path: Path) -> Optional[Dict[str, Any]]:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    return data if isinstance(data, dict) and isinstance(data.get("status"), str) else None
+
+
+def unreadable(path: Path) -> bool:
+    """``path`` (a job folder or its results.json) holds a results.json that ``read_results``
+    cannot use: cut short, not JSON, not an object, no status."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    return path.is_file() and read_results(path) is None
 
 
 def scalar_metrics(metrics: Any) -> Dict[str, float]:
@@ -209,6 +225,7 @@ class JobResults:
     error: Optional[str] = None
     wandb: Dict[str, Any] = field(default_factory=dict)  # id, project, entity, mode, url, synced
     over_training: Dict[str, Dict[str, List[Any]]] = field(default_factory=dict)  # table -> column -> values
+    config_key: Optional[str] = None  # hash of the config (dpo_ppo.identity): one per distinct job
 
 
 def _columns(table: Any) -> Dict[str, List[Any]]:
@@ -238,7 +255,7 @@ def read_job(folder: Path) -> Optional[JobResults]:
         images={str(k): str(v) for k, v in (analysis.get("images") or {}).items()},
         artifacts=dict(data.get("artifacts") or {}), config=dict(data.get("config") or {}),
         wall_time_s=data.get("wall_time_s"), peak_mem_mb=data.get("peak_mem_mb"), error=data.get("error"),
-        wandb=dict(data.get("wandb") or {}),
+        wandb=dict(data.get("wandb") or {}), config_key=data.get("config_key"),
         over_training={str(k): _columns(v) for k, v in (analysis.get("over_training") or {}).items()},
     )
 

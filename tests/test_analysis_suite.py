@@ -337,7 +337,7 @@ def saved(world, tmp_path_factory):
     _save_classifier(root / "classifier", tok)
     DatasetDict({"train": Dataset.from_dict({"text": texts[:10], "label": labels[:10]}),
                  "test": Dataset.from_dict({"text": texts, "label": labels})}).save_to_disk(root / "corpus")
-    (job / "results.json").write_text(json.dumps({"artifacts": {
+    (job / "results.json").write_text(json.dumps({"status": "finished", "artifacts": {
         "reference": str(root / "reference"), "policy": str(root / "policy"),
         "classifier": str(root / "classifier"), "corpus": str(root / "corpus")}}))
     return root, job

@@ -327,7 +327,7 @@ def mixed(tmp_path_factory):
 
 def test_progress_and_cost(mixed):
     _, md, summary = mixed
-    assert summary["counts"] == {"finished": 6, "failed": 2, "running": 1, "no results": 1, "pending": 1}
+    assert summary["counts"] == {"finished": 6, "failed": 2, "running": 1, "interrupted": 0, "no results": 1, "pending": 1}
     assert summary["wall_time_s"] == pytest.approx(6 * 100 + 50) and summary["peak_mem_mb"] == 900
     assert "11 jobs: 6 finished, 2 failed, 1 running, 1 started without results, 1 not started" in md
     assert "| `algorithm.kl_target=24,algorithm=ppo,seed=0` | failed | RuntimeError: CUDA out of memory |" in md

@@ -149,7 +149,7 @@ def check(cfg: DictConfig) -> Plan:
     ``ConfigError`` naming the first bad key."""
     from dpo_ppo.analysis.config import validate as validate_analysis
     from dpo_ppo.config import PRECISIONS, check_device, check_keys
-    from dpo_ppo.results import RESULTS_FILE, read_results
+    from dpo_ppo.results import FAILED, FINISHED, RESULTS_FILE, read_results
     from dpo_ppo.sources import check_dataset_folder, check_pretrained_folder
 
     check_keys(cfg)
@@ -173,6 +173,17 @@ def check(cfg: DictConfig) -> Plan:
         results = read_results(job)
         if results is None:
             raise ConfigError("job", f"no readable {RESULTS_FILE} in {job}")
+        status = results.get("status")
+        if status != FINISHED and not results.get("trained") and not policies:
+            # without a trained policy there is nothing of the job's to analyse: say why
+            error = " ".join(str(results.get("error") or "").split())
+            why = (f"the job failed before its policy was trained ({error[:300]}); fix it and relaunch it"
+                   if status == FAILED else
+                   f"the job has not finished training (status {status}); relaunch it to resume")
+            raise ConfigError("job", f"{job}: {why}")
+        if status == FAILED:  # trained, then failed (e.g. in its own analysis): re-analysis is the remedy
+            log.warning("%s: the job failed after training (%s); analysing its trained policy", job,
+                        " ".join(str(results.get("error") or "").split())[:300])
         art = results.get("artifacts", {})
         reference = reference or art.get("reference")
         policies = policies or ([art["policy"]] if art.get("policy") else [])

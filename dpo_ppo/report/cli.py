@@ -53,7 +53,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out) if args.out else Path(args.path) / "report"
     c = summary["counts"]
     print(f"{summary['name']}: {summary['jobs']} jobs ({c[R.FINISHED]} finished, {c[R.FAILED]} failed, "
-          f"{c[R.RUNNING]} running, {c['no results']} without results, {c['pending']} not started)")
+          f"{c[R.RUNNING]} running, " + (f"{c[R.INTERRUPTED]} interrupted, " if c.get(R.INTERRUPTED) else "")
+          + f"{c['no results']} without results, {c['pending']} not started)")
+    if summary.get("unreadable"):
+        shown = ", ".join(summary["unreadable"][:5]) + (", ..." if len(summary["unreadable"]) > 5 else "")
+        print(f"unreadable {R.RESULTS_FILE} (cut short, or not a results object; a relaunch redoes the job): "
+              f"{len(summary['unreadable'])} ({shown})")
+    for dup in summary.get("duplicates", []):
+        print(f"duplicate job (same config key as {dup['kept']}), counted once: {dup['job']}")
     verdicts = [v["verdict"] for v in summary["claims"]]
     if verdicts:
         print("claims: " + ", ".join(f"{verdicts.count(v)} {v}" for v in ("supported", "contradicted", "inconclusive")))

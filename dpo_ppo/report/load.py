@@ -16,14 +16,14 @@ SKIP_DIRS = {"report", "wandb", ".submitit", ".hydra", "__pycache__"}
 LABELS = {"dpo": "DPO", "ppo": "PPO"}
 SYMBOLS = {"beta": "β", "kl_target": "KL*", "kl_coef": "c"}
 NO_RESULTS, PENDING = "no results", "pending"  # a started job without results.json; a planned one
-ALL_STATUSES = (R.FINISHED, R.FAILED, R.RUNNING, NO_RESULTS, PENDING)
+ALL_STATUSES = (R.FINISHED, R.FAILED, R.RUNNING, R.INTERRUPTED, NO_RESULTS, PENDING)
 
 
 @dataclass
 class Run:
     dir: Path
     rel: str  # folder relative to the sweep folder
-    status: str  # finished | failed | running | no results | pending
+    status: str  # finished | failed | running | interrupted | no results | pending
     algorithm: Optional[str] = None
     params: Dict[str, Any] = field(default_factory=dict)
     overrides: List[str] = field(default_factory=list)
@@ -38,6 +38,7 @@ class Run:
     config: Dict[str, Any] = field(default_factory=dict)
     wandb: Dict[str, Any] = field(default_factory=dict)  # the job's W&B run (id, url, ...)
     over_training: Dict[str, Dict[str, List[Any]]] = field(default_factory=dict)  # table -> column -> values
+    config_key_hash: Optional[str] = None  # results.json config_key: two folders with one are one job
     _rows: Any = None  # per-prompt eval rows, read on first use
 
     @property
@@ -135,7 +136,7 @@ def load_run(folder: Path, root: Path) -> Run:
               overrides=job.overrides, metrics=job.metrics, compute=job.compute,
               per_head=_per_head(job.per_head), images=job.images, artifacts=job.artifacts,
               wall_time_s=job.wall_time_s, peak_mem_mb=job.peak_mem_mb, error=job.error, config=job.config,
-              wandb=job.wandb, over_training=job.over_training)
+              wandb=job.wandb, config_key_hash=job.config_key, over_training=job.over_training)
     add_derived(run)
     return run
 
@@ -187,7 +188,28 @@ def load_sweep(root: Path) -> Tuple[List[Run], Dict[str, Any]]:
                               if R.override_key(o) == "algorithm"), None)
             runs.append(Run(dir=root / rel, rel=rel, status=PENDING, algorithm=algorithm,
                             overrides=list(job.get("overrides", []))))
+    runs, duplicates = drop_duplicates(runs)
+    if duplicates:
+        meta = {**meta, "duplicates": duplicates}
     return runs, meta
+
+
+def drop_duplicates(runs: Sequence[Run]) -> Tuple[List[Run], List[Dict[str, str]]]:
+    """Finished runs whose results.json has the config key of an earlier one (the same job in two
+    folders: ``beta=1`` and ``beta=1.0`` before the sweeper merged them) count once: counted twice
+    they are two "seeds" with a zero interval."""
+    kept: List[Run] = []
+    first: Dict[str, Run] = {}
+    dropped: List[Dict[str, str]] = []
+    for run in runs:
+        key = run.config_key_hash if run.status == R.FINISHED else None
+        if key and key in first:
+            dropped.append({"job": run.rel, "kept": first[key].rel})
+            continue
+        if key:
+            first[key] = run
+        kept.append(run)
+    return kept, dropped
 
 
 def finished(runs: Sequence[Run]) -> List[Run]:

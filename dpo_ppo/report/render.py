@@ -180,7 +180,8 @@ def progress_line(runs: Sequence[Run]) -> Tuple[str, Dict[str, int]]:
     counts = {s: sum(r.status == s for r in runs) for s in ALL_STATUSES}
     other = len(runs) - sum(counts.values())
     text = (f"{len(runs)} jobs: {counts[R.FINISHED]} finished, {counts[R.FAILED]} failed, "
-            f"{counts[R.RUNNING]} running, {counts[NO_RESULTS]} started without results, "
+            f"{counts[R.RUNNING]} running, " + (f"{counts[R.INTERRUPTED]} interrupted, " if counts[R.INTERRUPTED] else "")
+            + f"{counts[NO_RESULTS]} started without results, "
             f"{counts[PENDING]} not started" + (f", {other} other" if other else "") + ".")
     return text, counts
 
@@ -329,13 +330,19 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
     """Write the report; returns the summary (also saved as summary.json). ``figures=False``
     leaves the figures out (tables only, in a fraction of the time)."""
     root = Path(root)
+    if root.is_file():
+        raise SystemExit(f"dpo-ppo-report: {root} is a file, not a sweep folder (give the folder a sweep "
+                         f"wrote, e.g. multirun/NAME)")
     if not root.is_dir():
-        raise SystemExit(f"no such sweep folder: {root}")
+        raise SystemExit(f"dpo-ppo-report: no such sweep folder: {root}")
+    runs, meta = load_sweep(root)
+    if not runs:  # nothing written, no W&B run: an empty report would look like a sweep with no results
+        raise SystemExit(f"dpo-ppo-report: {root} holds no jobs (no job folder with {R.RESULTS_FILE} or .hydra/, "
+                         f"no {R.SWEEP_FILE}): nothing to report")
     out = Path(out) if out else root / "report"
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.png"):  # from an earlier report
         stale.unlink()
-    runs, meta = load_sweep(root)
     pair = [resolve_job(t, root, runs) for t in compare] if compare else []
     name = meta.get("name") or next((r.config.get("name") for r in runs if r.config.get("name")), root.name)
     done, configs, metrics = finished(runs), configurations(runs), metric_names(runs)
@@ -348,6 +355,10 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
     images: Dict[str, str] = {}
 
     md: List[str] = [f"# Sweep report: {name}", "", f"Sweep folder: `{root}`. {progress}", ""]
+    if meta.get("duplicates"):
+        md += [f"Counted once: {len(meta['duplicates'])} job folder(s) with the config key of another ("
+               + "; ".join(f"`{d['job']}` = `{d['kept']}`" for d in meta["duplicates"][:10])
+               + (", ..." if len(meta["duplicates"]) > 10 else "") + ").", ""]
     if facet_notes or len(facets) > 1:
         md += ["Facets: " + "; ".join([f"{len(facets)} ({', '.join(f.label() for f in facets)})"] + facet_notes)
                + ".", ""]
@@ -393,6 +404,8 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
         "wall_time_s": sum(float(r.wall_time_s) for r in runs if isinstance(r.wall_time_s, (int, float))),
         "peak_mem_mb": max(mems) if mems else None,
         "failed": [{"job": r.rel, "error": last_line(r.error)} for r in runs if r.status == R.FAILED],
+        "unreadable": [r.rel for r in runs if r.status == NO_RESULTS and (r.error or "").startswith("unreadable")],
+        "duplicates": meta.get("duplicates", []),
         "configurations": [{"algorithm": c.algorithm, "params": {k: v for k, v in c.runs[0].params.items() if k != "seed"},
                             "overrides": c.runs[0].extra_overrides(), "seeds": [r.seed for r in c.runs],
                             "metrics": {m: vars(stats.mean_ci(c.values(m))) for m in metrics}} for c in configs],

@@ -10,7 +10,6 @@ package, or inside it when installed from a wheel) and in any folder listed in t
 
 import importlib.util
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -71,25 +70,69 @@ def sweep_dirs() -> List[Path]:
     return unique
 
 
+# sweep files found, and those that could not be read: {name: path}, {name: one line why}
+SWEEP_FILES: Dict[str, Path] = {}
+UNREADABLE: Dict[str, str] = {}
+
+
+def _yaml_error(err: Exception) -> str:
+    """A YAML parse error as one line: the problem and where (line, column)."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if problem:
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{problem}{where}"
+    return " ".join(str(err).split())
+
+
 def register_sweeps(cs: Optional[ConfigStore] = None) -> Dict[str, Path]:
-    """Store every sweep file as ``sweep/<stem>`` (package ``_global_``); first folder wins."""
+    """Store every sweep file as ``sweep/<stem>`` (package ``_global_``); first folder wins.
+
+    A file that does not parse is not stored (a broken file must not break every Hydra app) and
+    says nothing until it is asked for: ``sweep=<stem>`` then fails with ``sweep_error_line``."""
     from omegaconf import OmegaConf
 
     cs = cs or ConfigStore.instance()
     found: Dict[str, Path] = {}
     for folder in sweep_dirs():
         for path in sorted(folder.glob("*.yaml")):
-            if path.stem in found:
+            if path.stem in found or path.stem in UNREADABLE:
                 continue
             try:
                 node = OmegaConf.load(path)
-            except Exception as err:  # a broken file must not break every Hydra app
-                warnings.warn(f"dpo_ppo sweeper: cannot read sweep file {path}: {err}")
+            except Exception as err:
+                UNREADABLE[path.stem] = f"{path} is not valid YAML: {_yaml_error(err)}"
                 continue
             cs.store(group="sweep", name=path.stem, node=node, package="_global_",
                      provider="dpo_ppo_sweeper")
             found[path.stem] = path
+    SWEEP_FILES.update(found)
     return found
+
+
+def sweep_error_line(exc: BaseException) -> Optional[str]:
+    """One line for a sweep file that cannot be used, else None: ``sweep=NAME`` of a file that
+    does not parse (Hydra only knows it has no such option), or a file that sets
+    ``hydra.sweeper.arms``/``params`` without selecting this sweeper (Hydra's basic sweeper has
+    no such keys)."""
+    import re
+
+    from hydra.errors import MissingConfigException
+
+    if isinstance(exc, MissingConfigException):
+        group, _, option = (exc.missing_cfg_file or "").rpartition("/")
+        if group == "sweep" and option in UNREADABLE:
+            return f"sweep={option}: {UNREADABLE[option]}"
+        return None
+    text = str(exc)
+    named = re.search(r"In 'sweep/([^']+)'", text)
+    key = re.search(r"full_key: (hydra\.sweeper\.(arms|params)\S*)", text)
+    if named and key:
+        name = named.group(1)
+        where = SWEEP_FILES.get(name, f"sweep file {name}.yaml")
+        return (f"sweep={name}: {where} sets {key.group(1)}, which only the dpo_ppo sweeper reads, but does "
+                f"not select it: add '- override /hydra/sweeper: dpo_ppo' to its defaults")
+    return None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="dpo_ppo", node=DpoPpoSweeperConf,

@@ -159,16 +159,76 @@ def axis_from_config(parser: OverridesParser, key: str, value: Any) -> Axis:
     return _axis_from_override(_parse(parser, f"{key}={format_value(value)}"))
 
 
+def _canonical(value: Any) -> Any:
+    """A parsed override value as what it sets: ``1``, ``1.0`` and ``1e0`` are one number (a
+    bool stays a bool, a string a string: ``'1'`` is not ``1``)."""
+    if value is None or isinstance(value, (bool, str)):
+        return (type(value).__name__, value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+        return ("num", int(value))
+    if isinstance(value, (int, float)):
+        return ("num", value)
+    if isinstance(value, (list, tuple)):
+        return ("list", tuple(_canonical(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((str(k), _canonical(v)) for k, v in value.items())))
+    return (type(value).__name__, str(value))
+
+
+def _setting(parser: OverridesParser, line: str) -> Tuple[str, Any]:
+    """(key, canonical value) of one override; ("~", key) for a deletion."""
+    try:
+        override = _parse(parser, line)
+    except Exception:  # reported when the job is composed; here it is just itself
+        return ("raw", line)
+    if override.is_delete():
+        return ("~", override.key_or_group)
+    return (override.key_or_group, _canonical(override.value()))
+
+
+def job_signature(overrides: Sequence[str], parser: OverridesParser, exclude: Sequence[str] = (),
+                  memo: Optional[Dict[str, Tuple[str, Any]]] = None) -> Tuple:
+    """What a job's overrides set, for finding grid points that are one job: each key (``+``
+    dropped) with its value as Hydra's grammar types it (``_canonical``), the keys in
+    ``exclude`` (where and how a job runs, not what it computes) left out, sorted. ``memo``
+    keeps each distinct override parsed once across the jobs of a sweep."""
+    excluded = set(exclude)
+    memo = {} if memo is None else memo
+    out = []
+    for line in overrides:
+        if line not in memo:
+            memo[line] = _setting(parser, line)
+        setting = memo[line]
+        if setting[0] not in excluded and not (setting[0] == "~" and setting[1] in excluded):
+            out.append(setting)
+    return tuple(sorted(out, key=repr))
+
+
+@dataclass
+class Merged:
+    """A grid point dropped because it sets what an earlier job sets (``expand``)."""
+
+    arm: str
+    overrides: List[str]
+    kept: int  # index of the job that runs for it
+
+
 def expand(
     arms: Mapping[str, Mapping[str, Any]],
     params: Mapping[str, Any],
     arguments: Sequence[str],
     parser: Optional[OverridesParser] = None,
+    exclude: Sequence[str] = (),
+    merged: Optional[List[Merged]] = None,
 ) -> List[Job]:
     """The jobs of a sweep: for each arm, the product of its axes and the shared axes.
 
     ``arguments`` are command-line overrides (see the module docstring for how they combine).
-    Within an arm the first axis varies slowest; arms keep their order; duplicates are dropped.
+    Within an arm the first axis varies slowest; arms keep their order. Grid points that set the
+    same values (``job_signature``: ``beta=1`` and ``beta=1.0``, ``seed: [0, 0]``, or two
+    values of a key in ``exclude``) are one job: the first is kept, the others are appended to
+    ``merged`` (when given) for the caller to report. A key that both an arm and ``params``
+    set is an error: one of the two would be dropped silently.
     """
     parser = parser or OverridesParser.create()
     shared: Dict[str, Axis] = {}
@@ -185,11 +245,18 @@ def expand(
         for key, value in arm.items():
             axis = axis_from_config(parser, str(key), value)
             own[axis.key] = axis
+        both = sorted(set(own) & set(shared))
+        if both:
+            raise HydraException(
+                f"dpo_ppo sweeper: {', '.join(both)} is set both in arm '{arm_name}' and in params "
+                f"(hydra.sweeper.arms.{arm_name}.{both[0]} and hydra.sweeper.params.{both[0]}); the arm's "
+                f"value would silently replace the shared axis: keep it in one of the two")
         arm_axes.append((arm_name, own))
     arm_keys = {key for _, own in arm_axes for key in own}
 
     jobs: List[Job] = []
-    seen = set()
+    seen: Dict[Tuple, int] = {}
+    memo: Dict[str, Tuple[str, Any]] = {}
     for arm_name, own in arm_axes:
         arm_shared = dict(shared)
         keep = True
@@ -206,10 +273,12 @@ def expand(
             continue
         axes = list(own.values()) + [a for k, a in arm_shared.items() if k not in own]
         for combo in itertools.product(*[a.overrides for a in axes]):
-            signature = tuple(sorted(combo))
+            signature = job_signature(combo, parser, exclude, memo)
             if signature in seen:
+                if merged is not None:
+                    merged.append(Merged(arm=arm_name, overrides=list(combo), kept=seen[signature]))
                 continue
-            seen.add(signature)
+            seen[signature] = len(jobs)
             jobs.append(Job(arm=arm_name, overrides=list(combo)))
     return jobs
 
@@ -267,6 +336,7 @@ class DpoPpoSweeper(Sweeper):
         self.config: Optional[DictConfig] = None
         self.launcher: Optional[Launcher] = None
         self.jobs: List[Job] = []
+        self.merged: List[str] = []  # grid points merged into another job (same config key)
         self._exclude: set = set()
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
@@ -279,6 +349,23 @@ class DpoPpoSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     # ---- helpers
+
+    def _check_arms(self) -> None:
+        """An arm left null in the sweep file launches nothing: say so instead of dropping it
+        (``hydra.sweeper.arms.NAME=null`` or ``~hydra.sweeper.arms.NAME`` on the command line
+        drops an arm on purpose)."""
+        assert self.config is not None
+        on_purpose = set()
+        for line in OmegaConf.select(self.config, "hydra.overrides.hydra", default=None) or []:
+            key, _, value = str(line).partition("=")
+            if value.strip() == "null" or key.startswith("~"):
+                on_purpose.add(key.lstrip("~+"))
+        for arm_name, arm in (self.arms or {}).items():
+            if arm is None and f"hydra.sweeper.arms.{arm_name}" not in on_purpose:
+                raise HydraException(
+                    f"dpo_ppo sweeper: arm '{arm_name}' is empty (null) in hydra.sweeper.arms, so it would "
+                    f"launch no job: give it its keys (e.g. algorithm: {arm_name}) or remove it "
+                    f"(~hydra.sweeper.arms.{arm_name} on the command line)")
 
     def batch_size(self) -> int:
         """max_batch_size, or the launcher's own parallelism when it is null."""
@@ -353,25 +440,65 @@ class DpoPpoSweeper(Sweeper):
         Hydra's node removed, converted to the typed Config as the entrypoint does, the compute
         mode applied); a task config that is not dpo-ppo's stays a resolved DictConfig; cached."""
         if idx not in self._composed:
-            from dpo_ppo.config import Config, apply_compute, to_typed
-
-            assert self.hydra_context is not None and self.config is not None
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(self.jobs[idx].overrides))
-            hydra_config = HydraConfig.instance()
-            previous = hydra_config.cfg
-            try:
-                hydra_config.set_config(cfg)  # ${hydra:...} resolves as in the job
-                with read_write(cfg), open_dict(cfg):
-                    del cfg["hydra"]
-                if OmegaConf.get_type(cfg) is Config:
-                    cfg = to_typed(cfg)
-                    apply_compute(cfg)
-                else:
-                    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-            finally:
-                hydra_config.cfg = previous  # type: ignore[assignment]
-            self._composed[idx] = cfg
+            self._composed[idx] = self._compose_overrides(self.jobs[idx].overrides)
         return self._composed[idx]
+
+    def _compose_overrides(self, overrides: Sequence[str]) -> Any:
+        from dpo_ppo.config import Config, apply_compute, to_typed
+
+        assert self.hydra_context is not None and self.config is not None
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        hydra_config = HydraConfig.instance()
+        previous = hydra_config.cfg
+        try:
+            hydra_config.set_config(cfg)  # ${hydra:...} resolves as in the job
+            with read_write(cfg), open_dict(cfg):
+                del cfg["hydra"]
+            if OmegaConf.get_type(cfg) is Config:
+                cfg = to_typed(cfg)
+                apply_compute(cfg)
+            else:
+                cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        finally:
+            hydra_config.cfg = previous  # type: ignore[assignment]
+        return cfg
+
+    def _config_key(self, overrides: Sequence[str]) -> str:
+        """results.json's config_key of the job these overrides make (dpo_ppo.identity)."""
+        from dpo_ppo.config import as_dict
+        from dpo_ppo.identity import config_hash
+
+        return config_hash(as_dict(self._compose_overrides(overrides)))
+
+    def _merge_duplicates(self, name: str, merged: List[Merged], parser: OverridesParser) -> List[str]:
+        """Grid points that are one job (``expand``): confirm each by its config key where the
+        overrides are not the same strings (outside the excluded keys) -- in a string field ``1``
+        and ``1.0`` differ, and such a point is launched after all -- and say which were merged."""
+        lines: List[str] = []
+        for m in merged:
+            kept = self.jobs[m.kept]
+            exact = identity(m.overrides, self._exclude) == identity(kept.overrides, self._exclude)
+            if not exact:  # the same values spelled differently (1, 1.0, 1e0; +key): compose both
+                try:
+                    exact = self._config_key(m.overrides) == self._config_key(kept.overrides)
+                except Exception:  # a config that does not compose fails on the kept job anyway
+                    exact = True
+            if not exact:
+                self.jobs.append(Job(arm=m.arm, overrides=list(m.overrides)))
+                continue
+            mine = [o for o in m.overrides if o not in kept.overrides]
+            theirs = [o for o in kept.overrides if o not in m.overrides]
+            lines.append(f"{' '.join(mine)} as job #{m.kept} ({' '.join(theirs)})" if mine or theirs
+                         else f"a repeat of job #{m.kept} ({' '.join(kept.overrides)})")
+        if lines:
+            counts = dict.fromkeys(lines, 0)
+            for line in lines:
+                counts[line] += 1
+            shown = [f"{line}{f' x{n}' if n > 1 else ''}" for line, n in counts.items()]
+            shown = shown[:10] + ([f"... and {len(shown) - 10} more (sweep.json: merged)"] if len(shown) > 10 else [])
+            log.warning(f"[{name}] {len(lines)} grid point{'s' if len(lines) > 1 else ''} merged into the "
+                        f"job with the same config key (launched once): " + "; ".join(shown))
+        return lines
 
     def _drift(self, idx: int, results: Mapping[str, Any]) -> Optional[str]:
         """The drift message when job ``idx``'s finished results were made with another config."""
@@ -520,6 +647,7 @@ class DpoPpoSweeper(Sweeper):
             "launcher": str(self.config.hydra.launcher.get("_target_", "")),
             "arguments": list(self._arguments),
             "counts": self._counts(),
+            "merged": list(self.merged),  # grid points launched as another job (same config key)
             "jobs": [{"idx": i, "arm": j.arm, "overrides": j.overrides, "dir": rel(j.dir),
                       "status": j.status, "error": j.error, "note": j.note} for i, j in enumerate(self.jobs)],
         })
@@ -539,10 +667,16 @@ class DpoPpoSweeper(Sweeper):
         self._arguments = list(arguments)
         started = time.time()
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        self.jobs = expand(self.arms, self.params, arguments, parser)
+        name = str(OmegaConf.select(self.config, "name", default="sweep"))
+        self._check_arms()
+        exclude = list(OmegaConf.select(self.config, "hydra.job.config.override_dirname.exclude_keys",
+                                        default=None) or [])
+        self._exclude = set(exclude)
+        merged: List[Merged] = []
+        self.jobs = expand(self.arms, self.params, arguments, parser, exclude=exclude, merged=merged)
         if not self.jobs:
             raise HydraException("dpo_ppo sweeper: the sweep has no jobs (every arm was dropped)")
-        name = str(OmegaConf.select(self.config, "name", default="sweep"))
+        self.merged = self._merge_duplicates(name, merged, parser)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -574,7 +708,8 @@ class DpoPpoSweeper(Sweeper):
         for job in self.jobs:
             by_arm[job.arm or "all"] = by_arm.get(job.arm or "all", 0) + 1
         arms_text = ", ".join(f"{k}: {v}" for k, v in by_arm.items())
-        log.info(f"[{name}] {len(self.jobs)} jobs ({arms_text}) in {sweep_dir}; "
+        merged_text = f" ({len(self.merged)} duplicate grid points merged)" if self.merged else ""
+        log.info(f"[{name}] {len(self.jobs)} jobs{merged_text} ({arms_text}) in {sweep_dir}; "
                  f"{finished} already finished, {len(to_run)} to run{elsewhere_text}{drift_text} "
                  f"(checked {composed + len(self._composed)} configs in {time.perf_counter() - tic:.1f}s"
                  f"{f'; {prepared} prepare jobs ran first' if prepared else ''})")
