@@ -442,7 +442,9 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
     wandb_config = {**results["config"], "params": results["params"], "overrides": job.overrides,
                     "provenance": results["provenance"], "config_key": results["config_key"]}
     resume_id = None if cfg.force else (previous.get("wandb") or {}).get("id")
-    job.rec = Recorder(job_dir, results, logger, wandb_config, run_name=job_dir.name, resume_id=resume_id)
+    resume_step = (previous.get("wandb") or {}).get("next_step", 0) if resume_id else 0
+    job.rec = Recorder(job_dir, results, logger, wandb_config, run_name=job_dir.name, resume_id=resume_id,
+                       resume_step=resume_step)
     t0 = time.time()
     try:
         metrics = job.run()
@@ -461,8 +463,7 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
     compute["wall_s"] = fields["wall_time_s"]
     # seconds this job held an accelerator (its stages ran on it); 0 on CPU
     compute["accelerator_s"] = round(sum(job.stage_times.values()), 2) if job.device.type != "cpu" else 0.0
-    if job.rec.run is not None:
-        job.rec.run.config.update({"compute": compute}, allow_val_change=True)
+    job.rec.measured("compute", compute)
     job.rec.finish(status, **fields)
     if status == R.FAILED and raise_errors:
         raise exc

@@ -35,9 +35,9 @@ def test_dpo_job_end_to_end_then_skip(shared_cache, tmp_path):
     assert (tmp_path / "policy" / "config.json").exists()
     for key in ("corpus", "reference", "classifier", "prefs"):
         assert Path(res["artifacts"][key]).is_dir()
-    # the W&B run: group = name, job_type = algorithm, swept params, curves, eval scalars, samples
+    # the W&B run: group = name/algorithm/arm, job_type = algorithm, swept params, curves, eval scalars, samples
     run = read_offline_run(next((tmp_path / "wandb").glob("offline-run-*")))
-    assert run["run"]["group"] == "t" and run["run"]["job_type"] == "dpo"
+    assert run["run"]["group"].startswith("t/dpo") and run["run"]["job_type"] == "dpo"
     assert run["config"]["params"]["beta"] == 0.5 and run["config"]["algorithm"]["beta"] == 0.5
     assert any("train/loss" in row for row in run["history"])
     assert run["summary"]["eval/policy/kl_to_ref"] == pytest.approx(m["eval/policy/kl_to_ref"])
