@@ -2,12 +2,25 @@
 
 ``results.json`` is rewritten atomically at every stage (status ``running``), and at the end with
 status ``finished`` or ``failed`` (with the error and traceback), so a sweep's report can read
-finished and unfinished jobs alike.  The W&B run gets the resolved config (plus the swept
-hyperparameters at top level as ``params`` and the ``provenance`` record), training curves as
-``train/*`` against ``train/examples`` (``define_metric``), evaluation and analysis scalars under
-their stable names (summary: last value), tags ``algorithm=``, ``sweep=``, ``model=``, a table of
-sample completions and the analysis plots.  A relaunched or requeued job resumes its run by the id
-stored in results.json.
+finished and unfinished jobs alike.  The W&B run (docs/cluster.md, "What a sweep looks like in
+W&B") gets:
+
+- group ``<sweep>/<algorithm>/<overrides but the seed>`` (``run_group``): one group per arm
+  configuration, so W&B's grouping averages the seeds; job type = the algorithm; tags
+  ``algorithm=``, ``sweep=``, ``model=``;
+- the resolved config as asked (plus ``params``, ``provenance``); what the run cost goes to the
+  summary as ``compute/*``;
+- training curves ``train/*`` against ``train/examples`` (``define_metric``), DPO's and PPO's
+  under the same names (``train/kl``, ``train/reward_mean``);
+- eval and analysis scalars under their stable names (W&B's default summary: the last value);
+- native tables: ``eval_rows`` (per prompt, joinable on ``prompt_id``), every analysis table,
+  divergence per layer (with a bar chart), every per-head grid as (layer, head, value), and the
+  analyses of the snapshots as ``over_training/*`` history against ``train/examples``;
+- the policy as a model artifact, the shared artifacts as inputs by reference, and
+  results.json, analysis.json and eval_rows.csv as run files.
+
+A relaunched or requeued job resumes its run by the id stored in results.json, its history steps
+continuing after the earlier attempts'.
 """
 
 from __future__ import annotations
@@ -65,12 +78,77 @@ def run_group(results: dict) -> str:
     return group
 
 
+# the shared artifacts a job reads (results.json ``artifacts``): W&B artifact type of each
+SHARED_INPUTS = {"corpus": "dataset", "reference": "model", "classifier": "model", "prefs": "dataset",
+                 "ref_eval": "evaluation"}
+
+
+def shared_inputs(artifacts: dict) -> list[dict]:
+    """The job's shared artifacts as W&B inputs: name ``<kind>-<cache key>`` (the same for every
+    job that shares it), type, and the folder it is read from."""
+    out = []
+    for kind, kind_type in SHARED_INPUTS.items():
+        path = artifacts.get(kind)
+        if isinstance(path, str) and path:
+            path = Path(path).resolve()
+            out.append({"name": f"{kind}-{path.name}", "type": kind_type, "path": str(path)})
+    return out
+
+
+def reference_artifact(spec: dict, **metadata):
+    """A W&B artifact that points at a folder by reference (nothing uploaded): lineage only."""
+    import wandb
+
+    art = wandb.Artifact(spec["name"], type=spec["type"], metadata={"path": spec["path"], **metadata})
+    art.add_reference(Path(spec["path"]).as_uri(), checksum=False)
+    return art
+
+
+# columns that name a row of a per-snapshot table rather than measure something
+KEY_COLUMNS = ("model", "kind", "site", "subset", "metric", "type", "layer", "head", "tensor", "prompt", "rank")
+OVER_TRAINING = "over_training/"
+
+
+def over_training_rows(tables: dict) -> list[dict]:
+    """History rows from every per-snapshot table of an analysis output: a table with an
+    ``examples`` column (``weights_over_training``, and whatever other analysis adds one) gives,
+    per snapshot, ``over_training/<table>/<column>`` for each numeric column, with the row's key
+    columns (``KEY_COLUMNS`` or text: layer, head, model, ...) appended as ``/<key>=<value>``;
+    each row carries its ``train/examples``.  Sorted by examples."""
+    by_examples: dict = {}
+    for name, table in tables.items():
+        columns = list(table.get("columns") or ())
+        if "examples" not in columns:
+            continue
+        data = table.get("data") or []
+        keys = [c for c in columns if c != "examples" and (c in KEY_COLUMNS or any(isinstance(r[columns.index(c)], str)
+                                                                                 for r in data))]
+        for r in data:
+            row = dict(zip(columns, r))
+            examples = row["examples"]
+            if not isinstance(examples, (int, float)) or examples < 0:
+                continue
+            suffix = "".join(f"/{k}={row[k]}" for k in keys)
+            point = by_examples.setdefault(int(examples), {"train/examples": int(examples)})
+            for c, v in row.items():
+                if c == "examples" or c in keys or isinstance(v, bool) or not isinstance(v, (int, float)):
+                    continue
+                point[f"{OVER_TRAINING}{name}/{c}{suffix}"] = v
+    return [by_examples[k] for k in sorted(by_examples)]
+
+
+def per_head_rows(grid) -> list[list]:
+    """A ``[layer][head]`` grid as rows ``[layer, head, value]`` (a W&B table a heat map reads)."""
+    return [[layer, head, value] for layer, row in enumerate(grid or ()) for head, value in enumerate(row or ())]
+
+
 def define_metrics(run) -> None:
     """Training curves against examples seen.  Eval and analysis values keep W&B's default summary
     (the last value): an explicit ``summary="last"`` would turn every table logged under them
     into a ``{"last": ...}`` dict in the summary instead of a table."""
     run.define_metric("train/examples")
     run.define_metric("train/*", step_metric="train/examples")
+    run.define_metric(OVER_TRAINING + "*", step_metric="train/examples")  # analyses of the snapshots
 
 
 def _drop_replayed_rows(path: Path, step, keys: set) -> None:
@@ -132,6 +210,7 @@ class Recorder:
                 "dir": str(Path(self.run.dir).parent), "next_step": self.step,
             }
         self.save()
+        self.files(self.job_dir / RESULTS_FILE, at_end=True)  # as it is when the run finishes
 
     def _log(self, row: dict) -> None:
         """One W&B history row at the next step (see ``step`` above)."""
@@ -173,6 +252,77 @@ class Recorder:
         config stays what was asked (``config.compute`` is the Hydra group, not what it cost)."""
         if self.run is not None:
             self.run.summary.update({f"{prefix}/{k}": v for k, v in values.items()})
+
+    @property
+    def offline(self) -> bool:
+        return self.run is not None and bool(self.run.settings._offline)
+
+    def inputs(self, artifacts: dict) -> None:
+        """Declare the shared artifacts (corpus, reference, classifier, prefs, the reference's
+        evaluation) as the run's inputs, by reference.  W&B refuses ``use_artifact`` offline: there
+        they are kept in results.json ``wandb.inputs`` and ``dpo-ppo-sync`` declares them once the
+        run is uploaded."""
+        if self.run is None:
+            return
+        specs = shared_inputs(artifacts)
+        self.results["wandb"]["inputs"] = specs
+        if not self.offline:
+            for spec in specs:
+                self.run.use_artifact(reference_artifact(spec))
+            self.results["wandb"]["inputs_declared"] = True
+        self.save()
+
+    def model(self, folder: Path, how: str = "upload", **metadata) -> None:
+        """The trained policy as a W&B model artifact ``policy-<run id>`` (aliases ``latest``,
+        ``final``): its files uploaded, or its folder by reference, or nothing (``how``)."""
+        if self.run is None or how == "none":
+            return
+        import wandb
+
+        name = f"policy-{self.run.id}"
+        if how == "reference":
+            art = reference_artifact({"name": name, "type": "model", "path": str(Path(folder).resolve())}, **metadata)
+        else:
+            art = wandb.Artifact(name, type="model", metadata={"path": str(Path(folder).resolve()), **metadata})
+            art.add_dir(str(folder))
+        self.run.log_artifact(art, aliases=["latest", "final"])
+
+    def files(self, *paths: Path, at_end: bool = False) -> None:
+        """Files of the job folder saved with the run (results.json, analysis.json, ...): now, or
+        (``at_end``) as they are when the run finishes."""
+        if self.run is None:
+            return
+        for path in paths:
+            if Path(path).exists():
+                self.run.save(str(Path(path).resolve()), base_path=str(self.job_dir.resolve()),
+                              policy="end" if at_end else "now")
+
+    def analysis(self, out: dict) -> None:
+        """An analysis output (``analysis.suite.run_analysis``) as native W&B panels, beside its
+        scalars (``metrics``) and images: every table as ``analysis/<name>``; the divergence per
+        layer as a table (layer, weights, biases, all) with a ``wandb.plot.bar``; every per-head
+        grid as a table (layer, head, value) under ``analysis/per_head/<name>`` (W&B has no heat-map
+        plot: a table panel or custom chart draws it); and every per-snapshot table
+        (``over_training_rows``) as history against ``train/examples``."""
+        if self.run is None:
+            return
+        import wandb
+
+        for name, table in (out.get("tables") or {}).items():
+            self.table(f"analysis/{name}", table["columns"], table["data"])
+        per_layer = (out.get("details") or {}).get("weights_per_layer") or {}
+        if per_layer:
+            rows = [[int(L), v.get("weight"), v.get("bias"), v.get("all")]
+                    for L, v in sorted(per_layer.items(), key=lambda kv: int(kv[0]))]
+            t = wandb.Table(columns=["layer", "weights", "biases", "all"], data=rows)
+            self._log({"analysis/weights_per_layer": t,
+                       "analysis/charts/weights_per_layer": wandb.plot.bar(
+                           t, "layer", "all", title="Mean-square divergence from the reference, per layer")})
+        for name, grid in (out.get("per_head") or {}).items():
+            self.table(f"analysis/per_head/{name}", ["layer", "head", "value"], per_head_rows(grid))
+        for row in over_training_rows(out.get("tables") or {}):
+            self._log(row)
+        self.save()
 
     def table(self, name: str, columns: list[str], rows: list[list]) -> None:
         if self.run is not None:

@@ -114,3 +114,151 @@ def test_report_run_is_typed_stable_across_copies_and_continues_when_remade(tmp_
     rows = [dict(zip(table["columns"], row)) for row in table["data"]]
     assert sorted(r[R.KL] for r in rows) == [1.0, 1.0, 2.0, 2.0]  # numbers, not '1.0'
     assert all(r["error"] is None and r["beta"] in (1, None) for r in rows)  # None, not 'None' or ''
+
+
+# --------------------------------------------------------------------------- DPO's train/kl and reward
+
+
+def test_dpo_logs_ppos_train_kl_and_reward_on_the_examples_axis(tmp_path):
+    """The probe's train/kl is PPO's: per completion the sum over its tokens of log pi - log
+    pi_ref (k1) on the policy's own samples, mean over completions; train/reward_mean the
+    classifier's mean p_positive; before training, every ``probe_every`` examples and at the end."""
+    import copy
+
+    import torch
+    from test_ppo import tiny_model, tiny_tokenizer
+
+    from dpo_ppo.dpo import train_dpo
+    from dpo_ppo.evaluate import TrainingProbe
+    from dpo_ppo.sampling import completion_logprobs, generate, sample_keys
+    from fixtures import dpo_algo, token_pairs
+
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    ref = copy.deepcopy(model).eval()
+    prompts = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16]]
+
+    def reward(texts):
+        return [min(1.0, len(t) / 40) for t in texts]
+
+    probe = TrainingProbe(ref, tok, prompts, reward, completion_len=6, seed=3)
+    rng = torch.get_rng_state()
+    before = probe(model)
+    assert torch.equal(rng, torch.get_rng_state())  # a probe never moves the training's random stream
+    assert before["train/kl"] == pytest.approx(0.0, abs=1e-6)  # the policy is still the reference
+    rows = []
+    policy = copy.deepcopy(model)
+    algo = dpo_algo(snapshot_every=8, lr=3e-2)
+    train_dpo(algo, policy, ref, tok, token_pairs(16), tmp_path, log_fn=lambda m, s: rows.append(m), probe=probe)
+    probes = [r for r in rows if "train/kl" in r]
+    assert [r["train/examples"] for r in probes] == [0, 8, 16]
+    assert all("train/loss" not in r for r in probes) and any("train/loss" in r for r in rows)
+    # the last probe by hand: the same keyed completions, then PPO's k1 sum per sequence
+    completions = generate(policy, tok, prompts, 6, batch_size=3, desc=None, keys=sample_keys(3, range(3)))
+    k1 = (completion_logprobs(policy, prompts, completions, pad_id=tok.pad_token_id)
+          - completion_logprobs(ref, prompts, completions, pad_id=tok.pad_token_id))
+    texts = tok.batch_decode([p + c for p, c in zip(prompts, completions)], skip_special_tokens=True)
+    assert probes[-1]["train/kl"] == pytest.approx(float(k1.mean()), abs=1e-4) and abs(probes[-1]["train/kl"]) > 1e-3
+    assert probes[-1]["train/reward_mean"] == pytest.approx(sum(reward(texts)) / 3, abs=1e-6)
+    assert probes[-1]["train/kl_exact"] > 0
+
+
+# --------------------------------------------------------------------------- lineage and joins
+
+
+def test_policy_artifact_inputs_and_files_of_a_job_run(tmp_path):
+    shared = {}
+    for kind in ("corpus", "reference", "classifier", "prefs"):
+        shared[kind] = str(tmp_path / "cache" / kind / f"key{kind}")
+        Path(shared[kind]).mkdir(parents=True)
+    policy = tmp_path / "job" / "policy"
+    policy.mkdir(parents=True)
+    (policy / "config.json").write_text("{}")
+    (policy / "model.safetensors").write_bytes(b"0" * 64)
+    job = tmp_path / "job"
+    results = job_results(artifacts=shared)
+    rec = Recorder(job, results, LoggerConfig(project="proj"), {}, run_name="j")
+    rec.model(policy, "upload", algorithm="dpo")
+    rec.inputs(shared)
+    (job / "analysis.json").write_text("{}")
+    rec.files(job / "analysis.json")
+    rec.finish("finished")
+    run = read_offline_run(offline_runs(job)[0])
+    (art,) = run["artifacts"]
+    assert art["name"] == f"policy-{results['wandb']['id']}" and art["type"] == "model"
+    assert {"latest", "final"} <= set(art["aliases"]) and art["metadata"]["algorithm"] == "dpo"
+    assert sorted(art["paths"]) == ["config.json", "model.safetensors"]
+    assert {"results.json", "analysis.json"} <= set(run["files"])
+    # W&B refuses use_artifact offline: the inputs wait in results.json for dpo-ppo-sync
+    saved = json.loads((job / R.RESULTS_FILE).read_text())["wandb"]
+    assert [i["name"] for i in saved["inputs"]] == ["corpus-keycorpus", "reference-keyreference",
+                                                   "classifier-keyclassifier", "prefs-keyprefs"]
+    assert not saved.get("inputs_declared")
+
+
+def test_sync_declares_the_shared_inputs_once_a_run_is_uploaded(tmp_path):
+    from types import SimpleNamespace
+
+    from dpo_ppo.wandb_sync import sync
+
+    job = tmp_path / "sweep" / "job"
+    rec = Recorder(job, job_results(), LoggerConfig(project="proj"), {}, run_name="j")
+    corpus = tmp_path / "cache" / "corpus" / "k1"
+    corpus.mkdir(parents=True)
+    rec.inputs({"corpus": str(corpus)})
+    rec.finish("finished")
+
+    def fake_wandb(cmd):
+        for path in cmd[2:]:
+            for f in Path(path).glob("run-*.wandb"):
+                f.with_suffix(".wandb.synced").write_text("")
+        return SimpleNamespace(returncode=0)
+
+    declared = []
+    sync(tmp_path / "sweep", runner=fake_wandb, wandb_cmd=["wandb"], declare=lambda info, status: declared.append(
+        ([i["name"] for i in info["inputs"]], status)))
+    assert declared == [(["corpus-k1"], "finished")]
+    assert json.loads((job / R.RESULTS_FILE).read_text())["wandb"]["inputs_declared"]
+    sync(tmp_path / "sweep", runner=fake_wandb, wandb_cmd=["wandb"], declare=lambda *a: declared.append(a))
+    assert len(declared) == 1  # once
+
+
+# --------------------------------------------------------------------------- (c) and (d) as native panels
+
+
+def test_analysis_as_tables_bar_chart_and_history_over_training(tmp_path):
+    out = {
+        "tables": {
+            "weights_over_training": {"columns": ["examples", "msd_weights", "msd_layer0"],
+                                      "data": [[32, 0.1, 0.2], [64, 0.3, 0.4]]},
+            # a per-snapshot table in long format, as a head analysis over training would write it
+            "heads_over_training": {"columns": ["examples", "model", "layer", "head", "score"],
+                                    "data": [[32, "policy", 0, 1, 0.5], [64, "policy", 0, 1, 0.7]]},
+            "ablation": {"columns": ["model", "kind", "layer", "head", "lm_loss_increase"],
+                         "data": [["policy", "zero", 0, 0, 0.01]]},
+        },
+        "details": {"weights_per_layer": {"0": {"weight": 1.0, "bias": 2.0, "all": 1.5},
+                                          "1": {"weight": 3.0, "bias": 4.0, "all": 3.5}}},
+        "per_head": {"ablation/policy/zero/lm_loss_increase": [[0.1, 0.2], [0.3, 0.4]]},
+    }
+    rec = Recorder(tmp_path, job_results(), LoggerConfig(project="proj"), {}, run_name="j")
+    for ex in (32, 64):
+        rec.log({"train/loss": 1.0}, ex)
+    rec.analysis(out)
+    rec.finish("finished")
+    folder = offline_runs(tmp_path)[0]
+    run = read_offline_run(folder)
+    s = run["summary"]
+    for key in ("analysis/weights_over_training", "analysis/ablation", "analysis/weights_per_layer",
+                "analysis/per_head/ablation/policy/zero/lm_loss_increase"):
+        assert s[f"{key}/_type"] == "table-file", key
+    layer = json.loads((folder / "files" / s["analysis/weights_per_layer/path"]).read_text())
+    assert layer["columns"] == ["layer", "weights", "biases", "all"] and layer["data"][1] == [1, 3.0, 4.0, 3.5]
+    heads = json.loads((folder / "files" / s["analysis/per_head/ablation/policy/zero/lm_loss_increase/path"]).read_text())
+    assert heads["columns"] == ["layer", "head", "value"] and heads["data"][2] == [1, 0, 0.3]
+    assert any(k.startswith("analysis/charts/weights_per_layer") for k in s)  # wandb.plot.bar
+    assert run["metrics"]["over_training/*"]["step_metric"] == "train/examples"
+    points = [r for r in run["history"] if any(k.startswith("over_training/") for k in r)]
+    assert [(p["train/examples"], p["over_training/weights_over_training/msd_layer0"],
+             p["over_training/heads_over_training/score/model=policy/layer=0/head=1"]) for p in points] \
+        == [(32, 0.2, 0.5), (64, 0.4, 0.7)]
