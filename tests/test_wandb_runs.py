@@ -262,3 +262,44 @@ def test_analysis_as_tables_bar_chart_and_history_over_training(tmp_path):
     assert [(p["train/examples"], p["over_training/weights_over_training/msd_layer0"],
              p["over_training/heads_over_training/score/model=policy/layer=0/head=1"]) for p in points] \
         == [(32, 0.2, 0.5), (64, 0.4, 0.7)]
+
+
+# --------------------------------------------------------------------------- the scripted dashboard
+
+
+def test_dashboard_spec_has_every_panel_of_the_comparison(tmp_path):
+    pytest.importorskip("wandb_workspaces")
+    from dpo_ppo import report
+    from dpo_ppo.report import dashboard as D
+
+    root = tmp_path / "fab"
+    grid = [[0.1, 0.2], [0.3, 0.4]]
+    for algorithm in R.ALGORITHMS:
+        for seed in (0, 1):
+            write_job(root, algorithm, 1, seed, {R.KL: 1.0, R.REWARD: 0.5, "analysis/weights/msd_layer0": 0.1,
+                                                 "analysis/weights/msd_layer1": 0.2},
+                      per_head={"ablation/policy/zero/lm_loss_increase": grid})
+    spec_file = tmp_path / "dash.json"
+    assert report.main([str(root), "--no-wandb", "--bootstrap", "100", "--no-figures",
+                        "--dashboard-spec", str(spec_file)]) == 0
+    spec = json.loads(spec_file.read_text())
+    assert spec["project"] == "dpo-ppo-test" and spec["x_axis"] == "train/examples"
+    assert "sweep=fab" in spec["filters"] and "Group" in spec["groupby"][0]
+    # one colour per arm group, blues for DPO and oranges for PPO
+    assert set(spec["group_colors"]) == {"fab/dpo/beta=1", "fab/ppo/kl_target=1"}
+    assert spec["group_colors"]["fab/dpo/beta=1"] in D.DPO_COLORS and spec["group_colors"]["fab/ppo/kl_target=1"] in D.PPO_COLORS
+    panels = {s["name"][:3]: s["panels"] for s in spec["sections"]}
+    assert list(panels) == ["(a)", "(b)", "(c)", "(d)", "(e)"]
+    (frontier,) = panels["(a)"]
+    assert frontier["type"] == "ScatterPlot" and R.KL in frontier["x"] and R.REWARD in frontier["y"]
+    curves = {p["y"][0] for p in panels["(b)"]}
+    assert {"train/kl", "train/reward_mean"} <= curves and all(p["x"] == "train/examples" for p in panels["(b)"])
+    bar = next(p for p in panels["(c)"] if p["type"] == "BarPlot")
+    assert [m.split("'")[1] for m in bar["metrics"]] == ["analysis/weights/msd_layer0", "analysis/weights/msd_layer1"]
+    assert any("over_training/weights_over_training/msd_layer1" in p.get("y", []) for p in panels["(c)"])
+    assert [p["table_name"] for p in panels["(d)"]] == ["analysis/per_head/ablation/policy/zero/lm_loss_increase",
+                                                        "analysis/ablation"]
+    assert {"claims", "runs", "eval_rows"} <= {p["table_name"] for p in panels["(e)"]}
+    # W&B's own wire form builds offline (what workspace.save() would send)
+    view = D.build_workspace("fab", "lab", "p", layers=2)._to_model()
+    assert "train/examples" in view.model_dump_json()
