@@ -7,8 +7,12 @@ Jobs log offline by default (compute nodes often have no internet).  This finds 
 ``wandb/offline-run-*`` folders of every job below the given folder, leaves out runs W&B already
 marked synced (``run-*.wandb.synced``) and jobs still running (their runs are incomplete; they
 are synced by the next call), and hands the rest to one ``wandb sync`` call.  A requeued or
-relaunched job wrote one folder per attempt under the same run id (``Recorder`` resumes by id);
-``wandb sync`` uploads those in order of start time into that one run.  Afterwards each job's
+relaunched job wrote one folder per attempt under the same run id (``Recorder`` resumes by id,
+its history steps continuing after the earlier attempts', results.json ``wandb.next_step``);
+``wandb sync`` uploads those in order of start time into that one run, whose history is then
+continuous (W&B keeps only rising steps: attempts whose steps overlap, from before that, get a
+warning).  After the upload each new run's shared artifacts are declared as its inputs
+(``declare_inputs``; W&B refuses ``use_artifact`` offline).  Afterwards each job's
 ``results.json`` gets ``wandb.synced`` and the run's ``wandb.url``.
 """
 
@@ -70,8 +74,10 @@ def run_url(info: dict, fallback_entity: str | None = None) -> str | None:
 
 def plan(root: Path, include_running: bool = False) -> dict:
     """What a sync of ``root`` would upload: {"sync": [run dirs], "jobs": [job folders],
-    "synced": n already synced, "running": [job folders left for later]}."""
-    todo, jobs, synced, running = [], [], 0, []
+    "synced": n already synced, "running": [job folders left for later], "overlapping": [job
+    folders whose attempts were recorded before the recorder continued history steps across
+    attempts (their steps restart at 0 in each folder)]}."""
+    todo, jobs, synced, running, overlapping = [], [], 0, [], []
     for folder in job_folders(root):
         runs = offline_runs(folder)
         pending = [r for r in runs if not is_synced(r)]
@@ -84,7 +90,9 @@ def plan(root: Path, include_running: bool = False) -> dict:
             continue
         todo += pending
         jobs.append(folder)
-    return {"sync": todo, "jobs": jobs, "synced": synced, "running": running}
+        if len(runs) > 1 and results and "next_step" not in (results.get("wandb") or {}):
+            overlapping.append(folder)
+    return {"sync": todo, "jobs": jobs, "synced": synced, "running": running, "overlapping": overlapping}
 
 
 def _results(folder: Path) -> dict | None:
@@ -118,6 +126,10 @@ def sync(root: Path, *, dry_run: bool = False, include_running: bool = False, pr
     todo = plan(root, include_running)
     print(f"{root}: {len(todo['sync'])} offline run folder(s) of {len(todo['jobs'])} job(s) to sync, "
           f"{todo['synced']} already synced, {len(todo['running'])} job(s) still running (left for later)")
+    for folder in todo["overlapping"]:
+        print(f"  warning: {folder} has several attempts recorded before their history steps continued "
+              "across attempts (no wandb.next_step in results.json): W&B may keep only the later attempt's "
+              "rows where their steps overlap", file=sys.stderr)
     if dry_run or not todo["sync"]:
         for path in todo["sync"]:
             print(f"  {path}")

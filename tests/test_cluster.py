@@ -271,6 +271,8 @@ def test_sync_uploads_each_offline_run_of_a_sweep_once(tmp_path, monkeypatch, ca
     assert names == ["offline-run-20260101_000000-aaa", "offline-run-20260102_000000-aaa",
                      "offline-run-20260101_000000-rep"]  # both attempts of a, in start order
     assert out["synced"] == 1 and [p.name for p in out["running"]] == ["c"]
+    # a's attempts predate wandb.next_step: their history steps may overlap, and the sync says so
+    assert out["overlapping"] == [sweep / "a"] and "several attempts" in capsys.readouterr().err
     a = json.loads((sweep / "a" / "results.json").read_text())["wandb"]
     assert a["synced"] and a["url"] == "https://wandb.ai/lab/p/runs/aaa"
     # a second call finds nothing left but the running job
