@@ -96,6 +96,7 @@ def test_report_run_is_typed_stable_across_copies_and_continues_when_remade(tmp_
         for seed in (0, 1):
             write_job(root, algorithm, 1, seed, {R.KL: 1.0 + seed, R.REWARD: 0.5, BIAS: 0.1})
     assert report.main([str(root), "--wandb", "--bootstrap", "100", "--no-figures"]) == 0
+    read_offline_run(offline_runs(root / "report")[0])  # W&B's service may still be writing it: wait
     moved = tmp_path / "b" / "fab-copy"
     shutil.copytree(root, moved)
     time.sleep(1.1)
