@@ -410,7 +410,7 @@ class LoggerConfig:
     tags: list = option(help="extra W&B tags, beside algorithm=, sweep= and model=", factory=list)
     policy_artifact: str = option("upload", "the trained policy as a W&B model artifact: upload (its files), "
                                             "reference (its path on this filesystem) or none")
-    probe_prompts: int = option(32, "DPO: training prefixes (the first N, fixed) sampled during training for "
+    probe_prompts: int = option(16, "DPO: training prefixes (the first N, fixed) sampled during training for "
                                     "train/kl and train/reward_mean, PPO's curves; 0 = none. Also written to "
                                     "train_log.jsonl without W&B; never changes the training")
     probe_every: Optional[int] = option(None, "DPO: examples between two such probes (and one before training); "

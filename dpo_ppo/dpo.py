@@ -63,8 +63,9 @@ class LogCallback(TrainerCallback):
 
 
 class ProbeCallback(TrainerCallback):
-    """PPO's ``train/kl`` and ``train/reward_mean`` for DPO (``evaluate.TrainingProbe``): before
-    training and every ``every`` examples, on the same ``train/examples`` axis as the loss."""
+    """PPO's ``train/kl`` and ``train/reward_mean`` for DPO (``evaluate.TrainingProbe``): every
+    ``every`` examples and at the last step, on the same ``train/examples`` axis as the loss (and
+    KL 0 at examples 0, where the policy is the reference)."""
 
     def __init__(self, probe, model, log_fn, every: int, examples_per_step: int):
         self.probe, self.model, self.log_fn = probe, model, log_fn
@@ -75,8 +76,8 @@ class ProbeCallback(TrainerCallback):
         self.log_fn({**self.probe(self.model), "train/examples": examples}, state.global_step)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.global_step == 0:  # the reference itself: KL 0, the reference's reward
-            self._log(state)
+        if state.global_step == 0:  # the policy is still the reference: its KL is 0, no need to sample
+            self.log_fn({"train/kl": 0.0, "train/kl_exact": 0.0, "train/examples": 0}, 0)
 
     def on_step_end(self, args, state, control, **kwargs):
         examples = state.global_step * self.per_step
@@ -138,8 +139,8 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
     """Train ``policy`` in place on the preference pairs ``prefs`` (prompt/chosen/rejected text).
 
     ``probe(policy) -> {train/kl, train/reward_mean, ...}`` (``evaluate.TrainingProbe``) is logged
-    through ``log_fn`` before training and every ``probe_every`` examples (default
-    ``algo.snapshot_every``) and at the last step.
+    through ``log_fn`` every ``probe_every`` examples (default ``algo.snapshot_every``) and at the
+    last step (and KL 0 at examples 0).
 
     ``runtime`` (``dpo_ppo.hardware.Runtime``): bf16 mixed precision (the Trainer's autocast,
     float32 master weights) when its precision is bf16, and micro-batches of at most

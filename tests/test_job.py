@@ -44,6 +44,7 @@ def test_dpo_job_end_to_end_then_skip(shared_cache, tmp_path):
     probes = [row for row in run["history"] if "train/kl" in row]
     assert probes[0]["train/examples"] == 0 and probes[0]["train/kl"] == pytest.approx(0.0, abs=1e-5)
     assert probes[-1]["train/examples"] == 32 and 0 <= probes[-1]["train/reward_mean"] <= 1
+    assert probes[-1]["train/kl"] > 0
     assert run["summary"]["eval/policy/kl_to_ref"] == pytest.approx(m["eval/policy/kl_to_ref"])
     assert any(row.get("samples/_type") == "table-file" for row in run["history"])
     # per-prompt rows as a table (joinable on prompt_id), the policy as a model, the files

@@ -153,6 +153,8 @@ def test_dpo_logs_ppos_train_kl_and_reward_on_the_examples_axis(tmp_path):
     train_dpo(algo, policy, ref, tok, token_pairs(16), tmp_path, log_fn=lambda m, s: rows.append(m), probe=probe)
     probes = [r for r in rows if "train/kl" in r]
     assert [r["train/examples"] for r in probes] == [0, 8, 16]
+    assert probes[0]["train/kl"] == 0.0 and "train/reward_mean" not in probes[0]  # the reference: nothing sampled
+    probes = probes[1:]
     assert all("train/loss" not in r for r in probes) and any("train/loss" in r for r in rows)
     # the last probe by hand: the same keyed completions, then PPO's k1 sum per sequence
     completions = generate(policy, tok, prompts, 6, batch_size=3, desc=None, keys=sample_keys(3, range(3)))
