@@ -432,9 +432,19 @@ class LoggerConfig:
     mode: str = option("offline", "offline (written to disk; dpo-ppo-sync uploads), online or disabled")
     dir: Optional[str] = option(None, "folder of the W&B files; null = the job folder")
     tags: list = option(help="extra W&B tags, beside algorithm=, sweep= and model=", factory=list)
+    policy_artifact: str = option("upload", "the trained policy as a W&B model artifact: upload (its files), "
+                                            "reference (its path on this filesystem) or none")
+    probe_prompts: int = option(16, "DPO: training prefixes (the first N, fixed) sampled during training for "
+                                    "train/kl and train/reward_mean, PPO's curves; 0 = none. Also written to "
+                                    "train_log.jsonl without W&B; never changes the training")
+    probe_every: Optional[int] = option(None, "DPO: examples between two such probes (and one before training); "
+                                              "null = algorithm.snapshot_every")
 
     def check(self, where: str = "logger") -> None:
         choice(f"{where}.mode", self.mode, LOGGER_MODES)
+        choice(f"{where}.policy_artifact", self.policy_artifact, ("upload", "reference", "none"))
+        positive(f"{where}.probe_prompts", self.probe_prompts, allow_zero=True)
+        positive(f"{where}.probe_every", self.probe_every)
 
 
 @dataclass

@@ -62,6 +62,29 @@ class LogCallback(TrainerCallback):
         self.log_fn(metrics, state.global_step)
 
 
+class ProbeCallback(TrainerCallback):
+    """PPO's ``train/kl`` and ``train/reward_mean`` for DPO (``evaluate.TrainingProbe``): every
+    ``every`` examples and at the last step, on the same ``train/examples`` axis as the loss (and
+    KL 0 at examples 0, where the policy is the reference)."""
+
+    def __init__(self, probe, model, log_fn, every: int, examples_per_step: int):
+        self.probe, self.model, self.log_fn = probe, model, log_fn
+        self.every, self.per_step = every, examples_per_step
+
+    def _log(self, state) -> None:
+        examples = state.global_step * self.per_step
+        self.log_fn({**self.probe(self.model), "train/examples": examples}, state.global_step)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:  # the policy is still the reference: its KL is 0, no need to sample
+            self.log_fn({"train/kl": 0.0, "train/kl_exact": 0.0, "train/examples": 0}, 0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        examples = state.global_step * self.per_step
+        if examples // self.every > (examples - self.per_step) // self.every or state.global_step == state.max_steps:
+            self._log(state)
+
+
 class TokenDPOTrainer(DPOTrainer):
     """TRL's DPOTrainer on pre-tokenised pairs: a dataset that already holds ``prompt_ids``,
     ``chosen_ids`` and ``rejected_ids`` skips TRL's text preparation (which re-tokenises and adds
@@ -112,8 +135,12 @@ def micro_batches(batch: int, micro: int | None) -> tuple[int, int]:
 
 
 def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed: int = 0,
-              log_fn=None, runtime=None) -> dict:
+              log_fn=None, runtime=None, probe=None, probe_every: int | None = None) -> dict:
     """Train ``policy`` in place on the preference pairs ``prefs`` (prompt/chosen/rejected text).
+
+    ``probe(policy) -> {train/kl, train/reward_mean, ...}`` (``evaluate.TrainingProbe``) is logged
+    through ``log_fn`` every ``probe_every`` examples (default ``algo.snapshot_every``) and at the
+    last step (and KL 0 at examples 0).
 
     ``runtime`` (``dpo_ppo.hardware.Runtime``): bf16 mixed precision (the Trainer's autocast,
     float32 master weights) when its precision is bf16, and micro-batches of at most
@@ -147,10 +174,13 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
         **{_CHECKPOINTING_ARG: _GRADIENT_CHECKPOINTING},
     )
     examples_per_step = algo.batch_size
+    callbacks = [SnapshotCallback(job_dir, algo.snapshot_every, examples_per_step, tokenizer),
+                 LogCallback(log_fn, examples_per_step)]
+    if probe is not None and log_fn is not None:
+        callbacks.append(ProbeCallback(probe, policy, log_fn, probe_every or algo.snapshot_every, examples_per_step))
     trainer = TokenDPOTrainer(
         model=policy, ref_model=ref_model, args=args, train_dataset=prefs, processing_class=tokenizer,
-        callbacks=[SnapshotCallback(job_dir, algo.snapshot_every, examples_per_step, tokenizer),
-                   LogCallback(log_fn, examples_per_step)],
+        callbacks=callbacks,
     )
     last = last_complete_checkpoint(Path(args.output_dir))
     if last:

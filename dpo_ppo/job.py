@@ -193,6 +193,18 @@ class Job:
             self.rec.results["artifacts"].setdefault("ref_analysis", {})[what] = str(path)
         return torch.load(path / "value.pt", map_location="cpu", weights_only=True)
 
+    def training_probe(self, ref_model, tokenizer, scorer, train_prompts):
+        """DPO's train/kl and train/reward_mean during training (``evaluate.TrainingProbe``) on the
+        first ``logger.probe_prompts`` training prefixes; None when that is 0."""
+        from dpo_ppo.evaluate import TrainingProbe
+
+        n, algo = self.cfg.logger.probe_prompts, self.cfg.algorithm
+        if not n:
+            return None
+        return TrainingProbe(ref_model, tokenizer, train_prompts[:n], scorer.p_positive,
+                             completion_len=algo.completion_len, temperature=algo.temperature, top_k=algo.top_k,
+                             seed=self.cfg.seed, runtime=self.hw)
+
     def record_compute(self, summary: dict) -> None:
         """What training cost, for comparisons at matched compute: results.json ``compute``."""
         compute = dict(summary.get("compute") or {})
@@ -304,7 +316,9 @@ class Job:
                     from dpo_ppo.dpo import train_dpo
 
                     summary = train_dpo(algo, policy, ref_model, tokenizer, prefs, self.job_dir,
-                                        seed=cfg.seed, log_fn=self.rec.log, runtime=self.hw)
+                                        seed=cfg.seed, log_fn=self.rec.log, runtime=self.hw,
+                                        probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
+                                        probe_every=cfg.logger.probe_every)
             else:
                 with self.stage("train"):
                     from dpo_ppo.ppo import train_ppo
@@ -317,6 +331,8 @@ class Job:
             self.rec.results.update(trained=True, train_summary=summary)
             self.record_compute(summary)
             self.rec.save()
+            self.rec.model(policy_dir, cfg.logger.policy_artifact, algorithm=algo.name,
+                           params=self.rec.results.get("params"), compute=self.rec.results.get("compute"))
         policy.eval()
         with self.stage("evaluate"):
             from dpo_ppo.evaluate import evaluate_model
@@ -335,6 +351,11 @@ class Job:
                            [[r["prompt"], r["completion"], r["p_positive"]] for r in rows[:n]])
             write_json(self.job_dir / "samples.json", {"rows": rows[:n]})
             R.write_eval_rows(self.job_dir / R.EVAL_ROWS_FILE, rows)
+            # every prompt's row, joinable across runs by prompt_id (the same prompts in every job)
+            columns = list(R.EVAL_ROW_COLUMNS) + ["prompt", "completion"]
+            self.rec.table("eval_rows", columns, [[r[c] for c in columns] for r in rows])
+            self.rec.files(self.job_dir / R.EVAL_ROWS_FILE)
+            self.rec.inputs(self.rec.results["artifacts"])
             log.info("eval: reward %.3f (reference %.3f), binary loss %.3f (reference %.3f), "
                      "gradient loss %.3f (reference %.3f), KL %.3f nats",
                      pol_metrics["reward_mean"], ref_metrics["reward_mean"], pol_metrics["binary_loss"],
@@ -364,8 +385,8 @@ class Job:
         self.rec.results["analysis"] = {"per_head": out.get("per_head", {}), "images": images,
                                         "over_training": {k: tables[k] for k in R.OVER_TRAINING_TABLES if k in tables}}
         self.rec.save()
-        for name, table in out.get("tables", {}).items():
-            self.rec.table(f"analysis/{name}", table["columns"], table["data"])
+        self.rec.files(self.job_dir / "analysis.json")
+        self.rec.analysis(out)
         self.rec.images({k: self.job_dir / v for k, v in images.items()})
 
 
@@ -571,7 +592,9 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
     wandb_config = {**results["config"], "params": results["params"], "overrides": job.overrides,
                     "provenance": results["provenance"], "config_key": results["config_key"]}
     resume_id = None if cfg.force else (previous.get("wandb") or {}).get("id")
-    job.rec = Recorder(job_dir, results, logger, wandb_config, run_name=job_dir.name, resume_id=resume_id)
+    resume_step = (previous.get("wandb") or {}).get("next_step", 0) if resume_id else 0
+    job.rec = Recorder(job_dir, results, logger, wandb_config, run_name=job_dir.name, resume_id=resume_id,
+                       resume_step=resume_step)
     earlier = _attempt_costs(previous, cfg.force)
     t0 = time.time()
     stopped: BaseException | None = None
@@ -607,8 +630,7 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
     compute["wall_s"], compute["accelerator_s"] = total("wall_s"), total("accelerator_s")
     if "train_s" in compute or any(a.get("train_s") is not None for a in attempts):
         compute["train_s"] = total("train_s")
-    if job.rec.run is not None:
-        job.rec.run.config.update({"compute": compute}, allow_val_change=True)
+    job.rec.measured("compute", compute)
     job.rec.finish(status, **fields)
     if stopped is not None:
         log.warning("job %s: %s; relaunch the same command to resume it", job_dir, error)

@@ -465,8 +465,12 @@ def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int
     stats = {
         "train/score_mean": float(raw_score.mean()),
         "train/score_std": float(raw_score.std()) if n > 1 else 0.0,
+        # train/reward_mean is the classifier's mean p_positive, as eval/*/reward_mean and DPO's
+        # train/reward_mean (p_positive_mean: the same, the name older train logs carry); the
+        # KL-penalised return PPO maximises (score - coef * KL, summed over tokens) has its own name
+        "train/reward_mean": float(p_positive.mean()),
         "train/p_positive_mean": float(p_positive.mean()),
-        "train/reward_mean": float((rewards * mask).sum(1).mean()),
+        "train/penalized_return_mean": float((rewards * mask).sum(1).mean()),
         "train/kl": float(seq_kl.mean()),
         "train/kl_coef": kl_coef,
         "train/entropy": float(masked_mean(entropy, mask)),

@@ -2,21 +2,36 @@
 
 ``results.json`` is rewritten atomically at every stage (status ``running``), and at the end with
 status ``finished`` or ``failed`` (with the error and traceback), so a sweep's report can read
-finished and unfinished jobs alike.  The W&B run gets the resolved config (plus the swept
-hyperparameters at top level as ``params`` and the ``provenance`` record), training curves as
-``train/*`` against ``train/examples`` (``define_metric``), evaluation and analysis scalars under
-their stable names (summary: last value), tags ``algorithm=``, ``sweep=``, ``model=``, a table of
-sample completions and the analysis plots.  A relaunched or requeued job resumes its run by the id
-stored in results.json.
+finished and unfinished jobs alike.  The W&B run (docs/cluster.md, "What a sweep looks like in
+W&B") gets:
+
+- group ``<sweep>/<algorithm>/<overrides but the seed>`` (``run_group``): one group per arm
+  configuration, so W&B's grouping averages the seeds; job type = the algorithm; tags
+  ``algorithm=``, ``sweep=``, ``model=``;
+- the resolved config as asked (plus ``params``, ``provenance``); what the run cost goes to the
+  summary as ``compute/*``;
+- training curves ``train/*`` against ``train/examples`` (``define_metric``), DPO's and PPO's
+  under the same names (``train/kl``, ``train/reward_mean``);
+- eval and analysis scalars under their stable names (W&B's default summary: the last value);
+- native tables: ``eval_rows`` (per prompt, joinable on ``prompt_id``), every analysis table,
+  divergence per layer (with a bar chart), every per-head grid as (layer, head, value), and the
+  analyses of the snapshots as ``over_training/*`` history against ``train/examples``;
+- the policy as a model artifact, the shared artifacts as inputs by reference, and
+  results.json, analysis.json and eval_rows.csv as run files.
+
+A relaunched or requeued job resumes its run by the id stored in results.json, its history steps
+continuing after the earlier attempts'.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from pathlib import Path
 
+from dpo_ppo import results as R
 from dpo_ppo.results import RESULTS_FILE, TRAIN_LOG_FILE
 
 log = logging.getLogger(__name__)
@@ -40,12 +55,100 @@ def run_tags(results: dict, wandb_config: dict, extra=()) -> list[str]:
     return [t[:64] for t in tags]  # W&B's limit
 
 
+GROUP_MAX = 128  # W&B's limit on a group name
+
+
+def run_group(results: dict) -> str:
+    """The W&B group of a job: its arm configuration, ``<sweep>/<algorithm>/<overrides but the
+    seed>`` (e.g. ``smoke/dpo/lr=2e-4``), so that a project grouped by it averages the seeds of one
+    configuration.  ``algorithm.`` is dropped from the keys; a name past W&B's limit keeps its
+    start and a hash of the whole."""
+    knobs = []
+    for o in R.identity(results.get("overrides") or ()):
+        key = R.override_key(o)
+        if key in ("seed", "algorithm"):
+            continue
+        o = o.lstrip("+~")
+        knobs.append(o[len("algorithm."):] if o.startswith("algorithm.") else o)
+    group = "/".join(str(p) for p in (results.get("name") or "job", results.get("algorithm") or "?",
+                                      ",".join(knobs)) if p)
+    if len(group) > GROUP_MAX:
+        digest = hashlib.sha1(group.encode()).hexdigest()[:10]
+        group = group[:GROUP_MAX - 11] + "~" + digest
+    return group
+
+
+# the shared artifacts a job reads (results.json ``artifacts``): W&B artifact type of each
+SHARED_INPUTS = {"corpus": "dataset", "reference": "model", "classifier": "model", "prefs": "dataset",
+                 "ref_eval": "evaluation"}
+
+
+def shared_inputs(artifacts: dict) -> list[dict]:
+    """The job's shared artifacts as W&B inputs: name ``<kind>-<cache key>`` (the same for every
+    job that shares it), type, and the folder it is read from."""
+    out = []
+    for kind, kind_type in SHARED_INPUTS.items():
+        path = artifacts.get(kind)
+        if isinstance(path, str) and path:
+            path = Path(path).resolve()
+            out.append({"name": f"{kind}-{path.name}", "type": kind_type, "path": str(path)})
+    return out
+
+
+def reference_artifact(spec: dict, **metadata):
+    """A W&B artifact that points at a folder by reference (nothing uploaded): lineage only."""
+    import wandb
+
+    art = wandb.Artifact(spec["name"], type=spec["type"], metadata={"path": spec["path"], **metadata})
+    art.add_reference(Path(spec["path"]).as_uri(), checksum=False)
+    return art
+
+
+# columns that name a row of a per-snapshot table rather than measure something
+KEY_COLUMNS = ("model", "kind", "site", "subset", "metric", "type", "layer", "head", "tensor", "prompt", "rank")
+OVER_TRAINING = "over_training/"
+
+
+def over_training_rows(tables: dict) -> list[dict]:
+    """History rows from every per-snapshot table of an analysis output: a table with an
+    ``examples`` column (``weights_over_training``, and whatever other analysis adds one) gives,
+    per snapshot, ``over_training/<table>/<column>`` for each numeric column, with the row's key
+    columns (``KEY_COLUMNS`` or text: layer, head, model, ...) appended as ``/<key>=<value>``;
+    each row carries its ``train/examples``.  Sorted by examples."""
+    by_examples: dict = {}
+    for name, table in tables.items():
+        columns = list(table.get("columns") or ())
+        if "examples" not in columns:
+            continue
+        data = table.get("data") or []
+        keys = [c for c in columns if c != "examples" and (c in KEY_COLUMNS or any(isinstance(r[columns.index(c)], str)
+                                                                                 for r in data))]
+        for r in data:
+            row = dict(zip(columns, r))
+            examples = row["examples"]
+            if not isinstance(examples, (int, float)) or examples < 0:
+                continue
+            suffix = "".join(f"/{k}={row[k]}" for k in keys)
+            point = by_examples.setdefault(int(examples), {"train/examples": int(examples)})
+            for c, v in row.items():
+                if c == "examples" or c in keys or isinstance(v, bool) or not isinstance(v, (int, float)):
+                    continue
+                point[f"{OVER_TRAINING}{name}/{c}{suffix}"] = v
+    return [by_examples[k] for k in sorted(by_examples)]
+
+
+def per_head_rows(grid) -> list[list]:
+    """A ``[layer][head]`` grid as rows ``[layer, head, value]`` (a W&B table a heat map reads)."""
+    return [[layer, head, value] for layer, row in enumerate(grid or ()) for head, value in enumerate(row or ())]
+
+
 def define_metrics(run) -> None:
-    """Training curves against examples seen; eval and analysis scalars as summary values."""
+    """Training curves against examples seen.  Eval and analysis values keep W&B's default summary
+    (the last value): an explicit ``summary="last"`` would turn every table logged under them
+    into a ``{"last": ...}`` dict in the summary instead of a table."""
     run.define_metric("train/examples")
     run.define_metric("train/*", step_metric="train/examples")
-    run.define_metric("eval/*", summary="last")
-    run.define_metric("analysis/*", summary="last")
+    run.define_metric(OVER_TRAINING + "*", step_metric="train/examples")  # analyses of the snapshots
 
 
 def _drop_replayed_rows(path: Path, step, keys: set) -> None:
@@ -73,32 +176,47 @@ class Recorder:
     ``resume_id``: the W&B run id of an earlier attempt of this job (from its results.json); the
     run is resumed under that id (``resume="allow"``), so a relaunched or requeued job adds to one
     run instead of leaving a second one with the same name.  Offline, each attempt writes its own
-    ``offline-run-*`` folder with that id; ``dpo-ppo-sync`` uploads them in order as one run.
+    ``offline-run-*`` folder with that id; ``resume_step`` (results.json ``wandb.next_step``) is
+    where the earlier attempts' history ended, so this attempt's rows continue after it and
+    ``dpo-ppo-sync`` uploads the folders in order as one continuous run.
     """
 
     def __init__(self, job_dir: Path, results: dict, logger_cfg, wandb_config: dict, run_name: str,
-                 resume_id: str | None = None):
+                 resume_id: str | None = None, resume_step: int = 0):
         self.job_dir = Path(job_dir)
         self.results = results
         self.run = None
         if logger_cfg.enabled and logger_cfg.mode != "disabled":
             import wandb
 
+            group = run_group(results)
             self.run = wandb.init(
                 project=logger_cfg.project, entity=logger_cfg.entity, mode=logger_cfg.mode,
-                dir=str(Path(logger_cfg.dir or self.job_dir).resolve()), group=results["name"],
+                dir=str(Path(logger_cfg.dir or self.job_dir).resolve()), group=group,
                 job_type=results["algorithm"], name=run_name, config=wandb_config,
                 tags=run_tags(results, wandb_config, logger_cfg.tags), reinit="finish_previous",
                 id=resume_id, resume="allow" if resume_id else None,
             )
             define_metrics(self.run)
+            # History steps continue across attempts: offline, a resumed run starts again at step 0
+            # in its new folder, and W&B keeps only rising steps of a run, so the attempts of a
+            # requeued job would overwrite (or lose) each other's rows.  The next step is kept in
+            # results.json (wandb.next_step) and every row is logged at an explicit step.
+            self.step = max(int(self.run.step or 0), int(resume_step or 0) if resume_id else 0)
             results["wandb"] = {
                 "id": self.run.id, "project": self.run.project or logger_cfg.project,
                 "entity": self.run.entity or logger_cfg.entity, "mode": logger_cfg.mode,
-                "url": self.run.url, "group": results["name"], "resumed": bool(resume_id),
-                "dir": str(Path(self.run.dir).parent),
+                "url": self.run.url, "group": group, "resumed": bool(resume_id),
+                "dir": str(Path(self.run.dir).parent), "next_step": self.step,
             }
         self.save()
+        self.files(self.job_dir / RESULTS_FILE, at_end=True)  # as it is when the run finishes
+
+    def _log(self, row: dict) -> None:
+        """One W&B history row at the next step (see ``step`` above)."""
+        self.run.log(row, step=self.step)
+        self.step += 1
+        self.results["wandb"]["next_step"] = self.step
 
     def save(self) -> None:
         write_json(self.job_dir / RESULTS_FILE, self.results)
@@ -117,28 +235,106 @@ class Recorder:
             row = dict(metrics)
             if step is not None:  # the examples axis of every train/* curve (define_metrics)
                 row.setdefault("train/examples", step)
-            self.run.log(row)
+            self._log(row)
+            self.save()  # wandb.next_step, for an attempt that resumes after a kill
 
     def metrics(self, metrics: dict) -> None:
         """Final scalars: kept in results.json, logged once and put in the W&B summary."""
         self.results.setdefault("metrics", {}).update(metrics)
         self.save()
         if self.run is not None:
-            self.run.log(metrics)
+            self._log(dict(metrics))
             for k, v in metrics.items():
                 self.run.summary[k] = v
+
+    def measured(self, prefix: str, values: dict) -> None:
+        """Measurements (seconds, tokens, ...) into the W&B summary as ``prefix/key``: the run's
+        config stays what was asked (``config.compute`` is the Hydra group, not what it cost)."""
+        if self.run is not None:
+            self.run.summary.update({f"{prefix}/{k}": v for k, v in values.items()})
+
+    @property
+    def offline(self) -> bool:
+        return self.run is not None and bool(self.run.settings._offline)
+
+    def inputs(self, artifacts: dict) -> None:
+        """Declare the shared artifacts (corpus, reference, classifier, prefs, the reference's
+        evaluation) as the run's inputs, by reference.  W&B refuses ``use_artifact`` offline: there
+        they are kept in results.json ``wandb.inputs`` and ``dpo-ppo-sync`` declares them once the
+        run is uploaded."""
+        if self.run is None:
+            return
+        specs = shared_inputs(artifacts)
+        self.results["wandb"]["inputs"] = specs
+        if not self.offline:
+            for spec in specs:
+                self.run.use_artifact(reference_artifact(spec))
+            self.results["wandb"]["inputs_declared"] = True
+        self.save()
+
+    def model(self, folder: Path, how: str = "upload", **metadata) -> None:
+        """The trained policy as a W&B model artifact ``policy-<run id>`` (aliases ``latest``,
+        ``final``): its files uploaded, or its folder by reference, or nothing (``how``)."""
+        if self.run is None or how == "none":
+            return
+        import wandb
+
+        name = f"policy-{self.run.id}"
+        if how == "reference":
+            art = reference_artifact({"name": name, "type": "model", "path": str(Path(folder).resolve())}, **metadata)
+        else:
+            art = wandb.Artifact(name, type="model", metadata={"path": str(Path(folder).resolve()), **metadata})
+            art.add_dir(str(folder))
+        self.run.log_artifact(art, aliases=["latest", "final"])
+
+    def files(self, *paths: Path, at_end: bool = False) -> None:
+        """Files of the job folder saved with the run (results.json, analysis.json, ...): now, or
+        (``at_end``) as they are when the run finishes."""
+        if self.run is None:
+            return
+        for path in paths:
+            if Path(path).exists():
+                self.run.save(str(Path(path).resolve()), base_path=str(self.job_dir.resolve()),
+                              policy="end" if at_end else "now")
+
+    def analysis(self, out: dict) -> None:
+        """An analysis output (``analysis.suite.run_analysis``) as native W&B panels, beside its
+        scalars (``metrics``) and images: every table as ``analysis/<name>``; the divergence per
+        layer as a table (layer, weights, biases, all) with a ``wandb.plot.bar``; every per-head
+        grid as a table (layer, head, value) under ``analysis/per_head/<name>`` (W&B has no heat-map
+        plot: a table panel or custom chart draws it); and every per-snapshot table
+        (``over_training_rows``) as history against ``train/examples``."""
+        if self.run is None:
+            return
+        import wandb
+
+        for name, table in (out.get("tables") or {}).items():
+            self.table(f"analysis/{name}", table["columns"], table["data"])
+        per_layer = (out.get("details") or {}).get("weights_per_layer") or {}
+        if per_layer:
+            rows = [[int(L), v.get("weight"), v.get("bias"), v.get("all")]
+                    for L, v in sorted(per_layer.items(), key=lambda kv: int(kv[0]))]
+            t = wandb.Table(columns=["layer", "weights", "biases", "all"], data=rows)
+            self._log({"analysis/weights_per_layer": t,
+                       "analysis/charts/weights_per_layer": wandb.plot.bar(
+                           t, "layer", "all", title="Mean-square divergence from the reference, per layer")})
+        for name, grid in (out.get("per_head") or {}).items():
+            self.table(f"analysis/per_head/{name}", ["layer", "head", "value"], per_head_rows(grid))
+        for row in over_training_rows(out.get("tables") or {}):
+            self._log(row)
+        self.save()
 
     def table(self, name: str, columns: list[str], rows: list[list]) -> None:
         if self.run is not None:
             import wandb
 
-            self.run.log({name: wandb.Table(columns=columns, data=rows)})
+            self._log({name: wandb.Table(columns=columns, data=rows)})
 
     def images(self, images: dict) -> None:
         if self.run is not None and images:
             import wandb
 
-            self.run.log({f"plots/{k}": wandb.Image(str(v)) for k, v in images.items() if Path(v).exists()})
+            self._log({f"plots/{k}": wandb.Image(str(v)) for k, v in images.items() if Path(v).exists()})
 
     def finish(self, status: str, **fields) -> None:
         self.results.update(status=status, **fields)

@@ -7,8 +7,12 @@ Jobs log offline by default (compute nodes often have no internet).  This finds 
 ``wandb/offline-run-*`` folders of every job below the given folder, leaves out runs W&B already
 marked synced (``run-*.wandb.synced``) and jobs still running (their runs are incomplete; they
 are synced by the next call), and hands the rest to one ``wandb sync`` call.  A requeued or
-relaunched job wrote one folder per attempt under the same run id (``Recorder`` resumes by id);
-``wandb sync`` uploads those in order of start time into that one run.  Afterwards each job's
+relaunched job wrote one folder per attempt under the same run id (``Recorder`` resumes by id,
+its history steps continuing after the earlier attempts', results.json ``wandb.next_step``);
+``wandb sync`` uploads those in order of start time into that one run, whose history is then
+continuous (W&B keeps only rising steps: attempts whose steps overlap, from before that, get a
+warning).  After the upload each new run's shared artifacts are declared as its inputs
+(``declare_inputs``; W&B refuses ``use_artifact`` offline).  Afterwards each job's
 ``results.json`` gets ``wandb.synced`` and the run's ``wandb.url``.
 """
 
@@ -70,8 +74,10 @@ def run_url(info: dict, fallback_entity: str | None = None) -> str | None:
 
 def plan(root: Path, include_running: bool = False) -> dict:
     """What a sync of ``root`` would upload: {"sync": [run dirs], "jobs": [job folders],
-    "synced": n already synced, "running": [job folders left for later]}."""
-    todo, jobs, synced, running = [], [], 0, []
+    "synced": n already synced, "running": [job folders left for later], "overlapping": [job
+    folders whose attempts were recorded before the recorder continued history steps across
+    attempts (their steps restart at 0 in each folder)]}."""
+    todo, jobs, synced, running, overlapping = [], [], 0, [], []
     for folder in job_folders(root):
         runs = offline_runs(folder)
         pending = [r for r in runs if not is_synced(r)]
@@ -84,7 +90,9 @@ def plan(root: Path, include_running: bool = False) -> dict:
             continue
         todo += pending
         jobs.append(folder)
-    return {"sync": todo, "jobs": jobs, "synced": synced, "running": running}
+        if len(runs) > 1 and results and "next_step" not in (results.get("wandb") or {}):
+            overlapping.append(folder)
+    return {"sync": todo, "jobs": jobs, "synced": synced, "running": running, "overlapping": overlapping}
 
 
 def _results(folder: Path) -> dict | None:
@@ -94,12 +102,34 @@ def _results(folder: Path) -> dict | None:
         return None
 
 
+def declare_inputs(info: dict, status: str | None) -> None:
+    """Declare a synced run's shared artifacts (results.json ``wandb.inputs``) as its inputs, by
+    reference: W&B refuses ``use_artifact`` offline, so the job could only note them.  Re-attaches
+    to the uploaded run (``resume="must"``) and leaves it with the job's own exit code."""
+    import wandb
+
+    from dpo_ppo.record import reference_artifact
+
+    run = wandb.init(project=info.get("project"), entity=info.get("entity"), id=info["id"], resume="must",
+                     mode="online", reinit="finish_previous")
+    try:
+        for spec in info.get("inputs") or ():
+            run.use_artifact(reference_artifact(spec))
+    finally:
+        run.finish(exit_code=1 if status == "failed" else 0)
+
+
 def sync(root: Path, *, dry_run: bool = False, include_running: bool = False, project: str | None = None,
-         entity: str | None = None, runner: Callable = subprocess.run, wandb_cmd: Sequence[str] | None = None) -> dict:
+         entity: str | None = None, runner: Callable = subprocess.run, wandb_cmd: Sequence[str] | None = None,
+         lineage: bool = True, declare: Callable = declare_inputs) -> dict:
     root = Path(root)
     todo = plan(root, include_running)
     print(f"{root}: {len(todo['sync'])} offline run folder(s) of {len(todo['jobs'])} job(s) to sync, "
           f"{todo['synced']} already synced, {len(todo['running'])} job(s) still running (left for later)")
+    for folder in todo["overlapping"]:
+        print(f"  warning: {folder} has several attempts recorded before their history steps continued "
+              "across attempts (no wandb.next_step in results.json): W&B may keep only the later attempt's "
+              "rows where their steps overlap", file=sys.stderr)
     if dry_run or not todo["sync"]:
         for path in todo["sync"]:
             print(f"  {path}")
@@ -126,6 +156,13 @@ def sync(root: Path, *, dry_run: bool = False, include_running: bool = False, pr
             info["entity"] = entity
         info["synced"] = all(is_synced(r) for r in offline_runs(folder))
         info["url"] = info.get("url") or run_url(info, fallback)
+        if lineage and info["synced"] and info.get("inputs") and not info.get("inputs_declared"):
+            try:
+                declare(info, results.get("status"))
+                info["inputs_declared"] = True
+            except Exception as err:  # the run is uploaded; its lineage waits for the next sync
+                print(f"{folder}: could not declare the shared artifacts as inputs ({err!r}); "
+                      "the next dpo-ppo-sync tries again", file=sys.stderr)
         write_json(folder / "results.json", results)
     if done.returncode != 0:
         print(f"wandb sync exited with {done.returncode}; re-run to retry what was not synced", file=sys.stderr)
@@ -140,11 +177,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="also sync jobs whose results.json says running (e.g. killed ones)")
     parser.add_argument("--project", help="upload into this project (default: the run's own)")
     parser.add_argument("--entity", help="upload into this entity (default: WANDB_ENTITY / your default)")
+    parser.add_argument("--no-lineage", dest="lineage", action="store_false",
+                        help="do not declare each run's shared artifacts (base, classifier, prefs, ...) as its "
+                             "inputs after the upload (one short resume of each run)")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
     out = sync(args.folder, dry_run=args.dry_run, include_running=args.include_running, project=args.project,
-               entity=args.entity)
+               entity=args.entity, lineage=args.lineage)
     sys.exit(out.get("returncode", 0))
 
 

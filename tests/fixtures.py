@@ -203,8 +203,8 @@ def wandb_records(data: bytes):
 
 
 def read_offline_run(run_dir: Path, wait_s: float = 20.0) -> dict:
-    """Config, history rows, summary, run facts (id, group, tags, ...) and metric definitions
-    (``define_metric``) of an offline W&B run folder.
+    """Config, history rows, summary, run facts (id, group, tags, ...), metric definitions
+    (``define_metric``), logged artifacts and saved files of an offline W&B run folder.
 
     W&B's service may still be flushing the file for a moment after ``finish()`` returns, so this
     re-reads it for up to ``wait_s`` seconds until the run's exit record is there.
@@ -226,7 +226,8 @@ def _read_offline_run_once(run_dir: Path) -> dict:
     data = files[0].read_bytes()
     if data[:4] != b":W&B":
         raise ValueError(f"{files[0]} is not a W&B log")
-    out = {"config": {}, "history": [], "summary": {}, "run": {}, "metrics": {}, "exit_code": None}
+    out = {"config": {}, "history": [], "summary": {}, "run": {}, "metrics": {}, "exit_code": None,
+           "artifacts": [], "files": []}
     for payload in wandb_records(data):
         rec = pb.Record()
         rec.ParseFromString(payload)
@@ -254,6 +255,14 @@ def _read_offline_run_once(run_dir: Path) -> dict:
             m = rec.metric
             summary = [f.name for f, v in m.summary.ListFields() if v] if m.HasField("summary") else []
             out["metrics"][m.name or m.glob_name] = {"step_metric": m.step_metric or None, "summary": summary}
+        elif which == "artifact":  # log_artifact / log_model: name, type, aliases, metadata, manifest paths
+            a = rec.artifact
+            out["artifacts"].append({"name": a.name, "type": a.type, "aliases": list(a.aliases),
+                                     "metadata": json.loads(a.metadata or "{}"),
+                                     "paths": [c.path for c in a.manifest.contents],
+                                     "refs": [c.ref for c in a.manifest.contents if c.ref]})
+        elif which == "files":  # run.save
+            out["files"] += [f.path for f in rec.files.files]
         elif which == "exit":
             out["exit_code"] = rec.exit.exit_code
     return out

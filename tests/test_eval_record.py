@@ -123,7 +123,7 @@ def test_recorder_writes_results_and_an_offline_wandb_run(tmp_path):
     assert saved["status"] == "finished" and saved["metrics"]["eval/policy/reward_mean"] == 0.75
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 3
     run = read_offline_run(next(Path(tmp_path, "wandb").glob("offline-run-*")))
-    assert run["run"]["group"] == "mysweep" and run["run"]["job_type"] == "ppo"
+    assert run["run"]["group"] == "mysweep/ppo" and run["run"]["job_type"] == "ppo"
     assert run["run"]["project"] == "proj" and run["run"]["name"] == "job1"
     assert run["config"]["params"]["kl_target"] == 3.0
     assert [r["train/kl"] for r in run["history"] if "train/kl" in r] == [0.0, 0.5, 1.0]

@@ -35,13 +35,25 @@ def test_dpo_job_end_to_end_then_skip(shared_cache, tmp_path):
     assert (tmp_path / "policy" / "config.json").exists()
     for key in ("corpus", "reference", "classifier", "prefs"):
         assert Path(res["artifacts"][key]).is_dir()
-    # the W&B run: group = name, job_type = algorithm, swept params, curves, eval scalars, samples
+    # the W&B run: group = name/algorithm/arm, job_type = algorithm, swept params, curves, eval scalars, samples
     run = read_offline_run(next((tmp_path / "wandb").glob("offline-run-*")))
-    assert run["run"]["group"] == "t" and run["run"]["job_type"] == "dpo"
+    assert run["run"]["group"].startswith("t/dpo") and run["run"]["job_type"] == "dpo"
     assert run["config"]["params"]["beta"] == 0.5 and run["config"]["algorithm"]["beta"] == 0.5
     assert any("train/loss" in row for row in run["history"])
+    # PPO's train/kl and train/reward_mean, on the examples axis, from the reference on
+    probes = [row for row in run["history"] if "train/kl" in row]
+    assert probes[0]["train/examples"] == 0 and probes[0]["train/kl"] == pytest.approx(0.0, abs=1e-5)
+    assert probes[-1]["train/examples"] == 32 and 0 <= probes[-1]["train/reward_mean"] <= 1
+    assert probes[-1]["train/kl"] > 0
     assert run["summary"]["eval/policy/kl_to_ref"] == pytest.approx(m["eval/policy/kl_to_ref"])
     assert any(row.get("samples/_type") == "table-file" for row in run["history"])
+    # per-prompt rows as a table (joinable on prompt_id), the policy as a model, the files
+    assert run["summary"]["eval_rows/_type"] == "table-file" and run["summary"]["eval_rows/nrows"] == cfg.eval.num_prompts
+    (model,) = [a for a in run["artifacts"] if a["type"] == "model"]  # (tables are run_table artifacts)
+    assert model["name"] == f"policy-{res['wandb']['id']}" and "model.safetensors" in model["paths"]
+    assert {"results.json", "eval_rows.csv"} <= set(run["files"])
+    assert [i["name"].split("-")[0] for i in res["wandb"]["inputs"]] == ["corpus", "reference", "classifier", "prefs",
+                                                                          "ref_eval"]
     # a second launch with the same config skips; shared artifacts were not rebuilt
     again = run_job(cfg, tmp_path)
     assert again["status"] == "skipped"

@@ -248,13 +248,15 @@ def test_rollout_rewards_score_at_last_token_and_kl_elsewhere():
     assert (rewards[mask == 0] == 0).all() and (kl[mask == 0] == 0).all()
     assert kl.abs().sum() > 0
     assert stats["train/kl"] == pytest.approx(kl.sum(1).mean().item())
-    assert stats["train/reward_mean"] == pytest.approx((score - 0.5 * kl.sum(1)).mean().item(), abs=1e-5)
+    # the penalised return has its own name; train/reward_mean is the classifier's p_positive, as in eval/*
+    assert stats["train/penalized_return_mean"] == pytest.approx((score - 0.5 * kl.sum(1)).mean().item(), abs=1e-5)
+    assert stats["train/reward_mean"] == pytest.approx(score.mean().item(), abs=1e-5)
 
 
 # --------------------------------------------------------------------------- training runs
 
 
-EXPECTED_KEYS = {"train/score_mean", "train/score_std", "train/reward_mean", "train/kl",
+EXPECTED_KEYS = {"train/score_mean", "train/score_std", "train/reward_mean", "train/penalized_return_mean", "train/kl",
                  "train/kl_coef", "train/policy_loss", "train/value_loss", "train/clipfrac",
                  "train/entropy", "train/approx_kl", "train/explained_variance",
                  "train/tokens_per_s", "train/examples"}

@@ -450,7 +450,7 @@ def test_wandb_report_is_one_run_with_the_claims_table(tmp_path, monkeypatch):
         if "jobs/finished" in logged["summary"] or time.time() > deadline:
             break
         time.sleep(0.5)
-    assert logged["run"]["group"] == "fab" and logged["run"]["job_type"] == "report"
+    assert logged["run"]["group"] == "fab/report" and logged["run"]["job_type"] == "report"
     assert logged["run"]["project"] == "dpo-ppo-test"
     keys = set().union(*logged["history"])
     assert {"claims/nrows", "runs/nrows", "plots/frontier/path"} <= keys

@@ -40,6 +40,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
                         help="log the report as a W&B run (default: when wandb is installed)")
     parser.add_argument("--wandb-mode", choices=("offline", "online"), default="offline")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="create (or replace) the sweep's W&B workspace with every panel of the comparison "
+                             "(needs the runs uploaded: dpo-ppo-sync; pip install 'dpo-ppo[dashboard]')")
+    parser.add_argument("--dashboard-spec", type=Path, metavar="FILE",
+                        help="write the workspace's spec (sections, panels, filters, grouping) as JSON; offline")
     args = parser.parse_args(argv)
     if args.min_runs < 2:
         parser.error("--min-runs must be >= 2: one run per side never gives a verdict")
@@ -71,5 +76,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"W&B {args.wandb_mode} run: {run_dir}")
         except Exception as err:  # the report itself is written; W&B is a copy of it
             print(f"W&B logging failed ({err!r}); the report is still in {out}", file=sys.stderr)
+    if args.dashboard or args.dashboard_spec:
+        dashboard(summary, args.dashboard_spec, save=args.dashboard)
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+def dashboard(summary, spec_file: Optional[Path], save: bool) -> None:
+    """The sweep's W&B workspace (``report.dashboard``): its spec written to ``spec_file``, and
+    with ``save`` the workspace created through W&B's API."""
+    import json
+    import os
+
+    from dpo_ppo.report import dashboard as D
+
+    runs = summary["_runs"]
+    logger = next((r.config.get("logger") for r in runs if isinstance(r.config.get("logger"), dict)), {}) or {}
+    entity = (os.environ.get("WANDB_ENTITY") or logger.get("entity")
+              or next((r.wandb.get("entity") for r in runs if r.wandb.get("entity")), None))
+    project = os.environ.get("WANDB_PROJECT") or logger.get("project") or "dpo-ppo"
+    if save and not entity:
+        import wandb
+
+        entity = wandb.Api().default_entity
+    workspace = D.from_report(summary, entity or "<your entity>", project)
+    if spec_file:
+        Path(spec_file).write_text(json.dumps(D.spec(workspace), indent=1))
+        print(f"dashboard spec: {spec_file}")
+    if save:
+        workspace.save()
+        print(f"W&B workspace: {workspace.url}")

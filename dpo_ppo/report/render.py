@@ -170,10 +170,37 @@ def matched_markdown(facets: Sequence[C.Facet], n_boot: int, seed: int) -> Tuple
     return md, out
 
 
-def report_run_id(root: Path) -> str:
-    """The W&B run id of a sweep's report: fixed by the sweep folder, so a re-made report is
-    the same run."""
-    return "report-" + hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:16]
+def sweep_name(root: Path, runs: Sequence[Run], meta: Dict[str, Any]) -> str:
+    """The sweep's name: sweep.json's, else the jobs' config ``name``, else the folder's."""
+    return meta.get("name") or next((r.config.get("name") for r in runs if r.config.get("name")), Path(root).name)
+
+
+def report_run_id(root: Path, name: Optional[str] = None, runs: Optional[Sequence[Run]] = None) -> str:
+    """The W&B run id of a sweep's report, from what the sweep is, not where it lies: its name and
+    its jobs' identities (their overrides without the keys that do not name a job, as in the
+    folder names).  A re-made, copied or moved report is the same run."""
+    if runs is None:
+        runs, meta = load_sweep(Path(root))
+        name = name or sweep_name(root, runs, meta)
+    jobs = sorted({",".join(R.identity(r.overrides)) for r in runs})
+    return "report-" + hashlib.sha1(json.dumps([name, jobs]).encode()).hexdigest()[:16]
+
+
+def report_group(name: str) -> str:
+    """The report's own W&B group (beside the jobs' ``<sweep>/<algorithm>/...`` groups)."""
+    return f"{name}/report"
+
+
+def table_cell(value: Any) -> Any:
+    """A value for a W&B table: numbers stay numbers, missing ones (None, "", NaN) become None,
+    the rest text."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+    return str(value)
 
 
 def progress_line(runs: Sequence[Run]) -> Tuple[str, Dict[str, int]]:
@@ -344,7 +371,7 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
     for stale in out.glob("*.png"):  # from an earlier report
         stale.unlink()
     pair = [resolve_job(t, root, runs) for t in compare] if compare else []
-    name = meta.get("name") or next((r.config.get("name") for r in runs if r.config.get("name")), root.name)
+    name = sweep_name(root, runs, meta)
     done, configs, metrics = finished(runs), configurations(runs), metric_names(runs)
     progress, counts = progress_line(runs)
     facets, facet_notes = C.make_facets(runs, pool)
@@ -438,28 +465,44 @@ def claims_table_rows(summary: Dict[str, Any]) -> List[List[Any]]:
     return out
 
 
+REPORT_STATE = "wandb_run.json"  # in the report folder: the report run's id and next history step
+
+
 def log_to_wandb(summary: Dict[str, Any], out: Path, mode: str = "offline") -> Optional[str]:
-    """The sweep's report run (job_type report, group = sweep name): the same run every time the
-    report is re-made (id fixed by the sweep folder, resume allowed), with the claims table as a
-    W&B Table, the runs table and the plots."""
+    """The sweep's report run: job type ``report`` in its own group (``<sweep>/report``, tagged
+    ``report`` and ``sweep=<name>``), the same run every time the report is re-made (id from the
+    sweep's name and jobs, resume allowed), with the claims and runs tables as W&B Tables (typed
+    columns) and the plots.  A re-made report logs at history steps after the last one
+    (``REPORT_STATE``): offline, each re-make is a new folder starting at step 0, and W&B keeps
+    only rising steps of one run."""
     import wandb
 
     runs: List[Run] = summary["_runs"]
     logger = next((r.config.get("logger") for r in runs if isinstance(r.config.get("logger"), dict)), {}) or {}
-    run = wandb.init(project=logger.get("project") or "dpo-ppo", entity=logger.get("entity"),
-                     group=summary["name"], job_type="report", name=f"{summary['name']}-report",
-                     id=report_run_id(Path(summary["sweep_dir"])), resume="allow",
-                     dir=str(out), mode=mode, reinit="finish_previous",
-                     config={"sweep_dir": summary["sweep_dir"], "jobs": summary["jobs"], **summary["settings"]})
+    run_id = report_run_id(Path(summary["sweep_dir"]), summary["name"], runs)
+    state_path = Path(out) / REPORT_STATE
     try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        state = {}
+    run = wandb.init(project=logger.get("project") or "dpo-ppo", entity=logger.get("entity"),
+                     group=report_group(summary["name"]), job_type="report", name=f"{summary['name']}-report",
+                     tags=["report", f"sweep={summary['name']}"[:64]],
+                     id=run_id, resume="allow", dir=str(out), mode=mode, reinit="finish_previous",
+                     config={"sweep": summary["name"], "sweep_dir": summary["sweep_dir"], "jobs": summary["jobs"],
+                             **summary["settings"]})
+    try:
+        step = max(int(run.step or 0), int(state.get("next_step") or 0) if state.get("id") == run_id else 0)
         header, rows = summary["_runs_table"]
         data: Dict[str, Any] = {
-            "claims": wandb.Table(columns=CLAIM_COLUMNS, data=claims_table_rows(summary)),
-            "runs": wandb.Table(columns=header, data=[[str(c) for c in r] for r in rows]),
+            "claims": wandb.Table(columns=CLAIM_COLUMNS, data=[[table_cell(c) for c in r]
+                                                               for r in claims_table_rows(summary)]),
+            "runs": wandb.Table(columns=header, data=[[table_cell(c) for c in r] for r in rows]),
         }
         for key, name in summary["images"].items():
             data[f"plots/{key}"] = wandb.Image(str(out / name))
-        run.log(data)
+        run.log(data, step=step)
+        state_path.write_text(json.dumps({"id": run_id, "next_step": step + 1}))
         run.summary.update({f"jobs/{k.replace(' ', '_')}": v for k, v in summary["counts"].items()})
         for verdict in ("supported", "contradicted", "inconclusive"):
             run.summary[f"claims/{verdict}"] = sum(c["verdict"] == verdict for c in summary["claims"])

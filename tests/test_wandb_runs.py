@@ -1,0 +1,308 @@
+"""What a job's and a report's W&B runs hold, read back from the offline run files (issue 24)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from dpo_ppo import results as R
+from dpo_ppo.config import LoggerConfig
+from dpo_ppo.record import Recorder, run_group
+
+from fixtures import read_offline_run
+from sweepfab import BIAS, write_job
+
+pytest.importorskip("wandb")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+
+
+def offline_runs(folder: Path) -> list:
+    return sorted(Path(folder, "wandb").glob("offline-run-*"))
+
+
+def job_results(**extra) -> dict:
+    return {"status": "running", "algorithm": "dpo", "name": "smoke", "metrics": {},
+            "overrides": ["algorithm=dpo", "algorithm.lr=2e-4", "seed=1", "logger=wandb_offline"], **extra}
+
+
+def test_analysis_tables_stay_tables_and_measurements_stay_out_of_the_config(tmp_path):
+    asked = {"mode": "matched", "prefixes_per_step": 16}
+    rec = Recorder(tmp_path, job_results(), LoggerConfig(project="proj"), {"compute": asked}, run_name="j")
+    rec.metrics({"analysis/weights/msd_all": 0.25, "eval/policy/reward_mean": 0.6})
+    rec.table("analysis/heads", ["layer", "head", "score"], [[0, 1, 0.5]])
+    rec.measured("compute", {"wall_s": 12.5, "trained_tokens": 1000})
+    rec.finish("finished")
+    run = read_offline_run(offline_runs(tmp_path)[0])
+    # summary="last" made every field of a table {"last": ...}: the summary held a dict, not a table
+    assert run["summary"]["analysis/heads/_type"] == "table-file"
+    assert run["summary"]["analysis/weights/msd_all"] == 0.25
+    assert not any(m["summary"] for m in run["metrics"].values())
+    assert run["config"]["compute"] == asked  # the Hydra group as asked, not replaced by what it cost
+    assert run["summary"]["compute/wall_s"] == 12.5 and run["summary"]["compute/trained_tokens"] == 1000
+
+
+def test_a_job_is_grouped_by_its_arm_configuration_not_its_seed(tmp_path):
+    assert run_group(job_results()) == "smoke/dpo/lr=2e-4"
+    assert run_group({**job_results(), "overrides": ["algorithm=ppo", "seed=0"], "algorithm": "ppo"}) == "smoke/ppo"
+    assert run_group(job_results(overrides=["algorithm=dpo", "algorithm.beta=0.1", "model=tiny", "seed=2"])) \
+        == "smoke/dpo/beta=0.1,model=tiny"
+    long = run_group(job_results(overrides=[f"algorithm.k{i}=1" for i in range(40)]))
+    assert len(long) <= 128 and long != run_group(job_results(overrides=[f"algorithm.k{i}=2" for i in range(40)]))
+    rec = Recorder(tmp_path, job_results(), LoggerConfig(project="proj"), {"sweep": "smoke"}, run_name="j")
+    rec.finish("finished")
+    run = read_offline_run(offline_runs(tmp_path)[0])
+    assert run["run"]["group"] == "smoke/dpo/lr=2e-4" and run["run"]["job_type"] == "dpo"
+    assert "sweep=smoke" in run["run"]["tags"]
+
+
+def test_a_resumed_run_continues_its_history_steps(tmp_path):
+    """Offline, every attempt of a requeued job is a new folder under the same id whose history
+    would start at step 0 again; W&B keeps only rising steps of a run."""
+    results = job_results()
+    rec = Recorder(tmp_path, results, LoggerConfig(project="proj"), {}, run_name="j")
+    for ex in (16, 32, 48):
+        rec.log({"train/loss": 1.0 / ex}, ex)
+    run_id, next_step = results["wandb"]["id"], results["wandb"]["next_step"]
+    assert json.loads((tmp_path / R.RESULTS_FILE).read_text())["wandb"]["next_step"] == next_step == 3
+    rec.run.finish(exit_code=1)  # killed: results.json still says running
+    time.sleep(1.1)  # W&B names an offline run's folder by the second it started
+    rec2 = Recorder(tmp_path, job_results(), LoggerConfig(project="proj"), {}, run_name="j", resume_id=run_id,
+                    resume_step=next_step)
+    for ex in (48, 64):
+        rec2.log({"train/loss": 1.0 / ex}, ex)
+    rec2.metrics({"eval/policy/reward_mean": 0.6})
+    rec2.finish("finished")
+    first, second = (read_offline_run(r) for r in offline_runs(tmp_path))
+    assert first["run"]["id"] == second["run"]["id"] == run_id
+    assert [r["_step"] for r in first["history"]] == [0, 1, 2]
+    assert [r["_step"] for r in second["history"]] == [3, 4, 5]
+    assert [r["train/examples"] for r in second["history"] if "train/examples" in r] == [48, 64]
+
+
+def test_report_run_is_typed_stable_across_copies_and_continues_when_remade(tmp_path):
+    from dpo_ppo import report
+
+    root = tmp_path / "a" / "fab"
+    for algorithm in R.ALGORITHMS:
+        for seed in (0, 1):
+            write_job(root, algorithm, 1, seed, {R.KL: 1.0 + seed, R.REWARD: 0.5, BIAS: 0.1})
+    assert report.main([str(root), "--wandb", "--bootstrap", "100", "--no-figures"]) == 0
+    read_offline_run(offline_runs(root / "report")[0])  # W&B's service may still be writing it: wait
+    moved = tmp_path / "b" / "fab-copy"
+    shutil.copytree(root, moved)
+    time.sleep(1.1)
+    assert report.main([str(moved), "--wandb", "--bootstrap", "100", "--no-figures"]) == 0
+    assert report.report_run_id(root) == report.report_run_id(moved)  # name and jobs, not the path
+    other = tmp_path / "c" / "fab"
+    write_job(other, "dpo", 2, 0, {R.KL: 1.0, R.REWARD: 0.5})
+    assert report.report_run_id(other) != report.report_run_id(root)
+    runs = [read_offline_run(r) for r in offline_runs(moved / "report")]
+    assert len(runs) == 2 and {r["run"]["id"] for r in runs} == {report.report_run_id(root)}
+    assert [[h["_step"] for h in r["history"]] for r in runs] == [[0], [1]]  # the re-made one after the first
+    logged = runs[-1]
+    assert logged["run"]["group"] == "fab/report" and logged["run"]["job_type"] == "report"
+    assert {"report", "sweep=fab"} <= set(logged["run"]["tags"])
+    table = json.loads((offline_runs(moved / "report")[-1] / "files" / logged["summary"]["runs/path"]).read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert sorted(r[R.KL] for r in rows) == [1.0, 1.0, 2.0, 2.0]  # numbers, not '1.0'
+    assert all(r["error"] is None and r["beta"] in (1, None) for r in rows)  # None, not 'None' or ''
+
+
+# --------------------------------------------------------------------------- DPO's train/kl and reward
+
+
+def test_dpo_logs_ppos_train_kl_and_reward_on_the_examples_axis(tmp_path):
+    """The probe's train/kl is PPO's: per completion the sum over its tokens of log pi - log
+    pi_ref (k1) on the policy's own samples, mean over completions; train/reward_mean the
+    classifier's mean p_positive; before training, every ``probe_every`` examples and at the end."""
+    import copy
+
+    import torch
+    from test_ppo import tiny_model, tiny_tokenizer
+
+    from dpo_ppo.dpo import train_dpo
+    from dpo_ppo.evaluate import TrainingProbe
+    from dpo_ppo.sampling import completion_logprobs, generate, sample_keys
+    from fixtures import dpo_algo, token_pairs
+
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    ref = copy.deepcopy(model).eval()
+    prompts = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16]]
+
+    def reward(texts):
+        return [min(1.0, len(t) / 40) for t in texts]
+
+    probe = TrainingProbe(ref, tok, prompts, reward, completion_len=6, seed=3)
+    rng = torch.get_rng_state()
+    before = probe(model)
+    assert torch.equal(rng, torch.get_rng_state())  # a probe never moves the training's random stream
+    assert before["train/kl"] == pytest.approx(0.0, abs=1e-6)  # the policy is still the reference
+    rows = []
+    policy = copy.deepcopy(model)
+    algo = dpo_algo(snapshot_every=8, lr=3e-2)
+    train_dpo(algo, policy, ref, tok, token_pairs(16), tmp_path, log_fn=lambda m, s: rows.append(m), probe=probe)
+    probes = [r for r in rows if "train/kl" in r]
+    assert [r["train/examples"] for r in probes] == [0, 8, 16]
+    assert probes[0]["train/kl"] == 0.0 and "train/reward_mean" not in probes[0]  # the reference: nothing sampled
+    probes = probes[1:]
+    assert all("train/loss" not in r for r in probes) and any("train/loss" in r for r in rows)
+    # the last probe by hand: the same keyed completions, then PPO's k1 sum per sequence
+    completions = generate(policy, tok, prompts, 6, batch_size=3, desc=None, keys=sample_keys(3, range(3)))
+    k1 = (completion_logprobs(policy, prompts, completions, pad_id=tok.pad_token_id)
+          - completion_logprobs(ref, prompts, completions, pad_id=tok.pad_token_id))
+    texts = tok.batch_decode([p + c for p, c in zip(prompts, completions)], skip_special_tokens=True)
+    assert probes[-1]["train/kl"] == pytest.approx(float(k1.mean()), abs=1e-4) and abs(probes[-1]["train/kl"]) > 1e-3
+    assert probes[-1]["train/reward_mean"] == pytest.approx(sum(reward(texts)) / 3, abs=1e-6)
+    assert probes[-1]["train/kl_exact"] > 0
+
+
+# --------------------------------------------------------------------------- lineage and joins
+
+
+def test_policy_artifact_inputs_and_files_of_a_job_run(tmp_path):
+    shared = {}
+    for kind in ("corpus", "reference", "classifier", "prefs"):
+        shared[kind] = str(tmp_path / "cache" / kind / f"key{kind}")
+        Path(shared[kind]).mkdir(parents=True)
+    policy = tmp_path / "job" / "policy"
+    policy.mkdir(parents=True)
+    (policy / "config.json").write_text("{}")
+    (policy / "model.safetensors").write_bytes(b"0" * 64)
+    job = tmp_path / "job"
+    results = job_results(artifacts=shared)
+    rec = Recorder(job, results, LoggerConfig(project="proj"), {}, run_name="j")
+    rec.model(policy, "upload", algorithm="dpo")
+    rec.inputs(shared)
+    (job / "analysis.json").write_text("{}")
+    rec.files(job / "analysis.json")
+    rec.finish("finished")
+    run = read_offline_run(offline_runs(job)[0])
+    (art,) = run["artifacts"]
+    assert art["name"] == f"policy-{results['wandb']['id']}" and art["type"] == "model"
+    assert {"latest", "final"} <= set(art["aliases"]) and art["metadata"]["algorithm"] == "dpo"
+    assert sorted(art["paths"]) == ["config.json", "model.safetensors"]
+    assert {"results.json", "analysis.json"} <= set(run["files"])
+    # W&B refuses use_artifact offline: the inputs wait in results.json for dpo-ppo-sync
+    saved = json.loads((job / R.RESULTS_FILE).read_text())["wandb"]
+    assert [i["name"] for i in saved["inputs"]] == ["corpus-keycorpus", "reference-keyreference",
+                                                   "classifier-keyclassifier", "prefs-keyprefs"]
+    assert not saved.get("inputs_declared")
+
+
+def test_sync_declares_the_shared_inputs_once_a_run_is_uploaded(tmp_path):
+    from types import SimpleNamespace
+
+    from dpo_ppo.wandb_sync import sync
+
+    job = tmp_path / "sweep" / "job"
+    rec = Recorder(job, job_results(), LoggerConfig(project="proj"), {}, run_name="j")
+    corpus = tmp_path / "cache" / "corpus" / "k1"
+    corpus.mkdir(parents=True)
+    rec.inputs({"corpus": str(corpus)})
+    rec.finish("finished")
+
+    def fake_wandb(cmd):
+        for path in cmd[2:]:
+            for f in Path(path).glob("run-*.wandb"):
+                f.with_suffix(".wandb.synced").write_text("")
+        return SimpleNamespace(returncode=0)
+
+    declared = []
+    sync(tmp_path / "sweep", runner=fake_wandb, wandb_cmd=["wandb"], declare=lambda info, status: declared.append(
+        ([i["name"] for i in info["inputs"]], status)))
+    assert declared == [(["corpus-k1"], "finished")]
+    assert json.loads((job / R.RESULTS_FILE).read_text())["wandb"]["inputs_declared"]
+    sync(tmp_path / "sweep", runner=fake_wandb, wandb_cmd=["wandb"], declare=lambda *a: declared.append(a))
+    assert len(declared) == 1  # once
+
+
+# --------------------------------------------------------------------------- (c) and (d) as native panels
+
+
+def test_analysis_as_tables_bar_chart_and_history_over_training(tmp_path):
+    out = {
+        "tables": {
+            "weights_over_training": {"columns": ["examples", "msd_weights", "msd_layer0"],
+                                      "data": [[32, 0.1, 0.2], [64, 0.3, 0.4]]},
+            # a per-snapshot table in long format, as a head analysis over training would write it
+            "heads_over_training": {"columns": ["examples", "model", "layer", "head", "score"],
+                                    "data": [[32, "policy", 0, 1, 0.5], [64, "policy", 0, 1, 0.7]]},
+            "ablation": {"columns": ["model", "kind", "layer", "head", "lm_loss_increase"],
+                         "data": [["policy", "zero", 0, 0, 0.01]]},
+        },
+        "details": {"weights_per_layer": {"0": {"weight": 1.0, "bias": 2.0, "all": 1.5},
+                                          "1": {"weight": 3.0, "bias": 4.0, "all": 3.5}}},
+        "per_head": {"ablation/policy/zero/lm_loss_increase": [[0.1, 0.2], [0.3, 0.4]]},
+    }
+    rec = Recorder(tmp_path, job_results(), LoggerConfig(project="proj"), {}, run_name="j")
+    for ex in (32, 64):
+        rec.log({"train/loss": 1.0}, ex)
+    rec.analysis(out)
+    rec.finish("finished")
+    folder = offline_runs(tmp_path)[0]
+    run = read_offline_run(folder)
+    s = run["summary"]
+    for key in ("analysis/weights_over_training", "analysis/ablation", "analysis/weights_per_layer",
+                "analysis/per_head/ablation/policy/zero/lm_loss_increase"):
+        assert s[f"{key}/_type"] == "table-file", key
+    layer = json.loads((folder / "files" / s["analysis/weights_per_layer/path"]).read_text())
+    assert layer["columns"] == ["layer", "weights", "biases", "all"] and layer["data"][1] == [1, 3.0, 4.0, 3.5]
+    heads = json.loads((folder / "files" / s["analysis/per_head/ablation/policy/zero/lm_loss_increase/path"]).read_text())
+    assert heads["columns"] == ["layer", "head", "value"] and heads["data"][2] == [1, 0, 0.3]
+    assert any(k.startswith("analysis/charts/weights_per_layer") for k in s)  # wandb.plot.bar
+    assert run["metrics"]["over_training/*"]["step_metric"] == "train/examples"
+    points = [r for r in run["history"] if any(k.startswith("over_training/") for k in r)]
+    assert [(p["train/examples"], p["over_training/weights_over_training/msd_layer0"],
+             p["over_training/heads_over_training/score/model=policy/layer=0/head=1"]) for p in points] \
+        == [(32, 0.2, 0.5), (64, 0.4, 0.7)]
+
+
+# --------------------------------------------------------------------------- the scripted dashboard
+
+
+def test_dashboard_spec_has_every_panel_of_the_comparison(tmp_path):
+    pytest.importorskip("wandb_workspaces")
+    from dpo_ppo import report
+    from dpo_ppo.report import dashboard as D
+
+    root = tmp_path / "fab"
+    grid = [[0.1, 0.2], [0.3, 0.4]]
+    for algorithm in R.ALGORITHMS:
+        for seed in (0, 1):
+            write_job(root, algorithm, 1, seed, {R.KL: 1.0, R.REWARD: 0.5, "analysis/weights/msd_layer0": 0.1,
+                                                 "analysis/weights/msd_layer1": 0.2},
+                      per_head={"ablation/policy/zero/lm_loss_increase": grid})
+    spec_file = tmp_path / "dash.json"
+    assert report.main([str(root), "--no-wandb", "--bootstrap", "100", "--no-figures",
+                        "--dashboard-spec", str(spec_file)]) == 0
+    spec = json.loads(spec_file.read_text())
+    assert spec["project"] == "dpo-ppo-test" and spec["x_axis"] == "train/examples"
+    assert "sweep=fab" in spec["filters"] and "Group" in spec["groupby"][0]
+    # one colour per arm group, blues for DPO and oranges for PPO
+    assert set(spec["group_colors"]) == {"fab/dpo/beta=1", "fab/ppo/kl_target=1"}
+    assert spec["group_colors"]["fab/dpo/beta=1"] in D.DPO_COLORS and spec["group_colors"]["fab/ppo/kl_target=1"] in D.PPO_COLORS
+    panels = {s["name"][:3]: s["panels"] for s in spec["sections"]}
+    assert list(panels) == ["(a)", "(b)", "(c)", "(d)", "(e)"]
+    (frontier,) = panels["(a)"]
+    assert frontier["type"] == "ScatterPlot" and R.KL in frontier["x"] and R.REWARD in frontier["y"]
+    curves = {p["y"][0] for p in panels["(b)"]}
+    assert {"train/kl", "train/reward_mean"} <= curves and all(p["x"] == "train/examples" for p in panels["(b)"])
+    bar = next(p for p in panels["(c)"] if p["type"] == "BarPlot")
+    assert [m.split("'")[1] for m in bar["metrics"]] == ["analysis/weights/msd_layer0", "analysis/weights/msd_layer1"]
+    assert any("over_training/weights_over_training/msd_layer1" in p.get("y", []) for p in panels["(c)"])
+    assert [p["table_name"] for p in panels["(d)"]] == ["analysis/per_head/ablation/policy/zero/lm_loss_increase",
+                                                        "analysis/ablation"]
+    assert {"claims", "runs", "eval_rows"} <= {p["table_name"] for p in panels["(e)"]}
+    # W&B's own wire form builds offline (what workspace.save() would send)
+    view = D.build_workspace("fab", "lab", "p", layers=2)._to_model()
+    assert "train/examples" in view.model_dump_json()
