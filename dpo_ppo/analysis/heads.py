@@ -23,6 +23,8 @@ Probes (each starts with BOS, as in TransformerLens):
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from transformer_lens import head_detector as hd
 
@@ -88,17 +90,24 @@ def detect_all(bridge, *, text_seqs: list[list[int]], random_seqs: list[list[int
 # --------------------------------------------------------------------------- the analysis
 
 
-def run(ctx: Context) -> Output:
-    """Scalars ``heads/...``, table ``heads``, per-head scores of both models and their change."""
-    cfg, out = ctx.cfg, Output()
-    idx = ctx.order[: cfg.head_texts]
-    text_seqs, _ = encode(ctx.tokenizer, ctx.texts_at(idx), cfg.max_tokens, prepend_bos=cfg.prepend_bos)
+def scorer(ctx: Context, progress: bool = True) -> Callable[[Any], dict[str, torch.Tensor]]:
+    """``bridge -> detect_all(bridge, ...)`` on this context's probes (built once here), the one
+    computation behind the cached reference entry "heads" (analyses 4 and 6 both use it)."""
+    cfg = ctx.cfg
+    text_seqs, _ = encode(ctx.tokenizer, ctx.texts_at(ctx.order[: cfg.head_texts]), cfg.max_tokens,
+                          prepend_bos=cfg.prepend_bos)
     vocab = min(len(ctx.tokenizer), ctx.models["policy"].config.vocab_size)
     random_seqs = repeated_random_tokens(ctx.tokenizer, cfg.head_random_seqs, cfg.head_random_len,
                                          seed=cfg.seed, vocab=vocab)
-    scores = {name: ctx.for_model(name, "heads", lambda: detect_all(
-        ctx.bridge(name), text_seqs=text_seqs, random_seqs=random_seqs, pad=ctx.pad, batch_size=cfg.batch_size))
-        for name in MODELS}
+    return lambda bridge: detect_all(bridge, text_seqs=text_seqs, random_seqs=random_seqs, pad=ctx.pad,
+                                     batch_size=cfg.batch_size, progress=progress)
+
+
+def run(ctx: Context) -> Output:
+    """Scalars ``heads/...``, table ``heads``, per-head scores of both models and their change."""
+    out = Output()
+    score = scorer(ctx)
+    scores = {name: ctx.for_model(name, "heads", lambda: score(ctx.bridge(name))) for name in MODELS}
     rows = []
     per = {name: {t: s.tolist() for t, s in scores[name].items()} for name in MODELS}
     per["change"] = {}

@@ -24,7 +24,7 @@ import logging
 import torch
 
 from dpo_ppo.analysis import heads, plots, sentiment_attention
-from dpo_ppo.analysis.common import boot_bridge, encode
+from dpo_ppo.analysis.common import boot_bridge
 from dpo_ppo.analysis.context import Context, Output
 from dpo_ppo.analysis.weights import snapshot_examples
 from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
@@ -57,19 +57,11 @@ def run(ctx: Context) -> Output:
     cfg, out = ctx.cfg, Output()
     if not (cfg.snapshots and ctx.snapshots):
         return out
-    # the probes of analyses 4 and 5, built exactly as they build them (the reference's side then
-    # comes from the same cache entries)
-    text_seqs, _ = encode(ctx.tokenizer, ctx.texts_at(ctx.order[: cfg.head_texts]), cfg.max_tokens,
-                          prepend_bos=cfg.prepend_bos)
-    vocab = min(len(ctx.tokenizer), ctx.models["policy"].config.vocab_size)
-    random_seqs = heads.repeated_random_tokens(ctx.tokenizer, cfg.head_random_seqs, cfg.head_random_len,
-                                               seed=cfg.seed, vocab=vocab)
+    # the computations of analyses 4 and 5 on their own probes (the reference's side then comes
+    # from the same cache entries)
+    measure = heads.scorer(ctx, progress=False)
     prepared = sentiment_attention.prepare_prompts(ctx.tokenizer, list(cfg.sentiment_prompts),
                                                    prepend_bos=cfg.prepend_bos)
-
-    def measure(bridge) -> dict[str, torch.Tensor]:
-        return heads.detect_all(bridge, text_seqs=text_seqs, random_seqs=random_seqs, pad=ctx.pad,
-                                batch_size=cfg.batch_size, progress=False)
 
     def attention(bridge) -> dict:
         return sentiment_attention.attention_to_token(bridge, prepared)
