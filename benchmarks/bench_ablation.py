@@ -27,7 +27,7 @@ import torch
 from bench_common import build
 from fixtures import HashScorer  # tests/fixtures.py: bench_common put tests/ on sys.path
 
-from dpo_ppo import hardware
+from dpo_ppo.runtime import hardware
 from dpo_ppo.analysis.ablation import ablate_heads
 from dpo_ppo.analysis.cli import analysis_config, compose
 

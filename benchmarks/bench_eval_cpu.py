@@ -31,9 +31,9 @@ def main() -> None:
     import dpo_ppo.evaluate as E
     from dpo_ppo.job import EVAL_PROMPT_SEED
     from dpo_ppo.main import CONF_DIR
-    from dpo_ppo.models import load_policy
-    from dpo_ppo.prompts import make_prefixes
-    from dpo_ppo.scorer import Scorer
+    from dpo_ppo.data.models import load_policy
+    from dpo_ppo.data.prompts import make_prefixes
+    from dpo_ppo.data.scorer import Scorer
     from datasets import load_from_disk
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -51,7 +51,7 @@ def main() -> None:
     eval_cfg = cfg.eval
     kwargs = {}
     if "runtime" in inspect.signature(E.evaluate_model).parameters:
-        from dpo_ppo import hardware
+        from dpo_ppo.runtime import hardware
 
         kwargs["runtime"] = hardware.resolve(cfg, torch.device("cpu"))
     print(f"code: {Path(E.__file__).parents[1]}; {len(prompts)} prompts x {eval_cfg.completion_len} tokens, "

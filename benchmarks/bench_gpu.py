@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import SHAPES, build  # noqa: E402
 
 from dpo_ppo import hardware  # noqa: E402
-from dpo_ppo.sampling import generate, sample_keys  # noqa: E402
+from dpo_ppo.train.sampling import generate, sample_keys  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_FILE: Path | None = None  # <out>/<section>.json, rewritten at every emit: a killed run keeps its figures

@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-from dpo_ppo.gpus import task_cores as cores  # noqa: E402  (OMP_NUM_THREADS, else the affinity)
+from dpo_ppo.runtime.gpus import task_cores as cores  # noqa: E402  (OMP_NUM_THREADS, else the affinity)
 
 
 def job_command(cache: Path, run_dir: Path, jobs_per_gpu: int, extra: list[str]) -> list[str]:

@@ -23,10 +23,10 @@ from dpo_ppo.main import CONF_DIR
 
 def main(overrides: list[str]) -> None:
     from dpo_ppo.job import run_job
-    from dpo_ppo.models import load_policy
-    from dpo_ppo.prompts import make_prefixes
-    from dpo_ppo.sampling import generate
-    from dpo_ppo.scorer import Scorer
+    from dpo_ppo.data.models import load_policy
+    from dpo_ppo.data.prompts import make_prefixes
+    from dpo_ppo.train.sampling import generate
+    from dpo_ppo.data.scorer import Scorer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

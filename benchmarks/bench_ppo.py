@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from bench_common import build, build_scorer
 
 from dpo_ppo.config import PPOAlgorithmConfig
-from dpo_ppo.ppo import train_ppo
+from dpo_ppo.train.ppo import train_ppo
 
 def ppo_config(**overrides):
     yaml = OmegaConf.load(Path(__file__).parents[1] / "conf" / "algorithm" / "ppo.yaml")
@@ -86,7 +86,7 @@ def main() -> None:
 
 
 def run(args, precision: str, static: bool) -> dict:
-    from dpo_ppo import hardware
+    from dpo_ppo.runtime import hardware
 
     if args.threads:
         torch.set_num_threads(args.threads)

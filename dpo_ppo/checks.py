@@ -2,7 +2,7 @@
 
 ``ConfigError`` and the small range checks live here, apart from both schemas, so that
 ``dpo_ppo.config`` imports ``dpo_ppo.analysis.config`` and neither imports the other back (nor
-does ``dpo_ppo.sources``).  Nothing here imports from the package.
+does ``dpo_ppo.data.sources``).  Nothing here imports from the package.
 """
 
 from __future__ import annotations

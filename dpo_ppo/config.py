@@ -233,7 +233,7 @@ class DPOAlgorithmConfig(AlgorithmConfig):
 
 @dataclass
 class PPOAlgorithmConfig(AlgorithmConfig):
-    """PPO with the adaptive KL controller of Ziegler et al. (2019); see dpo_ppo/ppo.py.
+    """PPO with the adaptive KL controller of Ziegler et al. (2019); see dpo_ppo/train/ppo.py.
 
     KL penalty: kl_controller=log (default) is a PI controller on log(kl_coef) whose gain is tied to
     the run's number of updates, so the run reaches kl_target; ziegler is old TRL's adaptive
@@ -382,7 +382,7 @@ class HardwareConfig:
     None of these change what a job computes (sampling is keyed, training batches are the
     algorithm's), only its speed and memory, so they are left out of a job's identity: a sweep
     started on CPUs resumes on a GPU.  null = chosen from the device when the job starts
-    (``dpo_ppo.hardware.resolve``): today's sizes on a CPU, larger ones on a GPU, scaled by its
+    (``dpo_ppo.runtime.hardware.resolve``): today's sizes on a CPU, larger ones on a GPU, scaled by its
     memory shared among ``jobs_per_gpu`` jobs.  The chosen values are in results.json ``hardware``.
     """
 
@@ -510,7 +510,7 @@ class Config:
             raise ConfigError("compute.prefixes_per_step",
                               f"must divide algorithm.rollout_prefixes ({algo.rollout_prefixes}) for "
                               f"compute=matched, got {compute.prefixes_per_step}")
-        from dpo_ppo.sources import local_path
+        from dpo_ppo.data.sources import local_path
 
         if model.source == "embedded" or local_path(model.source) is None:
             check_context(self)  # a local folder's own context is checked with the folders (check_model_folder)
@@ -781,7 +781,7 @@ def check_model_folder(cfg, key: str, folder) -> None:
     no pad).  Reads small JSON files only."""
     from pathlib import Path
 
-    from dpo_ppo.sources import context_length
+    from dpo_ppo.data.sources import context_length
 
     folder = Path(folder).expanduser()
     context = context_length(folder)
@@ -797,7 +797,7 @@ def check_tokenizer_pad(key: str, folder) -> None:
     no pad): refused when its files write both out as null."""
     from pathlib import Path
 
-    from dpo_ppo.sources import tokenizer_has_pad_or_eos
+    from dpo_ppo.data.sources import tokenizer_has_pad_or_eos
 
     if tokenizer_has_pad_or_eos(Path(folder)) is False:
         raise ConfigError(key, f"the tokenizer in {folder} has neither a pad nor an EOS token to pad batches "
@@ -811,8 +811,8 @@ def check_data(cfg: Config) -> None:
     longer than each prefix length.  The number of tokens needs the tokenizer, which the base
     stage may build: here a bound (one token per byte at most); the prompts stage, before the
     scorer, checks the exact count."""
-    from dpo_ppo.prompts import eval_shortfall, usable_upper_bound
-    from dpo_ppo.sources import check_corpus, load_dataset_folder, local_path
+    from dpo_ppo.data.prompts import eval_shortfall, usable_upper_bound
+    from dpo_ppo.data.sources import check_corpus, load_dataset_folder, local_path
 
     data, ev, algo = cfg.data, cfg.eval, cfg.algorithm
     if data.source == "synthetic":
@@ -840,7 +840,7 @@ def check_local_paths(cfg: Config) -> None:
     loaders need and what the job needs of them (small JSON files, and the reviews of a local
     data folder, memory-mapped)."""
     _check_writable_dir("cache_dir", cfg.cache_dir)
-    from dpo_ppo.sources import check_pretrained_folder, classifier_labels, id2label, local_path
+    from dpo_ppo.data.sources import check_pretrained_folder, classifier_labels, id2label, local_path
 
     if cfg.model.source != "embedded":
         check_pretrained_folder("model.source", cfg.model.source)

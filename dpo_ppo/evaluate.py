@@ -22,8 +22,8 @@ import contextlib
 
 import torch
 
-from dpo_ppo.hardware import CPU_SIZES
-from dpo_ppo.sampling import generate, sample_keys, sequence_kl
+from dpo_ppo.runtime.hardware import CPU_SIZES
+from dpo_ppo.train.sampling import generate, sample_keys, sequence_kl
 
 
 def distinct_n(completions: list[list[int]], n: int) -> float:
@@ -44,7 +44,7 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
     completions whatever ran before in the process, and two models share their sampling noise
     prompt by prompt, so their rows pair on ``prompt_id``.
 
-    ``runtime`` (``dpo_ppo.hardware.Runtime``) gives the batch sizes (``eval_cfg.batch_size``
+    ``runtime`` (``dpo_ppo.runtime.hardware.Runtime``) gives the batch sizes (``eval_cfg.batch_size``
     wins when set) and the precision; without it: batches of 250 / 64 in float32.
     """
     gen_batch = eval_cfg.batch_size or (runtime.gen_batch_size if runtime is not None else CPU_SIZES["gen_batch_size"])

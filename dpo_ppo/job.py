@@ -3,7 +3,7 @@
     corpus -> base -> scorer -> prompts -> prefs (DPO) -> train -> evaluate -> analyze -> record
 
 Corpus, base model, classifier, preference data and the reference model's evaluation are cached
-artifacts shared by every job with the same config (``dpo_ppo.cache``).  The job's own folder
+artifacts shared by every job with the same config (``dpo_ppo.data.cache``).  The job's own folder
 holds ``results.json``, ``train_log.jsonl``, ``snapshots/``, the final ``policy/``, plots and the
 W&B run.  A job whose folder already holds finished results is skipped (``force=true`` re-runs
 it); an unfinished one resumes: from its saved final policy if training had ended, else from the
@@ -28,15 +28,15 @@ import torch
 from omegaconf import DictConfig
 
 from dpo_ppo.analysis.config import REFERENCE_ANALYSIS_VERSION
-from dpo_ppo.cache import artifact, load_dataset_artifact
+from dpo_ppo.data.cache import artifact, load_dataset_artifact
 from dpo_ppo.config import Config, as_dict, to_typed
 from dpo_ppo.identity import ConfigDrift, config_diff, config_hash, without_late_defaults
-from dpo_ppo import hardware, progress
-from dpo_ppo.joblock import JobLock
-from dpo_ppo.provenance import provenance
+from dpo_ppo.runtime import hardware, progress
+from dpo_ppo.runtime.joblock import JobLock
+from dpo_ppo.runtime.provenance import provenance
 from dpo_ppo import results as R
-from dpo_ppo.record import Recorder, write_json
-from dpo_ppo.snapshots import save_model_dir
+from dpo_ppo.runtime.record import Recorder, write_json
+from dpo_ppo.data.snapshots import save_model_dir
 
 log = logging.getLogger("dpo_ppo")
 
@@ -45,12 +45,12 @@ EVAL_PROMPT_SEED = 1234  # the same unseen test prefixes for every job, whatever
 
 def resolve_device(name: str, jobs_per_gpu: int = 1) -> torch.device:
     """``auto``: a GPU when there is one, else the CPU. With several GPUs the job claims a slot
-    on the least-loaded one, ``jobs_per_gpu`` slots per GPU (dpo_ppo.gpus); any other name
+    on the least-loaded one, ``jobs_per_gpu`` slots per GPU (dpo_ppo.runtime.gpus); any other name
     (cpu, cuda, cuda:N) is taken as it is."""
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
-        from dpo_ppo import gpus
+        from dpo_ppo.runtime import gpus
 
         return gpus.job_device(jobs_per_gpu)
     return torch.device(name)
@@ -59,7 +59,7 @@ def resolve_device(name: str, jobs_per_gpu: int = 1) -> torch.device:
 def swept_params(cfg: Config) -> dict:
     """The hyperparameters a sweep varies, flat, for W&B grouping and the report."""
     from dpo_ppo.config import planned_optimizer_steps
-    from dpo_ppo.ppo import kl_controller_name
+    from dpo_ppo.train.ppo import kl_controller_name
 
     algo = cfg.algorithm
     ppo = algo.name == "ppo"
@@ -135,13 +135,13 @@ class Job:
     # ------------------------------------------------------------------ stages
 
     def corpus(self):
-        from dpo_ppo.corpus import build_corpus
+        from dpo_ppo.data.corpus import build_corpus
 
         path = artifact(self.cache, "corpus", self.specs["corpus"], lambda p: build_corpus(self.cfg.data, p))
         return path, load_dataset_artifact(path)
 
     def base(self, corpus):
-        from dpo_ppo.models import build_base
+        from dpo_ppo.data.models import build_base
 
         def build(p):
             info = build_base(self.cfg.model, corpus, p, seed=0, bf16=self.hw.bf16)
@@ -150,14 +150,14 @@ class Job:
         return artifact(self.cache, "base", self.specs["base"], build)
 
     def classifier(self, corpus, base_path):
-        from dpo_ppo.scorer import build_classifier
+        from dpo_ppo.data.scorer import build_classifier
 
         return artifact(self.cache, "classifier", self.specs["classifier"],
                         lambda p: build_classifier(self.cfg.classifier, corpus, base_path, p, seed=0,
                                                    device=self.device, runtime=self.hw))
 
     def prefs(self, prompts, model, tokenizer, scorer):
-        from dpo_ppo.prefs import build_prefs
+        from dpo_ppo.data.prefs import build_prefs
 
         path = artifact(self.cache, "prefs", self.specs["prefs"],
                         lambda p: build_prefs(self.cfg.algorithm, prompts, model, tokenizer, scorer, p,
@@ -220,8 +220,8 @@ class Job:
     def setup(self):
         """The stages every job (and the sweeper's prepare step) shares: corpus, base model,
         scorer, the frozen reference and the train/test prefixes."""
-        from dpo_ppo.models import load_policy
-        from dpo_ppo.scorer import Scorer
+        from dpo_ppo.data.models import load_policy
+        from dpo_ppo.data.scorer import Scorer
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
@@ -269,8 +269,8 @@ class Job:
         and results.json ``prompts`` say."""
         from transformers import AutoTokenizer
 
-        from dpo_ppo.models import ensure_pad
-        from dpo_ppo.prompts import eval_shortfall, make_prefixes
+        from dpo_ppo.data.models import ensure_pad
+        from dpo_ppo.data.prompts import eval_shortfall, make_prefixes
 
         cfg, algo, ev = self.cfg, self.cfg.algorithm, self.cfg.eval
         tokenizer = AutoTokenizer.from_pretrained(str(base_path))
@@ -296,7 +296,7 @@ class Job:
         return train_prompts, test_prompts
 
     def run(self) -> dict:
-        from dpo_ppo.models import load_policy
+        from dpo_ppo.data.models import load_policy
 
         cfg, algo = self.cfg, self.cfg.algorithm
         corpus, base_path, scorer, ref_model, tokenizer, train_prompts, test_prompts = self.setup()
@@ -313,7 +313,7 @@ class Job:
                     prefs_path, prefs = self.prefs(train_prompts, ref_model, tokenizer, scorer)
                     self.rec.results["artifacts"]["prefs"] = str(prefs_path)
                 with self.stage("train"):
-                    from dpo_ppo.dpo import train_dpo
+                    from dpo_ppo.train.dpo import train_dpo
 
                     summary = train_dpo(algo, policy, ref_model, tokenizer, prefs, self.job_dir,
                                         seed=cfg.seed, log_fn=self.rec.log, runtime=self.hw,
@@ -321,7 +321,7 @@ class Job:
                                         probe_every=cfg.logger.probe_every)
             else:
                 with self.stage("train"):
-                    from dpo_ppo.ppo import train_ppo
+                    from dpo_ppo.train.ppo import train_ppo
 
                     summary = train_ppo(algo, policy, ref_model, tokenizer, train_prompts,
                                         scorer.p_positive, self.job_dir, seed=cfg.seed, log_fn=self.rec.log,
@@ -545,7 +545,7 @@ def run_job(cfg: Config | DictConfig, job_dir: Path, overrides: list[str] | None
     ``cfg``: the typed Config (``dpo_ppo.config.load``, as the entrypoint passes it), or for
     convenience a composed DictConfig, converted here without the checks (``to_typed``).
     A folder locked by a live process (another launch of the same job) is left alone: the call
-    returns status "skipped" with where the job runs (see dpo_ppo.joblock)."""
+    returns status "skipped" with where the job runs (see dpo_ppo.runtime.joblock)."""
     progress.configure()  # plain progress lines in a log (SLURM, files), bars on a terminal
     cfg = to_typed(cfg)
     if cfg.prepare:

@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_ppo import gpus
+from dpo_ppo.runtime import gpus
 from dpo_ppo.config import ConfigError, load, register_configs
 
 log = logging.getLogger("dpo_ppo")
@@ -66,7 +66,7 @@ def app(cfg: DictConfig):
                 raise
             _exit_interrupted(e.signum, job_dir)  # type: ignore[attr-defined]
         finally:
-            gpus.release()  # the GPU slot the job held (dpo_ppo.gpus): the process's next job claims again
+            gpus.release()  # the GPU slot the job held (dpo_ppo.runtime.gpus): the process's next job claims again
     except Exception as e:
         if multirun:  # recorded by the job like any other failure; the sweep goes on
             raise

@@ -176,7 +176,7 @@ def ppo_config(**overrides):
 
 def train(cfg, out_dir, seed: int = 0, model_seed: int = 0, log=None):
     """The real ``train_ppo`` on the toy; returns (policy, ref, exact ref log-probs, summary)."""
-    from dpo_ppo.ppo import train_ppo
+    from dpo_ppo.train.ppo import train_ppo
 
     tok = tokenizer()
     ref = reference(tok, seed=model_seed)
@@ -213,11 +213,11 @@ def preference_pairs(ref_logp: dict, n: int, seed: int = 0):
 
 
 def train_dpo(beta: float, pairs: int, out_dir, *, seed: int = 0, model_seed: int = 0, **algo_overrides):
-    """The project's DPO path (``dpo_ppo.dpo.train_dpo``, TRL's DPOTrainer on token pairs) on the
+    """The project's DPO path (``dpo_ppo.train.dpo.train_dpo``, TRL's DPOTrainer on token pairs) on the
     toy; returns (policy, ref, exact ref log-probs, summary)."""
     from omegaconf import OmegaConf
 
-    from dpo_ppo.dpo import train_dpo as run_dpo
+    from dpo_ppo.train.dpo import train_dpo as run_dpo
 
     tok = tokenizer()
     ref = reference(tok, seed=model_seed)

@@ -52,9 +52,9 @@ def toy_reviews(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
 
 
 def toy_tokenizer(texts: list[str] | None = None, vocab_size: int = 400):
-    """The pipeline's byte-level BPE tokenizer (``dpo_ppo.models.train_tokenizer``: Pythia-style
+    """The pipeline's byte-level BPE tokenizer (``dpo_ppo.data.models.train_tokenizer``: Pythia-style
     special tokens) trained on ``texts``, by default 200 toy reviews."""
-    from dpo_ppo.models import train_tokenizer
+    from dpo_ppo.data.models import train_tokenizer
 
     return train_tokenizer(texts if texts is not None else toy_reviews(200)[0], vocab_size)
 
@@ -92,7 +92,7 @@ class _IdsOnly:
 def toy_model(tokenizer=None, *, vocab_size: int | None = None, layers: int = 2, hidden: int = 32,
               heads: int = 4, context: int = 128, seed: int = 0, **overrides):
     """A randomly initialised GPT-NeoX built as the pipeline builds its embedded base
-    (``dpo_ppo.models.tiny_neox_config``: Pythia's architecture, no dropout), in eval mode.
+    (``dpo_ppo.data.models.tiny_neox_config``: Pythia's architecture, no dropout), in eval mode.
 
     The weights are drawn after ``torch.manual_seed(seed)``.  Without a tokenizer, ``vocab_size``
     ids with EOS = pad = 0; ``overrides`` are further ``GPTNeoXConfig`` arguments
@@ -100,7 +100,7 @@ def toy_model(tokenizer=None, *, vocab_size: int | None = None, layers: int = 2,
     """
     from transformers import GPTNeoXForCausalLM
 
-    from dpo_ppo.models import tiny_neox_config
+    from dpo_ppo.data.models import tiny_neox_config
 
     size = SimpleNamespace(hidden_size=hidden, num_layers=layers, num_heads=heads, context_length=context)
     if vocab_size is not None:

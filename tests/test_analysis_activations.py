@@ -167,7 +167,7 @@ def test_kl_of_nearby_distributions_is_never_negative():
     evaluation's sequence KL clamps its per-sequence sum.  Checked against a float64 reference with
     a tolerance, not a bit pattern: BLAS and CPU may round differently."""
     from dpo_ppo.analysis.activations import _logit_lens_kl
-    from dpo_ppo.sampling import sequence_kl
+    from dpo_ppo.train.sampling import sequence_kl
 
     g = torch.Generator().manual_seed(0)
     p = 8 * torch.randn(6, 10, 3000, generator=g)  # float32 logits, as the models give them

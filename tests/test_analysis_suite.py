@@ -40,7 +40,7 @@ def _strict_json(path):
 def _preset(name, *overrides):
     """conf/analysis/NAME.yaml as dpo-ppo-analyze composes it, its null batch size resolved on the
     CPU as a job would (the suite takes a number)."""
-    from dpo_ppo import hardware
+    from dpo_ppo.runtime import hardware
 
     composed = compose([f"analysis={name}", *overrides])
     cfg = analysis_config(composed)

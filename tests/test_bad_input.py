@@ -343,8 +343,8 @@ def test_the_reward_of_a_three_label_classifier_is_log_p_positive_minus_log_p_ne
     import torch
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    from dpo_ppo.scorer import Scorer
-    from dpo_ppo.sources import classifier_labels
+    from dpo_ppo.data.scorer import Scorer
+    from dpo_ppo.data.sources import classifier_labels
     from fixtures import toy_tokenizer
 
     tok = toy_tokenizer()

@@ -5,7 +5,7 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
-from dpo_ppo.cache import MANIFEST, artifact, spec_key, verify
+from dpo_ppo.data.cache import MANIFEST, artifact, spec_key, verify
 
 
 def _builder(log: Path, delay: float = 0.0):
@@ -112,7 +112,7 @@ def test_stale_temp_folders_of_other_keys_are_left_to_their_own_builders(tmp_pat
 def test_dataset_artifacts_are_read_without_writing_into_them(tmp_path):
     from datasets import Dataset, DatasetDict
 
-    from dpo_ppo.cache import load_dataset_artifact
+    from dpo_ppo.data.cache import load_dataset_artifact
 
     def build(path: Path):
         DatasetDict({"train": Dataset.from_dict({"text": [f"t{i}" for i in range(50)], "label": [i % 2 for i in range(50)]})}

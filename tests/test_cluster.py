@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 from conftest import compose_cfg
 from dpo_ppo import job as jobmod
 from dpo_ppo.identity import config_diff, config_hash
-from dpo_ppo.joblock import LOCK_FILE, JobLock
-from dpo_ppo.wandb_sync import plan, sync
+from dpo_ppo.runtime.joblock import LOCK_FILE, JobLock
+from dpo_ppo.runtime.wandb_sync import plan, sync
 from fixtures import read_offline_run
 
 
@@ -173,7 +173,7 @@ def test_a_failed_job_relaunched_with_a_fixed_config_starts_over(tmp_path, stub_
 HOLD = """
 import sys, time
 from pathlib import Path
-from dpo_ppo.joblock import JobLock
+from dpo_ppo.runtime.joblock import JobLock
 lock = JobLock(sys.argv[1], heartbeat_s=0.2)
 assert lock.acquire()
 Path(sys.argv[2]).write_text("held")

@@ -7,10 +7,10 @@ from datasets import Dataset, DatasetDict
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPTNeoXForCausalLM
 
 from dpo_ppo.config import ClassifierConfig, ModelConfig
-from dpo_ppo.corpus import NEGATIVE, POSITIVE, load_hub, make_synthetic
-from dpo_ppo.models import build_base, load_policy, train_tokenizer
-from dpo_ppo.prompts import make_prefixes
-from dpo_ppo.scorer import Scorer, build_classifier
+from dpo_ppo.data.corpus import NEGATIVE, POSITIVE, load_hub, make_synthetic
+from dpo_ppo.data.models import build_base, load_policy, train_tokenizer
+from dpo_ppo.data.prompts import make_prefixes
+from dpo_ppo.data.scorer import Scorer, build_classifier
 from fixtures import toy_model
 
 

@@ -13,7 +13,7 @@ import torch
 
 from conftest import compose_cfg
 from dpo_ppo.config import ConfigError, apply_compute, planned_optimizer_steps, validate
-from dpo_ppo.sampling import KeyedGumbelSampler, generate, keyed_uniform, sample_keys
+from dpo_ppo.train.sampling import KeyedGumbelSampler, generate, keyed_uniform, sample_keys
 
 
 # ----------------------------------------------------------------------------- keyed sampling
@@ -117,7 +117,7 @@ def test_dpo_trains_on_the_sampled_token_ids(tmp_path):
     from datasets import Dataset
     from trl import DPOConfig
 
-    from dpo_ppo.dpo import TokenDPOTrainer
+    from dpo_ppo.train.dpo import TokenDPOTrainer
 
     model, tok = _word_model()
     eos = tok.eos_token_id
@@ -179,7 +179,7 @@ def test_a_partial_last_rollout_takes_minibatches_of_the_usual_size(tmp_path):
     as planned_optimizer_steps says, and as DPO with batch 4 would take for 40 pairs."""
     from test_ppo import ppo_cfg, run
 
-    from dpo_ppo.ppo import rollout_minibatches
+    from dpo_ppo.train.ppo import rollout_minibatches
 
     cfg = ppo_cfg(examples=40, rollout_prefixes=16, ppo_epochs=1, num_minibatches=8, num_completions=2,
                   completion_len=4, early_stop_kl=None)  # the schedule alone: no trust region cutting it
@@ -253,7 +253,7 @@ def test_dpo_counts_pairs_over_a_fractional_epoch(tmp_path):
     from fixtures import dpo_algo, token_pairs
     from test_ppo import tiny_model, tiny_tokenizer
 
-    from dpo_ppo.dpo import train_dpo
+    from dpo_ppo.train.dpo import train_dpo
 
     tok = tiny_tokenizer()
     model = tiny_model(tok)

@@ -1,4 +1,4 @@
-"""GPU placement (dpo_ppo.gpus) on a CPU machine: the GPUs are faked by naming them, the slots
+"""GPU placement (dpo_ppo.runtime.gpus) on a CPU machine: the GPUs are faked by naming them, the slots
 are real lock files in a temporary folder, claimed by threads and by processes."""
 
 import logging
@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from dpo_ppo import gpus
+from dpo_ppo.runtime import gpus
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg
-from dpo_ppo import hardware
+from dpo_ppo.runtime import hardware
 from dpo_ppo.config import ConfigError, validate
-from dpo_ppo.dpo import micro_batches
+from dpo_ppo.train.dpo import micro_batches
 from dpo_ppo.identity import config_hash
-from dpo_ppo.sampling import generate, sample_keys
+from dpo_ppo.train.sampling import generate, sample_keys
 
 
 def _word_model():
@@ -110,7 +110,7 @@ def test_dpo_micro_batches_take_the_same_steps_as_whole_batches(tmp_path):
     batch of 4 (the loss is a mean over pairs): the weights after two steps match."""
     from fixtures import dpo_algo, token_pairs
 
-    from dpo_ppo.dpo import train_dpo
+    from dpo_ppo.train.dpo import train_dpo
 
     model, tok = _word_model()
     pairs, algo = token_pairs(8, texts=True), dpo_algo()
@@ -132,7 +132,7 @@ def test_dpo_runs_each_forward_once_per_step(tmp_path, monkeypatch):
     (chosen and rejected together), half of what checkpointing runs, and the same trained weights."""
     from fixtures import dpo_algo, token_pairs
 
-    from dpo_ppo import dpo
+    from dpo_ppo.train import dpo
 
     model, tok = _word_model()
     pairs, algo = token_pairs(8), dpo_algo()
@@ -201,7 +201,7 @@ def test_sampling_under_bf16_autocast_is_the_float32_models_with_or_without_stat
 def test_a_failing_static_cache_on_a_gpu_falls_back_to_eager_decoding(monkeypatch, caplog):
     """A compiler error in the static-cache path on a GPU costs a warning, not the job: the call
     and later ones decode eagerly.  On a CPU (no compile) the error is raised."""
-    from dpo_ppo import sampling
+    from dpo_ppo.train import sampling
 
     model, tok = _word_model()
     calls = []
@@ -298,7 +298,7 @@ def test_a_job_samples_its_prefs_with_the_static_cache_from_enough_tokens(tmp_pa
     length reaches hardware.static_cache_min_tokens, not below."""
     from datasets import Dataset
 
-    from dpo_ppo import prefs
+    from dpo_ppo.data import prefs
     from dpo_ppo.job import Job
 
     seen = []
@@ -335,7 +335,7 @@ def test_kl_to_the_reference_is_float32_under_bf16_autocast():
     """Evaluation's KL compares two nearby models: under bf16 autocast it is computed in float32
     (hardware.exact_float32), bit for bit the float32 numbers.  The same forwards in bf16 sit on a
     floor of rounding far above the true KL: what a GPU job's KL axis would have measured."""
-    from dpo_ppo import sampling
+    from dpo_ppo.train import sampling
 
     ref, tok = _word_model()
     policy = _nearby(ref)
@@ -377,7 +377,7 @@ def test_ppo_kl_penalty_is_float32_under_bf16_autocast():
     in the update's precision."""
     from test_ppo import make_prompts, ppo_cfg, share_of_target
 
-    from dpo_ppo.ppo import PolicyWithValue, rollout
+    from dpo_ppo.train.ppo import PolicyWithValue, rollout
 
     ref, tok = _word_model()
     policy = _nearby(ref)

@@ -10,11 +10,11 @@ import torch
 from transformers import GPTNeoXForCausalLM
 
 from dpo_ppo.config import PPOAlgorithmConfig
-from dpo_ppo.ppo import (AdaptiveKLController, FixedKLController, LogKLController, PolicyWithValue,
+from dpo_ppo.train.ppo import (AdaptiveKLController, FixedKLController, LogKLController, PolicyWithValue,
                          RunningMoments, explained_variance, gae, kl_per_token, make_batch,
                          make_kl_controller, policy_loss, ppo_update, rollout, token_logprobs,
                          train_ppo, value_loss, whiten)
-from dpo_ppo.sampling import completion_logprobs
+from dpo_ppo.train.sampling import completion_logprobs
 from fixtures import toy_model, word_tokenizer
 
 VOCAB = 20  # words t0..t19, then <eos>, <pad>
@@ -409,7 +409,7 @@ def test_weight_decay_spares_biases_and_layernorms_as_dpos_trainer_does():
     """With zero advantages and no value error the gradients are zero, so one AdamW step is weight
     decay alone: PPO's weights shrink by lr x decay, its biases and LayerNorm weights do not move,
     as transformers' Trainer (DPO's optimizer) decays them."""
-    from dpo_ppo.ppo import param_groups
+    from dpo_ppo.train.ppo import param_groups
 
     tok = tiny_tokenizer()
     ref = tiny_model(tok)

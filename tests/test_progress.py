@@ -2,8 +2,8 @@
 
 import io
 
-from dpo_ppo import progress
-from dpo_ppo.progress import LineBar, plain, tqdm
+from dpo_ppo.runtime import progress
+from dpo_ppo.runtime.progress import LineBar, plain, tqdm
 
 
 class _Tty(io.StringIO):

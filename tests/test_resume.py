@@ -94,7 +94,7 @@ def test_killed_and_relaunched_job_equals_an_uninterrupted_one(algo, cache, tmp_
     assert len(killed_rows) >= 1  # the killed attempt had logged; the relaunch replaced what it redid
 
     # nothing was written into a finished artifact (no datasets cache-*.arrow files, no temp files)
-    from dpo_ppo.cache import MANIFEST, verify
+    from dpo_ppo.data.cache import MANIFEST, verify
 
     artifacts = [p for p in cache.glob("*/*") if p.is_dir()]
     assert {p.parent.name for p in artifacts} >= {"corpus", "base", "classifier"}

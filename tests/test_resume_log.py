@@ -5,7 +5,7 @@ import json
 
 from omegaconf import OmegaConf
 
-from dpo_ppo.record import Recorder
+from dpo_ppo.runtime.record import Recorder
 
 OFF = OmegaConf.create({"enabled": False, "mode": "disabled", "project": "p", "entity": None, "dir": None,
                         "tags": []})

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from conftest import compose_cfg
 from dpo_ppo import config as C
 from dpo_ppo.analysis import config as AC
-from dpo_ppo.cache import spec_key
+from dpo_ppo.data.cache import spec_key
 from dpo_ppo.checks import ConfigError
 from dpo_ppo.identity import config_hash
 from dpo_ppo.job import artifact_specs, swept_params
@@ -39,7 +39,7 @@ def _old_apply_compute(cfg: DictConfig) -> None:
 
 
 def _old_params(cfg: DictConfig) -> dict:
-    from dpo_ppo.ppo import kl_controller_name
+    from dpo_ppo.train.ppo import kl_controller_name
 
     algo = cfg.algorithm
     ppo = algo.name == "ppo"
@@ -274,13 +274,13 @@ def test_cross_group_checks_live_in_config_check():
 
 
 def test_the_two_schemas_do_not_import_each_other():
-    code = ("import sys; import dpo_ppo.analysis.config, dpo_ppo.checks, dpo_ppo.sources; "
+    code = ("import sys; import dpo_ppo.analysis.config, dpo_ppo.checks, dpo_ppo.data.sources; "
             "assert 'dpo_ppo.config' not in sys.modules, 'analysis.config pulled in dpo_ppo.config'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     imports = re.compile(r"^\s*(from dpo_ppo(\.config)? import .*\bconfig\b|from dpo_ppo\.config import|"
                          r"import dpo_ppo\.config)", re.M)
-    for path in ("dpo_ppo/analysis/config.py", "dpo_ppo/checks.py", "dpo_ppo/sources.py"):
+    for path in ("dpo_ppo/analysis/config.py", "dpo_ppo/checks.py", "dpo_ppo/data/sources.py"):
         assert not imports.search((REPO / path).read_text()), path  # not even lazily, inside a function
     assert imports.search((REPO / "dpo_ppo/main.py").read_text())  # the pattern does find one
 

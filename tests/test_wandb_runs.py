@@ -11,7 +11,7 @@ import pytest
 
 from dpo_ppo import results as R
 from dpo_ppo.config import LoggerConfig
-from dpo_ppo.record import Recorder, run_group
+from dpo_ppo.runtime.record import Recorder, run_group
 
 from fixtures import read_offline_run
 from sweepfab import BIAS, write_job
@@ -129,9 +129,9 @@ def test_dpo_logs_ppos_train_kl_and_reward_on_the_examples_axis(tmp_path):
     import torch
     from test_ppo import tiny_model, tiny_tokenizer
 
-    from dpo_ppo.dpo import train_dpo
+    from dpo_ppo.train.dpo import train_dpo
     from dpo_ppo.evaluate import TrainingProbe
-    from dpo_ppo.sampling import completion_logprobs, generate, sample_keys
+    from dpo_ppo.train.sampling import completion_logprobs, generate, sample_keys
     from fixtures import dpo_algo, token_pairs
 
     tok = tiny_tokenizer()
@@ -202,7 +202,7 @@ def test_policy_artifact_inputs_and_files_of_a_job_run(tmp_path):
 def test_sync_declares_the_shared_inputs_once_a_run_is_uploaded(tmp_path):
     from types import SimpleNamespace
 
-    from dpo_ppo.wandb_sync import sync
+    from dpo_ppo.runtime.wandb_sync import sync
 
     job = tmp_path / "sweep" / "job"
     rec = Recorder(job, job_results(), LoggerConfig(project="proj"), {}, run_name="j")

@@ -42,8 +42,8 @@ from dpo_ppo.analysis.common import (batches, blocks, encode, head_dim, model_de
                                      pad_id)
 from dpo_ppo.analysis.context import Context, Output
 from dpo_ppo.analysis.hooks import StackedAblation, Variant, expand_after, expand_at, variants_for
-from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
-from dpo_ppo.sampling import pad_batch
+from dpo_ppo.runtime.progress import tqdm  # plain lines when stderr is not a terminal
+from dpo_ppo.train.sampling import pad_batch
 
 # --------------------------------------------------------------------------- LM loss
 

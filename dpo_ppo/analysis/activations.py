@@ -35,12 +35,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dpo_ppo import hardware
+from dpo_ppo.runtime import hardware
 from dpo_ppo.analysis import plots
 from dpo_ppo.analysis.common import batches, encode, select_balanced
 from dpo_ppo.analysis.context import Context, Output
-from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
-from dpo_ppo.sampling import pad_batch
+from dpo_ppo.runtime.progress import tqdm  # plain lines when stderr is not a terminal
+from dpo_ppo.train.sampling import pad_batch
 
 SITES = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
 SUBSETS = ("all", "pos", "neg")

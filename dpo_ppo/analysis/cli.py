@@ -113,7 +113,7 @@ def _keys() -> list[str]:
 def _check_model(key: str, source: str) -> None:
     """A ``save_pretrained`` model folder (config.json and weights; the tokenizer may come from the
     reference).  A name that is no local path is left to ``from_pretrained``."""
-    from dpo_ppo.sources import WEIGHTS, local_path
+    from dpo_ppo.data.sources import WEIGHTS, local_path
 
     path = local_path(str(source))
     if path is None:
@@ -131,7 +131,7 @@ def _check_classifier(key: str, source: str) -> None:
     """The scorer's config.json names a sequence classifier (when it names an architecture)."""
     import json
 
-    from dpo_ppo.sources import local_path
+    from dpo_ppo.data.sources import local_path
 
     path = local_path(str(source))
     if path is None:
@@ -150,7 +150,7 @@ def check(cfg: DictConfig) -> Plan:
     from dpo_ppo.analysis.config import validate as validate_analysis
     from dpo_ppo.config import PRECISIONS, check_device, check_keys
     from dpo_ppo.results import FAILED, FINISHED, RESULTS_FILE, read_results
-    from dpo_ppo.sources import check_dataset_folder, check_pretrained_folder
+    from dpo_ppo.data.sources import check_dataset_folder, check_pretrained_folder
 
     check_keys(cfg)
     validate_analysis(cfg)
@@ -233,7 +233,7 @@ def load_lm(path, device):
 def load_test_split(corpus: str) -> tuple[list[str], list[int]]:
     if corpus == "synthetic":
         from dpo_ppo.config import DataConfig
-        from dpo_ppo.corpus import make_synthetic
+        from dpo_ppo.data.corpus import make_synthetic
 
         d = DataConfig()
         ds = make_synthetic(d.num_reviews, d.test_fraction, d.seed)["test"]
@@ -289,10 +289,10 @@ def analyze(cfg: DictConfig) -> dict:
     plan = check(cfg)  # before torch is imported: bad input fails in about a second
     import torch
 
-    from dpo_ppo import hardware
+    from dpo_ppo.runtime import hardware
     from dpo_ppo.analysis.suite import run_analysis
     from dpo_ppo.analysis.weights import find_snapshots
-    from dpo_ppo.scorer import Scorer
+    from dpo_ppo.data.scorer import Scorer
 
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     runtime = hardware.resolve(cfg, device)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from dpo_ppo.sampling import model_device  # noqa: F401  (re-exported for the analyses)
+from dpo_ppo.train.sampling import model_device  # noqa: F401  (re-exported for the analyses)
 
 log = logging.getLogger(__name__)
 

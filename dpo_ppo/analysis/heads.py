@@ -31,8 +31,8 @@ from transformer_lens import head_detector as hd
 from dpo_ppo.analysis import plots
 from dpo_ppo.analysis.common import batches, bos_id, encode
 from dpo_ppo.analysis.context import MODELS, Context, Output
-from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
-from dpo_ppo.sampling import pad_batch
+from dpo_ppo.runtime.progress import tqdm  # plain lines when stderr is not a terminal
+from dpo_ppo.train.sampling import pad_batch
 
 HEAD_TYPES = ("previous_token", "duplicate_token", "induction")
 _PATTERNS = {"previous_token": hd.get_previous_token_head_detection_pattern,

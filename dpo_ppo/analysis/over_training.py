@@ -27,7 +27,7 @@ from dpo_ppo.analysis import heads, plots, sentiment_attention
 from dpo_ppo.analysis.common import boot_bridge
 from dpo_ppo.analysis.context import Context, Output
 from dpo_ppo.analysis.weights import snapshot_examples
-from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
+from dpo_ppo.runtime.progress import tqdm  # plain lines when stderr is not a terminal
 
 log = logging.getLogger(__name__)
 

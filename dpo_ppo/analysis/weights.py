@@ -26,7 +26,7 @@ import torch
 
 from dpo_ppo.analysis import plots
 from dpo_ppo.analysis.context import Context, Output
-from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
+from dpo_ppo.runtime.progress import tqdm  # plain lines when stderr is not a terminal
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 _SNAPSHOT = re.compile(r"ex_(\d+)$")

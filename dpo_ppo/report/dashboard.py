@@ -97,7 +97,7 @@ def build_workspace(name: str, entity: str, project: str, *, groups: Sequence[st
 
 def from_report(summary: Dict[str, Any], entity: str, project: str):
     """The workspace of a report's sweep, sized from its runs (groups, layers, per-head grids)."""
-    from dpo_ppo.record import run_group
+    from dpo_ppo.runtime.record import run_group
 
     runs = summary["_runs"]
     groups = [run_group({"name": summary["name"], "algorithm": r.algorithm, "overrides": r.overrides})

@@ -9,7 +9,7 @@ several jobs it starts each as its own process, running the very job an array ta
 launcher would (same composition, folder, results, W&B run), waits for all and returns one
 outcome per job. In each of those processes:
 
-- ``device=auto`` takes a free slot on the least-loaded of the allocation's GPUs (dpo_ppo.gpus);
+- ``device=auto`` takes a free slot on the least-loaded of the allocation's GPUs (dpo_ppo.runtime.gpus);
 - torch gets ``cores // jobs`` threads (``OMP_NUM_THREADS``), the cores being the task's CPUs
   (its affinity, or ``OMP_NUM_THREADS`` when set), so the jobs share ``cpus_per_task``;
 - SIGUSR2 (SLURM's preemption / time-limit notice) is ignored: the task's own process gets it,
@@ -40,7 +40,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQue
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
-from dpo_ppo.gpus import positive_int as _positive_int, task_cores  # noqa: F401  (task_cores: for callers)
+from dpo_ppo.runtime.gpus import positive_int as _positive_int, task_cores  # noqa: F401  (task_cores: for callers)
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def _register_resolvers() -> None:
     """``${dpo_ppo_gpu_jobs:N}`` (conf/hydra/launcher/joblib_gpu.yaml) in any app that finds
     this repository's launcher presets, not only dpo-ppo (which registers it too)."""
     try:
-        from dpo_ppo.gpus import register_resolvers
+        from dpo_ppo.runtime.gpus import register_resolvers
     except ImportError:
         return
     register_resolvers()

@@ -16,7 +16,7 @@ Before launching, the sweeper works out each job's folder and leaves out the job
 already holds finished results of the same overrides (re-running a finished sweep takes seconds,
 also on SLURM) unless their full config drifted since (``check_drift``: such a job is reported
 failed with the keys that differ), and the jobs whose folder is locked by a live process (running
-elsewhere: a relaunch never starts a job twice, see dpo_ppo.joblock). It composes a covering
+elsewhere: a relaunch never starts a job twice, see dpo_ppo.runtime.joblock). It composes a covering
 subset of the rest (every override of every arm at least once) so that a typo fails before
 anything runs. With ``prepare`` (default: the submitit launchers) it first launches one
 ``prepare=true`` job per distinct set of shared artifacts and waits for them, so the GPU jobs
@@ -512,10 +512,10 @@ class DpoPpoSweeper(Sweeper):
 
     @staticmethod
     def _running_elsewhere(job: Job) -> Optional[str]:
-        """Where the job runs now, when its folder is locked by a live process (dpo_ppo.joblock)."""
+        """Where the job runs now, when its folder is locked by a live process (dpo_ppo.runtime.joblock)."""
         if not job.dir:
             return None
-        from dpo_ppo.joblock import JobLock
+        from dpo_ppo.runtime.joblock import JobLock
 
         lock = JobLock(job.dir)
         holder = lock.read()
@@ -534,7 +534,7 @@ class DpoPpoSweeper(Sweeper):
     def _prepare(self, name: str, indices: Sequence[int]) -> int:
         """The prepare step: one prepare=true job per distinct set of shared artifacts of the
         jobs about to run, launched together and awaited before the jobs. Returns how many."""
-        from dpo_ppo.cache import spec_key
+        from dpo_ppo.data.cache import spec_key
         from dpo_ppo.config import Config
         from dpo_ppo.job import artifact_specs
 

@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset
 
 from dpo_ppo.config import OFFLINE_HINT
-from dpo_ppo.progress import plain as plain_progress
+from dpo_ppo.runtime.progress import plain as plain_progress
 from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling,
                           GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast, Trainer,
                           TrainingArguments)
@@ -115,7 +115,7 @@ def build_base(model_cfg, corpus, path: Path, seed: int, bf16: bool = False) -> 
 
 
 def load_hub_lm(source: str, revision: str | None = None):
-    from dpo_ppo.sources import check_pretrained_folder
+    from dpo_ppo.data.sources import check_pretrained_folder
 
     if Path(source).expanduser().exists():  # a local folder: say what it lacks, not a loader's guess
         check_pretrained_folder("model.source", source)

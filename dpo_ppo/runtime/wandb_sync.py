@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dpo_ppo.record import write_json
+from dpo_ppo.runtime.record import write_json
 
 SKIP = {".submitit", ".hydra", "__pycache__"}
 
@@ -108,7 +108,7 @@ def declare_inputs(info: dict, status: str | None) -> None:
     to the uploaded run (``resume="must"``) and leaves it with the job's own exit code."""
     import wandb
 
-    from dpo_ppo.record import reference_artifact
+    from dpo_ppo.runtime.record import reference_artifact
 
     run = wandb.init(project=info.get("project"), entity=info.get("entity"), id=info["id"], resume="must",
                      mode="online", reinit="finish_previous")

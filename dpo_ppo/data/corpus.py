@@ -118,7 +118,7 @@ def load_hub(source: str) -> DatasetDict:
     """IMDb-like data: a ``save_to_disk`` folder or a hub id, with text/label train and test splits."""
     from datasets import load_dataset, load_from_disk
 
-    from dpo_ppo.sources import check_dataset_folder
+    from dpo_ppo.data.sources import check_dataset_folder
 
     if Path(source).expanduser().exists():
         check_dataset_folder("data.source", source)
@@ -136,7 +136,7 @@ def load_hub(source: str) -> DatasetDict:
     if not isinstance(ds, DatasetDict) or not {"train", "test"} <= set(ds):
         raise RuntimeError(f"data.source={source!r}: needs 'train' and 'test' splits, found "
                            f"{list(ds) if isinstance(ds, DatasetDict) else type(ds).__name__}")
-    from dpo_ppo.sources import check_corpus
+    from dpo_ppo.data.sources import check_corpus
 
     out = DatasetDict({split: ds[split].select_columns(["text", "label"]) for split in ("train", "test")})
     mapping = check_corpus("data.source", out)  # labels read, not assumed (the config check ran it too)

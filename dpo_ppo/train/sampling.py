@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from dpo_ppo import hardware
-from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
+from dpo_ppo.runtime import hardware
+from dpo_ppo.runtime.progress import tqdm  # plain lines when stderr is not a terminal
 from transformers import LogitsProcessor, LogitsProcessorList
 
 

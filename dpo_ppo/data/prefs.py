@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from dpo_ppo.sampling import generate, sample_keys
+from dpo_ppo.train.sampling import generate, sample_keys
 
 log = logging.getLogger(__name__)
 

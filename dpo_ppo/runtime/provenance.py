@@ -37,7 +37,7 @@ def versions() -> dict:
 def git_state(path: str | Path | None = None) -> dict:
     """Commit and dirty flag of the checkout holding ``path`` (default: this package's source);
     nulls when the code does not run from a git checkout (e.g. a wheel install)."""
-    where = Path(path) if path else Path(__file__).resolve().parent
+    where = Path(path) if path else Path(__file__).resolve().parents[1]  # the dpo_ppo package
 
     def git(*args: str) -> str | None:
         try:

@@ -27,9 +27,9 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
                           GPT2Config, GPT2ForSequenceClassification, Trainer, TrainingArguments)
 
 from dpo_ppo.config import OFFLINE_HINT
-from dpo_ppo.models import ensure_pad
-from dpo_ppo.progress import plain as plain_progress
-from dpo_ppo.sampling import pad_batch
+from dpo_ppo.data.models import ensure_pad
+from dpo_ppo.runtime.progress import plain as plain_progress
+from dpo_ppo.train.sampling import pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, de
                             bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
         model = GPT2ForSequenceClassification(config)
     else:
-        from dpo_ppo.sources import check_pretrained_folder
+        from dpo_ppo.data.sources import check_pretrained_folder
 
         if Path(cls_cfg.source).expanduser().exists():  # a local folder: say what it lacks
             check_pretrained_folder("classifier.source", cls_cfg.source, classifier=True,
@@ -122,7 +122,7 @@ def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, de
         model.config.pad_token_id = tokenizer.pad_token_id
     positive, negative = cls_cfg.positive_label, None
     if not cls_cfg.finetune:  # a ready classifier: its labels by index or id2label name
-        from dpo_ppo.sources import classifier_labels
+        from dpo_ppo.data.sources import classifier_labels
 
         positive, negative = classifier_labels({int(k): str(v) for k, v in model.config.id2label.items()},
                                                cls_cfg.positive_label, cls_cfg.negative_label)

@@ -1,7 +1,7 @@
 """DPO through TRL's ``DPOTrainer``, with policy snapshots and resume.
 
 Pairs arrive as token ids (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, exactly what the
-reference sampled; see ``dpo_ppo.prefs``) and ``TokenDPOTrainer`` hands them to TRL's collator as
+reference sampled; see ``dpo_ppo.data.prefs``) and ``TokenDPOTrainer`` hands them to TRL's collator as
 they are, instead of TRL's text path (re-tokenise, append EOS).
 
 Snapshots: every ``snapshot_every`` examples the policy is saved to
@@ -22,8 +22,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
-from dpo_ppo.snapshots import save_model_dir, snapshot_dir
-from dpo_ppo.progress import plain as plain_progress
+from dpo_ppo.data.snapshots import save_model_dir, snapshot_dir
+from dpo_ppo.runtime.progress import plain as plain_progress
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
     through ``log_fn`` every ``probe_every`` examples (default ``algo.snapshot_every``) and at the
     last step (and KL 0 at examples 0).
 
-    ``runtime`` (``dpo_ppo.hardware.Runtime``): bf16 mixed precision (the Trainer's autocast,
+    ``runtime`` (``dpo_ppo.runtime.hardware.Runtime``): bf16 mixed precision (the Trainer's autocast,
     float32 master weights) when its precision is bf16, and micro-batches of at most
     ``train_micro_batch`` pairs accumulated into each optimizer step of ``algo.batch_size`` pairs."""
     job_dir = Path(job_dir)

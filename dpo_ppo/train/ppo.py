@@ -48,12 +48,12 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-from dpo_ppo.progress import tqdm  # plain lines when stderr is not a terminal
+from dpo_ppo.runtime.progress import tqdm  # plain lines when stderr is not a terminal
 
-from dpo_ppo import hardware
-from dpo_ppo.hardware import CPU_SIZES
-from dpo_ppo.sampling import generate, model_device, pad_batch
-from dpo_ppo.snapshots import replace_dir, save_model_dir, snapshot_dir
+from dpo_ppo.runtime import hardware
+from dpo_ppo.runtime.hardware import CPU_SIZES
+from dpo_ppo.train.sampling import generate, model_device, pad_batch
+from dpo_ppo.data.snapshots import replace_dir, save_model_dir, snapshot_dir
 
 # --------------------------------------------------------------------------- pure functions
 
@@ -671,7 +671,7 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
     ``cfg.snapshot_every`` prefixes (and at the end) the policy is saved to
     ``out_dir/snapshots/ex_{examples:07d}`` and the resume state to ``out_dir/ppo_state``.
     ``log_fn(metrics, step)`` gets the ``train/*`` metrics of each update with step = prefixes
-    consumed.  ``runtime`` (``dpo_ppo.hardware.Runtime``) gives the forward/backward chunk size
+    consumed.  ``runtime`` (``dpo_ppo.runtime.hardware.Runtime``) gives the forward/backward chunk size
     when ``cfg.batch_size`` is null, and bf16 autocast when its precision is bf16.  Returns a
     summary of the run.
     """
