@@ -30,12 +30,12 @@ from omegaconf import DictConfig
 from dpo_ppo.analysis.config import REFERENCE_ANALYSIS_VERSION
 from dpo_ppo.data.cache import artifact, load_dataset_artifact
 from dpo_ppo.config import Config, as_dict, to_typed
-from dpo_ppo.identity import ConfigDrift, config_diff, config_hash, without_late_defaults
 from dpo_ppo.runtime import hardware, progress
 from dpo_ppo.runtime.joblock import JobLock
 from dpo_ppo.runtime.provenance import provenance
 from dpo_ppo import results as R
-from dpo_ppo.runtime.record import Recorder, write_json
+from dpo_ppo.results import write_json
+from dpo_ppo.runtime.record import Recorder
 from dpo_ppo.data.snapshots import save_model_dir
 
 log = logging.getLogger("dpo_ppo")
@@ -86,7 +86,7 @@ def artifact_specs(cfg: Config, precision: str = "fp32") -> dict:
     numerics = {} if precision == "fp32" else {"precision": precision}  # fp32 keys = the older caches'
     base = {"model": as_dict(cfg.model), "corpus": corpus if cfg.model.source == "embedded" else None,
             **(numerics if cfg.model.source == "embedded" else {})}
-    classifier = {"classifier": without_late_defaults("classifier", as_dict(cfg.classifier)), "corpus": corpus,
+    classifier = {"classifier": R.without_late_defaults("classifier", as_dict(cfg.classifier)), "corpus": corpus,
                   "tokenizer": base if cfg.classifier.source == "embedded" else None,
                   **(numerics if cfg.classifier.finetune else {})}
     algo = cfg.algorithm
@@ -424,12 +424,9 @@ def check_drift(cfg: Config, job_dir: Path, previous: dict, raise_errors: bool) 
     force=true, or when the earlier attempt failed (a fixed config is the usual reason to relaunch
     it), the job starts from scratch instead: its training state is cleared and ``previous`` is
     emptied (new attempt count, new W&B run)."""
-    if not previous.get("config"):
+    err = R.config_drift(job_dir, previous, as_dict(cfg))
+    if err is None:
         return None
-    diff = config_diff(previous["config"], as_dict(cfg))
-    if not diff:
-        return None
-    err = ConfigDrift(job_dir, diff)
     if cfg.force or previous.get("status") == "failed":
         why = "force=true" if cfg.force else "the earlier attempt failed"
         log.warning("%s; %s: running it from scratch", err, why)
@@ -582,7 +579,7 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
         "params": swept_params(cfg), "config": as_dict(cfg),
         "metrics": {}, "artifacts": {}, "error": None, "traceback": None,
         "trained": bool(previous.get("trained")) and not cfg.force,
-        "attempts": previous.get("attempts", 0) + 1, "config_key": config_hash(as_dict(cfg)),
+        "attempts": previous.get("attempts", 0) + 1, "config_key": R.config_key(as_dict(cfg)),
         "provenance": provenance(),
     }
     if previous.get("train_summary") and results["trained"]:

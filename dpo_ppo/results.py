@@ -1,4 +1,5 @@
-"""The results contract: what a job folder holds and how to read it back.
+"""The results contract and a job's identity: what a job folder holds, how to read it back, and
+which config it belongs to.  Torch-free (the sweeper and the report import it without torch).
 
 Every module that writes or reads a job's results imports its names from here (the recorder and
 ``run_job`` write; the report, ``dpo-ppo-analyze --job`` and the sweeper read), so the file names,
@@ -12,7 +13,7 @@ A job folder holds:
                   stopped by SIGTERM/SIGINT, resumed by a relaunch like a running job)
       algorithm   "dpo" | "ppo"                                (ALGORITHMS)
       name        the sweep / experiment name (the W&B group)
-      overrides   the job's command-line overrides (its identity: ``identity``)
+      overrides   the job's command-line overrides (its folder: ``folder_key``)
       params      the swept hyperparameters, flat (PARAM_KEYS)
       config      the full resolved config
       metrics     {metric name: float} (METRIC names below)
@@ -26,7 +27,7 @@ A job folder holds:
       wandb       the job's W&B run: id (the same across attempts), project, entity, mode, url
                   (online, or after dpo-ppo-sync), synced
       provenance  git commit + dirty flag, library versions, SLURM ids, host, accelerator
-      config_key  hash of the config without the keys that do not change results
+      config_key  hash of the config without the keys that do not change results (``config_key``)
       wall_time_s, peak_mem_mb, stage_seconds, error, traceback, attempts, ...
       compute_attempts  one entry per attempt: {attempt, status, wall_s, train_s, accelerator_s}
                   (``compute``'s seconds are their sums; its steps and tokens are the trained
@@ -39,11 +40,19 @@ A job folder holds:
   Rows pair across jobs by ``prompt_id``.
 
 ``run_job`` returns ``SKIPPED`` for a job finished before; it is never written to a file.
+
+Identity, in two parts.  A job's *folder* is named by its command-line overrides without the keys
+that say where or how it runs (``EXCLUDED_KEYS``; ``folder_key``).  The folder name alone would
+let an edited sweep file or default find the same folder again and reuse its results under
+another config, so results.json also records the *config key* (``config_key``: a hash of the full
+resolved config without the ``VOLATILE`` keys), and ``config_drift`` names the keys that differ
+between the config a folder's results were made with and the config asked for now.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -145,9 +154,9 @@ def override_key(override: str) -> str:
     return str(override).split("=", 1)[0].lstrip("+~")
 
 
-def identity(overrides: Iterable[str], exclude: Iterable[str] = EXCLUDED_KEYS) -> List[str]:
-    """What names a job: its overrides without the excluded keys (exact key match, as Hydra's
-    override_dirname does), sorted."""
+def folder_key(overrides: Iterable[str], exclude: Iterable[str] = EXCLUDED_KEYS) -> List[str]:
+    """What names a job's folder: its overrides without the excluded keys (exact key match, as
+    Hydra's override_dirname does), sorted."""
     exclude = set(exclude)
     return sorted(o for o in map(str, overrides) if override_key(o) not in exclude)
 
@@ -159,16 +168,114 @@ def changes_results(key: str) -> bool:
     return not (key in EXCLUDED_KEYS or top in EXCLUDED_KEYS or top in ("seed", "hydra"))
 
 
+# --------------------------------------------------------------------------- the config's identity
+# top-level keys that do not change a job's results: those left out of the job folder names
+# (EXCLUDED_KEYS, = hydra.job.config.override_dirname.exclude_keys), and prepare
+# (a dotted key stays dotted unless its whole group is excluded: eval.batch_size, not eval)
+VOLATILE = tuple(dict.fromkeys([k.split(".")[0] if k.split(".")[0] in EXCLUDED_KEYS else k
+                                for k in EXCLUDED_KEYS] + ["prepare"]))
+
+
+# keys added after jobs had recorded their configs, with the default that keeps the older
+# behaviour: at that default they are left out of a job's identity (and of the artifact keys,
+# ``without_late_defaults``), so a folder or cache made before them is still the same job
+LATE_DEFAULTS = {"classifier": {"negative_label": None}}
+
+
+def without_late_defaults(group: str, values: dict) -> dict:
+    """``values`` of config group ``group`` without the LATE_DEFAULTS keys at their default."""
+    late = LATE_DEFAULTS.get(group, {})
+    return {k: v for k, v in values.items() if not (k in late and v == late[k])}
+
+
+def config_identity(config: dict, volatile: Iterable[str] = VOLATILE) -> dict:
+    """``config`` without the volatile keys (top-level like ``logger`` or dotted like
+    ``eval.batch_size``) and without late keys at their default (LATE_DEFAULTS)."""
+    volatile = set(volatile)
+    out = {}
+    for k, v in config.items():
+        if k in volatile:
+            continue
+        nested = {key.split(".", 1)[1] for key in volatile if key.startswith(f"{k}.")}
+        out[k] = {ck: cv for ck, cv in v.items() if ck not in nested} if nested and isinstance(v, dict) else v
+        if isinstance(out[k], dict):
+            out[k] = without_late_defaults(k, out[k])
+    return out
+
+
+def config_key(config: dict) -> str:
+    """results.json's ``config_key``: one per distinct job (volatile keys left out)."""
+    blob = json.dumps(config_identity(config), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _leaves(node: Any, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out: dict = {}
+        for k, v in node.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+_MISSING = object()
+
+
+def config_diff(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every leaf that differs (volatile keys left out), sorted."""
+    a, b = _leaves(config_identity(old)), _leaves(config_identity(new))
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key, _MISSING), b.get(key, _MISSING)
+        if x != y:
+            show = lambda v: "(absent)" if v is _MISSING else json.dumps(v, default=str)  # noqa: E731
+            lines.append(f"{key}: {show(x)} -> {show(y)}")
+    return lines
+
+
+class ConfigDrift(RuntimeError):
+    """A job folder holds results (or a checkpoint) made under another config."""
+
+    def __init__(self, job_dir, diff: list[str]):
+        self.diff = diff
+        shown = "; ".join(diff[:12]) + (f"; ... and {len(diff) - 12} more" if len(diff) > 12 else "")
+        super().__init__(f"config drift: {job_dir} holds results made with another config "
+                         f"({len(diff)} key{'s' if len(diff) != 1 else ''} differ: {shown}). "
+                         f"force=true re-runs the job from scratch under the new config")
+
+
+def config_drift(job_dir, recorded: Optional[Dict[str, Any]], config: dict) -> Optional[ConfigDrift]:
+    """The drift between the results a folder holds (``recorded``, a results.json object) and
+    ``config`` (``as_dict`` of the config asked for now); None when they agree or nothing with a
+    config is recorded."""
+    if not recorded or not recorded.get("config"):
+        return None
+    diff = config_diff(dict(recorded["config"]), config)
+    return ConfigDrift(job_dir, diff) if diff else None
+
+
 # --------------------------------------------------------------------------- reading and writing
+
+
+def write_atomic(path: Path, data: "str | bytes") -> Path:
+    """Write ``path`` so that a reader sees the old file or the new one, never half of one: the
+    text goes to a temporary file beside it (named by this process), then ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    (tmp.write_bytes if isinstance(data, bytes) else tmp.write_text)(data)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """``data`` as indented JSON at ``path``, atomically (``write_atomic``); the folder is made."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, json.dumps(data, indent=1, default=str))
 
 
 def write_results(folder: Path, results: Dict[str, Any]) -> Path:
     """Write ``folder/results.json`` atomically."""
-    path = Path(folder) / RESULTS_FILE
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(results, indent=1, default=str))
-    os.replace(tmp, path)
-    return path
+    return write_json(Path(folder) / RESULTS_FILE, results)
 
 
 def read_results(path: Path) -> Optional[Dict[str, Any]]:
@@ -225,7 +332,7 @@ class JobResults:
     error: Optional[str] = None
     wandb: Dict[str, Any] = field(default_factory=dict)  # id, project, entity, mode, url, synced
     over_training: Dict[str, Dict[str, List[Any]]] = field(default_factory=dict)  # table -> column -> values
-    config_key: Optional[str] = None  # hash of the config (dpo_ppo.identity): one per distinct job
+    config_key: Optional[str] = None  # hash of the config (``config_key``): one per distinct job
 
 
 def _columns(table: Any) -> Dict[str, List[Any]]:
@@ -283,13 +390,13 @@ def read_eval_rows(path: Path) -> Optional[Dict[str, List[float]]]:
 
 def write_eval_rows(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
     """Write per-prompt rows (dicts with ``EVAL_ROW_COLUMNS``) to a CSV file, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(EVAL_ROW_COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    import io
+
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(EVAL_ROW_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())
 
 
 def read_train_log(folder: Path) -> List[Dict[str, Any]]:

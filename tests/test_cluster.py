@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 
 from conftest import compose_cfg
 from dpo_ppo import job as jobmod
-from dpo_ppo.identity import config_diff, config_hash
+from dpo_ppo import results as R
+from dpo_ppo.results import config_diff, config_key as config_hash
 from dpo_ppo.runtime.joblock import LOCK_FILE, JobLock
 from dpo_ppo.runtime.wandb_sync import plan, sync
 from fixtures import read_offline_run
@@ -134,7 +135,7 @@ def test_drift_stops_a_finished_job_and_force_reruns_it(tmp_path, stub_run):
     assert "algorithm.lr: " in out["error"] and "-> 0.123" in out["error"] and "eval.num_prompts: 32 -> 16" in out["error"]
     assert "force=true" in out["error"]
     assert (job_dir / "results.json").read_text() == before  # the old results are left alone
-    with pytest.raises(jobmod.ConfigDrift, match="algorithm.lr"):
+    with pytest.raises(R.ConfigDrift, match="algorithm.lr"):
         jobmod.run_job(edited, job_dir)
     # unchanged config: skipped as before; only volatile keys changed: still the same job
     assert jobmod.run_job(_cfg(tmp_path, "logger=none", "threads=1", "device=cpu"), job_dir)["status"] == "skipped"

@@ -18,7 +18,7 @@ from conftest import compose_cfg
 from dpo_ppo.runtime import hardware
 from dpo_ppo.config import ConfigError, validate
 from dpo_ppo.train.dpo import micro_batches
-from dpo_ppo.identity import config_hash
+from dpo_ppo.results import config_key as config_hash
 from dpo_ppo.train.sampling import generate, sample_keys
 
 

@@ -32,7 +32,7 @@ def test_swept_params_are_the_contracts_params(algorithm):
 def test_identity_and_what_changes_results():
     overrides = ["+threads=1", "algorithm=ppo", "logger=none", "logger.dir=/x", "seed=3", "device=cpu"]
     # exact keys, as Hydra's override_dirname excludes them: logger.dir still names the folder
-    assert R.identity(overrides) == ["algorithm=ppo", "logger.dir=/x", "seed=3"]
+    assert R.folder_key(overrides) == ["algorithm=ppo", "logger.dir=/x", "seed=3"]
     assert R.override_key("+~algorithm.lr=1e-5") == "algorithm.lr"
     assert not R.changes_results("threads") and not R.changes_results("logger.dir")
     assert not R.changes_results("seed") and not R.changes_results("hydra.launcher.n_jobs")

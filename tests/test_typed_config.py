@@ -18,7 +18,7 @@ from dpo_ppo import config as C
 from dpo_ppo.analysis import config as AC
 from dpo_ppo.data.cache import spec_key
 from dpo_ppo.checks import ConfigError
-from dpo_ppo.identity import config_hash
+from dpo_ppo.results import config_key as config_hash
 from dpo_ppo.job import artifact_specs, swept_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def _old_specs(cfg: DictConfig, precision: str) -> dict:
     numerics = {} if precision == "fp32" else {"precision": precision}
     base = {"model": container(cfg.model), "corpus": corpus if cfg.model.source == "embedded" else None,
             **(numerics if cfg.model.source == "embedded" else {})}
-    # classifier.negative_label came later: at its default (null) it is left out (identity.LATE_DEFAULTS)
+    # classifier.negative_label came later: at its default (null) it is left out (results.LATE_DEFAULTS)
     cls = {k: v for k, v in container(cfg.classifier).items() if not (k == "negative_label" and v is None)}
     classifier = {"classifier": cls, "corpus": corpus,
                   "tokenizer": base if cfg.classifier.source == "embedded" else None,

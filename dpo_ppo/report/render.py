@@ -182,7 +182,7 @@ def report_run_id(root: Path, name: Optional[str] = None, runs: Optional[Sequenc
     if runs is None:
         runs, meta = load_sweep(Path(root))
         name = name or sweep_name(root, runs, meta)
-    jobs = sorted({",".join(R.identity(r.overrides)) for r in runs})
+    jobs = sorted({",".join(R.folder_key(r.overrides)) for r in runs})
     return "report-" + hashlib.sha1(json.dumps([name, jobs]).encode()).hexdigest()[:16]
 
 

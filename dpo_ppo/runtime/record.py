@@ -28,19 +28,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 from dpo_ppo import results as R
 from dpo_ppo.results import RESULTS_FILE, TRAIN_LOG_FILE
 
 log = logging.getLogger(__name__)
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 def run_tags(results: dict, wandb_config: dict, extra=()) -> list[str]:
@@ -64,7 +57,7 @@ def run_group(results: dict) -> str:
     configuration.  ``algorithm.`` is dropped from the keys; a name past W&B's limit keeps its
     start and a hash of the whole."""
     knobs = []
-    for o in R.identity(results.get("overrides") or ()):
+    for o in R.folder_key(results.get("overrides") or ()):
         key = R.override_key(o)
         if key in ("seed", "algorithm"):
             continue
@@ -165,9 +158,7 @@ def _drop_replayed_rows(path: Path, step, keys: set) -> None:
         if at is not None and (at > step or (at == step and set(row) - {"step"} == keys)):
             continue
         kept.append(line + "\n")
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    R.write_atomic(path, "".join(kept))
 
 
 class Recorder:
@@ -219,7 +210,7 @@ class Recorder:
         self.results["wandb"]["next_step"] = self.step
 
     def save(self) -> None:
-        write_json(self.job_dir / RESULTS_FILE, self.results)
+        R.write_results(self.job_dir, self.results)
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         """A training-curve point (W&B history and ``train_log.jsonl``); ``step`` is the examples

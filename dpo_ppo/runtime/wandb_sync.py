@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dpo_ppo.runtime.record import write_json
+from dpo_ppo.results import write_json
 
 SKIP = {".submitit", ".hydra", "__pycache__"}
 

@@ -35,7 +35,6 @@ with ``status: failed``, or when its launcher lost it and its folder holds no fi
 
 import copy
 import itertools
-import json
 import logging
 import os
 import re
@@ -54,7 +53,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
-from dpo_ppo.results import FINISHED, RESULTS_FILE, identity, read_results
+from dpo_ppo import results as R
+from dpo_ppo.results import FINISHED, RESULTS_FILE, folder_key, read_results
 
 log = logging.getLogger(__name__)
 
@@ -292,14 +292,6 @@ def _last_line(text: Any, limit: int = 300) -> str:
     return line[:limit]
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)
-
-
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
@@ -433,7 +425,7 @@ class DpoPpoSweeper(Sweeper):
             return True
 
         # what names the folder: the overrides minus the config's exclude_keys
-        return identity(recorded, self._exclude) == identity(job.overrides, self._exclude)
+        return folder_key(recorded, self._exclude) == folder_key(job.overrides, self._exclude)
 
     def _compose(self, idx: int) -> Any:
         """Job ``idx``'s task config exactly as run_job will see it (composed with its overrides,
@@ -464,11 +456,10 @@ class DpoPpoSweeper(Sweeper):
         return cfg
 
     def _config_key(self, overrides: Sequence[str]) -> str:
-        """results.json's config_key of the job these overrides make (dpo_ppo.identity)."""
+        """results.json's config_key of the job these overrides make (dpo_ppo.results.config_key)."""
         from dpo_ppo.config import as_dict
-        from dpo_ppo.identity import config_hash
 
-        return config_hash(as_dict(self._compose_overrides(overrides)))
+        return R.config_key(as_dict(self._compose_overrides(overrides)))
 
     def _merge_duplicates(self, name: str, merged: List[Merged], parser: OverridesParser) -> List[str]:
         """Grid points that are one job (``expand``): confirm each by its config key where the
@@ -477,7 +468,7 @@ class DpoPpoSweeper(Sweeper):
         lines: List[str] = []
         for m in merged:
             kept = self.jobs[m.kept]
-            exact = identity(m.overrides, self._exclude) == identity(kept.overrides, self._exclude)
+            exact = folder_key(m.overrides, self._exclude) == folder_key(kept.overrides, self._exclude)
             if not exact:  # the same values spelled differently (1, 1.0, 1e0; +key): compose both
                 try:
                     exact = self._config_key(m.overrides) == self._config_key(kept.overrides)
@@ -503,12 +494,11 @@ class DpoPpoSweeper(Sweeper):
     def _drift(self, idx: int, results: Mapping[str, Any]) -> Optional[str]:
         """The drift message when job ``idx``'s finished results were made with another config."""
         from dpo_ppo.config import as_dict
-        from dpo_ppo.identity import ConfigDrift, config_diff
 
         if not (self.check_drift and results.get("config")):
             return None
-        diff = config_diff(dict(results["config"]), as_dict(self._compose(idx)))
-        return str(ConfigDrift(self.jobs[idx].dir, diff)) if diff else None
+        drift = R.config_drift(self.jobs[idx].dir, results, as_dict(self._compose(idx)))
+        return None if drift is None else str(drift)
 
     @staticmethod
     def _running_elsewhere(job: Job) -> Optional[str]:
@@ -639,7 +629,7 @@ class DpoPpoSweeper(Sweeper):
             path = os.path.abspath(path)
             return os.path.relpath(path, sweep_dir_abs) if path.startswith(sweep_dir_abs) else path
 
-        _write_json(sweep_dir / "sweep.json", {
+        R.write_json(sweep_dir / "sweep.json", {
             "name": OmegaConf.select(self.config, "name", default=sweep_dir.name),
             "state": state,  # running | done
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
