@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from dpo_ppo.analysis.config import REFERENCE_ANALYSIS_VERSION
-from dpo_ppo.data.cache import artifact, load_dataset_artifact
+from dpo_ppo.data.cache import artifact, artifact_specs, load_dataset_artifact
 from dpo_ppo.config import Config, as_dict, to_typed
 from dpo_ppo.runtime import hardware, progress
 from dpo_ppo.runtime.joblock import JobLock
@@ -76,33 +75,6 @@ def swept_params(cfg: Config) -> dict:
         "prefix_len_max": algo.prefix_len_max, "completion_len": algo.completion_len,
         "model": cfg.model.name, "data": cfg.data.name, "classifier": cfg.classifier.name,
     }
-
-
-def artifact_specs(cfg: Config, precision: str = "fp32") -> dict:
-    """Exactly the config each shared artifact depends on; ``precision`` is the resolved one
-    (fp32 | bf16) of the stages that train or sample (batch sizes never enter: they change speed,
-    not results).  Reads attributes and ``as_dict``, so a composed DictConfig gives the same specs."""
-    corpus = {"data": as_dict(cfg.data)}
-    numerics = {} if precision == "fp32" else {"precision": precision}  # fp32 keys = the older caches'
-    base = {"model": as_dict(cfg.model), "corpus": corpus if cfg.model.source == "embedded" else None,
-            **(numerics if cfg.model.source == "embedded" else {})}
-    classifier = {"classifier": R.without_late_defaults("classifier", as_dict(cfg.classifier)), "corpus": corpus,
-                  "tokenizer": base if cfg.classifier.source == "embedded" else None,
-                  **(numerics if cfg.classifier.finetune else {})}
-    algo = cfg.algorithm
-    prefs = {"base": base, "classifier": classifier, "corpus": corpus, "seed": cfg.seed,
-             **{k: getattr(algo, k) for k in ("examples", "num_completions", "prefix_len", "prefix_len_max",
-                                     "completion_len", "temperature", "top_k")}, **numerics}
-    eval_spec = {k: v for k, v in as_dict(cfg.eval).items() if k != "batch_size"}
-    ref_eval = {"base": base, "classifier": classifier, "corpus": corpus, "eval": eval_spec, **numerics}
-    # the reference's side of the per-model analyses (Job.reference_cache): the reference, the
-    # held-out texts, the scorer and the analysis settings; the analysis's "what" is added per call
-    analysis = (None if cfg.analysis is None else
-                {k: v for k, v in as_dict(cfg.analysis).items() if k not in ("name", "batch_size", "device")})
-    ref_analysis = {"base": base, "classifier": classifier, "corpus": corpus, "analysis": analysis,
-                    "code": REFERENCE_ANALYSIS_VERSION, **numerics}
-    return {"corpus": corpus, "base": base, "classifier": classifier, "prefs": prefs, "ref_eval": ref_eval,
-            "ref_analysis": ref_analysis}
 
 
 class Job:

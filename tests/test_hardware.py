@@ -85,7 +85,7 @@ def test_batch_sizes_are_not_part_of_a_jobs_identity():
 
 
 def test_artifact_keys_carry_the_precision_only_when_it_is_not_float32():
-    from dpo_ppo.job import artifact_specs
+    from dpo_ppo.data.cache import artifact_specs
 
     cfg = compose_cfg([])
     fp32, bf16 = artifact_specs(cfg, "fp32"), artifact_specs(cfg, "bf16")

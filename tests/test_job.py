@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_cfg
-from dpo_ppo.job import artifact_specs, run_job
+from dpo_ppo.data.cache import artifact_specs
+from dpo_ppo.job import run_job
 from fixtures import read_offline_run
 
 

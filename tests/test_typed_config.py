@@ -19,7 +19,8 @@ from dpo_ppo.analysis import config as AC
 from dpo_ppo.data.cache import spec_key
 from dpo_ppo.checks import ConfigError
 from dpo_ppo.results import config_key as config_hash
-from dpo_ppo.job import artifact_specs, swept_params
+from dpo_ppo.data.cache import artifact_specs
+from dpo_ppo.job import swept_params
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -118,3 +118,38 @@ def load_dataset_artifact(path: str | Path):
     from datasets import load_from_disk
 
     return load_from_disk(str(path), keep_in_memory=True)
+
+
+# --------------------------------------------------------------------------- what each artifact depends on
+
+
+def artifact_specs(cfg, precision: str = "fp32") -> dict:
+    """Exactly the config each shared artifact depends on; ``precision`` is the resolved one
+    (fp32 | bf16) of the stages that train or sample (batch sizes never enter: they change speed,
+    not results).  Reads attributes and ``as_dict``, so a composed DictConfig gives the same specs.
+    Torch-free: the sweeper's prepare step reads the keys without importing torch."""
+    from dpo_ppo.analysis.config import REFERENCE_ANALYSIS_VERSION
+    from dpo_ppo.config import as_dict
+    from dpo_ppo.results import without_late_defaults
+
+    corpus = {"data": as_dict(cfg.data)}
+    numerics = {} if precision == "fp32" else {"precision": precision}  # fp32 keys = the older caches'
+    base = {"model": as_dict(cfg.model), "corpus": corpus if cfg.model.source == "embedded" else None,
+            **(numerics if cfg.model.source == "embedded" else {})}
+    classifier = {"classifier": without_late_defaults("classifier", as_dict(cfg.classifier)), "corpus": corpus,
+                  "tokenizer": base if cfg.classifier.source == "embedded" else None,
+                  **(numerics if cfg.classifier.finetune else {})}
+    algo = cfg.algorithm
+    prefs = {"base": base, "classifier": classifier, "corpus": corpus, "seed": cfg.seed,
+             **{k: getattr(algo, k) for k in ("examples", "num_completions", "prefix_len", "prefix_len_max",
+                                     "completion_len", "temperature", "top_k")}, **numerics}
+    eval_spec = {k: v for k, v in as_dict(cfg.eval).items() if k != "batch_size"}
+    ref_eval = {"base": base, "classifier": classifier, "corpus": corpus, "eval": eval_spec, **numerics}
+    # the reference's side of the per-model analyses (Job.reference_cache): the reference, the
+    # held-out texts, the scorer and the analysis settings; the analysis's "what" is added per call
+    analysis = (None if cfg.analysis is None else
+                {k: v for k, v in as_dict(cfg.analysis).items() if k not in ("name", "batch_size", "device")})
+    ref_analysis = {"base": base, "classifier": classifier, "corpus": corpus, "analysis": analysis,
+                    "code": REFERENCE_ANALYSIS_VERSION, **numerics}
+    return {"corpus": corpus, "base": base, "classifier": classifier, "prefs": prefs, "ref_eval": ref_eval,
+            "ref_analysis": ref_analysis}

@@ -526,7 +526,7 @@ class DpoPpoSweeper(Sweeper):
         jobs about to run, launched together and awaited before the jobs. Returns how many."""
         from dpo_ppo.data.cache import spec_key
         from dpo_ppo.config import Config
-        from dpo_ppo.job import artifact_specs
+        from dpo_ppo.data.cache import artifact_specs
 
         assert self.launcher is not None
         covered: set = set()
