@@ -29,7 +29,8 @@ from omegaconf import DictConfig
 
 from dpo_ppo.data.cache import artifact, artifact_specs, load_dataset_artifact
 from dpo_ppo.config import Config, as_dict, to_typed
-from dpo_ppo.runtime import hardware, progress
+from dpo_ppo.config.schedule import swept_params
+from dpo_ppo.runtime import gpus, hardware, progress
 from dpo_ppo.runtime.joblock import JobLock
 from dpo_ppo.runtime.provenance import provenance
 from dpo_ppo import results as R
@@ -42,47 +43,12 @@ log = logging.getLogger("dpo_ppo")
 EVAL_PROMPT_SEED = 1234  # the same unseen test prefixes for every job, whatever its seed
 
 
-def resolve_device(name: str, jobs_per_gpu: int = 1) -> torch.device:
-    """``auto``: a GPU when there is one, else the CPU. With several GPUs the job claims a slot
-    on the least-loaded one, ``jobs_per_gpu`` slots per GPU (dpo_ppo.runtime.gpus); any other name
-    (cpu, cuda, cuda:N) is taken as it is."""
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        from dpo_ppo.runtime import gpus
-
-        return gpus.job_device(jobs_per_gpu)
-    return torch.device(name)
-
-
-def swept_params(cfg: Config) -> dict:
-    """The hyperparameters a sweep varies, flat, for W&B grouping and the report."""
-    from dpo_ppo.config import planned_optimizer_steps
-    from dpo_ppo.train.ppo import kl_controller_name
-
-    algo = cfg.algorithm
-    ppo = algo.name == "ppo"
-    controller = kl_controller_name(algo) if ppo else None
-    return {
-        "algorithm": algo.name, "beta": getattr(algo, "beta", None),
-        "kl_target": getattr(algo, "kl_target", None) if controller != "fixed" else None,
-        "kl_coef": getattr(algo, "kl_coef", None), "kl_controller": controller,
-        "value_model": getattr(algo, "value_model", None) if ppo else None,
-        "compute": cfg.compute.mode if cfg.compute is not None else "native",
-        "optimizer_steps": planned_optimizer_steps(cfg),
-        "seed": cfg.seed, "examples": algo.examples,
-        "lr": algo.lr, "num_completions": algo.num_completions, "prefix_len": algo.prefix_len,
-        "prefix_len_max": algo.prefix_len_max, "completion_len": algo.completion_len,
-        "model": cfg.model.name, "data": cfg.data.name, "classifier": cfg.classifier.name,
-    }
-
-
 class Job:
     def __init__(self, cfg: Config | DictConfig, job_dir: Path, overrides: list[str] | None = None):
         self.cfg = cfg = to_typed(cfg)
         self.job_dir = Path(job_dir)
         self.overrides = list(overrides or [])
-        self.device = resolve_device(cfg.device, hardware.jobs_per_gpu(cfg))
+        self.device = gpus.resolve_device(cfg.device, hardware.jobs_per_gpu(cfg))
         self.hw = hardware.resolve(cfg, self.device)  # precision and batch sizes on this device
         self.cache = Path(cfg.cache_dir).expanduser().resolve()
         self.specs = artifact_specs(cfg, self.hw.precision)
@@ -229,7 +195,7 @@ class Job:
         """The reference's own context (its config.json, a hub model's too) holds prefix +
         completion, and its tokenizer has a pad or EOS token; the config check read a local folder
         (or compared the ``model.context_length`` key of a hub id)."""
-        from dpo_ppo.config import check_model_folder
+        from dpo_ppo.config.environment import check_model_folder
 
         if self.cfg.model.source != "embedded":  # a hub model's, read after the base stage saved it
             check_model_folder(self.cfg, "model.source", base_path)

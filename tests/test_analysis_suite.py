@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from dpo_ppo.analysis.cli import analysis_config, analyze, compose
 from dpo_ppo.analysis.common import select_balanced
-from dpo_ppo.analysis.config import AnalysisConfig
+from dpo_ppo.config.analysis import AnalysisConfig
 from dpo_ppo.analysis.suite import run_analysis
 from fixtures import LexiconScorer, toy_model, toy_reviews, toy_tokenizer
 
@@ -273,14 +273,14 @@ def test_every_registered_analysis_has_its_switch():
 def test_presets_compose_with_hydra_and_validate():
     from hydra import compose, initialize_config_dir
 
-    from dpo_ppo.config import ConfigError, register_configs, validate
+    from dpo_ppo.config import ConfigError, load, register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         for preset in ("full", "fast", "none"):
             cfg = compose("config", overrides=[f"analysis={preset}"])
             assert cfg.analysis.name == preset
-            validate(cfg)
+            load(cfg)
         assert compose("config").analysis.name == "full"  # the default
         assert compose("config", overrides=["analysis=none"]).analysis.enabled is False
         bad = {"analysis.ablation_kinds=[zero,median]": "analysis.ablation_kinds",
@@ -292,10 +292,10 @@ def test_presets_compose_with_hydra_and_validate():
         for override, key in bad.items():
             cfg = compose("config", overrides=["analysis=fast", override])
             with pytest.raises(ConfigError) as e:
-                validate(cfg)
+                load(cfg)
             assert e.value.key == key, override
         # a disabled suite is not checked further
-        validate(compose("config", overrides=["analysis=none", "analysis.activation_prompts=0"]))
+        load(compose("config", overrides=["analysis=none", "analysis.activation_prompts=0"]))
 
 
 def test_full_preset_matches_the_schema_defaults():

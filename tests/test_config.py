@@ -8,12 +8,12 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from conftest import compose_cfg
-from dpo_ppo.config import ConfigError, validate
+from dpo_ppo.config import ConfigError, load
 
 
 def test_default_composes_and_validates():
     cfg = compose_cfg(tiny=False)
-    validate(cfg)
+    load(cfg)
     assert cfg.algorithm.name == "dpo" and cfg.model.source == "embedded"
     # as long as training's completions; 1950 prompts: 1987 of the 2000 synthetic test reviews reach 25 tokens
     assert (cfg.eval.num_prompts, cfg.eval.prefix_len, cfg.eval.completion_len) == (1950, 25, 48)
@@ -31,18 +31,18 @@ def test_default_composes_and_validates():
 def test_bad_values_name_the_key(override, key):
     cfg = compose_cfg([override], tiny=False)
     with pytest.raises(ConfigError) as err:
-        validate(cfg)
+        load(cfg)
     assert err.value.key == key and str(err.value).startswith(key)
 
 
 def test_ppo_checks():
-    validate(compose_cfg(["algorithm=ppo"], tiny=False))
+    load(compose_cfg(["algorithm=ppo"], tiny=False))
     for override, key in [("algorithm.kl_target=-2", "algorithm.kl_target"),
                           ("algorithm.kl_estimator=k2", "algorithm.kl_estimator"),
                           ("algorithm.lam=1.5", "algorithm.lam"),
                           ("algorithm.prefix_len_max=10", "algorithm.prefix_len_max")]:
         with pytest.raises(ConfigError, match=key):
-            validate(compose_cfg(["algorithm=ppo", override], tiny=False))
+            load(compose_cfg(["algorithm=ppo", override], tiny=False))
 
 
 def test_typo_and_wrong_type_fail_at_composition():
@@ -80,13 +80,13 @@ def test_paper_presets_match_section_5_1():
     assert (a.examples, a.lr, a.kl_target, a.num_completions, a.prefix_len, a.completion_len) == (10000, 1e-6, 0.1, 4, 25, 100)
     assert run2_ppo.name == "paper_run2"
     for cfg in (run1_ppo, run2_ppo, run2_dpo, compose_cfg(["experiment=paper_run1", *hub], tiny=False)):
-        validate(cfg)
+        load(cfg)
         assert cfg.algorithm.weight_decay == 0.0  # AdamW; the seed gives no decay
 
 
 def test_paper_run1_does_not_fit_the_tiny_model():
     with pytest.raises(ConfigError, match="algorithm.prefix_len.*context"):
-        validate(compose_cfg(["experiment=paper_run1"], tiny=False))
+        load(compose_cfg(["experiment=paper_run1"], tiny=False))
 
 
 def _cli(*args):
@@ -128,7 +128,7 @@ def test_cli_help_and_cfg_job():
 def test_unknown_keys_added_with_plus_name_the_closest_valid_key(override, key, closest):
     cfg = compose_cfg([override], tiny=False)
     with pytest.raises(ConfigError) as err:
-        validate(cfg)
+        load(cfg)
     assert err.value.key == key
     if closest:
         assert str(err.value).endswith(f"the closest valid key is {closest}")
@@ -139,7 +139,7 @@ def test_unknown_keys_added_with_plus_name_the_closest_valid_key(override, key, 
 def test_the_other_algorithms_key_says_whose_it_is():
     cfg = compose_cfg(["+algorithm.kl_target=3"], tiny=False)
     with pytest.raises(ConfigError, match=r"^algorithm.kl_target: .*belongs to algorithm=ppo$"):
-        validate(cfg)
+        load(cfg)
 
 
 @pytest.mark.parametrize("override, key", [
@@ -149,7 +149,7 @@ def test_the_other_algorithms_key_says_whose_it_is():
 ])
 def test_non_finite_floats_fail(override, key):
     with pytest.raises(ConfigError) as err:
-        validate(compose_cfg([override], tiny=False))
+        load(compose_cfg([override], tiny=False))
     assert err.value.key == key and "finite" in str(err.value)
 
 
@@ -160,10 +160,10 @@ def test_non_finite_floats_fail(override, key):
 def test_seeds_are_in_uint32(override, key, ok):
     cfg = compose_cfg([override], tiny=False)
     if ok:
-        validate(cfg)
+        load(cfg)
     else:
         with pytest.raises(ConfigError, match=r"\[0, 2\^32-1\]") as err:
-            validate(cfg)
+            load(cfg)
         assert err.value.key == key
 
 
@@ -172,10 +172,10 @@ def test_seeds_are_in_uint32(override, key, ok):
 def test_device_names(device, ok):
     cfg = compose_cfg([f"device={device}"], tiny=False)
     if ok:
-        validate(cfg)
+        load(cfg)
     else:
         with pytest.raises(ConfigError) as err:
-            validate(cfg)
+            load(cfg)
         assert err.value.key == "device"
 
 
@@ -185,7 +185,7 @@ def test_cuda_where_there_is_none_fails_at_the_config_check(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for key, override in [("device", "device=cuda"), ("analysis.device", "analysis.device=cuda:0")]:
         with pytest.raises(ConfigError, match=f"^{key}: .*no CUDA device"):
-            validate(compose_cfg([override], tiny=False))
+            load(compose_cfg([override], tiny=False))
 
 
 def test_local_folders_are_checked_for_what_they_hold(tmp_path):
@@ -194,36 +194,36 @@ def test_local_folders_are_checked_for_what_they_hold(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ConfigError, match="^classifier.source: .*empty folder"):
-        validate(compose_cfg([f"classifier.source={empty}"], tiny=False))
+        load(compose_cfg([f"classifier.source={empty}"], tiny=False))
     half = tmp_path / "half"  # config and tokenizer, no weights
     half.mkdir()
     (half / "config.json").write_text("{}")
     (half / "tokenizer.json").write_text("{}")
     with pytest.raises(ConfigError) as err:
-        validate(compose_cfg([f"model.source={half}"], tiny=False))
+        load(compose_cfg([f"model.source={half}"], tiny=False))
     assert err.value.key == "model.source" and "model weights" in str(err.value) and "tokenizer" not in str(err.value)
     data = tmp_path / "data"
     DatasetDict({s: Dataset.from_dict({"text": ["a"], "sentiment": [1]}) for s in ("train", "test")}).save_to_disk(str(data))
     with pytest.raises(ConfigError, match=r"^data.source: split 'train' of .* has no 'label' column \(columns: text, sentiment\)"):
-        validate(compose_cfg([f"data.source={data}"], tiny=False))
+        load(compose_cfg([f"data.source={data}"], tiny=False))
     good = tmp_path / "good"
     review = "a review long enough for a prefix of 25 tokens, whatever the tokenizer makes of it " * 2
     DatasetDict({s: Dataset.from_dict({"text": [review, review], "label": [0, 1]}) for s in ("train", "test")}
                 ).save_to_disk(str(good))
-    validate(compose_cfg([f"data.source={good}", "eval.num_prompts=2"], tiny=False))
+    load(compose_cfg([f"data.source={good}", "eval.num_prompts=2"], tiny=False))
 
 
 def test_cache_dir_under_a_file_fails(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(ConfigError, match="^cache_dir: .* is a file"):
-        validate(compose_cfg([f"cache_dir={tmp_path}/f/cache"], tiny=False))
+        load(compose_cfg([f"cache_dir={tmp_path}/f/cache"], tiny=False))
     assert (tmp_path / "f").read_text() == ""
 
 
 @pytest.mark.parametrize("overrides", [["sweep=smoke"], ["sweep=confound"], ["sweep=paper"], ["compute=matched"],
                                        ["experiment=paper_run2", "algorithm=ppo", "model=pythia70m"]])
 def test_shipped_configs_hold_only_schema_keys(overrides):
-    from dpo_ppo.config import check_keys
+    from dpo_ppo.config.keys import check_keys
 
     check_keys(compose_cfg(overrides, tiny=False))
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import compose_cfg
-from dpo_ppo.config import ConfigError, apply_compute, planned_optimizer_steps, validate
+from dpo_ppo.config import ConfigError, apply_compute, load, planned_optimizer_steps
 from dpo_ppo.train.sampling import KeyedGumbelSampler, generate, keyed_uniform, sample_keys
 
 
@@ -137,14 +137,14 @@ def test_dpo_trains_on_the_sampled_token_ids(tmp_path):
 
 def test_scorer_must_read_prefix_plus_completion():
     with pytest.raises(ConfigError, match=r"classifier\.max_length.*prefix \+ algorithm\.completion_len = 41"):
-        validate(compose_cfg(["classifier.max_length=40"]))
+        load(compose_cfg(["classifier.max_length=40"]))
     with pytest.raises(ConfigError, match=r"classifier\.max_length.*eval\.completion_len = 125"):
-        validate(compose_cfg(["classifier.max_length=100", "eval.completion_len=100"]))
+        load(compose_cfg(["classifier.max_length=100", "eval.completion_len=100"]))
     # the confound sweep's longest jobs fit the embedded classifier, the paper's run 1 fits gpt2_imdb
-    validate(compose_cfg(["algorithm.prefix_len=50", "algorithm.completion_len=100"], tiny=False))
-    validate(compose_cfg(["experiment=paper_run1", "model=pythia70m", "classifier=gpt2_imdb"], tiny=False))
+    load(compose_cfg(["algorithm.prefix_len=50", "algorithm.completion_len=100"], tiny=False))
+    load(compose_cfg(["experiment=paper_run1", "model=pythia70m", "classifier=gpt2_imdb"], tiny=False))
     with pytest.raises(ConfigError, match="classifier.max_length"):
-        validate(compose_cfg(["experiment=paper_run1", "model=pythia70m", "classifier=gpt2_imdb",
+        load(compose_cfg(["experiment=paper_run1", "model=pythia70m", "classifier=gpt2_imdb",
                               "classifier.max_length=256"], tiny=False))
 
 
@@ -155,7 +155,7 @@ def test_matched_compute_gives_both_algorithms_the_same_steps():
     matched = {}
     for a in ("dpo", "ppo"):
         cfg = compose_cfg([f"algorithm={a}", "compute=matched", "compute.prefixes_per_step=8"], tiny=False)
-        validate(cfg)
+        load(cfg)
         apply_compute(cfg)
         matched[a] = planned_optimizer_steps(cfg)
     assert matched == {"dpo": 64, "ppo": 64}
@@ -170,7 +170,7 @@ def test_matched_compute_gives_both_algorithms_the_same_steps():
             assert planned_optimizer_steps(cfg) == matched_steps, (run, a)
         assert (steps["dpo"], steps["ppo"]) == native_steps, run
     with pytest.raises(ConfigError, match=r"compute\.prefixes_per_step.*rollout_prefixes \(16\)"):
-        validate(compose_cfg(["algorithm=ppo", "compute=matched", "compute.prefixes_per_step=12"]))
+        load(compose_cfg(["algorithm=ppo", "compute=matched", "compute.prefixes_per_step=12"]))
 
 
 def test_a_partial_last_rollout_takes_minibatches_of_the_usual_size(tmp_path):
@@ -179,7 +179,7 @@ def test_a_partial_last_rollout_takes_minibatches_of_the_usual_size(tmp_path):
     as planned_optimizer_steps says, and as DPO with batch 4 would take for 40 pairs."""
     from test_ppo import ppo_cfg, run
 
-    from dpo_ppo.train.ppo import rollout_minibatches
+    from dpo_ppo.config.schedule import rollout_minibatches
 
     cfg = ppo_cfg(examples=40, rollout_prefixes=16, ppo_epochs=1, num_minibatches=8, num_completions=2,
                   completion_len=4, early_stop_kl=None)  # the schedule alone: no trust region cutting it

@@ -165,7 +165,7 @@ def test_joblib_gpu_preset_runs_jobs_per_gpu_times_gpus(monkeypatch):
 
 
 def test_device_auto_without_cuda_is_the_cpu():
-    from dpo_ppo.job import resolve_device
+    from dpo_ppo.runtime.gpus import resolve_device
 
     assert not torch.cuda.is_available()  # this test machine
     assert resolve_device("auto", 4) == torch.device("cpu")

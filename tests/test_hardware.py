@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_cfg
 from dpo_ppo.runtime import hardware
-from dpo_ppo.config import ConfigError, validate
+from dpo_ppo.config import ConfigError, load
 from dpo_ppo.train.dpo import micro_batches
 from dpo_ppo.results import config_key as config_hash
 from dpo_ppo.train.sampling import generate, sample_keys
@@ -66,12 +66,12 @@ def test_gpu_sizes_scale_with_the_memory_a_job_may_use(monkeypatch):
 
 def test_bad_precision_and_sizes_name_the_key():
     with pytest.raises(ConfigError, match=r"precision: must be one of auto, fp32, bf16; got 'fp16'"):
-        validate(compose_cfg(["precision=fp16"]))
+        load(compose_cfg(["precision=fp16"]))
     with pytest.raises(ConfigError, match=r"hardware\.jobs_per_gpu: must be > 0, got 0"):
-        validate(compose_cfg(["hardware.jobs_per_gpu=0"]))
+        load(compose_cfg(["hardware.jobs_per_gpu=0"]))
     with pytest.raises(ConfigError, match=r"hardware\.static_cache_min_tokens: must be >= 0, got -1"):
-        validate(compose_cfg(["hardware.static_cache_min_tokens=-1"]))
-    validate(compose_cfg(["hardware.static_cache_min_tokens=0"]))
+        load(compose_cfg(["hardware.static_cache_min_tokens=-1"]))
+    load(compose_cfg(["hardware.static_cache_min_tokens=0"]))
 
 
 def test_batch_sizes_are_not_part_of_a_jobs_identity():

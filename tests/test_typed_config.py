@@ -15,9 +15,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from conftest import compose_cfg
 from dpo_ppo import config as C
-from dpo_ppo.analysis import config as AC
+from dpo_ppo.config import analysis as AC
 from dpo_ppo.data.cache import spec_key
-from dpo_ppo.checks import ConfigError
+from dpo_ppo.config.fields import ConfigError
 from dpo_ppo.results import config_key as config_hash
 from dpo_ppo.data.cache import artifact_specs
 from dpo_ppo.job import swept_params
@@ -40,7 +40,7 @@ def _old_apply_compute(cfg: DictConfig) -> None:
 
 
 def _old_params(cfg: DictConfig) -> dict:
-    from dpo_ppo.train.ppo import kl_controller_name
+    from dpo_ppo.config.schedule import kl_controller_name
 
     algo = cfg.algorithm
     ppo = algo.name == "ppo"
@@ -197,7 +197,9 @@ def test_the_entrypoint_passes_the_typed_config_to_run_job(tmp_path, monkeypatch
 
 
 def _schemas():
-    for module in (C, AC):
+    from dpo_ppo.config import schema as S
+
+    for module in (S, AC):
         for value in vars(module).values():
             if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == module.__name__:
                 yield value
@@ -217,7 +219,7 @@ def test_every_field_of_every_config_dataclass_has_help():
 
 
 def test_a_field_without_help_is_refused():
-    from dpo_ppo.checks import option
+    from dpo_ppo.config.fields import option
 
     with pytest.raises(TypeError, match="help"):
         option(1)
@@ -274,16 +276,25 @@ def test_cross_group_checks_live_in_config_check():
 # ------------------------------------------------------------- no import loop
 
 
-def test_the_two_schemas_do_not_import_each_other():
-    code = ("import sys; import dpo_ppo.analysis.config, dpo_ppo.checks, dpo_ppo.data.sources; "
-            "assert 'dpo_ppo.config' not in sys.modules, 'analysis.config pulled in dpo_ppo.config'")
+CONFIG_MODULES = ("fields", "analysis", "schema", "schedule", "keys", "environment", "errors")
+
+
+@pytest.mark.parametrize("module", CONFIG_MODULES)
+def test_each_config_module_imports_first_in_a_fresh_interpreter(module):
+    """No import loop inside the config package: any module of it can be the first one imported."""
+    code = f"import dpo_ppo.config.{module}"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    imports = re.compile(r"^\s*(from dpo_ppo(\.config)? import .*\bconfig\b|from dpo_ppo\.config import|"
-                         r"import dpo_ppo\.config)", re.M)
-    for path in ("dpo_ppo/analysis/config.py", "dpo_ppo/checks.py", "dpo_ppo/data/sources.py"):
-        assert not imports.search((REPO / path).read_text()), path  # not even lazily, inside a function
-    assert imports.search((REPO / "dpo_ppo/main.py").read_text())  # the pattern does find one
+
+
+def test_the_bottom_of_the_config_package_imports_nothing_above_it():
+    """fields (ConfigError, option) and the analysis schema sit below the schema; sources (which
+    raises ConfigError) imports only fields: not even lazily, inside a function."""
+    above = re.compile(r"^\s*(from dpo_ppo\.config(\.(schema|keys|environment|schedule|errors))? import|"
+                       r"import dpo_ppo\.config\b)", re.M)
+    for path in ("dpo_ppo/config/analysis.py", "dpo_ppo/config/fields.py", "dpo_ppo/data/sources.py"):
+        assert not above.search((REPO / path).read_text()), path
+    assert above.search((REPO / "dpo_ppo/main.py").read_text())  # the pattern does find one
 
 
 def test_label_smoothing_is_refused_where_trls_loss_ignores_it():

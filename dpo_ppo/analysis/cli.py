@@ -32,7 +32,8 @@ import hydra
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dpo_ppo.config import ConfigError, register_configs
-from dpo_ppo.main import CONF_DIR, run_cli
+from dpo_ppo.config.errors import exit_with_one_line, run_cli
+from dpo_ppo.main import CONF_DIR
 
 log = logging.getLogger("dpo_ppo.analyze")
 
@@ -101,7 +102,7 @@ def _keys() -> list[str]:
     """Every key of the app's schema, dotted (for the closest-key suggestion)."""
     import dataclasses
 
-    from dpo_ppo.analysis.config import AnalysisConfig
+    from dpo_ppo.config.analysis import AnalysisConfig
     from dpo_ppo.config import HardwareConfig
 
     keys = [f.name for f in dataclasses.fields(AnalyzeConfig)]
@@ -110,52 +111,21 @@ def _keys() -> list[str]:
     return keys
 
 
-def _check_model(key: str, source: str) -> None:
-    """A ``save_pretrained`` model folder (config.json and weights; the tokenizer may come from the
-    reference).  A name that is no local path is left to ``from_pretrained``."""
-    from dpo_ppo.data.sources import WEIGHTS, local_path
-
-    path = local_path(str(source))
-    if path is None:
-        return
-    if not path.is_dir():
-        raise ConfigError(key, f"no such folder: {path}" if not path.exists() else f"{path} is a file; it must be a folder")
-    names = {p.name for p in path.iterdir()}
-    missing = ([] if "config.json" in names else ["config.json"]) + \
-              ([] if names & set(WEIGHTS) else ["model weights (model.safetensors or pytorch_model.bin)"])
-    if missing:
-        raise ConfigError(key, f"{path} is not a save_pretrained folder; missing: {', '.join(missing)}")
-
-
-def _check_classifier(key: str, source: str) -> None:
-    """The scorer's config.json names a sequence classifier (when it names an architecture)."""
-    import json
-
-    from dpo_ppo.data.sources import local_path
-
-    path = local_path(str(source))
-    if path is None:
-        return
-    try:
-        archs = json.loads((path / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError) as e:
-        raise ConfigError(key, f"{path}/config.json is unreadable ({e})") from None
-    if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
-        raise ConfigError(key, f"{path} holds a {archs[0]}, not a sequence classifier")
-
-
 def check(cfg: DictConfig) -> Plan:
     """Every check that needs no torch: keys, ranges, the job folder, the paths.  Raises
     ``ConfigError`` naming the first bad key."""
-    from dpo_ppo.analysis.config import validate as validate_analysis
-    from dpo_ppo.config import PRECISIONS, check_device, check_keys
-    from dpo_ppo.results import FAILED, FINISHED, RESULTS_FILE, read_results
+    from dpo_ppo.config import PRECISIONS
+    from dpo_ppo.config.environment import check_device
+    from dpo_ppo.config.fields import choice
+    from dpo_ppo.config.keys import check_keys
     from dpo_ppo.data.sources import check_dataset_folder, check_pretrained_folder
+    from dpo_ppo.results import FAILED, FINISHED, RESULTS_FILE, read_results
 
     check_keys(cfg)
-    validate_analysis(cfg)
-    if cfg.precision not in PRECISIONS:
-        raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}; got {cfg.precision!r}")
+    analysis = analysis_config(cfg)
+    if analysis.enabled:
+        analysis.check("analysis")
+    choice("precision", cfg.precision, PRECISIONS)
     check_device("device", cfg.device)
     if cfg.analysis.device is not None:
         check_device("analysis.device", cfg.analysis.device)
@@ -195,11 +165,11 @@ def check(cfg: DictConfig) -> Plan:
                        ("out_dir", out_dir)):
         if not value:
             raise ConfigError(key, f"missing: give {key}=... (or job=JOB_DIR, a job folder with {RESULTS_FILE})")
-    _check_model("reference", reference)
+    # a policy without a tokenizer uses the reference's
+    check_pretrained_folder("reference", reference, tokenizer=False)
     for i, p in enumerate(policies):
-        _check_model("policy" if len(policies) == 1 else f"policy[{i}]", p)
-    check_pretrained_folder("scorer", scorer)
-    _check_classifier("scorer", scorer)
+        check_pretrained_folder("policy" if len(policies) == 1 else f"policy[{i}]", p, tokenizer=False)
+    check_pretrained_folder("scorer", scorer, classifier=True, finetune=False)
     if corpus != "synthetic":
         path = Path(corpus)
         if not path.exists():
@@ -287,14 +257,12 @@ class ReferenceMemo:
 def analyze(cfg: DictConfig) -> dict:
     """Check ``cfg``, then analyse every policy against the reference; {policy name: result}."""
     plan = check(cfg)  # before torch is imported: bad input fails in about a second
-    import torch
-
-    from dpo_ppo.runtime import hardware
+    from dpo_ppo.runtime import gpus, hardware
     from dpo_ppo.analysis.suite import run_analysis
     from dpo_ppo.analysis.weights import find_snapshots
     from dpo_ppo.data.scorer import Scorer
 
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = gpus.resolve_device(cfg.device)
     runtime = hardware.resolve(cfg, device)
     hardware.set_matmul_precision(cfg.precision, device)
     acfg = analysis_config(cfg)
@@ -337,41 +305,12 @@ def app(cfg: DictConfig) -> None:
     try:
         analyze(cfg)
     except Exception as e:
-        _exit_with_one_line(e)
-
-
-def error_line(exc: BaseException) -> str | None:
-    """One line naming the key for bad input, else None: dpo-ppo's, with this app's keys suggested
-    for an unknown one."""
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
-
-    from dpo_ppo.config import unknown_key_message
-    from dpo_ppo.main import config_error_line
-
-    cause = exc
-    while cause is not None:
-        if (isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and getattr(cause, "full_key", None)
-                and "not in" in (cause.msg or "")):
-            return f"Config error: {cause.full_key}: {unknown_key_message(cause.full_key, _keys())}"
-        cause = cause.__cause__
-    return config_error_line(exc)
-
-
-def _exit_with_one_line(exc: BaseException) -> None:
-    """Bad input: one line naming the key, exit 2.  Anything else: one line, the traceback in a file,
-    exit 1 (dpo-ppo's rule)."""
-    from dpo_ppo.main import _exit_with_one_line as one_line
-
-    line = error_line(exc)
-    if line is not None:
-        print(line, file=sys.stderr)
-        sys.exit(2)
-    one_line(exc, None)
+        exit_with_one_line(e, keys=_keys())
 
 
 def main() -> None:
     """``dpo-ppo-analyze``: bad input, Hydra's composition errors included, ends in one line."""
-    run_cli(app, _exit_with_one_line)
+    run_cli(app, lambda e: exit_with_one_line(e, keys=_keys()))
 
 
 if __name__ == "__main__":  # pragma: no cover

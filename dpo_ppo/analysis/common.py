@@ -41,12 +41,6 @@ def blocks(model):
     return base.layers
 
 
-def resolve_device(device, policy) -> torch.device:
-    if device is None or str(device) == "auto":
-        return model_device(policy)
-    return torch.device(device)
-
-
 @contextlib.contextmanager
 def evaluating(*models):
     """Eval mode (no dropout) for the duration; each model's training flag is restored after."""

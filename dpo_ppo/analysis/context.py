@@ -13,9 +13,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from dpo_ppo.analysis.common import (boot_bridge, n_heads, n_layers, on_device, pad_id, resolve_device,
+from dpo_ppo.runtime import gpus
+from dpo_ppo.analysis.common import (boot_bridge, n_heads, n_layers, on_device, pad_id,
                                      shuffled_indices)
-from dpo_ppo.analysis.config import AnalysisConfig
+from dpo_ppo.config.analysis import AnalysisConfig
 
 MODELS = ("reference", "policy")
 
@@ -62,7 +63,7 @@ class Context:
         if (n_layers(reference), n_heads(reference)) != (L, H):
             raise ValueError(f"reference ({n_layers(reference)}x{n_heads(reference)}) and policy ({L}x{H}) "
                              f"differ in shape")
-        device = resolve_device(device if device is not None else cfg.device, policy)
+        device = gpus.resolve_device(device if device is not None else cfg.device, model=policy)
         texts = list(texts)
         return cls(cfg=cfg, reference=reference, policy=policy,
                    models={"reference": on_device(reference, device), "policy": on_device(policy, device)},

@@ -19,7 +19,7 @@ import torch
 
 from dpo_ppo.analysis import plots
 from dpo_ppo.analysis.common import bos_id
-from dpo_ppo.analysis.config import parse_marked_prompt
+from dpo_ppo.config.analysis import parse_marked_prompt
 from dpo_ppo.analysis.context import MODELS, Context, Output
 
 log = logging.getLogger(__name__)

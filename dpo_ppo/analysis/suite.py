@@ -35,7 +35,7 @@ import torch
 
 from dpo_ppo.analysis import ablation, activations, heads, over_training, sentiment_attention, weights
 from dpo_ppo.analysis.common import evaluating
-from dpo_ppo.analysis.config import AnalysisConfig
+from dpo_ppo.config.analysis import AnalysisConfig
 from dpo_ppo.analysis.context import Context, Output
 
 log = logging.getLogger(__name__)

@@ -128,7 +128,7 @@ def artifact_specs(cfg, precision: str = "fp32") -> dict:
     (fp32 | bf16) of the stages that train or sample (batch sizes never enter: they change speed,
     not results).  Reads attributes and ``as_dict``, so a composed DictConfig gives the same specs.
     Torch-free: the sweeper's prepare step reads the keys without importing torch."""
-    from dpo_ppo.analysis.config import REFERENCE_ANALYSIS_VERSION
+    from dpo_ppo.config.analysis import REFERENCE_ANALYSIS_VERSION
     from dpo_ppo.config import as_dict
     from dpo_ppo.results import without_late_defaults
 

@@ -44,7 +44,7 @@ def make_prefixes(texts: Sequence[str], tokenizer, n: int, min_len: int, max_len
                         stats["distinct"] = len(used)
                     return out
         if not usable_seen:
-            from dpo_ppo.checks import ConfigError
+            from dpo_ppo.config.fields import ConfigError
 
             raise ConfigError(key or "prefix_len", f"no review of the {len(texts)} is longer than {min_len} "
                                                    f"tokens; lower {key or 'the prefix length'}")
@@ -64,7 +64,7 @@ def eval_shortfall(num_prompts: int, test_reviews: int, usable: int, prefix_len:
                    bound: bool = False):
     """The ConfigError for an evaluation that would reuse test reviews (``usable`` < ``num_prompts``),
     naming eval.num_prompts when the test split itself is too small, else eval.prefix_len."""
-    from dpo_ppo.checks import ConfigError
+    from dpo_ppo.config.fields import ConfigError
 
     most = "at most " if bound else ""
     where = f"the test split of data.source={source}"

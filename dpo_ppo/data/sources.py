@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dpo_ppo.checks import ConfigError
+from dpo_ppo.config.fields import ConfigError
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
            "pytorch_model.bin.index.json")
@@ -38,8 +38,10 @@ def _folder(key: str, source: str) -> Path | None:
     return path
 
 
-def check_pretrained_folder(key: str, source: str, classifier: bool = False, finetune: bool = True) -> None:
-    """A ``save_pretrained`` folder: config.json, weights and a tokenizer."""
+def check_pretrained_folder(key: str, source: str, classifier: bool = False, finetune: bool = True,
+                            tokenizer: bool = True) -> None:
+    """A ``save_pretrained`` folder: config.json, weights and (``tokenizer``) a tokenizer; a
+    ``classifier`` used as it is (not ``finetune``d) must be a sequence classifier."""
     path = _folder(key, source)
     if path is None:
         return
@@ -49,7 +51,7 @@ def check_pretrained_folder(key: str, source: str, classifier: bool = False, fin
         missing.append("config.json")
     if not names & set(WEIGHTS):
         missing.append("model weights (model.safetensors or pytorch_model.bin)")
-    if not names & set(TOKENIZER):
+    if tokenizer and not names & set(TOKENIZER):
         missing.append("a tokenizer (tokenizer.json or tokenizer_config.json)")
     if missing:
         raise ConfigError(key, f"{path} is not a save_pretrained folder; missing: {', '.join(missing)}")
@@ -59,8 +61,9 @@ def check_pretrained_folder(key: str, source: str, classifier: bool = False, fin
         except (OSError, ValueError) as e:
             raise ConfigError(key, f"{path}/config.json is unreadable ({e})") from None
         if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
-            raise ConfigError(key, f"{path} holds a {archs[0]}, not a sequence classifier; with "
-                                   f"classifier.finetune=false it must be a ready sentiment model")
+            why = ("; with classifier.finetune=false it must be a ready sentiment model"
+                   if key.startswith("classifier.") else "")
+            raise ConfigError(key, f"{path} holds a {archs[0]}, not a sequence classifier{why}")
 
 
 def _columns(split_dir: Path) -> list[str] | None:

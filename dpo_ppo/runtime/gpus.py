@@ -276,6 +276,22 @@ def _set_current(gpu: int) -> None:
     torch.cuda.set_device(gpu)
 
 
+def resolve_device(name, jobs_per_gpu: int = 1, model=None):
+    """The ``torch.device`` a device name (checked by ``config.environment.check_device``) means
+    here: ``auto`` (or None) is ``model``'s device when a model is given, else a GPU when there is
+    one (a slot on the least-loaded one, ``jobs_per_gpu`` slots per GPU: ``job_device``), else
+    the CPU; any other name (cpu, cuda, cuda:N, mps) is taken as it is."""
+    import torch
+
+    if name is not None and str(name) != "auto":
+        return torch.device(name)
+    if model is not None:
+        return next(model.parameters()).device
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return job_device(jobs_per_gpu)
+
+
 def job_device(jobs_per_gpu: int = 1):
     """The ``torch.device`` for this process's job with ``device=auto``: the GPU of the slot it
     holds (claimed on first use, kept until ``release()``), made torch's current device."""

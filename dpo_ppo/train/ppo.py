@@ -48,6 +48,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn as nn
+
+from dpo_ppo.config.schedule import kl_controller_name, rollout_minibatches
 from dpo_ppo.runtime.progress import tqdm  # plain lines when stderr is not a terminal
 
 from dpo_ppo.runtime import hardware
@@ -245,11 +247,6 @@ class FixedKLController:
 
     def load_state_dict(self, state: dict) -> None:
         self.value = state["value"]
-
-
-def kl_controller_name(cfg) -> str:
-    """fixed when ``kl_coef`` is set, else ``kl_controller`` (log | ziegler)."""
-    return "fixed" if getattr(cfg, "kl_coef", None) is not None else cfg.kl_controller
 
 
 def make_kl_controller(cfg, updates: int):
@@ -498,14 +495,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay = set(Trainer.get_decay_parameter_names(None, model))  # the Trainer's rule; it reads no state
     return [{"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
             {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
-
-
-def rollout_minibatches(cfg, samples: int) -> int:
-    """Minibatches of a rollout of ``samples``: ``num_minibatches`` for a full rollout, and for the
-    last, partial one (examples not a multiple of rollout_prefixes) as many of the same size as it
-    fills (ceil), as DPO's last batch is one step: so compute=matched gives both the same steps."""
-    full = cfg.rollout_prefixes * cfg.num_completions
-    return max(1, min(samples, math.ceil(samples * cfg.num_minibatches / full)))
 
 
 BACKTRACK_STEPS = 6  # halvings of a step that crossed early_stop_kl before it is undone (1/64 is left)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import List, Optional
 
-from dpo_ppo.checks import ConfigError, finite, option
+from dpo_ppo.config.fields import DEVICE_PATTERN, DEVICES, ConfigError, option, positive
 
 # A sentiment prompt marks its sentiment word with square brackets; the attention paid to the
 # word's last BPE token is what analysis 5 measures.  The first two are the seed's prompt (section
@@ -106,14 +106,10 @@ class AnalysisConfig:
         for key in ("batch_size", "max_tokens", "activation_prompts", "ablation_lm_texts", "ablation_prompts",
                     "ablation_prefix_len", "ablation_completion_len", "ablation_rows", "head_texts",
                     "head_random_seqs", "head_random_len", "top_heads"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{where}.{key}", f"must be > 0, got {value}")
+            positive(f"{where}.{key}", getattr(self, key))
         if self.max_tokens < 2:
             raise ConfigError(f"{where}.max_tokens", f"must be >= 2 (a next-token loss needs two), got {self.max_tokens}")
-        finite(f"{where}.ablation_temperature", self.ablation_temperature)
-        if self.ablation_temperature <= 0:
-            raise ConfigError(f"{where}.ablation_temperature", f"must be > 0, got {self.ablation_temperature}")
+        positive(f"{where}.ablation_temperature", self.ablation_temperature)
         bad = [k for k in self.ablation_kinds if k not in ABLATION_KINDS]
         if bad or not len(self.ablation_kinds):
             raise ConfigError(f"{where}.ablation_kinds", f"must be a non-empty subset of {list(ABLATION_KINDS)}, "
@@ -121,8 +117,8 @@ class AnalysisConfig:
         if self.attention_layer < -1:
             raise ConfigError(f"{where}.attention_layer",
                               f"must be -1 (auto) or a layer index >= 0, got {self.attention_layer}")
-        if self.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
-            raise ConfigError(f"{where}.device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.device != "auto" and not re.fullmatch(DEVICE_PATTERN, self.device):
+            raise ConfigError(f"{where}.device", f"must be {DEVICES}; got {self.device!r}")
         if self.sentiment_attention and not len(self.sentiment_prompts):
             raise ConfigError(f"{where}.sentiment_prompts", "needs at least one prompt when sentiment_attention=true")
         for i, p in enumerate(self.sentiment_prompts):
@@ -163,19 +159,3 @@ def parse_marked_prompt(prompt: str) -> tuple[str, int, int]:
     m = _MARK.search(prompt)
     text = prompt[: m.start()] + m.group(1) + prompt[m.end():]
     return text, m.start(), m.start() + len(m.group(1))
-
-
-def validate(cfg) -> None:
-    """``cfg.analysis``'s checks (and, when ``cfg`` has a model, those against it), for callers
-    holding a whole config or ``{"analysis": ...}``; a disabled suite is not checked."""
-    a = cfg.analysis
-    if a is not None and not isinstance(a, AnalysisConfig):  # a DictConfig node
-        from omegaconf import OmegaConf
-
-        a = OmegaConf.to_object(a)
-    if a is None or not a.enabled:
-        return
-    a.check("analysis")
-    model = getattr(cfg, "model", None)
-    if model is not None:
-        a.check_model(model, "analysis")

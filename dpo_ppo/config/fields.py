@@ -1,8 +1,8 @@
 """What every config dataclass uses to document and check its own fields.
 
-``ConfigError`` and the small range checks live here, apart from both schemas, so that
-``dpo_ppo.config`` imports ``dpo_ppo.analysis.config`` and neither imports the other back (nor
-does ``dpo_ppo.data.sources``).  Nothing here imports from the package.
+``ConfigError`` and the small range checks live here, below every other module of the config
+package (``schema`` and ``analysis`` build on them, ``dpo_ppo.data.sources`` raises
+``ConfigError``).  Nothing here imports from the package.
 """
 
 from __future__ import annotations
@@ -10,6 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Any, Callable, Optional
+
+
+DEVICES = "auto, cpu, cuda, cuda:N or mps"  # what a device key takes (config.environment.check_device)
+DEVICE_PATTERN = r"cpu|cuda(:\d+)?|mps"
 
 
 class ConfigError(ValueError):

@@ -20,19 +20,15 @@ tests build out-of-range configs on purpose.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from dpo_ppo.analysis.config import AnalysisConfig
-from dpo_ppo.checks import ConfigError, choice, field_help, finite, option, positive
+from dpo_ppo.config.analysis import AnalysisConfig
+from dpo_ppo.config.fields import ConfigError, choice, finite, option, positive
 
-__all__ = ["AlgorithmConfig", "ClassifierConfig", "ComputeConfig", "Config", "ConfigError", "DataConfig",
-           "DPOAlgorithmConfig", "EvalConfig", "HardwareConfig", "LoggerConfig", "ModelConfig",
-           "PPOAlgorithmConfig", "as_dict", "field_help", "load", "to_typed", "validate"]
 
 OFFLINE_HINT = "Offline, use the embedded default (model=tiny data=synthetic classifier=tiny)"
 
@@ -352,29 +348,6 @@ class ComputeConfig:
         positive(f"{where}.prefixes_per_step", self.prefixes_per_step)
 
 
-def apply_compute(cfg) -> None:
-    """Rewrite the algorithm's schedule in place for ``compute.mode=matched`` (after the checks)."""
-    compute = getattr(cfg, "compute", None)
-    if compute is None or compute.mode != "matched":
-        return
-    algo, n = cfg.algorithm, compute.prefixes_per_step
-    if algo.name == "dpo":
-        algo.batch_size, algo.epochs = n, 1.0
-    else:
-        algo.ppo_epochs, algo.num_minibatches = 1, algo.rollout_prefixes // n
-
-
-def planned_optimizer_steps(cfg) -> int:
-    """The optimizer steps the job's schedule takes (PPO without early stopping)."""
-    algo = cfg.algorithm
-    if algo.name == "dpo":  # the Trainer's max_steps: ceil(epochs x steps per epoch)
-        return math.ceil(math.ceil(algo.examples / algo.batch_size) * algo.epochs)
-    full, rest = divmod(algo.examples, algo.rollout_prefixes)
-    # the last, partial rollout: minibatches of the full rollouts' size (ppo.rollout_minibatches)
-    last = math.ceil(rest * algo.num_minibatches / algo.rollout_prefixes) if rest else 0
-    return (full * algo.num_minibatches + last) * algo.ppo_epochs
-
-
 @dataclass
 class HardwareConfig:
     """How a job uses its device: batch sizes and how many jobs share a GPU (group ``hardware``).
@@ -499,6 +472,8 @@ class Config:
         if self.analysis is not None and self.analysis.enabled:
             self.analysis.check("analysis")
             self.analysis.check_model(self.model, "analysis")
+        from dpo_ppo.config.environment import check_local_paths
+
         check_local_paths(self)
 
     def check_across(self) -> None:
@@ -562,23 +537,6 @@ def to_typed(cfg) -> Config:
     return typed
 
 
-def load(cfg) -> Config:
-    """The entrypoint's one step from Hydra to the job: unknown keys (only visible before the
-    conversion), the conversion (``to_typed``), every check (``Config.check``).  Returns the typed
-    config; raises ConfigError naming the first bad key."""
-    if isinstance(cfg, DictConfig):
-        check_keys(cfg)
-    typed = to_typed(cfg)
-    typed.check()
-    return typed
-
-
-def validate(cfg) -> Config:
-    """``load`` under its older name: checks ``cfg`` (a composed DictConfig or a Config) and
-    returns the typed config."""
-    return load(cfg)
-
-
 def as_dict(cfg) -> dict:
     """The plain dict of a config dataclass (``dataclasses.asdict``; a DictConfig resolved the
     same way): what results.json's ``config``, the config hash and the artifact keys are made of."""
@@ -589,88 +547,9 @@ def as_dict(cfg) -> dict:
     raise TypeError(f"expected a config dataclass, got {type(cfg).__name__}")
 
 
-# --------------------------------------------------------------------------- generic checks
-# (any group: unknown keys, non-finite floats, seeds, devices, local folders)
+# --------------------------------------------------------------------------- checks of any group
 
 SEED_MAX = 2**32 - 1
-DEVICES = "auto, cpu, cuda, cuda:N or mps"
-# other names users reach for; a typo of one of them suggests the real key
-_ALIASES = {"lr": ("learning_rate",), "examples": ("num_examples", "n_examples"),
-            "epochs": ("num_epochs", "num_train_epochs"), "kl_target": ("target_kl",),
-            "batch_size": ("bs", "batch"), "num_completions": ("completions",),
-            "completion_len": ("max_new_tokens", "completion_length"), "prefix_len": ("prompt_len",)}
-
-
-def _dataclass_fields(obj_type) -> dict | None:
-    if obj_type is None or not dataclasses.is_dataclass(obj_type):
-        return None
-    return {f.name: f for f in dataclasses.fields(obj_type)}
-
-
-def schema_keys() -> list[str]:
-    """Every key of the schema, dotted (both algorithms' keys under ``algorithm``)."""
-    import typing
-
-    any_fields = {"algorithm": (DPOAlgorithmConfig, PPOAlgorithmConfig)}
-    keys = []
-    for name, hint in typing.get_type_hints(Config).items():
-        keys.append(name)
-        for sub in any_fields.get(name, (hint,)):
-            for child in _dataclass_fields(sub) or {}:
-                if f"{name}.{child}" not in keys:
-                    keys.append(f"{name}.{child}")
-    return keys
-
-
-def closest_key(key: str, candidates) -> str:
-    """The valid key nearest to ``key``: by its last part (or an alias of it), then by its parent."""
-    import difflib
-
-    parent, _, name = key.rpartition(".")
-
-    def score(cand: str) -> float:
-        c_parent, _, c_name = cand.rpartition(".")
-        names = (c_name, *_ALIASES.get(c_name, ()))
-        best = max(difflib.SequenceMatcher(None, name.lower(), n).ratio() for n in names)
-        return best + (0.15 if c_parent == parent else 0.0)
-
-    # a key under a group is matched within that group; on a tie the algorithm's key wins: that
-    # is where the knobs people mistype live
-    siblings = [c for c in candidates if parent and c.rpartition(".")[0] == parent]
-    ordered = sorted(siblings or candidates, key=lambda c: not c.startswith("algorithm."))
-    return max(ordered, key=score)
-
-
-def check_keys(cfg: DictConfig) -> None:
-    """Every key of the composed config must be in the schema, at any depth (``+key=`` adds keys
-    the schema does not know; Hydra lets them through, and the conversion would drop them)."""
-    valid, unknown = [], []
-
-    def walk(node: DictConfig, prefix: str) -> None:
-        fields = _dataclass_fields(OmegaConf.get_type(node))
-        for key in node.keys():
-            full = f"{prefix}.{key}" if prefix else str(key)
-            if fields is not None and key not in fields:
-                unknown.append(full)
-                continue
-            valid.append(full)
-            child = node._get_node(key)
-            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
-                walk(child, full)
-
-    walk(cfg, "")
-    if unknown:
-        raise ConfigError(unknown[0], unknown_key_message(unknown[0], valid))
-
-
-def unknown_key_message(key: str, candidates) -> str:
-    """What to say about a key the schema does not have: whose key it is, or the closest one."""
-    parent, _, name = key.rpartition(".")
-    if parent == "algorithm":
-        for algo, schema in (("dpo", DPOAlgorithmConfig), ("ppo", PPOAlgorithmConfig)):
-            if name in _dataclass_fields(schema) and key not in candidates:
-                return f"not a key of this algorithm; it belongs to algorithm={algo}"
-    return f"not a key of the config; the closest valid key is {closest_key(key, candidates)}"
 
 
 def _leaves(node, prefix: str = ""):
@@ -684,63 +563,6 @@ def _leaves(node, prefix: str = ""):
             yield full, value
 
 
-def _torch_built_with_cuda() -> bool:
-    """Whether the installed torch was built for CUDA (or ROCm), read from its version file."""
-    import importlib.util
-    import re
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("torch")
-    try:
-        text = (Path(list(spec.submodule_search_locations)[0]) / "version.py").read_text()
-    except (AttributeError, IndexError, OSError, TypeError):
-        return True  # unknown: let torch itself say
-    builds = re.findall(r"^(?:cuda|hip)\b[^=]*=\s*(.+)$", text, flags=re.M)
-    return any(value.strip() != "None" for value in builds) if builds else True
-
-
-def check_device(key: str, name: str, allow_auto: bool = True) -> None:
-    import re
-
-    if name == "auto" and allow_auto:
-        return
-    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", str(name)):
-        raise ConfigError(key, f"must be {DEVICES}; got {name!r}")
-    if name.startswith("cuda"):
-        if not _torch_built_with_cuda():  # a CPU build: answer without importing torch (seconds)
-            raise ConfigError(key, f"{name} asked for, but this torch is a CPU-only build, with no CUDA "
-                                   f"device; use {key}=cpu or {key}=auto")
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(key, f"{name} asked for, but torch {torch.__version__} sees no CUDA device "
-                                   f"here; use {key}=cpu or {key}=auto")
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(key, f"{name} asked for, but there are only {torch.cuda.device_count()} "
-                                   f"CUDA devices (cuda:0..cuda:{torch.cuda.device_count() - 1})")
-    if name == "mps":
-        import torch
-
-        if not torch.backends.mps.is_available():
-            raise ConfigError(key, f"mps asked for, but torch sees no MPS device here; use {key}=cpu or {key}=auto")
-
-
-def _check_writable_dir(key: str, path: str) -> None:
-    """``path`` exists as a folder, or can be created: its nearest existing ancestor is a folder."""
-    import os
-    from pathlib import Path
-
-    p = Path(path).expanduser().absolute()
-    for parent in (p, *p.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(key, f"{p} cannot be a folder: {parent} is a file")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise ConfigError(key, f"{p} cannot be written: {parent} is not writable")
-            return
-
-
 def check_generic(cfg: Config) -> None:
     """The checks every group shares; run first, so that a NaN never reaches the range checks
     (NaN compares false with everything, so ``lr < 0`` lets it through)."""
@@ -750,6 +572,8 @@ def check_generic(cfg: Config) -> None:
         if (name == "seed" or name.endswith("_seed")) and value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
                 raise ConfigError(key, f"must be an integer in [0, 2^32-1], got {value}")
+    from dpo_ppo.config.environment import check_device
+
     check_device("device", cfg.device)
     if cfg.analysis is not None and cfg.analysis.device is not None:
         check_device("analysis.device", cfg.analysis.device)
@@ -773,87 +597,3 @@ def check_context(cfg, context: int | None = None, what: str | None = None) -> N
                           f"eval.prefix_len + eval.completion_len = "
                           f"{ev.prefix_len + ev.completion_len} exceeds the context of "
                           f"{what} ({context} tokens)")
-
-
-def check_model_folder(cfg, key: str, folder) -> None:
-    """What a save_pretrained model folder must offer the job: a context (config.json) that holds
-    prefix + completion, and a tokenizer with a pad or an EOS token (padding uses EOS when there is
-    no pad).  Reads small JSON files only."""
-    from pathlib import Path
-
-    from dpo_ppo.data.sources import context_length
-
-    folder = Path(folder).expanduser()
-    context = context_length(folder)
-    if context is not None:
-        check_context(cfg, context, f"{key}={cfg.model.source} (its config.json)")
-    else:  # the folder does not say: the model.context_length key
-        check_context(cfg)
-    check_tokenizer_pad(key, folder)
-
-
-def check_tokenizer_pad(key: str, folder) -> None:
-    """The tokenizer saved in ``folder`` has a pad or an EOS token (padding uses EOS when there is
-    no pad): refused when its files write both out as null."""
-    from pathlib import Path
-
-    from dpo_ppo.data.sources import tokenizer_has_pad_or_eos
-
-    if tokenizer_has_pad_or_eos(Path(folder)) is False:
-        raise ConfigError(key, f"the tokenizer in {folder} has neither a pad nor an EOS token to pad batches "
-                               f"with (or end completions); save it with tokenizer.eos_token (or pad_token) set")
-
-
-def check_data(cfg: Config) -> None:
-    """What the reviews must be before any stage: labels that mean 0 = negative / 1 = positive in
-    both splits, non-empty texts (a local folder: read here; a hub data set: when the corpus
-    stage loads it), enough test reviews for eval.num_prompts distinct prompts, and some review
-    longer than each prefix length.  The number of tokens needs the tokenizer, which the base
-    stage may build: here a bound (one token per byte at most); the prompts stage, before the
-    scorer, checks the exact count."""
-    from dpo_ppo.data.prompts import eval_shortfall, usable_upper_bound
-    from dpo_ppo.data.sources import check_corpus, load_dataset_folder, local_path
-
-    data, ev, algo = cfg.data, cfg.eval, cfg.algorithm
-    if data.source == "synthetic":
-        n_test = int(round(data.num_reviews * data.test_fraction))
-        if n_test < ev.num_prompts:
-            raise eval_shortfall(ev.num_prompts, n_test, n_test, ev.prefix_len, data.source, bound=True)
-        return
-    if local_path(data.source) is None:  # a hub id: checked when the corpus stage loads it
-        return
-    ds = load_dataset_folder("data.source", data.source)
-    check_corpus("data.source", ds)
-    test = list(ds["test"]["text"])
-    usable = usable_upper_bound(test, ev.prefix_len)
-    if usable < ev.num_prompts:
-        raise eval_shortfall(ev.num_prompts, len(test), usable, ev.prefix_len, data.source, bound=True)
-    if not usable_upper_bound(list(ds["train"]["text"]), algo.prefix_len):
-        raise ConfigError("algorithm.prefix_len",
-                          f"no review in the train split of data.source={data.source} can be longer than "
-                          f"algorithm.prefix_len={algo.prefix_len} tokens (the longest has "
-                          f"{max(len(t.encode()) for t in ds['train']['text'])} bytes); lower algorithm.prefix_len")
-
-
-def check_local_paths(cfg: Config) -> None:
-    """The cache folder can be written; local model, classifier and data folders hold what their
-    loaders need and what the job needs of them (small JSON files, and the reviews of a local
-    data folder, memory-mapped)."""
-    _check_writable_dir("cache_dir", cfg.cache_dir)
-    from dpo_ppo.data.sources import check_pretrained_folder, classifier_labels, id2label, local_path
-
-    if cfg.model.source != "embedded":
-        check_pretrained_folder("model.source", cfg.model.source)
-        if local_path(cfg.model.source) is not None:
-            check_model_folder(cfg, "model.source", local_path(cfg.model.source))
-    cls = cfg.classifier
-    if cls.source != "embedded":
-        check_pretrained_folder("classifier.source", cls.source, classifier=True, finetune=cls.finetune)
-        folder = local_path(cls.source)
-        if folder is not None:
-            check_tokenizer_pad("classifier.source", folder)  # the scorer pads its batches
-        if folder is not None and not cls.finetune:
-            labels = id2label(folder)
-            if labels:
-                classifier_labels(labels, cls.positive_label, cls.negative_label)
-    check_data(cfg)

@@ -1,0 +1,62 @@
+"""What a config implies beyond its keys: the schedule ``compute=matched`` rewrites, the optimizer
+steps a job plans, the KL controller PPO runs, and the swept hyperparameters results.json records
+(``params``).  Pure functions of the typed config: no torch."""
+
+from __future__ import annotations
+
+import math
+
+
+def apply_compute(cfg) -> None:
+    """Rewrite the algorithm's schedule in place for ``compute.mode=matched`` (after the checks)."""
+    compute = getattr(cfg, "compute", None)
+    if compute is None or compute.mode != "matched":
+        return
+    algo, n = cfg.algorithm, compute.prefixes_per_step
+    if algo.name == "dpo":
+        algo.batch_size, algo.epochs = n, 1.0
+    else:
+        algo.ppo_epochs, algo.num_minibatches = 1, algo.rollout_prefixes // n
+
+
+def planned_optimizer_steps(cfg) -> int:
+    """The optimizer steps the job's schedule takes (PPO without early stopping)."""
+    algo = cfg.algorithm
+    if algo.name == "dpo":  # the Trainer's max_steps: ceil(epochs x steps per epoch)
+        return math.ceil(math.ceil(algo.examples / algo.batch_size) * algo.epochs)
+    full, rest = divmod(algo.examples, algo.rollout_prefixes)
+    last = rollout_minibatches(algo, rest * algo.num_completions) if rest else 0
+    return (full * algo.num_minibatches + last) * algo.ppo_epochs
+
+
+def rollout_minibatches(cfg, samples: int) -> int:
+    """Minibatches of a rollout of ``samples``: ``num_minibatches`` for a full rollout, and for the
+    last, partial one (examples not a multiple of rollout_prefixes) as many of the same size as it
+    fills (ceil), as DPO's last batch is one step: so compute=matched gives both the same steps."""
+    full = cfg.rollout_prefixes * cfg.num_completions
+    return max(1, min(samples, math.ceil(samples * cfg.num_minibatches / full)))
+
+
+def kl_controller_name(cfg) -> str:
+    """fixed when ``kl_coef`` is set, else ``kl_controller`` (log | ziegler)."""
+    return "fixed" if getattr(cfg, "kl_coef", None) is not None else cfg.kl_controller
+
+
+def swept_params(cfg) -> dict:
+    """The hyperparameters a sweep varies, flat (results.json ``params``, ``results.PARAM_KEYS``):
+    for W&B grouping and the report."""
+    algo = cfg.algorithm
+    ppo = algo.name == "ppo"
+    controller = kl_controller_name(algo) if ppo else None
+    return {
+        "algorithm": algo.name, "beta": getattr(algo, "beta", None),
+        "kl_target": getattr(algo, "kl_target", None) if controller != "fixed" else None,
+        "kl_coef": getattr(algo, "kl_coef", None), "kl_controller": controller,
+        "value_model": getattr(algo, "value_model", None) if ppo else None,
+        "compute": cfg.compute.mode if cfg.compute is not None else "native",
+        "optimizer_steps": planned_optimizer_steps(cfg),
+        "seed": cfg.seed, "examples": algo.examples,
+        "lr": algo.lr, "num_completions": algo.num_completions, "prefix_len": algo.prefix_len,
+        "prefix_len_max": algo.prefix_len_max, "completion_len": algo.completion_len,
+        "model": cfg.model.name, "data": cfg.data.name, "classifier": cfg.classifier.name,
+    }
