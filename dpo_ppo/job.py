@@ -1,4 +1,4 @@
-"""One job of a sweep, stage by stage (see DESIGN.md):
+"""One job of a sweep, stage by stage (docs/architecture.md):
 
     corpus -> base -> scorer -> prompts -> prefs (DPO) -> train -> evaluate -> analyze -> record
 
@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from dataclasses import dataclass
 import json
 import logging
-import os
 import resource
-import shutil
 import signal
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from dpo_ppo.data.cache import artifact, artifact_specs, load_dataset_artifact
 from dpo_ppo.config import Config, as_dict, to_typed
 from dpo_ppo.config.schedule import swept_params
-from dpo_ppo.runtime import gpus, hardware, progress
+from dpo_ppo.runtime import attempts, gpus, hardware, progress
 from dpo_ppo.runtime.joblock import JobLock
 from dpo_ppo.runtime.provenance import provenance
 from dpo_ppo import results as R
@@ -43,7 +43,23 @@ log = logging.getLogger("dpo_ppo")
 EVAL_PROMPT_SEED = 1234  # the same unseen test prefixes for every job, whatever its seed
 
 
+@dataclass
+class Setup:
+    """What every job (and the sweeper's prepare step) has once the shared stages ran
+    (``Job.setup``): the reviews, the reference and its tokenizer, the scorer and the prefixes."""
+
+    corpus: Any  # DatasetDict with train / test splits
+    base_path: Path  # the reference's save_pretrained folder (a cached artifact)
+    scorer: Any  # data.scorer.Scorer
+    ref_model: Any  # the frozen reference policy
+    tokenizer: Any
+    train_prompts: list  # token-id prefixes for training (algorithm.examples of them)
+    test_prompts: list  # token-id prefixes for evaluation (eval.num_prompts, one review each)
+
+
 class Job:
+    """One job's stages, each a method that no other stage calls (``run`` strings them together)."""
+
     def __init__(self, cfg: Config | DictConfig, job_dir: Path, overrides: list[str] | None = None):
         self.cfg = cfg = to_typed(cfg)
         self.job_dir = Path(job_dir)
@@ -155,7 +171,7 @@ class Job:
 
     # ------------------------------------------------------------------ the job
 
-    def setup(self):
+    def setup(self) -> Setup:
         """The stages every job (and the sweeper's prepare step) shares: corpus, base model,
         scorer, the frozen reference and the train/test prefixes."""
         from dpo_ppo.data.models import load_policy
@@ -189,7 +205,7 @@ class Job:
         self.rec.results["classifier_accuracy"] = json.loads((cls_path / "scorer.json").read_text()).get("test_accuracy")
         ref_model, tokenizer = load_policy(base_path, self.device)
         ref_model.eval().requires_grad_(False)
-        return corpus, base_path, scorer, ref_model, tokenizer, train_prompts, test_prompts
+        return Setup(corpus, base_path, scorer, ref_model, tokenizer, train_prompts, test_prompts)
 
     def check_base(self, base_path: Path) -> None:
         """The reference's own context (its config.json, a hub model's too) holds prefix +
@@ -237,7 +253,9 @@ class Job:
         from dpo_ppo.data.models import load_policy
 
         cfg, algo = self.cfg, self.cfg.algorithm
-        corpus, base_path, scorer, ref_model, tokenizer, train_prompts, test_prompts = self.setup()
+        s = self.setup()
+        corpus, base_path, scorer, ref_model, tokenizer = s.corpus, s.base_path, s.scorer, s.ref_model, s.tokenizer
+        train_prompts, test_prompts = s.train_prompts, s.test_prompts
         policy_dir = self.job_dir / "policy"
         self.rec.results["artifacts"]["policy"] = str(policy_dir)
         trained = (policy_dir / "config.json").exists() and self.rec.results.get("trained")
@@ -343,121 +361,13 @@ def _prepare(job: Job) -> list[str]:
     """Build the shared artifacts of ``job``'s config through the same stage methods a job uses
     (corpus, base, classifier, the reference's evaluation and, for DPO, the preference data)."""
     job.rec = _Scratch()
-    _, _, scorer, ref_model, tokenizer, train_prompts, test_prompts = job.setup()
-    job.reference_eval(ref_model, tokenizer, scorer, test_prompts)
+    s = job.setup()
+    job.reference_eval(s.ref_model, s.tokenizer, s.scorer, s.test_prompts)
     built = ["corpus", "base", "classifier", "ref_eval"]
     if job.cfg.algorithm.name == "dpo":
-        job.prefs(train_prompts, ref_model, tokenizer, scorer)
+        job.prefs(s.train_prompts, s.ref_model, s.tokenizer, s.scorer)
         built.append("prefs")
     return built
-
-
-# what a job's training left in its folder: cleared when force=true re-runs it under a new config
-TRAINING_STATE = ("dpo_trainer", "ppo_state", "ppo_state.old", "snapshots", "policy")
-
-
-def check_drift(cfg: Config, job_dir: Path, previous: dict, raise_errors: bool) -> dict | None:
-    """Config-drift guard: None when ``job_dir``'s earlier results (finished, or a checkpoint to
-    resume) were made with this config, else stop the job with the keys that differ. With
-    force=true, or when the earlier attempt failed (a fixed config is the usual reason to relaunch
-    it), the job starts from scratch instead: its training state is cleared and ``previous`` is
-    emptied (new attempt count, new W&B run)."""
-    err = R.config_drift(job_dir, previous, as_dict(cfg))
-    if err is None:
-        return None
-    if cfg.force or previous.get("status") == "failed":
-        why = "force=true" if cfg.force else "the earlier attempt failed"
-        log.warning("%s; %s: running it from scratch", err, why)
-        for name in TRAINING_STATE:
-            path = Path(job_dir) / name
-            if path.is_dir():
-                shutil.rmtree(path)
-        previous.clear()
-        return None
-    log.error("%s", err)
-    if raise_errors:
-        raise err
-    return {"status": "failed", "job_dir": str(job_dir), "metrics": {}, "error": str(err)}
-
-
-def _previous_results(job_dir: Path) -> dict:
-    """The results.json an earlier attempt left, {} when none. One that cannot be read (cut short
-    by a full disk or a kill mid-write, or not a results object) is moved aside to
-    ``results.json.unreadable``, with the training state beside it: nothing tells which config
-    that state was made with, so the job starts again from scratch instead of failing on every
-    relaunch."""
-    path = Path(job_dir) / R.RESULTS_FILE
-    if not path.exists():
-        return {}
-    previous = R.read_results(path)
-    if previous is not None:
-        return previous
-    aside = path.with_name(R.RESULTS_FILE + ".unreadable")
-    os.replace(path, aside)
-    for name in TRAINING_STATE:
-        if (Path(job_dir) / name).is_dir():
-            shutil.rmtree(Path(job_dir) / name)
-    log.warning("%s is unreadable (cut short, or not a results object); moved to %s, the job runs "
-                "from scratch", path, aside.name)
-    return {}
-
-
-class Interrupted(BaseException):
-    """SIGTERM (a scheduler's stop, ``kill``) or SIGINT (Ctrl-C) while a job ran: recorded as
-    status ``interrupted``, then re-raised for the entrypoint to exit 128 + signal."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-
-
-@contextlib.contextmanager
-def _stop_signals():
-    """Within the block, SIGTERM raises ``Interrupted`` (Ctrl-C raises KeyboardInterrupt anyway).
-    Only where SIGTERM has its default action, in the main thread: a launcher that handles it
-    (submitit, the packed launcher's exit) keeps its handler."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-
-    def stop(signum, frame):
-        raise Interrupted(signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _interruption(exc: BaseException) -> int | None:
-    """The signal that stopped the job, when ``exc`` is a stop rather than an error."""
-    if isinstance(exc, Interrupted):
-        return exc.signum
-    if isinstance(exc, KeyboardInterrupt):
-        return signal.SIGINT
-    if isinstance(exc, SystemExit) and exc.code == 128 + signal.SIGTERM:  # the packed launcher's stop
-        return signal.SIGTERM
-    return None
-
-
-def _attempt_costs(previous: dict, force: bool) -> list[dict]:
-    """What the earlier attempts of this run cost (results.json ``compute_attempts``). An attempt
-    that died without a record (SIGKILL, out of memory, a lost node) counts the stages it
-    finished (its ``stage_seconds``): a lower bound. A forced re-run starts a new run: none."""
-    if force or not previous:
-        return []
-    costs = [dict(a) for a in previous.get("compute_attempts") or [] if isinstance(a, dict)]
-    attempts = previous.get("attempts") or 0
-    if attempts > len(costs):
-        stages = previous.get("stage_seconds") or {}
-        costs.append({"attempt": attempts, "status": previous.get("status"), "recorded": False,
-                      "wall_s": round(sum(v for v in stages.values() if isinstance(v, (int, float))), 2),
-                      "train_s": stages.get("train"), "accelerator_s": None})
-    return costs
 
 
 def prepare_job(cfg: Config) -> dict:
@@ -504,8 +414,8 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
     apply_compute(cfg)  # compute=matched rewrites the schedule before params and config are recorded
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    previous = _previous_results(job_dir)
-    stop = check_drift(cfg, job_dir, previous, raise_errors)
+    previous = attempts.previous_results(job_dir)
+    stop = attempts.check_drift(cfg, job_dir, previous, raise_errors)
     if stop is not None:
         return stop
     if previous.get("status") == R.FINISHED and not cfg.force:
@@ -530,11 +440,11 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
     resume_step = (previous.get("wandb") or {}).get("next_step", 0) if resume_id else 0
     job.rec = Recorder(job_dir, results, logger, wandb_config, run_name=job_dir.name, resume_id=resume_id,
                        resume_step=resume_step)
-    earlier = _attempt_costs(previous, cfg.force)
+    earlier = attempts.attempt_costs(previous, cfg.force)
     t0 = time.time()
     stopped: BaseException | None = None
     try:
-        with _stop_signals():
+        with attempts.stop_signals():
             metrics = job.run()
         status, error, tb = R.FINISHED, None, None
     except Exception as e:  # recorded, then re-raised or returned (multirun goes on)
@@ -543,7 +453,7 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
         (job_dir / R.TRACEBACK_FILE).write_text(tb)
         exc = e
     except BaseException as e:  # SIGTERM / SIGINT: recorded as interrupted, then re-raised
-        signum = _interruption(e)
+        signum = attempts.interruption(e)
         if signum is None:
             raise
         stopped, metrics, status, tb = e, results.get("metrics", {}), R.INTERRUPTED, None
@@ -558,12 +468,12 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
             "train_s": job.stage_times.get("train"),
             # seconds this job held an accelerator (its stages ran on it); 0 on CPU
             "accelerator_s": round(sum(job.stage_times.values()), 2) if job.device.type != "cpu" else 0.0}
-    attempts = earlier + [this]
-    results["compute_attempts"] = attempts
+    costs = earlier + [this]
+    results["compute_attempts"] = costs
     compute = results.setdefault("compute", {})
-    total = lambda key: round(sum(a.get(key) or 0.0 for a in attempts), 2)  # noqa: E731
+    total = lambda key: round(sum(a.get(key) or 0.0 for a in costs), 2)  # noqa: E731
     compute["wall_s"], compute["accelerator_s"] = total("wall_s"), total("accelerator_s")
-    if "train_s" in compute or any(a.get("train_s") is not None for a in attempts):
+    if "train_s" in compute or any(a.get("train_s") is not None for a in costs):
         compute["train_s"] = total("train_s")
     job.rec.measured("compute", compute)
     job.rec.finish(status, **fields)

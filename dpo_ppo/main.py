@@ -63,7 +63,7 @@ def app(cfg: DictConfig):
         except KeyboardInterrupt:  # Ctrl-C: the job recorded status interrupted
             exit_interrupted(signal.SIGINT, job_dir)
         except BaseException as e:
-            if type(e).__name__ != "Interrupted":  # job.Interrupted (SIGTERM): recorded likewise
+            if type(e).__name__ != "Interrupted":  # runtime.attempts.Interrupted (SIGTERM): recorded likewise
                 raise
             exit_interrupted(e.signum, job_dir)  # type: ignore[attr-defined]
         finally:

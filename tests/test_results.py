@@ -21,7 +21,7 @@ def test_excluded_keys_are_the_configs_exclude_keys():
 @pytest.mark.parametrize("algorithm", ["dpo", "ppo"])
 def test_swept_params_are_the_contracts_params(algorithm):
     from conftest import compose_cfg
-    from dpo_ppo.job import swept_params
+    from dpo_ppo.config.schedule import swept_params
 
     params = swept_params(compose_cfg([f"algorithm={algorithm}"]))
     assert set(params) == set(R.PARAM_KEYS)

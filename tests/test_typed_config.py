@@ -20,7 +20,7 @@ from dpo_ppo.data.cache import spec_key
 from dpo_ppo.config.fields import ConfigError
 from dpo_ppo.results import config_key as config_hash
 from dpo_ppo.data.cache import artifact_specs
-from dpo_ppo.job import swept_params
+from dpo_ppo.config.schedule import swept_params
 
 REPO = Path(__file__).resolve().parents[1]
 
