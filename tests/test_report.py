@@ -114,7 +114,7 @@ def planted(tmp_path_factory):
         (folder / R.TRAIN_LOG_FILE).write_text("".join(json.dumps(
             {"step": 16 * i, "train/examples": 16 * i, "train/kl": 0.5 * i, "train/kl_coef": 0.2 / i,
              "train/p_positive_mean": 0.5 + 0.02 * i, "train/policy_loss": -0.01 * i}) + "\n" for i in range(1, 6)))
-    summary = report.build_report(root)
+    summary = report.build_report(root).summary
     return root, summary, (root / "report" / "report.md").read_text()
 
 
@@ -143,7 +143,7 @@ def test_no_effect_is_inconclusive_for_a_direction_and_supported_as_equal(plante
 
 def test_holm_over_the_claims_table(planted):
     root, summary, _ = planted
-    holm = report.build_report(root, fdr="holm", figures=False, out=root.parent / "holm")
+    holm = report.build_report(root, fdr="holm", figures=False, out=root.parent / "holm").summary
     pairs = [(a["q"], b["q"]) for a, b in zip(summary["claims"], holm["claims"]) if a["eligible"]]
     assert len(pairs) == 3  # C1, C4, C5: the claims these runs measure
     assert all(h >= b for b, h in pairs)
@@ -154,7 +154,7 @@ def test_holm_over_the_claims_table(planted):
 
 def test_opposite_effect_is_contradicted(tmp_path):
     root = planted_sweep(tmp_path / "s", {BIAS: -0.5})
-    (row,) = claim_rows(report.build_report(root, n_boot=400, figures=False), "C5")
+    (row,) = claim_rows(report.build_report(root, n_boot=400, figures=False).summary, "C5")
     assert row["effect"] == pytest.approx(-0.5, abs=1e-9) and row["verdict"] == "contradicted"
 
 
@@ -186,7 +186,7 @@ def test_within_a_margin_for_both(tmp_path, change, verdict):
             for s in range(3):
                 write_job(root, algorithm, k + 1, s, {R.KL: kl * (1 + 0.02 * s), R.REWARD: 0.5,
                                                       "analysis/heads/induction_max_abs_change": change + 0.01 * s})
-    (row,) = claim_rows(report.build_report(root, n_boot=300, figures=False), "C13")
+    (row,) = claim_rows(report.build_report(root, n_boot=300, figures=False).summary, "C13")
     assert row["expect"] == "|x| < 0.1 for both" and row["verdict"] == verdict
     assert (row["q"] < 0.05) == (verdict == "contradicted")
 
@@ -195,17 +195,17 @@ def test_one_run_per_side_never_gives_a_verdict(tmp_path):
     root = tmp_path / "one"
     for algorithm, bias in (("dpo", 0.01), ("ppo", 10.0)):  # a thousand-fold difference
         write_job(root, algorithm, 1, 0, {R.KL: 2.0, R.REWARD: 0.5, BIAS: bias})
-    summary = report.build_report(root, figures=False)
+    summary = report.build_report(root, figures=False).summary
     (row,) = claim_rows(summary, "C5")
     assert row["n"] == {"dpo": 1, "ppo": 1} and row["effect"] == pytest.approx(9.99)
     assert row["verdict"] == "inconclusive" and row["reason"] == "fewer than 3 runs per side"
     assert all(c["verdict"] == "inconclusive" and not c["eligible"] for c in summary["claims"])
-    (row,) = claim_rows(report.build_report(root, min_runs=1, min_seeds=1, figures=False), "C5")
+    (row,) = claim_rows(report.build_report(root, min_runs=1, min_seeds=1, figures=False).summary, "C5")
     assert row["verdict"] == "inconclusive" and row["reason"] == "fewer than 2 runs per side"
     # two runs per side of one seed: no verdict either (the default asks for 3 seeds)
     for algorithm, bias in (("dpo", 0.01), ("ppo", 10.0)):
         write_job(root, algorithm, 2, 0, {R.KL: 3.0, R.REWARD: 0.6, BIAS: bias})
-    (row,) = claim_rows(report.build_report(root, min_runs=2, figures=False), "C5")
+    (row,) = claim_rows(report.build_report(root, min_runs=2, figures=False).summary, "C5")
     assert row["verdict"] == "inconclusive" and row["reason"] == "fewer than 3 seeds per side"
     with pytest.raises(SystemExit):
         report.main([str(root), "--min-runs", "1", "--no-wandb"])
@@ -216,7 +216,7 @@ def test_pooled_facets_are_flagged(tmp_path):
     over completion_len and say so."""
     root = planted_sweep(tmp_path / "p", {BIAS: 0.5},
                          params=lambda a: {"completion_len": 48 if a == "dpo" else 64})
-    summary = report.build_report(root, n_boot=300, figures=False)
+    summary = report.build_report(root, n_boot=300, figures=False).summary
     assert summary["facet_notes"] == ["pooled over completion_len: DPO and PPO runs share no value of it"]
     (row,) = claim_rows(summary, "C5")
     assert row["pooled"] == "completion_len (DPO 48, PPO 64)"
@@ -229,7 +229,7 @@ def test_facets_are_compared_separately(tmp_path):
     root = tmp_path / "f"
     planted_sweep(root, {}, params=lambda a: {"completion_len": 48})
     planted_sweep(root, {BIAS: 0.5}, params=lambda a: {"completion_len": 64})
-    summary = report.build_report(root, n_boot=300, figures=False)
+    summary = report.build_report(root, n_boot=300, figures=False).summary
     assert [f["label"] for f in summary["facets"]] == ["completion_len=48", "completion_len=64"]
     rows = {r["facet"]: r for r in claim_rows(summary, "C5")}
     assert rows["completion_len=48"]["n"] == {"dpo": 9, "ppo": 9}
@@ -237,7 +237,7 @@ def test_facets_are_compared_separately(tmp_path):
     assert rows["completion_len=64"]["verdict"] == "supported"
     assert rows["completion_len=64"]["effect"] == pytest.approx(0.5, abs=1e-9)
     # --pool merges them, flagged, and the planted effect is halved
-    (pooled,) = claim_rows(report.build_report(root, pool=["completion_len"], n_boot=300, figures=False), "C5")
+    (pooled,) = claim_rows(report.build_report(root, pool=["completion_len"], n_boot=300, figures=False).summary, "C5")
     assert pooled["pooled"] == "completion_len (DPO 48/64, PPO 48/64)"
     assert pooled["effect"] == pytest.approx(0.25, abs=1e-9)
 
@@ -258,7 +258,7 @@ def test_weight_claims_name_unequal_optimizer_steps(tmp_path):
         data = R.read_results(folder)
         data["compute"]["optimizer_steps"] = 64
         R.write_results(folder, data)
-    summary = report.build_report(root, n_boot=200, figures=False)
+    summary = report.build_report(root, n_boot=200, figures=False).summary
     (bias,) = claim_rows(summary, "C5")
     assert bias["caveat"] == "unequal optimizer steps (median DPO 8, PPO 64); compare at compute=matched"
     assert claim_rows(summary, "C1")[0]["caveat"] == ""  # not a weight claim
@@ -267,7 +267,7 @@ def test_weight_claims_name_unequal_optimizer_steps(tmp_path):
 
 def test_ranges_that_do_not_meet_are_not_compared(tmp_path):
     root = planted_sweep(tmp_path / "k", {BIAS: 0.5}, kl_shift={"ppo": 20.0})
-    (row,) = claim_rows(report.build_report(root, n_boot=200, figures=False), "C5")
+    (row,) = claim_rows(report.build_report(root, n_boot=200, figures=False).summary, "C5")
     assert row["verdict"] == "inconclusive" and row["reason"] == "KL ranges do not overlap" and row["effect"] is None
 
 
@@ -390,12 +390,12 @@ def test_compare_two_runs(mixed):
 def test_compare_rejects_ambiguous_job(mixed):
     root, _, _ = mixed
     with pytest.raises(SystemExit, match="matches 4 jobs"):
-        report.build_report(root, compare=["algorithm=dpo", "algorithm=ppo"], out=root.parent / "r2")
+        report.build_report(root, compare=["algorithm=dpo", "algorithm=ppo"], out=root.parent / "r2").summary
 
 
 def test_no_finished_jobs(tmp_path):
     write_job(tmp_path / "empty", "ppo", 6, 0, {}, status=R.FAILED, error="boom")
-    report.build_report(tmp_path / "empty", figures=False)
+    report.build_report(tmp_path / "empty", figures=False).summary
     text = (tmp_path / "empty" / "report" / "report.md").read_text()
     assert "No finished jobs yet." in text and "1 failed" in text
 
@@ -485,7 +485,7 @@ def test_over_training_curves_are_drawn_and_summarised_per_configuration(tmp_pat
                        "data": [[x, 1e-6 * x, 2e-6 * x] for x in xs]}
             write_job(root, algorithm, 1, s, {R.KL: 1.0 + 0.1 * s, R.REWARD: 0.6, BIAS: 1.0},
                       over_training={"heads_over_training": heads, "weights_over_training": weights})
-    summary = report.build_report(root, n_boot=50)
+    summary = report.build_report(root, n_boot=50).summary
     curves = {(c["algorithm"], c["measure"]): c for c in summary["over_training"]}
     ppo = curves[("ppo", "heads_over_training/induction_max_abs_change")]
     assert ppo["examples"] == [0, 100, 200, 300] and ppo["n"] == [3, 3, 3, 3]

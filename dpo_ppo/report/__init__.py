@@ -17,16 +17,17 @@ the sweeper's sweep.json for jobs not started yet, then writes into PATH/report/
                    each time the report is re-made), offline unless --wandb-mode online
 
 Package layout: load (reading the sweep), stats (the joint fit, t-intervals on bootstrap standard errors, FDR),
-claims (the seed's list), compare (facets, matched KL, verdicts), plots, render (report.md, files,
-W&B), cli.
+claims (the seed's list), compare (facets, matched KL, verdicts), plots, render (report.md and the files),
+wandb_run (the report's W&B run), dashboard (the sweep's W&B workspace), cli.
 """
 
 from dpo_ppo.report.cli import main
 from dpo_ppo.report.compare import claims_table, make_facets
 from dpo_ppo.report.load import Run, configurations, finished, load_run, load_sweep, metric_names
-from dpo_ppo.report.render import build_report, log_to_wandb, report_run_id
+from dpo_ppo.report.render import Report, build_report
 from dpo_ppo.report.stats import JointModel, Stat, benjamini_hochberg, holm, mean_ci
+from dpo_ppo.report.wandb_run import log_to_wandb, report_run_id
 
-__all__ = ["main", "build_report", "log_to_wandb", "report_run_id", "load_sweep", "load_run", "Run", "finished",
+__all__ = ["main", "Report", "build_report", "log_to_wandb", "report_run_id", "load_sweep", "load_run", "Run", "finished",
            "configurations", "metric_names", "make_facets", "claims_table", "mean_ci", "Stat",
            "JointModel", "benjamini_hochberg", "holm"]

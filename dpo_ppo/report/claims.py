@@ -21,6 +21,9 @@ from dpo_ppo.results import policy_metric
 KINDS = ("higher", "lower", "same", "differ", "zero")
 
 
+SAME_MARGIN = 0.25  # a "same" claim: equal within this fraction of the two values' mean
+
+
 @dataclass(frozen=True)
 class Claim:
     id: str
@@ -28,7 +31,7 @@ class Claim:
     text: str  # what the seed says, in a line
     metrics: Tuple[str, ...]  # candidates, first present wins
     kind: str
-    margin: float = 0.25
+    margin: float = SAME_MARGIN  # "same": a fraction of the mean; "zero": an absolute value
 
     def expectation(self) -> str:
         return {"higher": "PPO > DPO", "lower": "PPO < DPO", "same": "PPO ≈ DPO", "differ": "PPO ≠ DPO",

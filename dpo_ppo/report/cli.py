@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 
 from dpo_ppo import results as R
 from dpo_ppo.report import compare as C
-from dpo_ppo.report.render import build_report, log_to_wandb
+from dpo_ppo.report.render import build_report
+from dpo_ppo.report.wandb_run import log_to_wandb
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -52,10 +53,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--min-seeds must be >= 1")
     if args.bootstrap < 100:
         parser.error("--bootstrap must be >= 100")
-    summary = build_report(args.path, compare=args.compare, out=args.out, pool=args.pool, min_runs=args.min_runs,
-                           min_seeds=args.min_seeds, n_boot=args.bootstrap, fdr=args.fdr, seed=args.seed,
-                           figures=args.figures)
-    out = Path(args.out) if args.out else Path(args.path) / "report"
+    built = build_report(args.path, compare=args.compare, out=args.out, pool=args.pool, min_runs=args.min_runs,
+                         min_seeds=args.min_seeds, n_boot=args.bootstrap, fdr=args.fdr, seed=args.seed,
+                         figures=args.figures)
+    summary, out = built.summary, built.out
     c = summary["counts"]
     print(f"{summary['name']}: {summary['jobs']} jobs ({c[R.FINISHED]} finished, {c[R.FAILED]} failed, "
           f"{c[R.RUNNING]} running, " + (f"{c[R.INTERRUPTED]} interrupted, " if c.get(R.INTERRUPTED) else "")
@@ -72,17 +73,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     use_wandb = importlib.util.find_spec("wandb") is not None if args.wandb is None else args.wandb
     if use_wandb:
         try:
-            run_dir = log_to_wandb(summary, out, args.wandb_mode)
+            run_dir = log_to_wandb(built, args.wandb_mode)
             print(f"W&B {args.wandb_mode} run: {run_dir}")
         except Exception as err:  # the report itself is written; W&B is a copy of it
             print(f"W&B logging failed ({err!r}); the report is still in {out}", file=sys.stderr)
     if args.dashboard or args.dashboard_spec:
-        dashboard(summary, args.dashboard_spec, save=args.dashboard)
+        dashboard(built, args.dashboard_spec, save=args.dashboard)
     print(f"report: {out / 'report.md'}")
     return 0
 
 
-def dashboard(summary, spec_file: Optional[Path], save: bool) -> None:
+def dashboard(built, spec_file: Optional[Path], save: bool) -> None:
     """The sweep's W&B workspace (``report.dashboard``): its spec written to ``spec_file``, and
     with ``save`` the workspace created through W&B's API."""
     import json
@@ -90,7 +91,7 @@ def dashboard(summary, spec_file: Optional[Path], save: bool) -> None:
 
     from dpo_ppo.report import dashboard as D
 
-    runs = summary["_runs"]
+    runs = built.runs
     logger = next((r.config.get("logger") for r in runs if isinstance(r.config.get("logger"), dict)), {}) or {}
     entity = (os.environ.get("WANDB_ENTITY") or logger.get("entity")
               or next((r.wandb.get("entity") for r in runs if r.wandb.get("entity")), None))
@@ -99,7 +100,7 @@ def dashboard(summary, spec_file: Optional[Path], save: bool) -> None:
         import wandb
 
         entity = wandb.Api().default_entity
-    workspace = D.from_report(summary, entity or "<your entity>", project)
+    workspace = D.from_report(built, entity or "<your entity>", project)
     if spec_file:
         Path(spec_file).write_text(json.dumps(D.spec(workspace), indent=1))
         print(f"dashboard spec: {spec_file}")

@@ -288,8 +288,8 @@ def compare(facet: Facet, metric: str, kl_fracs: Sequence[float] = (0.5,), n_boo
         y = np.array([r.metrics[metric] for r in everyone], dtype=float)
 
     # the model: g a line when each algorithm has two configurations or more in the window
-    groups = [r.config_key() for r in everyone]
-    configs = {a: len({r.config_key() for r in inside[a]}) for a in R.ALGORITHMS}
+    groups = [r.group_key() for r in everyone]
+    configs = {a: len({r.group_key() for r in inside[a]}) for a in R.ALGORITHMS}
     deg_g = 1 if min(configs.values()) >= 2 else 0
     max_deg = max(0, min(stats.MAX_DEGREE, len(set(groups)) - deg_g - 2))
     center = 0.5 * (lo + hi)

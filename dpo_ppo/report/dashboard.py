@@ -95,18 +95,18 @@ def build_workspace(name: str, entity: str, project: str, *, groups: Sequence[st
     )
 
 
-def from_report(summary: Dict[str, Any], entity: str, project: str):
+def from_report(report, entity: str, project: str):
     """The workspace of a report's sweep, sized from its runs (groups, layers, per-head grids)."""
     from dpo_ppo.runtime.record import run_group
 
-    runs = summary["_runs"]
-    groups = [run_group({"name": summary["name"], "algorithm": r.algorithm, "overrides": r.overrides})
+    runs, name = report.runs, report.summary["name"]
+    groups = [run_group({"name": name, "algorithm": r.algorithm, "overrides": r.overrides})
               for r in runs if r.algorithm]
     layers = 1 + max((int(k.rsplit("msd_layer", 1)[1]) for r in runs for k in r.metrics
                       if k.startswith("analysis/weights/msd_layer") and k.rsplit("msd_layer", 1)[1].isdigit()),
                      default=-1)
     per_head = sorted({k for r in runs for k in r.per_head})
-    return build_workspace(summary["name"], entity, project, groups=groups, layers=layers, per_head=per_head)
+    return build_workspace(name, entity, project, groups=groups, layers=layers, per_head=per_head)
 
 
 def spec(workspace) -> Dict[str, Any]:

@@ -20,25 +20,13 @@ ALL_STATUSES = (R.FINISHED, R.FAILED, R.RUNNING, R.INTERRUPTED, NO_RESULTS, PEND
 
 
 @dataclass
-class Run:
-    dir: Path
-    rel: str  # folder relative to the sweep folder
-    status: str  # finished | failed | running | interrupted | no results | pending
-    algorithm: Optional[str] = None
-    params: Dict[str, Any] = field(default_factory=dict)
-    overrides: List[str] = field(default_factory=list)
-    metrics: Dict[str, float] = field(default_factory=dict)
-    compute: Dict[str, Any] = field(default_factory=dict)
-    per_head: Dict[str, np.ndarray] = field(default_factory=dict)
-    images: Dict[str, str] = field(default_factory=dict)
-    artifacts: Dict[str, Any] = field(default_factory=dict)
-    wall_time_s: Optional[float] = None
-    peak_mem_mb: Optional[float] = None
-    error: Optional[str] = None
-    config: Dict[str, Any] = field(default_factory=dict)
-    wandb: Dict[str, Any] = field(default_factory=dict)  # the job's W&B run (id, url, ...)
-    over_training: Dict[str, Dict[str, List[Any]]] = field(default_factory=dict)  # table -> column -> values
-    config_key_hash: Optional[str] = None  # results.json config_key: two folders with one are one job
+class Run(R.JobResults):
+    """One job of the sweep as the report sees it: the job folder read back (``results.JobResults``:
+    its status, params, metrics, ...; ``per_head`` as arrays), where it sits in the sweep, and its
+    per-prompt rows on demand.  A planned job without a folder yet has status ``pending``, a started
+    one without results.json ``no results``."""
+
+    rel: str = ""  # folder relative to the sweep folder
     _rows: Any = None  # per-prompt eval rows, read on first use
 
     @property
@@ -71,8 +59,8 @@ class Run:
             out.append(o.lstrip("+"))
         return sorted(out)
 
-    def config_key(self) -> Tuple:
-        """Everything that defines the configuration except the seed."""
+    def group_key(self) -> Tuple:
+        """Everything that defines the configuration except the seed (``SeedGroup``)."""
         items = [(k, v) for k, v in self.params.items() if k != "seed"]
         items += [("override", o) for o in self.extra_overrides()]
         return (self.algorithm,) + tuple(sorted((str(k), json.dumps(v, sort_keys=True, default=str))
@@ -132,11 +120,7 @@ def load_run(folder: Path, root: Path) -> Run:
     if job is None:
         error = f"unreadable {R.RESULTS_FILE}" if (folder / R.RESULTS_FILE).exists() else None
         return Run(dir=folder, rel=rel, status=NO_RESULTS, error=error)
-    run = Run(dir=folder, rel=rel, status=job.status, algorithm=job.algorithm, params=job.params,
-              overrides=job.overrides, metrics=job.metrics, compute=job.compute,
-              per_head=_per_head(job.per_head), images=job.images, artifacts=job.artifacts,
-              wall_time_s=job.wall_time_s, peak_mem_mb=job.peak_mem_mb, error=job.error, config=job.config,
-              wandb=job.wandb, config_key_hash=job.config_key, over_training=job.over_training)
+    run = Run(**{**vars(job), "per_head": _per_head(job.per_head)}, rel=rel)
     add_derived(run)
     return run
 
@@ -202,7 +186,7 @@ def drop_duplicates(runs: Sequence[Run]) -> Tuple[List[Run], List[Dict[str, str]
     first: Dict[str, Run] = {}
     dropped: List[Dict[str, str]] = []
     for run in runs:
-        key = run.config_key_hash if run.status == R.FINISHED else None
+        key = run.config_key if run.status == R.FINISHED else None
         if key and key in first:
             dropped.append({"job": run.rel, "kept": first[key].rel})
             continue
@@ -223,8 +207,8 @@ def metric_names(runs: Sequence[Run]) -> List[str]:
 
 
 @dataclass
-class Config:
-    """Runs whose params differ only in the seed."""
+class SeedGroup:
+    """One configuration: the runs whose params differ only in the seed."""
 
     algorithm: str
     runs: List[Run]
@@ -256,10 +240,11 @@ class Config:
         return {"examples": xs, "mean": [float(np.mean(per_x[x])) for x in xs], "n": [len(per_x[x]) for x in xs]}
 
 
-def configurations(runs: Sequence[Run]) -> List[Config]:
-    groups: Dict[Tuple, Config] = {}
+def configurations(runs: Sequence[Run]) -> List[SeedGroup]:
+    """The finished runs grouped by configuration (``Run.group_key``), each algorithm's sorted by KL."""
+    groups: Dict[Tuple, SeedGroup] = {}
     for run in finished(runs):
-        groups.setdefault(run.config_key(), Config(run.algorithm or "", [])).runs.append(run)
+        groups.setdefault(run.group_key(), SeedGroup(run.algorithm or "", [])).runs.append(run)
     for algorithm in R.ALGORITHMS:
         mine = [g for g in groups.values() if g.algorithm == algorithm]
         skip = {"seed", "algorithm", "optimizer_steps", R.KNOBS[algorithm], "kl_coef"}

@@ -14,7 +14,7 @@ from dpo_ppo import results as R
 from dpo_ppo.analysis.plots import _save, plt
 from dpo_ppo.report import stats
 from dpo_ppo.report.compare import ClaimRow, facet_value
-from dpo_ppo.report.load import LABELS, Config, Run, finished
+from dpo_ppo.report.load import LABELS, SeedGroup, Run, finished
 
 COLORS = {"dpo": "tab:blue", "ppo": "tab:orange"}
 MARKERS = "osD^vP*X"
@@ -50,12 +50,12 @@ def _place_labels(fig, ax, items: Sequence[tuple]) -> None:
         placed.append(Text.get_window_extent(ann, renderer))
 
 
-def facet_tag(config: Config, split: Sequence[str]) -> str:
+def facet_tag(config: SeedGroup, split: Sequence[str]) -> str:
     run = config.runs[0]
     return ", ".join(f"{k}={facet_value(run, k)}" for k in split if facet_value(run, k) is not None)
 
 
-def plot_frontier(configs: Sequence[Config], runs: Sequence[Run], path: Path, split: Sequence[str] = ()) -> str:
+def plot_frontier(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path, split: Sequence[str] = ()) -> str:
     """Reward against KL per configuration (mean and 95% t-interval over seeds), faint single
     runs, the reference at KL 0; markers by facet when the sweep has several."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
@@ -112,7 +112,7 @@ TRAIN_PANELS = {
 }
 
 
-def _curve(config: Config, keys: Sequence[str]) -> Optional[tuple]:
+def _curve(config: SeedGroup, keys: Sequence[str]) -> Optional[tuple]:
     """Mean over the configuration's seeds of the first key logged, against examples."""
     per_x: Dict[float, List[float]] = {}
     for run in config.runs:
@@ -130,7 +130,7 @@ def _curve(config: Config, keys: Sequence[str]) -> Optional[tuple]:
     return np.array(xs), np.array([np.mean(per_x[x]) for x in xs])
 
 
-def plot_training(configs: Sequence[Config], path: Path, split: Sequence[str] = ()) -> Optional[str]:
+def plot_training(configs: Sequence[SeedGroup], path: Path, split: Sequence[str] = ()) -> Optional[str]:
     """Training curves per configuration (mean over seeds) against examples seen: one row of
     panels per algorithm. None when no job logged anything."""
     algorithms = [a for a in R.ALGORITHMS if any(c.algorithm == a for c in configs)]
@@ -178,7 +178,7 @@ OVER_TRAINING_PANELS = {
 }
 
 
-def plot_over_training(configs: Sequence[Config], path: Path) -> Optional[str]:
+def plot_over_training(configs: Sequence[SeedGroup], path: Path) -> Optional[str]:
     """The analyses at every snapshot (weights, head scores, attention to the sentiment word),
     per configuration (mean over seeds) against examples seen, both algorithms in each panel.
     None when no run has an over-training table."""

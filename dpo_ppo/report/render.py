@@ -1,20 +1,21 @@
-"""Putting the report together: report.md, runs.csv, matched_kl.csv, summary.json, the W&B run."""
+"""Putting the report together: report.md, runs.csv, matched_kl.csv, summary.json and the figures
+(the W&B run of it: ``report.wandb_run``)."""
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from dpo_ppo import results as R
 from dpo_ppo.report import compare as C
 from dpo_ppo.report import plots, stats
-from dpo_ppo.report.claims import CLAIMS
-from dpo_ppo.report.load import (ALL_STATUSES, LABELS, NO_RESULTS, PENDING, Config, Run, configurations,
+from dpo_ppo.report.claims import CLAIMS, SAME_MARGIN
+from dpo_ppo.report.load import (ALL_STATUSES, LABELS, NO_RESULTS, PENDING, SeedGroup, Run, configurations,
                                  finished, load_run, load_sweep, metric_names)
 
 BODY_METRICS = (R.REWARD, R.policy_metric("gradient_loss"), R.policy_metric("binary_loss"))
@@ -175,34 +176,6 @@ def sweep_name(root: Path, runs: Sequence[Run], meta: Dict[str, Any]) -> str:
     return meta.get("name") or next((r.config.get("name") for r in runs if r.config.get("name")), Path(root).name)
 
 
-def report_run_id(root: Path, name: Optional[str] = None, runs: Optional[Sequence[Run]] = None) -> str:
-    """The W&B run id of a sweep's report, from what the sweep is, not where it lies: its name and
-    its jobs' identities (their overrides without the keys that do not name a job, as in the
-    folder names).  A re-made, copied or moved report is the same run."""
-    if runs is None:
-        runs, meta = load_sweep(Path(root))
-        name = name or sweep_name(root, runs, meta)
-    jobs = sorted({",".join(R.folder_key(r.overrides)) for r in runs})
-    return "report-" + hashlib.sha1(json.dumps([name, jobs]).encode()).hexdigest()[:16]
-
-
-def report_group(name: str) -> str:
-    """The report's own W&B group (beside the jobs' ``<sweep>/<algorithm>/...`` groups)."""
-    return f"{name}/report"
-
-
-def table_cell(value: Any) -> Any:
-    """A value for a W&B table: numbers stay numbers, missing ones (None, "", NaN) become None,
-    the rest text."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return None if isinstance(value, float) and not math.isfinite(value) else value
-    return str(value)
-
-
 def progress_line(runs: Sequence[Run]) -> Tuple[str, Dict[str, int]]:
     counts = {s: sum(r.status == s for r in runs) for s in ALL_STATUSES}
     other = len(runs) - sum(counts.values())
@@ -213,7 +186,7 @@ def progress_line(runs: Sequence[Run]) -> Tuple[str, Dict[str, int]]:
     return text, counts
 
 
-def body_figures(configs: Sequence[Config], runs: Sequence[Run], out: Path, split: Sequence[str], figures: bool,
+def body_figures(configs: Sequence[SeedGroup], runs: Sequence[Run], out: Path, split: Sequence[str], figures: bool,
                  images: Dict[str, str]) -> List[str]:
     """The frontier, the training curves and the analyses over training."""
     if figures:
@@ -237,7 +210,7 @@ def body_figures(configs: Sequence[Config], runs: Sequence[Run], out: Path, spli
     return md
 
 
-def over_training_summary(configs: Sequence[Config]) -> List[Dict[str, Any]]:
+def over_training_summary(configs: Sequence[SeedGroup]) -> List[Dict[str, Any]]:
     """Every configuration's over-training curves (mean over seeds), for summary.json."""
     out = []
     for c in configs:
@@ -279,7 +252,7 @@ def cost_markdown(runs: Sequence[Run], progress: str) -> List[str]:
     return md
 
 
-def configurations_markdown(configs: Sequence[Config], split: Sequence[str]) -> List[str]:
+def configurations_markdown(configs: Sequence[SeedGroup], split: Sequence[str]) -> List[str]:
     if not configs:
         return []
     extra = any(c.runs[0].extra_overrides() for c in configs)
@@ -351,11 +324,23 @@ def claim_record(r: C.ClaimRow) -> Dict[str, Any]:
             "eligible": r.eligible, "verdict": r.verdict, "reason": r.reason, "caveat": r.caveat}
 
 
+@dataclass
+class Report:
+    """A written report: ``summary`` is what summary.json holds; the runs and the runs table it was
+    made from go to W&B (``report.wandb_run``) and the dashboard as they are."""
+
+    summary: Dict[str, Any]
+    runs: List[Run]
+    runs_table: Tuple[List[str], List[List[Any]]]  # runs.csv's header and rows
+    out: Path  # the report folder
+
+
 def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optional[Path] = None,
                  pool: Sequence[str] = (), min_runs: int = C.MIN_RUNS, min_seeds: int = C.MIN_SEEDS,
-                 n_boot: int = C.N_BOOT, fdr: str = "bh", seed: int = 0, figures: bool = True) -> Dict[str, Any]:
-    """Write the report; returns the summary (also saved as summary.json). ``figures=False``
-    leaves the figures out (tables only, in a fraction of the time)."""
+                 n_boot: int = C.N_BOOT, fdr: str = "bh", seed: int = 0, figures: bool = True) -> Report:
+    """Write the report (report.md, runs.csv, matched_kl.csv, summary.json and the figures in
+    ``out``, by default ROOT/report).  ``figures=False`` leaves the figures out (tables only, in a
+    fraction of the time)."""
     root = Path(root)
     if root.is_file():
         raise SystemExit(f"dpo-ppo-report: {root} is a file, not a sweep folder (give the folder a sweep "
@@ -399,7 +384,7 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
         md += claims_markdown(rows, len(comparable) > 1)
         md += ["", RULE.format(n_boot=n_boot, fdr="Benjamini-Hochberg" if fdr == "bh" else "Holm",
                                min_runs=max(2, min_runs), min_seeds=min_seeds, alpha=C.ALPHA,
-                               margin=CLAIMS[3].margin, facets=", ".join(R.FACET_KEYS)), ""]
+                               margin=SAME_MARGIN, facets=", ".join(R.FACET_KEYS)), ""]
     matched: List[Dict] = []
     if done:
         md += body_figures(configs, runs, out, split, figures, images)
@@ -445,70 +430,4 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
                      "pool": list(pool)},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    summary["_runs_table"] = (header, table_rows)
-    summary["_runs"] = runs
-    return summary
-
-
-CLAIM_COLUMNS = ["claim", "section", "text", "expect", "facet", "pooled", "metric", "kl", "dpo", "ppo", "effect",
-                 "ci_lo", "ci_hi", "n_dpo", "n_ppo", "p", "q", "verdict", "reason"]
-
-
-def claims_table_rows(summary: Dict[str, Any]) -> List[List[Any]]:
-    out = []
-    for c in summary["claims"]:
-        ci = c["ci"] or [None, None]
-        n = c["n"] or {}
-        out.append([c["claim"], c["section"], c["text"], c["expect"], c["facet"], c["pooled"], c["metric"] or "",
-                    c["kl"], c["dpo"], c["ppo"], c["effect"], ci[0], ci[1], n.get("dpo"), n.get("ppo"), c["p"], c["q"],
-                    c["verdict"], c["reason"]])
-    return out
-
-
-REPORT_STATE = "wandb_run.json"  # in the report folder: the report run's id and next history step
-
-
-def log_to_wandb(summary: Dict[str, Any], out: Path, mode: str = "offline") -> Optional[str]:
-    """The sweep's report run: job type ``report`` in its own group (``<sweep>/report``, tagged
-    ``report`` and ``sweep=<name>``), the same run every time the report is re-made (id from the
-    sweep's name and jobs, resume allowed), with the claims and runs tables as W&B Tables (typed
-    columns) and the plots.  A re-made report logs at history steps after the last one
-    (``REPORT_STATE``): offline, each re-make is a new folder starting at step 0, and W&B keeps
-    only rising steps of one run."""
-    import wandb
-
-    runs: List[Run] = summary["_runs"]
-    logger = next((r.config.get("logger") for r in runs if isinstance(r.config.get("logger"), dict)), {}) or {}
-    run_id = report_run_id(Path(summary["sweep_dir"]), summary["name"], runs)
-    state_path = Path(out) / REPORT_STATE
-    try:
-        state = json.loads(state_path.read_text())
-    except (OSError, ValueError):
-        state = {}
-    run = wandb.init(project=logger.get("project") or "dpo-ppo", entity=logger.get("entity"),
-                     group=report_group(summary["name"]), job_type="report", name=f"{summary['name']}-report",
-                     tags=["report", f"sweep={summary['name']}"[:64]],
-                     id=run_id, resume="allow", dir=str(out), mode=mode, reinit="finish_previous",
-                     config={"sweep": summary["name"], "sweep_dir": summary["sweep_dir"], "jobs": summary["jobs"],
-                             **summary["settings"]})
-    try:
-        step = max(int(run.step or 0), int(state.get("next_step") or 0) if state.get("id") == run_id else 0)
-        header, rows = summary["_runs_table"]
-        data: Dict[str, Any] = {
-            "claims": wandb.Table(columns=CLAIM_COLUMNS, data=[[table_cell(c) for c in r]
-                                                               for r in claims_table_rows(summary)]),
-            "runs": wandb.Table(columns=header, data=[[table_cell(c) for c in r] for r in rows]),
-        }
-        for key, name in summary["images"].items():
-            data[f"plots/{key}"] = wandb.Image(str(out / name))
-        run.log(data, step=step)
-        state_path.write_text(json.dumps({"id": run_id, "next_step": step + 1}))
-        run.summary.update({f"jobs/{k.replace(' ', '_')}": v for k, v in summary["counts"].items()})
-        for verdict in ("supported", "contradicted", "inconclusive"):
-            run.summary[f"claims/{verdict}"] = sum(c["verdict"] == verdict for c in summary["claims"])
-        run.summary["cost/wall_time_s"] = summary["wall_time_s"]
-        if summary["peak_mem_mb"] is not None:
-            run.summary["cost/peak_mem_mb"] = summary["peak_mem_mb"]
-        return str(Path(run.dir).parent)
-    finally:
-        run.finish()
+    return Report(summary, runs, (header, table_rows), out)
