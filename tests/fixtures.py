@@ -15,8 +15,10 @@ import time
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 # --------------------------------------------------------------------------- texts
 
@@ -266,3 +268,36 @@ def _read_offline_run_once(run_dir: Path) -> dict:
         elif which == "exit":
             out["exit_code"] = rec.exit.exit_code
     return out
+
+
+def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+                        *, pad_id: int = 0, batch_size: int = 64, per_token: bool = False,
+                        grad: bool = False):
+    """log p(completion | prompt) under ``model``: per sequence (summed), or per token; a plain
+    forward pass the tests hold the package's log-probs and KL estimates against.
+
+    Returns a tensor of shape [N] (sum over completion tokens), or with ``per_token`` a list of
+    1-D tensors, one per completion.
+    """
+    device = next(model.parameters()).device
+    sums, tokens = [], []
+    ctx = torch.enable_grad() if grad else torch.no_grad()
+    with ctx:
+        for start in range(0, len(prompts), batch_size):
+            ps = prompts[start: start + batch_size]
+            cs = completions[start: start + batch_size]
+            from dpo_ppo.train.sampling import pad_batch
+
+            ids, mask = pad_batch([list(p) + list(c) for p, c in zip(ps, cs)], pad_id, left=False,
+                                  device=device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            logp = torch.gather(F.log_softmax(logits, -1), 2, ids[:, 1:, None]).squeeze(-1)
+            for row, (p, c) in enumerate(zip(ps, cs)):
+                lp = logp[row, len(p) - 1: len(p) - 1 + len(c)]
+                if per_token:
+                    tokens.append(lp)
+                else:
+                    sums.append(lp.sum())
+    if per_token:
+        return tokens
+    return torch.stack(sums) if sums else torch.zeros(0)

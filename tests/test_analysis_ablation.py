@@ -7,7 +7,8 @@ import torch
 
 from dpo_ppo.analysis import ablation as A
 from dpo_ppo.analysis import hooks
-from dpo_ppo.analysis.common import encode, head_dim, pad_id
+from dpo_ppo.analysis.common import encode, head_dim
+from dpo_ppo.train.sampling import pad_token_id as pad_id
 from fixtures import HashScorer, toy_model, toy_reviews, toy_tokenizer
 
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from dpo_ppo.analysis.activations import activation_divergence, softmax_kl
-from dpo_ppo.analysis.common import boot_bridge, encode, pad_id
+from dpo_ppo.analysis.common import boot_bridge, encode
+from dpo_ppo.train.sampling import pad_token_id as pad_id
 from fixtures import toy_model, toy_reviews, toy_tokenizer
 
 

@@ -8,7 +8,8 @@ from transformer_lens.head_detector import detect_head
 
 from dpo_ppo.analysis import heads as hd
 from dpo_ppo.analysis import sentiment_attention as sa
-from dpo_ppo.analysis.common import boot_bridge, pad_id
+from dpo_ppo.analysis.common import boot_bridge
+from dpo_ppo.train.sampling import pad_token_id as pad_id
 from dpo_ppo.config.analysis import parse_marked_prompt
 from fixtures import toy_model, toy_reviews, toy_tokenizer
 

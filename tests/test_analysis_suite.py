@@ -207,7 +207,7 @@ def test_the_suite_runs_each_registered_analysis_on_one_context(world, tmp_path,
     """The registry: every enabled analysis gets the same Context; its output is merged under the
     suite's names, a failure (or a name another analysis already wrote) is that analysis's error."""
     from dpo_ppo.analysis import suite
-    from dpo_ppo.analysis.common import pad_id
+    from dpo_ppo.train.sampling import pad_token_id as pad_id
     from dpo_ppo.analysis.context import Output
 
     tok, ref, pol, texts, labels = world

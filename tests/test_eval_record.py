@@ -9,7 +9,8 @@ import torch
 from dpo_ppo.config import EvalConfig, LoggerConfig
 from dpo_ppo.evaluate import distinct_n, evaluate_model
 from dpo_ppo.runtime.record import Recorder
-from dpo_ppo.train.sampling import completion_logprobs, generate, pad_batch, sequence_kl
+from dpo_ppo.train.sampling import generate, pad_batch, sequence_kl
+from fixtures import completion_logprobs
 from fixtures import read_offline_run, toy_model, word_tokenizer
 
 

@@ -131,8 +131,8 @@ def test_dpo_logs_ppos_train_kl_and_reward_on_the_examples_axis(tmp_path):
 
     from dpo_ppo.train.dpo import train_dpo
     from dpo_ppo.evaluate import TrainingProbe
-    from dpo_ppo.train.sampling import completion_logprobs, generate, sample_keys
-    from fixtures import dpo_algo, token_pairs
+    from dpo_ppo.train.sampling import generate, sample_keys
+    from fixtures import completion_logprobs, dpo_algo, token_pairs
 
     tok = tiny_tokenizer()
     model = tiny_model(tok)

@@ -38,12 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from dpo_ppo.analysis import plots
-from dpo_ppo.analysis.common import (batches, blocks, encode, head_dim, model_device, n_heads, n_layers,
-                                     pad_id)
+from dpo_ppo.analysis.common import batches, blocks, encode, head_dim, model_device, n_heads, n_layers
 from dpo_ppo.analysis.context import Context, Output
 from dpo_ppo.analysis.hooks import StackedAblation, Variant, expand_after, expand_at, variants_for
 from dpo_ppo.runtime.progress import tqdm  # plain lines when stderr is not a terminal
-from dpo_ppo.train.sampling import pad_batch
+from dpo_ppo.train.sampling import pad_batch, pad_token_id
 
 # --------------------------------------------------------------------------- LM loss
 
@@ -237,7 +236,7 @@ def ablate_heads(model, tokenizer, *, lm_seqs: list[list[int]], prompts: list[li
     Returns per kind ``[layer][head]`` matrices ``lm_loss_increase`` and, with a scorer,
     ``grad_loss_delta``/``binary_loss_delta``, plus the unablated baselines.
     """
-    pad = pad_id(tokenizer) if pad is None else pad
+    pad = pad_token_id(tokenizer) if pad is None else pad
     L, H = n_layers(model), n_heads(model)
     variants = variants_for(model, kinds)
     means = head_means(model, lm_seqs, pad=pad, batch_size=batch_size) if "mean" in kinds else None

@@ -83,12 +83,6 @@ def bos_id(tokenizer) -> int:
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
 
-def pad_id(tokenizer) -> int:
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    return tokenizer.eos_token_id
-
-
 def shuffled_indices(n: int, seed: int) -> list[int]:
     idx = list(range(n))
     random.Random(seed).shuffle(idx)

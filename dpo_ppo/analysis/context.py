@@ -13,10 +13,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from dpo_ppo.runtime import gpus
-from dpo_ppo.analysis.common import (boot_bridge, n_heads, n_layers, on_device, pad_id,
-                                     shuffled_indices)
+from dpo_ppo.analysis.common import boot_bridge, n_heads, n_layers, on_device, shuffled_indices
 from dpo_ppo.config.analysis import AnalysisConfig
+from dpo_ppo.runtime import gpus
+from dpo_ppo.train.sampling import pad_token_id
 
 MODELS = ("reference", "policy")
 
@@ -68,7 +68,7 @@ class Context:
         return cls(cfg=cfg, reference=reference, policy=policy,
                    models={"reference": on_device(reference, device), "policy": on_device(policy, device)},
                    tokenizer=tokenizer, texts=texts, labels=[int(y) for y in labels], scorer=scorer,
-                   out_dir=Path(out_dir), snapshots=list(snapshots or ()), device=device, pad=pad_id(tokenizer),
+                   out_dir=Path(out_dir), snapshots=list(snapshots or ()), device=device, pad=pad_token_id(tokenizer),
                    order=shuffled_indices(len(texts), cfg.seed), n_layers=L, n_heads=H,
                    reference_cache=reference_cache)
 

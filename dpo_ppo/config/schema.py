@@ -28,6 +28,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dpo_ppo.config.analysis import AnalysisConfig
 from dpo_ppo.config.fields import ConfigError, choice, finite, option, positive
+from dpo_ppo.results import ALGORITHMS
 
 
 OFFLINE_HINT = "Offline, use the embedded default (model=tiny data=synthetic classifier=tiny)"
@@ -142,7 +143,6 @@ class ClassifierConfig:
                               f"{where}.source set to a ready sentiment model")
 
 
-ALGORITHMS = ("dpo", "ppo")
 
 
 @dataclass
@@ -229,7 +229,7 @@ class DPOAlgorithmConfig(AlgorithmConfig):
 
 @dataclass
 class PPOAlgorithmConfig(AlgorithmConfig):
-    """PPO with the adaptive KL controller of Ziegler et al. (2019); see dpo_ppo/train/ppo.py.
+    """PPO with a KL penalty whose coefficient a controller moves toward a target; see dpo_ppo/train/ppo.py.
 
     KL penalty: kl_controller=log (default) is a PI controller on log(kl_coef) whose gain is tied to
     the run's number of updates, so the run reaches kl_target; ziegler is old TRL's adaptive

@@ -136,7 +136,8 @@ def micro_batches(batch: int, micro: int | None) -> tuple[int, int]:
 
 def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed: int = 0,
               log_fn=None, runtime=None, probe=None, probe_every: int | None = None) -> dict:
-    """Train ``policy`` in place on the preference pairs ``prefs`` (prompt/chosen/rejected text).
+    """Train ``policy`` in place on the preference pairs ``prefs`` (prompt / chosen / rejected as
+    token ids: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``).
 
     ``probe(policy) -> {train/kl, train/reward_mean, ...}`` (``evaluate.TrainingProbe``) is logged
     through ``log_fn`` every ``probe_every`` examples (default ``algo.snapshot_every``) and at the

@@ -16,7 +16,9 @@ ours, after CleanRL's ``ppo.py`` and "The N Implementation Details of RLHF with 
    policy loss + ``vf_coef`` * clipped value loss, gradient clipping, AdamW; within a trust region
    (``early_stop_kl``, on by default): the update ends at the first minibatch whose approximate KL
    to the rollout policy passes it, and the step that crossed is halved until it keeps the bound.
-5. the KL controller moves ``kl_coef`` toward ``kl_target`` (Ziegler et al. 2019, as in old TRL).
+5. the KL controller moves ``kl_coef`` toward ``kl_target``: by default ``LogKLController`` (a PI
+   controller on log kl_coef, gain tied to the run's updates); ``ZieglerKLController`` (Ziegler et al.
+   2019, old TRL's, the paper presets); or ``kl_coef`` fixed (``FixedKLController``, no target).
 
 Batch layout.  A rollout is one tensor ``[prefix (left-padded to P) | completion (right-padded to
 C)]``, so completion token ``t`` of every row sits at column ``P + t`` and is predicted from column
@@ -54,7 +56,7 @@ from dpo_ppo.runtime.progress import tqdm  # plain lines when stderr is not a te
 
 from dpo_ppo.runtime import hardware
 from dpo_ppo.runtime.hardware import CPU_SIZES
-from dpo_ppo.train.sampling import generate, model_device, pad_batch
+from dpo_ppo.train.sampling import generate, model_device, pad_batch, pad_token_id
 from dpo_ppo.data.snapshots import replace_dir, save_model_dir, snapshot_dir
 
 # --------------------------------------------------------------------------- pure functions
@@ -71,15 +73,12 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((x - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, min_std: float = 0.0) -> torch.Tensor:
+def whiten(x: torch.Tensor, mask: torch.Tensor, min_std: float = 0.0) -> torch.Tensor:
     """(x - mean) / max(std, min_std) over the masked entries (unbiased variance); masked-out entries
     become 0.  ``min_std`` keeps a rollout whose entries nearly agree from being blown up to unit
     variance (PPO passes the running std of the score: see ``rollout``)."""
     mean, var = masked_mean(x, mask), masked_var(x, mask)
-    out = (x - mean) * torch.rsqrt(torch.clamp(var, min=min_std ** 2) + 1e-8)
-    if not shift_mean:
-        out = out + mean
-    return out * mask
+    return (x - mean) * torch.rsqrt(torch.clamp(var, min=min_std ** 2) + 1e-8) * mask
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
@@ -161,7 +160,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 # --------------------------------------------------------------------------- KL coefficient
 
 
-class AdaptiveKLController:
+class ZieglerKLController:
     """Ziegler et al. (2019), as in old TRL (``kl_controller=ziegler``, the paper presets):
     e = clip(KL / target - 1, -0.2, 0.2), coef *= 1 + e * n / horizon.
 
@@ -254,7 +253,7 @@ def make_kl_controller(cfg, updates: int):
     if name == "fixed":
         return FixedKLController(cfg.kl_coef)
     if name == "ziegler":
-        return AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+        return ZieglerKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
     if name == "log":
         return LogKLController(cfg.init_kl_coef, cfg.kl_target, updates, getattr(cfg, "kl_gain", None))
     raise ValueError(f"kl_controller must be log or ziegler, got {name!r}")
@@ -394,7 +393,7 @@ def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int
     (advantages = the value model's error) is not rescaled into a unit-variance signal."""
     policy = model.policy
     device = model_device(policy)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     with autocast():
         completions = generate(policy, tokenizer, queries, cfg.completion_len, temperature=cfg.temperature,
                                top_k=cfg.top_k, batch_size=len(queries), desc=None, static_cache=static_cache)

@@ -1,8 +1,9 @@
 """Sampling completions and scoring their log-probabilities, batched, for any causal LM.
 
 Prompts and completions travel as lists of token ids (prompts may have different lengths, as
-with the seed's 25-75 token prefixes).  ``pad_batch`` left-pads prompts for ``generate`` and
-``completion_logprobs`` right-pads prompt+completion for a single forward pass.
+with the seed's 25-75 token prefixes).  ``pad_batch`` is the one padding helper (left-padded
+prompts for ``generate``, right-padded prompt+completion for a forward pass) and ``pad_token_id``
+the one rule for what pads (the tokenizer's pad token, else its EOS).
 """
 
 from __future__ import annotations
@@ -124,8 +125,7 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool, device=Non
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
              temperature: float = 1.0, top_k: int = 0, batch_size: int = 64,
-             desc: str | None = "sampling", stop_at_eos: bool = True,
-             keys: Optional[Sequence[int]] = None, static_cache: bool = False) -> list[list[int]]:
+             desc: str | None = "sampling", keys: Optional[Sequence[int]] = None, static_cache: bool = False) -> list[list[int]]:
     """Sample one completion per prompt with ``model.generate``; returns the new token ids.
 
     A completion ends at the first EOS (the EOS itself is kept, so that its probability is part of
@@ -152,7 +152,7 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens:
     model.eval()
     static_cache = static_cache and "static cache" not in _COMPILE_FAILED
     run = functools.partial(_generate, model, tokenizer, prompts, max_new_tokens, temperature=temperature,
-                            top_k=top_k, batch_size=batch_size, desc=desc, stop_at_eos=stop_at_eos, keys=keys,
+                            top_k=top_k, batch_size=batch_size, desc=desc, keys=keys,
                             device=device)
     try:
         with _no_autocast(device):
@@ -176,9 +176,15 @@ def _no_autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _generate(model, tokenizer, prompts, max_new_tokens, *, temperature, top_k, batch_size, desc, stop_at_eos,
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS (a model folder is
+    refused when it has neither: ``config.environment.check_tokenizer_pad``)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _generate(model, tokenizer, prompts, max_new_tokens, *, temperature, top_k, batch_size, desc,
               keys, static_cache, device) -> list[list[int]]:
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     eos_id = tokenizer.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
@@ -202,47 +208,14 @@ def _generate(model, tokenizer, prompts, max_new_tokens, *, temperature, top_k, 
             batch_keys = torch.as_tensor(row_keys, dtype=torch.long, device=device)
             kwargs.update(do_sample=False, temperature=None, top_k=None, logits_processor=LogitsProcessorList(
                 [KeyedGumbelSampler(batch_keys, ids.shape[1], temperature, top_k)]))
-        if stop_at_eos:
-            kwargs["eos_token_id"] = eos_id
-        else:
-            kwargs["eos_token_id"] = None
+        kwargs["eos_token_id"] = eos_id
         seqs = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         new = seqs[:, ids.shape[1]:].tolist()
         for i, toks in zip(idx, new):
-            if stop_at_eos and eos_id in toks:
+            if eos_id in toks:
                 toks = toks[: toks.index(eos_id) + 1]
             out[i] = toks
     return out
-
-
-def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-                        *, pad_id: int = 0, batch_size: int = 64, per_token: bool = False,
-                        grad: bool = False):
-    """log p(completion | prompt) under ``model``: per sequence (summed), or per token.
-
-    Returns a tensor of shape [N] (sum over completion tokens), or with ``per_token`` a list of
-    1-D tensors, one per completion.
-    """
-    device = model_device(model)
-    sums, tokens = [], []
-    ctx = torch.enable_grad() if grad else torch.no_grad()
-    with ctx:
-        for start in range(0, len(prompts), batch_size):
-            ps = prompts[start: start + batch_size]
-            cs = completions[start: start + batch_size]
-            ids, mask = pad_batch([list(p) + list(c) for p, c in zip(ps, cs)], pad_id, left=False,
-                                  device=device)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            logp = torch.gather(F.log_softmax(logits, -1), 2, ids[:, 1:, None]).squeeze(-1)
-            for row, (p, c) in enumerate(zip(ps, cs)):
-                lp = logp[row, len(p) - 1: len(p) - 1 + len(c)]
-                if per_token:
-                    tokens.append(lp)
-                else:
-                    sums.append(lp.sum())
-    if per_token:
-        return tokens
-    return torch.stack(sums) if sums else torch.zeros(0)
 
 
 @torch.no_grad()
