@@ -47,7 +47,7 @@ def main() -> None:
     extra = parse_extra(args.extra)
 
     print("| PPO, kl_coef = beta | seed | KL(pi \\|\\| pi*) (worse prompt) | J / beta log Z gain | "
-          "p(target) / pi*(target) | max approx KL | early-stopped updates | s |")
+          "p(target) / pi*(target) | max trust KL | early-stopped updates | s |")
     print("|---|---|---|---|---|---|---|---|")
     for beta in args.betas:
         for seed in args.seeds:
@@ -58,7 +58,7 @@ def main() -> None:
             m = T.measure(policy, ref_logp, beta)
             p = min(m["p_target"].values())
             print(f"| {beta:g} | {seed} | {m['kl_to_opt']:.4f} ({m['kl_to_opt_max']:.4f}) | {m['gain']:.4f} | "
-                  f"{p:.4f} / {m['p_target_opt']['A']:.4f} | {max(x['train/approx_kl'] for x in log):.3f} | "
+                  f"{p:.4f} / {m['p_target_opt']['A']:.4f} | {max(x['train/trust_kl'] for x in log):.3f} | "
                   f"{sum(x['train/early_stopped'] for x in log)} of {len(log)} | {time.time() - t:.0f} |", flush=True)
 
     if args.targets:

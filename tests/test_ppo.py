@@ -314,7 +314,7 @@ def test_options_separate_value_k3_normalised_early_stop(tmp_path):
         # the policy more than 1e-9, so the second minibatch ends the update before its step, and
         # the first step, still past the bound after 6 halvings, is undone
         assert m["train/optimizer_steps"] == 1 and m["train/early_stopped"] == 1
-        assert m["train/last_step_kept"] == 0 and m["train/approx_kl_last"] > 1e-9
+        assert m["train/last_step_kept"] == 0 and m["train/trust_kl_last"] > 1e-9
         assert m["train/ppo_epochs_done"] == 0.5
         assert all(math.isfinite(v) for k, v in m.items() if k != "train/explained_variance")
         assert m["train/kl"] == pytest.approx(0, abs=1e-5)  # so the policy never left the reference
@@ -322,6 +322,24 @@ def test_options_separate_value_k3_normalised_early_stop(tmp_path):
     # with a bound it keeps, the update runs all its epochs and undoes nothing
     _, _, log, _ = run(ppo_cfg(examples=32, early_stop_kl=1e9, ppo_epochs=2), tmp_path / "wide")
     assert all(m["train/optimizer_steps"] == 4 and m["train/last_step_kept"] == 1 for _, m in log)
+
+
+def test_shrink_takes_every_planned_step_and_keeps_the_bound(tmp_path):
+    """trust_region=shrink (what compute=matched sets): a step past early_stop_kl is cut back and the
+    update goes on, so an update takes all its ppo_epochs x num_minibatches steps; with a bound no
+    step can keep (1e-9), every one is cut back to nothing and the policy stays the reference."""
+    cfg = ppo_cfg(examples=64, early_stop_kl=1e-9, trust_region="shrink", ppo_epochs=3, batch_size=5,
+                  num_minibatches=2)
+    policy, ref, log, summary = run(cfg, tmp_path, prompt_lengths=(2, 7))
+    for _, m in log:
+        assert m["train/optimizer_steps"] == 6 and m["train/ppo_epochs_done"] == 3
+        assert m["train/steps_cut_back"] >= 5 and m["train/last_step_kept"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(policy.parameters(), ref.parameters()))
+    assert summary["compute"]["optimizer_steps"] == 6 * len(log)
+    # with stop, the same bound ends every update after its first step
+    _, _, log, _ = run(ppo_cfg(examples=64, early_stop_kl=1e-9, ppo_epochs=3, batch_size=5, num_minibatches=2),
+                       tmp_path / "stop", prompt_lengths=(2, 7))
+    assert all(m["train/optimizer_steps"] == 1 for _, m in log)
 
 
 @pytest.mark.parametrize("value_model,policy_moves", [("separate", False), ("shared", True)])

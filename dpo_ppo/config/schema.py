@@ -270,9 +270,15 @@ class PPOAlgorithmConfig(AlgorithmConfig):
                                           "reference trunk, so the policy's weights carry the policy loss "
                                           "alone (what the analyses compare with DPO); shared: the head reads "
                                           "the policy's trunk and the value loss trains the policy too")
-    early_stop_kl: Optional[float] = option(0.02, "trust region: end an update (before the step) at the first "
-                                                  "minibatch whose approximate KL to the rollout policy (k3, "
-                                                  "nats per token) exceeds this; > 0; null = never")
+    early_stop_kl: Optional[float] = option(0.02, "trust region: the bound on how far an update moves the policy "
+                                                  "from the rollout's, nats per token (the sampled token's "
+                                                  "Bernoulli KL(new || old), a lower bound of the next-token "
+                                                  "distribution's KL: ppo.sampled_token_kl); a step that crosses "
+                                                  "it is cut back until it holds; > 0; null = no trust region")
+    trust_region: str = option("stop", "what happens at a crossing of early_stop_kl: stop (the update ends "
+                                       "there, its later steps not taken) or shrink (the step is cut back "
+                                       "and the update goes on: every planned step is taken; compute=matched "
+                                       "sets it)")
 
     def check(self, where: str = "algorithm") -> None:
         super().check(where)
@@ -281,6 +287,7 @@ class PPOAlgorithmConfig(AlgorithmConfig):
             positive(f"{where}.{key}", getattr(self, key))
         positive(f"{where}.vf_coef", self.vf_coef, allow_zero=True)
         positive(f"{where}.early_stop_kl", self.early_stop_kl)
+        choice(f"{where}.trust_region", self.trust_region, ("stop", "shrink"))
         choice(f"{where}.kl_estimator", self.kl_estimator, ("k1", "k3"))
         choice(f"{where}.kl_controller", self.kl_controller, ("log", "ziegler"))
         positive(f"{where}.kl_coef", self.kl_coef, allow_zero=True)

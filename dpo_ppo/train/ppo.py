@@ -123,6 +123,28 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     return loss, clipfrac, approx_kl
 
 
+def sampled_token_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per token, KL(new || old) between the two Bernoulli distributions "the sampled token, or any
+    other": p log(p / q) + (1 - p) log((1 - p) / (1 - q)), p = p_new, q = p_old of the sampled token.
+
+    By the data-processing inequality it is a lower bound of the whole next-token distribution's
+    KL(new || old) at that position, read from the sampled token's two log-probs alone (no old
+    logits kept).  It is what the trust region bounds.  The k3 estimator (``policy_loss``'s approx
+    KL) misses exactly the move that threw converged policies off their optimum (issue 21): when a
+    near-certain token loses mass to tokens the rollout never sampled, e.g. 0.9998 -> 0.8, k3 reads
+    (r - 1) - log r = 0.023 (its balancing terms sit on the unsampled tokens) while the true
+    KL(new || old) is about 1.2 nats; this reads 1.2.  For moderate probabilities the two agree
+    (0.5 -> 0.55: 0.0050 here, 0.0047 for k3)."""
+    logprobs, old_logprobs = logprobs.float().clamp(max=0), old_logprobs.float().clamp(max=0)
+    p = logprobs.exp()
+
+    def log1m(logx):  # log(1 - x) from log x, accurate near x = 0 and x = 1
+        return torch.where(logx > -0.693, torch.log((-torch.expm1(logx)).clamp(min=1e-30)),
+                           torch.log1p(-logx.exp()))
+
+    return (p * (logprobs - old_logprobs) + (1 - p) * (log1m(logprobs) - log1m(old_logprobs))).clamp(min=0)
+
+
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
                mask: torch.Tensor, cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
     """0.5 * token mean of max((v - R)^2, (v_clipped - R)^2), v_clipped within +-cliprange_value of
@@ -500,8 +522,9 @@ BACKTRACK_STEPS = 6  # halvings of a step that crossed early_stop_kl before it i
 
 
 @torch.no_grad()
-def rollout_approx_kl(model: PolicyWithValue, batch: dict, cfg, chunk: int, autocast=contextlib.nullcontext) -> torch.Tensor:
-    """The approximate KL (k3, token mean) of the current policy to the rollout's on ``batch``."""
+def rollout_trust_kl(model: PolicyWithValue, batch: dict, cfg, chunk: int, autocast=contextlib.nullcontext) -> torch.Tensor:
+    """The trust region's measure of how far the current policy moved from the rollout's on
+    ``batch``: the token mean of ``sampled_token_kl``."""
     mask_all = batch["mask"]
     n, total = mask_all.shape[0], mask_all.sum().clamp(min=1)
     out = torch.zeros((), device=mask_all.device)
@@ -509,9 +532,50 @@ def rollout_approx_kl(model: PolicyWithValue, batch: dict, cfg, chunk: int, auto
         part = select(batch, slice(start, start + chunk))
         with autocast():
             logits, _ = model(part, cfg.temperature, with_values=False)
-        logratio = token_logprobs(logits, part["completion_ids"]) - part["old_logprobs"]
-        out += (((logratio.exp() - 1) - logratio) * part["mask"]).sum() / total
+        kl = sampled_token_kl(token_logprobs(logits, part["completion_ids"]), part["old_logprobs"])
+        out += (kl * part["mask"]).sum() / total
     return out
+
+
+def _accumulate(model: PolicyWithValue, batch: dict, mb: torch.Tensor, mb_tokens: torch.Tensor, cfg, chunk: int,
+                autocast, keys: tuple) -> torch.Tensor:
+    """Forward and backward of minibatch ``mb`` in chunks, gradients accumulated to its token-mean
+    loss; returns its statistics (``keys``), token-weighted."""
+    step_stats = torch.zeros(len(keys), device=mb_tokens.device)
+    for start in range(0, len(mb), chunk):
+        part = select(batch, mb[start: start + chunk])
+        mask = part["mask"]
+        weight = mask.sum() / mb_tokens  # chunk token mean -> minibatch token mean
+        with autocast():
+            logits, values = model(part, cfg.temperature)
+        logprobs = token_logprobs(logits, part["completion_ids"])
+        pg, clipfrac, approx_kl = policy_loss(logprobs, part["old_logprobs"], part["advantages"], mask, cfg.cliprange)
+        vf, vf_clipfrac = value_loss(values, part["old_values"], part["returns"], mask, cfg.cliprange_value)
+        ((pg + cfg.vf_coef * vf) * weight).backward()
+        trust_kl = masked_mean(sampled_token_kl(logprobs.detach(), part["old_logprobs"]), mask)
+        step_stats += torch.stack([pg.detach(), vf.detach(), clipfrac, vf_clipfrac, approx_kl, trust_kl]) * weight
+    return step_stats
+
+
+@torch.no_grad()
+def _backtrack(model: PolicyWithValue, params: list, before: list, batch: dict, check: torch.Tensor, cfg,
+               chunk: int, autocast, stop: float) -> float:
+    """Backtrack along the last step (TRPO's line search), halving it until the trust statistic on
+    minibatch ``check`` is within ``stop``, else undo it; returns the fraction kept.  On the exact
+    toy (tests/exact_toy.py) one AdamW step at lr 3e-3 took the policy from 0.997 to 1e-5 on the
+    right answer: ending the update after that step was too late, and undoing it whole froze a run
+    whose every first step crossed the bound (issue 21)."""
+    kept = 1.0
+    deltas = [p - b for p, b in zip(params, before)]
+    for _ in range(BACKTRACK_STEPS):
+        kept /= 2
+        for p, b, d in zip(params, before, deltas):
+            p.copy_(b + kept * d)
+        if float(rollout_trust_kl(model, select(batch, check), cfg, chunk, autocast)) <= stop:
+            return kept
+    for p, b in zip(params, before):
+        p.copy_(b)
+    return 0.0
 
 
 def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: torch.Generator, *,
@@ -524,44 +588,41 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
     # clipped apart: the policy's gradient as DPO's is (max_grad_norm on the policy alone), so the
     # value loss, large early in a run, does not scale down the policy's steps through a joint norm
     groups = [[p for p in part.parameters() if p.requires_grad] for part in (model.policy, model.value_modules())]
-    keys = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl")
+    keys = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "trust_kl")
     # statistics stay on the device until the end: reading one back (int(), float()) inside the
     # loop would make the CPU wait for the GPU at every chunk, where it could queue the next kernels
     totals = torch.zeros(len(keys), device=device)  # summed over optimiser steps
     trained_tokens = torch.zeros((), dtype=torch.long, device=device)
     steps, per_epoch, stopped, last_kl, before, check = 0, 1, False, 0.0, None, None
     stop = cfg.early_stop_kl
+    # trust_region=shrink (compute=matched): a step that crossed the bound is cut back and the
+    # update goes on, so every planned step is taken; stop: the update ends at the crossing
+    shrink = stop is not None and getattr(cfg, "trust_region", "stop") == "shrink"
+    kept_fractions: list[float] = []
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=generator).to(device)
         minibatches = torch.tensor_split(order, rollout_minibatches(cfg, n))
         per_epoch = len(minibatches)
         for mb in minibatches:
-            mb_tokens = mask_all[mb].sum().clamp(min=1)
             optimizer.zero_grad(set_to_none=True)
-            step_stats = torch.zeros(len(keys), device=device)
-            for start in range(0, len(mb), chunk):
-                part = select(batch, mb[start: start + chunk])
-                mask = part["mask"]
-                weight = mask.sum() / mb_tokens  # chunk token mean -> minibatch token mean
-                with autocast():
-                    logits, values = model(part, cfg.temperature)
-                logprobs = token_logprobs(logits, part["completion_ids"])
-                pg, clipfrac, approx_kl = policy_loss(logprobs, part["old_logprobs"], part["advantages"],
-                                                      mask, cfg.cliprange)
-                vf, vf_clipfrac = value_loss(values, part["old_values"], part["returns"], mask,
-                                             cfg.cliprange_value)
-                ((pg + cfg.vf_coef * vf) * weight).backward()
-                trained_tokens += part["attention_mask"].sum()
-                step_stats += torch.stack([pg.detach(), vf.detach(), clipfrac, vf_clipfrac, approx_kl]) * weight
-            # the trust region: this minibatch's approximate KL measures where the steps taken so far
-            # moved the policy on samples of the rollout; past early_stop_kl the update ends here,
-            # without this step, and the last step is cut back until it keeps the bound (read back,
-            # a sync, only when early stopping is on)
+            step_stats = _accumulate(model, batch, mb, mask_all[mb].sum().clamp(min=1), cfg, chunk, autocast, keys)
+            trained_tokens += batch["attention_mask"][mb].sum()
+            # the trust region: this minibatch's sampled-token KL (``sampled_token_kl``) measures where
+            # the steps taken so far moved the policy on samples of the rollout; past early_stop_kl
+            # the last step is cut back until it keeps the bound, and the update ends here, without
+            # this step (stop), or goes on with this minibatch's gradient recomputed where the
+            # policy now is (shrink).  Read back, a sync, only when early stopping is on
             if stop is not None:
-                last_kl = float(step_stats[keys.index("approx_kl")])
-                if last_kl > stop:
+                last_kl = float(step_stats[keys.index("trust_kl")])
+                if last_kl > stop and not shrink:
                     stopped, check = True, mb
                     break
+                if last_kl > stop and before is not None:
+                    kept_fractions.append(_backtrack(model, groups[0], before, batch, mb, cfg, chunk, autocast, stop))
+                    stopped = True
+                    optimizer.zero_grad(set_to_none=True)
+                    step_stats = _accumulate(model, batch, mb, mask_all[mb].sum().clamp(min=1), cfg, chunk,
+                                             autocast, keys)
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
                 for group in groups:
                     torch.nn.utils.clip_grad_norm_(group, cfg.max_grad_norm)
@@ -570,35 +631,23 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
             optimizer.step()
             totals += step_stats
             steps += 1
-        if stopped:
+        if stopped and not shrink:
             break
-    if stop is not None and not stopped and steps:  # the last step, which no minibatch has measured yet
+    if stop is not None and steps and (shrink or not stopped):  # the last step, no minibatch measured it yet
         check = minibatches[0]
-        last_kl = float(rollout_approx_kl(model, select(batch, check), cfg, chunk, autocast))
-        stopped = last_kl > stop
-    step_kept = 1.0
-    if stopped and before is not None:
-        # backtrack along the last step (TRPO's line search) until the bound holds, else undo it:
-        # on the exact toy (tests/exact_toy.py) one AdamW step at lr 3e-3 took the policy from 0.997
-        # to 1e-5 on the right answer; ending the update after that step was too late, and undoing
-        # it whole froze a run whose every first step crossed the bound (issue 21)
-        with torch.no_grad():
-            deltas = [p - b for p, b in zip(groups[0], before)]
-            for _ in range(BACKTRACK_STEPS):
-                step_kept /= 2
-                for p, b, d in zip(groups[0], before, deltas):
-                    p.copy_(b + step_kept * d)
-                if float(rollout_approx_kl(model, select(batch, check), cfg, chunk, autocast)) <= stop:
-                    break
-            else:
-                step_kept = 0.0
-                for p, b in zip(groups[0], before):
-                    p.copy_(b)
+        last_kl = float(rollout_trust_kl(model, select(batch, check), cfg, chunk, autocast))
+        if last_kl > stop:
+            stopped = True
+            kept_fractions.append(_backtrack(model, groups[0], before, batch, check, cfg, chunk, autocast, stop))
+    elif stopped and before is not None:  # stop: the step before the crossing minibatch
+        kept_fractions.append(_backtrack(model, groups[0], before, batch, check, cfg, chunk, autocast, stop))
+    step_kept = kept_fractions[-1] if kept_fractions else 1.0
     optimizer.zero_grad(set_to_none=True)
     stats = {f"train/{key}": float(value) / max(steps, 1) for key, value in zip(keys, totals)}
-    stats["train/approx_kl_last"] = last_kl  # the last check of the trust region (0 without early stop)
+    stats["train/trust_kl_last"] = last_kl  # the last check of the trust region (0 without early stop)
     stats["train/early_stopped"] = int(stopped)
     stats["train/last_step_kept"] = step_kept  # 1, or what the trust region kept of the update's last step
+    stats["train/steps_cut_back"] = len(kept_fractions)  # steps the trust region cut back (shrink: any step)
     stats["train/ppo_epochs_done"] = steps / per_epoch  # fractional when early stopping cut an epoch
     stats["train/optimizer_steps"] = steps
     stats["train/trained_tokens"] = int(trained_tokens)
