@@ -12,8 +12,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from dpo_ppo.sweep.grid import expand, format_value, override_dirname
 from hydra_plugins.dpo_ppo_sweeper.config import register_sweeps, sweep_dirs
-from hydra_plugins.dpo_ppo_sweeper.sweeper import expand, format_value, override_dirname
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = {
@@ -282,3 +282,18 @@ def test_override_dirname_with_the_repository_naming():
     naming = OmegaConf.load(REPO / "conf" / "config.yaml").hydra.job.config.override_dirname
     overrides = OverridesParser.create().parse_overrides(["algorithm=dpo", "seed=0", "logger=none", "sweep=smoke"])
     assert override_dirname(overrides, list(naming.exclude_keys), naming.item_sep, naming.kv_sep) == "algorithm=dpo,seed=0"
+
+
+def test_the_sweeper_and_the_report_never_import_torch():
+    """The sweeper runs in the process that submits a sweep (a login node), the report on a
+    laptop: neither may pull in torch. In a fresh interpreter, since this one has torch loaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import hydra_plugins.dpo_ppo_sweeper.sweeper, dpo_ppo.sweep, dpo_ppo.sweep.triage, "
+            "dpo_ppo.sweep.state, dpo_ppo.report; "
+            # what the sweeper imports when it runs: composing a job, the prepare step, the folder lock
+            "import dpo_ppo.config, dpo_ppo.data.cache, dpo_ppo.runtime.joblock; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
