@@ -80,6 +80,10 @@ INTERRUPTED = "interrupted"
 STATUSES = (RUNNING, FINISHED, FAILED, INTERRUPTED)
 UNFINISHED = (RUNNING, INTERRUPTED)
 SKIPPED = "skipped"  # run_job's answer for a job finished before (never in results.json)
+# the sweeper's (sweep.json; never in results.json): a planned job not launched yet, and what a
+# prepare=true job answers once the shared artifacts are built
+PENDING = "pending"
+PREPARED = "prepared"
 
 ALGORITHMS = ("dpo", "ppo")
 

@@ -12,8 +12,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from dpo_ppo.sweep.grid import expand, format_value, override_dirname
 from hydra_plugins.dpo_ppo_sweeper.config import register_sweeps, sweep_dirs
-from hydra_plugins.dpo_ppo_sweeper.sweeper import expand, format_value, override_dirname
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = {
@@ -282,3 +282,117 @@ def test_override_dirname_with_the_repository_naming():
     naming = OmegaConf.load(REPO / "conf" / "config.yaml").hydra.job.config.override_dirname
     overrides = OverridesParser.create().parse_overrides(["algorithm=dpo", "seed=0", "logger=none", "sweep=smoke"])
     assert override_dirname(overrides, list(naming.exclude_keys), naming.item_sep, naming.kv_sep) == "algorithm=dpo,seed=0"
+
+
+def test_the_sweeper_and_the_report_never_import_torch():
+    """The sweeper runs in the process that submits a sweep (a login node), the report on a
+    laptop: neither may pull in torch. In a fresh interpreter, since this one has torch loaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import hydra_plugins.dpo_ppo_sweeper.sweeper, dpo_ppo.sweep, dpo_ppo.sweep.triage, "
+            "dpo_ppo.sweep.state, dpo_ppo.report; "
+            # what the sweeper imports when it runs: composing a job, the prepare step, the folder lock
+            "import dpo_ppo.config, dpo_ppo.data.cache, dpo_ppo.runtime.joblock; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- triage, without a launcher
+
+
+def _job(tmp_path, overrides=("algorithm=dpo", "seed=0"), results=None):
+    from dpo_ppo import results as R
+    from dpo_ppo.sweep.grid import SweepJob
+
+    job = SweepJob(arm="dpo", overrides=list(overrides), dir=str(tmp_path))
+    if results is not None:
+        R.write_json(tmp_path / R.RESULTS_FILE, results)
+    return job
+
+
+def test_triage_skips_finished_jobs_fails_drifted_ones_and_runs_the_rest(tmp_path):
+    from dpo_ppo import results as R
+    from dpo_ppo.sweep.triage import FINISHED_BEFORE, triage
+
+    done = {"status": R.FINISHED, "overrides": ["seed=0", "algorithm=dpo", "logger=none"], "config": {"a": 1}}
+    job = _job(tmp_path, results=done)
+    assert not triage(job, exclude=["logger"], config=lambda: {"a": 1})
+    assert (job.status, job.note) == (R.SKIPPED, FINISHED_BEFORE)  # excluded keys are not the job's identity
+
+    job = _job(tmp_path)
+    assert not triage(job, exclude=["logger"], config=lambda: {"a": 2})
+    assert job.status == R.FAILED and job.error.startswith("config drift") and "a" in job.error
+    job = _job(tmp_path)
+    assert not triage(job, exclude=["logger"], config=None)  # check_drift=false
+    assert job.status == R.SKIPPED
+
+    assert triage(_job(tmp_path), force=True)  # force=true re-runs
+    assert triage(_job(tmp_path, ("algorithm=dpo", "seed=0", "force=true")))
+    assert triage(_job(tmp_path, ("algorithm=dpo", "seed=1")), exclude=["logger"])  # another job's folder
+    assert triage(_job(tmp_path), skip_finished=False)
+    R.write_json(tmp_path / R.RESULTS_FILE, {**done, "status": R.FAILED})
+    assert triage(_job(tmp_path), exclude=["logger"])
+
+
+def test_outcome_reads_the_public_job_return_then_the_folder(tmp_path, capsys):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from dpo_ppo import results as R
+    from dpo_ppo.sweep.triage import outcome, prepare_failure
+
+    def ret(status, value):
+        r = JobReturn(overrides=["seed=0"], status=status)
+        r.return_value = value
+        return r
+
+    job = _job(tmp_path)
+    outcome(job, ret(JobStatus.COMPLETED, {"status": R.SKIPPED}), None)
+    assert job.status == R.SKIPPED
+    outcome(job, ret(JobStatus.FAILED, ValueError("boom")), None)  # the exception return_value re-raises
+    assert (job.status, job.error) == (R.FAILED, "ValueError('boom')")
+    assert "Error executing job" not in capsys.readouterr().err  # return_value's own stderr line kept out
+    outcome(job, ret(JobStatus.COMPLETED, {"status": R.FAILED, "error": "Traceback\nBoom"}), None)
+    assert (job.status, job.error) == (R.FAILED, "Boom")
+    outcome(job, ret(JobStatus.COMPLETED, None), None)  # no status returned, nothing on disk: it ran
+    assert job.status == R.FINISHED
+
+    job = _job(tmp_path, results={"status": R.FAILED, "error": "out of memory"})
+    outcome(job, ret(JobStatus.COMPLETED, None), None)
+    assert (job.status, job.error) == (R.FAILED, "out of memory")
+    outcome(job, None, "the launcher lost it")  # lost: the folder's error first
+    assert (job.status, job.error) == (R.FAILED, "out of memory")
+    job = _job(tmp_path / "empty")
+    outcome(job, None, "the launcher lost it")
+    assert (job.status, job.error) == (R.FAILED, "the launcher lost it")
+    job = _job(tmp_path, results={"status": R.FINISHED})
+    outcome(job, None, "the launcher lost it")  # lost, but its folder says it finished
+    assert job.status == R.FINISHED
+
+    assert prepare_failure(ret(JobStatus.COMPLETED, {"status": R.PREPARED}), None) is None
+    assert prepare_failure(ret(JobStatus.FAILED, RuntimeError("no hub")), None) == "RuntimeError('no hub')"
+    assert prepare_failure(ret(JobStatus.COMPLETED, {"status": R.FINISHED}), None) == "{'status': 'finished'}"
+    assert prepare_failure(None, "array died") == "array died"
+
+
+def test_duplicates_merge_into_the_first_job_unless_their_configs_differ():
+    from dpo_ppo.sweep.grid import Merged, merge_duplicates, merged_summary
+
+    arms = {"dpo": {"algorithm": "dpo", "algorithm.beta": [1, 1.0, 1]}}
+    merged: list = []
+    jobs = expand(arms, {"seed": [0]}, [], merged=merged)
+    assert [j.overrides for j in jobs] == [["algorithm=dpo", "algorithm.beta=1", "seed=0"]]
+    assert [m.overrides for m in merged] == [["algorithm=dpo", "algorithm.beta=1.0", "seed=0"],
+                                             ["algorithm=dpo", "algorithm.beta=1", "seed=0"]]
+    lines = merge_duplicates(jobs, merged, [], same_config=lambda mine, theirs: True)
+    assert lines == ["algorithm.beta=1.0 as job #0 (algorithm.beta=1)", "a repeat of job #0 (algorithm=dpo "
+                     "algorithm.beta=1 seed=0)"]
+    assert merged_summary(lines).startswith("2 grid points merged into the job with the same config key")
+    assert merged_summary([]) is None
+    # 1.0 is not 1 in a string field: launched after all (the exact repeat needs no composing)
+    asked = []
+    lines = merge_duplicates(jobs, merged, [], same_config=lambda mine, theirs: asked.append(mine) or False)
+    assert len(jobs) == 2 and jobs[1].overrides == ["algorithm=dpo", "algorithm.beta=1.0", "seed=0"]
+    assert asked == [merged[0].overrides] and lines == ["a repeat of job #0 (algorithm=dpo algorithm.beta=1 seed=0)"]
+    assert isinstance(merged[0], Merged)

@@ -17,7 +17,7 @@ outcome per job. In each of those processes:
   whose jobs resume from their checkpoints (finished ones are skipped); the task process stays
   until its last job ends, so a requeue never depends on which job is still running;
 - a job that fails, or whose process dies, is that job's outcome alone: the others' results come
-  back, and the sweeper reads a lost job's folder (dpo_ppo_sweeper.sweeper._outcome).
+  back, and the sweeper reads a lost job's folder (dpo_ppo.sweep.triage.outcome).
 
 Each array task's own log is submitit's (``.submitit/<id>/<id>_0_log.*``); each job's process
 writes ``<id>_job<k>_log.out`` beside it, as well as its usual log in its own folder.
@@ -209,12 +209,16 @@ def _child_main(argv: Optional[List[str]] = None) -> None:
         ret = launcher._run_one(overrides, job_dir_key, num, singleton_state)
     except Exception as err:  # e.g. the job's config does not compose: that job failed, the others run
         traceback.print_exc()
-        ret = JobReturn(overrides=overrides, status=JobStatus.FAILED,
-                        _return_value=RuntimeError(f"{type(err).__name__}: {err}"))
+        ret = JobReturn(overrides=overrides, status=JobStatus.FAILED)
+        ret.return_value = RuntimeError(f"{type(err).__name__}: {err}")
     try:
         data = cloudpickle.dumps(ret)
-    except Exception:  # an exception that does not pickle: keep its text
-        ret._return_value = RuntimeError(repr(ret._return_value))
+    except Exception:  # a value or exception that does not pickle: keep its text
+        try:
+            value = ret.return_value
+        except Exception as err:  # a failed job's: return_value re-raises it
+            value = err
+        ret.return_value = RuntimeError(repr(value))
         data = cloudpickle.dumps(ret)
     tmp = Path(f"{result}.tmp{os.getpid()}")
     tmp.write_bytes(data)
