@@ -380,7 +380,7 @@ def prepare_job(cfg: Config) -> dict:
     t0 = time.time()
     built = _prepare(Job(cfg, Path(cfg.cache_dir)))
     log.info("prepared %s in %.1f s", ", ".join(built), time.time() - t0)
-    return {"status": "prepared", "artifacts": built}
+    return {"status": R.PREPARED, "artifacts": built}
 
 
 def run_job(cfg: Config | DictConfig, job_dir: Path, overrides: list[str] | None = None,

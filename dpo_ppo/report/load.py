@@ -15,7 +15,8 @@ from dpo_ppo import results as R
 SKIP_DIRS = {"report", "wandb", ".submitit", ".hydra", "__pycache__"}
 LABELS = {"dpo": "DPO", "ppo": "PPO"}
 SYMBOLS = {"beta": "β", "kl_target": "KL*", "kl_coef": "c"}
-NO_RESULTS, PENDING = "no results", "pending"  # a started job without results.json; a planned one
+NO_RESULTS = "no results"  # a started job without results.json (a planned one: R.PENDING)
+PENDING = R.PENDING
 ALL_STATUSES = (R.FINISHED, R.FAILED, R.RUNNING, R.INTERRUPTED, NO_RESULTS, PENDING)
 
 
