@@ -10,10 +10,10 @@ import torch
 from transformers import GPTNeoXForCausalLM
 
 from dpo_ppo.config import PPOAlgorithmConfig
-from dpo_ppo.train.ppo import (ZieglerKLController, FixedKLController, LogKLController, PolicyWithValue,
-                         RunningMoments, explained_variance, gae, kl_per_token, make_batch,
-                         make_kl_controller, policy_loss, ppo_update, rollout, token_logprobs,
-                         train_ppo, value_loss, whiten)
+from dpo_ppo.train.ppo import (FixedKLController, LogKLController, PolicyWithValue, RunningMoments,
+                                ZieglerKLController, explained_variance, gae, kl_per_token, make_batch,
+                                make_kl_controller, policy_loss, ppo_update, rollout, sampled_token_kl,
+                                token_logprobs, train_ppo, trust_kl, value_loss, whiten)
 from fixtures import completion_logprobs
 from fixtures import toy_model, word_tokenizer
 
@@ -307,7 +307,7 @@ def test_fixed_kl_coef_stays(tmp_path):
 
 def test_options_separate_value_k3_normalised_early_stop(tmp_path):
     cfg = ppo_cfg(examples=64, value_model="separate", kl_estimator="k3", normalize_reward=True,
-                  early_stop_kl=1e-9, ppo_epochs=3, batch_size=5, num_minibatches=2)
+                  early_stop_kl=1e-9, trust_region="stop", ppo_epochs=3, batch_size=5, num_minibatches=2)
     policy, ref, log, _ = run(cfg, tmp_path, prompt_lengths=(2, 7))
     for _, m in log:
         # the first step is taken (the policy still is the rollout's: approximate KL 0); it moves
@@ -324,6 +324,30 @@ def test_options_separate_value_k3_normalised_early_stop(tmp_path):
     assert all(m["train/optimizer_steps"] == 4 and m["train/last_step_kept"] == 1 for _, m in log)
 
 
+def test_sampled_token_kl_by_hand_and_a_lower_bound_of_the_full_kl():
+    """The trust region's statistic: the Bernoulli KL(new || old) of the sampled token.  By hand:
+    0.9998 -> 0.8 is 0.8 log(0.8 / 0.9998) + 0.2 log(0.2 / 0.0002) = 1.2032 (k3 reads 0.0232 there),
+    0.5 -> 0.55 is 0.0050.  And it never exceeds the next-token distribution's KL(new || old)."""
+    lp = lambda p: torch.tensor([p], dtype=torch.float64).log()  # noqa: E731
+    got = float(sampled_token_kl(lp(0.8), lp(0.9998)))
+    assert got == pytest.approx(0.8 * math.log(0.8 / 0.9998) + 0.2 * math.log(0.2 / 0.0002), rel=1e-6)
+    assert got == pytest.approx(1.2032, abs=1e-4)
+    r = 0.8 / 0.9998
+    assert (r - 1) - math.log(r) == pytest.approx(0.0232, abs=1e-4)  # what k3 reads
+    assert float(sampled_token_kl(lp(0.55), lp(0.5))) == pytest.approx(0.0050084, abs=1e-6)
+    assert float(sampled_token_kl(lp(0.3), lp(0.3))) == 0
+    g = torch.Generator().manual_seed(0)
+    new = torch.randn(200, 7, generator=g, dtype=torch.float64).mul(3).log_softmax(-1)
+    old = torch.randn(200, 7, generator=g, dtype=torch.float64).mul(3).log_softmax(-1)
+    full = (new.exp() * (new - old)).sum(-1)
+    for token in range(7):
+        assert (sampled_token_kl(new[:, token], old[:, token]) <= full + 1e-9).all()
+    # the trust region reads the larger of it and k3: k3 where a token gains (0.3 -> 0.45)
+    k3 = 0.5 - math.log(1.5)
+    assert float(trust_kl(lp(0.45), lp(0.3))) == pytest.approx(k3, rel=1e-6)
+    assert float(trust_kl(lp(0.8), lp(0.9998))) == pytest.approx(1.2032, abs=1e-4)
+
+
 def test_shrink_takes_every_planned_step_and_keeps_the_bound(tmp_path):
     """trust_region=shrink (what compute=matched sets): a step past early_stop_kl is cut back and the
     update goes on, so an update takes all its ppo_epochs x num_minibatches steps; with a bound no
@@ -337,7 +361,8 @@ def test_shrink_takes_every_planned_step_and_keeps_the_bound(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(policy.parameters(), ref.parameters()))
     assert summary["compute"]["optimizer_steps"] == 6 * len(log)
     # with stop, the same bound ends every update after its first step
-    _, _, log, _ = run(ppo_cfg(examples=64, early_stop_kl=1e-9, ppo_epochs=3, batch_size=5, num_minibatches=2),
+    _, _, log, _ = run(ppo_cfg(examples=64, early_stop_kl=1e-9, trust_region="stop", ppo_epochs=3, batch_size=5,
+                               num_minibatches=2),
                        tmp_path / "stop", prompt_lengths=(2, 7))
     assert all(m["train/optimizer_steps"] == 1 for _, m in log)
 

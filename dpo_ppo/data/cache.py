@@ -27,6 +27,8 @@ from typing import Callable
 
 from filelock import FileLock
 
+from dpo_ppo.results import write_atomic
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
@@ -51,9 +53,7 @@ def _files(root: Path) -> list[Path]:
 
 def write_manifest(root: Path) -> None:
     files = {str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(root)}
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(files, indent=1))
-    os.replace(tmp, root / MANIFEST)
+    write_atomic(root / MANIFEST, json.dumps(files, indent=1))
 
 
 def verify(root: Path) -> str | None:

@@ -14,8 +14,11 @@ ours, after CleanRL's ``ppo.py`` and "The N Implementation Details of RLHF with 
    centred, and divided by their std or the running std of the score, whichever is larger.
 4. ``ppo_epochs`` passes over the rollout in ``num_minibatches`` shuffled minibatches: clipped
    policy loss + ``vf_coef`` * clipped value loss, gradient clipping, AdamW; within a trust region
-   (``early_stop_kl``, on by default): the update ends at the first minibatch whose approximate KL
-   to the rollout policy passes it, and the step that crossed is halved until it keeps the bound.
+   (``early_stop_kl``, on by default): before each step, the minibatch's ``trust_kl`` to the
+   rollout policy (k3, or the sampled token's Bernoulli KL(new || old) where that is larger) is
+   read; past the bound, the step before is halved until it keeps it, and the update goes on with
+   this minibatch's gradient recomputed (``trust_region=shrink``, the default: every planned step
+   is taken) or ends there (``stop``).
 5. the KL controller moves ``kl_coef`` toward ``kl_target``: by default ``LogKLController`` (a PI
    controller on log kl_coef, gain tied to the run's updates); ``ZieglerKLController`` (Ziegler et al.
    2019, old TRL's, the paper presets); or ``kl_coef`` fixed (``FixedKLController``, no target).
@@ -129,8 +132,8 @@ def sampled_token_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> torc
 
     By the data-processing inequality it is a lower bound of the whole next-token distribution's
     KL(new || old) at that position, read from the sampled token's two log-probs alone (no old
-    logits kept).  It is what the trust region bounds.  The k3 estimator (``policy_loss``'s approx
-    KL) misses exactly the move that threw converged policies off their optimum (issue 21): when a
+    logits kept).  The trust region bounds it beside k3 (``trust_kl``): k3 (``policy_loss``'s approx
+    KL) alone misses exactly the move that threw converged policies off their optimum (issue 21): when a
     near-certain token loses mass to tokens the rollout never sampled, e.g. 0.9998 -> 0.8, k3 reads
     (r - 1) - log r = 0.023 (its balancing terms sit on the unsampled tokens) while the true
     KL(new || old) is about 1.2 nats; this reads 1.2.  For moderate probabilities the two agree
@@ -143,6 +146,15 @@ def sampled_token_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> torc
                            torch.log1p(-logx.exp()))
 
     return (p * (logprobs - old_logprobs) + (1 - p) * (log1m(logprobs) - log1m(old_logprobs))).clamp(min=0)
+
+
+def trust_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per token, what the trust region bounds: the larger of k3 = (r - 1) - log r (an estimate of
+    KL(old || new), CleanRL's approx KL) and ``sampled_token_kl`` (a lower bound of KL(new || old)),
+    so a move is bounded in both directions: k3 is the larger where a token gains probability
+    (0.3 -> 0.45: 0.095 against 0.050), the Bernoulli bound where a near-certain one loses it."""
+    logratio = logprobs.float() - old_logprobs.float()
+    return torch.maximum((logratio.exp() - 1) - logratio, sampled_token_kl(logprobs, old_logprobs))
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
@@ -524,7 +536,7 @@ BACKTRACK_STEPS = 6  # halvings of a step that crossed early_stop_kl before it i
 @torch.no_grad()
 def rollout_trust_kl(model: PolicyWithValue, batch: dict, cfg, chunk: int, autocast=contextlib.nullcontext) -> torch.Tensor:
     """The trust region's measure of how far the current policy moved from the rollout's on
-    ``batch``: the token mean of ``sampled_token_kl``."""
+    ``batch``: the token mean of ``trust_kl``."""
     mask_all = batch["mask"]
     n, total = mask_all.shape[0], mask_all.sum().clamp(min=1)
     out = torch.zeros((), device=mask_all.device)
@@ -532,7 +544,7 @@ def rollout_trust_kl(model: PolicyWithValue, batch: dict, cfg, chunk: int, autoc
         part = select(batch, slice(start, start + chunk))
         with autocast():
             logits, _ = model(part, cfg.temperature, with_values=False)
-        kl = sampled_token_kl(token_logprobs(logits, part["completion_ids"]), part["old_logprobs"])
+        kl = trust_kl(token_logprobs(logits, part["completion_ids"]), part["old_logprobs"])
         out += (kl * part["mask"]).sum() / total
     return out
 
@@ -552,8 +564,8 @@ def _accumulate(model: PolicyWithValue, batch: dict, mb: torch.Tensor, mb_tokens
         pg, clipfrac, approx_kl = policy_loss(logprobs, part["old_logprobs"], part["advantages"], mask, cfg.cliprange)
         vf, vf_clipfrac = value_loss(values, part["old_values"], part["returns"], mask, cfg.cliprange_value)
         ((pg + cfg.vf_coef * vf) * weight).backward()
-        trust_kl = masked_mean(sampled_token_kl(logprobs.detach(), part["old_logprobs"]), mask)
-        step_stats += torch.stack([pg.detach(), vf.detach(), clipfrac, vf_clipfrac, approx_kl, trust_kl]) * weight
+        trust = masked_mean(trust_kl(logprobs.detach(), part["old_logprobs"]), mask)
+        step_stats += torch.stack([pg.detach(), vf.detach(), clipfrac, vf_clipfrac, approx_kl, trust]) * weight
     return step_stats
 
 
@@ -595,9 +607,9 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
     trained_tokens = torch.zeros((), dtype=torch.long, device=device)
     steps, per_epoch, stopped, last_kl, before, check = 0, 1, False, 0.0, None, None
     stop = cfg.early_stop_kl
-    # trust_region=shrink (compute=matched): a step that crossed the bound is cut back and the
-    # update goes on, so every planned step is taken; stop: the update ends at the crossing
-    shrink = stop is not None and getattr(cfg, "trust_region", "stop") == "shrink"
+    # trust_region=shrink (the default): a step that crossed the bound is cut back and the update
+    # goes on, so every planned step is taken; stop: the update ends at the crossing
+    shrink = stop is not None and getattr(cfg, "trust_region", "shrink") == "shrink"
     kept_fractions: list[float] = []
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=generator).to(device)
@@ -607,7 +619,7 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
             optimizer.zero_grad(set_to_none=True)
             step_stats = _accumulate(model, batch, mb, mask_all[mb].sum().clamp(min=1), cfg, chunk, autocast, keys)
             trained_tokens += batch["attention_mask"][mb].sum()
-            # the trust region: this minibatch's sampled-token KL (``sampled_token_kl``) measures where
+            # the trust region: this minibatch's ``trust_kl`` (token mean) measures where
             # the steps taken so far moved the policy on samples of the rollout; past early_stop_kl
             # the last step is cut back until it keeps the bound, and the update ends here, without
             # this step (stop), or goes on with this minibatch's gradient recomputed where the

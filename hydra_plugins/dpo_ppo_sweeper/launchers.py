@@ -40,6 +40,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQue
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
+from dpo_ppo.results import write_atomic
 from dpo_ppo.runtime.gpus import positive_int as _positive_int, task_cores  # noqa: F401  (task_cores: for callers)
 
 log = logging.getLogger(__name__)
@@ -220,9 +221,7 @@ def _child_main(argv: Optional[List[str]] = None) -> None:
             value = err
         ret.return_value = RuntimeError(repr(value))
         data = cloudpickle.dumps(ret)
-    tmp = Path(f"{result}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, result)
+    write_atomic(Path(result), data)
 
 
 def _exit_with_parent() -> None:
