@@ -171,11 +171,10 @@ def test_matched_compute_gives_both_algorithms_the_same_steps():
         assert (steps["dpo"], steps["ppo"]) == native_steps, run
     with pytest.raises(ConfigError, match=r"compute\.prefixes_per_step.*rollout_prefixes \(16\)"):
         load(compose_cfg(["algorithm=ppo", "compute=matched", "compute.prefixes_per_step=12"]))
-    # a trust region that ends updates would skip planned steps: refused under matched compute
-    with pytest.raises(ConfigError, match=r"^algorithm\.trust_region: stop ends an update.*use shrink"):
-        load(compose_cfg(["algorithm=ppo", "compute=matched", "algorithm.trust_region=stop"]))
-    load(compose_cfg(["algorithm=ppo", "compute=matched", "algorithm.trust_region=stop", "algorithm.early_stop_kl=null"]))
-    load(compose_cfg(["algorithm=ppo", "algorithm.trust_region=stop"]))  # native: allowed
+    # matched: the trust region cuts steps back instead of ending updates, so no planned step is skipped
+    cfg = compose_cfg(["algorithm=ppo", "compute=matched"])
+    apply_compute(cfg)
+    assert cfg.algorithm.trust_region == "shrink" and cfg.algorithm.ppo_epochs == 1
 
 
 def test_a_partial_last_rollout_takes_minibatches_of_the_usual_size(tmp_path):

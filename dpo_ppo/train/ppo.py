@@ -17,8 +17,8 @@ ours, after CleanRL's ``ppo.py`` and "The N Implementation Details of RLHF with 
    (``early_stop_kl``, on by default): before each step, the minibatch's ``trust_kl`` to the
    rollout policy (k3, or the sampled token's Bernoulli KL(new || old) where that is larger) is
    read; past the bound, the step before is halved until it keeps it, and the update goes on with
-   this minibatch's gradient recomputed (``trust_region=shrink``, the default: every planned step
-   is taken) or ends there (``stop``).
+   this minibatch's gradient recomputed (``trust_region=shrink``, which compute=matched sets:
+   every planned step is taken) or ends there (``stop``, the default).
 5. the KL controller moves ``kl_coef`` toward ``kl_target``: by default ``LogKLController`` (a PI
    controller on log kl_coef, gain tied to the run's updates); ``ZieglerKLController`` (Ziegler et al.
    2019, old TRL's, the paper presets); or ``kl_coef`` fixed (``FixedKLController``, no target).
@@ -607,9 +607,9 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
     trained_tokens = torch.zeros((), dtype=torch.long, device=device)
     steps, per_epoch, stopped, last_kl, before, check = 0, 1, False, 0.0, None, None
     stop = cfg.early_stop_kl
-    # trust_region=shrink (the default): a step that crossed the bound is cut back and the update
-    # goes on, so every planned step is taken; stop: the update ends at the crossing
-    shrink = stop is not None and getattr(cfg, "trust_region", "shrink") == "shrink"
+    # trust_region=stop (the default): the update ends at the crossing; shrink (compute=matched): a
+    # step that crossed the bound is cut back and the update goes on, so every planned step is taken
+    shrink = stop is not None and getattr(cfg, "trust_region", "stop") == "shrink"
     kept_fractions: list[float] = []
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=generator).to(device)
