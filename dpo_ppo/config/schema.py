@@ -271,9 +271,10 @@ class PPOAlgorithmConfig(AlgorithmConfig):
                                           "alone (what the analyses compare with DPO); shared: the head reads "
                                           "the policy's trunk and the value loss trains the policy too")
     early_stop_kl: Optional[float] = option(0.02, "trust region: the bound on how far an update moves the policy "
-                                                  "from the rollout's, nats per token (token mean of ppo.trust_kl: "
-                                                  "k3, or the sampled token's Bernoulli KL(new || old) where that "
-                                                  "is larger); a step that crosses it is cut back until it holds; "
+                                                  "from the rollout's on any one prompt, nats per token (per prompt, "
+                                                  "the token mean of ppo.trust_kl: k3, or the sampled token's "
+                                                  "Bernoulli KL(new || old) where that is larger; the largest over "
+                                                  "the prompts); a step that crosses it is cut back until it holds; "
                                                   "> 0; null = no trust region")
     trust_region: str = option("shrink", "what happens at a crossing of early_stop_kl: shrink (the step is "
                                          "cut back and the update goes on: every planned step is taken, as "
