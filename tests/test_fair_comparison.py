@@ -178,6 +178,29 @@ def test_matched_compute_gives_both_algorithms_the_same_steps():
     load(compose_cfg(["algorithm=ppo", "algorithm.trust_region=stop"]))  # native: allowed
 
 
+def test_matched_jobs_take_equal_steps_while_the_trust_region_cuts_them_back(shared_cache, tmp_path):
+    """Issue 21: under compute=matched a DPO job and a PPO job on the same shrunk config record the
+    same optimizer steps, planned and taken, even when PPO's trust region acts on every step.  A
+    bound of 1e-6 nats is crossed by any step (measured: every update's later steps cut back); with
+    trust_region=stop that ends each update after its first step (1 of 2 per rollout here, 2 of 4
+    in all), which is what compute=matched refuses; shrink cuts the step back and takes it."""
+    from dpo_ppo import results as R
+    from dpo_ppo.job import run_job
+
+    common = [f"cache_dir={shared_cache}", "analysis=none", "logger=none", "compute=matched",
+              "compute.prefixes_per_step=8"]
+    run_job(compose_cfg(["algorithm=ppo", "algorithm.early_stop_kl=1e-6", *common]), tmp_path / "ppo")
+    run_job(compose_cfg(["algorithm=dpo", *common]), tmp_path / "dpo")
+    res = {k: json.loads((tmp_path / k / R.RESULTS_FILE).read_text()) for k in ("ppo", "dpo")}
+    # 32 prefixes, one step per 8: 4 each (PPO: 2 rollouts of 16 prefixes x 1 epoch x 2 minibatches)
+    assert [r["params"]["optimizer_steps"] for r in res.values()] == [4, 4]
+    assert [r["compute"]["optimizer_steps"] for r in res.values()] == [4, 4]
+    assert [r["compute"]["examples_seen"] for r in res.values()] == [32, 32]
+    log = [row for row in R.read_train_log(tmp_path / "ppo") if "train/steps_cut_back" in row]
+    assert [row["train/optimizer_steps"] for row in log] == [2, 2]
+    assert all(row["train/steps_cut_back"] >= 1 for row in log), log  # the trust region did act
+
+
 def test_a_partial_last_rollout_takes_minibatches_of_the_usual_size(tmp_path):
     """40 examples in rollouts of 16 prefixes: two full rollouts (4 minibatches of 8 samples each)
     and one of 8 prefixes, which takes 2 minibatches of 8 samples (not 4 of 4): 10 steps a pass,
