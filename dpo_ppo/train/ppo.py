@@ -17,9 +17,9 @@ ours, after CleanRL's ``ppo.py`` and "The N Implementation Details of RLHF with 
    (``early_stop_kl``, on by default): before each step, the minibatch's ``trust_kl`` to the
    rollout policy (k3, or the sampled token's Bernoulli KL(new || old) where that is larger) is
    read, as a token mean per prompt and the largest over the minibatch's prompts
-   (``trust_statistic``); past the bound, the step before is halved until it keeps it, and the update goes on with
-   this minibatch's gradient recomputed (``trust_region=shrink``, the default: every planned step
-   is taken) or ends there (``stop``).
+   (``trust_statistic``); past the bound, the step before is halved until it keeps it, and the
+   update goes on with this minibatch's gradient recomputed (``trust_region=shrink``, the default:
+   every planned step is taken) or ends there (``stop``).
 5. the KL controller moves ``kl_coef`` toward ``kl_target``: by default ``LogKLController`` (a PI
    controller on log kl_coef, gain tied to the run's updates); ``ZieglerKLController`` (Ziegler et al.
    2019, old TRL's, the paper presets); or ``kl_coef`` fixed (``FixedKLController``, no target).
@@ -591,8 +591,8 @@ def _accumulate(model: PolicyWithValue, batch: dict, mb: torch.Tensor, mb_tokens
         trust_sums.append((trust_kl(logprobs.detach(), part["old_logprobs"]) * mask).sum(1))
         step_stats[:-1] += torch.stack([pg.detach(), vf.detach(), clipfrac, vf_clipfrac, approx_kl]) * weight
     # the trust statistic is no token mean of chunks: per prompt over the whole minibatch (keys end with it)
-    sub = select(batch, mb)
-    step_stats[-1] = trust_statistic(torch.cat(trust_sums), sub["mask"].sum(1), sub.get("prompt_group"))
+    groups = batch["prompt_group"][mb] if "prompt_group" in batch else None
+    step_stats[-1] = trust_statistic(torch.cat(trust_sums), batch["mask"][mb].sum(1), groups)
     return step_stats
 
 
