@@ -47,7 +47,7 @@ def main() -> None:
     extra = parse_extra(args.extra)
 
     print("| PPO, kl_coef = beta | seed | KL(pi \\|\\| pi*) (worse prompt) | J / beta log Z gain | "
-          "p(target) / pi*(target) | max trust KL | early-stopped updates | s |")
+          "p(target) / pi*(target) | max trust KL | updates with a step cut back | s |")
     print("|---|---|---|---|---|---|---|---|")
     for beta in args.betas:
         for seed in args.seeds:

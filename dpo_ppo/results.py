@@ -183,7 +183,7 @@ VOLATILE = tuple(dict.fromkeys([k.split(".")[0] if k.split(".")[0] in EXCLUDED_K
 # keys added after jobs had recorded their configs, with the default that keeps the older
 # behaviour: at that default they are left out of a job's identity (and of the artifact keys,
 # ``without_late_defaults``), so a folder or cache made before them is still the same job
-LATE_DEFAULTS = {"classifier": {"negative_label": None}, "algorithm": {"trust_region": "stop"}}
+LATE_DEFAULTS = {"classifier": {"negative_label": None}, "algorithm": {"trust_region": "shrink"}}
 
 
 def without_late_defaults(group: str, values: dict) -> dict:

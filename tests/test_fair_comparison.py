@@ -171,18 +171,19 @@ def test_matched_compute_gives_both_algorithms_the_same_steps():
         assert (steps["dpo"], steps["ppo"]) == native_steps, run
     with pytest.raises(ConfigError, match=r"compute\.prefixes_per_step.*rollout_prefixes \(16\)"):
         load(compose_cfg(["algorithm=ppo", "compute=matched", "compute.prefixes_per_step=12"]))
-    # matched: the trust region cuts steps back instead of ending updates, so no planned step is skipped
-    cfg = compose_cfg(["algorithm=ppo", "compute=matched"])
-    apply_compute(cfg)
-    assert cfg.algorithm.trust_region == "shrink" and cfg.algorithm.ppo_epochs == 1
+    # a trust region that ends updates would skip planned steps: refused under matched compute
+    with pytest.raises(ConfigError, match=r"^algorithm\.trust_region: stop ends an update.*use shrink"):
+        load(compose_cfg(["algorithm=ppo", "compute=matched", "algorithm.trust_region=stop"]))
+    load(compose_cfg(["algorithm=ppo", "compute=matched", "algorithm.trust_region=stop", "algorithm.early_stop_kl=null"]))
+    load(compose_cfg(["algorithm=ppo", "algorithm.trust_region=stop"]))  # native: allowed
 
 
 def test_matched_jobs_take_equal_steps_while_the_trust_region_cuts_them_back(shared_cache, tmp_path):
     """Issue 21: under compute=matched a DPO job and a PPO job on the same shrunk config record the
     same optimizer steps, planned and taken, even when PPO's trust region acts on every step.  A
-    bound of 1e-6 nats is crossed by any step; under trust_region=stop (the default outside
-    compute=matched) that ends each update after its first step (1 of 2 per rollout here, 2 of 4
-    in all); compute=matched sets shrink, which cuts the step back and takes it."""
+    bound of 1e-6 nats is crossed by any step (measured: every update's later steps cut back); with
+    trust_region=stop that ends each update after its first step (1 of 2 per rollout here, 2 of 4
+    in all), which is what compute=matched refuses; shrink cuts the step back and takes it."""
     from dpo_ppo import results as R
     from dpo_ppo.job import run_job
 

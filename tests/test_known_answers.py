@@ -18,12 +18,10 @@ import exact_toy as T
 UPDATES = 200
 # KL(pi || pi*) bound (nats, the worse of the two prompts) and the share of the possible gain
 # J(pi) - J(pi_ref) of beta log Z - J(pi_ref) that a run must reach; J(pi) = beta log Z - beta KL(pi || pi*).
-# Measured (docs/kl_control.md, "Known answers"; the trust region on max(k3, the sampled token's
-# Bernoulli KL)): worse-prompt KL 0.0008-0.11, gain 0.959-1.000 over beta {1, 0.3, 0.1} x seeds
-# 0-4 at 300 updates; the largest, 0.094 and 0.11 at beta 0.3, are one reward-2 completion starved
-# of samples (PPO's noise floor there), not a collapse: the old defaults ended at 10, and the k3
-# trust region left beta 0.1 / seed 2 at 0.59 after a late excursion.
-KL_BOUND, GAIN_BOUND = 0.15, 0.95
+# Measured (docs/kl_control.md, "Known answers", the trust region per prompt): see the table there, over
+# beta {1, 0.3, 0.1} x seeds {0..4} at 300 updates; the old defaults ended at 10, the trust region on
+# the minibatch's token mean at 0.59 (beta 0.1 / seed 2, k3) and 0.11 (seed 4, max(k3, Bernoulli)).
+KL_BOUND, GAIN_BOUND = 0.1, 0.95
 
 
 def check_ppo(beta: float, seed: int, tmp_path, updates: int = UPDATES) -> dict:
@@ -43,17 +41,16 @@ def test_ppo_reaches_the_optimum_at_small_beta(tmp_path):
     assert min(m["p_target"].values()) > 0.99
 
 
-GRID = [(beta, seed) for beta in (1.0, 0.3) for seed in (0, 1, 2)] + [(0.1, seed) for seed in range(5)]
+# beta 0.1 also at seeds 3 and 4: seed 2 (a rare wrong sample pushing down a prefix the right answer
+# shares, update 299) and seed 4 (one prompt moved 0.029 nats by the last update) left their optimum
+# while the trust region read the minibatch's token mean; it reads the largest prompt mean now
+GRID = [(beta, seed) for beta in (1.0, 0.3, 0.1) for seed in (0, 1, 2)] + [(0.1, 3), (0.1, 4)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("beta,seed", GRID)
 def test_ppo_reaches_the_optimum(beta, seed, tmp_path):
-    """Every seed tried at beta 0.1 (where pi* is nearly deterministic and the old trust region let
-    seed 2 leave its optimum at update 298) converges, and so do beta 1 and 0.3."""
-    m = check_ppo(beta, seed, tmp_path, updates=300)
-    if beta == 0.1:
-        assert min(m["p_target"].values()) > 0.99, m
+    check_ppo(beta, seed, tmp_path, updates=300)
 
 
 @pytest.mark.slow

@@ -12,8 +12,9 @@ from transformers import GPTNeoXForCausalLM
 from dpo_ppo.config import PPOAlgorithmConfig
 from dpo_ppo.train.ppo import (FixedKLController, LogKLController, PolicyWithValue, RunningMoments,
                                 ZieglerKLController, explained_variance, gae, kl_per_token, make_batch,
-                                make_kl_controller, policy_loss, ppo_update, rollout, sampled_token_kl,
-                                token_logprobs, train_ppo, trust_kl, value_loss, whiten)
+                                make_kl_controller, policy_loss, ppo_update, prompt_groups, rollout,
+                                sampled_token_kl, token_logprobs, train_ppo, trust_kl, trust_statistic,
+                                value_loss, whiten)
 from fixtures import completion_logprobs
 from fixtures import toy_model, word_tokenizer
 
@@ -346,6 +347,24 @@ def test_sampled_token_kl_by_hand_and_a_lower_bound_of_the_full_kl():
     k3 = 0.5 - math.log(1.5)
     assert float(trust_kl(lp(0.45), lp(0.3))) == pytest.approx(k3, rel=1e-6)
     assert float(trust_kl(lp(0.8), lp(0.9998))) == pytest.approx(1.2032, abs=1e-4)
+
+
+def test_trust_statistic_is_the_largest_prompt_mean_not_the_minibatch_mean():
+    """Issue 21: the trust region reads each prompt's token mean of trust_kl and keeps the largest.
+    By hand: prompt 0 has two samples (sums 0.3 and 0.1 over 2 + 2 tokens: 0.1 per token), prompt 1
+    one sample (0.9 over 3 tokens: 0.3 per token), prompt 2 one that did not move (0 over 4); the
+    minibatch's token mean (1.3 / 11 = 0.118) would hide prompt 1's 0.3."""
+    sums = torch.tensor([0.3, 0.9, 0.1, 0.0])
+    tokens = torch.tensor([2, 3, 2, 4])
+    groups = torch.tensor([0, 1, 0, 2])
+    assert float(trust_statistic(sums, tokens, groups)) == pytest.approx(0.3)
+    assert float(trust_statistic(sums, tokens, None)) == pytest.approx(1.3 / 11)
+    assert float(trust_statistic(sums, tokens, torch.zeros(4, dtype=torch.long))) == pytest.approx(1.3 / 11)
+    # prompts are told apart by their (left-padded) prefix ids, whatever their order in the rollout
+    tok = word_tokenizer(8)
+    batch = make_batch([[3, 4], [5], [3, 4], [5], [4, 3]], [[1], [2, 1], [1], [1], [2]], tok.pad_token_id, "cpu")
+    g = prompt_groups(batch).tolist()
+    assert g[0] == g[2] and g[1] == g[3] and len({g[0], g[1], g[4]}) == 3
 
 
 def test_shrink_takes_every_planned_step_and_keeps_the_bound(tmp_path):

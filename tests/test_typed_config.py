@@ -35,8 +35,8 @@ def _old_apply_compute(cfg: DictConfig) -> None:
     algo, n = cfg.algorithm, compute.prefixes_per_step
     if algo.name == "dpo":
         algo.batch_size, algo.epochs = n, 1.0
-    else:  # trust_region: set since issue 21 (every planned step taken), on both paths alike
-        algo.ppo_epochs, algo.num_minibatches, algo.trust_region = 1, algo.rollout_prefixes // n, "shrink"
+    else:
+        algo.ppo_epochs, algo.num_minibatches = 1, algo.rollout_prefixes // n
 
 
 def _old_params(cfg: DictConfig) -> dict:

@@ -15,13 +15,13 @@ def apply_compute(cfg) -> None:
     algo, n = cfg.algorithm, compute.prefixes_per_step
     if algo.name == "dpo":
         algo.batch_size, algo.epochs = n, 1.0
-    else:  # every planned step taken: the trust region cuts a step back instead of ending the update
-        algo.ppo_epochs, algo.num_minibatches, algo.trust_region = 1, algo.rollout_prefixes // n, "shrink"
+    else:  # every planned step is taken: trust_region=shrink (the default; stop is refused here)
+        algo.ppo_epochs, algo.num_minibatches = 1, algo.rollout_prefixes // n
 
 
 def planned_optimizer_steps(cfg) -> int:
     """The optimizer steps the job's schedule takes (PPO: all of them under trust_region=shrink,
-    which compute=matched sets; with stop, the default, the trust region may end an update early)."""
+    the default; with stop, the trust region may end an update before its last)."""
     algo = cfg.algorithm
     if algo.name == "dpo":  # the Trainer's max_steps: ceil(epochs x steps per epoch)
         return math.ceil(math.ceil(algo.examples / algo.batch_size) * algo.epochs)

@@ -271,14 +271,15 @@ class PPOAlgorithmConfig(AlgorithmConfig):
                                           "alone (what the analyses compare with DPO); shared: the head reads "
                                           "the policy's trunk and the value loss trains the policy too")
     early_stop_kl: Optional[float] = option(0.02, "trust region: the bound on how far an update moves the policy "
-                                                  "from the rollout's, nats per token (token mean of ppo.trust_kl: "
-                                                  "k3, or the sampled token's Bernoulli KL(new || old) where that "
-                                                  "is larger); a step that crosses it is cut back until it holds; "
+                                                  "from the rollout's on any one prompt, nats per token (per prompt, "
+                                                  "the token mean of ppo.trust_kl: k3, or the sampled token's "
+                                                  "Bernoulli KL(new || old) where that is larger; the largest over "
+                                                  "the prompts); a step that crosses it is cut back until it holds; "
                                                   "> 0; null = no trust region")
-    trust_region: str = option("stop", "what happens at a crossing of early_stop_kl: stop (the update ends "
-                                       "there, its later steps not taken) or shrink (the step is cut back and "
-                                       "the update goes on: every planned step is taken; compute=matched sets "
-                                       "it)")
+    trust_region: str = option("shrink", "what happens at a crossing of early_stop_kl: shrink (the step is "
+                                         "cut back and the update goes on: every planned step is taken, as "
+                                         "compute=matched needs) or stop (the update ends there, its later "
+                                         "steps not taken)")
 
     def check(self, where: str = "algorithm") -> None:
         super().check(where)
@@ -488,6 +489,12 @@ class Config:
         the classifier's max_length, and compute=matched against PPO's rollouts."""
         algo, model, ev = self.algorithm, self.model, self.eval
         compute = self.compute
+        if (compute.mode == "matched" and algo.name == "ppo" and algo.early_stop_kl is not None
+                and algo.trust_region == "stop"):
+            raise ConfigError("algorithm.trust_region",
+                              "stop ends an update at the trust region and skips its later steps, so PPO would "
+                              "take fewer optimizer steps than DPO under compute=matched; use shrink (the "
+                              "default) or algorithm.early_stop_kl=null")
         if compute.mode == "matched" and algo.name == "ppo" and algo.rollout_prefixes % compute.prefixes_per_step:
             raise ConfigError("compute.prefixes_per_step",
                               f"must divide algorithm.rollout_prefixes ({algo.rollout_prefixes}) for "

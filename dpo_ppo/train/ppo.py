@@ -16,9 +16,10 @@ ours, after CleanRL's ``ppo.py`` and "The N Implementation Details of RLHF with 
    policy loss + ``vf_coef`` * clipped value loss, gradient clipping, AdamW; within a trust region
    (``early_stop_kl``, on by default): before each step, the minibatch's ``trust_kl`` to the
    rollout policy (k3, or the sampled token's Bernoulli KL(new || old) where that is larger) is
-   read; past the bound, the step before is halved until it keeps it, and the update goes on with
-   this minibatch's gradient recomputed (``trust_region=shrink``, which compute=matched sets:
-   every planned step is taken) or ends there (``stop``, the default).
+   read, as a token mean per prompt and the largest over the minibatch's prompts
+   (``trust_statistic``); past the bound, the step before is halved until it keeps it, and the
+   update goes on with this minibatch's gradient recomputed (``trust_region=shrink``, the default:
+   every planned step is taken) or ends there (``stop``).
 5. the KL controller moves ``kl_coef`` toward ``kl_target``: by default ``LogKLController`` (a PI
    controller on log kl_coef, gain tied to the run's updates); ``ZieglerKLController`` (Ziegler et al.
    2019, old TRL's, the paper presets); or ``kl_coef`` fixed (``FixedKLController``, no target).
@@ -533,20 +534,42 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 BACKTRACK_STEPS = 6  # halvings of a step that crossed early_stop_kl before it is undone (1/64 is left)
 
 
+def prompt_groups(batch: dict) -> torch.Tensor:
+    """Per sample, an index of its prompt: samples whose (left-padded) prefix ids are equal share it."""
+    prefix = batch["input_ids"][:, :batch["prefix_width"]]
+    return torch.unique(prefix, dim=0, return_inverse=True)[1]
+
+
+def trust_statistic(sums: torch.Tensor, tokens: torch.Tensor, groups: Optional[torch.Tensor]) -> torch.Tensor:
+    """What the trust region compares with early_stop_kl, from per-sample sums of ``trust_kl`` over
+    the completion's tokens, per-sample token counts and per-sample prompt indices
+    (``prompt_groups``): the largest over prompts of the token mean of one prompt's samples, TRPO's
+    bound on the largest KL over states with prompts as the states (without ``groups``: the token
+    mean over all samples).  A token mean over the whole minibatch dilutes a large move on one
+    prompt by the samples of the others: on the exact toy (tests/exact_toy.py, beta 0.1) one update
+    took a prompt's p(target) from 0.9998 to 0.9953 (KL(pi || pi*) 0.0002 -> 0.11) while the
+    minibatch mean stayed at the bound, 0.02, and that prompt's own mean read 0.043 (issue 21)."""
+    tokens = tokens.to(sums.dtype)
+    if groups is None:
+        return sums.sum() / tokens.sum().clamp(min=1)
+    same = (groups[:, None] == groups[None, :]).to(sums.dtype)  # samples x samples: no read-back, no sync
+    return ((same @ sums) / (same @ tokens).clamp(min=1)).max()  # each sample's prompt mean; the largest
+
+
 @torch.no_grad()
 def rollout_trust_kl(model: PolicyWithValue, batch: dict, cfg, chunk: int, autocast=contextlib.nullcontext) -> torch.Tensor:
     """The trust region's measure of how far the current policy moved from the rollout's on
-    ``batch``: the token mean of ``trust_kl``."""
+    ``batch``: ``trust_statistic`` of ``trust_kl``."""
     mask_all = batch["mask"]
-    n, total = mask_all.shape[0], mask_all.sum().clamp(min=1)
-    out = torch.zeros((), device=mask_all.device)
+    n = mask_all.shape[0]
+    sums = []
     for start in range(0, n, chunk):
         part = select(batch, slice(start, start + chunk))
         with autocast():
             logits, _ = model(part, cfg.temperature, with_values=False)
         kl = trust_kl(token_logprobs(logits, part["completion_ids"]), part["old_logprobs"])
-        out += (kl * part["mask"]).sum() / total
-    return out
+        sums.append((kl * part["mask"]).sum(1))
+    return trust_statistic(torch.cat(sums), mask_all.sum(1), batch.get("prompt_group"))
 
 
 def _accumulate(model: PolicyWithValue, batch: dict, mb: torch.Tensor, mb_tokens: torch.Tensor, cfg, chunk: int,
@@ -554,6 +577,7 @@ def _accumulate(model: PolicyWithValue, batch: dict, mb: torch.Tensor, mb_tokens
     """Forward and backward of minibatch ``mb`` in chunks, gradients accumulated to its token-mean
     loss; returns its statistics (``keys``), token-weighted."""
     step_stats = torch.zeros(len(keys), device=mb_tokens.device)
+    trust_sums = []
     for start in range(0, len(mb), chunk):
         part = select(batch, mb[start: start + chunk])
         mask = part["mask"]
@@ -564,8 +588,11 @@ def _accumulate(model: PolicyWithValue, batch: dict, mb: torch.Tensor, mb_tokens
         pg, clipfrac, approx_kl = policy_loss(logprobs, part["old_logprobs"], part["advantages"], mask, cfg.cliprange)
         vf, vf_clipfrac = value_loss(values, part["old_values"], part["returns"], mask, cfg.cliprange_value)
         ((pg + cfg.vf_coef * vf) * weight).backward()
-        trust = masked_mean(trust_kl(logprobs.detach(), part["old_logprobs"]), mask)
-        step_stats += torch.stack([pg.detach(), vf.detach(), clipfrac, vf_clipfrac, approx_kl, trust]) * weight
+        trust_sums.append((trust_kl(logprobs.detach(), part["old_logprobs"]) * mask).sum(1))
+        step_stats[:-1] += torch.stack([pg.detach(), vf.detach(), clipfrac, vf_clipfrac, approx_kl]) * weight
+    # the trust statistic is no token mean of chunks: per prompt over the whole minibatch (keys end with it)
+    groups = batch["prompt_group"][mb] if "prompt_group" in batch else None
+    step_stats[-1] = trust_statistic(torch.cat(trust_sums), batch["mask"][mb].sum(1), groups)
     return step_stats
 
 
@@ -597,19 +624,20 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
     mask_all = batch["mask"]
     n, device = mask_all.shape[0], mask_all.device
     chunk = max(1, chunk or cfg.batch_size or CPU_SIZES["train_micro_batch"])
+    batch = {**batch, "prompt_group": prompt_groups(batch)}
     # clipped apart: the policy's gradient as DPO's is (max_grad_norm on the policy alone), so the
     # value loss, large early in a run, does not scale down the policy's steps through a joint norm
     groups = [[p for p in part.parameters() if p.requires_grad] for part in (model.policy, model.value_modules())]
-    keys = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "trust_kl")
+    keys = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "trust_kl")  # trust_kl last
     # statistics stay on the device until the end: reading one back (int(), float()) inside the
     # loop would make the CPU wait for the GPU at every chunk, where it could queue the next kernels
     totals = torch.zeros(len(keys), device=device)  # summed over optimiser steps
     trained_tokens = torch.zeros((), dtype=torch.long, device=device)
     steps, per_epoch, stopped, last_kl, before, check = 0, 1, False, 0.0, None, None
     stop = cfg.early_stop_kl
-    # trust_region=stop (the default): the update ends at the crossing; shrink (compute=matched): a
-    # step that crossed the bound is cut back and the update goes on, so every planned step is taken
-    shrink = stop is not None and getattr(cfg, "trust_region", "stop") == "shrink"
+    # trust_region=shrink (the default): a step that crossed the bound is cut back and the update
+    # goes on, so every planned step is taken; stop: the update ends at the crossing
+    shrink = stop is not None and getattr(cfg, "trust_region", "shrink") == "shrink"
     kept_fractions: list[float] = []
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=generator).to(device)
