@@ -404,8 +404,10 @@ def write_eval_rows(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
 
 
 def read_train_log(folder: Path) -> List[Dict[str, Any]]:
-    """The job's training-curve rows, in order; a step logged twice (by an attempt that was
-    killed and resumed) keeps its last row. Unreadable lines are skipped."""
+    """The job's training-curve rows, one per step, in order. Rows logged at the same step are
+    merged, later values winning: DPO logs its probe (``train/kl``) and the Trainer's loss as two
+    rows at one step, and an attempt that was killed and resumed logs a step again. Unreadable
+    lines are skipped."""
     path = Path(folder) / TRAIN_LOG_FILE
     try:
         lines = path.read_text().splitlines()
@@ -419,5 +421,5 @@ def read_train_log(folder: Path) -> List[Dict[str, Any]]:
             continue
         if isinstance(row, dict):
             key = row.get("train/examples", row.get("step"))
-            rows[("i", i) if key is None else key] = row
+            rows.setdefault(("i", i) if key is None else key, {}).update(row)
     return list(rows.values())

@@ -86,11 +86,16 @@ def test_eval_rows_keep_only_the_contracts_columns(tmp_path):
 
 
 def test_train_log_keeps_each_step_once(tmp_path):
-    lines = [{"step": 1, "train/examples": 8, "train/loss": 0.7}, {"step": 2, "train/examples": 16, "train/loss": 0.6},
+    """A resumed attempt's row replaces the first attempt's values; two rows of one step (DPO's
+    probe and the Trainer's loss) are merged, so neither curve loses its points (the report's DPO
+    KL panel was empty while the probe's row came before the loss's)."""
+    lines = [{"step": 1, "train/examples": 8, "train/loss": 0.7}, {"step": 2, "train/examples": 16, "train/kl": 0.3},
+             {"step": 2, "train/examples": 16, "train/loss": 0.6},
              {"step": 2, "train/examples": 16, "train/loss": 0.5},  # the resumed attempt's row
              {"step": 3, "train/examples": 24, "train/loss": 0.4}]
     (tmp_path / R.TRAIN_LOG_FILE).write_text("\n".join(json.dumps(r) for r in lines) + "\n{broken\n")
     rows = R.read_train_log(tmp_path)
     assert [(r["train/examples"], r["train/loss"]) for r in rows] == [(8, 0.7), (16, 0.5), (24, 0.4)]
+    assert [r.get("train/kl") for r in rows] == [None, 0.3, None]
     assert R.read_train_log(tmp_path / "none") == []
     assert math.isclose(R.scalar_metrics({"a": 1, "b": float("inf")})["a"], 1.0)
