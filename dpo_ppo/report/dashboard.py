@@ -92,7 +92,7 @@ def build_workspace(name: str, entity: str, project: str, *, groups: Sequence[st
         line("PPO rollout: KL to the reference (nats)", [R.ROLLOUT_KL]),
         line("PPO rollout: p positive (0-1)", [R.ROLLOUT_P_POSITIVE]),
         line("PPO KL-penalised return (reward_kind's scale)", [R.ROLLOUT_RETURN]),
-        line("PPO KL coefficient", [R.KL_COEF]),
+        line("PPO KL coefficient (reward per nat of KL)", [R.KL_COEF]),
     ]
     layer_metrics = [wr.SummaryMetric(f"analysis/weights/msd_layer{L}") for L in range(layers)]
     lens_metrics = [wr.SummaryMetric(f"analysis/activations/logit_lens_kl_layer{L}") for L in range(layers)]
