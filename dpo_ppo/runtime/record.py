@@ -108,7 +108,7 @@ OVER_TRAINING = R.OVER_TRAINING
 
 def _key_part(column: str, value) -> str:
     """One key column's part of an over-training key: ``layer3`` / ``head1`` (integer indices),
-    otherwise the value itself (``policy``, ``ov_norm``)."""
+    otherwise the value itself (``policy``, ``induction``)."""
     if column in ("layer", "head") and isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{column}{int(value)}"
     return str(value).replace("/", "_").replace("=", "_")
@@ -119,7 +119,7 @@ def over_training_rows(tables: dict) -> list[dict]:
     ``examples`` column (``weights_over_training``, ``heads_over_training``, its per-head long
     form, ...) gives, per snapshot, ``over_training/<table>/<key parts>/<column>`` for each numeric
     column, the row's key columns (``KEY_COLUMNS`` or text) as parts (``policy/layer0/head1``),
-    and a column named ``value`` left out of the name (``.../ov_norm/layer0/head1``); each row
+    and a column named ``value`` left out of the name (``.../induction/layer0/head1``); each row
     carries its ``train/examples``.  Sorted by examples."""
     by_examples: dict = {}
     for name, table in tables.items():
@@ -323,7 +323,8 @@ class Recorder:
             t = wandb.Table(columns=["layer", "weights", "biases", "all"], data=rows)
             self._log({"analysis/weights_per_layer": t,
                        "analysis/charts/weights_per_layer": wandb.plot.bar(
-                           t, "layer", "all", title="Mean-square divergence from the reference, per layer")})
+                           t, "layer", "all",
+                           title="Divergence from the reference per layer (mean of (policy - reference)^2)")})
         for name, grid in (out.get("per_head") or {}).items():
             self.table(f"analysis/per_head/{name}", ["layer", "head", "value"], per_head_rows(grid))
         for row in over_training_rows(out.get("tables") or {}):
