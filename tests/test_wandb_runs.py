@@ -447,3 +447,16 @@ def test_dashboard_without_a_login_says_what_is_missing_and_still_reports(tmp_pa
     assert out.strip().splitlines()[-1].startswith("report: ")
     (line,) = [e for e in err.splitlines() if e.strip()]
     assert line.startswith("dashboard: no W&B entity") and "WANDB_ENTITY" in line
+
+
+def test_results_written_before_the_renames_are_read_under_the_new_names():
+    """eval/*/reward_mean (the mean p_positive), reward_std and score_logit_mean (the log-odds)
+    of an older results.json are read as p_positive_mean, p_positive_std and score_mean."""
+    old = {"eval/policy/reward_mean": 0.5, "eval/reference/reward_std": 0.2, "eval/policy/score_logit_mean": 1.5,
+           "eval/improvement/reward_mean": 0.1, "analysis/heads/reward_mean_top_layer": 2.0}
+    assert R.scalar_metrics(old) == {R.REWARD: 0.5, "eval/reference/p_positive_std": 0.2,
+                                     "eval/policy/score_mean": 1.5, "eval/improvement/p_positive_mean": 0.1,
+                                     "analysis/heads/reward_mean_top_layer": 2.0}
+    assert R.typed_value("analysis/heads/induction_top_head", 3.0) == 3
+    assert isinstance(R.typed_value("analysis/heads/induction_top_head", 3.0), int)
+    assert R.typed_value("analysis/weights/msd_all", 3.0) == 3.0 and R.typed_value("x/top_layer", 2.5) == 2.5
