@@ -460,3 +460,17 @@ def test_results_written_before_the_renames_are_read_under_the_new_names():
     assert R.typed_value("analysis/heads/induction_top_head", 3.0) == 3
     assert isinstance(R.typed_value("analysis/heads/induction_top_head", 3.0), int)
     assert R.typed_value("analysis/weights/msd_all", 3.0) == 3.0 and R.typed_value("x/top_layer", 2.5) == 2.5
+
+
+def test_the_reports_training_figure_reads_every_row_at_the_examples_its_policy_had_seen():
+    """New PPO logs are already aligned (rollout rows before their update); a PPO log written
+    before issue 34 had each update at the count after it, and is moved back one update."""
+    from dpo_ppo.report.plots import _aligned_rows
+
+    legacy = [{"step": x, R.EXAMPLES: x, "train/kl": 0.1 * x, R.KL_COEF: 0.2} for x in (16, 32, 48)]
+    assert [x for x, _ in _aligned_rows(legacy)] == [0, 16, 32]
+    current = [{R.EXAMPLES: 0, R.TRAIN_KL: 0.0, R.ROLLOUT_KL: 0.0, R.KL_COEF: 0.2},
+               {R.EXAMPLES: 16, R.ROLLOUT_KL: 0.3, R.KL_COEF: 0.2}, {R.EXAMPLES: 32, R.TRAIN_KL: 0.5}]
+    assert [x for x, _ in _aligned_rows(current)] == [0, 16, 32]
+    dpo = [{R.EXAMPLES: 0, R.TRAIN_KL: 0.0, R.TRL_LOSS: 0.69}, {R.EXAMPLES: 8, R.TRL_LOSS: 0.6}]
+    assert [x for x, _ in _aligned_rows(dpo)] == [0, 8]
