@@ -59,7 +59,7 @@ def main() -> None:
     for _ in range(args.repeats):
         t0 = time.time()
         metrics, _ = E.evaluate_model(policy, tok, scorer, prompts, eval_cfg, ref_model=ref, desc="eval", **kwargs)
-        print(f"evaluate: {time.time() - t0:.1f} s (reward {metrics['reward_mean']:.4f}, KL {metrics['kl_to_ref']:.4f}, "
+        print(f"evaluate: {time.time() - t0:.1f} s (reward {metrics['p_positive_mean']:.4f}, KL {metrics['kl_to_ref']:.4f}, "
               f"length {metrics['completion_len']:.1f})", flush=True)
 
 

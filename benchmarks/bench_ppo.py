@@ -144,7 +144,7 @@ def run(args, precision: str, static: bool) -> dict:
             "optimize_s": round(statistics.median(m["train/optimize_s"] for m in timed), 4),
             "samples": samples, "completion_len": cfg.completion_len, "device": str(device),
             "card": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-            "mean_completion": round(statistics.mean(m["train/completion_len"] for m in timed), 1)}
+            "mean_completion": round(statistics.mean(m["train/rollout/completion_len"] for m in timed), 1)}
 
 
 if __name__ == "__main__":

@@ -58,9 +58,9 @@ def main() -> None:
         m, s = r["metrics"], r["summary"]
         train_kl = f"{s['kl_recent']:.2f}" if s.get("kl_recent") is not None else "-"
         print(f"| {r['algorithm']} | {r['setting']} | {train_kl} | {m.get('eval/policy/kl_to_ref', float('nan')):.2f} "
-              f"| {m.get('eval/policy/reward_mean', float('nan')):.3f} | {r['compute'].get('optimizer_steps')} |"
+              f"| {m.get('eval/policy/p_positive_mean', m.get('eval/policy/reward_mean', float('nan'))):.3f} | {r['compute'].get('optimizer_steps')} |"
               + ("" if r["status"] == "finished" else f" {r['status']}"))
-    print(f"\nreference reward {rows[0]['metrics'].get('eval/reference/reward_mean', float('nan')):.3f}; "
+    print(f"\nreference reward {rows[0]['metrics'].get('eval/reference/p_positive_mean', rows[0]['metrics'].get('eval/reference/reward_mean', float('nan'))):.3f}; "
           f"job folders under {root}")
 
 

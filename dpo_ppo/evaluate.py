@@ -5,7 +5,9 @@ classifier and report
 
 - ``gradient_loss`` = mean(1 - p_positive), the seed's "gradient loss";
 - ``binary_loss``   = fraction of completions classified negative (p_positive < 0.5);
-- ``reward_mean``   = mean p_positive (and ``score_logit_mean``, the classifier's logit);
+- ``p_positive_mean`` = mean p_positive in [0, 1] (``p_positive_std`` its spread over prompts) and
+  ``score_mean`` = mean of the classifier's log-odds log p(pos) - log p(neg) in nats (the names:
+  ``results.EVAL_METRICS``; before issue 34 they were reward_mean, reward_std, score_logit_mean);
 - ``kl_to_ref``     = sequence-level KL(policy || reference) in nats, estimated on the policy's own
   samples as the mean over completions of sum_t KL(pi(.|y<t) || pi_ref(.|y<t)), the full
   next-token distributions compared at each position (exact per step, so lower variance than
@@ -22,6 +24,7 @@ import contextlib
 
 import torch
 
+from dpo_ppo import results as R
 from dpo_ppo.runtime.hardware import CPU_SIZES
 from dpo_ppo.train.sampling import generate, sample_keys, sequence_kl
 
@@ -61,9 +64,9 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
     logits = scorer.logits([p + c for p, c in zip(prompt_texts, comp_texts)])
     p = torch.sigmoid(logits)
     metrics = {
-        "reward_mean": float(p.mean()),
-        "reward_std": float(p.std()) if len(p) > 1 else 0.0,
-        "score_logit_mean": float(logits.mean()),
+        R.P_POSITIVE_MEAN: float(p.mean()),
+        R.P_POSITIVE_STD: float(p.std()) if len(p) > 1 else 0.0,
+        R.SCORE_MEAN: float(logits.mean()),
         "gradient_loss": float((1 - p).mean()),
         "binary_loss": float((p < 0.5).float().mean()),
         "completion_len": sum(map(len, completions)) / max(1, len(completions)),
@@ -84,51 +87,5 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
     return metrics, rows
 
 
-class TrainingProbe:
-    """``train/kl`` and ``train/reward_mean`` of a policy during training, with the meaning PPO's
-    rollouts give them (``ppo.rollout``), for trainers that sample nothing themselves (DPO):
-
-    - ``train/kl``: sum over completion tokens of log pi(y_t|.) - log pi_ref(y_t|.) (PPO's default
-      k1 estimator), mean over the completions; ``train/kl_exact`` the full-distribution estimate
-      (``sampling.sequence_kl``, as eval/policy/kl_to_ref);
-    - ``train/reward_mean``: the classifier's mean p_positive of prefix + completion.
-
-    The completions are sampled from the policy on a fixed set of prefixes, ``completion_len``
-    tokens at ``temperature`` / ``top_k`` (the algorithm's sampling settings; the KL assumes
-    temperature 1, the default, as PPO's does at 1), keyed by (``seed``, prefix), so every probe
-    draws the same noise and the curve moves only with the policy.  Torch's random state is
-    restored afterwards: a probe never changes the training.  ``train/probe_s`` is its cost.
-    """
-
-    def __init__(self, ref_model, tokenizer, prompts, reward_fn, *, completion_len: int, temperature: float = 1.0,
-                 top_k: int = 0, seed: int = 0, runtime=None):
-        self.ref_model, self.tokenizer, self.prompts = ref_model, tokenizer, [list(p) for p in prompts]
-        self.reward_fn, self.completion_len, self.temperature, self.top_k = reward_fn, completion_len, temperature, top_k
-        self.keys = sample_keys(seed, range(len(self.prompts)))
-        self.forward_batch = runtime.forward_batch_size if runtime is not None else CPU_SIZES["forward_batch_size"]
-        self.autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
-
-    @torch.no_grad()
-    def __call__(self, model) -> dict:
-        import time
-
-        t0 = time.perf_counter()
-        was_training = model.training
-        model.eval()
-        devices = [model.device] if getattr(model, "device", torch.device("cpu")).type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=devices):
-                with self.autocast():
-                    completions = generate(model, self.tokenizer, self.prompts, self.completion_len,
-                                           temperature=self.temperature, top_k=self.top_k,
-                                           batch_size=len(self.prompts), desc=None, keys=self.keys)
-                texts = self.tokenizer.batch_decode([p + c for p, c in zip(self.prompts, completions)],
-                                                    skip_special_tokens=True)
-                p = torch.as_tensor(self.reward_fn(texts), dtype=torch.float32).flatten()
-                with self.autocast():
-                    exact, k1 = sequence_kl(model, self.ref_model, self.prompts, completions,
-                                            pad_id=self.tokenizer.pad_token_id, batch_size=self.forward_batch)
-        finally:
-            model.train(was_training)
-        return {"train/kl": float(k1.mean()), "train/kl_exact": float(exact.mean()),
-                "train/reward_mean": float(p.mean()), "train/probe_s": time.perf_counter() - t0}
+# the training probe moved to train/probe.py (both trainers call it); kept importable from here
+from dpo_ppo.train.probe import TrainingProbe  # noqa: E402,F401

@@ -134,7 +134,8 @@ class Job:
 
         path = artifact(self.cache, "ref_eval", self.specs["ref_eval"], build)
         self.rec.results["artifacts"]["ref_eval"] = str(path)
-        return json.loads((path / "metrics.json").read_text())
+        # a cache entry written before issue 34 names p_positive_mean reward_mean (R.LEGACY_EVAL_NAMES)
+        return {R.LEGACY_EVAL_NAMES.get(k, k): v for k, v in json.loads((path / "metrics.json").read_text()).items()}
 
     def reference_cache(self, what: str, compute):
         """The reference's side of analysis ``what`` (``analysis.context.Context``), from the shared
@@ -148,16 +149,11 @@ class Job:
         return torch.load(path / "value.pt", map_location="cpu", weights_only=True)
 
     def training_probe(self, ref_model, tokenizer, scorer, train_prompts):
-        """DPO's train/kl and train/reward_mean during training (``evaluate.TrainingProbe``) on the
-        first ``logger.probe_prompts`` training prefixes; None when that is 0."""
-        from dpo_ppo.evaluate import TrainingProbe
+        """train/kl and train/p_positive_mean during training, DPO's and PPO's alike
+        (``train.probe``), on the first ``logger.probe_prompts`` training prefixes; None when 0."""
+        from dpo_ppo.train.probe import make_probe
 
-        n, algo = self.cfg.logger.probe_prompts, self.cfg.algorithm
-        if not n:
-            return None
-        return TrainingProbe(ref_model, tokenizer, train_prompts[:n], scorer.p_positive,
-                             completion_len=algo.completion_len, temperature=algo.temperature, top_k=algo.top_k,
-                             seed=self.cfg.seed, runtime=self.hw)
+        return make_probe(self.cfg, ref_model, tokenizer, scorer, train_prompts, runtime=self.hw)
 
     def record_compute(self, summary: dict) -> None:
         """What training cost, for comparisons at matched compute: results.json ``compute``."""
@@ -281,7 +277,9 @@ class Job:
 
                     summary = train_ppo(algo, policy, ref_model, tokenizer, train_prompts,
                                         scorer.p_positive, self.job_dir, seed=cfg.seed, log_fn=self.rec.log,
-                                        runtime=self.hw)
+                                        runtime=self.hw,
+                                        probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
+                                        probe_every=cfg.logger.probe_every)
             # replaces a policy/ left by an attempt killed before it recorded "trained"
             save_model_dir(policy, tokenizer, policy_dir)
             self.rec.results.update(trained=True, train_summary=summary)
@@ -300,7 +298,7 @@ class Job:
             metrics.update({f"eval/reference/{k}": v for k, v in ref_metrics.items()})
             for k in ("gradient_loss", "binary_loss"):
                 metrics[f"eval/improvement/{k}"] = ref_metrics[k] - pol_metrics[k]
-            metrics["eval/improvement/reward_mean"] = pol_metrics["reward_mean"] - ref_metrics["reward_mean"]
+            metrics[R.IMPROVEMENT + R.P_POSITIVE_MEAN] = pol_metrics[R.P_POSITIVE_MEAN] - ref_metrics[R.P_POSITIVE_MEAN]
             self.rec.metrics(metrics)
             n = cfg.eval.num_samples_logged
             self.rec.table("samples", ["prompt", "completion", "p_positive"],
@@ -312,9 +310,9 @@ class Job:
             self.rec.table("eval_rows", columns, [[r[c] for c in columns] for r in rows])
             self.rec.files(self.job_dir / R.EVAL_ROWS_FILE)
             self.rec.inputs(self.rec.results["artifacts"])
-            log.info("eval: reward %.3f (reference %.3f), binary loss %.3f (reference %.3f), "
+            log.info("eval: p_positive %.3f (reference %.3f), binary loss %.3f (reference %.3f), "
                      "gradient loss %.3f (reference %.3f), KL %.3f nats",
-                     pol_metrics["reward_mean"], ref_metrics["reward_mean"], pol_metrics["binary_loss"],
+                     pol_metrics[R.P_POSITIVE_MEAN], ref_metrics[R.P_POSITIVE_MEAN], pol_metrics["binary_loss"],
                      ref_metrics["binary_loss"], pol_metrics["gradient_loss"], ref_metrics["gradient_loss"],
                      pol_metrics["kl_to_ref"])
         if cfg.analysis is not None and cfg.analysis.enabled:

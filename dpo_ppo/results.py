@@ -89,10 +89,48 @@ ALGORITHMS = ("dpo", "ppo")
 
 # --------------------------------------------------------------------------- metrics
 
+# One vocabulary for what a job logs (results.json, train_log.jsonl, its W&B run) and what every
+# reader (the report, the dashboard, dpo-ppo-analyze) looks up: the names are defined here once.
+# Units:
+#   p_positive  the classifier's probability of the positive class, in [0, 1];
+#   score       its log-odds, log p(pos) - log p(neg), in nats (PPO's reward at reward_kind=logit);
+#   KL          nats per completion: the sum over its tokens, mean over completions;
+#   examples    training prefixes (PPO) or preference pairs (DPO) the measured policy had seen.
 POLICY, REFERENCE, IMPROVEMENT = "eval/policy/", "eval/reference/", "eval/improvement/"
-EVAL_METRICS = ("reward_mean", "reward_std", "score_logit_mean", "gradient_loss", "binary_loss",
+P_POSITIVE_MEAN, P_POSITIVE_STD, SCORE_MEAN = "p_positive_mean", "p_positive_std", "score_mean"
+EVAL_METRICS = (P_POSITIVE_MEAN, P_POSITIVE_STD, SCORE_MEAN, "gradient_loss", "binary_loss",
                 "completion_len", "distinct_1", "distinct_2", "kl_to_ref", "kl_to_ref_std", "kl_to_ref_k1")
+# evaluation names before issue 34 (results.json files written then still read: ``scalar_metrics``)
+LEGACY_EVAL_NAMES = {"reward_mean": P_POSITIVE_MEAN, "reward_std": P_POSITIVE_STD, "score_logit_mean": SCORE_MEAN}
 ANALYSIS = "analysis/"
+
+# training curves: every row at EXAMPLES, the examples seen by the policy it measured
+TRAIN = "train/"
+EXAMPLES = TRAIN + "examples"
+# the probe (``train.probe``): both algorithms, the same fixed training prefixes, the same cadence
+# (before training, every logger.probe_every examples and at the end)
+TRAIN_KL = TRAIN + "kl"                         # nats, k1 on the policy's own samples
+TRAIN_KL_EXACT = TRAIN + "kl_exact"             # nats, full next-token distributions
+TRAIN_P_POSITIVE = TRAIN + P_POSITIVE_MEAN      # p_positive of prefix + sampled completion
+TRAIN_SCORE = TRAIN + SCORE_MEAN                # the classifier's log-odds (nats)
+PROBE_S = TRAIN + "probe_s"                     # seconds the probe took
+PROBE_KEYS = (TRAIN_KL, TRAIN_KL_EXACT, TRAIN_P_POSITIVE, TRAIN_SCORE, PROBE_S)
+# PPO's own statistics of each rollout batch (its training prefixes, the policy before the update)
+ROLLOUT = TRAIN + "rollout/"
+ROLLOUT_KL = ROLLOUT + "kl"
+ROLLOUT_P_POSITIVE = ROLLOUT + P_POSITIVE_MEAN
+ROLLOUT_SCORE = ROLLOUT + SCORE_MEAN            # the reward before the KL penalty (reward_kind's scale)
+ROLLOUT_RETURN = ROLLOUT + "penalized_return_mean"
+KL_COEF = TRAIN + "kl_coef"
+POLICY_LOSS = TRAIN + "policy_loss"
+# TRL's and the Trainer's own log keys, under their own prefix and names: trl/loss (DPO's loss),
+# trl/rewards/{chosen,rejected,margins,accuracies} (DPO's implicit rewards, beta * log-ratios in
+# nats: not the classifier's), trl/logps/*, trl/grad_norm, trl/learning_rate, trl/epoch
+TRL = "trl/"
+TRL_LOSS = TRL + "loss"
+TRL_MARGINS = TRL + "rewards/margins"
+# the analyses of the policy snapshots, against EXAMPLES: over_training/<table>/<key values>/<column>
+OVER_TRAINING = "over_training/"
 
 PROMPTS = "prompts"  # results.json: how many prefixes and how many distinct reviews they come from
 PROMPT_KEYS = ("train", "train_distinct", "eval", "eval_distinct")
@@ -107,8 +145,28 @@ def reference_metric(name: str) -> str:
 
 
 KL = policy_metric("kl_to_ref")
-REWARD = policy_metric("reward_mean")
-REF_REWARD = reference_metric("reward_mean")
+REWARD = policy_metric(P_POSITIVE_MEAN)
+REF_REWARD = reference_metric(P_POSITIVE_MEAN)
+# analysis scalars that are layer or head indices: integers in results.json and W&B
+INDEX_SUFFIXES = ("top_layer", "top_head", "plotted_layer", "top_change_layer", "top_change_head")
+
+
+def current_name(metric: str) -> str:
+    """A metric's name in this vocabulary: evaluation names written before issue 34
+    (``eval/*/reward_mean``, ``reward_std``, ``score_logit_mean``) renamed, others as they are."""
+    if metric.startswith(("eval/",)):
+        head, _, last = metric.rpartition("/")
+        if last in LEGACY_EVAL_NAMES:
+            return f"{head}/{LEGACY_EVAL_NAMES[last]}"
+    return metric
+
+
+def typed_value(metric: str, value: Any) -> Any:
+    """A value as it is recorded: a layer or head index (``INDEX_SUFFIXES``) as an int."""
+    if (metric.endswith(INDEX_SUFFIXES) and isinstance(value, float) and math.isfinite(value)
+            and value == int(value)):
+        return int(value)
+    return value
 
 # analysis scalars that are indices, counts or timings: cost and bookkeeping, not findings
 _NOT_FINDINGS = ("time_s", "num_", "_top_layer", "_top_head", "top_layer", "top_head", "plotted_layer",
@@ -305,13 +363,14 @@ def unreadable(path: Path) -> bool:
 
 
 def scalar_metrics(metrics: Any) -> Dict[str, float]:
-    """The finite numbers of a metrics dict (booleans and non-numbers dropped)."""
+    """The finite numbers of a metrics dict (booleans and non-numbers dropped), under their current
+    names (``current_name``)."""
     out: Dict[str, float] = {}
     for key, value in (metrics or {}).items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if math.isfinite(float(value)):
-            out[str(key)] = float(value)
+            out[current_name(str(key))] = float(value)
     return out
 
 

@@ -81,7 +81,7 @@ def test_evaluate_metrics_by_hand(word_tok):
     prompts = [[2, 3]] * 8
     metrics, rows = evaluate_model(model, word_tok, FakeScorer(), prompts, cfg, ref_model=model)
     p = torch.tensor([r["p_positive"] for r in rows])
-    assert metrics["reward_mean"] == pytest.approx(float(p.mean()), abs=1e-6)
+    assert metrics["p_positive_mean"] == pytest.approx(float(p.mean()), abs=1e-6)
     assert metrics["gradient_loss"] == pytest.approx(float((1 - p).mean()), abs=1e-6)
     assert metrics["binary_loss"] == pytest.approx(float((p < 0.5).float().mean()))
     assert metrics["kl_to_ref"] == pytest.approx(0.0, abs=1e-6)  # a model against itself
@@ -117,16 +117,16 @@ def test_recorder_writes_results_and_an_offline_wandb_run(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "running"
     for step in range(3):
         rec.log({"train/kl": 0.5 * step, "train/kl_coef": 0.2}, step)
-    rec.metrics({"eval/policy/reward_mean": 0.75})
+    rec.metrics({"eval/policy/p_positive_mean": 0.75})
     rec.table("samples", ["prompt", "completion", "p_positive"], [["a", "b", 0.5]])
     rec.finish("finished", wall_time_s=1.0)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["status"] == "finished" and saved["metrics"]["eval/policy/reward_mean"] == 0.75
+    assert saved["status"] == "finished" and saved["metrics"]["eval/policy/p_positive_mean"] == 0.75
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 3
     run = read_offline_run(next(Path(tmp_path, "wandb").glob("offline-run-*")))
     assert run["run"]["group"] == "mysweep/ppo" and run["run"]["job_type"] == "ppo"
     assert run["run"]["project"] == "proj" and run["run"]["name"] == "job1"
     assert run["config"]["params"]["kl_target"] == 3.0
     assert [r["train/kl"] for r in run["history"] if "train/kl" in r] == [0.0, 0.5, 1.0]
-    assert run["summary"]["eval/policy/reward_mean"] == 0.75 and run["summary"]["status"] == "finished"
+    assert run["summary"]["eval/policy/p_positive_mean"] == 0.75 and run["summary"]["status"] == "finished"
     assert any(r.get("samples/_type") == "table-file" for r in run["history"])

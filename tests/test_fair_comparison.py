@@ -99,7 +99,7 @@ def test_evaluation_is_the_same_whatever_ran_before_and_keeps_a_row_per_prompt(t
     assert m1 == m2 and rows1 == rows2
     assert [r["prompt_id"] for r in rows1] == list(range(6))
     assert m1["kl_to_ref"] == pytest.approx(sum(r["kl"] for r in rows1) / 6)
-    assert m1["reward_mean"] == pytest.approx(sum(r["p_positive"] for r in rows1) / 6)
+    assert m1["p_positive_mean"] == pytest.approx(sum(r["p_positive"] for r in rows1) / 6)
     R.write_eval_rows(tmp_path / "rows.csv", rows1)
     back = R.read_eval_rows(tmp_path / "rows.csv")
     assert (tmp_path / "rows.csv").read_text().splitlines()[0] == ",".join(R.EVAL_ROW_COLUMNS)
@@ -225,10 +225,10 @@ def test_ppo_counts_what_it_did(tmp_path):
     _, _, log, summary = run(cfg, tmp_path)
     c = summary["compute"]
     assert c["optimizer_steps"] == 4 * 2 * 2 and c["examples_seen"] == 32
-    assert c["generated_tokens"] == sum(m["train/completion_tokens"] for _, m in log)
+    assert c["generated_tokens"] == sum(m["train/rollout/completion_tokens"] for _, m in log)
     # every sample is forwarded once per epoch with gradients: prefix (4 tokens) + its completion
     assert c["trained_tokens"] == 2 * (32 * 2 * 4 + c["generated_tokens"])
-    assert summary["kl_recent"] == pytest.approx(log[-1][1]["train/kl"])  # 4 updates: the last one
+    assert summary["kl_recent"] == pytest.approx(log[-1][1]["train/rollout/kl"])  # 4 updates: the last one
 
 
 # ----------------------------------------------------------------------------- whole jobs

@@ -275,7 +275,7 @@ def test_bf16_evaluation_agrees_with_float32_within_its_noise():
     n = len(prompts) ** 0.5
     assert out["fp32"]["kl_to_ref"] > 0.5
     assert abs(out["bf16"]["kl_to_ref"] - out["fp32"]["kl_to_ref"]) < out["fp32"]["kl_to_ref_std"] / n
-    assert abs(out["bf16"]["reward_mean"] - out["fp32"]["reward_mean"]) < out["fp32"]["reward_std"] / n
+    assert abs(out["bf16"]["p_positive_mean"] - out["fp32"]["p_positive_mean"]) < out["fp32"]["p_positive_std"] / n
 
 
 def test_a_bf16_job_runs_end_to_end_on_the_cpu(shared_cache, tmp_path):
@@ -289,7 +289,7 @@ def test_a_bf16_job_runs_end_to_end_on_the_cpu(shared_cache, tmp_path):
     results = json.loads((tmp_path / "job" / "results.json").read_text())
     assert out["status"] == "finished" and results["hardware"]["precision"] == "bf16"
     assert results["hardware"]["train_micro_batch"] == 16
-    for key in ("eval/policy/reward_mean", "eval/policy/kl_to_ref"):
+    for key in ("eval/policy/p_positive_mean", "eval/policy/kl_to_ref"):
         assert torch.isfinite(torch.tensor(results["metrics"][key]))
 
 

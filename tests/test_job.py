@@ -25,7 +25,7 @@ def test_dpo_job_end_to_end_then_skip(shared_cache, tmp_path):
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["status"] == "finished" and res["algorithm"] == "dpo" and res["params"]["beta"] == 0.5
     m = res["metrics"]
-    for k in ("reward_mean", "gradient_loss", "binary_loss", "kl_to_ref", "completion_len", "distinct_2"):
+    for k in ("p_positive_mean", "gradient_loss", "binary_loss", "kl_to_ref", "completion_len", "distinct_2"):
         assert f"eval/policy/{k}" in m
     assert m["eval/policy/kl_to_ref"] > 0
     assert m["eval/improvement/binary_loss"] == pytest.approx(
@@ -40,11 +40,12 @@ def test_dpo_job_end_to_end_then_skip(shared_cache, tmp_path):
     run = read_offline_run(next((tmp_path / "wandb").glob("offline-run-*")))
     assert run["run"]["group"].startswith("t/dpo") and run["run"]["job_type"] == "dpo"
     assert run["config"]["params"]["beta"] == 0.5 and run["config"]["algorithm"]["beta"] == 0.5
-    assert any("train/loss" in row for row in run["history"])
-    # PPO's train/kl and train/reward_mean, on the examples axis, from the reference on
+    assert any("trl/loss" in row for row in run["history"])  # TRL's own keys under trl/
+    # the probe's train/kl and train/p_positive_mean (PPO's too), on the examples axis, from the reference on
     probes = [row for row in run["history"] if "train/kl" in row]
     assert probes[0]["train/examples"] == 0 and probes[0]["train/kl"] == pytest.approx(0.0, abs=1e-5)
-    assert probes[-1]["train/examples"] == 32 and 0 <= probes[-1]["train/reward_mean"] <= 1
+    assert 0 <= probes[0]["train/p_positive_mean"] <= 1  # the reference's, on the probe prefixes
+    assert probes[-1]["train/examples"] == 32 and 0 <= probes[-1]["train/p_positive_mean"] <= 1
     assert probes[-1]["train/kl"] > 0
     assert run["summary"]["eval/policy/kl_to_ref"] == pytest.approx(m["eval/policy/kl_to_ref"])
     assert any(row.get("samples/_type") == "table-file" for row in run["history"])

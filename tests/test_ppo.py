@@ -248,17 +248,19 @@ def test_rollout_rewards_score_at_last_token_and_kl_elsewhere():
     assert (rewards[mask == 0] == 0).all() and (kl[mask == 0] == 0).all()
     assert kl.abs().sum() > 0
     assert stats["train/kl"] == pytest.approx(kl.sum(1).mean().item())
-    # the penalised return has its own name; train/reward_mean is the classifier's p_positive, as in eval/*
+    # the penalised return has its own name; p_positive_mean is the classifier's p_positive, as in eval/*
     assert stats["train/penalized_return_mean"] == pytest.approx((score - 0.5 * kl.sum(1)).mean().item(), abs=1e-5)
-    assert stats["train/reward_mean"] == pytest.approx(score.mean().item(), abs=1e-5)
+    assert stats["train/p_positive_mean"] == pytest.approx(score.mean().item(), abs=1e-5)
+    assert "train/reward_mean" not in stats  # one name per quantity
 
 
 # --------------------------------------------------------------------------- training runs
 
 
-EXPECTED_KEYS = {"train/score_mean", "train/score_std", "train/reward_mean", "train/penalized_return_mean", "train/kl",
-                 "train/kl_coef", "train/policy_loss", "train/value_loss", "train/clipfrac",
-                 "train/entropy", "train/approx_kl", "train/explained_variance",
+# an update's logged row (ppo.log_names): the rollout's statistics under train/rollout/
+EXPECTED_KEYS = {"train/rollout/score_mean", "train/rollout/score_std", "train/rollout/p_positive_mean",
+                 "train/rollout/penalized_return_mean", "train/rollout/kl", "train/kl_coef", "train/policy_loss", "train/value_loss", "train/clipfrac",
+                 "train/rollout/entropy", "train/approx_kl", "train/rollout/explained_variance",
                  "train/tokens_per_s", "train/examples"}
 
 
@@ -266,10 +268,12 @@ def test_ppo_raises_reward_and_snapshots(tmp_path):
     cfg = ppo_cfg(examples=256, snapshot_every=128)
     policy, ref, log, summary = run(cfg, tmp_path)
     assert EXPECTED_KEYS <= set(log[0][1])
-    assert [step for step, _ in log] == list(range(16, 257, 16))
+    # each update at the examples its rollout's policy had seen: before the update
+    assert [step for step, _ in log] == list(range(0, 256, 16))
     assert [m["train/examples"] for _, m in log] == [step for step, _ in log]
-    before = mean_of(log, "train/p_positive_mean", slice(0, 2))
-    after = mean_of(log, "train/p_positive_mean", slice(-4, None))
+    assert not any("train/kl" in m or "train/p_positive_mean" in m for _, m in log)  # the probe's names
+    before = mean_of(log, "train/rollout/p_positive_mean", slice(0, 2))
+    after = mean_of(log, "train/rollout/p_positive_mean", slice(-4, None))
     assert after > before + 0.15, (before, after)
     assert summary["updates"] == 16 and summary["examples"] == 256
     # snapshots are plain LMs (no value head) that reload to the trained policy
@@ -293,7 +297,7 @@ def test_kl_target_controls_kl(tmp_path):
         cfg = ppo_cfg(examples=384, kl_target=target, init_kl_coef=0.2, kl_controller="ziegler", kl_horizon=32,
                       early_stop_kl=None)
         _, _, log, summary = run(cfg, tmp_path / str(target))
-        runs[target] = (mean_of(log, "train/kl", slice(-8, None)), summary["kl_coef"])
+        runs[target] = (mean_of(log, "train/rollout/kl", slice(-8, None)), summary["kl_coef"])
     (kl_small, coef_small), (kl_large, coef_large) = runs[1.0], runs[20.0]
     assert 0.3 < kl_small < 2.5, runs  # held near its target of 1 nat
     assert coef_small > 0.2 > coef_large, runs  # raised to hold KL down, lowered to let it grow
@@ -317,8 +321,8 @@ def test_options_separate_value_k3_normalised_early_stop(tmp_path):
         assert m["train/optimizer_steps"] == 1 and m["train/early_stopped"] == 1
         assert m["train/last_step_kept"] == 0 and m["train/trust_kl_last"] > 1e-9
         assert m["train/ppo_epochs_done"] == 0.5
-        assert all(math.isfinite(v) for k, v in m.items() if k != "train/explained_variance")
-        assert m["train/kl"] == pytest.approx(0, abs=1e-5)  # so the policy never left the reference
+        assert all(math.isfinite(v) for k, v in m.items() if k != "train/rollout/explained_variance")
+        assert m["train/rollout/kl"] == pytest.approx(0, abs=1e-5)  # so the policy never left the reference
     assert all(torch.equal(a, b) for a, b in zip(policy.parameters(), ref.parameters()))
     # with a bound it keeps, the update runs all its epochs and undoes nothing
     _, _, log, _ = run(ppo_cfg(examples=32, early_stop_kl=1e9, ppo_epochs=2), tmp_path / "wide")
@@ -424,11 +428,11 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert not (tmp_path / "resumed" / "snapshots" / "ex_0000128").exists()
     resumed, _, resumed_log, summary = run(cfg, tmp_path / "resumed", seed=123)  # seed ignored on resume
     assert summary["resumed_from"] == 64 and summary["updates"] == 8
-    assert [s for s, _ in resumed_log] == [80, 96, 112, 128]
+    assert [s for s, _ in resumed_log] == [64, 80, 96, 112]  # updates from 64 on, each at its start
     for a, b in zip(full.parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b)
     for (_, a), (_, b) in zip(full_log[-4:], resumed_log):
-        assert a["train/score_mean"] == pytest.approx(b["train/score_mean"])
+        assert a["train/rollout/score_mean"] == pytest.approx(b["train/rollout/score_mean"])
         assert a["train/kl_coef"] == pytest.approx(b["train/kl_coef"])
     # a finished run given the same folder does nothing more
     _, _, again_log, again = run(cfg, tmp_path / "resumed")

@@ -415,11 +415,11 @@ class LoggerConfig:
     tags: list = option(help="extra W&B tags, beside algorithm=, sweep= and model=", factory=list)
     policy_artifact: str = option("upload", "the trained policy as a W&B model artifact: upload (its files), "
                                             "reference (its path on this filesystem) or none")
-    probe_prompts: int = option(16, "DPO: training prefixes (the first N, fixed) sampled during training for "
-                                    "train/kl and train/reward_mean, PPO's curves; 0 = none. Also written to "
-                                    "train_log.jsonl without W&B; never changes the training")
-    probe_every: Optional[int] = option(None, "DPO: examples between two such probes (and one before training); "
-                                              "null = algorithm.snapshot_every")
+    probe_prompts: int = option(16, "DPO and PPO: training prefixes (the first N, fixed) sampled during training "
+                                    "for train/kl and train/p_positive_mean, the same for both algorithms; 0 = none. "
+                                    "Also written to train_log.jsonl without W&B; never changes the training")
+    probe_every: Optional[int] = option(None, "examples between two such probes (and one before training, one at "
+                                              "the end); null = algorithm.snapshot_every")
 
     def check(self, where: str = "logger") -> None:
         choice(f"{where}.mode", self.mode, LOGGER_MODES)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Tuple
 
 from dpo_ppo.report.load import POS_NEG_REL
-from dpo_ppo.results import policy_metric
+from dpo_ppo.results import P_POSITIVE_STD, policy_metric
 
 KINDS = ("higher", "lower", "same", "differ", "zero")
 
@@ -48,7 +48,7 @@ CLAIMS: Tuple[Claim, ...] = (
     Claim("C2", "3.1", "DPO's completions are more positive on average (gradient loss)",
           (policy_metric("gradient_loss"),), "higher"),
     Claim("C3", "3.1", "DPO's completions are more polarised: strongly positive or strongly negative",
-          (policy_metric("reward_std"),), "lower"),
+          (policy_metric(P_POSITIVE_STD),), "lower"),
     Claim("C4", "3.2", "Weight divergence from the reference is about the same for both (run 1)",
           ("analysis/weights/msd_weights",), "same"),
     Claim("C5", "3.2", "PPO's bias divergence is heavily elevated over DPO's",

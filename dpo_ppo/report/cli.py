@@ -77,15 +77,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"W&B {args.wandb_mode} run: {run_dir}")
         except Exception as err:  # the report itself is written; W&B is a copy of it
             print(f"W&B logging failed ({err!r}); the report is still in {out}", file=sys.stderr)
+    status = 0
     if args.dashboard or args.dashboard_spec:
-        dashboard(built, args.dashboard_spec, save=args.dashboard)
+        problem = dashboard(built, args.dashboard_spec, save=args.dashboard)
+        if problem:  # the report itself is written: say what the workspace needs, then the report
+            print(f"dashboard: {problem}", file=sys.stderr)
+            status = 2
     print(f"report: {out / 'report.md'}")
-    return 0
+    return status
 
 
-def dashboard(built, spec_file: Optional[Path], save: bool) -> None:
+NO_LOGIN = ("no W&B API key (the workspace is saved through W&B's API): run `wandb login`, or set WANDB_API_KEY "
+            "(and WANDB_BASE_URL for a private server); --dashboard-spec FILE writes the spec without one")
+NO_ENTITY = ("no W&B entity to save the workspace in: set WANDB_ENTITY=<user or team> (or logger.entity in the "
+             "sweep's config), or log in so that your default entity is known")
+
+
+def _entity_and_login(entity: Optional[str]):
+    """(entity, problem): the default entity of the login when none was given; a one-line problem
+    when there is no API key or no entity."""
+    import wandb
+
+    try:
+        api = wandb.Api()
+    except wandb.errors.UsageError:
+        return entity, NO_LOGIN
+    if entity:
+        return entity, None
+    try:
+        entity = api.default_entity
+    except Exception as err:  # the server cannot be reached, or refuses the key
+        return None, f"{NO_ENTITY} (asking W&B for your default entity failed: {str(err).splitlines()[0][:200]})"
+    return (entity, None) if entity else (None, NO_ENTITY)
+
+
+def dashboard(built, spec_file: Optional[Path], save: bool) -> Optional[str]:
     """The sweep's W&B workspace (``report.dashboard``): its spec written to ``spec_file``, and
-    with ``save`` the workspace created through W&B's API."""
+    with ``save`` the workspace created through W&B's API.  Returns None, or one line saying what
+    the save lacked (no API key, no entity, W&B refusing it) and how to set it."""
     import json
     import os
 
@@ -96,14 +125,22 @@ def dashboard(built, spec_file: Optional[Path], save: bool) -> None:
     entity = (os.environ.get("WANDB_ENTITY") or logger.get("entity")
               or next((r.wandb.get("entity") for r in runs if r.wandb.get("entity")), None))
     project = os.environ.get("WANDB_PROJECT") or logger.get("project") or "dpo-ppo"
-    if save and not entity:
-        import wandb
-
-        entity = wandb.Api().default_entity
+    problem = None
+    if save:
+        if importlib.util.find_spec("wandb_workspaces") is None:
+            problem = "W&B's wandb-workspaces is not installed: pip install 'dpo-ppo[dashboard]'"
+        else:
+            entity, problem = _entity_and_login(entity)
     workspace = D.from_report(built, entity or "<your entity>", project)
     if spec_file:
         Path(spec_file).write_text(json.dumps(D.spec(workspace), indent=1))
         print(f"dashboard spec: {spec_file}")
-    if save:
-        workspace.save()
+    if save and not problem:
+        try:
+            workspace.save()
+        except Exception as err:  # refused (no such entity or project, no permission) or unreachable
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            return (f"W&B did not save the workspace in {entity}/{project} ({type(err).__name__}: {first}): "
+                    "check WANDB_ENTITY / WANDB_PROJECT and that the runs are uploaded (dpo-ppo-sync)")
         print(f"W&B workspace: {workspace.url}")
+    return problem

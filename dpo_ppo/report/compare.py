@@ -40,7 +40,7 @@ ROW_METRICS = {
     R.REWARD: ("mean", "p_positive", None),
     R.policy_metric("gradient_loss"): ("mean", "p_positive", lambda p: 1.0 - p),
     R.policy_metric("binary_loss"): ("mean", "p_positive", lambda p: (p < 0.5).astype(float)),
-    R.policy_metric("reward_std"): ("std", "p_positive", None),
+    R.policy_metric(R.P_POSITIVE_STD): ("std", "p_positive", None),
     R.policy_metric("completion_len"): ("mean", "completion_len", None),
     R.KL: ("mean", "kl", None),
     R.policy_metric("kl_to_ref_k1"): ("mean", "kl_k1", None),

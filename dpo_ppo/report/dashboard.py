@@ -8,13 +8,21 @@ per sweep, its runs filtered by the tag ``sweep=<name>`` (every job and the repo
 grouped by run group (``<sweep>/<algorithm>/<arm>``: the seeds of one configuration averaged,
 DPO's groups in blues, PPO's in oranges).  Sections, top to bottom (docs/cluster.md):
 
-(a) frontier   reward against KL to the reference, every run, coloured by its group;
-(b) training   train/kl, train/reward_mean, DPO's loss and PPO's penalised return against
-               train/examples, seeds averaged with their range;
-(c) divergence the per-layer divergence (bar chart of analysis/weights/msd_layer*), its table, and
-               divergence over training (over_training/* against train/examples);
-(d) heads      the per-head tables (layer, head, value) and the ablation table;
+(a) frontier   p positive against KL to the reference (nats), every run, coloured by its group;
+(b) training   the probe's KL (nats) and p positive (DPO and PPO on the same prefixes, the same
+               cadence, from examples 0), DPO's loss (trl/loss), PPO's own rollout statistics
+               and penalised return against train/examples, seeds averaged with their range;
+(c) divergence the per-layer weight divergence (bar chart of analysis/weights/msd_layer*), its
+               table, divergence over training (over_training/* against train/examples), and the
+               per-layer activation divergence (bar chart of the logit-lens KL per layer, and
+               the activation plots);
+(d) heads      heads over training (the largest change of each measure, against examples, and its
+               plot), the head-ablation and head-change heat maps (the runs' images), and the
+               ablation table;
 (e) claims     the report run's claims and runs tables.
+
+Heat maps are the analysis's own images (``plots/<name>``, logged by every job): W&B has no
+heat-map panel, and a per-head table panel shows numbers, not a map.
 """
 
 from __future__ import annotations
@@ -45,46 +53,79 @@ def group_colors(groups: Iterable[str]) -> Dict[str, str]:
     return out
 
 
+# the analysis images the dashboard shows (``plots/<name>`` in every job's run; analysis/*.py)
+ACTIVATION_IMAGES = ("activations_kl", "activations_cos", "logit_lens_kl")
+HEAD_IMAGES = ("heads_over_training", "ablation_lm_loss_increase", "ablation_grad_loss_delta", "heads_change")
+# over_training/heads_over_training/<measure>_max_abs_change: the measures (analysis.heads.HEAD_TYPES + one)
+HEAD_MEASURES = ("previous_token", "duplicate_token", "induction", "sentiment_attention")
+
+
 def build_workspace(name: str, entity: str, project: str, *, groups: Sequence[str] = (), layers: int = 0,
-                    per_head: Sequence[str] = ()):
+                    per_head: Sequence[str] = (), images: Optional[Sequence[str]] = None,
+                    head_measures: Sequence[str] = HEAD_MEASURES):
     """The workspace (``wandb_workspaces.workspaces.Workspace``) for sweep ``name``; nothing is
     sent.  ``groups``: the jobs' run groups (for the colours); ``layers``: transformer blocks (one
-    bar per ``analysis/weights/msd_layer{L}``); ``per_head``: the names of the per-head grids."""
+    bar per layer); ``per_head``: the names of the per-head grids (kept for callers: their heat
+    maps are the runs' images); ``images``: the analysis images the runs hold (default: all of
+    ``ACTIVATION_IMAGES`` and ``HEAD_IMAGES``)."""
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
-    examples = "train/examples"
+    examples = R.EXAMPLES
+    have = set(ACTIVATION_IMAGES + HEAD_IMAGES if images is None else images)
 
     def line(title: str, ys: List[str], **kw):
-        return wr.LinePlot(title=title, x=examples, y=ys, title_x="examples seen", groupby_aggfunc="mean",
-                           groupby_rangefunc="minmax", **kw)
+        return wr.LinePlot(title=title, x=examples, y=ys, title_x="examples seen by the policy",
+                           groupby_aggfunc="mean", groupby_rangefunc="minmax", **kw)
 
-    frontier = wr.ScatterPlot(title="(a) reward vs KL to the reference", x=wr.SummaryMetric(R.KL), y=wr.SummaryMetric(R.REWARD))
+    def media(title: str, names: Sequence[str]):
+        keys = [f"plots/{n}" for n in names if n in have]
+        return [wr.MediaBrowser(title=title, media_keys=keys, num_columns=len(keys))] if keys else []
+
+    frontier = wr.ScatterPlot(title="(a) p positive (eval, 0-1) vs KL to the reference (eval, nats)",
+                              x=wr.SummaryMetric(R.KL), y=wr.SummaryMetric(R.REWARD))
     training = [
-        line("(b) KL to the reference (nats): DPO and PPO", ["train/kl"]),
-        line("(b) reward (classifier p positive)", ["train/reward_mean"]),
-        line("DPO loss", ["train/loss"]),
-        line("PPO KL-penalised return", ["train/penalized_return_mean"]),
+        line("(b) KL to the reference (nats), probe: DPO and PPO", [R.TRAIN_KL]),
+        line("(b) p positive (0-1), probe: DPO and PPO", [R.TRAIN_P_POSITIVE]),
+        line("DPO loss (nats)", [R.TRL_LOSS]),
+        line("DPO implicit reward margin (beta x log-ratio, nats)", [R.TRL_MARGINS]),
+        line("PPO rollout: KL to the reference (nats)", [R.ROLLOUT_KL]),
+        line("PPO rollout: p positive (0-1)", [R.ROLLOUT_P_POSITIVE]),
+        line("PPO KL-penalised return (reward_kind's scale)", [R.ROLLOUT_RETURN]),
+        line("PPO KL coefficient (reward per nat of KL)", [R.KL_COEF]),
     ]
     layer_metrics = [wr.SummaryMetric(f"analysis/weights/msd_layer{L}") for L in range(layers)]
+    lens_metrics = [wr.SummaryMetric(f"analysis/activations/logit_lens_kl_layer{L}") for L in range(layers)]
     divergence = [
-        wr.BarPlot(title="(c) mean-square divergence per layer", metrics=layer_metrics, orientation="v"),
+        wr.BarPlot(title="(c) weight divergence per layer (mean square of policy - reference)", metrics=layer_metrics,
+                   orientation="v"),
         wr.WeavePanelSummaryTable(table_name="analysis/weights_per_layer"),
-        line("(c) divergence over training", ["over_training/weights_over_training/msd_weights",
-                                              "over_training/weights_over_training/msd_biases"]),
-        line("(c) divergence per layer over training",
-             [f"over_training/weights_over_training/msd_layer{L}" for L in range(layers)] or
-             ["over_training/weights_over_training/msd_all"]),
+        line("(c) weight divergence over training (mean square)",
+             [f"{R.OVER_TRAINING}weights_over_training/msd_weights", f"{R.OVER_TRAINING}weights_over_training/msd_biases"]),
+        line("(c) weight divergence per layer over training (mean square)",
+             [f"{R.OVER_TRAINING}weights_over_training/msd_layer{L}" for L in range(layers)] or
+             [f"{R.OVER_TRAINING}weights_over_training/msd_all"]),
+        wr.BarPlot(title="(c) activation divergence per layer: logit-lens KL (nats per token)", metrics=lens_metrics,
+                   orientation="v"),
+        wr.WeavePanelSummaryTable(table_name="analysis/activations"),
+        *media("(c) activation divergence per layer (cosine, KL in nats)", ACTIVATION_IMAGES),
     ]
-    heads = [wr.WeavePanelSummaryTable(table_name=f"analysis/per_head/{n}") for n in per_head]
-    heads.append(wr.WeavePanelSummaryTable(table_name="analysis/ablation"))
+    heads = [
+        line("(d) heads over training: largest change of a head from the reference",
+             [f"{R.OVER_TRAINING}heads_over_training/{m}_max_abs_change" for m in head_measures]),
+        *media("(d) heads over training", ("heads_over_training",)),
+        *media("(d) head ablation heat maps (LM loss increase in nats; change in 1 - p positive)",
+               ("ablation_lm_loss_increase", "ablation_grad_loss_delta")),
+        *media("(d) head change heat map (policy - reference)", ("heads_change",)),
+        wr.WeavePanelSummaryTable(table_name="analysis/ablation"),
+    ]
     claims = [wr.WeavePanelSummaryTable(table_name="claims"), wr.WeavePanelSummaryTable(table_name="runs"),
               wr.WeavePanelSummaryTable(table_name="eval_rows")]
     sections = [
         ws.Section(name="(a) reward-KL frontier", panels=[frontier], is_open=True),
         ws.Section(name="(b) training curves", panels=training, is_open=True),
-        ws.Section(name="(c) weight and bias divergence", panels=divergence, is_open=True),
-        ws.Section(name="(d) head ablation", panels=heads, is_open=True),
+        ws.Section(name="(c) weight and activation divergence", panels=divergence, is_open=True),
+        ws.Section(name="(d) heads: over training and ablation", panels=heads, is_open=True),
         ws.Section(name="(e) claims", panels=claims, is_open=True),
     ]
     return ws.Workspace(
@@ -106,7 +147,8 @@ def from_report(report, entity: str, project: str):
                       if k.startswith("analysis/weights/msd_layer") and k.rsplit("msd_layer", 1)[1].isdigit()),
                      default=-1)
     per_head = sorted({k for r in runs for k in r.per_head})
-    return build_workspace(name, entity, project, groups=groups, layers=layers, per_head=per_head)
+    images = sorted({k for r in runs for k in r.images}) or None
+    return build_workspace(name, entity, project, groups=groups, layers=layers, per_head=per_head, images=images)
 
 
 def spec(workspace) -> Dict[str, Any]:
@@ -121,7 +163,7 @@ def spec(workspace) -> Dict[str, Any]:
         panels = []
         for p in section.panels:
             d = {"type": type(p).__name__}
-            for field in ("title", "x", "y", "metrics", "table_name"):
+            for field in ("title", "x", "y", "metrics", "table_name", "media_keys"):
                 value = getattr(p, field, None)
                 if value not in (None, [], ""):
                     d[field] = [str(v) for v in value] if isinstance(value, list) else str(value)

@@ -103,27 +103,41 @@ def plot_frontier(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path,
     return _save(fig, path)
 
 
-# training curves: per algorithm, (panel title, candidate train_log keys or a params key)
+# training curves: per algorithm, (panel title, candidate train_log keys or a params key); the first
+# two panels are the probe's (train.probe): DPO and PPO on the same prefixes at the same cadence
+_PROBE_PANELS = [("p positive (probe, 0-1)", (R.TRAIN_P_POSITIVE, "train/reward_mean")),
+                 ("KL to the reference (probe, nats)", (R.TRAIN_KL,))]
 TRAIN_PANELS = {
-    "ppo": [("reward (p positive)", ("train/p_positive_mean", "train/score_mean")), ("KL (nats)", ("train/kl",)),
-            ("KL coefficient", ("train/kl_coef",)), ("policy loss", ("train/policy_loss",))],
-    "dpo": [("implicit reward margin", ("train/rewards/margins",)), ("KL (nats)", ("train/kl",)),
-            ("β (fixed)", ("param:beta",)), ("DPO loss", ("train/loss",))],
+    "ppo": _PROBE_PANELS + [("KL coefficient", (R.KL_COEF,)), ("policy loss", (R.POLICY_LOSS,))],
+    "dpo": _PROBE_PANELS + [("β (fixed)", ("param:beta",)), ("DPO loss (nats)", (R.TRL_LOSS, "train/loss"))],
 }
+
+
+def _aligned_rows(rows: Sequence[dict]):
+    """(examples, row) of a train log, every row at the examples seen by the policy it measured.
+    A PPO update row written before issue 34 (``train/kl_coef`` without ``train/rollout/kl``) sat
+    at the count *after* its update: it is moved to the previous update's count (0 for the first)."""
+    before = 0.0
+    for row in rows:
+        x = row.get(R.EXAMPLES, row.get("step"))
+        if not isinstance(x, (int, float)):
+            continue
+        if R.KL_COEF in row and R.ROLLOUT_KL not in row:  # a legacy PPO row, measured before its update
+            x, before = before, float(x)
+        yield float(x), row
 
 
 def _curve(config: SeedGroup, keys: Sequence[str]) -> Optional[tuple]:
     """Mean over the configuration's seeds of the first key logged, against examples."""
     per_x: Dict[float, List[float]] = {}
     for run in config.runs:
-        for row in R.read_train_log(run.dir):
-            x = row.get("train/examples", row.get("step"))
+        for x, row in _aligned_rows(R.read_train_log(run.dir)):
             if keys[0].startswith("param:"):
                 value = run.params.get(keys[0][6:])
             else:
                 value = next((row[k] for k in keys if isinstance(row.get(k), (int, float))), None)
-            if isinstance(x, (int, float)) and isinstance(value, (int, float)) and math.isfinite(value):
-                per_x.setdefault(float(x), []).append(float(value))
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                per_x.setdefault(x, []).append(float(value))
     if not per_x:
         return None
     xs = sorted(per_x)
@@ -157,7 +171,7 @@ def plot_training(configs: Sequence[SeedGroup], path: Path, split: Sequence[str]
             if not ax.lines:
                 ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
             if row == len(algorithms) - 1:
-                ax.set_xlabel("examples seen", fontsize=8)
+                ax.set_xlabel("examples seen by the measured policy", fontsize=8)
         handles, labels = axes[row, 0].get_legend_handles_labels()
         if not handles:
             handles, labels = axes[row, 3].get_legend_handles_labels()

@@ -198,7 +198,9 @@ def body_figures(configs: Sequence[SeedGroup], runs: Sequence[Run], out: Path, s
     if training:
         images["training"] = Path(training).name
         md += ["## Training curves", "", "![training curves](training.png)", "",
-               "Per configuration, mean over seeds, against examples seen (train_log.jsonl).", ""]
+               "Per configuration, mean over seeds, against the examples seen by the policy each point measured "
+               "(train_log.jsonl); the first two columns are the probe's, DPO and PPO on the same training prefixes "
+               "from examples 0.", ""]
     over = plots.plot_over_training(configs, out / "over_training.png") if figures else None
     if over:
         images["over_training"] = Path(over).name

@@ -10,9 +10,12 @@ W&B") gets:
   ``algorithm=``, ``sweep=``, ``model=``;
 - the resolved config as asked (plus ``params``, ``provenance``); what the run cost goes to the
   summary as ``compute/*``;
-- training curves ``train/*`` against ``train/examples`` (``define_metric``), DPO's and PPO's
-  under the same names (``train/kl``, ``train/reward_mean``);
-- eval and analysis scalars under their stable names (W&B's default summary: the last value);
+- training curves against ``train/examples`` (``define_metric``), every point at the examples seen
+  by the policy it measured: the probe's ``train/kl`` and ``train/p_positive_mean`` (DPO's and
+  PPO's alike, ``train.probe``), PPO's rollout statistics as ``train/rollout/*``, TRL's and the
+  Trainer's own keys as ``trl/*`` (names and units: ``results.py``, "One vocabulary");
+- eval and analysis values, measured once, in the summary only (no one-point history series),
+  layer and head indices as integers;
 - native tables: ``eval_rows`` (per prompt, joinable on ``prompt_id``), every analysis table,
   divergence per layer (with a bar chart), every per-head grid as (layer, head, value), and the
   analyses of the snapshots as ``over_training/*`` history against ``train/examples``;
@@ -98,16 +101,26 @@ def reference_artifact(spec: dict, **metadata):
 
 
 # columns that name a row of a per-snapshot table rather than measure something
-KEY_COLUMNS = ("model", "kind", "site", "subset", "metric", "type", "layer", "head", "tensor", "prompt", "rank")
-OVER_TRAINING = "over_training/"
+KEY_COLUMNS = ("model", "kind", "site", "subset", "metric", "measure", "type", "layer", "head", "tensor", "prompt",
+               "rank")
+OVER_TRAINING = R.OVER_TRAINING
+
+
+def _key_part(column: str, value) -> str:
+    """One key column's part of an over-training key: ``layer3`` / ``head1`` (integer indices),
+    otherwise the value itself (``policy``, ``induction``)."""
+    if column in ("layer", "head") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{column}{int(value)}"
+    return str(value).replace("/", "_").replace("=", "_")
 
 
 def over_training_rows(tables: dict) -> list[dict]:
     """History rows from every per-snapshot table of an analysis output: a table with an
-    ``examples`` column (``weights_over_training``, and whatever other analysis adds one) gives,
-    per snapshot, ``over_training/<table>/<column>`` for each numeric column, with the row's key
-    columns (``KEY_COLUMNS`` or text: layer, head, model, ...) appended as ``/<key>=<value>``;
-    each row carries its ``train/examples``.  Sorted by examples."""
+    ``examples`` column (``weights_over_training``, ``heads_over_training``, its per-head long
+    form, ...) gives, per snapshot, ``over_training/<table>/<key parts>/<column>`` for each numeric
+    column, the row's key columns (``KEY_COLUMNS`` or text) as parts (``policy/layer0/head1``),
+    and a column named ``value`` left out of the name (``.../induction/layer0/head1``); each row
+    carries its ``train/examples``.  Sorted by examples."""
     by_examples: dict = {}
     for name, table in tables.items():
         columns = list(table.get("columns") or ())
@@ -121,12 +134,12 @@ def over_training_rows(tables: dict) -> list[dict]:
             examples = row["examples"]
             if not isinstance(examples, (int, float)) or examples < 0:
                 continue
-            suffix = "".join(f"/{k}={row[k]}" for k in keys)
-            point = by_examples.setdefault(int(examples), {"train/examples": int(examples)})
+            parts = [_key_part(k, row[k]) for k in keys]
+            point = by_examples.setdefault(int(examples), {R.EXAMPLES: int(examples)})
             for c, v in row.items():
                 if c == "examples" or c in keys or isinstance(v, bool) or not isinstance(v, (int, float)):
                     continue
-                point[f"{OVER_TRAINING}{name}/{c}{suffix}"] = v
+                point["/".join([OVER_TRAINING + name] + parts + ([] if c == "value" else [c]))] = v
     return [by_examples[k] for k in sorted(by_examples)]
 
 
@@ -139,9 +152,10 @@ def define_metrics(run) -> None:
     """Training curves against examples seen.  Eval and analysis values keep W&B's default summary
     (the last value): an explicit ``summary="last"`` would turn every table logged under them
     into a ``{"last": ...}`` dict in the summary instead of a table."""
-    run.define_metric("train/examples")
-    run.define_metric("train/*", step_metric="train/examples")
-    run.define_metric(OVER_TRAINING + "*", step_metric="train/examples")  # analyses of the snapshots
+    run.define_metric(R.EXAMPLES)
+    run.define_metric(R.TRAIN + "*", step_metric=R.EXAMPLES)
+    run.define_metric(R.TRL + "*", step_metric=R.EXAMPLES)  # TRL's and the Trainer's own keys
+    run.define_metric(OVER_TRAINING + "*", step_metric=R.EXAMPLES)  # analyses of the snapshots
 
 
 def _drop_replayed_rows(path: Path, step, keys: set) -> None:
@@ -225,18 +239,19 @@ class Recorder:
         if self.run is not None:
             row = dict(metrics)
             if step is not None:  # the examples axis of every train/* curve (define_metrics)
-                row.setdefault("train/examples", step)
+                row.setdefault(R.EXAMPLES, step)
             self._log(row)
             self.save()  # wandb.next_step, for an attempt that resumes after a kill
 
     def metrics(self, metrics: dict) -> None:
-        """Final scalars: kept in results.json, logged once and put in the W&B summary."""
+        """Values measured once (evaluation, analysis): kept in results.json and put in the W&B
+        summary, not in history (one point is not a curve); layer and head indices as integers
+        (``results.typed_value``)."""
+        metrics = {k: R.typed_value(k, v) for k, v in metrics.items()}
         self.results.setdefault("metrics", {}).update(metrics)
         self.save()
         if self.run is not None:
-            self._log(dict(metrics))
-            for k, v in metrics.items():
-                self.run.summary[k] = v
+            self.run.summary.update(metrics)
 
     def measured(self, prefix: str, values: dict) -> None:
         """Measurements (seconds, tokens, ...) into the W&B summary as ``prefix/key``: the run's
@@ -308,7 +323,8 @@ class Recorder:
             t = wandb.Table(columns=["layer", "weights", "biases", "all"], data=rows)
             self._log({"analysis/weights_per_layer": t,
                        "analysis/charts/weights_per_layer": wandb.plot.bar(
-                           t, "layer", "all", title="Mean-square divergence from the reference, per layer")})
+                           t, "layer", "all",
+                           title="Divergence from the reference per layer (mean of (policy - reference)^2)")})
         for name, grid in (out.get("per_head") or {}).items():
             self.table(f"analysis/per_head/{name}", ["layer", "head", "value"], per_head_rows(grid))
         for row in over_training_rows(out.get("tables") or {}):

@@ -22,8 +22,10 @@ from pathlib import Path
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
+from dpo_ppo import results as R
 from dpo_ppo.data.snapshots import save_model_dir, snapshot_dir
 from dpo_ppo.runtime.progress import plain as plain_progress
+from dpo_ppo.train.probe import ProbeCallback
 
 log = logging.getLogger(__name__)
 
@@ -48,41 +50,37 @@ class SnapshotCallback(TrainerCallback):
         self._save(model, state.global_step * self.per_step)
 
 
+# the Trainer's end-of-run log (one row of run totals): kept in train_dpo's summary, not as curves
+END_OF_RUN_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
+
+
 class LogCallback(TrainerCallback):
-    """Forwards the Trainer's logs (loss, rewards/*, logps/*) as ``train/...`` to ``log_fn``."""
+    """Forwards the Trainer's logs (loss, rewards/*, logps/*, grad_norm, ...) under TRL's own names
+    as ``trl/...`` (``results.TRL``) to ``log_fn``.  A log averages the steps since the previous one,
+    each computed on the policy before its update: it is logged at ``train/examples`` = the
+    examples the policy had seen when that window began (the first loss, at 0, is the reference's:
+    log 2 for the sigmoid loss).  The end-of-run totals (``END_OF_RUN_KEYS``) go to ``self.totals``."""
 
     def __init__(self, log_fn, examples_per_step: int):
         self.log_fn, self.per_step = log_fn, examples_per_step
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or self.log_fn is None:
-            return
-        metrics = {f"train/{k}": float(v) for k, v in logs.items() if isinstance(v, (int, float))}
-        metrics["train/examples"] = state.global_step * self.per_step
-        self.log_fn(metrics, state.global_step)
-
-
-class ProbeCallback(TrainerCallback):
-    """PPO's ``train/kl`` and ``train/reward_mean`` for DPO (``evaluate.TrainingProbe``): every
-    ``every`` examples and at the last step, on the same ``train/examples`` axis as the loss (and
-    KL 0 at examples 0, where the policy is the reference)."""
-
-    def __init__(self, probe, model, log_fn, every: int, examples_per_step: int):
-        self.probe, self.model, self.log_fn = probe, model, log_fn
-        self.every, self.per_step = every, examples_per_step
-
-    def _log(self, state) -> None:
-        examples = state.global_step * self.per_step
-        self.log_fn({**self.probe(self.model), "train/examples": examples}, state.global_step)
+        self.window_start, self.totals = 0, {}
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.global_step == 0:  # the policy is still the reference: its KL is 0, no need to sample
-            self.log_fn({"train/kl": 0.0, "train/kl_exact": 0.0, "train/examples": 0}, 0)
+        self.window_start = state.global_step  # a resumed run's first window starts at its checkpoint
 
-    def on_step_end(self, args, state, control, **kwargs):
-        examples = state.global_step * self.per_step
-        if examples // self.every > (examples - self.per_step) // self.every or state.global_step == state.max_steps:
-            self._log(state)
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        values = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if any(k in values for k in END_OF_RUN_KEYS):
+            self.totals.update(values)
+            return
+        start, self.window_start = self.window_start, state.global_step
+        if self.log_fn is None or not values:
+            return
+        metrics = {R.TRL + k: v for k, v in values.items()}
+        metrics[R.EXAMPLES] = start * self.per_step
+        self.log_fn(metrics, start)
 
 
 class TokenDPOTrainer(DPOTrainer):
@@ -139,9 +137,9 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
     """Train ``policy`` in place on the preference pairs ``prefs`` (prompt / chosen / rejected as
     token ids: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``).
 
-    ``probe(policy) -> {train/kl, train/reward_mean, ...}`` (``evaluate.TrainingProbe``) is logged
-    through ``log_fn`` every ``probe_every`` examples (default ``algo.snapshot_every``) and at the
-    last step (and KL 0 at examples 0).
+    ``probe(policy) -> {train/kl, train/p_positive_mean, ...}`` (``train.probe.TrainingProbe``) is
+    logged through ``log_fn`` before training, every ``probe_every`` examples (default
+    ``algo.snapshot_every``) and after the last step (``train.probe.ProbeCallback``).
 
     ``runtime`` (``dpo_ppo.runtime.hardware.Runtime``): bf16 mixed precision (the Trainer's autocast,
     float32 master weights) when its precision is bf16, and micro-batches of at most
@@ -175,8 +173,8 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
         **{_CHECKPOINTING_ARG: _GRADIENT_CHECKPOINTING},
     )
     examples_per_step = algo.batch_size
-    callbacks = [SnapshotCallback(job_dir, algo.snapshot_every, examples_per_step, tokenizer),
-                 LogCallback(log_fn, examples_per_step)]
+    logs = LogCallback(log_fn, examples_per_step)
+    callbacks = [SnapshotCallback(job_dir, algo.snapshot_every, examples_per_step, tokenizer), logs]
     if probe is not None and log_fn is not None:
         callbacks.append(ProbeCallback(probe, policy, log_fn, probe_every or algo.snapshot_every, examples_per_step))
     trainer = TokenDPOTrainer(
@@ -203,4 +201,4 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
     compute = {"optimizer_steps": steps, "examples_seen": seen,
                "trained_tokens": round(full * sum(pair_tokens) + part * sum(pair_tokens) / len(prefs))}
     return {"train_loss": float(result.training_loss), "steps": steps, "resumed_from": last,
-            "compute": compute}
+            "compute": compute, "trainer": logs.totals}

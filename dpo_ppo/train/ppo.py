@@ -55,11 +55,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from dpo_ppo import results as R
 from dpo_ppo.config.schedule import kl_controller_name, rollout_minibatches
 from dpo_ppo.runtime.progress import tqdm  # plain lines when stderr is not a terminal
 
 from dpo_ppo.runtime import hardware
 from dpo_ppo.runtime.hardware import CPU_SIZES
+from dpo_ppo.train.probe import due
 from dpo_ppo.train.sampling import generate, model_device, pad_batch, pad_token_id
 from dpo_ppo.data.snapshots import replace_dir, save_model_dir, snapshot_dir
 
@@ -494,12 +496,12 @@ def rollout(model: PolicyWithValue, ref_model, tokenizer, queries: list[list[int
 
     seq_kl = kl.sum(1)
     stats = {
+        # score: the reward before the KL penalty, on reward_kind's scale (logit: the classifier's
+        # log-odds in nats; prob: p_positive); p_positive_mean the classifier's mean probability,
+        # as eval/*/p_positive_mean; the KL-penalised return PPO maximises (score - coef * KL,
+        # summed over tokens) has its own name.  Logged as train/rollout/* (``log_names``)
         "train/score_mean": float(raw_score.mean()),
         "train/score_std": float(raw_score.std()) if n > 1 else 0.0,
-        # train/reward_mean is the classifier's mean p_positive, as eval/*/reward_mean and DPO's
-        # train/reward_mean (p_positive_mean: the same, the name older train logs carry); the
-        # KL-penalised return PPO maximises (score - coef * KL, summed over tokens) has its own name
-        "train/reward_mean": float(p_positive.mean()),
         "train/p_positive_mean": float(p_positive.mean()),
         "train/penalized_return_mean": float((rewards * mask).sum(1).mean()),
         "train/kl": float(seq_kl.mean()),
@@ -697,6 +699,22 @@ def ppo_update(model: PolicyWithValue, optimizer, batch: dict, cfg, generator: t
 # --------------------------------------------------------------------------- checkpoints
 
 
+# the rollout's statistics (``rollout``), logged as train/rollout/<name>: PPO's own, on its rollout
+# batch; train/kl and train/p_positive_mean are the probe's, DPO's and PPO's alike (results.py)
+ROLLOUT_STATS = ("score_mean", "score_std", "p_positive_mean", "penalized_return_mean", "kl", "entropy",
+                 "explained_variance", "advantage_std", "advantage_scale", "completion_len", "completion_tokens")
+
+
+def log_names(metrics: dict) -> dict:
+    """An update's metrics under their logged names: ``train/<rollout stat>`` as
+    ``train/rollout/<stat>`` (``ROLLOUT_STATS``), the rest as they are."""
+    out = {}
+    for key, value in metrics.items():
+        name = key[len(R.TRAIN):] if key.startswith(R.TRAIN) else None
+        out[R.ROLLOUT + name if name in ROLLOUT_STATS else key] = value
+    return out
+
+
 def save_snapshot(policy, tokenizer, out_dir: Path, examples: int) -> Path:
     """The policy LM alone (no value head), loadable with from_pretrained."""
     return save_model_dir(policy, tokenizer, snapshot_dir(out_dir, examples))
@@ -741,14 +759,19 @@ def load_state(out_dir: Path) -> Optional[dict]:
 
 
 def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], reward_fn, out_dir, *,
-              seed: int = 0, log_fn: Optional[Callable[[dict, int], None]] = None, runtime=None) -> dict:
+              seed: int = 0, log_fn: Optional[Callable[[dict, int], None]] = None, runtime=None,
+              probe: Optional[Callable] = None, probe_every: Optional[int] = None) -> dict:
     """Train ``policy`` in place with PPO on ``prompts``; resume from ``out_dir/ppo_state`` if there.
 
     ``reward_fn(texts) -> p_positive`` scores decoded prefix + completion text.  Every
     ``cfg.snapshot_every`` prefixes (and at the end) the policy is saved to
     ``out_dir/snapshots/ex_{examples:07d}`` and the resume state to ``out_dir/ppo_state``.
-    ``log_fn(metrics, step)`` gets the ``train/*`` metrics of each update with step = prefixes
-    consumed.  ``runtime`` (``dpo_ppo.runtime.hardware.Runtime``) gives the forward/backward chunk size
+    ``log_fn(metrics, step)`` gets the metrics of each update (``log_names``: the rollout's under
+    ``train/rollout/``) at step = ``train/examples`` = the prefixes consumed *before* the update:
+    the rollout's KL and reward measure the policy that had seen that many, and the update's
+    losses start from it.  ``probe(policy)`` (``train.probe.TrainingProbe``), DPO's curve on the
+    same prefixes, is logged before training, every ``probe_every`` prefixes (default
+    ``cfg.snapshot_every``) and at the end, at the prefixes consumed after the update.  ``runtime`` (``dpo_ppo.runtime.hardware.Runtime``) gives the forward/backward chunk size
     when ``cfg.batch_size`` is null, and bf16 autocast when its precision is bf16.  Returns a
     summary of the run.
     """
@@ -813,6 +836,9 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
     t_start = time.time()
     metrics: dict = {}
     bar = tqdm(total=total, initial=examples, unit="ex", desc="ppo", dynamic_ncols=True)
+    probe_every = probe_every or cfg.snapshot_every
+    if probe is not None and log_fn is not None and examples == 0:  # the reference (not again on resume)
+        log_fn({**probe(policy), R.EXAMPLES: 0}, 0)
     while examples < total:
         t0 = time.time()
         prefixes = prompts[examples: examples + cfg.rollout_prefixes]
@@ -825,6 +851,7 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
         kl_ctl.update(metrics["train/kl"], len(queries))
         t1 = time.time()
         metrics.update(ppo_update(model, optimizer, batch, cfg, generator, chunk=chunk, autocast=autocast))
+        before = examples
         examples += len(prefixes)
         updates += 1
         kl_history.append(metrics["train/kl"])
@@ -835,10 +862,12 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
         t2 = time.time()
         metrics["train/rollout_s"], metrics["train/optimize_s"] = t1 - t0, t2 - t1
         metrics["train/tokens_per_s"] = metrics["train/completion_tokens"] / (t2 - t0)
-        metrics["train/examples"] = examples
+        metrics["train/examples"] = before  # the policy the rollout measured had seen `before`
         metrics["train/kl_coef_next"] = kl_ctl.value
         if log_fn is not None:
-            log_fn(dict(metrics), examples)
+            log_fn(log_names(metrics), before)
+            if probe is not None and (due(examples, before, probe_every) or examples >= total):
+                log_fn({**probe(policy), R.EXAMPLES: examples}, examples)
         bar.update(len(prefixes))
         bar.set_postfix(score=f"{metrics['train/score_mean']:.3f}", kl=f"{metrics['train/kl']:.2f}",
                         coef=f"{kl_coef:.3f}")
