@@ -485,7 +485,7 @@ def compare(facet: Facet, metric: str, kl_fracs: Sequence[float] = (0.5,), n_boo
         each algorithm's seeds' bootstrap covariance (widened: drawing k seeds with replacement
         spreads a mean by sqrt((k-1)/k) of its standard error), which also holds a seed's effect
         shared by every configuration (seed s of every configuration drew the same data), plus
-        the prompts'."""
+        the prompts' (then with no more degrees of freedom than the scatter's)."""
         parts: Dict[str, Tuple[np.ndarray, int]] = {}
         for src, d in draws.items():
             v = np.asarray(pick(d), dtype=float)
@@ -512,7 +512,12 @@ def compare(facet: Facet, metric: str, kl_fracs: Sequence[float] = (0.5,), n_boo
         if "configurations" not in parts:
             return seeds
         spread = combine(["configurations"] + prompts)
-        return spread if np.trace(spread[0]) >= np.trace(seeds[0]) or not np.isfinite(np.trace(seeds[0])) else seeds
+        if np.trace(spread[0]) >= np.trace(seeds[0]) or not np.isfinite(np.trace(seeds[0])):
+            return spread
+        # the seeds say more than the configurations' scatter: their covariance, but no more
+        # degrees of freedom than the scatter has (a scatter that came out small by chance must
+        # not buy the seeds' many)
+        return seeds[0], np.minimum(seeds[1], spread[1])
 
     def se_dof(pick) -> Tuple[float, float]:
         cov, dof = cov_dof(lambda d: np.asarray(pick(d))[:, None])
@@ -642,22 +647,29 @@ def _beyond(curve: Curve, m: np.ndarray) -> np.ndarray:
     return (curve.lo > m) | (curve.hi < -m)
 
 
+def _margin_regions(curve: Curve, m: np.ndarray, words: Dict[int, str], prefix: str = "") -> Tuple[List[str], bool]:
+    """Where the band lies within +-m (1), wholly beyond it (-1) or neither (0), in words; and
+    whether it lies beyond anywhere."""
+    inside = (curve.lo >= -m) & (curve.hi <= m)
+    beyond = _beyond(curve, m)
+    classes = list(np.where(inside, 1, np.where(beyond, -1, 0)))
+    return [f"{prefix}{words[c]} at {span_text(a, b)}" for c, a, b in regions(curve.kl, classes)], bool(beyond.any())
+
+
 def decide(row: ClaimRow, alpha: float = ALPHA) -> str:
     """The verdict of an eligible row (the rule under the table), and ``row.where``."""
     comp, kind = row.comparison, row.claim.kind
     sig = (row.q if row.in_family else row.p) < alpha
     curve = comp.curve
-    hi, lo = label(comp.pair[0]), label(comp.pair[1])
     if kind in ("higher", "lower", "differ"):
         row.where = comp.where_text()
         if not sig:
-            if kind == "differ" and curve.tost_p(row.margin if row.margin is not None else
-                                                 SAME_MARGIN * 0.5 * sum(np.abs(c.est) for c in comp.arm_curves.values())) < alpha:
-                return "contradicted"
+            if kind == "differ" and row.margin is not None and curve.tost_p(row.margin) < alpha:
+                return "contradicted"  # equivalent within the margin everywhere
             return "inconclusive"
-        signs = set(int(s) for s in curve.sign()) - {0}
         if kind == "differ":
             return "supported"
+        signs = set(int(s) for s in curve.sign()) - {0}
         want = 1 if kind == "higher" else -1
         if signs == {want}:
             return "supported"
@@ -666,29 +678,19 @@ def decide(row: ClaimRow, alpha: float = ALPHA) -> str:
         return "mixed" if signs else "inconclusive"
     m = row.margin
     if kind == "same":
-        inside = (curve.lo >= -m) & (curve.hi <= m)
-        beyond = _beyond(curve, m)
-        row.where = "; ".join(
-            f"{ {1: f'{hi} ≈ {lo} (within the margin)', -1: 'beyond the margin', 0: 'not shown either way'}[c] } at {span_text(a, b)}"
-            for c, a, b in regions(curve.kl, list(np.where(inside, 1, np.where(beyond, -1, 0)))))
-        if sig:
-            return "supported"
-        return "contradicted" if beyond.any() else "inconclusive"
-    # zero: each arm's own value is 0 within the margin
-    parts, any_beyond = [], False
-    for a in row.claim.arms:
-        c = comp.arm_curves.get(a)
-        if c is None:
-            continue
-        inside = (c.lo >= -m) & (c.hi <= m)
-        beyond = _beyond(c, m)
-        any_beyond |= bool(beyond.any())
-        parts += [f"{label(a)} { {1: 'within the margin', -1: 'beyond it', 0: 'not shown either way'}[k] } at {span_text(x, y)}"
-                  for k, x, y in regions(c.kl, list(np.where(inside, 1, np.where(beyond, -1, 0))))]
+        same = f"{label(comp.pair[0])} ≈ {label(comp.pair[1])} (within the margin)"
+        parts, beyond = _margin_regions(curve, m, {1: same, -1: "beyond the margin", 0: "not shown either way"})
+    else:  # zero: each arm's own value is 0 within the margin
+        parts, beyond = [], False
+        for a in row.claim.arms:
+            if a in comp.arm_curves:
+                more, far = _margin_regions(comp.arm_curves[a], m, {1: "within the margin", -1: "beyond it",
+                                                                    0: "not shown either way"}, f"{label(a)} ")
+                parts, beyond = parts + more, beyond or far
     row.where = "; ".join(parts)
     if sig:
         return "supported"
-    return "contradicted" if any_beyond else "inconclusive"
+    return "contradicted" if beyond else "inconclusive"
 
 
 def claims_table(runs: Sequence[Run], facets: Sequence[Facet], claims: Sequence[Claim] = CLAIMS,
