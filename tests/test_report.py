@@ -514,3 +514,57 @@ def test_over_training_curves_are_drawn_and_summarised_per_configuration(tmp_pat
     assert "## Over training" in text and "![over training](over_training.png)" in text
     assert (root / "report" / "over_training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["images"]["over_training"] == "over_training.png"
+
+
+def test_the_seeds_own_measures_and_run_conditions(tmp_path):
+    """Planted: PPO recruits 2 heads to the sentiment word (attention up by 0.2 > the 0.1
+    threshold), DPO none and DPO's largest change 0.01 (within 10% of the reference's top
+    attention, 0.5); PPO's bias divergence goes back and forth over training, DPO's rises steadily.
+    The sweep holds both seed runs (experiment=paper_run1 / paper_run2): a claim the seed made of
+    one run is compared only in that run's facet."""
+    root = tmp_path / "seed"
+    for run in ("paper_run1", "paper_run2"):
+        for algorithm in R.ALGORITHMS:
+            for k, kl in enumerate((0.5, 1.0, 2.0)):
+                for s in range(3):
+                    ppo = algorithm == "ppo"
+                    change = np.zeros((2, 4))
+                    if ppo:
+                        change[1, 2] = change[1, 3] = 0.2 + 0.01 * s
+                    else:
+                        change[0, 0] = 0.01 + 0.001 * s
+                    path = [0.0, 1.0, 0.3, 1.2, 0.5 + 0.01 * s] if ppo else [0.0, 0.2, 0.4, 0.6, 0.8 + 0.01 * s]
+                    write_job(root, algorithm, k + 1, s,
+                              {R.KL: kl * (1 + 0.02 * s), R.REWARD: 0.6 + 0.01 * s, R.REF_REWARD: 0.4,
+                               WEIGHTS: 1.0 + 0.01 * s, "analysis/weights/msd_all": 1.0 + 0.01 * s + 0.5 * ppo,
+                               "analysis/sentiment_attention/max_abs_change": float(np.abs(change).max()),
+                               "analysis/sentiment_attention/reference/max_attention": 0.5},
+                              overrides=[f"experiment={run}"],
+                              per_head={"sentiment_attention/change": change.tolist()},
+                              over_training={"weights_over_training": {
+                                  "columns": ["examples", "msd_biases"],
+                                  "data": [[1000 * i, v] for i, v in enumerate(path)]}})
+    summary = report.build_report(root, n_boot=200, figures=False).summary
+    facets = {row["facet"] for row in summary["claims"]}
+    assert facets == {"overrides=experiment=paper_run1", "overrides=experiment=paper_run2"}
+    assert {r["facet"] for r in claim_rows(summary, "C4")} == {"overrides=experiment=paper_run1"}
+    assert {r["facet"] for r in claim_rows(summary, "C7")} == {"overrides=experiment=paper_run2"}
+    for row in claim_rows(summary, "C7"):
+        assert row["verdict"] == "supported" and row["where"].startswith("PPO > DPO at KL 0.5")
+        assert "run-condition" not in row["caveat"]
+    for row in claim_rows(summary, "C4"):  # weights the same for both: within 25% everywhere
+        assert row["verdict"] == "supported" and row["in_family"] and "within the margin" in row["where"]
+    for row in claim_rows(summary, "C14"):  # a count against the stated threshold
+        assert row["metric"] == "derived/sentiment_attention/heads_recruited"
+        assert row["dpo"] == pytest.approx(0.0, abs=1e-9) and row["ppo"] == pytest.approx(2.0)
+        assert row["verdict"] == "supported" and "0.1" in row["text"]
+    for row in claim_rows(summary, "C15"):  # DPO attends like the reference: |change| < 0.1 x 0.5
+        assert row["expect"] == "|x| < 0.1 x sentiment_attention/reference/max_attention for DPO"
+        assert row["margin"].startswith("±0.1 x 0.5") and row["verdict"] == "supported"
+    for row in claim_rows(summary, "C17"):  # (path 3.3 - net 0.5) / 1.2 for PPO, 0 for DPO
+        assert row["ppo"] == pytest.approx(2.8 / 1.2, rel=0.02) and row["dpo"] == pytest.approx(0.0, abs=1e-6)
+        assert row["verdict"] == "supported"
+    (c18,) = claim_rows(summary, "C18")[:1]  # the efficiency hypothesis: (0.6 - 0.4) / msd_all
+    assert c18["metric"] == "derived/efficiency/reward_gain_per_msd" and c18["effect"] < 0
+    for row in claim_rows(summary, "C11") + claim_rows(summary, "C6"):
+        assert not row["in_family"] and row["q"] is None
