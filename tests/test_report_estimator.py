@@ -1,6 +1,9 @@
 """The matched-KL estimator (report/compare.py, stats.JointModel) on planted truths: closed-form
-fits by hand, identical curves sampled on unequal KL grids (no effect may appear), an effect
-confined to one end of the KL range (it must be flagged), non-finite inputs (named, not used)."""
+fits by hand, identical curves sampled on unequal KL grids (no effect may appear), configurations
+each off their algorithm's curve (the null stays calibrated), an effect confined to one end of
+the KL range (placed there by the band), a "same" claim just inside / outside its margin (TOST,
+in the FDR family), diverged runs and non-finite inputs (counted and named, not used).
+benchmarks/report_calibration.py prints the same cases at scale."""
 
 import math
 
