@@ -75,9 +75,10 @@ OVER_TRAINING_TABLES = ("weights_over_training", "heads_over_training")
 # --------------------------------------------------------------------------- statuses
 
 RUNNING, FINISHED, FAILED = "running", "finished", "failed"
+DIVERGED = "diverged"  # stopped for a non-finite loss or KL: counted and named by the report, never fitted
 # stopped by SIGTERM/SIGINT (a scheduler, Ctrl-C): unfinished, resumed by a relaunch like a running one
 INTERRUPTED = "interrupted"
-STATUSES = (RUNNING, FINISHED, FAILED, INTERRUPTED)
+STATUSES = (RUNNING, FINISHED, FAILED, INTERRUPTED, DIVERGED)
 UNFINISHED = (RUNNING, INTERRUPTED)
 SKIPPED = "skipped"  # run_job's answer for a job finished before (never in results.json)
 # the sweeper's (sweep.json; never in results.json): a planned job not launched yet, and what a

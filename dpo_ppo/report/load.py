@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,8 @@ LABELS = {"dpo": "DPO", "ppo": "PPO"}
 SYMBOLS = {"beta": "β", "kl_target": "KL*", "kl_coef": "c"}
 NO_RESULTS = "no results"  # a started job without results.json (a planned one: R.PENDING)
 PENDING = R.PENDING
-ALL_STATUSES = (R.FINISHED, R.FAILED, R.RUNNING, R.INTERRUPTED, NO_RESULTS, PENDING)
+DIVERGED = getattr(R, "DIVERGED", "diverged")  # a job stopped for a non-finite loss or KL
+ALL_STATUSES = (R.FINISHED, R.FAILED, R.RUNNING, R.INTERRUPTED, DIVERGED, NO_RESULTS, PENDING)
 
 
 @dataclass
@@ -128,6 +130,26 @@ def load_run(folder: Path, root: Path) -> Run:
 
 # Derived per-run metrics the seed's claims need and results.json does not hold as one number.
 POS_NEG_REL = "derived/activations/resid_kl_pos_minus_neg_rel"
+# heads whose attention to the sentiment word rose by more than RECRUIT_THRESHOLD (attention weight,
+# a fraction of the query's attention) from the reference: the seed's "additional heads for
+# attending to the sentiment token" (3.4; L4H7 in its PPO model), counted
+HEADS_RECRUITED = "derived/sentiment_attention/heads_recruited"
+RECRUIT_THRESHOLD = 0.1
+SENTIMENT_CHANGE = "sentiment_attention/change"  # per_head grid: policy - reference attention to the word
+# how much the bias divergence moved back and forth over training (3.2: "the DPO divergence was
+# stable over both training runs, whereas the PPO divergence fluctuated"): the path length of
+# msd_biases over the snapshots beyond its net change, over its largest value (0: monotone)
+BIAS_FLUCTUATION = "derived/over_training/msd_biases_fluctuation"
+# the seed's hypothesis (4): DPO's updates are more efficient, less divergence for the same gain:
+# the reward gain over the reference per unit of mean-square weight divergence
+EFFICIENCY = "derived/efficiency/reward_gain_per_msd"
+
+
+def fluctuation(values: Sequence[float]) -> Optional[float]:
+    v = np.array([x for x in values if isinstance(x, (int, float)) and math.isfinite(x)], dtype=float)
+    if v.size < 3 or not np.max(np.abs(v)) > 0:
+        return None
+    return float((np.sum(np.abs(np.diff(v))) - abs(v[-1] - v[0])) / np.max(np.abs(v)))
 
 
 def add_derived(run: Run) -> None:
@@ -136,6 +158,24 @@ def add_derived(run: Run) -> None:
     both = m.get("analysis/activations/resid/kl_all_mean")
     if pos is not None and neg is not None and both:
         m[POS_NEG_REL] = (pos - neg) / both
+    change = run.per_head.get(SENTIMENT_CHANGE)
+    if change is not None and np.all(np.isfinite(change)):
+        m[HEADS_RECRUITED] = float(np.sum(np.asarray(change) > RECRUIT_THRESHOLD))
+    weights = run.over_training.get("weights_over_training", {}) if isinstance(run.over_training, dict) else {}
+    f = fluctuation(weights.get("msd_biases", []))
+    if f is not None:
+        m[BIAS_FLUCTUATION] = f
+    gain, msd = m.get(R.REWARD), m.get("analysis/weights/msd_all")
+    if gain is not None and R.REF_REWARD in m and msd:
+        m[EFFICIENCY] = (gain - m[R.REF_REWARD]) / msd
+
+
+def is_diverged(run: Run) -> bool:
+    """A run the comparison cannot place: status diverged, or a KL that is not finite and positive
+    (results.json keeps finite numbers only, so a NaN KL is a missing one)."""
+    if run.status == DIVERGED:
+        return True
+    return run.status == R.FINISHED and not (math.isfinite(run.kl) and run.kl > 0)
 
 
 def load_sweep(root: Path) -> Tuple[List[Run], Dict[str, Any]]:
@@ -215,6 +255,10 @@ class SeedGroup:
     runs: List[Run]
     vary: List[str] = field(default_factory=list)  # other params that differ between this algorithm's configs
 
+    def diverged(self) -> List[Run]:
+        """Its runs that diverged (status diverged, or KL not finite and positive)."""
+        return [r for r in self.runs if is_diverged(r)]
+
     def label(self) -> str:
         """The knob, plus whatever else tells it apart from the algorithm's other configurations
         (e.g. the learning rate when a sweep places DPO runs by lr)."""
@@ -242,9 +286,10 @@ class SeedGroup:
 
 
 def configurations(runs: Sequence[Run]) -> List[SeedGroup]:
-    """The finished runs grouped by configuration (``Run.group_key``), each algorithm's sorted by KL."""
+    """The finished and diverged runs grouped by configuration (``Run.group_key``), each
+    algorithm's sorted by KL (``SeedGroup.diverged``: the runs that diverged)."""
     groups: Dict[Tuple, SeedGroup] = {}
-    for run in finished(runs):
+    for run in finished(runs) + [r for r in runs if r.status == DIVERGED and r.algorithm in R.ALGORITHMS]:
         groups.setdefault(run.group_key(), SeedGroup(run.algorithm or "", [])).runs.append(run)
     for algorithm in R.ALGORITHMS:
         mine = [g for g in groups.values() if g.algorithm == algorithm]
@@ -253,4 +298,8 @@ def configurations(runs: Sequence[Run]) -> List[SeedGroup]:
         vary = [k for k in keys if len({json.dumps(g.runs[0].params.get(k), default=str) for g in mine}) > 1]
         for g in mine:
             g.vary = vary
-    return sorted(groups.values(), key=lambda g: (g.algorithm, float(np.nanmean([r.kl for r in g.runs]))))
+    def mean_kl(g: SeedGroup) -> float:
+        kls = [r.kl for r in g.runs if math.isfinite(r.kl)]
+        return float(np.mean(kls)) if kls else math.inf
+
+    return sorted(groups.values(), key=lambda g: (g.algorithm, mean_kl(g)))
