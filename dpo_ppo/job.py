@@ -31,6 +31,7 @@ from dpo_ppo.data.cache import artifact, artifact_specs, load_dataset_artifact
 from dpo_ppo.config import Config, as_dict, to_typed
 from dpo_ppo.config.schedule import swept_params
 from dpo_ppo.runtime import attempts, gpus, hardware, progress
+from dpo_ppo.runtime.divergence import Diverged, check_finite, lr_knob
 from dpo_ppo.runtime.joblock import JobLock
 from dpo_ppo.runtime.provenance import provenance
 from dpo_ppo import results as R
@@ -159,6 +160,14 @@ class Job:
                              completion_len=algo.completion_len, temperature=algo.temperature, top_k=algo.top_k,
                              seed=self.cfg.seed, runtime=self.hw)
 
+    def train_log(self, metrics: dict, step=None) -> None:
+        """What a trainer logs (its ``log_fn``): recorded (train_log.jsonl, W&B), then checked: a
+        NaN or infinite loss, KL or reward ends the job as ``diverged`` naming the step, the
+        quantity and the learning rate (``runtime.divergence``).  A new trainer gets both by
+        logging through this."""
+        self.rec.log(metrics, step)
+        check_finite(metrics, step, knob=lr_knob(self.cfg.algorithm))
+
     def record_compute(self, summary: dict) -> None:
         """What training cost, for comparisons at matched compute: results.json ``compute``."""
         compute = dict(summary.get("compute") or {})
@@ -256,8 +265,8 @@ class Job:
         s = self.setup()
         corpus, base_path, scorer, ref_model, tokenizer = s.corpus, s.base_path, s.scorer, s.ref_model, s.tokenizer
         train_prompts, test_prompts = s.train_prompts, s.test_prompts
-        policy_dir = self.job_dir / "policy"
-        self.rec.results["artifacts"]["policy"] = str(policy_dir)
+        policy_dir = self.job_dir / R.POLICY_DIR
+        self.rec.results["artifacts"]["policy"] = R.POLICY_DIR  # relative: a copied folder reads its own
         trained = (policy_dir / "config.json").exists() and self.rec.results.get("trained")
         if trained:
             log.info("train: already done, loading %s", policy_dir)
@@ -272,7 +281,7 @@ class Job:
                     from dpo_ppo.train.dpo import train_dpo
 
                     summary = train_dpo(algo, policy, ref_model, tokenizer, prefs, self.job_dir,
-                                        seed=cfg.seed, log_fn=self.rec.log, runtime=self.hw,
+                                        seed=cfg.seed, log_fn=self.train_log, runtime=self.hw,
                                         probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
                                         probe_every=cfg.logger.probe_every)
             else:
@@ -280,10 +289,12 @@ class Job:
                     from dpo_ppo.train.ppo import train_ppo
 
                     summary = train_ppo(algo, policy, ref_model, tokenizer, train_prompts,
-                                        scorer.p_positive, self.job_dir, seed=cfg.seed, log_fn=self.rec.log,
+                                        scorer.p_positive, self.job_dir, seed=cfg.seed, log_fn=self.train_log,
                                         runtime=self.hw)
             # replaces a policy/ left by an attempt killed before it recorded "trained"
             save_model_dir(policy, tokenizer, policy_dir)
+            if summary.get("snapshot_dir"):  # the job's own folder: relative to it
+                summary["snapshot_dir"] = R.job_path(self.job_dir, summary["snapshot_dir"])
             self.rec.results.update(trained=True, train_summary=summary)
             self.record_compute(summary)
             self.rec.save()
@@ -297,6 +308,15 @@ class Job:
             pol_metrics, rows = evaluate_model(policy, tokenizer, scorer, test_prompts, cfg.eval,
                                                ref_model=ref_model, desc="eval policy", runtime=self.hw)
             metrics = {f"eval/policy/{k}": v for k, v in pol_metrics.items()}
+            # a policy that diverged in its last steps can still reach evaluation: its NaN KL is
+            # no measurement (recorded as null, the job ends diverged)
+            bad = {k: v for k, v in metrics.items() if k in (R.KL, R.REWARD, R.policy_metric("kl_to_ref_k1"))}
+            try:
+                check_finite(bad, self.rec.results.get("train_summary", {}).get("examples", "end"),
+                             where="evaluation", knob=lr_knob(algo))
+            except Diverged:
+                self.rec.metrics(metrics)
+                raise
             metrics.update({f"eval/reference/{k}": v for k, v in ref_metrics.items()})
             for k in ("gradient_loss", "binary_loss"):
                 metrics[f"eval/improvement/{k}"] = ref_metrics[k] - pol_metrics[k]
@@ -447,6 +467,9 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
         with attempts.stop_signals():
             metrics = job.run()
         status, error, tb = R.FINISHED, None, None
+    except Diverged as e:  # not a bug: the run's own numbers; one line, no traceback file
+        metrics, status, error, tb = results.get("metrics", {}), R.DIVERGED, str(e), None
+        log.error("job %s: %s", job_dir, error)
     except Exception as e:  # recorded, then re-raised or returned (multirun goes on)
         metrics, status, error, tb = results.get("metrics", {}), R.FAILED, f"{type(e).__name__}: {e}", traceback.format_exc()
         log.error("job failed: %s", error)

@@ -220,8 +220,8 @@ class Recorder:
             self._train_log_started = True
             if step is not None and path.exists():
                 _drop_replayed_rows(path, step, set(metrics))
-        with open(path, "a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        with open(path, "a") as f:  # strict JSON: a NaN is written as null (the job then ends diverged)
+            f.write(json.dumps(R.finite_json({"step": step, **metrics}), allow_nan=False) + "\n")
         if self.run is not None:
             row = dict(metrics)
             if step is not None:  # the examples axis of every train/* curve (define_metrics)
