@@ -438,6 +438,9 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
     stop = attempts.check_drift(cfg, job_dir, previous, raise_errors)
     if stop is not None:
         return stop
+    replaced = previous.pop("replaces", None)
+    if cfg.force and previous:  # re-run means from scratch: no checkpoint, snapshot or old curve is reused
+        replaced = attempts.start_over(job_dir, previous, "force=true")
     if previous.get("status") == R.FINISHED and not cfg.force:
         log.info("job already finished, skipping (force=true re-runs it): %s", job_dir)
         return {"status": R.SKIPPED, "job_dir": str(job_dir), "metrics": previous.get("metrics", {})}
@@ -450,6 +453,8 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
         "attempts": previous.get("attempts", 0) + 1, "config_key": R.config_key(as_dict(cfg)),
         "provenance": provenance(),
     }
+    if replaced:
+        results["replaces"] = replaced
     if previous.get("train_summary") and results["trained"]:
         results["train_summary"] = previous["train_summary"]
         results["compute"] = previous.get("compute", {})

@@ -72,3 +72,87 @@ def test_an_update_whose_trust_region_cuts_back_every_step_says_so(shared_cache,
     assert res["train_summary"]["updates_all_cut_back"] == 2
     rows = R.read_train_log(tmp_path)
     assert [r["train/updates_all_cut_back"] for r in rows] == [1, 2]
+
+
+# --------------------------------------------------------------------------- 2. nothing read back is unpickled
+
+
+class _Payload:
+    """Unpickled, it would run ``touch <marker>``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_ppo_state_is_refused_not_executed(shared_cache, tmp_path):
+    import torch
+
+    marker = tmp_path / "payload-ran"
+    job = tmp_path / "job"
+    (job / "ppo_state").mkdir(parents=True)
+    torch.save({"layout": {}, "rng": _Payload(marker)}, job / "ppo_state" / "state.pt")
+    out = run_job(_cfg(shared_cache, *PPO), job, raise_errors=False)
+    assert not marker.exists(), "the planted state file ran its payload"
+    assert out["status"] == R.FAILED
+    assert "ppo_state/state.pt" in out["error"] and "refused" in out["error"] and "force=true" in out["error"]
+
+
+def test_ppo_state_round_trips_its_rng_states_through_weights_only(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    from dpo_ppo.train import ppo
+
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    ppo.save_state(tmp_path, {"rng": ppo._rng_state(), "generator": torch.Generator().manual_seed(1).get_state()})
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    state = ppo.load_state(tmp_path)  # weights_only=True: only tensors and plain values
+    ppo._set_rng_state(state["rng"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+def test_no_reader_of_a_job_folder_unpickles():
+    """Every torch.load in the package reads weights only, and nothing calls pickle or
+    np.load(allow_pickle=True) on what a job, the sweeper or the report reads back (submitit's and
+    the packed launcher's cloudpickle within one launch are the documented exception)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    for path in list((root / "dpo_ppo").rglob("*.py")) + list((root / "hydra_plugins").rglob("*.py")):
+        text = path.read_text()
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, f"{path}: {call}"
+        assert "allow_pickle=True" not in text, path
+        if path.name != "launchers.py":
+            assert not re.search(r"\bpickle\.loads?\(", text), path
+
+
+# --------------------------------------------------------------------------- 3. force=true re-runs from scratch
+
+
+@pytest.mark.parametrize("algo", [PPO, DPO], ids=["ppo", "dpo"])
+def test_force_reruns_a_finished_job_from_scratch(algo, shared_cache, tmp_path, caplog):
+    first = run_job(_cfg(shared_cache, *algo), tmp_path)
+    assert first["status"] == R.FINISHED
+    before = _strict(tmp_path / R.RESULTS_FILE)
+    rows_before = R.read_train_log(tmp_path)
+    caplog.clear()
+    again = run_job(_cfg(shared_cache, *algo, "force=true"), tmp_path)
+    assert again["status"] == R.FINISHED
+    res = _strict(tmp_path / R.RESULTS_FILE)
+    summary = res["train_summary"]
+    assert summary["resumed_from"] is None  # no checkpoint or state of the first run was read
+    assert res["attempts"] == 1 and res["replaces"]["status"] == R.FINISHED
+    assert "force=true: running" in caplog.text and "from scratch" in caplog.text
+    if "train_loss" in summary:  # DPO: trained again, to the same loss (same seed)
+        assert summary["train_loss"] == pytest.approx(before["train_summary"]["train_loss"], rel=1e-4)
+        assert summary["train_loss"] > 0.1
+    # the training log holds this run's rows once, not the old ones appended
+    assert len(R.read_train_log(tmp_path)) == len(rows_before)
+    assert res["metrics"][R.KL] == pytest.approx(before["metrics"][R.KL], rel=1e-4, abs=1e-6)
