@@ -156,3 +156,31 @@ def test_force_reruns_a_finished_job_from_scratch(algo, shared_cache, tmp_path, 
     # the training log holds this run's rows once, not the old ones appended
     assert len(R.read_train_log(tmp_path)) == len(rows_before)
     assert res["metrics"][R.KL] == pytest.approx(before["metrics"][R.KL], rel=1e-4, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- 4. a job folder is self-contained
+
+
+def test_a_copied_job_folder_analyses_its_own_policy(shared_cache, tmp_path, caplog):
+    import shutil
+
+    from dpo_ppo.analysis.cli import check, compose
+
+    original, copy = tmp_path / "sweep" / "job", tmp_path / "copy" / "job"
+    assert run_job(_cfg(shared_cache, *DPO), original)["status"] == R.FINISHED
+    res = _strict(original / R.RESULTS_FILE)
+    assert res["artifacts"]["policy"] == "policy"  # relative to the job folder
+    assert not Path(res["train_summary"].get("snapshot_dir", "snapshots")).is_absolute()
+    shutil.copytree(original, copy)
+    shutil.rmtree(original.parent)  # the original is gone: the copy still has all it needs
+    caplog.clear()
+    caplog.set_level("INFO")
+    plan = check(compose([f"job={copy}"]))
+    assert plan.policies == [str(copy / "policy")] and plan.snapshots == copy
+    assert f"analysing the policy in {copy / 'policy'}" in caplog.text
+    # a results.json written before paths were relative names the original's policy: the copy reads its own
+    res["artifacts"]["policy"] = str(original / "policy")
+    R.write_results(copy, res)
+    plan = check(compose([f"job={copy}"]))
+    assert plan.policies == [str(copy / "policy")]
+    assert f"names the policy {original / 'policy'}, outside this folder" in caplog.text
