@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 
 from dpo_ppo.data.cache import artifact, artifact_specs, load_dataset_artifact
-from dpo_ppo.config import Config, as_dict, to_typed
+from dpo_ppo.config import Config, ConfigError, as_dict, to_typed
 from dpo_ppo.config.schedule import swept_params
 from dpo_ppo.runtime import attempts, gpus, hardware, progress
 from dpo_ppo.runtime.divergence import Diverged, check_finite, lr_knob
@@ -403,6 +403,22 @@ def prepare_job(cfg: Config) -> dict:
     return {"status": R.PREPARED, "artifacts": built}
 
 
+def _config_key(cfg: Config) -> str:
+    """The config key results.json records for ``cfg`` (after ``compute=matched`` rewrote it)."""
+    import copy
+
+    from dpo_ppo.config import apply_compute
+
+    cfg = copy.deepcopy(cfg)
+    apply_compute(cfg)
+    return R.config_key(as_dict(cfg))
+
+
+class BusyFolder(ConfigError):
+    """A job pointed at a folder where another job (another config) runs now: bad input, one line
+    naming hydra.run.dir (exit 2), nothing written in that folder."""
+
+
 def run_job(cfg: Config | DictConfig, job_dir: Path, overrides: list[str] | None = None,
             raise_errors: bool = True) -> dict:
     """Run (or skip, or resume) the job under its folder's lock; returns its status and metrics.
@@ -418,6 +434,14 @@ def run_job(cfg: Config | DictConfig, job_dir: Path, overrides: list[str] | None
     Path(job_dir).mkdir(parents=True, exist_ok=True)
     lock = JobLock(job_dir)
     if not lock.acquire():
+        busy = R.read_results(job_dir) or {}
+        ours = _config_key(cfg)
+        if busy.get("config_key") and busy["config_key"] != ours:  # not this job: one line, non-zero exit
+            show = lambda o: " ".join(R.folder_key(o or [])) or "the defaults"  # noqa: E731
+            raise BusyFolder("hydra.run.dir",
+                             f"{job_dir} is busy with another job ({show(busy.get('overrides'))}, config key "
+                             f"{busy['config_key']}; {lock.describe()}); this job ({show(overrides)}, config key "
+                             f"{ours}) was not started: give it its own folder")
         reason = f"running elsewhere ({lock.describe()})"
         log.warning("job %s is %s; not starting it twice", job_dir, reason)
         return {"status": "skipped", "job_dir": str(job_dir), "metrics": {}, "reason": reason}

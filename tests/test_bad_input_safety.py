@@ -184,3 +184,36 @@ def test_a_copied_job_folder_analyses_its_own_policy(shared_cache, tmp_path, cap
     plan = check(compose([f"job={copy}"]))
     assert plan.policies == [str(copy / "policy")]
     assert f"names the policy {original / 'policy'}, outside this folder" in caplog.text
+
+
+# --------------------------------------------------------------------------- 5. confusing cases: one clear line
+
+
+DPO_PPO = str(Path(sys.executable).with_name("dpo-ppo"))
+
+
+def _env(**extra) -> dict:
+    env = {**os.environ, "WANDB_MODE": "disabled", **extra}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def test_a_different_job_on_a_busy_folder_exits_non_zero_naming_both(shared_cache, tmp_path):
+    from dpo_ppo.runtime.joblock import JobLock
+
+    job = tmp_path / "job"
+    job.mkdir()
+    R.write_results(job, {"status": "running", "overrides": ["algorithm.beta=0.3"], "config_key": "0123456789abcdef"})
+    lock = JobLock(job)
+    assert lock.acquire()  # held by this (live) process: "running elsewhere" for the launch below
+    try:
+        proc = subprocess.run([DPO_PPO, f"cache_dir={shared_cache}", f"hydra.run.dir={job}", "logger=none",
+                               "algorithm.beta=0.7"], capture_output=True, text=True, timeout=300, env=_env())
+    finally:
+        lock.release()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert not (job / R.TRACEBACK_FILE).exists()  # nothing written in the other job's folder
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr
+    assert any("busy with another job (algorithm.beta=0.3, config key 0123456789abcdef" in line
+               and "this job (algorithm.beta=0.7" in line for line in lines), proc.stderr[-2000:]
