@@ -217,3 +217,42 @@ def test_a_different_job_on_a_busy_folder_exits_non_zero_naming_both(shared_cach
     assert "Traceback" not in proc.stderr
     assert any("busy with another job (algorithm.beta=0.3, config key 0123456789abcdef" in line
                and "this job (algorithm.beta=0.7" in line for line in lines), proc.stderr[-2000:]
+
+
+def _finished(folder: Path, **extra) -> Path:
+    folder.mkdir(parents=True)
+    R.write_results(folder, {"status": "finished", "algorithm": "dpo", "params": {"beta": 0.1, "seed": 0},
+                             "metrics": {R.KL: 1.0, R.REWARD: 0.6}, **extra})
+    return folder
+
+
+def test_symlink_loops_in_a_sweep_folder_are_skipped_with_a_warning(tmp_path, capsys):
+    from dpo_ppo.report.load import load_sweep
+
+    _finished(tmp_path / "a" / "job")
+    (tmp_path / "loop").symlink_to("loop")  # a link to itself
+    (tmp_path / "a" / "up").symlink_to("..")  # a link back up the tree
+    runs, _ = load_sweep(tmp_path)
+    assert [r.rel for r in runs] == [os.path.join("a", "job")]
+    err = capsys.readouterr().err
+    assert f"warning: skipped {tmp_path / 'loop'}: symlink loop" in err
+    assert f"warning: skipped {tmp_path / 'a' / 'up'}: symlink loop" in err
+
+
+def test_the_report_honours_the_sweepers_drift_verdict(tmp_path):
+    import time
+
+    from dpo_ppo.report.load import finished, load_sweep
+
+    _finished(tmp_path / "beta=0.1,seed=0")
+    time.sleep(0.05)
+    verdict = "config drift: ... holds results made with another config (1 key differs: eval.temperature: 1.0 -> 0.9)"
+    R.write_json(tmp_path / R.SWEEP_FILE, {"jobs": [{"dir": "beta=0.1,seed=0", "status": "failed", "error": verdict,
+                                                     "overrides": ["algorithm=dpo", "seed=0"]}]})
+    runs, _ = load_sweep(tmp_path)
+    assert [(r.status, r.error) for r in runs] == [("failed", verdict)] and not finished(runs)
+    time.sleep(0.05)  # a later re-run (force=true) of the job is newer than the verdict: counted again
+    _finished(tmp_path / "again")
+    os.replace(tmp_path / "again" / R.RESULTS_FILE, tmp_path / "beta=0.1,seed=0" / R.RESULTS_FILE)
+    runs, _ = load_sweep(tmp_path)
+    assert [r.status for r in runs if r.rel == "beta=0.1,seed=0"] == ["finished"]
