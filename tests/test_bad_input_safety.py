@@ -256,3 +256,33 @@ def test_the_report_honours_the_sweepers_drift_verdict(tmp_path):
     os.replace(tmp_path / "again" / R.RESULTS_FILE, tmp_path / "beta=0.1,seed=0" / R.RESULTS_FILE)
     runs, _ = load_sweep(tmp_path)
     assert [r.status for r in runs if r.rel == "beta=0.1,seed=0"] == ["finished"]
+
+
+def test_wandb_online_without_a_server_falls_back_to_offline_with_one_warning(tmp_path, monkeypatch, caplog):
+    import time
+    from types import SimpleNamespace
+
+    from dpo_ppo.runtime.record import Recorder
+
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "5")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = SimpleNamespace(enabled=True, mode="online", project="p", entity=None, dir=None, tags=[])
+    t0 = time.time()
+    rec = Recorder(tmp_path, {"algorithm": "dpo", "name": "t", "overrides": []}, cfg, {}, run_name="job")
+    assert time.time() - t0 < 60
+    assert rec.offline and _strict(tmp_path / R.RESULTS_FILE)["wandb"]["mode"] == "offline"
+    warnings = [r.getMessage() for r in caplog.records if "W&B online could not reach" in r.getMessage()]
+    assert len(warnings) == 1 and "logging offline instead" in warnings[0] and "WANDB_INIT_TIMEOUT" in warnings[0]
+    rec.finish("finished")
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_a_missing_sweeps_folder_is_named(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    proc = subprocess.run([DPO_PPO, "-m", "sweep=mine", f"hydra.sweep.dir={tmp_path}/multirun", "logger=none"],
+                          capture_output=True, text=True, timeout=120, env=_env(DPO_PPO_SWEEPS=str(missing)))
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert f"DPO_PPO_SWEEPS names {missing}, which is not a folder" in lines[0] and "sweep=mine" in lines[0]

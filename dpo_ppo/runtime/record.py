@@ -25,6 +25,7 @@ continuing after the earlier attempts'.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -161,6 +162,34 @@ def _drop_replayed_rows(path: Path, step, keys: set) -> None:
     R.write_atomic(path, "".join(kept))
 
 
+# seconds an online wandb.init may wait for the server before the job goes on offline (W&B's own
+# default is 90 s, + 10 s of grace, paid by every job of a sweep without a network); the
+# environment variable WANDB_INIT_TIMEOUT (W&B's own name for it) sets another
+ONLINE_INIT_TIMEOUT_S = 20.0
+
+
+def init_online(kwargs: dict):
+    """``wandb.init`` online within ``WANDB_INIT_TIMEOUT`` seconds (default
+    ``ONLINE_INIT_TIMEOUT_S``); when the server cannot be reached (no network, a firewall, a wrong
+    WANDB_BASE_URL), one warning and the run goes on offline under the same id (``dpo-ppo-sync``
+    uploads it later).  Returns the run and the mode it runs in."""
+    import os
+
+    import wandb
+
+    timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or ONLINE_INIT_TIMEOUT_S)
+    try:
+        return wandb.init(mode="online", settings=wandb.Settings(init_timeout=timeout), **kwargs), "online"
+    except Exception as e:  # CommError, timeouts, auth failures reaching the server
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        log.warning("W&B online could not reach its server (%s: %s; waited at most %.0f s, WANDB_INIT_TIMEOUT sets "
+                    "it); logging offline instead, dpo-ppo-sync uploads the run later", type(e).__name__, first,
+                    timeout)
+        with contextlib.suppress(Exception):
+            wandb.finish(exit_code=1)
+        return wandb.init(mode="offline", **kwargs), "offline"
+
+
 class Recorder:
     """One job's results.json plus (optionally) its W&B run.
 
@@ -181,13 +210,18 @@ class Recorder:
             import wandb
 
             group = run_group(results)
-            self.run = wandb.init(
-                project=logger_cfg.project, entity=logger_cfg.entity, mode=logger_cfg.mode,
+            kwargs = dict(
+                project=logger_cfg.project, entity=logger_cfg.entity,
                 dir=str(Path(logger_cfg.dir or self.job_dir).resolve()), group=group,
                 job_type=results["algorithm"], name=run_name, config=wandb_config,
                 tags=run_tags(results, wandb_config, logger_cfg.tags), reinit="finish_previous",
                 id=resume_id, resume="allow" if resume_id else None,
             )
+            mode = logger_cfg.mode
+            if mode == "online":
+                self.run, mode = init_online(kwargs)
+            else:
+                self.run = wandb.init(mode=mode, **kwargs)
             define_metrics(self.run)
             # History steps continue across attempts: offline, a resumed run starts again at step 0
             # in its new folder, and W&B keeps only rising steps of a run, so the attempts of a
@@ -196,7 +230,7 @@ class Recorder:
             self.step = max(int(self.run.step or 0), int(resume_step or 0) if resume_id else 0)
             results["wandb"] = {
                 "id": self.run.id, "project": self.run.project or logger_cfg.project,
-                "entity": self.run.entity or logger_cfg.entity, "mode": logger_cfg.mode,
+                "entity": self.run.entity or logger_cfg.entity, "mode": mode,
                 "url": self.run.url, "group": group, "resumed": bool(resume_id),
                 "dir": str(Path(self.run.dir).parent), "next_step": self.step,
             }
