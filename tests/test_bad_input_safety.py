@@ -286,3 +286,30 @@ def test_a_missing_sweeps_folder_is_named(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
     assert f"DPO_PPO_SWEEPS names {missing}, which is not a folder" in lines[0] and "sweep=mine" in lines[0]
+
+
+def test_a_sweep_stopped_by_sigterm_says_interrupted_in_sweep_json(shared_cache, tmp_path):
+    import signal
+    import time
+
+    from conftest import TINY
+
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "stopme.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/sweeper: dpo_ppo\nname: stopme\nhydra:\n  sweeper:\n"
+        "    arms:\n      ppo:\n        algorithm: ppo\n    params:\n      seed: [0, 1, 2]\n")
+    sweep_dir = tmp_path / "multirun"
+    proc = subprocess.Popen([DPO_PPO, "-m", "sweep=stopme", f"hydra.sweep.dir={sweep_dir}", f"cache_dir={shared_cache}",
+                             *TINY, *PPO, "analysis=none", "logger=none", "threads=1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(DPO_PPO_SWEEPS=str(tmp_path / "sweeps")))
+    deadline = time.time() + 240
+    while not list(sweep_dir.glob("*/results.json")):  # a job has started
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    sweep = _strict(sweep_dir / R.SWEEP_FILE)
+    assert sweep["state"] == R.INTERRUPTED and sweep["error"] == "interrupted by SIGTERM", err[-3000:]
+    assert "Traceback" not in err, err[-3000:]

@@ -13,6 +13,8 @@ from dpo_ppo.sweep.triage import CONFIG_DRIFT, FINISHED_BEFORE, RUNNING_ELSEWHER
 
 # sweep.json's "state"
 SWEEP_RUNNING, SWEEP_DONE = R.RUNNING, "done"
+# stopped by SIGTERM/SIGINT, or by an error of the sweeper or its launcher (sweep.json "error" says which)
+SWEEP_INTERRUPTED, SWEEP_FAILED = R.INTERRUPTED, R.FAILED
 
 
 def counts(jobs: Sequence[SweepJob]) -> Dict[str, int]:
@@ -32,7 +34,8 @@ def duration(seconds: float) -> str:
 
 
 def write_sweep_json(sweep_dir: Path, *, name: str, state: str, started: float, launcher: str,
-                     arguments: Sequence[str], jobs: Sequence[SweepJob], merged: Sequence[str]) -> Path:
+                     arguments: Sequence[str], jobs: Sequence[SweepJob], merged: Sequence[str],
+                     error: Optional[str] = None) -> Path:
     """``<sweep_dir>/sweep.json`` (R.SWEEP_FILE), atomically; job folders inside the sweep folder
     are written relative to it."""
     sweep_dir_abs = os.path.abspath(sweep_dir)
@@ -45,7 +48,8 @@ def write_sweep_json(sweep_dir: Path, *, name: str, state: str, started: float, 
 
     return R.write_json(Path(sweep_dir) / R.SWEEP_FILE, {
         "name": name,
-        "state": state,  # SWEEP_RUNNING | SWEEP_DONE
+        "state": state,  # SWEEP_RUNNING | SWEEP_DONE | SWEEP_INTERRUPTED | SWEEP_FAILED
+        "error": error,  # why the sweep stopped, when interrupted or failed
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "elapsed_s": round(time.time() - started, 1),
         "launcher": launcher,
