@@ -502,7 +502,8 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
     except Exception as e:  # recorded, then re-raised or returned (multirun goes on)
         metrics, status, error, tb = results.get("metrics", {}), R.FAILED, f"{type(e).__name__}: {e}", traceback.format_exc()
         log.error("job failed: %s", error)
-        (job_dir / R.TRACEBACK_FILE).write_text(tb)
+        with contextlib.suppress(OSError):  # a full disk: results.json still gets the status (Recorder.finish)
+            (job_dir / R.TRACEBACK_FILE).write_text(tb)
         exc = e
     except BaseException as e:  # SIGTERM / SIGINT: recorded as interrupted, then re-raised
         signum = attempts.interruption(e)

@@ -313,3 +313,23 @@ def test_a_sweep_stopped_by_sigterm_says_interrupted_in_sweep_json(shared_cache,
     sweep = _strict(sweep_dir / R.SWEEP_FILE)
     assert sweep["state"] == R.INTERRUPTED and sweep["error"] == "interrupted by SIGTERM", err[-3000:]
     assert "Traceback" not in err, err[-3000:]
+
+
+def test_a_job_failing_on_a_full_disk_still_leaves_results_json_failed(tmp_path, monkeypatch):
+    import errno
+    from types import SimpleNamespace
+
+    from dpo_ppo.runtime.record import Recorder
+
+    cfg = SimpleNamespace(enabled=False, mode="disabled")
+    rec = Recorder(tmp_path, {"status": "running", "algorithm": "ppo", "metrics": {}, "config": {"big": "x" * 500}},
+                   cfg, {}, run_name="job")
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(R, "write_atomic", full)
+    rec.finish(R.FAILED, error="OSError: [Errno 28] No space left on device")
+    res = _strict(tmp_path / R.RESULTS_FILE)
+    assert res["status"] == R.FAILED and res["partial"] is True
+    assert res["error"].startswith("OSError: [Errno 28] No space left on device (results.json could not be rewritten")

@@ -246,6 +246,27 @@ class Recorder:
     def save(self) -> None:
         R.write_results(self.job_dir, self.results)
 
+    def _save_in_place(self, err: OSError) -> None:
+        """results.json's status and error written over the old file in place, padded with spaces
+        to its length: rewriting the allocated bytes of a file needs no free space, where the atomic
+        writer's new file does (a full disk left results.json ``running``)."""
+        path = self.job_dir / RESULTS_FILE
+        error = f"{self.results.get('error') or ''} (results.json could not be rewritten: {err})".strip()
+        keep = ("status", "algorithm", "name", "overrides", "params", "config_key", "attempts", "trained")
+        for short in (dict({k: self.results.get(k) for k in keep}, error=error, partial=True),
+                      {"status": self.results.get("status"), "error": error[:200], "partial": True}):
+            text = R.json_text(short, indent=None).encode()
+            try:
+                size = path.stat().st_size
+                if len(text) <= size:
+                    with open(path, "r+b") as f:
+                        f.write(text.ljust(size))
+                    log.error("%s: %s", path, error)
+                    return
+            except OSError:
+                break
+        log.error("%s could not be updated to status %s: %s", path, self.results.get("status"), error)
+
     def log(self, metrics: dict, step: int | None = None) -> None:
         """A training-curve point (W&B history and ``train_log.jsonl``); ``step`` is the examples
         seen, unless ``metrics`` carries ``train/examples`` itself."""
@@ -363,7 +384,10 @@ class Recorder:
 
     def finish(self, status: str, **fields) -> None:
         self.results.update(status=status, **fields)
-        self.save()
+        try:
+            self.save()
+        except OSError as e:  # a full disk: the status and the error still reach results.json
+            self._save_in_place(e)
         if self.run is not None:
             self.run.summary["status"] = status
             if fields.get("error"):
