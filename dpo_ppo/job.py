@@ -295,7 +295,7 @@ class Job:
             save_model_dir(policy, tokenizer, policy_dir)
             if summary.get("snapshot_dir"):  # the job's own folder: relative to it
                 summary["snapshot_dir"] = R.job_path(self.job_dir, summary["snapshot_dir"])
-            self.rec.results.update(trained=True, train_summary=summary)
+            self.rec.results.update(trained=True, train_summary=summary, snapshots=R.snapshot_names(self.job_dir))
             self.record_compute(summary)
             self.rec.save()
             self.rec.model(policy_dir, cfg.logger.policy_artifact, algorithm=algo.name,
@@ -346,6 +346,10 @@ class Job:
         from dpo_ppo.analysis.suite import run_analysis
 
         snapshots = sorted((self.job_dir / "snapshots").glob("ex_*[0-9]"))
+        missing = R.missing_snapshots(self.job_dir, self.rec.results)
+        if missing:
+            log.warning("analyze: %s missing from %s: the next snapshot's step divergence spans the gap",
+                        ", ".join(missing), self.job_dir / "snapshots")
         test = corpus["test"]
         acfg = self.cfg.analysis
         if acfg.batch_size is None:

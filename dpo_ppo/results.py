@@ -25,6 +25,7 @@ A job folder holds:
       artifacts   paths of the shared artifacts (reference, classifier, corpus, ref_eval, ...);
                   the job's own files (``policy``) relative to the job folder (``job_path``), so
                   a copied or moved folder reads its own
+      snapshots   the ``ex_*`` folders training wrote in ``snapshots/`` (``missing_snapshots``)
       non_finite  where the writer found a NaN or infinity and wrote null instead (``json_text``)
       prompts     {"train": N, "train_distinct": reviews they come from, "eval": N,
                   "eval_distinct": = eval (evaluation never reuses a review)}      (PROMPT_KEYS)
@@ -484,3 +485,36 @@ def read_train_log(folder: Path) -> List[Dict[str, Any]]:
             key = row.get("train/examples", row.get("step"))
             rows.setdefault(("i", i) if key is None else key, {}).update(row)
     return list(rows.values())
+
+
+def snapshot_names(job_dir: Path) -> List[str]:
+    """The ``ex_*`` snapshot folders in ``job_dir/snapshots``, by examples."""
+    root = Path(job_dir) / SNAPSHOTS_DIR
+    try:
+        names = [p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("ex_") and p.name[3:].isdigit()]
+    except OSError:
+        return []
+    return sorted(names, key=lambda n: int(n[3:]))
+
+
+def missing_snapshots(job_dir: Path, results: Dict[str, Any]) -> List[str]:
+    """Snapshots the job's training wrote (results.json ``snapshots``) that its folder no longer
+    holds; for a results.json without that list, the gaps in the ``snapshot_every`` cadence
+    (``ex_*`` between two present ones, or before the first) named by the examples where one was
+    due.  A missing snapshot turns the next one's step divergence into a longer step (or, for the
+    first, a distance from the reference), so the analyses name it."""
+    present = snapshot_names(job_dir)
+    recorded = results.get("snapshots")
+    if isinstance(recorded, list) and recorded:
+        return [str(n) for n in recorded if str(n) not in present]
+    every = ((results.get("config") or {}).get("algorithm") or {}).get("snapshot_every")
+    if not isinstance(every, int) or every <= 0 or not present:
+        return []
+    gaps, last = [], 0
+    for name in present:
+        examples = int(name[3:])
+        for k in range(last // every + 1, examples // every):
+            gaps.append(f"the snapshot due after {k * every} examples")
+        last = examples
+    return gaps
+

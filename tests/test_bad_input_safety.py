@@ -186,6 +186,23 @@ def test_a_copied_job_folder_analyses_its_own_policy(shared_cache, tmp_path, cap
     assert f"names the policy {original / 'policy'}, outside this folder" in caplog.text
 
 
+
+def test_a_deleted_snapshot_is_named(shared_cache, tmp_path, caplog):
+    import shutil
+
+    from dpo_ppo.analysis.cli import check, compose
+
+    assert run_job(_cfg(shared_cache, *DPO), tmp_path)["status"] == R.FINISHED
+    assert _strict(tmp_path / R.RESULTS_FILE)["snapshots"] == ["ex_0000008", "ex_0000016"]
+    shutil.rmtree(tmp_path / "snapshots" / "ex_0000008")
+    check(compose([f"job={tmp_path}"]))
+    assert f"ex_0000008 missing from {tmp_path / 'snapshots'}" in caplog.text
+    # a results.json from before the list: the gap in the snapshot_every cadence is named
+    res = _strict(tmp_path / R.RESULTS_FILE)
+    del res["snapshots"]
+    assert R.missing_snapshots(tmp_path, res) == ["the snapshot due after 8 examples"]
+
+
 # --------------------------------------------------------------------------- 5. confusing cases: one clear line
 
 

@@ -168,6 +168,12 @@ def check(cfg: DictConfig) -> Plan:
             log.info("%s: analysing the policy in %s", job, own)
         scorer = scorer or art.get("classifier")
         corpus = corpus or art.get("corpus")
+        if not snapshots:
+            missing = R.missing_snapshots(job, results)
+            if missing:  # the step divergence after a gap would silently span it (the first: from the reference)
+                log.warning("%s: %s missing from %s: the next snapshot's step divergence spans the gap "
+                            "(the first's is then a distance from the reference)", job, ", ".join(missing),
+                            job / R.SNAPSHOTS_DIR)
         snapshots = snapshots or str(job)
         out_dir = out_dir or str(job / f"reanalysis-{cfg.analysis.name}")
     for key, value in (("reference", reference), ("policy", policies), ("scorer", scorer), ("corpus", corpus),
