@@ -350,3 +350,21 @@ def test_a_job_failing_on_a_full_disk_still_leaves_results_json_failed(tmp_path,
     res = _strict(tmp_path / R.RESULTS_FILE)
     assert res["status"] == R.FAILED and res["partial"] is True
     assert res["error"].startswith("OSError: [Errno 28] No space left on device (results.json could not be rewritten")
+
+
+def test_the_sweeper_counts_a_diverged_job_as_diverged_not_finished(tmp_path):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from dpo_ppo.sweep import state, triage
+    from dpo_ppo.sweep.grid import SweepJob
+
+    error = "diverged: train/kl = nan in training at step 1; the likely cause is the learning rate (algorithm.lr=1e+06)"
+    ret = JobReturn(status=JobStatus.COMPLETED, _return_value={"status": R.DIVERGED, "error": error})
+    job = SweepJob(arm="dpo", overrides=["algorithm=dpo", "algorithm.lr=1e6"], dir=str(tmp_path))
+    triage.outcome(job, ret, None)
+    assert (job.status, job.error) == (R.DIVERGED, error)
+    lost = SweepJob(arm="dpo", overrides=["algorithm=dpo"], dir=str(tmp_path))  # the launcher lost it: the folder says
+    R.write_results(tmp_path, {"status": R.DIVERGED, "error": error})
+    triage.outcome(lost, None, "lost")
+    assert lost.status == R.DIVERGED
+    assert "0 finished, 0 skipped, 0 failed, 2 diverged" in state.done_line([job, lost], 0.0, tmp_path)

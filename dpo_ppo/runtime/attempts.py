@@ -58,8 +58,9 @@ def check_drift(cfg, job_dir: Path, previous: dict, raise_errors: bool) -> dict 
     err = R.config_drift(job_dir, previous, as_dict(cfg))
     if err is None:
         return None
-    if cfg.force or previous.get("status") == "failed":
-        why = "force=true" if cfg.force else "the earlier attempt failed"
+    if cfg.force or previous.get("status") in (R.FAILED, R.DIVERGED):
+        # a fixed config (a lower learning rate after a divergence) is the usual reason to relaunch
+        why = "force=true" if cfg.force else f"the earlier attempt {previous.get('status')}"
         log.warning("%s", err)
         previous["replaces"] = start_over(job_dir, previous, f"{why} after config drift")
         return None

@@ -88,14 +88,16 @@ def progress_line(jobs: Sequence[SweepJob], started: float, batches_left: int, p
     c = counts(jobs)
     done = len(jobs) - c[R.PENDING]
     eta = f", about {duration(per_batch * batches_left)} to go" if batches_left and per_batch else ""
+    diverged = f", {c[R.DIVERGED]} diverged" if c.get(R.DIVERGED) else ""
     return (f"{done}/{len(jobs)} done: {c[R.FINISHED]} finished, {c[R.SKIPPED]} skipped, "
-            f"{c[R.FAILED]} failed, {c[R.PENDING]} left ({duration(time.time() - started)}{eta})")
+            f"{c[R.FAILED]} failed{diverged}, {c[R.PENDING]} left ({duration(time.time() - started)}{eta})")
 
 
 def done_line(jobs: Sequence[SweepJob], started: float, sweep_dir: Path) -> str:
     c = counts(jobs)
+    diverged = f", {c[R.DIVERGED]} diverged (the learning rate, most likely)" if c.get(R.DIVERGED) else ""
     return (f"sweep done in {duration(time.time() - started)}: {c[R.FINISHED]} finished, "
-            f"{c[R.SKIPPED]} skipped, {c[R.FAILED]} failed; status in {Path(sweep_dir) / R.SWEEP_FILE}; "
+            f"{c[R.SKIPPED]} skipped, {c[R.FAILED]} failed{diverged}; status in {Path(sweep_dir) / R.SWEEP_FILE}; "
             f"report: dpo-ppo-report {sweep_dir}")
 
 

@@ -200,8 +200,8 @@ class DpoPpoSweeper(Sweeper):
             for idx, ret in zip(batch, results):
                 job = self.jobs[idx]
                 triage.outcome(job, ret, error, self.results_file)
-                if job.status == R.FAILED:
-                    self._log(f"job #{idx} failed ({' '.join(job.overrides)}): {job.error}", logging.WARNING)
+                if job.status in (R.FAILED, R.DIVERGED):
+                    self._log(f"job #{idx} {job.status} ({' '.join(job.overrides)}): {job.error}", logging.WARNING)
             returns.append([r for r in results if r is not None])
             self._save(sweep_dir, state.SWEEP_RUNNING)
             self._log(state.progress_line(self.jobs, self._started, len(batches) - b - 1, launch_time / (b + 1)))
