@@ -368,3 +368,25 @@ def test_the_sweeper_counts_a_diverged_job_as_diverged_not_finished(tmp_path):
     triage.outcome(lost, None, "lost")
     assert lost.status == R.DIVERGED
     assert "0 finished, 0 skipped, 0 failed, 2 diverged" in state.done_line([job, lost], 0.0, tmp_path)
+
+
+def test_the_wandb_run_id_is_recorded_before_init_so_a_kill_there_leaves_no_stray_run(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import wandb
+
+    from dpo_ppo.runtime.record import Recorder
+
+    def killed(**kwargs):  # the kill arrives while wandb.init waits
+        raise KeyboardInterrupt
+    monkeypatch.setattr(wandb, "init", killed)
+    cfg = SimpleNamespace(enabled=True, mode="offline", project="p", entity=None, dir=None, tags=[])
+    with pytest.raises(KeyboardInterrupt):
+        Recorder(tmp_path, {"algorithm": "dpo", "name": "t", "overrides": []}, cfg, {}, run_name="job")
+    first_id = _strict(tmp_path / R.RESULTS_FILE)["wandb"]["id"]
+    monkeypatch.undo()
+    # the relaunch (run_job passes the recorded id) resumes that run instead of starting a second
+    rec = Recorder(tmp_path, {"algorithm": "dpo", "name": "t", "overrides": []}, cfg, {}, run_name="job",
+                   resume_id=first_id)
+    assert rec.run.id == first_id
+    rec.finish("finished")

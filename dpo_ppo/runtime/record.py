@@ -185,8 +185,8 @@ def init_online(kwargs: dict):
         log.warning("W&B online could not reach its server (%s: %s; waited at most %.0f s, WANDB_INIT_TIMEOUT sets "
                     "it); logging offline instead, dpo-ppo-sync uploads the run later", type(e).__name__, first,
                     timeout)
-        with contextlib.suppress(Exception):
-            wandb.finish(exit_code=1)
+        with contextlib.suppress(Exception):  # the failed run still holds its id in W&B's service process
+            wandb.teardown(exit_code=1)
         return wandb.init(mode="offline", **kwargs), "offline"
 
 
@@ -210,12 +210,22 @@ class Recorder:
             import wandb
 
             group = run_group(results)
+            run_id = resume_id
+            if run_id is None:
+                # the id is chosen and recorded before wandb.init: a job killed during init (it can
+                # wait on the server) is resumed under this id by its relaunch, not left as a stray
+                # empty run beside a second one
+                import secrets
+
+                run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], as W&B's own ids
+                results["wandb"] = {"id": run_id, "mode": logger_cfg.mode, "next_step": 0, "starting": True}
+                self.save()
             kwargs = dict(
                 project=logger_cfg.project, entity=logger_cfg.entity,
                 dir=str(Path(logger_cfg.dir or self.job_dir).resolve()), group=group,
                 job_type=results["algorithm"], name=run_name, config=wandb_config,
                 tags=run_tags(results, wandb_config, logger_cfg.tags), reinit="finish_previous",
-                id=resume_id, resume="allow" if resume_id else None,
+                id=run_id, resume="allow" if resume_id else None,
             )
             mode = logger_cfg.mode
             if mode == "online":
