@@ -491,8 +491,14 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
                     "provenance": results["provenance"], "config_key": results["config_key"]}
     resume_id = None if cfg.force else (previous.get("wandb") or {}).get("id")
     resume_step = (previous.get("wandb") or {}).get("next_step", 0) if resume_id else 0
-    job.rec = Recorder(job_dir, results, logger, wandb_config, run_name=job_dir.name, resume_id=resume_id,
-                       resume_step=resume_step)
+    try:
+        job.rec = Recorder(job_dir, results, logger, wandb_config, run_name=job_dir.name, resume_id=resume_id,
+                           resume_step=resume_step)
+    except Exception as e:  # W&B could not start: results.json says failed, not running
+        results.update(status=R.FAILED, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        with contextlib.suppress(OSError):
+            R.write_results(job_dir, results)
+        raise
     earlier = attempts.attempt_costs(previous, cfg.force)
     t0 = time.time()
     stopped: BaseException | None = None

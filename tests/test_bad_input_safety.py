@@ -390,3 +390,15 @@ def test_the_wandb_run_id_is_recorded_before_init_so_a_kill_there_leaves_no_stra
                    resume_id=first_id)
     assert rec.run.id == first_id
     rec.finish("finished")
+
+
+def test_a_job_whose_wandb_cannot_start_says_failed_not_running(shared_cache, tmp_path, monkeypatch):
+    import wandb
+
+    def broken(**kwargs):
+        raise RuntimeError("wandb service did not start")
+    monkeypatch.setattr(wandb, "init", broken)
+    with pytest.raises(RuntimeError, match="wandb service did not start"):
+        run_job(compose_cfg([f"cache_dir={shared_cache}", "analysis=none", "logger=wandb_offline", *DPO]), tmp_path)
+    res = _strict(tmp_path / R.RESULTS_FILE)
+    assert res["status"] == R.FAILED and res["error"] == "RuntimeError: wandb service did not start"

@@ -242,7 +242,7 @@ class Recorder:
                 "id": self.run.id, "project": self.run.project or logger_cfg.project,
                 "entity": self.run.entity or logger_cfg.entity, "mode": mode,
                 "url": self.run.url, "group": group, "resumed": bool(resume_id),
-                "dir": str(Path(self.run.dir).parent), "next_step": self.step,
+                "dir": R.job_path(self.job_dir, Path(self.run.dir).parent), "next_step": self.step,
             }
         self.save()
         self.files(self.job_dir / RESULTS_FILE, at_end=True)  # as it is when the run finishes
