@@ -25,6 +25,8 @@ A job folder holds:
       artifacts   paths of the shared artifacts (reference, classifier, corpus, ref_eval, ...);
                   the job's own files (``policy``) relative to the job folder (``job_path``), so
                   a copied or moved folder reads its own
+      replaces    after force=true (or a relaunch after a failure or a divergence): what the
+                  cleared attempt was (status, attempts, its W&B run id, the files cleared)
       snapshots   the ``ex_*`` folders training wrote in ``snapshots/`` (``missing_snapshots``)
       non_finite  where the writer found a NaN or infinity and wrote null instead (``json_text``)
       prompts     {"train": N, "train_distinct": reviews they come from, "eval": N,
