@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -96,6 +97,10 @@ def _per_head(per_head: Dict[str, Any]) -> Dict[str, np.ndarray]:
 def find_job_dirs(root: Path, max_depth: int = 3) -> List[Path]:
     """Folders holding results.json or .hydra/ (a started job), not descending into a job."""
     found: List[Path] = []
+    seen = {os.path.realpath(root)}  # folders walked, by real path: a link back to one is a loop
+
+    def skip(path: str, why: str) -> None:
+        print(f"warning: skipped {path}: {why}", file=sys.stderr)
 
     def walk(folder: Path, depth: int) -> None:
         try:
@@ -110,8 +115,22 @@ def find_job_dirs(root: Path, max_depth: int = 3) -> List[Path]:
         if depth >= max_depth:
             return
         for entry in sorted(entries, key=lambda e: e.name):
-            if entry.is_dir() and entry.name not in SKIP_DIRS and not entry.name.startswith("."):
-                walk(Path(entry.path), depth + 1)
+            if entry.name in SKIP_DIRS or entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()
+            except OSError as e:  # a link to itself, or a loop of links (ELOOP)
+                skip(entry.path, f"symlink loop ({e.strerror})")
+                continue
+            if not is_dir:
+                continue
+            real = os.path.realpath(entry.path)
+            if real in seen:
+                if entry.is_symlink():  # a link back to a folder this walk reached: no job twice
+                    skip(entry.path, f"symlink loop (to {real}, already read)")
+                continue
+            seen.add(real)
+            walk(Path(entry.path), depth + 1)
 
     walk(root, 0)
     return found
@@ -206,6 +225,10 @@ def load_sweep(root: Path) -> Tuple[List[Run], Dict[str, Any]]:
             if run is not None and run.status == NO_RESULTS and job.get("status") == R.FAILED:
                 # e.g. a config error raised before the job could write results.json
                 run.status, run.error = R.FAILED, job.get("error")
+            elif run is not None and _drift_verdict(job, run, sweep_file):
+                # the sweeper refused the job's results for config drift (an edited sweep file or
+                # default): they answer another config, so the report does not count them finished
+                run.status, run.error = R.FAILED, job.get("error")
             if os.path.normpath(rel) in known:
                 continue
             known.add(os.path.normpath(rel))
@@ -217,6 +240,17 @@ def load_sweep(root: Path) -> Tuple[List[Run], Dict[str, Any]]:
     if duplicates:
         meta = {**meta, "duplicates": duplicates}
     return runs, meta
+
+
+def _drift_verdict(job: Dict[str, Any], run: Run, sweep_file: Path) -> bool:
+    """sweep.json says the sweeper refused this job for config drift (``sweep.triage.CONFIG_DRIFT``),
+    and its results.json is not newer than that verdict (a later force=true re-run is)."""
+    if job.get("status") != R.FAILED or not str(job.get("error") or "").startswith("config drift"):
+        return False
+    try:
+        return (run.dir / R.RESULTS_FILE).stat().st_mtime <= sweep_file.stat().st_mtime
+    except OSError:
+        return False
 
 
 def drop_duplicates(runs: Sequence[Run]) -> Tuple[List[Run], List[Dict[str, str]]]:
