@@ -19,7 +19,7 @@ LABELS = {"dpo": "DPO", "ppo": "PPO"}
 SYMBOLS = {"beta": "β", "kl_target": "KL*", "kl_coef": "c"}
 NO_RESULTS = "no results"  # a started job without results.json (a planned one: R.PENDING)
 PENDING = R.PENDING
-DIVERGED = getattr(R, "DIVERGED", "diverged")  # a job stopped for a non-finite loss or KL
+DIVERGED = R.DIVERGED  # a job stopped for a non-finite loss or KL
 ALL_STATUSES = (R.FINISHED, R.FAILED, R.RUNNING, R.INTERRUPTED, DIVERGED, NO_RESULTS, PENDING)
 
 
