@@ -28,9 +28,10 @@ import torch
 from omegaconf import DictConfig
 
 from dpo_ppo.data.cache import artifact, artifact_specs, load_dataset_artifact
-from dpo_ppo.config import Config, as_dict, to_typed
+from dpo_ppo.config import Config, ConfigError, as_dict, to_typed
 from dpo_ppo.config.schedule import swept_params
 from dpo_ppo.runtime import attempts, gpus, hardware, progress
+from dpo_ppo.runtime.divergence import Diverged, check_finite, lr_knob
 from dpo_ppo.runtime.joblock import JobLock
 from dpo_ppo.runtime.provenance import provenance
 from dpo_ppo import results as R
@@ -155,6 +156,14 @@ class Job:
 
         return make_probe(self.cfg, ref_model, tokenizer, scorer, train_prompts, runtime=self.hw)
 
+    def train_log(self, metrics: dict, step=None) -> None:
+        """What a trainer logs (its ``log_fn``): recorded (train_log.jsonl, W&B), then checked: a
+        NaN or infinite loss, KL or reward ends the job as ``diverged`` naming the step, the
+        quantity and the learning rate (``runtime.divergence``).  A new trainer gets both by
+        logging through this."""
+        self.rec.log(metrics, step)
+        check_finite(metrics, step, knob=lr_knob(self.cfg.algorithm))
+
     def record_compute(self, summary: dict) -> None:
         """What training cost, for comparisons at matched compute: results.json ``compute``."""
         compute = dict(summary.get("compute") or {})
@@ -252,8 +261,8 @@ class Job:
         s = self.setup()
         corpus, base_path, scorer, ref_model, tokenizer = s.corpus, s.base_path, s.scorer, s.ref_model, s.tokenizer
         train_prompts, test_prompts = s.train_prompts, s.test_prompts
-        policy_dir = self.job_dir / "policy"
-        self.rec.results["artifacts"]["policy"] = str(policy_dir)
+        policy_dir = self.job_dir / R.POLICY_DIR
+        self.rec.results["artifacts"]["policy"] = R.POLICY_DIR  # relative: a copied folder reads its own
         trained = (policy_dir / "config.json").exists() and self.rec.results.get("trained")
         if trained:
             log.info("train: already done, loading %s", policy_dir)
@@ -268,7 +277,7 @@ class Job:
                     from dpo_ppo.train.dpo import train_dpo
 
                     summary = train_dpo(algo, policy, ref_model, tokenizer, prefs, self.job_dir,
-                                        seed=cfg.seed, log_fn=self.rec.log, runtime=self.hw,
+                                        seed=cfg.seed, log_fn=self.train_log, runtime=self.hw,
                                         probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
                                         probe_every=cfg.logger.probe_every)
             else:
@@ -276,13 +285,15 @@ class Job:
                     from dpo_ppo.train.ppo import train_ppo
 
                     summary = train_ppo(algo, policy, ref_model, tokenizer, train_prompts,
-                                        scorer.p_positive, self.job_dir, seed=cfg.seed, log_fn=self.rec.log,
+                                        scorer.p_positive, self.job_dir, seed=cfg.seed, log_fn=self.train_log,
                                         runtime=self.hw,
                                         probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
                                         probe_every=cfg.logger.probe_every)
             # replaces a policy/ left by an attempt killed before it recorded "trained"
             save_model_dir(policy, tokenizer, policy_dir)
-            self.rec.results.update(trained=True, train_summary=summary)
+            if summary.get("snapshot_dir"):  # the job's own folder: relative to it
+                summary["snapshot_dir"] = R.job_path(self.job_dir, summary["snapshot_dir"])
+            self.rec.results.update(trained=True, train_summary=summary, snapshots=R.snapshot_names(self.job_dir))
             self.record_compute(summary)
             self.rec.save()
             self.rec.model(policy_dir, cfg.logger.policy_artifact, algorithm=algo.name,
@@ -295,6 +306,15 @@ class Job:
             pol_metrics, rows = evaluate_model(policy, tokenizer, scorer, test_prompts, cfg.eval,
                                                ref_model=ref_model, desc="eval policy", runtime=self.hw)
             metrics = {f"eval/policy/{k}": v for k, v in pol_metrics.items()}
+            # a policy that diverged in its last steps can still reach evaluation: its NaN KL is
+            # no measurement (recorded as null, the job ends diverged)
+            bad = {k: v for k, v in metrics.items() if k in (R.KL, R.REWARD, R.policy_metric("kl_to_ref_k1"))}
+            try:
+                check_finite(bad, self.rec.results.get("train_summary", {}).get("examples", "end"),
+                             where="evaluation", knob=lr_knob(algo))
+            except Diverged:
+                self.rec.metrics(metrics)
+                raise
             metrics.update({f"eval/reference/{k}": v for k, v in ref_metrics.items()})
             for k in ("gradient_loss", "binary_loss"):
                 metrics[f"eval/improvement/{k}"] = ref_metrics[k] - pol_metrics[k]
@@ -324,6 +344,10 @@ class Job:
         from dpo_ppo.analysis.suite import run_analysis
 
         snapshots = sorted((self.job_dir / "snapshots").glob("ex_*[0-9]"))
+        missing = R.missing_snapshots(self.job_dir, self.rec.results)
+        if missing:
+            log.warning("analyze: %s missing from %s: the next snapshot's step divergence spans the gap",
+                        ", ".join(missing), self.job_dir / "snapshots")
         test = corpus["test"]
         acfg = self.cfg.analysis
         if acfg.batch_size is None:
@@ -379,6 +403,22 @@ def prepare_job(cfg: Config) -> dict:
     return {"status": R.PREPARED, "artifacts": built}
 
 
+def _config_key(cfg: Config) -> str:
+    """The config key results.json records for ``cfg`` (after ``compute=matched`` rewrote it)."""
+    import copy
+
+    from dpo_ppo.config import apply_compute
+
+    cfg = copy.deepcopy(cfg)
+    apply_compute(cfg)
+    return R.job_identity(as_dict(cfg))["config_key"]
+
+
+class BusyFolder(ConfigError):
+    """A job pointed at a folder where another job (another config) runs now: bad input, one line
+    naming hydra.run.dir (exit 2), nothing written in that folder."""
+
+
 def run_job(cfg: Config | DictConfig, job_dir: Path, overrides: list[str] | None = None,
             raise_errors: bool = True) -> dict:
     """Run (or skip, or resume) the job under its folder's lock; returns its status and metrics.
@@ -394,6 +434,14 @@ def run_job(cfg: Config | DictConfig, job_dir: Path, overrides: list[str] | None
     Path(job_dir).mkdir(parents=True, exist_ok=True)
     lock = JobLock(job_dir)
     if not lock.acquire():
+        busy = R.read_results(job_dir) or {}
+        ours = _config_key(cfg)
+        if busy.get("config_key") and busy["config_key"] != ours:  # not this job: one line, non-zero exit
+            show = lambda o: " ".join(R.folder_key(o or [])) or "the defaults"  # noqa: E731
+            raise BusyFolder("hydra.run.dir",
+                             f"{job_dir} is busy with another job ({show(busy.get('overrides'))}, config key "
+                             f"{busy['config_key']}; {lock.describe()}); this job ({show(overrides)}, config key "
+                             f"{ours}) was not started: give it its own folder")
         reason = f"running elsewhere ({lock.describe()})"
         log.warning("job %s is %s; not starting it twice", job_dir, reason)
         return {"status": "skipped", "job_dir": str(job_dir), "metrics": {}, "reason": reason}
@@ -414,6 +462,9 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
     stop = attempts.check_drift(cfg, job_dir, previous, raise_errors)
     if stop is not None:
         return stop
+    replaced = previous.pop("replaces", None)
+    if cfg.force and previous:  # re-run means from scratch: no checkpoint, snapshot or old curve is reused
+        replaced = attempts.start_over(job_dir, previous, "force=true")
     if previous.get("status") == R.FINISHED and not cfg.force:
         log.info("job already finished, skipping (force=true re-runs it): %s", job_dir)
         return {"status": R.SKIPPED, "job_dir": str(job_dir), "metrics": previous.get("metrics", {})}
@@ -426,6 +477,8 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
         "attempts": previous.get("attempts", 0) + 1, **R.job_identity(as_dict(cfg)),
         "provenance": provenance(),
     }
+    if replaced:
+        results["replaces"] = replaced
     if previous.get("train_summary") and results["trained"]:
         results["train_summary"] = previous["train_summary"]
         results["compute"] = previous.get("compute", {})
@@ -434,8 +487,14 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
                     "provenance": results["provenance"], "config_key": results["config_key"]}
     resume_id = None if cfg.force else (previous.get("wandb") or {}).get("id")
     resume_step = (previous.get("wandb") or {}).get("next_step", 0) if resume_id else 0
-    job.rec = Recorder(job_dir, results, logger, wandb_config, run_name=job_dir.name, resume_id=resume_id,
-                       resume_step=resume_step)
+    try:
+        job.rec = Recorder(job_dir, results, logger, wandb_config, run_name=job_dir.name, resume_id=resume_id,
+                           resume_step=resume_step)
+    except Exception as e:  # W&B could not start: results.json says failed, not running
+        results.update(status=R.FAILED, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        with contextlib.suppress(OSError):
+            R.write_results(job_dir, results)
+        raise
     earlier = attempts.attempt_costs(previous, cfg.force)
     t0 = time.time()
     stopped: BaseException | None = None
@@ -443,10 +502,14 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
         with attempts.stop_signals():
             metrics = job.run()
         status, error, tb = R.FINISHED, None, None
+    except Diverged as e:  # not a bug: the run's own numbers; one line, no traceback file
+        metrics, status, error, tb = results.get("metrics", {}), R.DIVERGED, str(e), None
+        log.error("job %s: %s", job_dir, error)
     except Exception as e:  # recorded, then re-raised or returned (multirun goes on)
         metrics, status, error, tb = results.get("metrics", {}), R.FAILED, f"{type(e).__name__}: {e}", traceback.format_exc()
         log.error("job failed: %s", error)
-        (job_dir / R.TRACEBACK_FILE).write_text(tb)
+        with contextlib.suppress(OSError):  # a full disk: results.json still gets the status (Recorder.finish)
+            (job_dir / R.TRACEBACK_FILE).write_text(tb)
         exc = e
     except BaseException as e:  # SIGTERM / SIGINT: recorded as interrupted, then re-raised
         signum = attempts.interruption(e)

@@ -75,6 +75,9 @@ def app(cfg: DictConfig):
     if out["status"] == "failed" and not multirun:  # a sweep goes on; a single job says why and exits
         print(f"Job failed: {flat(out['error'])} (traceback: {out['job_dir']}/traceback.txt)", file=sys.stderr)
         sys.exit(1)
+    if out["status"] == "diverged" and not multirun:  # its numbers went non-finite: one line, no traceback
+        print(f"Job {flat(out['error'])}", file=sys.stderr)
+        sys.exit(1)
     return out
 
 

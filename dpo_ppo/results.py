@@ -9,8 +9,9 @@ A job folder holds:
 
 - ``results.json`` (``RESULTS_FILE``): a JSON object, rewritten atomically at every stage::
 
-      status      "running" | "finished" | "failed" | "interrupted" (STATUSES; interrupted:
-                  stopped by SIGTERM/SIGINT, resumed by a relaunch like a running job)
+      status      "running" | "finished" | "failed" | "interrupted" | "diverged" (STATUSES;
+                  interrupted: stopped by SIGTERM/SIGINT, resumed by a relaunch like a running
+                  job; diverged: a non-finite loss, KL or reward ended it, ``error`` says where)
       algorithm   "dpo" | "ppo"                                (ALGORITHMS)
       name        the sweep / experiment name (the W&B group)
       overrides   the job's command-line overrides (its folder: ``folder_key``)
@@ -21,8 +22,14 @@ A job folder holds:
       analysis    {"per_head": {name: layer x head grid}, "images": {name: path in the folder},
                    "over_training": {table: {"columns": [...], "data": [[...], ...]}}}
                   (OVER_TRAINING_TABLES: one row per snapshot, "examples" first)
-      artifacts   paths of the shared artifacts (SHARED_ARTIFACTS' ``recorded_as``), the trained
-                  policy and the reference's analyses
+      artifacts   paths of the shared artifacts (SHARED_ARTIFACTS' ``recorded_as``) and the
+                  reference's analyses;
+                  the job's own files (``policy``) relative to the job folder (``job_path``), so
+                  a copied or moved folder reads its own
+      replaces    after force=true (or a relaunch after a failure or a divergence): what the
+                  cleared attempt was (status, attempts, its W&B run id, the files cleared)
+      snapshots   the ``ex_*`` folders training wrote in ``snapshots/`` (``missing_snapshots``)
+      non_finite  where the writer found a NaN or infinity and wrote null instead (``json_text``)
       prompts     {"train": N, "train_distinct": reviews they come from, "eval": N,
                   "eval_distinct": = eval (evaluation never reuses a review)}      (PROMPT_KEYS)
       wandb       the job's W&B run: id (the same across attempts), project, entity, mode, url
@@ -78,7 +85,9 @@ TRAIN_LOG_FILE = "train_log.jsonl"
 EVAL_ROWS_FILE = "eval_rows.csv"
 REF_ROWS_FILE = "rows.csv"  # in the reference evaluation artifact (results["artifacts"]["ref_eval"])
 TRACEBACK_FILE = "traceback.txt"
-SWEEP_FILE = "sweep.json"  # written by the sweeper in the sweep folder
+SWEEP_FILE = "sweep.json"
+POLICY_DIR, SNAPSHOTS_DIR = "policy", "snapshots"  # the trained policy and its snapshots, in the job folder
+JOB_OWN_FILES = (POLICY_DIR, SNAPSHOTS_DIR)  # written by the sweeper in the sweep folder
 # analysis tables with one row per snapshot (column "examples" first) that results.json carries, so
 # that a report draws them over training without reading analysis.json
 OVER_TRAINING_TABLES = ("weights_over_training", "heads_over_training")
@@ -116,9 +125,10 @@ def shared_artifacts(algorithm: Optional[str] = None) -> Tuple[SharedArtifact, .
 # --------------------------------------------------------------------------- statuses
 
 RUNNING, FINISHED, FAILED = "running", "finished", "failed"
+DIVERGED = "diverged"  # stopped for a non-finite loss or KL: counted and named by the report, never fitted
 # stopped by SIGTERM/SIGINT (a scheduler, Ctrl-C): unfinished, resumed by a relaunch like a running one
 INTERRUPTED = "interrupted"
-STATUSES = (RUNNING, FINISHED, FAILED, INTERRUPTED)
+STATUSES = (RUNNING, FINISHED, FAILED, INTERRUPTED, DIVERGED)
 UNFINISHED = (RUNNING, INTERRUPTED)
 SKIPPED = "skipped"  # run_job's answer for a job finished before (never in results.json)
 # the sweeper's (sweep.json; never in results.json): a planned job not launched yet, and what a
@@ -154,7 +164,7 @@ UNRECORDED_VERSION = 1
 # the trainer modules (under dpo_ppo/, without ``.py``; a package's every module) whose code is
 # what the algorithm computes
 ALGORITHM_CODE = {"dpo": ("train/dpo",), "ppo": ("train/ppo", "train/sampling")}
-ALGORITHM_FINGERPRINTS = {"dpo": "db7023bae2511a90", "ppo": "92e1df62b17a7b6f"}
+ALGORITHM_FINGERPRINTS = {"dpo": "db7023bae2511a90", "ppo": "2165496505a21f76"}
 
 
 def algorithm_version(algorithm: Optional[str]) -> int:
@@ -524,10 +534,62 @@ def write_atomic(path: Path, data: "str | bytes") -> Path:
     return path
 
 
+def finite_json(data: Any, where: str = "", found: Optional[List[str]] = None) -> Any:
+    """``data`` with every NaN or infinity replaced by None, recording ``path: value`` in ``found``
+    (JSON has no NaN: Python writes a bare ``NaN`` most readers refuse)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        if found is not None:
+            found.append(f"{where or '.'}: {data}")
+        return None
+    if isinstance(data, dict):
+        return {k: finite_json(v, f"{where}.{k}" if where else str(k), found) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v, f"{where}[{i}]", found) for i, v in enumerate(data)]
+    return data
+
+
+def json_text(data: Any, indent: Optional[int] = 1) -> str:
+    """``data`` as strict JSON (``allow_nan=False``): a NaN or infinity becomes null and, in a
+    top-level object, the key ``non_finite`` lists where each was and what it was."""
+    found: List[str] = []
+    clean = finite_json(data, "", found)
+    if found and isinstance(clean, dict):
+        clean["non_finite"] = sorted(set(clean.get("non_finite") or []) | set(found))
+    return json.dumps(clean, indent=indent, default=str, allow_nan=False)
+
+
 def write_json(path: Path, data: Any) -> Path:
-    """``data`` as indented JSON at ``path``, atomically (``write_atomic``); the folder is made."""
+    """``data`` as indented strict JSON at ``path`` (``json_text``: never a bare NaN),
+    atomically (``write_atomic``); the folder is made."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(path, json.dumps(data, indent=1, default=str))
+    return write_atomic(path, json_text(data))
+
+
+def job_path(job_dir: Path, path: Any) -> Any:
+    """A path a job records to one of its own files: relative to ``job_dir`` when inside it (a
+    copied or moved folder then reads its own), else as given."""
+    if not isinstance(path, (str, Path)) or not str(path):
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(Path(job_dir).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def resolve_job_path(job_dir: Path, path: Any) -> Optional[Path]:
+    """A path from a job's results.json, read from the folder it was found in: relative paths
+    resolve in ``job_dir``; an absolute one into another job folder whose own copy is here
+    (``<job_dir>/<its name>``, a folder copied from a results.json written before paths were
+    relative) is read here."""
+    if not isinstance(path, (str, Path)) or not str(path):
+        return None
+    p = Path(path)
+    if not p.is_absolute():
+        return Path(job_dir) / p
+    local = Path(job_dir) / p.name
+    if p.name in JOB_OWN_FILES and local.exists():
+        return local
+    return p
 
 
 def write_results(folder: Path, results: Dict[str, Any]) -> Path:
@@ -679,3 +741,36 @@ def read_train_log(folder: Path) -> List[Dict[str, Any]]:
             key = row.get("train/examples", row.get("step"))
             rows.setdefault(("i", i) if key is None else key, {}).update(row)
     return list(rows.values())
+
+
+def snapshot_names(job_dir: Path) -> List[str]:
+    """The ``ex_*`` snapshot folders in ``job_dir/snapshots``, by examples."""
+    root = Path(job_dir) / SNAPSHOTS_DIR
+    try:
+        names = [p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("ex_") and p.name[3:].isdigit()]
+    except OSError:
+        return []
+    return sorted(names, key=lambda n: int(n[3:]))
+
+
+def missing_snapshots(job_dir: Path, results: Dict[str, Any]) -> List[str]:
+    """Snapshots the job's training wrote (results.json ``snapshots``) that its folder no longer
+    holds; for a results.json without that list, the gaps in the ``snapshot_every`` cadence
+    (``ex_*`` between two present ones, or before the first) named by the examples where one was
+    due.  A missing snapshot turns the next one's step divergence into a longer step (or, for the
+    first, a distance from the reference), so the analyses name it."""
+    present = snapshot_names(job_dir)
+    recorded = results.get("snapshots")
+    if isinstance(recorded, list) and recorded:
+        return [str(n) for n in recorded if str(n) not in present]
+    every = ((results.get("config") or {}).get("algorithm") or {}).get("snapshot_every")
+    if not isinstance(every, int) or every <= 0 or not present:
+        return []
+    gaps, last = [], 0
+    for name in present:
+        examples = int(name[3:])
+        for k in range(last // every + 1, examples // every):
+            gaps.append(f"the snapshot due after {k * every} examples")
+        last = examples
+    return gaps
+

@@ -79,10 +79,11 @@ def planted_sweep(root: Path, effects: Dict[str, float], *, seeds: int = 3, knob
 
 def planted_facet(rng: np.random.Generator, curve: Callable[[float], float], grids: Dict[str, Sequence[float]],
                   seeds: int, sigma: float, effect: Callable[[float], float] = lambda x: 0.0,
-                  metric: str = BIAS, kl_jitter: float = 0.05):
+                  metric: str = BIAS, kl_jitter: float = 0.05, config_sd: float = 0.0):
     """One facet of in-memory runs (no folders): each algorithm's configurations at the KL values of
     ``grids[algorithm]`` (jittered per seed by exp(kl_jitter N(0, 1))), the metric curve(log KL) +
-    N(0, sigma), plus effect(log KL) for PPO. For the estimator's calibration tests: thousands of
+    N(0, sigma), plus effect(log KL) for PPO, plus an offset N(0, config_sd) per configuration
+    (shared by its seeds: a configuration off its algorithm's curve). For the estimator's calibration tests: thousands of
     fits in seconds."""
     from dpo_ppo.report.compare import Facet
     from dpo_ppo.report.load import Run
@@ -92,10 +93,11 @@ def planted_facet(rng: np.random.Generator, curve: Callable[[float], float], gri
         knob = "beta" if algorithm == "dpo" else "kl_target"
         side = []
         for c, kl in enumerate(grid):
+            offset = config_sd * rng.normal() if config_sd else 0.0
             for s in range(seeds):
                 k = kl * math.exp(kl_jitter * rng.normal())
                 x = math.log(k)
-                y = curve(x) + (effect(x) if algorithm == "ppo" else 0.0) + sigma * rng.normal()
+                y = curve(x) + (effect(x) if algorithm == "ppo" else 0.0) + offset + sigma * rng.normal()
                 side.append(Run(dir=Path("/nowhere"), rel=f"{algorithm}-{c}-{s}", status=R.FINISHED,
                                 algorithm=algorithm, params={"seed": s, knob: float(kl)},
                                 metrics={metric: y, R.KL: k}))

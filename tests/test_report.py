@@ -185,10 +185,13 @@ def test_within_a_margin_for_both(tmp_path, change, verdict):
         for k, kl in enumerate((0.5, 1.0, 2.0)):
             for s in range(3):
                 write_job(root, algorithm, k + 1, s, {R.KL: kl * (1 + 0.02 * s), R.REWARD: 0.5,
+                                                      "analysis/heads/reference/induction_max": 0.8,
                                                       "analysis/heads/induction_max_abs_change": change + 0.01 * s})
     (row,) = claim_rows(report.build_report(root, n_boot=300, figures=False).summary, "C13")
-    assert row["expect"] == "|x| < 0.1 for both" and row["verdict"] == verdict
-    assert (row["q"] < 0.05) == (verdict == "contradicted")
+    assert row["expect"] == "|x| < 0.1 x heads/reference/induction_max for DPO and PPO" and row["verdict"] == verdict
+    # the reference's top induction score (0.8, the margin's unit) is in every run: margin 0.08
+    assert row["margin"] == "±0.1 x 0.8 (`analysis/heads/reference/induction_max`)"
+    assert (row["q"] < 0.05) == (verdict == "supported")  # the TOST p is in the FDR family
 
 
 def test_one_run_per_side_never_gives_a_verdict(tmp_path):
@@ -221,7 +224,7 @@ def test_pooled_facets_are_flagged(tmp_path):
     (row,) = claim_rows(summary, "C5")
     assert row["pooled"] == "completion_len (DPO 48, PPO 64)"
     md = (root / "report" / "report.md").read_text()
-    assert "**supported**; pooled: completion_len (DPO 48, PPO 64) |" in md
+    assert "**supported**: PPO > DPO at KL" in md and "; pooled: completion_len (DPO 48, PPO 64) |" in md
 
 
 def test_facets_are_compared_separately(tmp_path):
@@ -261,8 +264,9 @@ def test_weight_claims_name_unequal_optimizer_steps(tmp_path):
     summary = report.build_report(root, n_boot=200, figures=False).summary
     (bias,) = claim_rows(summary, "C5")
     assert bias["caveat"] == "unequal optimizer steps (median DPO 8, PPO 64); compare at compute=matched"
-    assert claim_rows(summary, "C1")[0]["caveat"] == ""  # not a weight claim
-    assert "**supported**; caveat: unequal optimizer steps" in (root / "report" / "report.md").read_text()
+    assert "optimizer steps" not in claim_rows(summary, "C1")[0]["caveat"]  # not a weight claim
+    md = (root / "report" / "report.md").read_text()
+    assert "**supported**: PPO > DPO at KL" in md and "; caveat: unequal optimizer steps" in md
 
 
 def test_ranges_that_do_not_meet_are_not_compared(tmp_path):
@@ -327,7 +331,8 @@ def mixed(tmp_path_factory):
 
 def test_progress_and_cost(mixed):
     _, md, summary = mixed
-    assert summary["counts"] == {"finished": 6, "failed": 2, "running": 1, "interrupted": 0, "no results": 1, "pending": 1}
+    assert summary["counts"] == {"finished": 6, "failed": 2, "running": 1, "interrupted": 0, "diverged": 0, "no results": 1,
+                                 "pending": 1}
     assert summary["wall_time_s"] == pytest.approx(6 * 100 + 50) and summary["peak_mem_mb"] == 900
     assert "11 jobs: 6 finished, 2 failed, 1 running, 1 started without results, 1 not started" in md
     assert "| `algorithm.kl_target=24,algorithm=ppo,seed=0` | failed | RuntimeError: CUDA out of memory |" in md
@@ -344,8 +349,8 @@ def test_configurations_aggregate_seeds_and_ignore_run_only_overrides(mixed):
     assert kl["half"] == pytest.approx(T2 * 0.1 / math.sqrt(3), rel=1e-3)
     # threads=1 and logger=none do not change a result: not "other overrides" (issue 12)
     assert configs[("ppo", 6)]["overrides"] == ["experiment=paper_run2"]
-    assert "| PPO | KL*=6 | experiment=paper_run2 | 3 | 0.6 ± 0 | 3.4 ± 0.25 |" in md
-    assert "| DPO | β=0.1 |  | 3 | 0.52 ± 0.05 | 3.1 ± 0.25 |" in md
+    assert "| PPO | KL*=6 | experiment=paper_run2 | 3 | 0 | 0.6 ± 0 | 3.4 ± 0.25 |" in md
+    assert "| DPO | β=0.1 |  | 3 | 0 | 0.52 ± 0.05 | 3.1 ± 0.25 |" in md
     assert "threads=1" not in md.split("## Configurations")[1].split("\n## ")[0]
 
 
@@ -407,7 +412,7 @@ def test_python_m_report(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dpo_ppo.report", str(root), "--no-wandb", "--no-figures", "--bootstrap", "100"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "claims: 0 supported, 0 contradicted, 14 inconclusive" in done.stdout
+    assert "claims: 0 supported, 0 contradicted, 21 inconclusive" in done.stdout
     assert "| DPO |" in (root / "report" / "report.md").read_text()
 
 
@@ -454,21 +459,33 @@ def test_wandb_report_is_one_run_with_the_claims_table(tmp_path, monkeypatch):
     assert logged["run"]["project"] == "dpo-ppo-test"
     keys = set().union(*logged["history"])
     assert {"claims/nrows", "runs/nrows", "plots/frontier/path"} <= keys
-    assert logged["summary"]["jobs/finished"] == 2 and logged["summary"]["claims/inconclusive"] == 14
+    assert logged["summary"]["jobs/finished"] == 2 and logged["summary"]["claims/inconclusive"] == 21
 
 
-@pytest.mark.parametrize("effect, ci, verdict", [(0.3, (0.01, 0.6), "inconclusive"),  # could be inside the margin
-                                                 (0.45, (0.3, 0.6), "contradicted"),  # beyond it: above 0.2875
-                                                 (0.02, (-0.2, 0.25), "supported")])  # within +-0.2875
-def test_same_is_contradicted_only_when_the_interval_lies_beyond_the_margin(effect, ci, verdict):
+@pytest.mark.parametrize("effect, half, verdict", [(0.3, 0.29, "inconclusive"),  # could be inside the margin
+                                                   (0.45, 0.15, "contradicted"),  # beyond it: above 0.2875
+                                                   (0.02, 0.2, "supported")])  # within +-0.2875
+def test_same_is_contradicted_only_when_the_band_lies_beyond_the_margin(effect, half, verdict):
+    """PPO ≈ DPO within 25% of the two values' mean (1.0 and 1.3: +-0.2875) along a 3-point grid:
+    supported when the TOST q < 0.05 (the band within the margin), contradicted when the band lies
+    wholly beyond the margin somewhere, else inconclusive."""
     from dpo_ppo.report.claims import Claim
 
-    claim = Claim("X", "1", "equal", (BIAS,), "same", margin=0.25)  # margin: 25% of (1.0 + 1.3) / 2
-    point = C.Point(kl=1.0, fit={"dpo": 1.0, "ppo": 1.3}, fit_ci={}, boot={}, se={}, dof={}, effect=effect,
-                    ci=ci, p=0.01)
-    comp = C.Comparison(BIAS, C.Facet({}, {}, {}), {}, {}, {}, (1.0, 1.0), points=[point])
-    row = C.ClaimRow(claim, comp.facet, BIAS, comp, eligible=True, p=0.01, q=0.04)
+    claim = Claim("X", "1", "equal", (BIAS,), "same", margin=0.25)
+    kl = np.array([1.0, 2.0, 4.0])
+    flat = lambda v: np.full(3, float(v))  # noqa: E731
+    curve = C.Curve(kl, flat(effect), flat(half / 2.0), flat(0.0), 10.0, 2.0)  # band: effect +- half
+    arms = {"dpo": C.Curve(kl, flat(1.0), flat(0.1), flat(0.0), 10.0, 2.0),
+            "ppo": C.Curve(kl, flat(1.3), flat(0.1), flat(0.0), 10.0, 2.0)}
+    comp = C.Comparison(BIAS, C.Facet({}, {}, {}), {}, {}, {}, (1.0, 4.0), curve=curve, arm_curves=arms)
+    margin, note = C.margin_of(claim, comp)
+    assert margin == pytest.approx(flat(0.2875)) and note == "±25% of the two values' mean"
+    row = C.ClaimRow(claim, comp.facet, BIAS, comp, eligible=True, margin=margin)
+    row.p = C.claim_p(row)
+    row.q = row.p
+    assert (row.p < 0.05) == (verdict == "supported")
     assert C.decide(row) == verdict
+    assert ("within the margin" in row.where) == (verdict == "supported")
 
 
 def test_over_training_curves_are_drawn_and_summarised_per_configuration(tmp_path):
@@ -497,3 +514,57 @@ def test_over_training_curves_are_drawn_and_summarised_per_configuration(tmp_pat
     assert "## Over training" in text and "![over training](over_training.png)" in text
     assert (root / "report" / "over_training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["images"]["over_training"] == "over_training.png"
+
+
+def test_the_seeds_own_measures_and_run_conditions(tmp_path):
+    """Planted: PPO recruits 2 heads to the sentiment word (attention up by 0.2 > the 0.1
+    threshold), DPO none and DPO's largest change 0.01 (within 10% of the reference's top
+    attention, 0.5); PPO's bias divergence goes back and forth over training, DPO's rises steadily.
+    The sweep holds both seed runs (experiment=paper_run1 / paper_run2): a claim the seed made of
+    one run is compared only in that run's facet."""
+    root = tmp_path / "seed"
+    for run in ("paper_run1", "paper_run2"):
+        for algorithm in R.ALGORITHMS:
+            for k, kl in enumerate((0.5, 1.0, 2.0)):
+                for s in range(3):
+                    ppo = algorithm == "ppo"
+                    change = np.zeros((2, 4))
+                    if ppo:
+                        change[1, 2] = change[1, 3] = 0.2 + 0.01 * s
+                    else:
+                        change[0, 0] = 0.01 + 0.001 * s
+                    path = [0.0, 1.0, 0.3, 1.2, 0.5 + 0.01 * s] if ppo else [0.0, 0.2, 0.4, 0.6, 0.8 + 0.01 * s]
+                    write_job(root, algorithm, k + 1, s,
+                              {R.KL: kl * (1 + 0.02 * s), R.REWARD: 0.6 + 0.01 * s, R.REF_REWARD: 0.4,
+                               WEIGHTS: 1.0 + 0.01 * s, "analysis/weights/msd_all": 1.0 + 0.01 * s + 0.5 * ppo,
+                               "analysis/sentiment_attention/max_abs_change": float(np.abs(change).max()),
+                               "analysis/sentiment_attention/reference/max_attention": 0.5},
+                              overrides=[f"experiment={run}"],
+                              per_head={"sentiment_attention/change": change.tolist()},
+                              over_training={"weights_over_training": {
+                                  "columns": ["examples", "msd_biases"],
+                                  "data": [[1000 * i, v] for i, v in enumerate(path)]}})
+    summary = report.build_report(root, n_boot=200, figures=False).summary
+    facets = {row["facet"] for row in summary["claims"]}
+    assert facets == {"overrides=experiment=paper_run1", "overrides=experiment=paper_run2"}
+    assert {r["facet"] for r in claim_rows(summary, "C4")} == {"overrides=experiment=paper_run1"}
+    assert {r["facet"] for r in claim_rows(summary, "C7")} == {"overrides=experiment=paper_run2"}
+    for row in claim_rows(summary, "C7"):
+        assert row["verdict"] == "supported" and row["where"].startswith("PPO > DPO at KL 0.5")
+        assert "run-condition" not in row["caveat"]
+    for row in claim_rows(summary, "C4"):  # weights the same for both: within 25% everywhere
+        assert row["verdict"] == "supported" and row["in_family"] and "within the margin" in row["where"]
+    for row in claim_rows(summary, "C14"):  # a count against the stated threshold
+        assert row["metric"] == "derived/sentiment_attention/heads_recruited"
+        assert row["dpo"] == pytest.approx(0.0, abs=1e-9) and row["ppo"] == pytest.approx(2.0)
+        assert row["verdict"] == "supported" and "0.1" in row["text"]
+    for row in claim_rows(summary, "C15"):  # DPO attends like the reference: |change| < 0.1 x 0.5
+        assert row["expect"] == "|x| < 0.1 x sentiment_attention/reference/max_attention for DPO"
+        assert row["margin"].startswith("±0.1 x 0.5") and row["verdict"] == "supported"
+    for row in claim_rows(summary, "C17"):  # (path 3.3 - net 0.5) / 1.2 for PPO, 0 for DPO
+        assert row["ppo"] == pytest.approx(2.8 / 1.2, rel=0.02) and row["dpo"] == pytest.approx(0.0, abs=1e-6)
+        assert row["verdict"] == "supported"
+    (c18,) = claim_rows(summary, "C18")[:1]  # the efficiency hypothesis: (0.6 - 0.4) / msd_all
+    assert c18["metric"] == "derived/efficiency/reward_gain_per_msd" and c18["effect"] < 0
+    for row in claim_rows(summary, "C11") + claim_rows(summary, "C6"):
+        assert not row["in_family"] and row["q"] is None

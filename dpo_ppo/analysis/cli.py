@@ -119,6 +119,7 @@ def check(cfg: DictConfig) -> Plan:
     from dpo_ppo.config.fields import choice
     from dpo_ppo.config.keys import check_keys
     from dpo_ppo.data.sources import check_dataset_folder, check_pretrained_folder
+    from dpo_ppo import results as R
     from dpo_ppo.results import FAILED, FINISHED, RESULTS_FILE, read_results
 
     check_keys(cfg)
@@ -156,9 +157,23 @@ def check(cfg: DictConfig) -> Plan:
                         " ".join(str(results.get("error") or "").split())[:300])
         art = results.get("artifacts", {})
         reference = reference or art.get("reference")
-        policies = policies or ([art["policy"]] if art.get("policy") else [])
+        if not policies and art.get("policy"):
+            # the job's own policy, read in this folder: a path recorded relative to it (or an older
+            # absolute one into the folder this one was copied from) resolves here
+            own = R.resolve_job_path(job, art["policy"])
+            if str(own) != str(art["policy"]) and Path(str(art["policy"])).is_absolute():
+                log.warning("%s: results.json names the policy %s, outside this folder; reading this folder's own %s",
+                            job, art["policy"], own)
+            policies = [str(own)]
+            log.info("%s: analysing the policy in %s", job, own)
         scorer = scorer or art.get("classifier")
         corpus = corpus or art.get("corpus")
+        if not snapshots:
+            missing = R.missing_snapshots(job, results)
+            if missing:  # the step divergence after a gap would silently span it (the first: from the reference)
+                log.warning("%s: %s missing from %s: the next snapshot's step divergence spans the gap "
+                            "(the first's is then a distance from the reference)", job, ", ".join(missing),
+                            job / R.SNAPSHOTS_DIR)
         snapshots = snapshots or str(job)
         out_dir = out_dir or str(job / f"reanalysis-{cfg.analysis.name}")
     for key, value in (("reference", reference), ("policy", policies), ("scorer", scorer), ("corpus", corpus),

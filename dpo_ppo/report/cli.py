@@ -69,7 +69,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"duplicate job (same config key as {dup['kept']}), counted once: {dup['job']}")
     verdicts = [v["verdict"] for v in summary["claims"]]
     if verdicts:
-        print("claims: " + ", ".join(f"{verdicts.count(v)} {v}" for v in ("supported", "contradicted", "inconclusive")))
+        print("claims: " + ", ".join(f"{verdicts.count(v)} {v}" for v in ("supported", "contradicted", "inconclusive"))
+              + (f", {verdicts.count('mixed')} mixed" if "mixed" in verdicts else ""))
     use_wandb = importlib.util.find_spec("wandb") is not None if args.wandb is None else args.wandb
     if use_wandb:
         try:

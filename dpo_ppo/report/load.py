@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -17,7 +19,8 @@ LABELS = {"dpo": "DPO", "ppo": "PPO"}
 SYMBOLS = {"beta": "β", "kl_target": "KL*", "kl_coef": "c"}
 NO_RESULTS = "no results"  # a started job without results.json (a planned one: R.PENDING)
 PENDING = R.PENDING
-ALL_STATUSES = (R.FINISHED, R.FAILED, R.RUNNING, R.INTERRUPTED, NO_RESULTS, PENDING)
+DIVERGED = R.DIVERGED  # a job stopped for a non-finite loss or KL
+ALL_STATUSES = (R.FINISHED, R.FAILED, R.RUNNING, R.INTERRUPTED, DIVERGED, NO_RESULTS, PENDING)
 
 
 @dataclass
@@ -83,6 +86,10 @@ def _per_head(per_head: Dict[str, Any]) -> Dict[str, np.ndarray]:
 def find_job_dirs(root: Path, max_depth: int = 3) -> List[Path]:
     """Folders holding results.json or .hydra/ (a started job), not descending into a job."""
     found: List[Path] = []
+    seen = {os.path.realpath(root)}  # folders walked, by real path: a link back to one is a loop
+
+    def skip(path: str, why: str) -> None:
+        print(f"warning: skipped {path}: {why}", file=sys.stderr)
 
     def walk(folder: Path, depth: int) -> None:
         try:
@@ -97,8 +104,22 @@ def find_job_dirs(root: Path, max_depth: int = 3) -> List[Path]:
         if depth >= max_depth:
             return
         for entry in sorted(entries, key=lambda e: e.name):
-            if entry.is_dir() and entry.name not in SKIP_DIRS and not entry.name.startswith("."):
-                walk(Path(entry.path), depth + 1)
+            if entry.name in SKIP_DIRS or entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()
+            except OSError as e:  # a link to itself, or a loop of links (ELOOP)
+                skip(entry.path, f"symlink loop ({e.strerror})")
+                continue
+            if not is_dir:
+                continue
+            real = os.path.realpath(entry.path)
+            if real in seen:
+                if entry.is_symlink():  # a link back to a folder this walk reached: no job twice
+                    skip(entry.path, f"symlink loop (to {real}, already read)")
+                continue
+            seen.add(real)
+            walk(Path(entry.path), depth + 1)
 
     walk(root, 0)
     return found
@@ -120,6 +141,26 @@ def load_run(folder: Path, root: Path) -> Run:
 
 # Derived per-run metrics the seed's claims need and results.json does not hold as one number.
 POS_NEG_REL = "derived/activations/resid_kl_pos_minus_neg_rel"
+# heads whose attention to the sentiment word rose by more than RECRUIT_THRESHOLD (attention weight,
+# a fraction of the query's attention) from the reference: the seed's "additional heads for
+# attending to the sentiment token" (3.4; L4H7 in its PPO model), counted
+HEADS_RECRUITED = "derived/sentiment_attention/heads_recruited"
+RECRUIT_THRESHOLD = 0.1
+SENTIMENT_CHANGE = "sentiment_attention/change"  # per_head grid: policy - reference attention to the word
+# how much the bias divergence moved back and forth over training (3.2: "the DPO divergence was
+# stable over both training runs, whereas the PPO divergence fluctuated"): the path length of
+# msd_biases over the snapshots beyond its net change, over its largest value (0: monotone)
+BIAS_FLUCTUATION = "derived/over_training/msd_biases_fluctuation"
+# the seed's hypothesis (4): DPO's updates are more efficient, less divergence for the same gain:
+# the reward gain over the reference per unit of mean-square weight divergence
+EFFICIENCY = "derived/efficiency/reward_gain_per_msd"
+
+
+def fluctuation(values: Sequence[float]) -> Optional[float]:
+    v = np.array([x for x in values if isinstance(x, (int, float)) and math.isfinite(x)], dtype=float)
+    if v.size < 3 or not np.max(np.abs(v)) > 0:
+        return None
+    return float((np.sum(np.abs(np.diff(v))) - abs(v[-1] - v[0])) / np.max(np.abs(v)))
 
 
 def add_derived(run: Run) -> None:
@@ -128,6 +169,24 @@ def add_derived(run: Run) -> None:
     both = m.get("analysis/activations/resid/kl_all_mean")
     if pos is not None and neg is not None and both:
         m[POS_NEG_REL] = (pos - neg) / both
+    change = run.per_head.get(SENTIMENT_CHANGE)
+    if change is not None and np.all(np.isfinite(change)):
+        m[HEADS_RECRUITED] = float(np.sum(np.asarray(change) > RECRUIT_THRESHOLD))
+    weights = run.over_training.get("weights_over_training", {}) if isinstance(run.over_training, dict) else {}
+    f = fluctuation(weights.get("msd_biases", []))
+    if f is not None:
+        m[BIAS_FLUCTUATION] = f
+    gain, msd = m.get(R.REWARD), m.get("analysis/weights/msd_all")
+    if gain is not None and R.REF_REWARD in m and msd:
+        m[EFFICIENCY] = (gain - m[R.REF_REWARD]) / msd
+
+
+def is_diverged(run: Run) -> bool:
+    """A run the comparison cannot place: status diverged, or a KL that is not finite and positive
+    (results.json keeps finite numbers only, so a NaN KL is a missing one)."""
+    if run.status == DIVERGED:
+        return True
+    return run.status == R.FINISHED and not (math.isfinite(run.kl) and run.kl > 0)
 
 
 def load_sweep(root: Path) -> Tuple[List[Run], Dict[str, Any]]:
@@ -158,6 +217,10 @@ def load_sweep(root: Path) -> Tuple[List[Run], Dict[str, Any]]:
             if run is not None and run.status == NO_RESULTS and job.get("status") == R.FAILED:
                 # e.g. a config error raised before the job could write results.json
                 run.status, run.error = R.FAILED, job.get("error")
+            elif run is not None and _drift_verdict(job, run, sweep_file):
+                # the sweeper refused the job's results for config drift (an edited sweep file or
+                # default): they answer another config, so the report does not count them finished
+                run.status, run.error = R.FAILED, job.get("error")
             if os.path.normpath(rel) in known:
                 continue
             known.add(os.path.normpath(rel))
@@ -169,6 +232,17 @@ def load_sweep(root: Path) -> Tuple[List[Run], Dict[str, Any]]:
     if duplicates:
         meta = {**meta, "duplicates": duplicates}
     return runs, meta
+
+
+def _drift_verdict(job: Dict[str, Any], run: Run, sweep_file: Path) -> bool:
+    """sweep.json says the sweeper refused this job for config drift (``sweep.triage.CONFIG_DRIFT``),
+    and its results.json is not newer than that verdict (a later force=true re-run is)."""
+    if job.get("status") != R.FAILED or not str(job.get("error") or "").startswith("config drift"):
+        return False
+    try:
+        return (run.dir / R.RESULTS_FILE).stat().st_mtime <= sweep_file.stat().st_mtime
+    except OSError:
+        return False
 
 
 def drop_duplicates(runs: Sequence[Run]) -> Tuple[List[Run], List[Dict[str, str]]]:
@@ -207,6 +281,10 @@ class SeedGroup:
     runs: List[Run]
     vary: List[str] = field(default_factory=list)  # other params that differ between this algorithm's configs
 
+    def diverged(self) -> List[Run]:
+        """Its runs that diverged (status diverged, or KL not finite and positive)."""
+        return [r for r in self.runs if is_diverged(r)]
+
     def label(self) -> str:
         """The knob, plus whatever else tells it apart from the algorithm's other configurations
         (e.g. the learning rate when a sweep places DPO runs by lr)."""
@@ -234,9 +312,10 @@ class SeedGroup:
 
 
 def configurations(runs: Sequence[Run]) -> List[SeedGroup]:
-    """The finished runs grouped by configuration (``Run.group_key``), each algorithm's sorted by KL."""
+    """The finished and diverged runs grouped by configuration (``Run.group_key``), each
+    algorithm's sorted by KL (``SeedGroup.diverged``: the runs that diverged)."""
     groups: Dict[Tuple, SeedGroup] = {}
-    for run in finished(runs):
+    for run in finished(runs) + [r for r in runs if r.status == DIVERGED and r.algorithm in R.ALGORITHMS]:
         groups.setdefault(run.group_key(), SeedGroup(run.algorithm or "", [])).runs.append(run)
     for algorithm in R.ALGORITHMS:
         mine = [g for g in groups.values() if g.algorithm == algorithm]
@@ -245,4 +324,8 @@ def configurations(runs: Sequence[Run]) -> List[SeedGroup]:
         vary = [k for k in keys if len({json.dumps(g.runs[0].params.get(k), default=str) for g in mine}) > 1]
         for g in mine:
             g.vary = vary
-    return sorted(groups.values(), key=lambda g: (g.algorithm, float(np.nanmean([r.kl for r in g.runs]))))
+    def mean_kl(g: SeedGroup) -> float:
+        kls = [r.kl for r in g.runs if math.isfinite(r.kl)]
+        return float(np.mean(kls)) if kls else math.inf
+
+    return sorted(groups.values(), key=lambda g: (g.algorithm, mean_kl(g)))

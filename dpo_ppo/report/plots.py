@@ -223,46 +223,72 @@ def plot_over_training(configs: Sequence[SeedGroup], path: Path) -> Optional[str
 
 
 def plot_claim(rows: Sequence[ClaimRow], path: Path) -> Optional[str]:
-    """One claim: its metric against KL per algorithm in each facet (runs; the joint fit's curve
-    of each algorithm over the common KL range, shaded), the comparison point with its
-    intervals."""
+    """One claim, a column per facet: top, its metric against KL per algorithm (runs; the joint
+    fit's curve of each algorithm over the common KL range, shaded; the middle point with its
+    intervals); bottom, PPO - DPO along the common range with its simultaneous 95% band (the
+    margin dashed for "same"; each algorithm's band against its margin for "zero")."""
     rows = [r for r in rows if r.comparison is not None][:3]
     if not rows:
         return None
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.3 * len(rows), 3.1), squeeze=False)
-    for ax, row in zip(axes[0], rows):
+    fig, axes = plt.subplots(2, len(rows), figsize=(4.3 * len(rows), 5.6), squeeze=False)
+    for col, row in enumerate(rows):
+        ax, bx = axes[0][col], axes[1][col]
         comp, metric = row.comparison, row.metric
-        for a in R.ALGORITHMS:
-            side = [r for r in row.facet.runs[a] if metric in r.metrics and r.kl > 0]
+        pair = comp.pair
+        for a in (pair[1], pair[0]):
+            side = [r for r in row.facet.side(a) if metric in r.metrics and r.kl > 0]
             if not side:
                 continue
             x = np.log([r.kl for r in side])
             y = np.array([r.metrics[metric] for r in side])
-            ax.scatter(np.exp(x), y, s=14, alpha=0.6, color=COLORS[a], label=f"{LABELS[a]} ({len(side)} runs)")
+            ax.scatter(np.exp(x), y, s=14, alpha=0.6, color=COLORS.get(a), label=f"{LABELS.get(a, a)} ({len(side)} runs)")
         if comp.common:
             ax.axvspan(*comp.common, color="grey", alpha=0.12, lw=0)
         if comp.model is not None:  # the joint fit, over the common range where it compares
             grid = np.linspace(math.log(comp.common[0]), math.log(comp.common[1]), 40)
             curves = comp.curves(grid)
-            for a in R.ALGORITHMS:
-                ax.plot(np.exp(grid), curves[a], color=COLORS[a], lw=1.5)
+            for a in (pair[1], pair[0]):
+                ax.plot(np.exp(grid), curves[a], color=COLORS.get(a), lw=1.5)
         for pt in comp.points:
-            for a, dx in (("dpo", 0.985), ("ppo", 1.015)):
+            for a, dx in ((pair[1], 0.985), (pair[0], 1.015)):
                 lo, hi = pt.fit_ci[a]
                 if math.isfinite(lo):
                     ax.errorbar(pt.kl * dx, pt.fit[a], yerr=[[pt.fit[a] - lo], [hi - pt.fit[a]]], fmt="s",
-                                color=COLORS[a], markersize=4, capsize=3, markeredgecolor="black")
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("KL to reference (nats, log scale)", fontsize=8)
+                                color=COLORS.get(a), markersize=4, capsize=3, markeredgecolor="black")
         ax.set_ylabel(metric.split("/", 1)[-1], fontsize=7)
         ax.set_title(f"{row.facet.label()}: {row.verdict}", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    fig.suptitle(f"{rows[0].claim.id} ({rows[0].claim.expectation()}): {rows[0].claim.text}", fontsize=8)
+        curve = comp.curve
+        if curve is not None and len(curve.kl) > 1:
+            if row.claim.kind == "zero":
+                for a in row.claim.arms:
+                    c = comp.arm_curves.get(a)
+                    if c is not None:
+                        bx.fill_between(c.kl, c.lo, c.hi, color=COLORS.get(a), alpha=0.25, lw=0)
+                        bx.plot(c.kl, c.est, color=COLORS.get(a), lw=1.5, label=f"{LABELS.get(a, a)} (95% band)")
+                bx.set_ylabel("value (0 = as the reference)", fontsize=7)
+            else:
+                bx.fill_between(curve.kl, curve.lo, curve.hi, color="purple", alpha=0.2, lw=0,
+                                label="simultaneous 95% band")
+                bx.plot(curve.kl, curve.est, color="purple", lw=1.5,
+                        label=f"{LABELS.get(pair[0], pair[0])} - {LABELS.get(pair[1], pair[1])}")
+                bx.set_ylabel("PPO - DPO" if tuple(pair) == ("ppo", "dpo") else "difference", fontsize=7)
+            if row.margin is not None:
+                bx.plot(curve.kl, row.margin, "k--", lw=0.8, label="margin")
+                bx.plot(curve.kl, -np.asarray(row.margin), "k--", lw=0.8)
+            bx.axhline(0.0, color="black", lw=0.6)
+            bx.legend(fontsize=6)
+            if row.where:
+                bx.set_title(row.where[:110] + ("..." if len(row.where) > 110 else ""), fontsize=6)
+        for a_ in (ax, bx):
+            a_.set_xscale("log")
+            a_.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            a_.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            a_.xaxis.set_minor_formatter(NullFormatter())
+            a_.set_xlabel("KL to reference (nats, log scale)", fontsize=8)
+            a_.tick_params(labelsize=7)
+            a_.grid(alpha=0.3)
+    fig.suptitle(f"{rows[0].claim.id} ({rows[0].claim.expectation()}): {rows[0].claim.text}"[:160], fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

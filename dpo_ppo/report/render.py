@@ -15,8 +15,8 @@ from dpo_ppo import results as R
 from dpo_ppo.report import compare as C
 from dpo_ppo.report import plots, stats
 from dpo_ppo.report.claims import CLAIMS, SAME_MARGIN
-from dpo_ppo.report.load import (ALL_STATUSES, LABELS, NO_RESULTS, PENDING, SeedGroup, Run, configurations,
-                                 finished, load_run, load_sweep, metric_names)
+from dpo_ppo.report.load import (ALL_STATUSES, DIVERGED, LABELS, NO_RESULTS, PENDING, SeedGroup, Run,
+                                 configurations, finished, load_run, load_sweep, metric_names)
 
 BODY_METRICS = (R.REWARD, R.policy_metric("gradient_loss"), R.policy_metric("binary_loss"))
 MATCHED_FRACS = (0.25, 0.5, 0.75)
@@ -69,45 +69,47 @@ def write_runs_csv(runs: Sequence[Run], metrics: Sequence[str], path: Path) -> T
 
 
 RULE = (
-    "How to read it. Effect = PPO - DPO of the metric at the middle of the KL range both "
-    "algorithms' runs cover (geometric mean of its ends; `at KL`), read off one fit of both "
-    "algorithms' runs against log KL: metric = f(log KL) ± g(log KL) / 2, f shared by the two "
-    "(a polynomial whose degree, up to 3, predicts left-out configurations best), g = PPO - DPO a "
-    "line (a constant when an algorithm has one configuration), over the runs inside the common "
-    "KL range and a margin beyond its ends (a quarter of its log span, at least a factor 1.4). "
-    "Because f is shared, curves the two algorithms have in common cancel wherever each "
-    "algorithm's runs sit; the intervals add the distance the estimates move when f gets one "
-    "degree more (a bound on the smoothing bias: wide where an algorithm only interpolates across "
-    "a gap). Standard errors come from a bootstrap ({n_boot} draws) of each source apart: each "
-    "algorithm's seeds, and the evaluation prompts (paired across runs) where every run has "
-    "per-prompt rows; with k seeds the seeds' draws are widened by sqrt(k / (k - 1)). The 95% "
-    "interval is the estimate ± (a Student t quantile x that standard error + the bias bound), "
-    "with Welch-Satterthwaite's degrees of freedom over the sources (k - 1 per algorithm's seeds: "
-    "with 3 seeds a side the quantile is ~2.8, not 1.96). p is the t test's two-sided p of "
-    "effect = 0 for (|effect| - bias bound) / se; q is p adjusted over the rows that can give a "
-    "verdict ({fdr}). A caveat says when PPO - DPO differs between the two ends of the common "
-    "range (p < 0.05): then the effect at the middle is not the whole story. Runs whose metric, "
-    "per-prompt row or KL is not finite (or KL not positive) are left out, and the row says so. "
-    "A row gives a verdict only with at least {min_runs} runs and {min_seeds} seeds per "
-    "algorithm inside one facet and overlapping KL ranges; "
-    "otherwise it is inconclusive, and one run per side never gives one. "
-    "Verdicts: for PPO > DPO or PPO < DPO, supported when q < {alpha} in the claimed direction, "
-    "contradicted when q < {alpha} the other way; for PPO ≈ DPO, supported when the interval lies "
-    "within ± {margin:.0%} of the mean of the two values, contradicted when q < {alpha} and the "
-    "whole interval lies beyond that margin; for PPO ≠ DPO the reverse; for \"|x| < m for both\" "
-    "(what the seed says of each model against the reference), supported when each algorithm's "
-    "interval lies within ± m, contradicted when q < {alpha} for \"some algorithm lies beyond m\" "
-    "(p: one-sided t at the margin per algorithm, Bonferroni over the two). The intervals behind "
-    "\"supported\" for ≈ and \"|x| < m\" (and \"contradicted\" for ≠) are the unadjusted 95% ones. "
-    "Everything else: "
-    "inconclusive. Facets: runs that differ in {facets} are compared only within one value "
-    "(a `pooled:` note says where that was impossible or asked for)."
+    "How to read it. Each row quotes the seed's sentence and tests it on one facet's runs. The "
+    "comparison: one fit of both algorithms' runs against log KL, metric = f(log KL) ± g(log KL) / 2, "
+    "f shared by the two (a polynomial whose degree, up to 3, predicts left-out configurations best, "
+    "leaving two configurations beyond the coefficients), g = PPO - DPO a line (a constant when an "
+    "algorithm has one configuration), over the runs inside the KL range both algorithms cover and "
+    "a margin beyond its ends. Because f is shared, curves the two have in common cancel wherever "
+    "each algorithm's runs sit. The noise: each configuration's mean sits off its algorithm's curve "
+    "by its own offset plus its seeds' noise, and that scatter (the configuration means' residual "
+    "variance, configurations - coefficients degrees of freedom) gives the standard errors, with the "
+    "evaluation prompts bootstrapped ({n_boot} draws, paired across runs) where every run has "
+    "per-prompt rows; with too few configurations to see their scatter, each algorithm's seeds are "
+    "bootstrapped instead and the caveat says the verdict is about these configurations. Every "
+    "interval adds the distance the estimate moves when f or g gets one degree more (a bound on the "
+    "smoothing bias). PPO - DPO is drawn along the whole common range with a simultaneous 95% band "
+    "(sup-t: it covers the whole curve at once in 95% of sweeps), and the verdict says where the "
+    "band lies above, below or across 0 (`where`). p: for PPO > DPO, PPO < DPO and PPO ≠ DPO, of "
+    "\"no difference anywhere on the range\" (the band's sup-t test); for PPO ≈ DPO and |x| < m, of "
+    "\"beyond the margin somewhere on the range\" (two one-sided tests at every point, the largest p: "
+    "an intersection-union test). q: p adjusted ({fdr}) over the rows that can give a verdict and "
+    "belong to the family; rows derived from or paraphrasing another are shown with their "
+    "unadjusted p and kept out of it. Verdicts: for > and <, supported when q < {alpha} and the "
+    "band leaves 0 only in the claimed direction, contradicted when only the other way, mixed when "
+    "both; for ≠, supported when q < {alpha}, contradicted when the two are equivalent within "
+    "±{margin:.0%} of their mean everywhere; for ≈ and |x| < m, supported when q < {alpha} "
+    "(equivalent everywhere), contradicted when the band lies wholly beyond the margin somewhere. "
+    "Everything else: inconclusive. A row gives a verdict only with at least {min_runs} runs and "
+    "{min_seeds} seeds per algorithm inside one facet and overlapping KL ranges; one run per side "
+    "never gives one. Runs that diverged (status diverged, a metric or KL not finite, KL not "
+    "positive) are counted per configuration below and named in the caveat of every row they would "
+    "have entered; runs whose metric is missing or whose per-prompt rows are not finite are left "
+    "out and named too. Facets: runs that differ in {facets} are compared only within one value "
+    "(a `pooled:` note says where that was impossible or asked for); the seed's two rounds "
+    "(experiment=paper_run1/2) are a facet, and a claim the seed made of one round is compared only "
+    "there (a caveat says so when the sweep has no such facet). docs/analyses.md maps every "
+    "sentence to its row."
 )
 
 
 def claims_markdown(rows: Sequence[C.ClaimRow], multi_facet: bool) -> List[str]:
-    header = ["claim", "§", "metric", "DPO vs PPO at matched KL: PPO - DPO [95%]", "runs DPO / PPO",
-              "q", "verdict"]
+    header = ["claim", "§", "metric", "at the middle: PPO - DPO [95%]", "runs DPO / PPO",
+              "p / q", "verdict (where on the common KL range)"]
     if multi_facet:
         header.insert(2, "facet")
     out = []
@@ -116,15 +118,21 @@ def claims_markdown(rows: Sequence[C.ClaimRow], multi_facet: bool) -> List[str]:
         runs = comp.runs_text() if comp else "–"
         pooled = r.facet.pooled_text()
         verdict = f"**{r.verdict}**" if r.verdict != "inconclusive" else "inconclusive"
+        if r.where:
+            verdict += f": {r.where}"
+        if r.margin_note:
+            verdict += f" (margin {r.margin_note})"
         if r.reason:
             verdict += f" ({r.reason})"
         if r.caveat:
             verdict += f"; caveat: {r.caveat}"
         if pooled:
             verdict += f"; pooled: {pooled}"
-        cells = [f"{r.claim.id}: {r.claim.text} ({r.claim.expectation()})", r.claim.section,
-                 f"`{r.metric}`" if r.metric else "–", r.effect_text(), runs,
-                 C.fmt(r.q) if r.eligible else "–", verdict]
+        quote = f" — “{r.claim.quote}”" if r.claim.quote else ""
+        pq = "–" if not r.eligible else (f"{C.fmt(r.p)} / {C.fmt(r.q)}" if r.in_family
+                                          else f"{C.fmt(r.p)} / outside the family")
+        cells = [f"{r.claim.id}: {r.claim.text} ({r.claim.expectation()}){quote}", r.claim.section,
+                 f"`{r.metric}`" if r.metric else "–", r.effect_text(), runs, pq, verdict]
         if multi_facet:
             cells.insert(2, r.facet.label())
         out.append(cells)
@@ -181,6 +189,7 @@ def progress_line(runs: Sequence[Run]) -> Tuple[str, Dict[str, int]]:
     other = len(runs) - sum(counts.values())
     text = (f"{len(runs)} jobs: {counts[R.FINISHED]} finished, {counts[R.FAILED]} failed, "
             f"{counts[R.RUNNING]} running, " + (f"{counts[R.INTERRUPTED]} interrupted, " if counts[R.INTERRUPTED] else "")
+            + (f"{counts[DIVERGED]} diverged, " if counts[DIVERGED] else "")
             + f"{counts[NO_RESULTS]} started without results, "
             f"{counts[PENDING]} not started" + (f", {other} other" if other else "") + ".")
     return text, counts
@@ -235,8 +244,10 @@ def claim_figures(rows: Sequence[C.ClaimRow], out: Path, figures: bool, images: 
     if not links:
         return []
     return ["## One figure per claim", "",
-            "The claim's metric against KL (log scale) per algorithm: runs, the joint fit's curve of each "
-            "algorithm over the common range (shaded), the compared point with its 95% intervals.",
+            "Top: the claim's metric against KL (log scale) per algorithm: runs, the joint fit's curve of "
+            "each algorithm over the common range (shaded), the middle point with its 95% intervals. "
+            "Bottom: PPO - DPO along the common range with its simultaneous 95% band (and the margin, "
+            "dashed, for ≈ claims); the verdict holds where the band says so.",
             ""] + links + [""]
 
 
@@ -261,14 +272,23 @@ def configurations_markdown(configs: Sequence[SeedGroup], split: Sequence[str]) 
     table = []
     for c in configs:
         p = c.runs[0].params
+        diverged = c.diverged()
+        ok = [r for r in c.runs if r not in diverged]
         table.append([LABELS.get(c.algorithm, c.algorithm), c.label()] + [p.get(k, "") for k in split]
                      + ([" ".join(c.runs[0].extra_overrides())] if extra else [])
-                     + [len(c.runs), stats.mean_ci(c.values(R.REWARD)).text(), stats.mean_ci(c.values(R.KL)).text()])
-    header = ["algorithm", "knob"] + list(split) + (["other overrides"] if extra else []) + ["seeds", "reward", "KL (nats)"]
+                     + [len(ok), len(diverged) if not diverged else f"**{len(diverged)}**",
+                        stats.mean_ci(r.metrics.get(R.REWARD) for r in ok).text(),
+                        stats.mean_ci(r.kl for r in ok).text()])
+    header = (["algorithm", "knob"] + list(split) + (["other overrides"] if extra else [])
+              + ["seeds", "diverged", "reward", "KL (nats)"])
+    per_algorithm = {a: sum(len(c.diverged()) for c in configs if c.algorithm == a)
+                     for a in dict.fromkeys(c.algorithm for c in configs)}
+    total = ", ".join(f"{LABELS.get(a, a)} {n}" for a, n in per_algorithm.items())
     return ["## Configurations", "", md_table(header, table), "",
-            "Reward and KL: mean over the configuration's seeds ± the half-width of its 95% t-interval "
-            "(t with seeds - 1 degrees of freedom: 12.7 for 2 seeds, 4.3 for 3, so two seeds give wide "
-            "intervals by construction).", ""]
+            "Reward and KL: mean over the configuration's seeds that did not diverge ± the half-width of its "
+            "95% t-interval (t with seeds - 1 degrees of freedom: 12.7 for 2 seeds, 4.3 for 3, so two seeds "
+            "give wide intervals by construction). Diverged: runs with status diverged or a KL that is not "
+            f"finite and positive, left out of every fit and named in the claims' caveats (in all: {total}).", ""]
 
 
 def all_metrics_markdown(runs: Sequence[Run], facets: Sequence[C.Facet], metrics: Sequence[str], out: Path,
@@ -319,7 +339,13 @@ def compare_markdown(a: Run, b: Run, out: Path, images: Dict[str, str]) -> Tuple
 def claim_record(r: C.ClaimRow) -> Dict[str, Any]:
     comp = r.comparison
     pt = comp.points[0] if comp and comp.points else None
+    curve = comp.curve if comp is not None else None
     return {"claim": r.claim.id, "section": r.claim.section, "text": r.claim.text, "expect": r.claim.expectation(),
+            "quote": r.claim.quote, "condition": r.claim.condition, "in_family": r.in_family,
+            "where": r.where, "margin": r.margin_note,
+            "curve": None if curve is None else {"kl": curve.kl.tolist(), "effect": curve.est.tolist(),
+                                                 "lo": curve.lo.tolist(), "hi": curve.hi.tolist()},
+            "diverged": comp.diverged if comp is not None else {},
             "facet": r.facet.label(), "pooled": r.facet.pooled_text(), "metric": r.metric,
             "n": comp.n if comp else None, "seeds": comp.seeds if comp else None,
             "kl": pt.kl if pt else None, "dpo": pt.fit["dpo"] if pt else None, "ppo": pt.fit["ppo"] if pt else None,
@@ -425,6 +451,7 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
         "duplicates": meta.get("duplicates", []),
         "configurations": [{"algorithm": c.algorithm, "params": {k: v for k, v in c.runs[0].params.items() if k != "seed"},
                             "overrides": c.runs[0].extra_overrides(), "seeds": [r.seed for r in c.runs],
+                            "diverged": [r.rel for r in c.diverged()],
                             "metrics": {m: vars(stats.mean_ci(c.values(m))) for m in metrics}} for c in configs],
         "facets": [{"label": f.label(), "values": f.values, "pooled": f.pooled_text(),
                     "runs": {a: len(f.runs[a]) for a in R.ALGORITHMS}} for f in facets],

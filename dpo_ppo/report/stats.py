@@ -258,3 +258,89 @@ def holm(p: Sequence[float]) -> np.ndarray:
     if m:
         q[order] = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
     return q
+
+
+def tost_p(estimate: float, se: float, dof: float, margin: float, bias: float = 0.0) -> float:
+    """Two one-sided tests of equivalence, H0 "|true value| >= margin": the larger of the two
+    one-sided p, sf((margin - |estimate| - bias) / se) with dof (the estimate's bias bound counted
+    against equivalence). p < alpha exactly when the 1 - 2 alpha interval lies within +-margin."""
+    if not (math.isfinite(estimate) and math.isfinite(se) and math.isfinite(margin)):
+        return float("nan")
+    room = margin - abs(estimate) - bias
+    if _degenerate(se, estimate):
+        return 0.0 if room > 0 else 1.0
+    if not dof >= 1:
+        return float("nan")
+    return float(_scipy.t.sf(room / se, dof))
+
+
+# --------------------------------------------------------------------------- configurations
+#
+# A sweep's configurations (learning rate, beta, a fixed coefficient, a KL target) are not
+# interchangeable: each may sit off its algorithm's curve by an offset of its own. Resampling seeds
+# and prompts never sees that spread, so an interval built from them alone is too narrow by the
+# configurations' scatter. The comparison treats the offsets as a random effect: u_c ~ (0, tau^2)
+# per configuration. Every estimate is linear in the runs' values (a = X (X'X)^+ L), so the offsets
+# add tau^2 sum_c (sum_{i in c} a_i)^2 to its variance; tau^2 is estimated by the method of moments
+# (the configuration means' scatter about the fitted curve, less what the seeds' own noise explains).
+
+
+def config_tau2(X: np.ndarray, y: np.ndarray, groups: Sequence) -> Tuple[float, int]:
+    """The variance of a configuration's mean about its algorithm's curve, tau^2 + sigma^2 / k
+    (its own offset plus its seeds' noise averaged), and its degrees of freedom (configurations -
+    coefficients): the residual variance of the model fitted to the configurations' mean rows.
+    (nan, 0) when there are no more configurations than coefficients."""
+    X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+    labels = list(dict.fromkeys(groups))
+    idx = np.array([labels.index(g) for g in groups])
+    C, p = len(labels), X.shape[1]
+    if C <= p:
+        return float("nan"), 0
+    size = np.bincount(idx, minlength=C).astype(float)
+    Xm = np.stack([X[idx == c].mean(0) for c in range(C)])
+    ym = np.array([y[idx == c].mean() for c in range(C)])
+    beta_m = weighted_lstsq(Xm, ym, np.ones(C))
+    between = float(np.sum((ym - Xm @ beta_m) ** 2) / (C - p))
+    return between, C - p
+
+
+def config_loadings(X: np.ndarray, L: np.ndarray, groups: Sequence) -> np.ndarray:
+    """(C, m) weights of each configuration's offset in m linear functionals L (p, m) of the least
+    squares fit: the estimate moves by loadings[c] u_c when configuration c is shifted by u_c."""
+    X = np.asarray(X, dtype=float)
+    labels = list(dict.fromkeys(groups))
+    idx = np.array([labels.index(g) for g in groups])
+    a = X @ np.linalg.pinv(X.T @ X) @ np.asarray(L, dtype=float)  # (n, m)
+    out = np.zeros((len(labels), a.shape[1]))
+    np.add.at(out, idx, a)
+    return out
+
+
+# --------------------------------------------------------------------------- simultaneous bands
+
+
+def sup_t(cov: np.ndarray, dof: float, level: float = 0.95, n_sim: int = 5000,
+          rng: np.random.Generator = None) -> Tuple[float, np.ndarray]:
+    """The critical value c of a simultaneous band est +- c se over a grid whose estimates have
+    covariance ``cov`` (the sup of |T| over the grid, T multivariate t with ``dof``), and the
+    simulated sups (for p-values). Montiel Olea & Plagborg-Moller's sup-t band."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    cov = np.asarray(cov, dtype=float)
+    se = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    ok = se > 0
+    if not ok.any() or not dof >= 1:
+        return float("nan"), np.array([])
+    corr = cov[np.ix_(ok, ok)] / np.outer(se[ok], se[ok])
+    w, v = np.linalg.eigh(corr)
+    root = v * np.sqrt(np.maximum(w, 0.0))
+    z = rng.standard_normal((n_sim, len(w))) @ root.T
+    scale = np.sqrt(rng.chisquare(dof, size=(n_sim, 1)) / dof) if math.isfinite(dof) else 1.0
+    sups = np.max(np.abs(z / scale), axis=1)
+    return float(np.quantile(sups, level)), sups
+
+
+def sup_t_p(stat: float, sups: np.ndarray) -> float:
+    """p of an observed sup |t| against simulated sups ((count + 1) / (n + 1))."""
+    if not (math.isfinite(stat) and len(sups)):
+        return float("nan")
+    return float((np.sum(sups >= stat) + 1) / (len(sups) + 1))

@@ -19,8 +19,34 @@ from dpo_ppo.config import as_dict
 log = logging.getLogger("dpo_ppo")
 
 
-# what a job's training left in its folder: cleared when force=true re-runs it under a new config
-TRAINING_STATE = ("dpo_trainer", "ppo_state", "ppo_state.old", "snapshots", "policy")
+# what a job's training left in its folder: cleared when force=true re-runs it
+TRAINING_STATE = ("dpo_trainer", "ppo_state", "ppo_state.old", "ppo_state.tmp", "snapshots", "policy")
+# the old attempt's curves and outputs, cleared with it (a new run would append to or mix with them)
+OLD_OUTPUTS = (R.TRAIN_LOG_FILE, R.EVAL_ROWS_FILE, "samples.json", R.TRACEBACK_FILE, "analysis.json")
+
+
+def start_over(job_dir: Path, previous: dict, why: str) -> dict:
+    """Clear what earlier attempts left (training state, snapshots, the policy, the training log and
+    outputs) so the job runs from scratch; says so in one line.  The old W&B run is left as it is
+    (its offline folder under wandb/, or its history in the project): the new attempt starts a new
+    run, named in results.json ``replaces``.  Returns what was replaced."""
+    cleared = []
+    for name in TRAINING_STATE + OLD_OUTPUTS:
+        path = Path(job_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        cleared.append(name)
+    old_run = (previous.get("wandb") or {}).get("id")
+    log.warning("%s: running %s from scratch (cleared: %s)%s", why, job_dir, ", ".join(cleared) or "nothing",
+                f"; a new W&B run replaces run {old_run}, whose history is left as it was" if old_run else "")
+    replaced = {"status": previous.get("status"), "attempts": previous.get("attempts"), "wandb_id": old_run,
+                "cleared": cleared, "why": why}
+    previous.clear()
+    return replaced
 
 
 def check_drift(cfg, job_dir: Path, previous: dict, raise_errors: bool) -> dict | None:
@@ -32,14 +58,11 @@ def check_drift(cfg, job_dir: Path, previous: dict, raise_errors: bool) -> dict 
     err = R.config_drift(job_dir, previous, as_dict(cfg))
     if err is None:
         return None
-    if cfg.force or previous.get("status") == "failed":
-        why = "force=true" if cfg.force else "the earlier attempt failed"
-        log.warning("%s; %s: running it from scratch", err, why)
-        for name in TRAINING_STATE:
-            path = Path(job_dir) / name
-            if path.is_dir():
-                shutil.rmtree(path)
-        previous.clear()
+    if cfg.force or previous.get("status") in (R.FAILED, R.DIVERGED):
+        # a fixed config (a lower learning rate after a divergence) is the usual reason to relaunch
+        why = "force=true" if cfg.force else f"the earlier attempt {previous.get('status')}"
+        log.warning("%s", err)
+        previous["replaces"] = start_over(job_dir, previous, f"{why} after config drift")
         return None
     log.error("%s", err)
     if raise_errors:

@@ -28,6 +28,7 @@ continuing after the earlier attempts'.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -169,6 +170,34 @@ def _drop_replayed_rows(path: Path, step, keys: set) -> None:
     R.write_atomic(path, "".join(kept))
 
 
+# seconds an online wandb.init may wait for the server before the job goes on offline (W&B's own
+# default is 90 s, + 10 s of grace, paid by every job of a sweep without a network); the
+# environment variable WANDB_INIT_TIMEOUT (W&B's own name for it) sets another
+ONLINE_INIT_TIMEOUT_S = 20.0
+
+
+def init_online(kwargs: dict):
+    """``wandb.init`` online within ``WANDB_INIT_TIMEOUT`` seconds (default
+    ``ONLINE_INIT_TIMEOUT_S``); when the server cannot be reached (no network, a firewall, a wrong
+    WANDB_BASE_URL), one warning and the run goes on offline under the same id (``dpo-ppo-sync``
+    uploads it later).  Returns the run and the mode it runs in."""
+    import os
+
+    import wandb
+
+    timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or ONLINE_INIT_TIMEOUT_S)
+    try:
+        return wandb.init(mode="online", settings=wandb.Settings(init_timeout=timeout), **kwargs), "online"
+    except Exception as e:  # CommError, timeouts, auth failures reaching the server
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        log.warning("W&B online could not reach its server (%s: %s; waited at most %.0f s, WANDB_INIT_TIMEOUT sets "
+                    "it); logging offline instead, dpo-ppo-sync uploads the run later", type(e).__name__, first,
+                    timeout)
+        with contextlib.suppress(Exception):  # the failed run still holds its id in W&B's service process
+            wandb.teardown(exit_code=1)
+        return wandb.init(mode="offline", **kwargs), "offline"
+
+
 class Recorder:
     """One job's results.json plus (optionally) its W&B run.
 
@@ -189,13 +218,28 @@ class Recorder:
             import wandb
 
             group = run_group(results)
-            self.run = wandb.init(
-                project=logger_cfg.project, entity=logger_cfg.entity, mode=logger_cfg.mode,
+            run_id = resume_id
+            if run_id is None:
+                # the id is chosen and recorded before wandb.init: a job killed during init (it can
+                # wait on the server) is resumed under this id by its relaunch, not left as a stray
+                # empty run beside a second one
+                import secrets
+
+                run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], as W&B's own ids
+                results["wandb"] = {"id": run_id, "mode": logger_cfg.mode, "next_step": 0, "starting": True}
+                self.save()
+            kwargs = dict(
+                project=logger_cfg.project, entity=logger_cfg.entity,
                 dir=str(Path(logger_cfg.dir or self.job_dir).resolve()), group=group,
                 job_type=results["algorithm"], name=run_name, config=wandb_config,
                 tags=run_tags(results, wandb_config, logger_cfg.tags), reinit="finish_previous",
-                id=resume_id, resume="allow" if resume_id else None,
+                id=run_id, resume="allow" if resume_id else None,
             )
+            mode = logger_cfg.mode
+            if mode == "online":
+                self.run, mode = init_online(kwargs)
+            else:
+                self.run = wandb.init(mode=mode, **kwargs)
             define_metrics(self.run)
             # History steps continue across attempts: offline, a resumed run starts again at step 0
             # in its new folder, and W&B keeps only rising steps of a run, so the attempts of a
@@ -204,9 +248,9 @@ class Recorder:
             self.step = max(int(self.run.step or 0), int(resume_step or 0) if resume_id else 0)
             results["wandb"] = {
                 "id": self.run.id, "project": self.run.project or logger_cfg.project,
-                "entity": self.run.entity or logger_cfg.entity, "mode": logger_cfg.mode,
+                "entity": self.run.entity or logger_cfg.entity, "mode": mode,
                 "url": self.run.url, "group": group, "resumed": bool(resume_id),
-                "dir": str(Path(self.run.dir).parent), "next_step": self.step,
+                "dir": R.job_path(self.job_dir, Path(self.run.dir).parent), "next_step": self.step,
             }
         self.save()
         self.files(self.job_dir / RESULTS_FILE, at_end=True)  # as it is when the run finishes
@@ -220,6 +264,27 @@ class Recorder:
     def save(self) -> None:
         R.write_results(self.job_dir, self.results)
 
+    def _save_in_place(self, err: OSError) -> None:
+        """results.json's status and error written over the old file in place, padded with spaces
+        to its length: rewriting the allocated bytes of a file needs no free space, where the atomic
+        writer's new file does (a full disk left results.json ``running``)."""
+        path = self.job_dir / RESULTS_FILE
+        error = f"{self.results.get('error') or ''} (results.json could not be rewritten: {err})".strip()
+        keep = ("status", "algorithm", "name", "overrides", "params", "config_key", "attempts", "trained")
+        for short in (dict({k: self.results.get(k) for k in keep}, error=error, partial=True),
+                      {"status": self.results.get("status"), "error": error[:200], "partial": True}):
+            text = R.json_text(short, indent=None).encode()
+            try:
+                size = path.stat().st_size
+                if len(text) <= size:
+                    with open(path, "r+b") as f:
+                        f.write(text.ljust(size))
+                    log.error("%s: %s", path, error)
+                    return
+            except OSError:
+                break
+        log.error("%s could not be updated to status %s: %s", path, self.results.get("status"), error)
+
     def log(self, metrics: dict, step: int | None = None) -> None:
         """A training-curve point (W&B history and ``train_log.jsonl``); ``step`` is the examples
         seen, unless ``metrics`` carries ``train/examples`` itself."""
@@ -228,8 +293,8 @@ class Recorder:
             self._train_log_started = True
             if step is not None and path.exists():
                 _drop_replayed_rows(path, step, set(metrics))
-        with open(path, "a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        with open(path, "a") as f:  # strict JSON: a NaN is written as null (the job then ends diverged)
+            f.write(json.dumps(R.finite_json({"step": step, **metrics}), allow_nan=False) + "\n")
         if self.run is not None:
             row = dict(metrics)
             if step is not None:  # the examples axis of every train/* curve (define_metrics)
@@ -339,7 +404,10 @@ class Recorder:
 
     def finish(self, status: str, **fields) -> None:
         self.results.update(status=status, **fields)
-        self.save()
+        try:
+            self.save()
+        except OSError as e:  # a full disk: the status and the error still reach results.json
+            self._save_in_place(e)
         if self.run is not None:
             self.run.summary["status"] = status
             if fields.get("error"):

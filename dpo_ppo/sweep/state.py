@@ -13,6 +13,8 @@ from dpo_ppo.sweep.triage import CONFIG_DRIFT, FINISHED_BEFORE, RUNNING_ELSEWHER
 
 # sweep.json's "state"
 SWEEP_RUNNING, SWEEP_DONE = R.RUNNING, "done"
+# stopped by SIGTERM/SIGINT, or by an error of the sweeper or its launcher (sweep.json "error" says which)
+SWEEP_INTERRUPTED, SWEEP_FAILED = R.INTERRUPTED, R.FAILED
 
 
 def counts(jobs: Sequence[SweepJob]) -> Dict[str, int]:
@@ -32,7 +34,8 @@ def duration(seconds: float) -> str:
 
 
 def write_sweep_json(sweep_dir: Path, *, name: str, state: str, started: float, launcher: str,
-                     arguments: Sequence[str], jobs: Sequence[SweepJob], merged: Sequence[str]) -> Path:
+                     arguments: Sequence[str], jobs: Sequence[SweepJob], merged: Sequence[str],
+                     error: Optional[str] = None) -> Path:
     """``<sweep_dir>/sweep.json`` (R.SWEEP_FILE), atomically; job folders inside the sweep folder
     are written relative to it."""
     sweep_dir_abs = os.path.abspath(sweep_dir)
@@ -45,7 +48,8 @@ def write_sweep_json(sweep_dir: Path, *, name: str, state: str, started: float, 
 
     return R.write_json(Path(sweep_dir) / R.SWEEP_FILE, {
         "name": name,
-        "state": state,  # SWEEP_RUNNING | SWEEP_DONE
+        "state": state,  # SWEEP_RUNNING | SWEEP_DONE | SWEEP_INTERRUPTED | SWEEP_FAILED
+        "error": error,  # why the sweep stopped, when interrupted or failed
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "elapsed_s": round(time.time() - started, 1),
         "launcher": launcher,
@@ -84,14 +88,16 @@ def progress_line(jobs: Sequence[SweepJob], started: float, batches_left: int, p
     c = counts(jobs)
     done = len(jobs) - c[R.PENDING]
     eta = f", about {duration(per_batch * batches_left)} to go" if batches_left and per_batch else ""
+    diverged = f", {c[R.DIVERGED]} diverged" if c.get(R.DIVERGED) else ""
     return (f"{done}/{len(jobs)} done: {c[R.FINISHED]} finished, {c[R.SKIPPED]} skipped, "
-            f"{c[R.FAILED]} failed, {c[R.PENDING]} left ({duration(time.time() - started)}{eta})")
+            f"{c[R.FAILED]} failed{diverged}, {c[R.PENDING]} left ({duration(time.time() - started)}{eta})")
 
 
 def done_line(jobs: Sequence[SweepJob], started: float, sweep_dir: Path) -> str:
     c = counts(jobs)
+    diverged = f", {c[R.DIVERGED]} diverged (the learning rate, most likely)" if c.get(R.DIVERGED) else ""
     return (f"sweep done in {duration(time.time() - started)}: {c[R.FINISHED]} finished, "
-            f"{c[R.SKIPPED]} skipped, {c[R.FAILED]} failed; status in {Path(sweep_dir) / R.SWEEP_FILE}; "
+            f"{c[R.SKIPPED]} skipped, {c[R.FAILED]} failed{diverged}; status in {Path(sweep_dir) / R.SWEEP_FILE}; "
             f"report: dpo-ppo-report {sweep_dir}")
 
 

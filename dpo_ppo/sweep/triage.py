@@ -174,20 +174,21 @@ def outcome(job: SweepJob, ret: Optional[JobReturn], launch_error: Optional[str]
         if not ok:
             job.status, job.error = R.FAILED, value
             return
-        if isinstance(value, Mapping) and value.get("status") in (R.FINISHED, R.SKIPPED, R.FAILED):
+        if isinstance(value, Mapping) and value.get("status") in (R.FINISHED, R.SKIPPED, R.FAILED, R.DIVERGED):
             job.status = str(value["status"])
-            if job.status == R.FAILED:
+            if job.status in (R.FAILED, R.DIVERGED):
                 job.error = last_line(value.get("error") or (on_disk or {}).get("error") or R.FAILED)
             return
         # no status in the return value: trust the folder, else the fact it returned
-        if on_disk and on_disk.get("status") == R.FAILED:
-            job.status, job.error = R.FAILED, last_line(on_disk.get("error") or R.FAILED)
+        if on_disk and on_disk.get("status") in (R.FAILED, R.DIVERGED):
+            job.status, job.error = on_disk["status"], last_line(on_disk.get("error") or on_disk["status"])
         else:
             job.status = R.FINISHED
         return
     # the launcher lost the job (or raised): whatever the folder says
-    if on_disk and on_disk.get("status") == R.FINISHED:
-        job.status = R.FINISHED
+    if on_disk and on_disk.get("status") in (R.FINISHED, R.DIVERGED):
+        job.status = on_disk["status"]
+        job.error = on_disk.get("error") if job.status == R.DIVERGED else job.error
     else:
         job.status = R.FAILED
         job.error = last_line((on_disk or {}).get("error") or launch_error or "no result")

@@ -60,6 +60,7 @@ from dpo_ppo.config.schedule import kl_controller_name, rollout_minibatches
 from dpo_ppo.runtime.progress import tqdm  # plain lines when stderr is not a terminal
 
 from dpo_ppo.runtime import hardware
+from dpo_ppo.runtime.divergence import check_weights
 from dpo_ppo.runtime.hardware import CPU_SIZES
 from dpo_ppo.train.probe import due
 from dpo_ppo.train.sampling import generate, model_device, pad_batch, pad_token_id
@@ -721,7 +722,12 @@ def save_snapshot(policy, tokenizer, out_dir: Path, examples: int) -> Path:
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """The RNG states as tensors and plain values only, so that ``load_state`` reads them with
+    ``weights_only=True`` (numpy's state holds an ndarray: kept as a tensor of its words)."""
+    kind, words, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(np.asarray(words, dtype=np.int64)), int(pos), int(has_gauss),
+                       float(gauss)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -729,8 +735,10 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, words, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, words.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -746,12 +754,27 @@ def save_state(out_dir: Path, state: dict) -> None:
     replace_dir(tmp, final)
 
 
+class UnsafeState(ValueError):
+    """A resume state file that holds more than tensors and plain values: refused, never run."""
+
+
 def load_state(out_dir: Path) -> Optional[dict]:
-    """The saved state, or None; falls back to ``ppo_state.old`` if a crash hit mid-replace."""
+    """The saved state, or None; falls back to ``ppo_state.old`` if a crash hit mid-replace.
+    Read with ``weights_only=True``: a job folder may be shared (a cluster's scratch, a copied
+    sweep), and a pickle that names any other object (code to run) is refused, not executed."""
+    import pickle
+
     for name in ("ppo_state", "ppo_state.old"):
         path = out_dir / name / "state.pt"
         if path.exists():
-            return torch.load(path, map_location="cpu", weights_only=False)
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UnsafeState(
+                    f"{path} holds more than tensors and plain values (or was written by an older version); "
+                    f"refused, not loaded ({first[:200]}). Delete {path.parent} or run with force=true "
+                    f"to train from scratch") from None
     return None
 
 
@@ -799,6 +822,7 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
     # what the run cost, for comparisons at matched compute; kl_history: train/kl of every update
     compute = {"optimizer_steps": 0, "examples_seen": 0, "trained_tokens": 0, "generated_tokens": 0}
     kl_history: list[float] = []
+    all_cut = 0  # updates whose trust region cut back every step it took (lr too large for the bound)
 
     state = load_state(out_dir)
     if state is not None:
@@ -817,6 +841,7 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
         generator.set_state(state["generator"])
         _set_rng_state(state["rng"])
         examples, updates = state["examples"], state["updates"]
+        all_cut = state.get("updates_all_cut_back", 0)
         wall_before, last_snapshot = state["wall_s"], state["last_snapshot"]
         resumed_from = examples
         logging.getLogger(__name__).info("ppo: resuming from %s at %d of %d examples (update %d)",
@@ -830,7 +855,7 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
             "normalizer": normalizer.state_dict() if normalizer is not None else None,
             "score_moments": score_moments.state_dict(),
             "generator": generator.get_state(), "rng": _rng_state(), "examples": examples,
-            "updates": updates, "wall_s": wall_before + time.time() - t_start,
+            "updates": updates, "updates_all_cut_back": all_cut, "wall_s": wall_before + time.time() - t_start,
             "last_snapshot": last_snapshot})
 
     t_start = time.time()
@@ -864,10 +889,22 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
         metrics["train/tokens_per_s"] = metrics["train/completion_tokens"] / (t2 - t0)
         metrics["train/examples"] = before  # the policy the rollout measured had seen `before`
         metrics["train/kl_coef_next"] = kl_ctl.value
+        steps_taken = metrics["train/optimizer_steps"]
+        if steps_taken and metrics["train/steps_cut_back"] >= steps_taken:
+            all_cut += 1
+            if all_cut == 1:  # once; the count goes to the log, train/updates_all_cut_back and the summary
+                logging.getLogger(__name__).warning(
+                    "ppo: the trust region (early_stop_kl=%g) cut back all %d steps of update %d; the policy "
+                    "barely moves when every step is cut (likely algorithm.lr=%g is too large)",
+                    cfg.early_stop_kl, steps_taken, updates, cfg.lr)
+        metrics["train/updates_all_cut_back"] = all_cut
         if log_fn is not None:
             log_fn(log_names(metrics), before)
             if probe is not None and (due(examples, before, probe_every) or examples >= total):
                 log_fn({**probe(policy), R.EXAMPLES: examples}, examples)
+        # a step to non-finite weights fails in the next rollout's sampling with no word of why
+        check_weights(list(policy.parameters()) + list(model.value_modules().parameters()), examples,
+                      knob=f"algorithm.lr={cfg.lr:g}")
         bar.update(len(prefixes))
         bar.set_postfix(score=f"{metrics['train/score_mean']:.3f}", kl=f"{metrics['train/kl']:.2f}",
                         coef=f"{kl_coef:.3f}")
@@ -876,6 +913,9 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
             last_snapshot = examples
             checkpoint()
     bar.close()
+    if all_cut:
+        logging.getLogger(__name__).warning("ppo: the trust region cut back every step in %d of %d updates", all_cut,
+                                            updates)
     if last_snapshot != examples:
         save_snapshot(policy, tokenizer, out_dir, examples)
         last_snapshot = examples
@@ -884,6 +924,6 @@ def train_ppo(cfg, policy, ref_model, tokenizer, prompts: list[list[int]], rewar
     tail = kl_history[-max(1, len(kl_history) // 4):]
     return {"examples": examples, "updates": updates, "kl_coef": kl_ctl.value,
             "kl_controller": kl_controller_name(cfg), "kl_recent": sum(tail) / max(1, len(tail)),
-            "compute": compute,
+            "compute": compute, "updates_all_cut_back": all_cut,
             "wall_s": wall_before + time.time() - t_start, "resumed_from": resumed_from,
             "snapshot_dir": str(out_dir / "snapshots"), **metrics}

@@ -123,6 +123,12 @@ def sweep_error_line(exc: BaseException) -> Optional[str]:
         group, _, option = (exc.missing_cfg_file or "").rpartition("/")
         if group == "sweep" and option in UNREADABLE:
             return f"sweep={option}: {UNREADABLE[option]}"
+        missing = [e for e in os.environ.get(SWEEPS_ENV, "").split(os.pathsep)
+                   if e and not Path(e).expanduser().is_dir()]
+        if group == "sweep" and missing:  # Hydra alone says "no such option", not where it looked
+            return (f"sweep={option}: no such sweep file; {SWEEPS_ENV} names {', '.join(missing)}, which is not a "
+                    f"folder (it holds NAME.yaml sweep files); the sweeps found: "
+                    f"{', '.join(sorted(exc.options or [])) or 'none'}")
         return None
     text = str(exc)
     named = re.search(r"In 'sweep/([^']+)'", text)

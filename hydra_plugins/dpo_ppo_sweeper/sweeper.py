@@ -39,6 +39,7 @@ Never imports torch (tests/test_sweeper.py checks it in a fresh interpreter).
 
 import copy
 import logging
+import signal
 import os
 import time
 from pathlib import Path
@@ -129,9 +130,28 @@ class DpoPpoSweeper(Sweeper):
         self._log(state.plan_line(self.jobs, self.merged, sweep_dir, len(to_run), composed + len(self._composed),
                                   time.perf_counter() - tic, prepared))
 
-        returns = self._launch_batches(to_run, sweep_dir)
+        returns = self._launch_stopping_cleanly(to_run, sweep_dir)
         self._finish(sweep_dir)
         return returns
+
+    def _launch_stopping_cleanly(self, to_run: Sequence[int], sweep_dir: Path) -> List[Sequence[JobReturn]]:
+        """``_launch_batches``; a sweep stopped by SIGTERM/SIGINT leaves sweep.json ``interrupted``
+        and one stopped by an error ``failed`` (with the error), not ``running``."""
+        from dpo_ppo.runtime.attempts import interruption, stop_signals
+
+        try:
+            with stop_signals():
+                return self._launch_batches(to_run, sweep_dir)
+        except BaseException as err:
+            signum = interruption(err)
+            if signum is None and not isinstance(err, Exception):
+                raise
+            how = state.SWEEP_INTERRUPTED if signum is not None else state.SWEEP_FAILED
+            why = (f"interrupted by {signal.Signals(signum).name}" if signum is not None
+                   else triage.last_line(f"{type(err).__name__}: {err}"))
+            self._save(sweep_dir, how, error=why)
+            self._log(f"sweep {how}: {why}; sweep.json says so, relaunch the same command to go on", logging.ERROR)
+            raise
 
     def _plan(self, parser: OverridesParser) -> None:
         """The jobs of the sweep (dpo_ppo.sweep.grid.expand), duplicates merged."""
@@ -180,8 +200,8 @@ class DpoPpoSweeper(Sweeper):
             for idx, ret in zip(batch, results):
                 job = self.jobs[idx]
                 triage.outcome(job, ret, error, self.results_file)
-                if job.status == R.FAILED:
-                    self._log(f"job #{idx} failed ({' '.join(job.overrides)}): {job.error}", logging.WARNING)
+                if job.status in (R.FAILED, R.DIVERGED):
+                    self._log(f"job #{idx} {job.status} ({' '.join(job.overrides)}): {job.error}", logging.WARNING)
             returns.append([r for r in results if r is not None])
             self._save(sweep_dir, state.SWEEP_RUNNING)
             self._log(state.progress_line(self.jobs, self._started, len(batches) - b - 1, launch_time / (b + 1)))
@@ -359,9 +379,9 @@ class DpoPpoSweeper(Sweeper):
     def _log(self, message: str, level: int = logging.INFO) -> None:
         log.log(level, f"[{self._name}] {message}")
 
-    def _save(self, sweep_dir: Path, sweep_state: str) -> None:
+    def _save(self, sweep_dir: Path, sweep_state: str, error: Optional[str] = None) -> None:
         assert self.config is not None
         state.write_sweep_json(sweep_dir, name=str(OmegaConf.select(self.config, "name", default=sweep_dir.name)),
                                state=sweep_state, started=self._started,
                                launcher=str(self.config.hydra.launcher.get("_target_", "")),
-                               arguments=self._arguments, jobs=self.jobs, merged=self.merged)
+                               arguments=self._arguments, jobs=self.jobs, merged=self.merged, error=error)
