@@ -135,9 +135,6 @@ SKIPPED = "skipped"  # run_job's answer for a job finished before (never in resu
 # prepare=true job answers once the shared artifacts are built
 PENDING = "pending"
 PREPARED = "prepared"
-# the report's (never in results.json): finished results made by another version of their
-# algorithm than this code's (``version_drift``), left out like unfinished ones
-DRIFTED = "config drift"
 
 ALGORITHMS = ("dpo", "ppo")
 

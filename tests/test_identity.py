@@ -133,12 +133,13 @@ def test_the_report_shows_older_ppo_results_as_drift_instead_of_pooling_them(tmp
     for seed in range(3):
         write_job(tmp_path, "dpo", 0.1, seed, metrics)
         write_job(tmp_path, "ppo", 6, seed, metrics)  # this code's version
-    # the same configuration made before versions were recorded (trust region stop): two more "seeds"
+    # the same configuration made before versions were recorded (trust region stop): two more "seeds";
+    # they count as failed with the reason, as results the sweeper refused for drift do
     old = [write_job(tmp_path, "ppo", 6, seed, {**metrics, R.REWARD: 0.9}, version=None) for seed in (3, 4)]
     runs, _ = load_sweep(tmp_path)
     ppo = [g for g in configurations(runs) if g.algorithm == "ppo"]
     assert [sorted(r.seed for r in g.runs) for g in ppo] == [[0, 1, 2]]
-    drifted = sorted((r for r in runs if r.status == R.DRIFTED), key=lambda r: r.seed)
+    drifted = sorted((r for r in runs if r.status == R.FAILED), key=lambda r: r.seed)
     assert [r.dir for r in drifted] == old
     assert all(r.error == "config drift: algorithm_version (ppo): 1 (not recorded: made before algorithm versions "
                           "were) -> 2" for r in drifted)

@@ -133,8 +133,8 @@ def load_run(folder: Path, root: Path) -> Run:
         return Run(dir=folder, rel=rel, status=NO_RESULTS, error=error)
     run = Run(**{**vars(job), "per_head": _per_head(job.per_head)}, rel=rel)
     drift = R.version_drift(run.algorithm, run.algorithm_version) if run.status == R.FINISHED else None
-    if drift:  # made by another version of its algorithm: never pooled with this code's results
-        run.status, run.error = R.DRIFTED, f"{R.DRIFTED}: {drift}"
+    if drift:  # made by another version of its algorithm: counted failed, as the sweeper's drift verdict is
+        run.status, run.error = R.FAILED, f"config drift: {drift}"
     add_derived(run)
     return run
 

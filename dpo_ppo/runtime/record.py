@@ -270,7 +270,8 @@ class Recorder:
         writer's new file does (a full disk left results.json ``running``)."""
         path = self.job_dir / RESULTS_FILE
         error = f"{self.results.get('error') or ''} (results.json could not be rewritten: {err})".strip()
-        keep = ("status", "algorithm", "name", "overrides", "params", "config_key", "attempts", "trained")
+        keep = ("status", "algorithm", "name", "overrides", "params", "config_key", R.ALGORITHM_VERSION, "attempts",
+                "trained")
         for short in (dict({k: self.results.get(k) for k in keep}, error=error, partial=True),
                       {"status": self.results.get("status"), "error": error[:200], "partial": True}):
             text = R.json_text(short, indent=None).encode()
