@@ -129,7 +129,6 @@ DIVERGED = "diverged"  # stopped for a non-finite loss or KL: counted and named 
 # stopped by SIGTERM/SIGINT (a scheduler, Ctrl-C): unfinished, resumed by a relaunch like a running one
 INTERRUPTED = "interrupted"
 STATUSES = (RUNNING, FINISHED, FAILED, INTERRUPTED, DIVERGED)
-UNFINISHED = (RUNNING, INTERRUPTED)
 SKIPPED = "skipped"  # run_job's answer for a job finished before (never in results.json)
 # the sweeper's (sweep.json; never in results.json): a planned job not launched yet, and what a
 # prepare=true job answers once the shared artifacts are built
@@ -526,8 +525,12 @@ def write_atomic(path: Path, data: "str | bytes") -> Path:
     text goes to a temporary file beside it (named by this process), then ``os.replace``."""
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    (tmp.write_bytes if isinstance(data, bytes) else tmp.write_text)(data)
-    os.replace(tmp, path)
+    try:
+        (tmp.write_bytes if isinstance(data, bytes) else tmp.write_text)(data)
+        os.replace(tmp, path)
+    except BaseException:  # cut short (a full disk, a kill): the old file stays, no half-written one beside it
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
