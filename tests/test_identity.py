@@ -111,6 +111,31 @@ def test_the_sweeper_fails_an_older_ppo_folder_for_drift_naming_the_version(tmp_
     assert "algorithm_version (ppo)" in str(R.config_drift(tmp_path, R.read_results(tmp_path), PPO_NOW))
 
 
+def test_a_relaunched_job_refuses_its_older_ppo_results_and_force_reruns_them(tmp_path, monkeypatch):
+    from conftest import compose_cfg
+
+    from dpo_ppo import job as jobmod
+
+    monkeypatch.setattr(jobmod.Job, "run", lambda self: {})  # what training computes is not the point here
+    cfg = lambda *extra: compose_cfg([f"cache_dir={tmp_path / 'cache'}", "analysis=none", "logger=none",  # noqa: E731
+                                      "algorithm=ppo", *extra])
+    job_dir = tmp_path / "job"
+    assert jobmod.run_job(cfg(), job_dir)["status"] == R.FINISHED
+    made = R.read_results(job_dir)
+    assert made[R.ALGORITHM_VERSION] == R.ALGORITHM_VERSIONS["ppo"]
+    assert made["config_key"] == R.config_key(made["config"]) != R.config_key(made["config"], version=1)
+    assert jobmod.run_job(cfg(), job_dir)["status"] == R.SKIPPED  # this version's results: done
+    # the same folder as the code before versions left it: no version, the trust region's key absent
+    older = {**made, "config": {**made["config"], "algorithm": {
+        k: v for k, v in made["config"]["algorithm"].items() if k != "trust_region"}}}
+    del older[R.ALGORITHM_VERSION]
+    R.write_results(job_dir, older)
+    out = jobmod.run_job(cfg(), job_dir, raise_errors=False)
+    assert out["status"] == R.FAILED and "algorithm_version (ppo): 1 (not recorded" in out["error"], out
+    assert jobmod.run_job(cfg("force=true"), job_dir)["status"] == R.FINISHED
+    assert R.read_results(job_dir)[R.ALGORITHM_VERSION] == R.ALGORITHM_VERSIONS["ppo"]
+
+
 def test_folders_of_this_version_and_older_dpo_folders_are_still_finished_before(tmp_path):
     from dpo_ppo.sweep.grid import SweepJob
     from dpo_ppo.sweep.triage import FINISHED_BEFORE, triage
