@@ -385,11 +385,9 @@ def _prepare(job: Job) -> list[str]:
     job.rec = _Scratch()
     s = job.setup()
     job.reference_eval(s.ref_model, s.tokenizer, s.scorer, s.test_prompts)
-    built = ["corpus", "base", "classifier", "ref_eval"]
     if job.cfg.algorithm.name == "dpo":
         job.prefs(s.train_prompts, s.ref_model, s.tokenizer, s.scorer)
-        built.append("prefs")
-    return built
+    return [a.kind for a in R.shared_artifacts(job.cfg.algorithm.name)]
 
 
 def prepare_job(cfg: Config) -> dict:
@@ -413,7 +411,7 @@ def _config_key(cfg: Config) -> str:
 
     cfg = copy.deepcopy(cfg)
     apply_compute(cfg)
-    return R.config_key(as_dict(cfg))
+    return R.job_identity(as_dict(cfg))["config_key"]
 
 
 class BusyFolder(ConfigError):
@@ -476,7 +474,7 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
         "params": swept_params(cfg), "config": as_dict(cfg),
         "metrics": {}, "artifacts": {}, "error": None, "traceback": None,
         "trained": bool(previous.get("trained")) and not cfg.force,
-        "attempts": previous.get("attempts", 0) + 1, "config_key": R.config_key(as_dict(cfg)),
+        "attempts": previous.get("attempts", 0) + 1, **R.job_identity(as_dict(cfg)),
         "provenance": provenance(),
     }
     if replaced:

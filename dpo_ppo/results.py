@@ -22,7 +22,8 @@ A job folder holds:
       analysis    {"per_head": {name: layer x head grid}, "images": {name: path in the folder},
                    "over_training": {table: {"columns": [...], "data": [[...], ...]}}}
                   (OVER_TRAINING_TABLES: one row per snapshot, "examples" first)
-      artifacts   paths of the shared artifacts (reference, classifier, corpus, ref_eval, ...);
+      artifacts   paths of the shared artifacts (SHARED_ARTIFACTS' ``recorded_as``) and the
+                  reference's analyses;
                   the job's own files (``policy``) relative to the job folder (``job_path``), so
                   a copied or moved folder reads its own
       replaces    after force=true (or a relaunch after a failure or a divergence): what the
@@ -34,7 +35,10 @@ A job folder holds:
       wandb       the job's W&B run: id (the same across attempts), project, entity, mode, url
                   (online, or after dpo-ppo-sync), synced
       provenance  git commit + dirty flag, library versions, SLURM ids, host, accelerator
-      config_key  hash of the config without the keys that do not change results (``config_key``)
+      config_key  hash of the config without the keys that do not change results, and of the
+                  algorithm's version (``config_key``)
+      algorithm_version  the version of what the algorithm's trainer computes (ALGORITHM_VERSIONS;
+                  absent in folders made before versions were recorded: UNRECORDED_VERSION)
       wall_time_s, peak_mem_mb, stage_seconds, error, traceback, attempts, ...
       compute_attempts  one entry per attempt: {attempt, status, wall_s, train_s, accelerator_s}
                   (``compute``'s seconds are their sums; its steps and tokens are the trained
@@ -53,11 +57,18 @@ that say where or how it runs (``EXCLUDED_KEYS``; ``folder_key``).  The folder n
 let an edited sweep file or default find the same folder again and reuse its results under
 another config, so results.json also records the *config key* (``config_key``: a hash of the full
 resolved config without the ``VOLATILE`` keys), and ``config_drift`` names the keys that differ
-between the config a folder's results were made with and the config asked for now.
+between the config a folder's results were made with and the config asked for now.  What the
+config cannot say, a change to what an algorithm's trainer computes, is its *version*
+(``ALGORITHM_VERSIONS``), recorded in results.json and part of the config key: a folder made by
+another version is config drift, never resumed as done nor pooled by the report.
+
+"The same job" is ``same_job`` (equal config keys), a configuration's seeds are one *seed group*
+(``seed_group_key``), and the artifacts jobs share are ``SHARED_ARTIFACTS``: each defined here once.
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import json
@@ -65,7 +76,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 # --------------------------------------------------------------------------- files
 
@@ -81,6 +92,36 @@ JOB_OWN_FILES = (POLICY_DIR, SNAPSHOTS_DIR)  # written by the sweeper in the swe
 # that a report draws them over training without reading analysis.json
 OVER_TRAINING_TABLES = ("weights_over_training", "heads_over_training")
 
+# The artifacts jobs share (built once in the cache, dpo_ppo.data.cache): the cache kind
+# (``artifact_specs``' key), the results.json ``artifacts`` key it is recorded under, its W&B
+# artifact type, and the algorithms that read it (None: all).  The prepare step builds these, the
+# recorder declares them as the W&B run's inputs.  (The reference's analyses, ``ref_analysis``, are
+# shared too, but built per analysis by the jobs themselves.)
+
+
+@dataclass(frozen=True)
+class SharedArtifact:
+    kind: str
+    recorded_as: str
+    wandb_type: str
+    algorithms: Optional[Tuple[str, ...]] = None
+
+
+SHARED_ARTIFACTS = (
+    SharedArtifact("corpus", "corpus", "dataset"),
+    SharedArtifact("base", "reference", "model"),
+    SharedArtifact("classifier", "classifier", "model"),
+    SharedArtifact("prefs", "prefs", "dataset", algorithms=("dpo",)),
+    SharedArtifact("ref_eval", "ref_eval", "evaluation"),
+)
+
+
+def shared_artifacts(algorithm: Optional[str] = None) -> Tuple[SharedArtifact, ...]:
+    """The shared artifacts a job of ``algorithm`` reads (None: every one of any algorithm)."""
+    return tuple(a for a in SHARED_ARTIFACTS
+                 if algorithm is None or a.algorithms is None or algorithm in a.algorithms)
+
+
 # --------------------------------------------------------------------------- statuses
 
 RUNNING, FINISHED, FAILED = "running", "finished", "failed"
@@ -88,7 +129,6 @@ DIVERGED = "diverged"  # stopped for a non-finite loss or KL: counted and named 
 # stopped by SIGTERM/SIGINT (a scheduler, Ctrl-C): unfinished, resumed by a relaunch like a running one
 INTERRUPTED = "interrupted"
 STATUSES = (RUNNING, FINISHED, FAILED, INTERRUPTED, DIVERGED)
-UNFINISHED = (RUNNING, INTERRUPTED)
 SKIPPED = "skipped"  # run_job's answer for a job finished before (never in results.json)
 # the sweeper's (sweep.json; never in results.json): a planned job not launched yet, and what a
 # prepare=true job answers once the shared artifacts are built
@@ -96,6 +136,95 @@ PENDING = "pending"
 PREPARED = "prepared"
 
 ALGORITHMS = ("dpo", "ppo")
+
+# --------------------------------------------------------------------------- what an algorithm computes
+
+# The version of what each algorithm's trainer computes, a part of every job's identity (results.json
+# ``algorithm_version``, and ``config_key``): a change to what a trainer computes that the config
+# cannot say (a new default behaviour, a fixed loss, another trust-region statistic) bumps it, so
+# folders made before show as config drift instead of being resumed as done or pooled with newer
+# ones.  The rule is test-enforced (tests/test_identity.py): ALGORITHM_FINGERPRINTS holds a hash of
+# the trainer's code (ALGORITHM_CODE, ``code_fingerprint``: its syntax tree without docstrings, so
+# comments and formatting do not count); when the code changes, either bump the version (behaviour
+# changed) or update the fingerprint (it did not).
+#   dpo 1: as before versions were recorded.
+#   ppo 2: the trust region shrinks a crossing step by default (folders made before versions ran
+#          with stop, also those without an ``algorithm.trust_region`` key) and reads max(k3,
+#          Bernoulli KL) per prompt.
+# An algorithm without an entry (a new one) is at version UNRECORDED_VERSION: nothing older can be
+# mistaken for it; the test asks for its entry, code and fingerprint all the same.
+ALGORITHM_VERSION = "algorithm_version"  # results.json's key
+ALGORITHM_VERSIONS = {"dpo": 1, "ppo": 2}
+# what a results.json without ``algorithm_version`` was made by: the code before versions existed
+UNRECORDED_VERSION = 1
+# the trainer modules (under dpo_ppo/, without ``.py``; a package's every module) whose code is
+# what the algorithm computes
+ALGORITHM_CODE = {"dpo": ("train/dpo",), "ppo": ("train/ppo", "train/sampling")}
+ALGORITHM_FINGERPRINTS = {"dpo": "db7023bae2511a90", "ppo": "2165496505a21f76"}
+
+
+def algorithm_version(algorithm: Optional[str]) -> int:
+    """The version of what ``algorithm``'s trainer computes in this code (ALGORITHM_VERSIONS;
+    UNRECORDED_VERSION for an algorithm without an entry)."""
+    return ALGORITHM_VERSIONS.get(str(algorithm), UNRECORDED_VERSION)
+
+
+def recorded_version(record: Any) -> int:
+    """The algorithm version a results.json object (or ``JobResults``) was made by:
+    UNRECORDED_VERSION when it recorded none."""
+    value = record.get(ALGORITHM_VERSION) if isinstance(record, Mapping) else getattr(record, ALGORITHM_VERSION, None)
+    return UNRECORDED_VERSION if value is None else int(value)
+
+
+def version_drift(algorithm: Optional[str], recorded: Optional[int]) -> Optional[str]:
+    """``algorithm_version (ppo): 1 (not recorded) -> 2`` when results made by version ``recorded``
+    (None: not recorded) are not what this code computes; None when they are."""
+    now = algorithm_version(algorithm)
+    then = UNRECORDED_VERSION if recorded is None else int(recorded)
+    if then == now:
+        return None
+    why = " (not recorded: made before algorithm versions were)" if recorded is None else ""
+    return f"{ALGORITHM_VERSION} ({algorithm}): {then}{why} -> {now}"
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _normal(node: Any) -> Any:
+    """A syntax tree as nested tuples, empty and None fields left out: the same on every Python
+    the project supports (``ast.dump`` omits them from 3.13 on, and 3.12 added empty fields;
+    ``code_fingerprint`` of both trainers measured equal on 3.11.7, 3.12.1 and 3.13.0)."""
+    if isinstance(node, ast.AST):
+        fields = [(name, _normal(value)) for name, value in ast.iter_fields(node)
+                  if value is not None and value != []]
+        return (type(node).__name__, tuple(fields))
+    if isinstance(node, list):
+        return tuple(_normal(n) for n in node)
+    return node
+
+
+def code_fingerprint(algorithm: str, root: Optional[Path] = None) -> str:
+    """A hash of the code that says what ``algorithm`` computes (ALGORITHM_CODE, under ``root``:
+    the dpo_ppo package by default): each module's syntax tree without docstrings, so comments,
+    formatting and docs leave it alone. Reads the source files (no import: torch-free)."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parent
+    files: List[Path] = []
+    for entry in ALGORITHM_CODE[algorithm]:
+        folder, module = root / entry, root / f"{entry}.py"
+        files += sorted(folder.rglob("*.py")) if folder.is_dir() else [module]
+    digest = hashlib.sha256()
+    for path in files:
+        tree = _without_docstrings(ast.parse(path.read_text(), filename=str(path)))
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(repr(_normal(tree)).encode() + b"\0")
+    return digest.hexdigest()[:16]
 
 # --------------------------------------------------------------------------- metrics
 
@@ -275,10 +404,69 @@ def config_identity(config: dict, volatile: Iterable[str] = VOLATILE) -> dict:
     return out
 
 
-def config_key(config: dict) -> str:
-    """results.json's ``config_key``: one per distinct job (volatile keys left out)."""
-    blob = json.dumps(config_identity(config), sort_keys=True, default=str).encode()
+def _algorithm_of(config: Mapping) -> Optional[str]:
+    algorithm = config.get("algorithm") if isinstance(config, Mapping) else None
+    name = algorithm.get("name") if isinstance(algorithm, Mapping) else None
+    return None if name is None else str(name)
+
+
+def config_key(config: dict, version: Optional[int] = None) -> str:
+    """results.json's ``config_key``: one per distinct job (volatile keys left out).  The
+    algorithm's version (``version``, else this code's: ``algorithm_version``) is part of it,
+    left out at UNRECORDED_VERSION like a late key at its default, so the keys of folders made
+    before versions were recorded stay what they were."""
+    identity = config_identity(config)
+    algorithm = _algorithm_of(config)
+    version = algorithm_version(algorithm) if version is None else version
+    if algorithm is not None and version != UNRECORDED_VERSION:
+        identity = {**identity, ALGORITHM_VERSION: version}
+    blob = json.dumps(identity, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def job_identity(config: dict) -> Dict[str, Any]:
+    """What results.json records of a job's identity when ``config`` (``as_dict``) runs in this
+    code: its ``config_key`` and its algorithm's version."""
+    return {"config_key": config_key(config), ALGORITHM_VERSION: algorithm_version(_algorithm_of(config))}
+
+
+def same_job(a: dict, b: dict) -> bool:
+    """Whether two configs (``as_dict``) are one job in this code: the same config key.  The
+    sweeper merges grid points by it (after ``sweep.grid.job_signature``'s cheap guess on the
+    overrides), and the report counts folders with one recorded ``config_key`` once."""
+    return config_key(a) == config_key(b)
+
+
+# --------------------------------------------------------------------------- seed groups
+
+
+def seed_group_overrides(overrides: Iterable[str], params: Optional[Mapping[str, Any]] = None) -> List[str]:
+    """The overrides that set a job's configuration apart from its seeds: those that can change
+    results (``changes_results``: not the seed, not where or how it runs), without the algorithm
+    and without any whose key ``params`` already holds (``lr`` or ``algorithm.lr``), ``+``
+    dropped, sorted.  The W&B group's name (runtime.record.run_group) and ``seed_group_key``."""
+    params = params or {}
+    out = []
+    for o in map(str, overrides):
+        key = override_key(o)
+        if not changes_results(key) or key == "algorithm" or key in params:
+            continue
+        if key.startswith("algorithm.") and key[len("algorithm."):] in params:
+            continue
+        out.append(o.lstrip("+"))
+    return sorted(out)
+
+
+def seed_group_key(algorithm: Optional[str], params: Mapping[str, Any], overrides: Iterable[str],
+                   version: int = UNRECORDED_VERSION) -> Tuple:
+    """A configuration, the same for all of its seeds (the report's ``SeedGroup``): the algorithm,
+    its params but the seed, the overrides params do not say (``seed_group_overrides``), and the
+    algorithm's version when it is not UNRECORDED_VERSION (results of two versions never pool)."""
+    items = [(k, v) for k, v in params.items() if k != "seed"]
+    items += [("override", o) for o in seed_group_overrides(overrides, params)]
+    if version != UNRECORDED_VERSION:
+        items.append((ALGORITHM_VERSION, version))
+    return (algorithm,) + tuple(sorted((str(k), json.dumps(v, sort_keys=True, default=str)) for k, v in items))
 
 
 def _leaves(node: Any, prefix: str = "") -> dict:
@@ -318,11 +506,15 @@ class ConfigDrift(RuntimeError):
 
 def config_drift(job_dir, recorded: Optional[Dict[str, Any]], config: dict) -> Optional[ConfigDrift]:
     """The drift between the results a folder holds (``recorded``, a results.json object) and
-    ``config`` (``as_dict`` of the config asked for now); None when they agree or nothing with a
-    config is recorded."""
+    ``config`` (``as_dict`` of the config asked for now), the algorithm's version first
+    (``version_drift``); None when they agree or nothing with a config is recorded."""
     if not recorded or not recorded.get("config"):
         return None
     diff = config_diff(dict(recorded["config"]), config)
+    algorithm = _algorithm_of(config)
+    if algorithm is not None and algorithm == _algorithm_of(recorded["config"]):
+        version = version_drift(algorithm, recorded.get(ALGORITHM_VERSION))
+        diff = ([version] if version else []) + diff
     return ConfigDrift(job_dir, diff) if diff else None
 
 
@@ -334,8 +526,12 @@ def write_atomic(path: Path, data: "str | bytes") -> Path:
     text goes to a temporary file beside it (named by this process), then ``os.replace``."""
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    (tmp.write_bytes if isinstance(data, bytes) else tmp.write_text)(data)
-    os.replace(tmp, path)
+    try:
+        (tmp.write_bytes if isinstance(data, bytes) else tmp.write_text)(data)
+        os.replace(tmp, path)
+    except BaseException:  # cut short (a full disk, a kill): the old file stays, no half-written one beside it
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -458,6 +654,7 @@ class JobResults:
     wandb: Dict[str, Any] = field(default_factory=dict)  # id, project, entity, mode, url, synced
     over_training: Dict[str, Dict[str, List[Any]]] = field(default_factory=dict)  # table -> column -> values
     config_key: Optional[str] = None  # hash of the config (``config_key``): one per distinct job
+    algorithm_version: Optional[int] = None  # ALGORITHM_VERSIONS; None: not recorded (``recorded_version``)
 
 
 def _columns(table: Any) -> Dict[str, List[Any]]:
@@ -488,6 +685,7 @@ def read_job(folder: Path) -> Optional[JobResults]:
         artifacts=dict(data.get("artifacts") or {}), config=dict(data.get("config") or {}),
         wall_time_s=data.get("wall_time_s"), peak_mem_mb=data.get("peak_mem_mb"), error=data.get("error"),
         wandb=dict(data.get("wandb") or {}), config_key=data.get("config_key"),
+        algorithm_version=data.get(ALGORITHM_VERSION),
         over_training={str(k): _columns(v) for k, v in (analysis.get("over_training") or {}).items()},
     )
 

@@ -21,7 +21,10 @@ def write_job(root: Path, algorithm: str, knob: float, seed: int, metrics: Dict[
               status: str = R.FINISHED, params: Optional[dict] = None, overrides: Sequence[str] = (),
               wall: Optional[float] = 100.0, mem: Optional[float] = 500.0, error: Optional[str] = None,
               rows: Optional[dict] = None, train_log: Sequence[dict] = (), per_head: Optional[dict] = None,
-              over_training: Optional[dict] = None, name: str = "fab") -> Path:
+              over_training: Optional[dict] = None, name: str = "fab",
+              version: Optional[int] = -1) -> Path:
+    """One job folder; ``version``: its results.json ``algorithm_version`` (-1: this code's, None:
+    not recorded, as in folders made before versions were)."""
     key = "beta" if algorithm == "dpo" else "kl_target"
     extra = "".join(f",{o}" for o in overrides)
     tag = "".join(f",{k}={v}" for k, v in sorted((params or {}).items()))
@@ -39,6 +42,7 @@ def write_job(root: Path, algorithm: str, knob: float, seed: int, metrics: Dict[
         "status": status, "algorithm": algorithm, "name": name,
         "overrides": [f"algorithm={algorithm}", f"algorithm.{key}={knob}", f"seed={seed}", *overrides],
         "params": p, "config": {"name": name, "logger": {"project": "dpo-ppo-test", "entity": None}},
+        **({} if version is None else {R.ALGORITHM_VERSION: R.algorithm_version(algorithm) if version == -1 else version}),
         "metrics": dict(metrics) if status == R.FINISHED else {},
         "compute": {"optimizer_steps": 8, "examples_seen": 128},
         "analysis": {"per_head": per_head or {}, "images": {}, "over_training": over_training or {}},

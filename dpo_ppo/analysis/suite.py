@@ -37,6 +37,7 @@ from dpo_ppo.analysis import ablation, activations, heads, over_training, sentim
 from dpo_ppo.analysis.common import evaluating
 from dpo_ppo.config.analysis import AnalysisConfig
 from dpo_ppo.analysis.context import Context, Output
+from dpo_ppo.results import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -127,5 +128,5 @@ def run_analysis(cfg_analysis, reference, policy, tokenizer, *, texts: list[str]
                 res["scalars"][f"analysis/time_s/{name}"] = float(time.perf_counter() - start)
         res["scalars"]["analysis/time_s/total"] = float(time.perf_counter() - t0)
     payload = dict(res, config=dataclasses.asdict(cfg))
-    (out_dir / "analysis.json").write_text(json.dumps(_finite(payload), indent=1))
+    write_atomic(out_dir / "analysis.json", json.dumps(_finite(payload), indent=1))
     return res

@@ -52,23 +52,12 @@ class Run(R.JobResults):
 
     def extra_overrides(self) -> List[str]:
         """Overrides that params do not already say (model=pythia70m, experiment=...), minus the
-        seed and the keys that do not change a result (logger, device, threads, ...)."""
-        out = []
-        for o in self.overrides:
-            key = R.override_key(o)
-            if not R.changes_results(key) or key == "algorithm" or key in self.params:
-                continue
-            if key.startswith("algorithm.") and key[len("algorithm."):] in self.params:
-                continue
-            out.append(o.lstrip("+"))
-        return sorted(out)
+        seed and the keys that do not change a result (``results.seed_group_overrides``)."""
+        return R.seed_group_overrides(self.overrides, self.params)
 
     def group_key(self) -> Tuple:
-        """Everything that defines the configuration except the seed (``SeedGroup``)."""
-        items = [(k, v) for k, v in self.params.items() if k != "seed"]
-        items += [("override", o) for o in self.extra_overrides()]
-        return (self.algorithm,) + tuple(sorted((str(k), json.dumps(v, sort_keys=True, default=str))
-                                                for k, v in items))
+        """Everything that defines the configuration except the seed (``results.seed_group_key``)."""
+        return R.seed_group_key(self.algorithm, self.params, self.overrides, R.recorded_version(self))
 
     def knob(self) -> str:
         key = R.KNOBS.get(self.algorithm or "")
@@ -143,6 +132,9 @@ def load_run(folder: Path, root: Path) -> Run:
         error = f"unreadable {R.RESULTS_FILE}" if (folder / R.RESULTS_FILE).exists() else None
         return Run(dir=folder, rel=rel, status=NO_RESULTS, error=error)
     run = Run(**{**vars(job), "per_head": _per_head(job.per_head)}, rel=rel)
+    drift = R.version_drift(run.algorithm, run.algorithm_version) if run.status == R.FINISHED else None
+    if drift:  # made by another version of its algorithm: counted failed, as the sweeper's drift verdict is
+        run.status, run.error = R.FAILED, f"config drift: {drift}"
     add_derived(run)
     return run
 

@@ -461,5 +461,5 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
         "settings": {"min_runs": min_runs, "min_seeds": min_seeds, "n_boot": n_boot, "fdr": fdr, "seed": seed,
                      "pool": list(pool)},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    R.write_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str))
     return Report(summary, runs, (header, table_rows), out)

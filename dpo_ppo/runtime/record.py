@@ -60,13 +60,8 @@ def run_group(results: dict) -> str:
     seed>`` (e.g. ``smoke/dpo/lr=2e-4``), so that a project grouped by it averages the seeds of one
     configuration.  ``algorithm.`` is dropped from the keys; a name past W&B's limit keeps its
     start and a hash of the whole."""
-    knobs = []
-    for o in R.folder_key(results.get("overrides") or ()):
-        key = R.override_key(o)
-        if key in ("seed", "algorithm"):
-            continue
-        o = o.lstrip("+~")
-        knobs.append(o[len("algorithm."):] if o.startswith("algorithm.") else o)
+    knobs = [o[len("algorithm."):] if o.startswith("algorithm.") else o
+             for o in R.seed_group_overrides(results.get("overrides") or ())]
     group = "/".join(str(p) for p in (results.get("name") or "job", results.get("algorithm") or "?",
                                       ",".join(knobs)) if p)
     if len(group) > GROUP_MAX:
@@ -76,8 +71,7 @@ def run_group(results: dict) -> str:
 
 
 # the shared artifacts a job reads (results.json ``artifacts``): W&B artifact type of each
-SHARED_INPUTS = {"corpus": "dataset", "reference": "model", "classifier": "model", "prefs": "dataset",
-                 "ref_eval": "evaluation"}
+SHARED_INPUTS = {a.recorded_as: a.wandb_type for a in R.SHARED_ARTIFACTS}
 
 
 def shared_inputs(artifacts: dict) -> list[dict]:
@@ -276,7 +270,8 @@ class Recorder:
         writer's new file does (a full disk left results.json ``running``)."""
         path = self.job_dir / RESULTS_FILE
         error = f"{self.results.get('error') or ''} (results.json could not be rewritten: {err})".strip()
-        keep = ("status", "algorithm", "name", "overrides", "params", "config_key", "attempts", "trained")
+        keep = ("status", "algorithm", "name", "overrides", "params", "config_key", R.ALGORITHM_VERSION, "attempts",
+                "trained")
         for short in (dict({k: self.results.get(k) for k in keep}, error=error, partial=True),
                       {"status": self.results.get("status"), "error": error[:200], "partial": True}):
             text = R.json_text(short, indent=None).encode()

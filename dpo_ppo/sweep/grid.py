@@ -276,7 +276,8 @@ def merge_duplicates(jobs: List[SweepJob], merged: Sequence[Merged], exclude: It
     sweep.json's ``merged``). Where a point's overrides are not the same strings as its kept
     job's (outside ``exclude``), ``same_config(mine, theirs)`` decides (the sweeper compares
     config keys: in a string field ``1`` and ``1.0`` differ); a point that is not the same config
-    is appended to ``jobs`` and launched after all."""
+    is appended to ``jobs`` and launched after all. (The one definition of "the same job" is
+    ``results.same_job``; ``job_signature`` is only a cheap first guess at it.)"""
     exclude = list(exclude)
     lines: List[str] = []
     for m in merged:

@@ -105,9 +105,6 @@ def triage(job: SweepJob, *, results_file: str = R.RESULTS_FILE, exclude: Iterab
     return False
 
 
-PREPARE_KINDS = ("corpus", "base", "classifier", "ref_eval")  # and "prefs" for DPO
-
-
 def prepare_cover(indices: Sequence[int], config: Callable[[int], Any]) -> List[int]:
     """The jobs (of ``indices``) whose ``prepare=true`` runs build every shared artifact of them
     all (dpo_ppo.data.cache.artifact_specs): a job is chosen when it needs an artifact no job
@@ -123,8 +120,7 @@ def prepare_cover(indices: Sequence[int], config: Callable[[int], Any]) -> List[
         if not isinstance(cfg, Config):
             return []
         specs = artifact_specs(cfg)
-        kinds = PREPARE_KINDS + (("prefs",) if cfg.algorithm.name == "dpo" else ())
-        keys = {(kind, spec_key(specs[kind])) for kind in kinds}
+        keys = {(a.kind, spec_key(specs[a.kind])) for a in R.shared_artifacts(cfg.algorithm.name)}
         if keys - covered:
             covered |= keys
             chosen.append(idx)

@@ -366,11 +366,11 @@ class DpoPpoSweeper(Sweeper):
         return as_dict(cfg)
 
     def _same_config(self, mine: Sequence[str], theirs: Sequence[str]) -> bool:
-        """Whether two jobs' overrides make the same config key (results.config_key); a config
-        that does not compose counts as the same (it fails on the kept job anyway)."""
+        """Whether two jobs' overrides make the same job (results.same_job); a config that does
+        not compose counts as the same (it fails on the kept job anyway)."""
         try:
-            return R.config_key(self._config_dict(self._compose_overrides(mine))) == \
-                R.config_key(self._config_dict(self._compose_overrides(theirs)))
+            return R.same_job(self._config_dict(self._compose_overrides(mine)),
+                              self._config_dict(self._compose_overrides(theirs)))
         except Exception:
             return True
 
