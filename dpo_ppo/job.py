@@ -275,6 +275,12 @@ class Job:
                                         seed=cfg.seed, log_fn=self.rec.log, runtime=self.hw,
                                         probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
                                         probe_every=cfg.logger.probe_every)
+            elif algo.name in ("rloo", "grpo"):
+                with self.stage("train"):
+                    from dpo_ppo.train.rl import train_rl
+
+                    summary = train_rl(algo, policy, ref_model, tokenizer, train_prompts, scorer.p_positive,
+                                       self.job_dir, seed=cfg.seed, log_fn=self.rec.log, runtime=self.hw)
             else:
                 with self.stage("train"):
                     from dpo_ppo.train.ppo import train_ppo

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import math
 
+# TRL's on-policy trainers (dpo_ppo/train/rl.py): batch_size prefixes per generation, one optimizer
+# step per pass over it
+ON_POLICY_TRL = ("rloo", "grpo")
+
 
 def apply_compute(cfg) -> None:
     """Rewrite the algorithm's schedule in place for ``compute.mode=matched`` (after the checks)."""
@@ -15,6 +19,8 @@ def apply_compute(cfg) -> None:
     algo, n = cfg.algorithm, compute.prefixes_per_step
     if algo.name == "dpo":
         algo.batch_size, algo.epochs = n, 1.0
+    elif algo.name in ON_POLICY_TRL:  # one step per n prefixes, one pass over each generation
+        algo.batch_size, algo.num_iterations = n, 1
     else:  # every planned step is taken: trust_region=shrink (the default; stop is refused here)
         algo.ppo_epochs, algo.num_minibatches = 1, algo.rollout_prefixes // n
 
@@ -25,6 +31,8 @@ def planned_optimizer_steps(cfg) -> int:
     algo = cfg.algorithm
     if algo.name == "dpo":  # the Trainer's max_steps: ceil(epochs x steps per epoch)
         return math.ceil(math.ceil(algo.examples / algo.batch_size) * algo.epochs)
+    if algo.name in ON_POLICY_TRL:  # one generation per step, reused num_iterations times
+        return math.ceil(algo.examples / algo.batch_size) * algo.num_iterations
     full, rest = divmod(algo.examples, algo.rollout_prefixes)
     last = rollout_minibatches(algo, rest * algo.num_completions) if rest else 0
     return (full * algo.num_minibatches + last) * algo.ppo_epochs
