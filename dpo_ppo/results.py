@@ -86,6 +86,11 @@ PENDING = "pending"
 PREPARED = "prepared"
 
 ALGORITHMS = ("dpo", "ppo")
+# every trainer a job can run (conf/algorithm/); ALGORITHMS is the headline pair the claims compare
+TRAINERS = ("dpo", "ppo", "rloo", "grpo")
+# the arms of a sweep (params "arm", ``config.schedule.arm``): a trainer, and for DPO its data
+# (online: rounds > 1) and its loss (ipo)
+ARMS = ("dpo", "online_dpo", "ipo", "online_ipo", "ppo", "rloo", "grpo")
 
 # --------------------------------------------------------------------------- metrics
 
@@ -129,7 +134,7 @@ def is_finding(metric: str) -> bool:
 
 # --------------------------------------------------------------------------- params
 
-PARAM_KEYS = ("algorithm", "beta", "kl_target", "kl_coef", "kl_controller", "seed", "examples", "lr",
+PARAM_KEYS = ("algorithm", "arm", "rounds", "loss_type", "beta", "kl_target", "kl_coef", "kl_controller", "seed", "examples", "lr",
               "num_completions", "prefix_len", "prefix_len_max", "completion_len", "value_model",
               "compute", "optimizer_steps", "model", "data", "classifier")
 KNOBS = {"dpo": "beta", "ppo": "kl_target"}  # what places a run along KL, per algorithm

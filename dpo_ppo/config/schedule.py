@@ -51,6 +51,16 @@ def kl_controller_name(cfg) -> str:
     return "fixed" if getattr(cfg, "kl_coef", None) is not None else cfg.kl_controller
 
 
+def arm(algo) -> str:
+    """The arm a job is (``results.ARMS``): its trainer, and for DPO its data and loss: online_ when
+    its pairs are resampled by the policy (rounds > 1), ipo for loss_type=ipo (dpo_<loss> for
+    TRL's other DPO losses)."""
+    if algo.name != "dpo":
+        return algo.name
+    loss = "dpo" if algo.loss_type == "sigmoid" else "ipo" if algo.loss_type == "ipo" else f"dpo_{algo.loss_type}"
+    return f"online_{loss}" if getattr(algo, "rounds", 1) > 1 else loss
+
+
 def swept_params(cfg) -> dict:
     """The hyperparameters a sweep varies, flat (results.json ``params``, ``results.PARAM_KEYS``):
     for W&B grouping and the report."""
@@ -58,7 +68,9 @@ def swept_params(cfg) -> dict:
     ppo = algo.name == "ppo"
     controller = kl_controller_name(algo) if ppo else None
     return {
-        "algorithm": algo.name, "beta": getattr(algo, "beta", None),
+        "algorithm": algo.name, "arm": arm(algo),
+        "rounds": getattr(algo, "rounds", None), "loss_type": getattr(algo, "loss_type", None),
+        "beta": getattr(algo, "beta", None),
         "kl_target": getattr(algo, "kl_target", None) if controller != "fixed" else None,
         "kl_coef": getattr(algo, "kl_coef", None), "kl_controller": controller,
         "value_model": getattr(algo, "value_model", None) if ppo else None,

@@ -197,6 +197,16 @@ class AlgorithmConfig:
 LABEL_SMOOTHING_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
 
 
+def check_rounds(where: str, rounds: int, examples: int, batch: int, batch_key: str) -> None:
+    """Online DPO's rounds take the offline run's optimizer steps only when each round's prefixes
+    fill whole batches."""
+    if rounds > 1 and examples % (rounds * batch):
+        raise ConfigError(f"{where}.rounds",
+                          f"{where}.examples ({examples}) must split into {rounds} rounds of whole batches of "
+                          f"{batch_key} ({batch}) so that online DPO takes offline DPO's optimizer steps; choose "
+                          f"rounds with rounds x {batch} dividing {examples}")
+
+
 @dataclass
 class DPOAlgorithmConfig(AlgorithmConfig):
     """DPO through TRL's DPOTrainer on pairs the reference sampled (best and worst of num_completions)."""
@@ -209,6 +219,11 @@ class DPOAlgorithmConfig(AlgorithmConfig):
     label_smoothing: float = option(0.0, "assumed probability that a pair's preference is flipped; in [0, "
                                          "0.5), read only by loss_type robust (conservative DPO), exo_pair, "
                                          "aot, aot_unpaired")
+    rounds: int = option(1, "online DPO: the training prefixes split into this many equal rounds; before each, "
+                            "num_completions completions per prefix of the round are sampled from the *current* "
+                            "policy and the best / worst by the classifier kept (the loss stays anchored to the "
+                            "reference). 1 = offline DPO (pairs sampled once by the reference). The same "
+                            "examples and optimizer steps either way; > 0, rounds x batch_size divides examples")
 
     def check(self, where: str = "algorithm") -> None:
         super().check(where)
@@ -218,6 +233,8 @@ class DPOAlgorithmConfig(AlgorithmConfig):
             raise ConfigError(f"{where}.num_completions",
                               f"DPO needs >= 2 completions per prefix to pick chosen and rejected, "
                               f"got {self.num_completions}")
+        positive(f"{where}.rounds", self.rounds)
+        check_rounds(where, self.rounds, self.examples, self.batch_size, "algorithm.batch_size")
         finite(f"{where}.label_smoothing", self.label_smoothing)
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"{where}.label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
@@ -564,6 +581,9 @@ class Config:
                               "stop ends an update at the trust region and skips its later steps, so PPO would "
                               "take fewer optimizer steps than DPO under compute=matched; use shrink (the "
                               "default) or algorithm.early_stop_kl=null")
+        if compute.mode == "matched" and algo.name == "dpo":
+            check_rounds("algorithm", algo.rounds, algo.examples, compute.prefixes_per_step,
+                         "compute.prefixes_per_step")
         if compute.mode == "matched" and algo.name == "ppo" and algo.rollout_prefixes % compute.prefixes_per_step:
             raise ConfigError("compute.prefixes_per_step",
                               f"must divide algorithm.rollout_prefixes ({algo.rollout_prefixes}) for "

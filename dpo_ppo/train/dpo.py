@@ -29,37 +29,39 @@ log = logging.getLogger(__name__)
 
 
 class SnapshotCallback(TrainerCallback):
-    """Saves the policy every ``every`` examples and at the end of training."""
+    """Saves the policy every ``every`` examples and at the end of training (``offset``: examples
+    seen before this Trainer started, by online DPO's earlier rounds)."""
 
-    def __init__(self, job_dir: Path, every: int, examples_per_step: int, tokenizer):
+    def __init__(self, job_dir: Path, every: int, examples_per_step: int, tokenizer, offset: int = 0):
         self.job_dir, self.every, self.per_step = Path(job_dir), every, examples_per_step
-        self.tokenizer = tokenizer
+        self.tokenizer, self.offset = tokenizer, offset
 
     def _save(self, model, examples: int) -> None:
         if not snapshot_dir(self.job_dir, examples).exists():
             save_model_dir(model, self.tokenizer, snapshot_dir(self.job_dir, examples))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        examples = state.global_step * self.per_step
+        examples = self.offset + state.global_step * self.per_step
         if examples // self.every > (examples - self.per_step) // self.every:
             self._save(model, examples)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        self._save(model, state.global_step * self.per_step)
+        self._save(model, self.offset + state.global_step * self.per_step)
 
 
 class LogCallback(TrainerCallback):
-    """Forwards the Trainer's logs (loss, rewards/*, logps/*) as ``train/...`` to ``log_fn``."""
+    """Forwards the Trainer's logs (loss, rewards/*, logps/*) as ``train/...`` to ``log_fn``
+    (``offset``: (steps, examples) taken before this Trainer started, by online DPO's rounds)."""
 
-    def __init__(self, log_fn, examples_per_step: int):
-        self.log_fn, self.per_step = log_fn, examples_per_step
+    def __init__(self, log_fn, examples_per_step: int, offset: tuple[int, int] = (0, 0)):
+        self.log_fn, self.per_step, self.offset = log_fn, examples_per_step, offset
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or self.log_fn is None:
             return
         metrics = {f"train/{k}": float(v) for k, v in logs.items() if isinstance(v, (int, float))}
-        metrics["train/examples"] = state.global_step * self.per_step
-        self.log_fn(metrics, state.global_step)
+        metrics["train/examples"] = self.offset[1] + state.global_step * self.per_step
+        self.log_fn(metrics, self.offset[0] + state.global_step)
 
 
 class ProbeCallback(TrainerCallback):
@@ -67,20 +69,21 @@ class ProbeCallback(TrainerCallback):
     ``every`` examples and at the last step, on the same ``train/examples`` axis as the loss (and
     KL 0 at examples 0, where the policy is the reference)."""
 
-    def __init__(self, probe, model, log_fn, every: int, examples_per_step: int):
+    def __init__(self, probe, model, log_fn, every: int, examples_per_step: int, offset: tuple[int, int] = (0, 0)):
         self.probe, self.model, self.log_fn = probe, model, log_fn
-        self.every, self.per_step = every, examples_per_step
+        self.every, self.per_step, self.offset = every, examples_per_step, offset
 
     def _log(self, state) -> None:
-        examples = state.global_step * self.per_step
-        self.log_fn({**self.probe(self.model), "train/examples": examples}, state.global_step)
+        examples = self.offset[1] + state.global_step * self.per_step
+        self.log_fn({**self.probe(self.model), "train/examples": examples}, self.offset[0] + state.global_step)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.global_step == 0:  # the policy is still the reference: its KL is 0, no need to sample
+        # the policy is still the reference: its KL is 0, no need to sample
+        if state.global_step == 0 and self.offset == (0, 0):
             self.log_fn({"train/kl": 0.0, "train/kl_exact": 0.0, "train/examples": 0}, 0)
 
     def on_step_end(self, args, state, control, **kwargs):
-        examples = state.global_step * self.per_step
+        examples = self.offset[1] + state.global_step * self.per_step
         if examples // self.every > (examples - self.per_step) // self.every or state.global_step == state.max_steps:
             self._log(state)
 
@@ -135,7 +138,8 @@ def micro_batches(batch: int, micro: int | None) -> tuple[int, int]:
 
 
 def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed: int = 0,
-              log_fn=None, runtime=None, probe=None, probe_every: int | None = None) -> dict:
+              log_fn=None, runtime=None, probe=None, probe_every: int | None = None,
+              trainer_dir: Path | None = None, offset: tuple[int, int] = (0, 0)) -> dict:
     """Train ``policy`` in place on the preference pairs ``prefs`` (prompt / chosen / rejected as
     token ids: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``).
 
@@ -145,7 +149,11 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
 
     ``runtime`` (``dpo_ppo.runtime.hardware.Runtime``): bf16 mixed precision (the Trainer's autocast,
     float32 master weights) when its precision is bf16, and micro-batches of at most
-    ``train_micro_batch`` pairs accumulated into each optimizer step of ``algo.batch_size`` pairs."""
+    ``train_micro_batch`` pairs accumulated into each optimizer step of ``algo.batch_size`` pairs.
+
+    Online DPO's rounds (``train.online_dpo``) call it once per round: ``trainer_dir`` (default
+    ``<job>/dpo_trainer``) holds that round's checkpoints, ``offset`` = (optimizer steps, examples)
+    of the earlier rounds, added to the logged steps and the snapshots' examples."""
     job_dir = Path(job_dir)
     per_device, accumulate = micro_batches(algo.batch_size, runtime.train_micro_batch if runtime else None)
     steps_per_epoch = math.ceil(len(prefs) / algo.batch_size)
@@ -155,7 +163,7 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
     logging_steps = math.gcd(save_steps, max(1, min(10, steps_per_epoch // 10)))
     use_cpu = next(policy.parameters()).device.type == "cpu"
     args = DPOConfig(
-        output_dir=str(job_dir / "dpo_trainer"),
+        output_dir=str(trainer_dir or job_dir / "dpo_trainer"),
         beta=algo.beta, loss_type=[algo.loss_type], label_smoothing=algo.label_smoothing,
         learning_rate=algo.lr, lr_scheduler_type="constant", optim="adamw_torch",
         weight_decay=algo.weight_decay, adam_epsilon=algo.adam_eps, max_grad_norm=algo.max_grad_norm,
@@ -175,10 +183,11 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
         **{_CHECKPOINTING_ARG: _GRADIENT_CHECKPOINTING},
     )
     examples_per_step = algo.batch_size
-    callbacks = [SnapshotCallback(job_dir, algo.snapshot_every, examples_per_step, tokenizer),
-                 LogCallback(log_fn, examples_per_step)]
+    callbacks = [SnapshotCallback(job_dir, algo.snapshot_every, examples_per_step, tokenizer, offset[1]),
+                 LogCallback(log_fn, examples_per_step, offset)]
     if probe is not None and log_fn is not None:
-        callbacks.append(ProbeCallback(probe, policy, log_fn, probe_every or algo.snapshot_every, examples_per_step))
+        callbacks.append(ProbeCallback(probe, policy, log_fn, probe_every or algo.snapshot_every, examples_per_step,
+                                       offset))
     trainer = TokenDPOTrainer(
         model=policy, ref_model=ref_model, args=args, train_dataset=prefs, processing_class=tokenizer,
         callbacks=callbacks,
