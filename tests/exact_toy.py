@@ -229,3 +229,28 @@ def train_dpo(beta: float, pairs: int, out_dir, *, seed: int = 0, model_seed: in
                              "snapshot_every": 10 ** 9, **algo_overrides})
     summary = run_dpo(algo, policy, ref, tok, preference_pairs(ref_logp, pairs, seed=seed), out_dir, seed=seed)
     return policy.eval(), ref, ref_logp, summary
+
+
+def rl_config(name: str = "rloo", **overrides):
+    """The toy's RLOO / GRPO settings (TRL's trainers, dpo_ppo.train.rl): 8 prompts x 8 samples per
+    step, lr 3e-3, as the PPO settings."""
+    from dpo_ppo.config import GRPOAlgorithmConfig, RLOOAlgorithmConfig
+
+    base = dict(examples=8 * 200, batch_size=8, num_completions=8, completion_len=LENGTH, lr=3e-3,
+                snapshot_every=10 ** 9, beta=1.0)
+    base.update(overrides)
+    return (RLOOAlgorithmConfig if name == "rloo" else GRPOAlgorithmConfig)(**base)
+
+
+def train_rl(cfg, out_dir, seed: int = 0, model_seed: int = 0, log=None):
+    """The project's ``train_rl`` (TRL's RLOOTrainer / GRPOTrainer) on the toy; returns (policy, ref,
+    exact ref log-probs, summary)."""
+    from dpo_ppo.train.rl import train_rl as run_rl
+
+    tok = tokenizer()
+    ref = reference(tok, seed=model_seed)
+    policy = trainable_copy(ref)
+    ref_logp = sequence_logprobs(ref)
+    summary = run_rl(cfg, policy, ref, tok, prompt_list(cfg.examples), reward_fn, out_dir, seed=seed,
+                     log_fn=(lambda m, step: log.append(m)) if log is not None else None)
+    return policy.eval(), ref, ref_logp, summary

@@ -202,6 +202,10 @@ def train_rl(algo, policy, ref_model, tokenizer, prompts: list[list[int]], p_pos
     _, trainer_cls = TRAINERS[algo.name]
     dataset = Dataset.from_dict({"prompt": tokenizer.batch_decode(prompts, skip_special_tokens=True),
                                  "prefix_ids": [list(p) for p in prompts]})
+    source = getattr(policy.config, "_name_or_path", "") or ""
+    if not source or not Path(source).is_dir():  # a model built in memory: TRL loads its reference from a folder
+        folder = save_model_dir(ref_model, tokenizer, Path(args.output_dir) / "reference")
+        policy.config._name_or_path = str(folder)
     counter: dict = {}
     reward = make_reward_fn(tokenizer, p_positive, algo.reward_kind, counter)
     trainer = trainer_cls(model=policy, reward_funcs=reward, args=args, train_dataset=dataset,
