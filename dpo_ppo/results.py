@@ -137,7 +137,7 @@ def is_finding(metric: str) -> bool:
 PARAM_KEYS = ("algorithm", "arm", "rounds", "loss_type", "beta", "kl_target", "kl_coef", "kl_controller", "seed", "examples", "lr",
               "num_completions", "prefix_len", "prefix_len_max", "completion_len", "value_model",
               "compute", "optimizer_steps", "model", "data", "classifier")
-KNOBS = {"dpo": "beta", "ppo": "kl_target"}  # what places a run along KL, per algorithm
+KNOBS = {"dpo": "beta", "ppo": "kl_target", "rloo": "beta", "grpo": "beta"}  # what places a run along KL, per algorithm
 # shared axes: runs that differ in one of these are never pooled silently by the report
 FACET_KEYS = ("completion_len", "prefix_len", "prefix_len_max", "examples", "value_model", "compute",
               "model", "data", "classifier")

@@ -13,7 +13,7 @@ import numpy as np
 from dpo_ppo import results as R
 
 SKIP_DIRS = {"report", "wandb", ".submitit", ".hydra", "__pycache__"}
-LABELS = {"dpo": "DPO", "ppo": "PPO"}
+LABELS = {"dpo": "DPO", "ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO"}
 SYMBOLS = {"beta": "β", "kl_target": "KL*", "kl_coef": "c"}
 NO_RESULTS = "no results"  # a started job without results.json (a planned one: R.PENDING)
 PENDING = R.PENDING
@@ -198,7 +198,7 @@ def drop_duplicates(runs: Sequence[Run]) -> Tuple[List[Run], List[Dict[str, str]
 
 
 def finished(runs: Sequence[Run]) -> List[Run]:
-    return [r for r in runs if r.status == R.FINISHED and r.algorithm in R.ALGORITHMS]
+    return [r for r in runs if r.status == R.FINISHED and r.algorithm in R.TRAINERS]
 
 
 def metric_names(runs: Sequence[Run]) -> List[str]:
@@ -246,7 +246,7 @@ def configurations(runs: Sequence[Run]) -> List[SeedGroup]:
     groups: Dict[Tuple, SeedGroup] = {}
     for run in finished(runs):
         groups.setdefault(run.group_key(), SeedGroup(run.algorithm or "", [])).runs.append(run)
-    for algorithm in R.ALGORITHMS:
+    for algorithm in R.TRAINERS:
         mine = [g for g in groups.values() if g.algorithm == algorithm]
         skip = {"seed", "algorithm", "optimizer_steps", R.KNOBS[algorithm], "kl_coef"}
         keys = sorted({k for g in mine for k in g.runs[0].params} - skip)
