@@ -173,7 +173,7 @@ def check_rloo(beta: float, seed: int, tmp_path, steps: int) -> dict:
 
 
 def test_rloo_reaches_the_optimum_at_beta_1(tmp_path):
-    check_rloo(1.0, 0, tmp_path, steps=100)
+    check_rloo(1.0, 0, tmp_path, steps=75)
 
 
 @pytest.mark.slow

@@ -94,7 +94,7 @@ def _relabel(table: List[str], a: str, b: str) -> List[str]:
     """The headline's claims table markdown with the pair's names in its header."""
     la, lb = label(a), label(b)
     return [t.replace("DPO vs PPO at matched KL: PPO - DPO [95%]", f"{la} vs {lb} at matched KL: {lb} - {la} [95%]")
-             .replace("runs DPO / PPO", f"runs {la} / {lb}") for t in table]
+             .replace("runs DPO / PPO", f"runs {la} / {lb}").replace("% of DPO)", f"% of {la})") for t in table]
 
 
 def pair_markdown(runs: Sequence[Run], a: str, b: str, what: str, claims_markdown, **kwargs) -> Tuple[List[str], List[Dict]]:

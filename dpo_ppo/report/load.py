@@ -248,7 +248,7 @@ def configurations(runs: Sequence[Run]) -> List[SeedGroup]:
         groups.setdefault(run.group_key(), SeedGroup(run.algorithm or "", [])).runs.append(run)
     for algorithm in R.TRAINERS:
         mine = [g for g in groups.values() if g.algorithm == algorithm]
-        skip = {"seed", "algorithm", "optimizer_steps", R.KNOBS[algorithm], "kl_coef"}
+        skip = {"seed", "algorithm", "arm", "optimizer_steps", R.KNOBS[algorithm], "kl_coef"}
         keys = sorted({k for g in mine for k in g.runs[0].params} - skip)
         vary = [k for k in keys if len({json.dumps(g.runs[0].params.get(k), default=str) for g in mine}) > 1]
         for g in mine:
