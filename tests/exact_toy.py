@@ -304,3 +304,20 @@ def grpo_fixed_point(ref, beta: float, scale: bool = True, iters: int = 50) -> d
             sigma = math.sqrt(max(float((p * (r_all[name] - mean) ** 2).sum()), 1e-12)) if scale else 1.0
         out[name] = seq
     return out
+
+
+class BradleyTerryScorer:
+    """The toy's reward as a scorer whose best-of-2 is a Bradley-Terry draw: logit(p_positive) =
+    r + Gumbel noise, so of two completions the prefs stage keeps a as chosen with probability
+    sigmoid(r_a - r_b) (the difference of two Gumbels is logistic).  It parses the prefs stage's
+    joined text ("t3" + "t0 t1 t2": no space after the prompt)."""
+
+    def __init__(self, seed: int = 0):
+        self.g = torch.Generator().manual_seed(seed)
+
+    def p_positive(self, texts: list[str]) -> torch.Tensor:
+        import re
+
+        logits = torch.logit(reward_fn([" ".join(re.findall(r"t\d", t)) for t in texts]).double()) + SHIFT
+        u = torch.rand(len(texts), generator=self.g, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+        return torch.sigmoid(logits - torch.log(-torch.log(u))).float()
