@@ -123,7 +123,9 @@ def prepare_cover(indices: Sequence[int], config: Callable[[int], Any]) -> List[
         if not isinstance(cfg, Config):
             return []
         specs = artifact_specs(cfg)
-        kinds = PREPARE_KINDS + (("prefs",) if cfg.algorithm.name == "dpo" else ())
+        # online DPO (rounds > 1) samples its own pairs: the prepare step builds none for it
+        offline_dpo = cfg.algorithm.name == "dpo" and getattr(cfg.algorithm, "rounds", 1) == 1
+        kinds = PREPARE_KINDS + (("prefs",) if offline_dpo else ())
         keys = {(kind, spec_key(specs[kind])) for kind in kinds}
         if keys - covered:
             covered |= keys
