@@ -162,8 +162,8 @@ def test_online_dpo_resamples_from_the_policy_with_offline_steps(tmp_path):
 KL_BOUND = 0.1
 
 
-def check_rloo(beta: float, seed: int, tmp_path, steps: int) -> dict:
-    cfg = T.rl_config("rloo", beta=beta, examples=8 * steps)
+def check_rloo(beta: float, seed: int, tmp_path, steps: int, lr: float = 3e-3) -> dict:
+    cfg = T.rl_config("rloo", beta=beta, examples=8 * steps, lr=lr)
     policy, _, ref_logp, summary = T.train_rl(cfg, tmp_path, seed=seed)
     m = T.measure(policy, ref_logp, beta)
     assert m["kl_to_opt_max"] < KL_BOUND, m
@@ -176,10 +176,16 @@ def test_rloo_reaches_the_optimum_at_beta_1(tmp_path):
     check_rloo(1.0, 0, tmp_path, steps=75)
 
 
+# REINFORCE's noise at a constant lr: at beta 0.3, lr 3e-3 ended 0.089-0.105 from pi* (seeds 0, 1);
+# lr 1e-3 over 600 steps ends 0.0003-0.0004 (seeds 0-2, docs/kl_control.md)
+GRID = {1.0: (3e-3, 300), 0.3: (1e-3, 600)}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("beta,seed", [(b, s) for b in (1.0, 0.3) for s in (0, 1, 2)])
+@pytest.mark.parametrize("beta,seed", [(b, s) for b in GRID for s in (0, 1, 2)])
 def test_rloo_reaches_the_optimum(beta, seed, tmp_path):
-    check_rloo(beta, seed, tmp_path, steps=300)
+    lr, steps = GRID[beta]
+    check_rloo(beta, seed, tmp_path, steps=steps, lr=lr)
 
 
 # ------------------------------------------------------------------ the embedded default (slow)
