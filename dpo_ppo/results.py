@@ -11,7 +11,7 @@ A job folder holds:
 
       status      "running" | "finished" | "failed" | "interrupted" (STATUSES; interrupted:
                   stopped by SIGTERM/SIGINT, resumed by a relaunch like a running job)
-      algorithm   "dpo" | "ppo"                                (ALGORITHMS)
+      algorithm   "dpo" | "ppo" | "rloo" | "grpo"              (TRAINERS; params "arm": ARMS)
       name        the sweep / experiment name (the W&B group)
       overrides   the job's command-line overrides (its folder: ``folder_key``)
       params      the swept hyperparameters, flat (PARAM_KEYS)
