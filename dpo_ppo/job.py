@@ -167,7 +167,7 @@ class Job:
     def record_compute(self, summary: dict) -> None:
         """What training cost, for comparisons at matched compute: results.json ``compute``."""
         compute = dict(summary.get("compute") or {})
-        if self.cfg.algorithm.name == "dpo":  # the reference sampled the pairs for this job
+        if self.cfg.algorithm.name == "dpo" and "generated_tokens" not in compute:  # the reference's pairs
             prefs_json = Path(self.rec.results["artifacts"].get("prefs") or "") / "prefs.json"
             compute["generated_tokens"] = (json.loads(prefs_json.read_text()).get("generated_tokens")
                                            if prefs_json.is_file() else None)
@@ -269,7 +269,15 @@ class Job:
             policy, _ = load_policy(policy_dir, self.device)
         else:
             policy, _ = load_policy(base_path, self.device)
-            if algo.name == "dpo":
+            if algo.name == "dpo" and algo.rounds > 1:  # online DPO: the prefs stage inside every round
+                with self.stage("train"):
+                    from dpo_ppo.train.online_dpo import train_online_dpo
+
+                    summary = train_online_dpo(algo, policy, ref_model, tokenizer, scorer, train_prompts,
+                                               self.job_dir, seed=cfg.seed, log_fn=self.train_log, runtime=self.hw,
+                                               probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
+                                               probe_every=cfg.logger.probe_every)
+            elif algo.name == "dpo":
                 with self.stage("prefs"):
                     prefs_path, prefs = self.prefs(train_prompts, ref_model, tokenizer, scorer)
                     self.rec.results["artifacts"]["prefs"] = str(prefs_path)
@@ -280,6 +288,14 @@ class Job:
                                         seed=cfg.seed, log_fn=self.train_log, runtime=self.hw,
                                         probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
                                         probe_every=cfg.logger.probe_every)
+            elif algo.name in ("rloo", "grpo"):
+                with self.stage("train"):
+                    from dpo_ppo.train.rl import train_rl
+
+                    summary = train_rl(algo, policy, ref_model, tokenizer, train_prompts, scorer.p_positive,
+                                       self.job_dir, seed=cfg.seed, log_fn=self.train_log, runtime=self.hw,
+                                       probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
+                                       probe_every=cfg.logger.probe_every)
             else:
                 with self.stage("train"):
                     from dpo_ppo.train.ppo import train_ppo
@@ -385,9 +401,10 @@ def _prepare(job: Job) -> list[str]:
     job.rec = _Scratch()
     s = job.setup()
     job.reference_eval(s.ref_model, s.tokenizer, s.scorer, s.test_prompts)
-    if job.cfg.algorithm.name == "dpo":
+    rounds = getattr(job.cfg.algorithm, "rounds", 1)
+    if job.cfg.algorithm.name == "dpo" and rounds == 1:  # online DPO samples its own pairs
         job.prefs(s.train_prompts, s.ref_model, s.tokenizer, s.scorer)
-    return [a.kind for a in R.shared_artifacts(job.cfg.algorithm.name)]
+    return [a.kind for a in R.shared_artifacts(job.cfg.algorithm.name, rounds)]
 
 
 def prepare_job(cfg: Config) -> dict:

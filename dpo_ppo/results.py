@@ -12,7 +12,7 @@ A job folder holds:
       status      "running" | "finished" | "failed" | "interrupted" | "diverged" (STATUSES;
                   interrupted: stopped by SIGTERM/SIGINT, resumed by a relaunch like a running
                   job; diverged: a non-finite loss, KL or reward ended it, ``error`` says where)
-      algorithm   "dpo" | "ppo"                                (ALGORITHMS)
+      algorithm   "dpo" | "ppo" | "rloo" | "grpo"              (TRAINERS; params "arm": ARMS)
       name        the sweep / experiment name (the W&B group)
       overrides   the job's command-line overrides (its folder: ``folder_key``)
       params      the swept hyperparameters, flat (PARAM_KEYS)
@@ -105,21 +105,24 @@ class SharedArtifact:
     recorded_as: str
     wandb_type: str
     algorithms: Optional[Tuple[str, ...]] = None
+    offline_only: bool = False  # read only by an offline job (DPO's pairs: online DPO samples its own)
 
 
 SHARED_ARTIFACTS = (
     SharedArtifact("corpus", "corpus", "dataset"),
     SharedArtifact("base", "reference", "model"),
     SharedArtifact("classifier", "classifier", "model"),
-    SharedArtifact("prefs", "prefs", "dataset", algorithms=("dpo",)),
+    SharedArtifact("prefs", "prefs", "dataset", algorithms=("dpo",), offline_only=True),
     SharedArtifact("ref_eval", "ref_eval", "evaluation"),
 )
 
 
-def shared_artifacts(algorithm: Optional[str] = None) -> Tuple[SharedArtifact, ...]:
-    """The shared artifacts a job of ``algorithm`` reads (None: every one of any algorithm)."""
+def shared_artifacts(algorithm: Optional[str] = None, rounds: int = 1) -> Tuple[SharedArtifact, ...]:
+    """The shared artifacts a job of ``algorithm`` reads (None: every one of any algorithm); with
+    ``rounds`` > 1 (online DPO) none that only an offline job reads."""
     return tuple(a for a in SHARED_ARTIFACTS
-                 if algorithm is None or a.algorithms is None or algorithm in a.algorithms)
+                 if (algorithm is None or a.algorithms is None or algorithm in a.algorithms)
+                 and not (a.offline_only and rounds > 1))
 
 
 # --------------------------------------------------------------------------- statuses
@@ -136,6 +139,11 @@ PENDING = "pending"
 PREPARED = "prepared"
 
 ALGORITHMS = ("dpo", "ppo")
+# every trainer a job can run (conf/algorithm/); ALGORITHMS is the headline pair the claims compare
+TRAINERS = ("dpo", "ppo", "rloo", "grpo")
+# the arms of a sweep (params "arm", ``config.schedule.arm``): a trainer, and for DPO its data
+# (online: rounds > 1) and its loss (ipo)
+ARMS = ("dpo", "online_dpo", "ipo", "online_ipo", "ppo", "rloo", "grpo")
 
 # --------------------------------------------------------------------------- what an algorithm computes
 
@@ -154,13 +162,16 @@ ALGORITHMS = ("dpo", "ppo")
 # An algorithm without an entry (a new one) is at version UNRECORDED_VERSION: nothing older can be
 # mistaken for it; the test asks for its entry, code and fingerprint all the same.
 ALGORITHM_VERSION = "algorithm_version"  # results.json's key
-ALGORITHM_VERSIONS = {"dpo": 1, "ppo": 2}
+#   rloo 1, grpo 1: TRL's RLOOTrainer / GRPOTrainer (train/rl), as first recorded.
+ALGORITHM_VERSIONS = {"dpo": 1, "ppo": 2, "rloo": 1, "grpo": 1}
 # what a results.json without ``algorithm_version`` was made by: the code before versions existed
 UNRECORDED_VERSION = 1
 # the trainer modules (under dpo_ppo/, without ``.py``; a package's every module) whose code is
 # what the algorithm computes
-ALGORITHM_CODE = {"dpo": ("train/dpo",), "ppo": ("train/ppo", "train/sampling")}
-ALGORITHM_FINGERPRINTS = {"dpo": "db7023bae2511a90", "ppo": "2165496505a21f76"}
+ALGORITHM_CODE = {"dpo": ("train/dpo", "train/online_dpo", "data/prefs"), "ppo": ("train/ppo", "train/sampling"),
+                  "rloo": ("train/rl",), "grpo": ("train/rl",)}
+ALGORITHM_FINGERPRINTS = {"dpo": "5b8cf4e76306119d", "ppo": "2165496505a21f76", "rloo": "a5988834d74d0f2c",
+                          "grpo": "a5988834d74d0f2c"}
 
 
 def algorithm_version(algorithm: Optional[str]) -> int:
@@ -326,10 +337,10 @@ def is_finding(metric: str) -> bool:
 
 # --------------------------------------------------------------------------- params
 
-PARAM_KEYS = ("algorithm", "beta", "kl_target", "kl_coef", "kl_controller", "seed", "examples", "lr",
+PARAM_KEYS = ("algorithm", "arm", "rounds", "loss_type", "beta", "kl_target", "kl_coef", "kl_controller", "seed", "examples", "lr",
               "num_completions", "prefix_len", "prefix_len_max", "completion_len", "value_model",
               "compute", "optimizer_steps", "model", "data", "classifier")
-KNOBS = {"dpo": "beta", "ppo": "kl_target"}  # what places a run along KL, per algorithm
+KNOBS = {"dpo": "beta", "ppo": "kl_target", "rloo": "beta", "grpo": "beta"}  # what places a run along KL, per algorithm
 # shared axes: runs that differ in one of these are never pooled silently by the report
 FACET_KEYS = ("completion_len", "prefix_len", "prefix_len_max", "examples", "value_model", "compute",
               "model", "data", "classifier")

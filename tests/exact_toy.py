@@ -229,3 +229,95 @@ def train_dpo(beta: float, pairs: int, out_dir, *, seed: int = 0, model_seed: in
                              "snapshot_every": 10 ** 9, **algo_overrides})
     summary = run_dpo(algo, policy, ref, tok, preference_pairs(ref_logp, pairs, seed=seed), out_dir, seed=seed)
     return policy.eval(), ref, ref_logp, summary
+
+
+def rl_config(name: str = "rloo", **overrides):
+    """The toy's RLOO / GRPO settings (TRL's trainers, dpo_ppo.train.rl): 8 prompts x 8 samples per
+    step, lr 3e-3, as the PPO settings."""
+    from dpo_ppo.config import GRPOAlgorithmConfig, RLOOAlgorithmConfig
+
+    base = dict(examples=8 * 200, batch_size=8, num_completions=8, completion_len=LENGTH, lr=3e-3,
+                snapshot_every=10 ** 9, beta=1.0)
+    base.update(overrides)
+    return (RLOOAlgorithmConfig if name == "rloo" else GRPOAlgorithmConfig)(**base)
+
+
+def train_rl(cfg, out_dir, seed: int = 0, model_seed: int = 0, log=None):
+    """The project's ``train_rl`` (TRL's RLOOTrainer / GRPOTrainer) on the toy; returns (policy, ref,
+    exact ref log-probs, summary)."""
+    from dpo_ppo.train.rl import train_rl as run_rl
+
+    tok = tokenizer()
+    ref = reference(tok, seed=model_seed)
+    policy = trainable_copy(ref)
+    ref_logp = sequence_logprobs(ref)
+    summary = run_rl(cfg, policy, ref, tok, prompt_list(cfg.examples), reward_fn, out_dir, seed=seed,
+                     log_fn=(lambda m, step: log.append(m)) if log is not None else None)
+    return policy.eval(), ref, ref_logp, summary
+
+
+@torch.no_grad()
+def grpo_fixed_point(ref, beta: float, scale: bool = True, iters: int = 50) -> dict[str, torch.Tensor]:
+    """Where GRPO's expected update vanishes on the toy, for a policy free at every state
+    (docs/kl_control.md, "GRPO's fixed point"); log-probs of the 27 completions per prompt.
+
+    On-policy (num_iterations 1, ratio 1) TRL's GRPO loss with loss_type grpo and a fixed length is,
+    per sequence, (1 / |y|) sum_t [-A ∇log pi(y_t | s_t) + beta ∇k3_t], A = (r - mean) / std over the
+    group.  E_{a ~ pi}[∇ k3] = ∇ KL(pi_ref(.|s) || pi(.|s)): the *forward* KL per visited state. Its
+    gradient on the logits of state s is (pi - pi_ref); the policy gradient's is pi(a|s) (Q(s,a) -
+    V(s)) / sigma.  They cancel where pi(a|s) = c pi_ref(a|s) / (lam_s - Q(s,a)) with c = beta sigma
+    and lam_s > max_a Q(s, a) the root of sum_a pi(a|s) = 1 (then V(s) = lam_s - c): solved from the
+    last token up, sigma (the reward's std under the fixed point, 1 with scale=False) by iteration."""
+    r_all = rewards()
+    out = {}
+    for name, prompt in PROMPTS.items():
+        sigma = 1.0
+        for _ in range(iters if scale else 1):
+            logp = {}  # completion -> log-prob
+
+            def value(prefix: list) -> float:
+                """V(prefix) under the fixed point, filling logp for completions below it."""
+                if len(prefix) == LENGTH:
+                    return float(r_all[name][COMPLETIONS.index(prefix)])
+                q = torch.tensor([value(prefix + [a]) for a in range(WORDS)], dtype=torch.float64)
+                logits = ref(input_ids=torch.tensor([prompt + prefix])).logits[0, -1].double()
+                p_ref = logits.log_softmax(-1)[:WORDS].exp()
+                p_ref = p_ref / p_ref.sum()
+                c = beta * sigma
+                lo, hi = float(q.max()) + 1e-12, float(q.max()) + c + 1.0
+                while float((c * p_ref / (hi - q)).sum()) > 1:
+                    hi += hi - lo
+                for _ in range(200):
+                    lam = 0.5 * (lo + hi)
+                    lo, hi = (lam, hi) if float((c * p_ref / (lam - q)).sum()) > 1 else (lo, lam)
+                pi = c * p_ref / (0.5 * (lo + hi) - q)
+                pi = pi / pi.sum()
+                for a in range(WORDS):
+                    logp.setdefault(tuple(prefix + [a]), float(pi[a].log()))
+                return float((pi * q).sum())
+
+            value([])
+            seq = torch.tensor([sum(logp[tuple(y[:t + 1])] for t in range(LENGTH)) for y in COMPLETIONS],
+                               dtype=torch.float64)
+            p = seq.exp()
+            mean = float((p * r_all[name]).sum())
+            sigma = math.sqrt(max(float((p * (r_all[name] - mean) ** 2).sum()), 1e-12)) if scale else 1.0
+        out[name] = seq
+    return out
+
+
+class BradleyTerryScorer:
+    """The toy's reward as a scorer whose best-of-2 is a Bradley-Terry draw: logit(p_positive) =
+    r + Gumbel noise, so of two completions the prefs stage keeps a as chosen with probability
+    sigmoid(r_a - r_b) (the difference of two Gumbels is logistic).  It parses the prefs stage's
+    joined text ("t3" + "t0 t1 t2": no space after the prompt)."""
+
+    def __init__(self, seed: int = 0):
+        self.g = torch.Generator().manual_seed(seed)
+
+    def p_positive(self, texts: list[str]) -> torch.Tensor:
+        import re
+
+        logits = torch.logit(reward_fn([" ".join(re.findall(r"t\d", t)) for t in texts]).double()) + SHIFT
+        u = torch.rand(len(texts), generator=self.g, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+        return torch.sigmoid(logits - torch.log(-torch.log(u))).float()

@@ -25,12 +25,13 @@ def write_job(root: Path, algorithm: str, knob: float, seed: int, metrics: Dict[
               version: Optional[int] = -1) -> Path:
     """One job folder; ``version``: its results.json ``algorithm_version`` (-1: this code's, None:
     not recorded, as in folders made before versions were)."""
-    key = "beta" if algorithm == "dpo" else "kl_target"
+    key = "kl_target" if algorithm == "ppo" else "beta"
     extra = "".join(f",{o}" for o in overrides)
     tag = "".join(f",{k}={v}" for k, v in sorted((params or {}).items()))
     folder = Path(root) / f"algorithm.{key}={knob},algorithm={algorithm}{tag}{extra},seed={seed}"
     folder.mkdir(parents=True)
-    p = {"algorithm": algorithm, "beta": knob if algorithm == "dpo" else None,
+    p = {"algorithm": algorithm, "arm": algorithm, "rounds": 1 if algorithm == "dpo" else None,
+         "loss_type": "sigmoid" if algorithm == "dpo" else None, "beta": knob if algorithm in ("dpo", "rloo", "grpo") else None,
          "kl_target": knob if algorithm == "ppo" else None, "kl_coef": None,
          "kl_controller": "log" if algorithm == "ppo" else None, "seed": seed, "examples": 128, "lr": 5e-4,
          "num_completions": 2, "prefix_len": 8, "prefix_len_max": None, "completion_len": 48,

@@ -123,7 +123,7 @@ CASES = [
     (["device=tpu"], ["device", "auto, cpu, cuda, cuda:N or mps"]),
     (["device=cuda:99"], ["device", "cuda:99"]),
     (["analysis.device=gpu"], ["analysis.device"]),
-    (["algorithm=foo"], ["algorithm=foo", "dpo, ppo"]),
+    (["algorithm=foo"], ["algorithm=foo", "dpo, grpo, ppo, rloo"]),
     (["algorithm.beta=high"], ["algorithm.beta", "'high'"]),
     (["seed=abc"], ["seed", "'abc'"]),
     (["algorithm.beta=-1"], ["algorithm.beta", "> 0"]),

@@ -110,7 +110,7 @@ def test_cli_typo_names_the_key(tmp_path):
 
 def test_cli_help_and_cfg_job():
     proc = _cli("--help")
-    assert proc.returncode == 0 and "algorithm: dpo, ppo" in proc.stdout
+    assert proc.returncode == 0 and "algorithm: dpo, grpo, ppo, rloo" in proc.stdout
     proc = _cli("--cfg", "job", "algorithm=ppo")
     assert proc.returncode == 0 and "kl_target" in proc.stdout and "beta:" not in proc.stdout
 
@@ -231,7 +231,7 @@ def test_shipped_configs_hold_only_schema_keys(overrides):
 def test_cli_composition_errors_are_one_line(tmp_path):
     for args, line in [(["algorithm.lerning_rate=1"], "Config error: algorithm.lerning_rate: not a key of the config; "
                                                        "the closest valid key is algorithm.lr"),
-                       (["algorithm=foo"], "Config error: algorithm=foo: no such option; choose one of dpo, ppo")]:
+                       (["algorithm=foo"], "Config error: algorithm=foo: no such option; choose one of dpo, grpo, ppo, rloo")]:
         proc = _cli(*args, f"hydra.run.dir={tmp_path}", f"cache_dir={tmp_path}/cache")
         assert proc.returncode == 2
         assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [line]

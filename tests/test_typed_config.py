@@ -46,7 +46,9 @@ def _old_params(cfg: DictConfig) -> dict:
     ppo = algo.name == "ppo"
     controller = kl_controller_name(algo) if ppo else None
     return {
-        "algorithm": algo.name, "beta": algo.get("beta"),
+        # arm, rounds and loss_type came with the arms (issue 31): what the DictConfig says of them
+        "algorithm": algo.name, "arm": algo.name if algo.name != "dpo" or algo.loss_type == "sigmoid" else "?",
+        "rounds": algo.get("rounds"), "loss_type": algo.get("loss_type"), "beta": algo.get("beta"),
         "kl_target": algo.get("kl_target") if controller != "fixed" else None,
         "kl_coef": algo.get("kl_coef"), "kl_controller": controller,
         "value_model": algo.get("value_model") if ppo else None,

@@ -23,13 +23,15 @@ from dpo_ppo.config.analysis import AnalysisConfig
 from dpo_ppo.config.fields import ConfigError, field_help
 from dpo_ppo.config.schema import (ALGORITHMS, OFFLINE_HINT, PRECISIONS, AlgorithmConfig, ClassifierConfig,
                                    ComputeConfig, Config, DataConfig, DPOAlgorithmConfig, EvalConfig,
-                                   HardwareConfig, LoggerConfig, ModelConfig, PPOAlgorithmConfig, as_dict,
+                                   HardwareConfig, LoggerConfig, ModelConfig, PPOAlgorithmConfig, GRPOAlgorithmConfig,
+                                   RLOOAlgorithmConfig, as_dict,
                                    register_configs, to_typed)
 from dpo_ppo.config.schedule import apply_compute, planned_optimizer_steps
 
 __all__ = ["ALGORITHMS", "OFFLINE_HINT", "PRECISIONS", "AlgorithmConfig", "AnalysisConfig", "ClassifierConfig",
            "ComputeConfig", "Config", "ConfigError", "DataConfig", "DPOAlgorithmConfig", "EvalConfig",
-           "HardwareConfig", "LoggerConfig", "ModelConfig", "PPOAlgorithmConfig", "apply_compute", "as_dict",
+           "HardwareConfig", "LoggerConfig", "ModelConfig", "PPOAlgorithmConfig", "RLOOAlgorithmConfig",
+           "GRPOAlgorithmConfig", "apply_compute", "as_dict",
            "field_help", "load", "planned_optimizer_steps", "register_configs", "to_typed"]
 
 

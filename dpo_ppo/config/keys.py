@@ -9,7 +9,7 @@ import dataclasses
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_ppo.config.fields import ConfigError
-from dpo_ppo.config.schema import Config, DPOAlgorithmConfig, PPOAlgorithmConfig
+from dpo_ppo.config.schema import ALGORITHM_SCHEMAS, Config
 
 # other names users reach for; a typo of one of them suggests the real key
 _ALIASES = {"lr": ("learning_rate",), "examples": ("num_examples", "n_examples"),
@@ -25,10 +25,10 @@ def dataclass_fields(obj_type) -> dict | None:
 
 
 def schema_keys() -> list[str]:
-    """Every key of the schema, dotted (both algorithms' keys under ``algorithm``)."""
+    """Every key of the schema, dotted (every algorithm' keys under ``algorithm``)."""
     import typing
 
-    any_fields = {"algorithm": (DPOAlgorithmConfig, PPOAlgorithmConfig)}
+    any_fields = {"algorithm": tuple(ALGORITHM_SCHEMAS.values())}
     keys = []
     for name, hint in typing.get_type_hints(Config).items():
         keys.append(name)
@@ -84,7 +84,7 @@ def unknown_key_message(key: str, candidates) -> str:
     """What to say about a key the schema does not have: whose key it is, or the closest one."""
     parent, _, name = key.rpartition(".")
     if parent == "algorithm":
-        for algo, schema in (("dpo", DPOAlgorithmConfig), ("ppo", PPOAlgorithmConfig)):
+        for algo, schema in ALGORITHM_SCHEMAS.items():
             if name in dataclass_fields(schema) and key not in candidates:
                 return f"not a key of this algorithm; it belongs to algorithm={algo}"
     return f"not a key of the config; the closest valid key is {closest_key(key, candidates)}"

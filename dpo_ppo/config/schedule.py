@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import math
 
+# TRL's on-policy trainers (dpo_ppo/train/rl.py): batch_size prefixes per generation, one optimizer
+# step per pass over it
+ON_POLICY_TRL = ("rloo", "grpo")
+
 
 def apply_compute(cfg) -> None:
     """Rewrite the algorithm's schedule in place for ``compute.mode=matched`` (after the checks)."""
@@ -15,6 +19,8 @@ def apply_compute(cfg) -> None:
     algo, n = cfg.algorithm, compute.prefixes_per_step
     if algo.name == "dpo":
         algo.batch_size, algo.epochs = n, 1.0
+    elif algo.name in ON_POLICY_TRL:  # one step per n prefixes, one pass over each generation
+        algo.batch_size, algo.num_iterations = n, 1
     else:  # every planned step is taken: trust_region=shrink (the default; stop is refused here)
         algo.ppo_epochs, algo.num_minibatches = 1, algo.rollout_prefixes // n
 
@@ -25,6 +31,8 @@ def planned_optimizer_steps(cfg) -> int:
     algo = cfg.algorithm
     if algo.name == "dpo":  # the Trainer's max_steps: ceil(epochs x steps per epoch)
         return math.ceil(math.ceil(algo.examples / algo.batch_size) * algo.epochs)
+    if algo.name in ON_POLICY_TRL:  # one generation per step, reused num_iterations times
+        return math.ceil(algo.examples / algo.batch_size) * algo.num_iterations
     full, rest = divmod(algo.examples, algo.rollout_prefixes)
     last = rollout_minibatches(algo, rest * algo.num_completions) if rest else 0
     return (full * algo.num_minibatches + last) * algo.ppo_epochs
@@ -43,6 +51,16 @@ def kl_controller_name(cfg) -> str:
     return "fixed" if getattr(cfg, "kl_coef", None) is not None else cfg.kl_controller
 
 
+def arm(algo) -> str:
+    """The arm a job is (``results.ARMS``): its trainer, and for DPO its data and loss: online_ when
+    its pairs are resampled by the policy (rounds > 1), ipo for loss_type=ipo (dpo_<loss> for
+    TRL's other DPO losses)."""
+    if algo.name != "dpo":
+        return algo.name
+    loss = "dpo" if algo.loss_type == "sigmoid" else "ipo" if algo.loss_type == "ipo" else f"dpo_{algo.loss_type}"
+    return f"online_{loss}" if getattr(algo, "rounds", 1) > 1 else loss
+
+
 def swept_params(cfg) -> dict:
     """The hyperparameters a sweep varies, flat (results.json ``params``, ``results.PARAM_KEYS``):
     for W&B grouping and the report."""
@@ -50,7 +68,9 @@ def swept_params(cfg) -> dict:
     ppo = algo.name == "ppo"
     controller = kl_controller_name(algo) if ppo else None
     return {
-        "algorithm": algo.name, "beta": getattr(algo, "beta", None),
+        "algorithm": algo.name, "arm": arm(algo),
+        "rounds": getattr(algo, "rounds", None), "loss_type": getattr(algo, "loss_type", None),
+        "beta": getattr(algo, "beta", None),
         "kl_target": getattr(algo, "kl_target", None) if controller != "fixed" else None,
         "kl_coef": getattr(algo, "kl_coef", None), "kl_controller": controller,
         "value_model": getattr(algo, "value_model", None) if ppo else None,

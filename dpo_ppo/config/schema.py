@@ -149,7 +149,8 @@ class ClassifierConfig:
 class AlgorithmConfig:
     """What DPO and PPO share: the data they train on and the optimiser (group ``algorithm``)."""
 
-    name: str = option(MISSING, "dpo or ppo: which trainer, and which schema the rest of the group follows")
+    name: str = option(MISSING, "dpo, ppo, rloo or grpo: which trainer, and which schema the rest of the group "
+                                "follows")
     examples: int = option(512, "training prefixes, each used once per pass (the seed's \"Examples\"); > 0")
     lr: float = option(1e-6, "AdamW learning rate, constant; > 0")
     batch_size: int = option(8, "training prefixes (DPO: preference pairs) per optimizer step; > 0")
@@ -171,7 +172,7 @@ class AlgorithmConfig:
                                        "for the weight analyses over training; > 0")
 
     def check(self, where: str = "algorithm") -> None:
-        choice(f"{where}.name", self.name, ALGORITHMS)
+        choice(f"{where}.name", self.name, tuple(ALGORITHM_SCHEMAS))
         schema = ALGORITHM_SCHEMAS.get(self.name)
         if type(self) is not AlgorithmConfig and not isinstance(self, schema):
             raise ConfigError(f"{where}.name", f"{self.name} does not fit this group's keys ({type(self).__name__}); "
@@ -196,6 +197,16 @@ class AlgorithmConfig:
 LABEL_SMOOTHING_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
 
 
+def check_rounds(where: str, rounds: int, examples: int, batch: int, batch_key: str) -> None:
+    """Online DPO's rounds take the offline run's optimizer steps only when each round's prefixes
+    fill whole batches."""
+    if rounds > 1 and examples % (rounds * batch):
+        raise ConfigError(f"{where}.rounds",
+                          f"{where}.examples ({examples}) must split into {rounds} rounds of whole batches of "
+                          f"{batch_key} ({batch}) so that online DPO takes offline DPO's optimizer steps; choose "
+                          f"rounds with rounds x {batch} dividing {examples}")
+
+
 @dataclass
 class DPOAlgorithmConfig(AlgorithmConfig):
     """DPO through TRL's DPOTrainer on pairs the reference sampled (best and worst of num_completions)."""
@@ -208,6 +219,11 @@ class DPOAlgorithmConfig(AlgorithmConfig):
     label_smoothing: float = option(0.0, "assumed probability that a pair's preference is flipped; in [0, "
                                          "0.5), read only by loss_type robust (conservative DPO), exo_pair, "
                                          "aot, aot_unpaired")
+    rounds: int = option(1, "online DPO: the training prefixes split into this many equal rounds; before each, "
+                            "num_completions completions per prefix of the round are sampled from the *current* "
+                            "policy and the best / worst by the classifier kept (the loss stays anchored to the "
+                            "reference). 1 = offline DPO (pairs sampled once by the reference). The same "
+                            "examples and optimizer steps either way; > 0, rounds x batch_size divides examples")
 
     def check(self, where: str = "algorithm") -> None:
         super().check(where)
@@ -217,6 +233,8 @@ class DPOAlgorithmConfig(AlgorithmConfig):
             raise ConfigError(f"{where}.num_completions",
                               f"DPO needs >= 2 completions per prefix to pick chosen and rejected, "
                               f"got {self.num_completions}")
+        positive(f"{where}.rounds", self.rounds)
+        check_rounds(where, self.rounds, self.examples, self.batch_size, "algorithm.batch_size")
         finite(f"{where}.label_smoothing", self.label_smoothing)
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"{where}.label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
@@ -307,7 +325,75 @@ class PPOAlgorithmConfig(AlgorithmConfig):
                               f"got {self.num_minibatches}")
 
 
-ALGORITHM_SCHEMAS = {"dpo": DPOAlgorithmConfig, "ppo": PPOAlgorithmConfig}
+# TRL 1.16's GRPO losses whose fixed point docs/kl_control.md discusses (all normalise the
+# clipped policy-gradient term differently; the KL term is TRL's k3 estimate in every one)
+GRPO_LOSSES = ("grpo", "dr_grpo", "bnpo", "dapo")
+
+
+@dataclass
+class PolicyGradientConfig(AlgorithmConfig):
+    """What RLOO and GRPO (TRL's RLOOTrainer / GRPOTrainer) share: on-policy sampling of
+    num_completions completions per prefix, the classifier's score as the reward (as PPO's), and
+    beta as the KL coefficient.  batch_size counts prefixes per optimizer step (each sampled
+    num_completions times), as DPO's counts pairs."""
+
+    batch_size: int = option(16, "training prefixes per optimizer step, each sampled num_completions times; one "
+                                 "generation per step; > 0")
+    beta: float = option(0.05, "KL coefficient toward the reference: RLOO subtracts beta x (sequence KL, k1) "
+                               "from the reward (PPO's kl_coef), GRPO adds beta x (per-token k3 KL) to the "
+                               "loss; > 0")
+    reward_kind: str = option("logit", "the reward from the classifier, as PPO's: logit (log p(positive) - log "
+                                       "p(negative)) or prob (p(positive))")
+    num_iterations: int = option(1, "passes over each generation batch (TRL's mu); 1 = strictly on-policy, "
+                                    "the clip never binds; > 0")
+    epsilon: float = option(0.2, "clip on the probability ratio (1 +- epsilon), read when num_iterations > 1; "
+                                 "> 0")
+
+    def check(self, where: str = "algorithm") -> None:
+        super().check(where)
+        positive(f"{where}.beta", self.beta)
+        positive(f"{where}.num_iterations", self.num_iterations)
+        positive(f"{where}.epsilon", self.epsilon)
+        choice(f"{where}.reward_kind", self.reward_kind, ("logit", "prob"))
+        if self.num_completions < 2:
+            raise ConfigError(f"{where}.num_completions",
+                              f"{self.name} compares each completion with the other completions of its prefix, "
+                              f"so it needs >= 2, got {self.num_completions}")
+
+
+@dataclass
+class RLOOAlgorithmConfig(PolicyGradientConfig):
+    """RLOO through TRL's RLOOTrainer: REINFORCE with the leave-one-out mean of the other
+    completions of the same prefix as baseline, beta x KL (k1, summed over the completion)
+    subtracted from the reward: the objective PPO optimises with a fixed kl_coef = beta."""
+
+    name: str = option("rloo", "rloo")
+    normalize_advantages: bool = option(False, "divide the advantages by their std over each generation batch "
+                                               "(TRL's option; off keeps the KL-regularised objective's scale)")
+
+
+@dataclass
+class GRPOAlgorithmConfig(PolicyGradientConfig):
+    """GRPO through TRL's GRPOTrainer: advantages are rewards centred (and by default scaled) within
+    each prefix's group; the KL to the reference is beta x k3 per token *in the loss*, not in the
+    reward, which is a different objective (its fixed point: docs/kl_control.md)."""
+
+    name: str = option("grpo", "grpo")
+    beta: float = option(0.04, "weight of the per-token k3 KL to the reference in the loss (GRPO's beta; not "
+                               "the same scale as RLOO's or PPO's: docs/kl_control.md); > 0")
+    loss_type: str = option("grpo", "TRL's GRPO loss normalisation: grpo (token mean per sequence, then mean), "
+                                    "dr_grpo, bnpo or dapo (TRL's default)")
+    scale_rewards: str = option("group", "divide the centred rewards by the std of the prefix's group (group, "
+                                         "GRPO's), of the whole batch (batch), or not at all (none, Dr. GRPO)")
+
+    def check(self, where: str = "algorithm") -> None:
+        super().check(where)
+        choice(f"{where}.loss_type", self.loss_type, GRPO_LOSSES)
+        choice(f"{where}.scale_rewards", self.scale_rewards, ("group", "batch", "none"))
+
+
+ALGORITHM_SCHEMAS = {"dpo": DPOAlgorithmConfig, "ppo": PPOAlgorithmConfig, "rloo": RLOOAlgorithmConfig,
+                     "grpo": GRPOAlgorithmConfig}
 
 
 @dataclass
@@ -435,8 +521,8 @@ class Config:
     model: ModelConfig = option(MISSING, "the reference policy (group model: tiny, pythia70m)")
     data: DataConfig = option(MISSING, "the labelled reviews (group data: synthetic, imdb)")
     classifier: ClassifierConfig = option(MISSING, "the reward model (group classifier: tiny, gpt2_imdb)")
-    algorithm: Any = option(MISSING, "DPOAlgorithmConfig or PPOAlgorithmConfig, by name (group algorithm: dpo, "
-                                     "ppo)")
+    algorithm: Any = option(MISSING, "DPO-, PPO-, RLOO- or GRPOAlgorithmConfig, by name (group algorithm: dpo, "
+                                     "ppo, rloo, grpo)")
     eval: EvalConfig = option(MISSING, "the evaluation (group eval)")
     analysis: AnalysisConfig = option(MISSING, "the analyses of what changed (group analysis: full, fast, none)")
     logger: LoggerConfig = option(MISSING, "W&B logging (group logger: wandb_offline, wandb, none)")
@@ -495,6 +581,9 @@ class Config:
                               "stop ends an update at the trust region and skips its later steps, so PPO would "
                               "take fewer optimizer steps than DPO under compute=matched; use shrink (the "
                               "default) or algorithm.early_stop_kl=null")
+        if compute.mode == "matched" and algo.name == "dpo":
+            check_rounds("algorithm", algo.rounds, algo.examples, compute.prefixes_per_step,
+                         "compute.prefixes_per_step")
         if compute.mode == "matched" and algo.name == "ppo" and algo.rollout_prefixes % compute.prefixes_per_step:
             raise ConfigError("compute.prefixes_per_step",
                               f"must divide algorithm.rollout_prefixes ({algo.rollout_prefixes}) for "
@@ -517,7 +606,7 @@ class Config:
 
 
 GROUPS = {"model": ModelConfig, "data": DataConfig, "classifier": ClassifierConfig, "dpo": DPOAlgorithmConfig,
-          "ppo": PPOAlgorithmConfig, "eval": EvalConfig, "logger": LoggerConfig, "compute": ComputeConfig,
+          "ppo": PPOAlgorithmConfig, "rloo": RLOOAlgorithmConfig, "grpo": GRPOAlgorithmConfig, "eval": EvalConfig, "logger": LoggerConfig, "compute": ComputeConfig,
           "hardware": HardwareConfig, "analysis": AnalysisConfig}
 
 

@@ -28,12 +28,15 @@ PREFS_SEED_OFFSET = 7_919  # keeps the prefs' sampling keys apart from evaluatio
 
 def build_prefs(algo, prompts: list[list[int]], model, tokenizer, scorer, path: Path,
                 batch_size: int = 256, seed: int = 0, autocast=contextlib.nullcontext,
-                static_cache: bool = False) -> dict:
+                static_cache: bool = False, first: int = 0) -> dict:
     """Sample ``algo.num_completions`` completions per prompt, keep best and worst; save to ``path``.
-    ``static_cache`` as in ``sampling.generate`` (the same pairs, faster on a GPU at this scale)."""
+    ``static_cache`` as in ``sampling.generate`` (the same pairs, faster on a GPU at this scale).
+    ``first``: the index of ``prompts[0]`` among the run's training prefixes (online DPO's rounds
+    sample slices of them): the sampling keys are those of the whole list's rows, so a slice
+    sampled by the same model gives the same completions as the whole list's rows there."""
     k = algo.num_completions
     repeated = [p for p in prompts for _ in range(k)]
-    keys = sample_keys(seed + PREFS_SEED_OFFSET, range(len(repeated)))
+    keys = sample_keys(seed + PREFS_SEED_OFFSET, range(first * k, first * k + len(repeated)))
     with autocast():
         completions = generate(model, tokenizer, repeated, algo.completion_len, temperature=algo.temperature,
                                top_k=algo.top_k, batch_size=batch_size, desc="prefs: sampling", keys=keys,

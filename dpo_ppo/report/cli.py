@@ -21,9 +21,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      epilog=report.__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path, help="sweep folder, e.g. multirun/confound")
-    parser.add_argument("--compare", nargs=2, metavar=("JOB_A", "JOB_B"),
-                        help="two job folders (path, or a unique part of the folder name) to compare "
-                             "as in the paper: losses, divergence, per-head heat maps")
+    parser.add_argument("--compare", nargs="+", metavar="A,B | JOB_A JOB_B",
+                        help="A,B: two arms (dpo, online_dpo, ipo, online_ipo, ppo, rloo, grpo) put in a claims "
+                             "table of their own at matched KL (B - A), e.g. --compare rloo,ppo; JOB_A JOB_B: two "
+                             "job folders (path, or a unique part of the folder name) compared as in the paper: "
+                             "losses, divergence, per-head heat maps")
     parser.add_argument("--pool", action="append", default=[], choices=list(C.FACETS), metavar="KEY",
                         help="pool runs over this shared axis instead of comparing within each value "
                              f"(the table says so); one of {', '.join(C.FACETS)}; repeatable")
@@ -53,7 +55,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--min-seeds must be >= 1")
     if args.bootstrap < 100:
         parser.error("--bootstrap must be >= 100")
-    built = build_report(args.path, compare=args.compare, out=args.out, pool=args.pool, min_runs=args.min_runs,
+    jobs, pair = args.compare, None
+    if args.compare and len(args.compare) == 1:  # A,B: two arms
+        from dpo_ppo.report.arms import parse_pair
+
+        jobs, pair = None, parse_pair(args.compare[0])
+    elif args.compare and len(args.compare) != 2:
+        parser.error("--compare takes A,B (two arms) or JOB_A JOB_B (two job folders)")
+    built = build_report(args.path, compare=jobs, compare_arms=pair, out=args.out, pool=args.pool, min_runs=args.min_runs,
                          min_seeds=args.min_seeds, n_boot=args.bootstrap, fdr=args.fdr, seed=args.seed,
                          figures=args.figures)
     summary, out = built.summary, built.out

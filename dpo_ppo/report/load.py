@@ -15,7 +15,7 @@ import numpy as np
 from dpo_ppo import results as R
 
 SKIP_DIRS = {"report", "wandb", ".submitit", ".hydra", "__pycache__"}
-LABELS = {"dpo": "DPO", "ppo": "PPO"}
+LABELS = {"dpo": "DPO", "ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO"}
 SYMBOLS = {"beta": "β", "kl_target": "KL*", "kl_coef": "c"}
 NO_RESULTS = "no results"  # a started job without results.json (a planned one: R.PENDING)
 PENDING = R.PENDING
@@ -264,7 +264,7 @@ def drop_duplicates(runs: Sequence[Run]) -> Tuple[List[Run], List[Dict[str, str]
 
 
 def finished(runs: Sequence[Run]) -> List[Run]:
-    return [r for r in runs if r.status == R.FINISHED and r.algorithm in R.ALGORITHMS]
+    return [r for r in runs if r.status == R.FINISHED and r.algorithm in R.TRAINERS]
 
 
 def metric_names(runs: Sequence[Run]) -> List[str]:
@@ -317,9 +317,9 @@ def configurations(runs: Sequence[Run]) -> List[SeedGroup]:
     groups: Dict[Tuple, SeedGroup] = {}
     for run in finished(runs) + [r for r in runs if r.status == DIVERGED and r.algorithm in R.ALGORITHMS]:
         groups.setdefault(run.group_key(), SeedGroup(run.algorithm or "", [])).runs.append(run)
-    for algorithm in R.ALGORITHMS:
+    for algorithm in R.TRAINERS:
         mine = [g for g in groups.values() if g.algorithm == algorithm]
-        skip = {"seed", "algorithm", "optimizer_steps", R.KNOBS[algorithm], "kl_coef"}
+        skip = {"seed", "algorithm", "arm", "optimizer_steps", R.KNOBS[algorithm], "kl_coef"}
         keys = sorted({k for g in mine for k in g.runs[0].params} - skip)
         vary = [k for k in keys if len({json.dumps(g.runs[0].params.get(k), default=str) for g in mine}) > 1]
         for g in mine:

@@ -12,7 +12,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from dpo_ppo import results as R
 from dpo_ppo.analysis.plots import _save, plt
-from dpo_ppo.report import stats
+from dpo_ppo.report import arms, stats
 from dpo_ppo.report.compare import ClaimRow, facet_value
 from dpo_ppo.report.load import LABELS, SeedGroup, Run, finished
 
@@ -61,13 +61,14 @@ def plot_frontier(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path,
     fig, ax = plt.subplots(figsize=(7.5, 5))
     tags = sorted({facet_tag(c, split) for c in configs})
     labels = []
-    for algorithm in R.ALGORITHMS:
-        mine = [c for c in configs if c.algorithm == algorithm]
+    for algorithm in arms.arms_present(runs):  # every arm (report.arms): DPO, online DPO, PPO, RLOO, ...
+        mine = [c for c in configs if arms.arm_of(c.runs[0]) == algorithm]
         if not mine:
             continue
+        color = arms.ARM_COLORS.get(algorithm, "tab:gray")
         xs = [r.kl for c in mine for r in c.runs]
         ys = [r.metrics.get(R.REWARD, np.nan) for c in mine for r in c.runs]
-        ax.scatter(xs, ys, s=10, alpha=0.25, color=COLORS[algorithm])
+        ax.scatter(xs, ys, s=10, alpha=0.25, color=color)
         for tag in tags:
             group = sorted((c for c in mine if facet_tag(c, split) == tag),
                            key=lambda c: stats.mean_ci(r.kl for r in c.runs).mean)
@@ -75,14 +76,14 @@ def plot_frontier(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path,
                 continue
             marker = MARKERS[tags.index(tag) % len(MARKERS)]
             pts = [(stats.mean_ci(r.kl for r in c.runs), stats.mean_ci(c.values(R.REWARD)), c) for c in group]
-            ax.plot([p[0].mean for p in pts], [p[1].mean for p in pts], "-", color=COLORS[algorithm], alpha=0.4, lw=1)
+            ax.plot([p[0].mean for p in pts], [p[1].mean for p in pts], "-", color=color, alpha=0.4, lw=1)
             for i, (x, y, c) in enumerate(pts):
                 ax.errorbar(x.mean, y.mean, xerr=_err(x.half), yerr=_err(y.half), fmt=marker, capsize=3,
-                            color=COLORS[algorithm], markersize=5,
-                            label=(f"{LABELS[algorithm]}" + (f" {tag}" if tag else "")
+                            color=color, markersize=5,
+                            label=(f"{arms.label(algorithm)}" + (f" {tag}" if tag else "")
                                    + f" ({len(group)} configs, {sum(len(g.runs) for g in group)} runs)")
                             if i == 0 else None)
-                labels.append((x.mean, y.mean, c.label(), COLORS[algorithm]))
+                labels.append((x.mean, y.mean, c.label(), color))
     ref = stats.mean_ci(r.metrics.get(R.REF_REWARD, np.nan) for r in finished(runs))
     if ref.n:
         ax.errorbar(0.0, ref.mean, yerr=_err(ref.half), fmt="*", markersize=12, color="black", capsize=3,
@@ -110,6 +111,8 @@ _PROBE_PANELS = [("p positive (probe, 0-1)", (R.TRAIN_P_POSITIVE, "train/reward_
 TRAIN_PANELS = {
     "ppo": _PROBE_PANELS + [("KL coefficient", (R.KL_COEF,)), ("policy loss", (R.POLICY_LOSS,))],
     "dpo": _PROBE_PANELS + [("β (fixed)", ("param:beta",)), ("DPO loss (nats)", (R.TRL_LOSS, "train/loss"))],
+    "rloo": _PROBE_PANELS + [("β (fixed)", ("param:beta",)), ("score on its samples (log-odds, nats)", (R.ROLLOUT_SCORE,))],
+    "grpo": _PROBE_PANELS + [("β (fixed)", ("param:beta",)), ("score on its samples (log-odds, nats)", (R.ROLLOUT_SCORE,))],
 }
 
 
@@ -147,14 +150,14 @@ def _curve(config: SeedGroup, keys: Sequence[str]) -> Optional[tuple]:
 def plot_training(configs: Sequence[SeedGroup], path: Path, split: Sequence[str] = ()) -> Optional[str]:
     """Training curves per configuration (mean over seeds) against examples seen: one row of
     panels per algorithm. None when no job logged anything."""
-    algorithms = [a for a in R.ALGORITHMS if any(c.algorithm == a for c in configs)]
+    algorithms = [a for a in R.TRAINERS if any(c.algorithm == a for c in configs)]
     curves = {a: [(c, [_curve(c, keys) for _, keys in TRAIN_PANELS[a]]) for c in configs if c.algorithm == a]
               for a in algorithms}
     if not any(cv for a in algorithms for _, cvs in curves[a] for cv in cvs):
         return None
     fig, axes = plt.subplots(len(algorithms), 4, figsize=(13, 2.7 * len(algorithms)), squeeze=False)
     for row, a in enumerate(algorithms):
-        cmap = plt.get_cmap("Blues" if a == "dpo" else "Oranges")
+        cmap = plt.get_cmap(arms.ARM_CMAPS.get(a, "Greys"))
         n = len(curves[a])
         for i, (config, cvs) in enumerate(curves[a]):
             color = cmap(0.45 + 0.5 * i / max(1, n - 1))
@@ -199,15 +202,16 @@ def plot_over_training(configs: Sequence[SeedGroup], path: Path) -> Optional[str
     curves = {title: [(c, c.over_training(*where)) for c in configs] for title, where in OVER_TRAINING_PANELS.items()}
     if not any(cv for per in curves.values() for _, cv in per):
         return None
+    present = arms.arms_present([r for c in configs for r in c.runs])
     fig, axes = plt.subplots(2, 3, figsize=(13, 6), squeeze=False)
     for ax, (title, per) in zip(axes.flat, curves.items()):
-        for a in R.ALGORITHMS:
-            mine = [(c, cv) for c, cv in per if c.algorithm == a and cv]
-            cmap = plt.get_cmap("Blues" if a == "dpo" else "Oranges")
+        for a in present:  # every arm (report.arms)
+            mine = [(c, cv) for c, cv in per if arms.arm_of(c.runs[0]) == a and cv]
+            cmap = plt.get_cmap(arms.ARM_CMAPS.get(a, "Greys"))
             for i, (c, cv) in enumerate(mine):
                 shade = 0.45 + 0.5 * (i + 1) / (len(mine) + 1)
                 ax.plot(cv["examples"], cv["mean"], marker="o", ms=3, lw=1.2, color=cmap(shade),
-                        label=f"{LABELS[a]} {c.label()}".strip())
+                        label=f"{arms.label(a)} {c.label()}".strip())
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

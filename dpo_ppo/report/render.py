@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from dpo_ppo import results as R
 from dpo_ppo.report import compare as C
-from dpo_ppo.report import plots, stats
+from dpo_ppo.report import arms, plots, stats
 from dpo_ppo.report.claims import CLAIMS, SAME_MARGIN
 from dpo_ppo.report.load import (ALL_STATUSES, DIVERGED, LABELS, NO_RESULTS, PENDING, SeedGroup, Run,
                                  configurations, finished, load_run, load_sweep, metric_names)
@@ -368,7 +368,8 @@ class Report:
 
 def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optional[Path] = None,
                  pool: Sequence[str] = (), min_runs: int = C.MIN_RUNS, min_seeds: int = C.MIN_SEEDS,
-                 n_boot: int = C.N_BOOT, fdr: str = "bh", seed: int = 0, figures: bool = True) -> Report:
+                 n_boot: int = C.N_BOOT, fdr: str = "bh", seed: int = 0, figures: bool = True,
+                 compare_arms: Optional[Sequence[str]] = None) -> Report:
     """Write the report (report.md, runs.csv, matched_kl.csv, summary.json and the figures in
     ``out``, by default ROOT/report).  ``figures=False`` leaves the figures out (tables only, in a
     fraction of the time)."""
@@ -390,10 +391,12 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
     name = sweep_name(root, runs, meta)
     done, configs, metrics = finished(runs), configurations(runs), metric_names(runs)
     progress, counts = progress_line(runs)
-    facets, facet_notes = C.make_facets(runs, pool)
+    # the headline compares the dpo and ppo arms only (report.arms: online DPO is never pooled into DPO)
+    headline = arms.headline_runs(runs)
+    facets, facet_notes = C.make_facets(headline, pool)
     split = list(facets[0].values) if facets else []
     comparable = [f for f in facets if f.runs["dpo"] and f.runs["ppo"]]
-    rows = C.claims_table(runs, facets, CLAIMS, min_runs=min_runs, min_seeds=min_seeds, n_boot=n_boot,
+    rows = C.claims_table(headline, facets, CLAIMS, min_runs=min_runs, min_seeds=min_seeds, n_boot=n_boot,
                           fdr=fdr, seed=seed)
     images: Dict[str, str] = {}
 
@@ -416,6 +419,10 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
         md += ["", RULE.format(n_boot=n_boot, fdr="Benjamini-Hochberg" if fdr == "bh" else "Holm",
                                min_runs=max(2, min_runs), min_seeds=min_seeds, alpha=C.ALPHA,
                                margin=SAME_MARGIN, facets=", ".join(R.FACET_KEYS)), ""]
+    arm_md, arm_rows = arms.arms_markdown(runs, claims_markdown, tuple(compare_arms) if compare_arms else None,
+                                          pool=pool, min_runs=min_runs, min_seeds=min_seeds, n_boot=n_boot,
+                                          fdr=fdr, seed=seed)
+    md += arm_md
     matched: List[Dict] = []
     if done:
         md += body_figures(configs, runs, out, split, figures, images)
@@ -456,6 +463,7 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
         "facets": [{"label": f.label(), "values": f.values, "pooled": f.pooled_text(),
                     "runs": {a: len(f.runs[a]) for a in R.ALGORITHMS}} for f in facets],
         "facet_notes": facet_notes, "claims": [claim_record(r) for r in rows], "matched_kl": matched,
+        "arms": [{"a": x["a"], "b": x["b"], **claim_record(x["row"])} for x in arm_rows],
         "over_training": over_training_summary(configs),
         "images": images, "compare": compare_out,
         "settings": {"min_runs": min_runs, "min_seeds": min_seeds, "n_boot": n_boot, "fdr": fdr, "seed": seed,

@@ -153,7 +153,7 @@ def choose_degree(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: Sequence,
 def cluster_weights(clusters: Sequence, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """(B, n) resampling counts of n items when whole clusters (seeds) are drawn with replacement."""
     labels = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
-    idx = np.array([labels[c] for c in clusters])
+    idx = np.array([labels[c] for c in clusters], dtype=int)  # int also when no cluster is left
     k = len(labels)
     draws = rng.integers(0, k, size=(n_boot, k))
     counts = np.zeros((n_boot, k))

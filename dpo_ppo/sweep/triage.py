@@ -120,7 +120,9 @@ def prepare_cover(indices: Sequence[int], config: Callable[[int], Any]) -> List[
         if not isinstance(cfg, Config):
             return []
         specs = artifact_specs(cfg)
-        keys = {(a.kind, spec_key(specs[a.kind])) for a in R.shared_artifacts(cfg.algorithm.name)}
+        # online DPO (rounds > 1) samples its own pairs: the prepare step builds none for it
+        rounds = getattr(cfg.algorithm, "rounds", 1)
+        keys = {(a.kind, spec_key(specs[a.kind])) for a in R.shared_artifacts(cfg.algorithm.name, rounds)}
         if keys - covered:
             covered |= keys
             chosen.append(idx)

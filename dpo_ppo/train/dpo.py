@@ -31,23 +31,24 @@ log = logging.getLogger(__name__)
 
 
 class SnapshotCallback(TrainerCallback):
-    """Saves the policy every ``every`` examples and at the end of training."""
+    """Saves the policy every ``every`` examples and at the end of training (``offset``: examples
+    seen before this Trainer started, by online DPO's earlier rounds)."""
 
-    def __init__(self, job_dir: Path, every: int, examples_per_step: int, tokenizer):
+    def __init__(self, job_dir: Path, every: int, examples_per_step: int, tokenizer, offset: int = 0):
         self.job_dir, self.every, self.per_step = Path(job_dir), every, examples_per_step
-        self.tokenizer = tokenizer
+        self.tokenizer, self.offset = tokenizer, offset
 
     def _save(self, model, examples: int) -> None:
         if not snapshot_dir(self.job_dir, examples).exists():
             save_model_dir(model, self.tokenizer, snapshot_dir(self.job_dir, examples))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        examples = state.global_step * self.per_step
+        examples = self.offset + state.global_step * self.per_step
         if examples // self.every > (examples - self.per_step) // self.every:
             self._save(model, examples)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        self._save(model, state.global_step * self.per_step)
+        self._save(model, self.offset + state.global_step * self.per_step)
 
 
 # the Trainer's end-of-run log (one row of run totals): kept in train_dpo's summary, not as curves
@@ -59,10 +60,11 @@ class LogCallback(TrainerCallback):
     as ``trl/...`` (``results.TRL``) to ``log_fn``.  A log averages the steps since the previous one,
     each computed on the policy before its update: it is logged at ``train/examples`` = the
     examples the policy had seen when that window began (the first loss, at 0, is the reference's:
-    log 2 for the sigmoid loss).  The end-of-run totals (``END_OF_RUN_KEYS``) go to ``self.totals``."""
+    log 2 for the sigmoid loss).  The end-of-run totals (``END_OF_RUN_KEYS``) go to ``self.totals``.
+    ``offset``: (optimizer steps, examples) taken before this Trainer started (online DPO's rounds)."""
 
-    def __init__(self, log_fn, examples_per_step: int):
-        self.log_fn, self.per_step = log_fn, examples_per_step
+    def __init__(self, log_fn, examples_per_step: int, offset: tuple[int, int] = (0, 0)):
+        self.log_fn, self.per_step, self.offset = log_fn, examples_per_step, offset
         self.window_start, self.totals = 0, {}
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -79,8 +81,8 @@ class LogCallback(TrainerCallback):
         if self.log_fn is None or not values:
             return
         metrics = {R.TRL + k: v for k, v in values.items()}
-        metrics[R.EXAMPLES] = start * self.per_step
-        self.log_fn(metrics, start)
+        metrics[R.EXAMPLES] = self.offset[1] + start * self.per_step
+        self.log_fn(metrics, self.offset[0] + start)
 
 
 class TokenDPOTrainer(DPOTrainer):
@@ -133,7 +135,8 @@ def micro_batches(batch: int, micro: int | None) -> tuple[int, int]:
 
 
 def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed: int = 0,
-              log_fn=None, runtime=None, probe=None, probe_every: int | None = None) -> dict:
+              log_fn=None, runtime=None, probe=None, probe_every: int | None = None,
+              trainer_dir: Path | None = None, offset: tuple[int, int] = (0, 0)) -> dict:
     """Train ``policy`` in place on the preference pairs ``prefs`` (prompt / chosen / rejected as
     token ids: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``).
 
@@ -143,7 +146,11 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
 
     ``runtime`` (``dpo_ppo.runtime.hardware.Runtime``): bf16 mixed precision (the Trainer's autocast,
     float32 master weights) when its precision is bf16, and micro-batches of at most
-    ``train_micro_batch`` pairs accumulated into each optimizer step of ``algo.batch_size`` pairs."""
+    ``train_micro_batch`` pairs accumulated into each optimizer step of ``algo.batch_size`` pairs.
+
+    Online DPO's rounds (``train.online_dpo``) call it once per round: ``trainer_dir`` (default
+    ``<job>/dpo_trainer``) holds that round's checkpoints, ``offset`` = (optimizer steps, examples)
+    of the earlier rounds, added to the logged steps and the snapshots' examples."""
     job_dir = Path(job_dir)
     per_device, accumulate = micro_batches(algo.batch_size, runtime.train_micro_batch if runtime else None)
     steps_per_epoch = math.ceil(len(prefs) / algo.batch_size)
@@ -153,7 +160,7 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
     logging_steps = math.gcd(save_steps, max(1, min(10, steps_per_epoch // 10)))
     use_cpu = next(policy.parameters()).device.type == "cpu"
     args = DPOConfig(
-        output_dir=str(job_dir / "dpo_trainer"),
+        output_dir=str(trainer_dir or job_dir / "dpo_trainer"),
         beta=algo.beta, loss_type=[algo.loss_type], label_smoothing=algo.label_smoothing,
         learning_rate=algo.lr, lr_scheduler_type="constant", optim="adamw_torch",
         weight_decay=algo.weight_decay, adam_epsilon=algo.adam_eps, max_grad_norm=algo.max_grad_norm,
@@ -173,10 +180,11 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
         **{_CHECKPOINTING_ARG: _GRADIENT_CHECKPOINTING},
     )
     examples_per_step = algo.batch_size
-    logs = LogCallback(log_fn, examples_per_step)
-    callbacks = [SnapshotCallback(job_dir, algo.snapshot_every, examples_per_step, tokenizer), logs]
+    logs = LogCallback(log_fn, examples_per_step, offset)
+    callbacks = [SnapshotCallback(job_dir, algo.snapshot_every, examples_per_step, tokenizer, offset[1]), logs]
     if probe is not None and log_fn is not None:
-        callbacks.append(ProbeCallback(probe, policy, log_fn, probe_every or algo.snapshot_every, examples_per_step))
+        callbacks.append(ProbeCallback(probe, policy, log_fn, probe_every or algo.snapshot_every, examples_per_step,
+                                       offset))
     trainer = TokenDPOTrainer(
         model=policy, ref_model=ref_model, args=args, train_dataset=prefs, processing_class=tokenizer,
         callbacks=callbacks,

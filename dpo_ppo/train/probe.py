@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from transformers import TrainerCallback
@@ -106,23 +106,26 @@ class ProbeCallback(TrainerCallback):
     and hands ``{**metrics, train/examples}`` to ``log_fn(metrics, step)`` (``Recorder.log``):
     before the first step (examples 0; not again on a resumed run), every ``every`` examples and
     after the last step.  ``examples_per_step``: examples (pairs, prompts) per optimizer step, so
-    ``train/examples`` = global_step * examples_per_step, the examples the probed policy has seen."""
+    ``train/examples`` = global_step * examples_per_step, the examples the probed policy has seen.
+    ``offset``: (optimizer steps, examples) taken before this Trainer started (online DPO's rounds:
+    a later round's start is the earlier round's last point, probed there already)."""
 
-    def __init__(self, probe, model, log_fn, every: int, examples_per_step: int):
+    def __init__(self, probe, model, log_fn, every: int, examples_per_step: int,
+                 offset: Tuple[int, int] = (0, 0)):
         self.probe, self.model, self.log_fn = probe, model, log_fn
-        self.every, self.per_step = every, examples_per_step
+        self.every, self.per_step, self.offset = every, examples_per_step, offset
 
     def _log(self, state, model=None) -> None:
-        examples = state.global_step * self.per_step
+        examples = self.offset[1] + state.global_step * self.per_step
         self.log_fn({**self.probe(self.model if self.model is not None else model), R.EXAMPLES: examples},
-                    state.global_step)
+                    self.offset[0] + state.global_step)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if state.global_step == 0:
+        if state.global_step == 0 and tuple(self.offset) == (0, 0):
             self._log(state, model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        examples = state.global_step * self.per_step
+        examples = self.offset[1] + state.global_step * self.per_step
         if due(examples, examples - self.per_step, self.every) or state.global_step == state.max_steps:
             self._log(state, model)
 
