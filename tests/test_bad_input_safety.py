@@ -276,12 +276,17 @@ def test_the_report_honours_the_sweepers_drift_verdict(tmp_path):
     assert [r.status for r in runs if r.rel == "beta=0.1,seed=0"] == ["finished"]
 
 
-def test_wandb_online_without_a_server_falls_back_to_offline_with_one_warning(tmp_path, monkeypatch, caplog):
+def test_wandb_online_without_a_server_falls_back_to_offline_with_one_warning(tmp_path, monkeypatch, caplog, request):
     import time
     from types import SimpleNamespace
 
     from dpo_ppo.runtime.record import Recorder
 
+    import wandb
+
+    # W&B keeps the key and base URL of the process's setup in a singleton: reset it afterwards, or
+    # every later test in this process talks to 127.0.0.1:9 with the fake key
+    request.addfinalizer(wandb.teardown)
     monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("WANDB_INIT_TIMEOUT", "5")

@@ -112,6 +112,10 @@ def _entity_and_login(entity: Optional[str]):
         api = wandb.Api()
     except wandb.errors.UsageError:
         return entity, NO_LOGIN
+    except Exception as err:  # a key W&B refuses, or a server (WANDB_BASE_URL) it cannot reach
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        return entity, (f"W&B could not verify the login ({type(err).__name__}: {first}): check WANDB_API_KEY "
+                        "(`wandb login`) and WANDB_BASE_URL; --dashboard-spec FILE writes the spec without one")
     if entity:
         return entity, None
     try:
