@@ -55,6 +55,7 @@ class Setup:
     tokenizer: Any
     train_prompts: list  # token-id prefixes for training (algorithm.examples of them)
     test_prompts: list  # token-id prefixes for evaluation (eval.num_prompts, one review each)
+    gold: Any = None  # the gold reward evaluation scores beside the scorer (eval.gold; None: none)
 
 
 class Job:
@@ -121,13 +122,13 @@ class Job:
                                                   self.cfg.algorithm.completion_len)))
         return path, load_dataset_artifact(path)
 
-    def reference_eval(self, ref_model, tokenizer, scorer, prompts):
+    def reference_eval(self, ref_model, tokenizer, scorer, prompts, gold=None):
         """The reference's eval metrics; its per-prompt rows sit beside them in ``rows.csv``."""
         from dpo_ppo.evaluate import evaluate_model
 
         def build(p):
             metrics, rows = evaluate_model(ref_model, tokenizer, scorer, prompts, self.cfg.eval, desc="eval reference",
-                                           runtime=self.hw)
+                                           runtime=self.hw, gold=gold)
             write_json(p / "metrics.json", metrics)
             write_json(p / "samples.json", {"rows": rows[: self.cfg.eval.num_samples_logged]})
             R.write_eval_rows(p / R.REF_ROWS_FILE, rows)
@@ -175,7 +176,7 @@ class Job:
         """The stages every job (and the sweeper's prepare step) shares: corpus, base model,
         scorer, the frozen reference and the train/test prefixes."""
         from dpo_ppo.data.models import load_policy
-        from dpo_ppo.data.scorer import Scorer
+        from dpo_ppo.data.scorer import Scorer, load_gold
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
@@ -200,12 +201,13 @@ class Job:
             cls_path = self.classifier(corpus, base_path)
             scorer = Scorer.load(cls_path, self.device, batch_size=self.hw.forward_batch_size,
                                  autocast=self.hw.autocast)
+            gold = load_gold(cfg.eval, cfg.data.source, self.device, self.hw)  # before training: a bad one fails now
         self.rec.results["artifacts"] = {"corpus": str(corpus_path), "reference": str(base_path),
                                          "classifier": str(cls_path), "prefs": None}
         self.rec.results["classifier_accuracy"] = json.loads((cls_path / "scorer.json").read_text()).get("test_accuracy")
         ref_model, tokenizer = load_policy(base_path, self.device)
         ref_model.eval().requires_grad_(False)
-        return Setup(corpus, base_path, scorer, ref_model, tokenizer, train_prompts, test_prompts)
+        return Setup(corpus, base_path, scorer, ref_model, tokenizer, train_prompts, test_prompts, gold)
 
     def check_base(self, base_path: Path) -> None:
         """The reference's own context (its config.json, a hub model's too) holds prefix +
@@ -293,14 +295,17 @@ class Job:
         with self.stage("evaluate"):
             from dpo_ppo.evaluate import evaluate_model
 
-            ref_metrics = self.reference_eval(ref_model, tokenizer, scorer, test_prompts)
+            ref_metrics = self.reference_eval(ref_model, tokenizer, scorer, test_prompts, gold=s.gold)
             pol_metrics, rows = evaluate_model(policy, tokenizer, scorer, test_prompts, cfg.eval,
-                                               ref_model=ref_model, desc="eval policy", runtime=self.hw)
+                                               ref_model=ref_model, desc="eval policy", runtime=self.hw,
+                                               gold=s.gold)
             metrics = {f"eval/policy/{k}": v for k, v in pol_metrics.items()}
             metrics.update({f"eval/reference/{k}": v for k, v in ref_metrics.items()})
             for k in ("gradient_loss", "binary_loss"):
                 metrics[f"eval/improvement/{k}"] = ref_metrics[k] - pol_metrics[k]
-            metrics["eval/improvement/reward_mean"] = pol_metrics["reward_mean"] - ref_metrics["reward_mean"]
+            for k in ("reward_mean", "gold_reward_mean"):  # gold: where the job has one (eval.gold)
+                if k in pol_metrics and k in ref_metrics:
+                    metrics[f"eval/improvement/{k}"] = pol_metrics[k] - ref_metrics[k]
             self.rec.metrics(metrics)
             n = cfg.eval.num_samples_logged
             self.rec.table("samples", ["prompt", "completion", "p_positive"],
@@ -308,7 +313,8 @@ class Job:
             write_json(self.job_dir / "samples.json", {"rows": rows[:n]})
             R.write_eval_rows(self.job_dir / R.EVAL_ROWS_FILE, rows)
             # every prompt's row, joinable across runs by prompt_id (the same prompts in every job)
-            columns = list(R.EVAL_ROW_COLUMNS) + ["prompt", "completion"]
+            columns = list(R.EVAL_ROW_COLUMNS) + [c for c in R.EVAL_ROW_OPTIONAL if c in rows[0]] + [
+                "prompt", "completion"]
             self.rec.table("eval_rows", columns, [[r[c] for c in columns] for r in rows])
             self.rec.files(self.job_dir / R.EVAL_ROWS_FILE)
             self.rec.inputs(self.rec.results["artifacts"])
@@ -317,6 +323,10 @@ class Job:
                      pol_metrics["reward_mean"], ref_metrics["reward_mean"], pol_metrics["binary_loss"],
                      ref_metrics["binary_loss"], pol_metrics["gradient_loss"], ref_metrics["gradient_loss"],
                      pol_metrics["kl_to_ref"])
+            if "gold_reward_mean" in pol_metrics:
+                log.info("eval: gold reward %.3f (reference %.3f) beside the proxy's %.3f (%.3f)",
+                         pol_metrics["gold_reward_mean"], ref_metrics.get("gold_reward_mean", float("nan")),
+                         pol_metrics["reward_mean"], ref_metrics["reward_mean"])
         if cfg.analysis is not None and cfg.analysis.enabled:
             with self.stage("analyze"):
                 self.analyze(ref_model, policy, tokenizer, scorer, corpus)
@@ -362,7 +372,7 @@ def _prepare(job: Job) -> list[str]:
     (corpus, base, classifier, the reference's evaluation and, for DPO, the preference data)."""
     job.rec = _Scratch()
     s = job.setup()
-    job.reference_eval(s.ref_model, s.tokenizer, s.scorer, s.test_prompts)
+    job.reference_eval(s.ref_model, s.tokenizer, s.scorer, s.test_prompts, gold=s.gold)
     built = ["corpus", "base", "classifier", "ref_eval"]
     if job.cfg.algorithm.name == "dpo":
         job.prefs(s.train_prompts, s.ref_model, s.tokenizer, s.scorer)

@@ -91,7 +91,8 @@ ALGORITHMS = ("dpo", "ppo")
 
 POLICY, REFERENCE, IMPROVEMENT = "eval/policy/", "eval/reference/", "eval/improvement/"
 EVAL_METRICS = ("reward_mean", "reward_std", "score_logit_mean", "gradient_loss", "binary_loss",
-                "completion_len", "distinct_1", "distinct_2", "kl_to_ref", "kl_to_ref_std", "kl_to_ref_k1")
+                "completion_len", "distinct_1", "distinct_2", "kl_to_ref", "kl_to_ref_std", "kl_to_ref_k1",
+                "gold_reward_mean", "gold_reward_std", "gold_score_logit_mean", "gold_binary_loss")
 ANALYSIS = "analysis/"
 
 PROMPTS = "prompts"  # results.json: how many prefixes and how many distinct reviews they come from
@@ -109,6 +110,10 @@ def reference_metric(name: str) -> str:
 KL = policy_metric("kl_to_ref")
 REWARD = policy_metric("reward_mean")
 REF_REWARD = reference_metric("reward_mean")
+# the gold reward (eval.gold), present where the job had one: the proxy is REWARD, the classifier
+# the policy was trained against; gold is a reward no training step saw
+GOLD_REWARD = policy_metric("gold_reward_mean")
+REF_GOLD_REWARD = reference_metric("gold_reward_mean")
 
 # analysis scalars that are indices, counts or timings: cost and bookkeeping, not findings
 _NOT_FINDINGS = ("time_s", "num_", "_top_layer", "_top_head", "top_layer", "top_head", "plotted_layer",
@@ -139,6 +144,7 @@ FACET_KEYS = ("completion_len", "prefix_len", "prefix_len_max", "examples", "val
 COMPUTE_KEYS = ("optimizer_steps", "examples_seen", "trained_tokens", "generated_tokens", "train_s",
                 "wall_s", "accelerator_s")
 EVAL_ROW_COLUMNS = ("prompt_id", "p_positive", "completion_len", "kl", "kl_k1")
+EVAL_ROW_OPTIONAL = ("gold_p_positive",)  # written and read where present (a job with a gold reward)
 
 # Override keys that say where or how a job runs, not what it computes: left out of the job's
 # folder name and identity. Must equal conf/config.yaml's
@@ -372,8 +378,9 @@ def read_job(folder: Path) -> Optional[JobResults]:
 
 
 def read_eval_rows(path: Path) -> Optional[Dict[str, List[float]]]:
-    """Per-prompt evaluation rows as columns (``EVAL_ROW_COLUMNS``), from a job folder's
-    eval_rows.csv or a rows.csv file; None when missing or lacking a column."""
+    """Per-prompt evaluation rows as columns (``EVAL_ROW_COLUMNS``, and the ``EVAL_ROW_OPTIONAL``
+    ones the file has), from a job folder's eval_rows.csv or a rows.csv file; None when missing or
+    lacking a column."""
     path = Path(path)
     if path.is_dir():
         path = path / EVAL_ROWS_FILE
@@ -382,9 +389,10 @@ def read_eval_rows(path: Path) -> Optional[Dict[str, List[float]]]:
             reader = csv.DictReader(f)
             if not set(EVAL_ROW_COLUMNS) <= set(reader.fieldnames or ()):
                 return None
-            cols: Dict[str, List[float]] = {c: [] for c in EVAL_ROW_COLUMNS}
+            present = list(EVAL_ROW_COLUMNS) + [c for c in EVAL_ROW_OPTIONAL if c in reader.fieldnames]
+            cols: Dict[str, List[float]] = {c: [] for c in present}
             for row in reader:
-                for c in EVAL_ROW_COLUMNS:
+                for c in present:
                     value = row[c]
                     cols[c].append(value if c == "prompt_id" else float(value))
     except (OSError, ValueError):
@@ -393,11 +401,13 @@ def read_eval_rows(path: Path) -> Optional[Dict[str, List[float]]]:
 
 
 def write_eval_rows(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
-    """Write per-prompt rows (dicts with ``EVAL_ROW_COLUMNS``) to a CSV file, atomically."""
+    """Write per-prompt rows (dicts with ``EVAL_ROW_COLUMNS``, and the ``EVAL_ROW_OPTIONAL`` ones
+    the first row has) to a CSV file, atomically."""
     import io
 
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=list(EVAL_ROW_COLUMNS), extrasaction="ignore")
+    optional = [c for c in EVAL_ROW_OPTIONAL if rows and c in rows[0]]
+    writer = csv.DictWriter(text, fieldnames=list(EVAL_ROW_COLUMNS) + optional, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, text.getvalue())
