@@ -175,3 +175,24 @@ def test_a_policy_trained_on_a_flawed_proxy_raises_it_while_gold_falls(tmp_path)
         before["gold_reward_mean"], after["gold_reward_mean"])
     assert after["gold_reward_mean"] == pytest.approx(sum(r["gold_p_positive"] for r in rows) / len(rows))
     assert after["kl_to_ref"] > 0
+
+
+def test_the_report_draws_proxy_and_gold_along_kl_where_the_runs_have_gold(tmp_path):
+    from dpo_ppo import report
+    from dpo_ppo import results as R
+    from sweepfab import write_job
+
+    for root, gold in ((tmp_path / "with", True), (tmp_path / "without", False)):
+        for algorithm, knobs in (("dpo", (0.1, 0.3)), ("ppo", (1.0, 3.0))):
+            for i, knob in enumerate(knobs):
+                for seed in range(2):
+                    kl = 1.0 + 2 * i + 0.1 * seed
+                    metrics = {R.KL: kl, R.REWARD: 0.5 + 0.1 * kl, R.REF_REWARD: 0.46}
+                    if gold:  # over-optimised: the proxy rises with KL, gold falls
+                        metrics.update({R.GOLD_REWARD: 0.5 - 0.05 * kl, R.REF_GOLD_REWARD: 0.5})
+                    write_job(root, algorithm, knob, seed, metrics)
+        report.build_report(root)
+        md = (root / "report" / "report.md").read_text()
+        assert ("## Proxy and gold reward" in md) is gold
+        assert (root / "report" / "gold.png").exists() is gold
+    assert (tmp_path / "with" / "report" / "gold.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
