@@ -58,7 +58,7 @@ def tiny_neox_config(model_cfg, tokenizer, **overrides) -> GPTNeoXConfig:
         vocab_size=len(tokenizer), hidden_size=model_cfg.hidden_size,
         num_hidden_layers=model_cfg.num_layers, num_attention_heads=model_cfg.num_heads,
         intermediate_size=4 * model_cfg.hidden_size, max_position_embeddings=model_cfg.context_length,
-        rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
+        rotary_pct=float(__import__("os").environ.get("I32_ROTARY", "0.25")), use_parallel_residual=True, tie_word_embeddings=False,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, hidden_dropout=0.0, attention_dropout=0.0,
     ) | overrides)
@@ -74,6 +74,7 @@ def _lm_blocks(texts, tokenizer, seq_len: int, repeat: float = 0.0, seed: int = 
     previous-token head; Olsson et al. 2022), which plain reviews of a few hundred steps never
     ask for: the generator's choices (which adjective, which name, which year) are only
     predictable from an earlier copy."""
+    import os as _os
     import random
 
     ids: list[int] = []
@@ -86,7 +87,11 @@ def _lm_blocks(texts, tokenizer, seq_len: int, repeat: float = 0.0, seed: int = 
         for i, b in enumerate(blocks):
             if rng.random() < repeat:
                 h = rng.randint(min(4, seq_len // 2), seq_len // 2)
-                blocks[i] = b[:h] + b[:seq_len - h]
+                if _os.environ.get("I32_RANDOM_SPANS"):
+                    span = [ids[rng.randrange(len(ids))] for _ in range(h)]
+                    blocks[i] = (span + span + b)[:seq_len]
+                else:
+                    blocks[i] = b[:h] + b[:seq_len - h]
     return Dataset.from_dict({"input_ids": blocks})
 
 
