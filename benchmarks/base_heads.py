@@ -1,6 +1,6 @@
 """Head roles of the embedded base: build it as a job would (the synthetic corpus, the BPE tokenizer,
 the tiny GPT-NeoX pretrained by ``models.build_base``), time the build, and print each head type's
-best score by the analysis suite's own detector (``models.head_roles`` -> ``analysis.heads``, the
+best score by the analysis suite's own detector (``head_roles`` -> ``analysis.heads``, the
 analysis defaults: 16 held-out texts of 64 tokens for previous-token, 16 ``BOS r r`` sequences of
 2 x 20 random tokens for duplicate-token and induction).  Prints figures, asserts nothing.
 
@@ -19,9 +19,24 @@ from pathlib import Path
 import torch
 
 
-def report(model, tok, texts) -> None:
-    from dpo_ppo.data.models import head_roles
+def head_roles(model, tokenizer, texts, *, n_texts: int = 16, max_tokens: int = 64, n_random: int = 16,
+               random_len: int = 20, seed: int = 0) -> dict:
+    """Every head's previous-token, duplicate-token and induction score ({type: [layers, heads]}),
+    by the analysis suite's detector (``analysis.heads.detect_all``) on its default probes: the
+    first ``n_texts`` of ``texts`` cut to ``max_tokens`` (BOS first) and ``n_random`` sequences
+    ``BOS r r`` of ``random_len`` random tokens."""
+    from dpo_ppo.analysis.common import boot_bridge, encode
+    from dpo_ppo.analysis.heads import detect_all, repeated_random_tokens
 
+    text_seqs, _ = encode(tokenizer, list(texts[:n_texts]), max_tokens, prepend_bos=True)
+    random_seqs = repeated_random_tokens(tokenizer, n_random, random_len, seed=seed,
+                                         vocab=min(len(tokenizer), model.config.vocab_size))
+    bridge = boot_bridge(model, tokenizer, "cpu")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return detect_all(bridge, text_seqs=text_seqs, random_seqs=random_seqs, pad=pad, progress=False)
+
+
+def report(model, tok, texts) -> None:
     t0 = time.perf_counter()
     scores = head_roles(model, tok, texts)
     for kind, s in scores.items():
@@ -48,8 +63,7 @@ def main(argv: list[str]) -> None:
         model, tok = load_policy(base)
         return report(model, tok, corpus["test"]["text"])
     print("threads", torch.get_num_threads(), "model", {k: getattr(cfg.model, k, None) for k in (
-        "num_heads", "pretrain_steps", "pretrain_batch_size", "pretrain_seq_len", "pretrain_lr",
-        "pretrain_repeat")}, flush=True)
+        "num_heads", "pretrain_steps", "pretrain_batch_size", "pretrain_seq_len", "pretrain_lr")}, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         t0, c0 = time.perf_counter(), time.process_time()
         info = build_base(cfg.model, corpus, Path(tmp), seed=0)

@@ -58,18 +58,11 @@ class ModelConfig:
     pretrain_seq_len: int = option(64, "embedded only: tokens per pretraining sequence; > 0")
     pretrain_lr: float = option(3e-3, "embedded only: peak AdamW learning rate of pretraining (cosine "
                                       "schedule); > 0")
-    pretrain_repeat: float = option(0.5, "embedded only: share of pretraining blocks whose opening span is "
-                                         "said twice (the text repeats its first 4 to seq_len/2 tokens, then "
-                                         "goes on), which grows previous-token and induction heads "
-                                         "(docs/analyses.md); in [0, 1)")
 
     def check(self, where: str = "model") -> None:
         for key in ("context_length", "vocab_size", "hidden_size", "num_layers", "num_heads", "pretrain_steps",
                     "pretrain_batch_size", "pretrain_seq_len", "pretrain_lr"):
             positive(f"{where}.{key}", getattr(self, key))
-        finite(f"{where}.pretrain_repeat", self.pretrain_repeat)
-        if not 0 <= self.pretrain_repeat < 1:
-            raise ConfigError(f"{where}.pretrain_repeat", f"must be in [0, 1), got {self.pretrain_repeat}")
         _heads_divide_hidden(self, where)
 
 

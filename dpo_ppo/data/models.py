@@ -58,46 +58,24 @@ def tiny_neox_config(model_cfg, tokenizer, **overrides) -> GPTNeoXConfig:
         vocab_size=len(tokenizer), hidden_size=model_cfg.hidden_size,
         num_hidden_layers=model_cfg.num_layers, num_attention_heads=model_cfg.num_heads,
         intermediate_size=4 * model_cfg.hidden_size, max_position_embeddings=model_cfg.context_length,
-        rotary_pct=float(__import__("os").environ.get("I32_ROTARY", "0.25")), use_parallel_residual=True, tie_word_embeddings=False,
+        rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, hidden_dropout=0.0, attention_dropout=0.0,
     ) | overrides)
 
 
-def _lm_blocks(texts, tokenizer, seq_len: int, repeat: float = 0.0, seed: int = 0) -> Dataset:
-    """Reviews joined by EOS and cut into blocks of ``seq_len`` tokens (GPT-style packing).
-
-    A share ``repeat`` of the blocks (chosen with ``seed``) repeat their opening span: a block
-    ``b`` becomes ``b[:h] + b[:seq_len - h]`` with ``h`` uniform in [4, seq_len // 2], so the text
-    says its first ``h`` tokens again and then goes on as it did.  Predicting the second copy pays
-    for looking up what followed the current token last time (an induction head, fed by a
-    previous-token head; Olsson et al. 2022), which plain reviews of a few hundred steps never
-    ask for: the generator's choices (which adjective, which name, which year) are only
-    predictable from an earlier copy."""
-    import os as _os
-    import random
-
+def _lm_blocks(texts, tokenizer, seq_len: int) -> Dataset:
+    """Reviews joined by EOS and cut into blocks of ``seq_len`` tokens (GPT-style packing)."""
     ids: list[int] = []
     for enc in tokenizer(list(texts))["input_ids"]:
         ids.extend(enc + [tokenizer.eos_token_id])
     n = len(ids) // seq_len
-    blocks = [ids[i * seq_len:(i + 1) * seq_len] for i in range(n)]
-    if repeat > 0:
-        rng = random.Random(seed)
-        for i, b in enumerate(blocks):
-            if rng.random() < repeat:
-                h = rng.randint(min(4, seq_len // 2), seq_len // 2)
-                if _os.environ.get("I32_RANDOM_SPANS"):
-                    span = [ids[rng.randrange(len(ids))] for _ in range(h)]
-                    blocks[i] = (span + span + b)[:seq_len]
-                else:
-                    blocks[i] = b[:h] + b[:seq_len - h]
-    return Dataset.from_dict({"input_ids": blocks})
+    return Dataset.from_dict({"input_ids": [ids[i * seq_len:(i + 1) * seq_len] for i in range(n)]})
 
 
 def pretrain(model, tokenizer, texts, model_cfg, out_dir: Path, seed: int, bf16: bool = False) -> float:
     """Causal-LM pretraining with ``Trainer``; returns the last logged training loss."""
-    blocks = _lm_blocks(texts, tokenizer, model_cfg.pretrain_seq_len, model_cfg.pretrain_repeat, seed)
+    blocks = _lm_blocks(texts, tokenizer, model_cfg.pretrain_seq_len)
     args = TrainingArguments(
         output_dir=str(out_dir / "_trainer"), max_steps=model_cfg.pretrain_steps,
         per_device_train_batch_size=model_cfg.pretrain_batch_size, learning_rate=model_cfg.pretrain_lr,
@@ -156,20 +134,3 @@ def load_policy(path, device: str | torch.device = "cpu"):
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     ensure_pad(tokenizer)
     return model, tokenizer
-
-
-def head_roles(model, tokenizer, texts, *, n_texts: int = 16, max_tokens: int = 64, n_random: int = 16,
-               random_len: int = 20, seed: int = 0) -> dict:
-    """Every head's previous-token, duplicate-token and induction score ({type: [layers, heads]}),
-    by the analysis suite's detector (``analysis.heads.detect_all``) on its default probes: the
-    first ``n_texts`` of ``texts`` cut to ``max_tokens`` (BOS first) and ``n_random`` sequences
-    ``BOS r r`` of ``random_len`` random tokens."""
-    from dpo_ppo.analysis.common import boot_bridge, encode
-    from dpo_ppo.analysis.heads import detect_all, repeated_random_tokens
-
-    text_seqs, _ = encode(tokenizer, list(texts[:n_texts]), max_tokens, prepend_bos=True)
-    random_seqs = repeated_random_tokens(tokenizer, n_random, random_len, seed=seed,
-                                         vocab=min(len(tokenizer), model.config.vocab_size))
-    bridge = boot_bridge(model, tokenizer, "cpu")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return detect_all(bridge, text_seqs=text_seqs, random_seqs=random_seqs, pad=pad, progress=False)
