@@ -114,7 +114,7 @@ def plot_gold(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path) -> 
         return None
     algorithms = [a for a in dict.fromkeys(c.algorithm for c in configs)
                   if any(R.GOLD_REWARD in r.metrics for c in configs if c.algorithm == a for r in c.runs)]
-    fig, axes = plt.subplots(1, len(algorithms), figsize=(5.5 * len(algorithms), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(algorithms), figsize=(5.5 * len(algorithms), 4.2), squeeze=False, sharey=True)
     ref = {key: stats.mean_ci(r.metrics.get(key, np.nan) for r in done) for key in (R.REF_REWARD, R.REF_GOLD_REWARD)}
     for ax, algorithm in zip(axes[0], algorithms):
         color = COLORS.get(algorithm, "tab:green")
