@@ -189,7 +189,10 @@ VOLATILE = tuple(dict.fromkeys([k.split(".")[0] if k.split(".")[0] in EXCLUDED_K
 # keys added after jobs had recorded their configs, with the default that keeps the older
 # behaviour: at that default they are left out of a job's identity (and of the artifact keys,
 # ``without_late_defaults``), so a folder or cache made before them is still the same job
-LATE_DEFAULTS = {"classifier": {"negative_label": None}, "algorithm": {"trust_region": "shrink"}}
+LATE_DEFAULTS = {"classifier": {"negative_label": None}, "algorithm": {"trust_region": "shrink"},
+                 # the gold reward only adds eval metrics: a job finished before it trained and
+                 # scored the same (it lacks the gold_* metrics, which readers treat as absent)
+                 "eval": {"gold": "auto", "gold_positive_label": 1, "gold_negative_label": None}}
 
 
 def without_late_defaults(group: str, values: dict) -> dict:

@@ -196,3 +196,16 @@ def test_the_report_draws_proxy_and_gold_along_kl_where_the_runs_have_gold(tmp_p
         assert ("## Proxy and gold reward" in md) is gold
         assert (root / "report" / "gold.png").exists() is gold
     assert (tmp_path / "with" / "report" / "gold.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_job_finished_before_the_gold_keys_is_the_same_job_at_their_defaults():
+    """eval.gold* at their defaults leave a job's identity alone (results.LATE_DEFAULTS): a sweep
+    relaunched after this change skips its finished jobs instead of calling them drifted."""
+    from dpo_ppo import results as R
+
+    before = {"eval": {"num_prompts": 5, "seed": 0}, "seed": 1}
+    after = {"eval": {"num_prompts": 5, "seed": 0, "gold": "auto", "gold_positive_label": 1,
+                      "gold_negative_label": None}, "seed": 1}
+    assert R.config_key(after) == R.config_key(before)
+    after["eval"]["gold"] = "/models/siebert"
+    assert R.config_key(after) != R.config_key(before)
