@@ -15,7 +15,12 @@ classifier and report
   mean(sum_t log pi(y_t|.) - log pi_ref(y_t|.)).  Both assume sampling at temperature 1 (the
   default);
 - ``completion_len`` (tokens), ``distinct_1`` / ``distinct_2`` (unique n-grams over all n-grams of
-  the completions, a diversity measure that falls when a policy collapses to one phrase).
+  the completions, a diversity measure that falls when a policy collapses to one phrase);
+- with a ``gold`` scorer (``eval.gold``: a reward no training step saw, ``scorer.load_gold``):
+  ``gold_p_positive_mean`` / ``gold_p_positive_std`` (its mean p_positive), ``gold_score_mean`` and
+  ``gold_binary_loss``, and each row's ``gold_p_positive``.  The classifier's numbers are the
+  proxy: a policy that games the classifier raises ``p_positive_mean`` while ``gold_p_positive_mean``
+  stays or falls (Gao et al. 2023).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ def distinct_n(completions: list[list[int]], n: int) -> float:
 
 
 def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg, *, ref_model=None,
-                   desc: str = "eval", runtime=None) -> tuple[dict, list[dict]]:
+                   desc: str = "eval", runtime=None, gold=None) -> tuple[dict, list[dict]]:
     """Metrics (see module docstring) and one row per prompt (``results.EVAL_ROW_COLUMNS`` plus the
     texts; ``results.write_eval_rows`` keeps the columns).
 
@@ -61,7 +66,8 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
                                desc=f"{desc}: sampling", keys=keys, static_cache=static)
     prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=True)
     comp_texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-    logits = scorer.logits([p + c for p, c in zip(prompt_texts, comp_texts)])
+    texts = [p + c for p, c in zip(prompt_texts, comp_texts)]
+    logits = scorer.logits(texts)
     p = torch.sigmoid(logits)
     metrics = {
         R.P_POSITIVE_MEAN: float(p.mean()),
@@ -73,6 +79,14 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
         "distinct_1": distinct_n(completions, 1),
         "distinct_2": distinct_n(completions, 2),
     }
+    gold_p = None
+    if gold is not None:  # the same texts, scored by the reward nothing was trained on
+        gold_logits = gold.logits(texts).float()
+        gold_p = torch.sigmoid(gold_logits)
+        metrics.update({R.GOLD_P_POSITIVE_MEAN: float(gold_p.mean()),
+                        R.GOLD_P_POSITIVE_STD: float(gold_p.std()) if len(gold_p) > 1 else 0.0,
+                        R.GOLD_SCORE_MEAN: float(gold_logits.mean()),
+                        R.GOLD_BINARY_LOSS: float((gold_p < 0.5).float().mean())})
     kl = k1 = torch.zeros(len(prompts))
     if ref_model is not None:
         with autocast():
@@ -84,6 +98,9 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
     rows = [{"prompt_id": i, "p_positive": float(p[i]), "completion_len": len(completions[i]),
              "kl": float(kl[i]), "kl_k1": float(k1[i]), "prompt": prompt_texts[i], "completion": comp_texts[i]}
             for i in range(len(prompts))]
+    if gold_p is not None:
+        for i, row in enumerate(rows):
+            row["gold_p_positive"] = float(gold_p[i])
     return metrics, rows
 
 

@@ -56,6 +56,7 @@ class Setup:
     tokenizer: Any
     train_prompts: list  # token-id prefixes for training (algorithm.examples of them)
     test_prompts: list  # token-id prefixes for evaluation (eval.num_prompts, one review each)
+    gold: Any = None  # the gold reward evaluation scores beside the scorer (eval.gold; None: none)
 
 
 class Job:
@@ -122,13 +123,13 @@ class Job:
                                                   self.cfg.algorithm.completion_len)))
         return path, load_dataset_artifact(path)
 
-    def reference_eval(self, ref_model, tokenizer, scorer, prompts):
+    def reference_eval(self, ref_model, tokenizer, scorer, prompts, gold=None):
         """The reference's eval metrics; its per-prompt rows sit beside them in ``rows.csv``."""
         from dpo_ppo.evaluate import evaluate_model
 
         def build(p):
             metrics, rows = evaluate_model(ref_model, tokenizer, scorer, prompts, self.cfg.eval, desc="eval reference",
-                                           runtime=self.hw)
+                                           runtime=self.hw, gold=gold)
             write_json(p / "metrics.json", metrics)
             write_json(p / "samples.json", {"rows": rows[: self.cfg.eval.num_samples_logged]})
             R.write_eval_rows(p / R.REF_ROWS_FILE, rows)
@@ -180,7 +181,7 @@ class Job:
         """The stages every job (and the sweeper's prepare step) shares: corpus, base model,
         scorer, the frozen reference and the train/test prefixes."""
         from dpo_ppo.data.models import load_policy
-        from dpo_ppo.data.scorer import Scorer
+        from dpo_ppo.data.scorer import Scorer, load_gold
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
@@ -205,12 +206,13 @@ class Job:
             cls_path = self.classifier(corpus, base_path)
             scorer = Scorer.load(cls_path, self.device, batch_size=self.hw.forward_batch_size,
                                  autocast=self.hw.autocast)
+            gold = load_gold(cfg.eval, cfg.data.source, self.device, self.hw)  # before training: a bad one fails now
         self.rec.results["artifacts"] = {"corpus": str(corpus_path), "reference": str(base_path),
                                          "classifier": str(cls_path), "prefs": None}
         self.rec.results["classifier_accuracy"] = json.loads((cls_path / "scorer.json").read_text()).get("test_accuracy")
         ref_model, tokenizer = load_policy(base_path, self.device)
         ref_model.eval().requires_grad_(False)
-        return Setup(corpus, base_path, scorer, ref_model, tokenizer, train_prompts, test_prompts)
+        return Setup(corpus, base_path, scorer, ref_model, tokenizer, train_prompts, test_prompts, gold)
 
     def check_base(self, base_path: Path) -> None:
         """The reference's own context (its config.json, a hub model's too) holds prefix +
@@ -318,9 +320,10 @@ class Job:
         with self.stage("evaluate"):
             from dpo_ppo.evaluate import evaluate_model
 
-            ref_metrics = self.reference_eval(ref_model, tokenizer, scorer, test_prompts)
+            ref_metrics = self.reference_eval(ref_model, tokenizer, scorer, test_prompts, gold=s.gold)
             pol_metrics, rows = evaluate_model(policy, tokenizer, scorer, test_prompts, cfg.eval,
-                                               ref_model=ref_model, desc="eval policy", runtime=self.hw)
+                                               ref_model=ref_model, desc="eval policy", runtime=self.hw,
+                                               gold=s.gold)
             metrics = {f"eval/policy/{k}": v for k, v in pol_metrics.items()}
             # a policy that diverged in its last steps can still reach evaluation: its NaN KL is
             # no measurement (recorded as null, the job ends diverged)
@@ -335,6 +338,9 @@ class Job:
             for k in ("gradient_loss", "binary_loss"):
                 metrics[f"eval/improvement/{k}"] = ref_metrics[k] - pol_metrics[k]
             metrics[R.IMPROVEMENT + R.P_POSITIVE_MEAN] = pol_metrics[R.P_POSITIVE_MEAN] - ref_metrics[R.P_POSITIVE_MEAN]
+            if R.GOLD_P_POSITIVE_MEAN in pol_metrics and R.GOLD_P_POSITIVE_MEAN in ref_metrics:  # eval.gold
+                metrics[R.IMPROVEMENT + R.GOLD_P_POSITIVE_MEAN] = (pol_metrics[R.GOLD_P_POSITIVE_MEAN]
+                                                                   - ref_metrics[R.GOLD_P_POSITIVE_MEAN])
             self.rec.metrics(metrics)
             n = cfg.eval.num_samples_logged
             self.rec.table("samples", ["prompt", "completion", "p_positive"],
@@ -342,7 +348,8 @@ class Job:
             write_json(self.job_dir / "samples.json", {"rows": rows[:n]})
             R.write_eval_rows(self.job_dir / R.EVAL_ROWS_FILE, rows)
             # every prompt's row, joinable across runs by prompt_id (the same prompts in every job)
-            columns = list(R.EVAL_ROW_COLUMNS) + ["prompt", "completion"]
+            columns = list(R.EVAL_ROW_COLUMNS) + [c for c in R.EVAL_ROW_OPTIONAL if c in rows[0]] + [
+                "prompt", "completion"]
             self.rec.table("eval_rows", columns, [[r[c] for c in columns] for r in rows])
             self.rec.files(self.job_dir / R.EVAL_ROWS_FILE)
             self.rec.inputs(self.rec.results["artifacts"])
@@ -351,6 +358,10 @@ class Job:
                      pol_metrics[R.P_POSITIVE_MEAN], ref_metrics[R.P_POSITIVE_MEAN], pol_metrics["binary_loss"],
                      ref_metrics["binary_loss"], pol_metrics["gradient_loss"], ref_metrics["gradient_loss"],
                      pol_metrics["kl_to_ref"])
+            if R.GOLD_P_POSITIVE_MEAN in pol_metrics:
+                log.info("eval: gold p_positive %.3f (reference %.3f) beside the proxy's %.3f (%.3f)",
+                         pol_metrics[R.GOLD_P_POSITIVE_MEAN], ref_metrics.get(R.GOLD_P_POSITIVE_MEAN, float("nan")),
+                         pol_metrics[R.P_POSITIVE_MEAN], ref_metrics[R.P_POSITIVE_MEAN])
         if cfg.analysis is not None and cfg.analysis.enabled:
             with self.stage("analyze"):
                 self.analyze(ref_model, policy, tokenizer, scorer, corpus)
@@ -400,7 +411,7 @@ def _prepare(job: Job) -> list[str]:
     (corpus, base, classifier, the reference's evaluation and, for DPO, the preference data)."""
     job.rec = _Scratch()
     s = job.setup()
-    job.reference_eval(s.ref_model, s.tokenizer, s.scorer, s.test_prompts)
+    job.reference_eval(s.ref_model, s.tokenizer, s.scorer, s.test_prompts, gold=s.gold)
     rounds = getattr(job.cfg.algorithm, "rounds", 1)
     if job.cfg.algorithm.name == "dpo" and rounds == 1:  # online DPO samples its own pairs
         job.prefs(s.train_prompts, s.ref_model, s.tokenizer, s.scorer)

@@ -248,8 +248,12 @@ def code_fingerprint(algorithm: str, root: Optional[Path] = None) -> str:
 #   examples    training prefixes (PPO) or preference pairs (DPO) the measured policy had seen.
 POLICY, REFERENCE, IMPROVEMENT = "eval/policy/", "eval/reference/", "eval/improvement/"
 P_POSITIVE_MEAN, P_POSITIVE_STD, SCORE_MEAN = "p_positive_mean", "p_positive_std", "score_mean"
+# the gold reward's (eval.gold: a scorer no training step saw), where the job has one
+GOLD_P_POSITIVE_MEAN, GOLD_P_POSITIVE_STD = "gold_" + P_POSITIVE_MEAN, "gold_" + P_POSITIVE_STD
+GOLD_SCORE_MEAN, GOLD_BINARY_LOSS = "gold_" + SCORE_MEAN, "gold_binary_loss"
 EVAL_METRICS = (P_POSITIVE_MEAN, P_POSITIVE_STD, SCORE_MEAN, "gradient_loss", "binary_loss",
-                "completion_len", "distinct_1", "distinct_2", "kl_to_ref", "kl_to_ref_std", "kl_to_ref_k1")
+                "completion_len", "distinct_1", "distinct_2", "kl_to_ref", "kl_to_ref_std", "kl_to_ref_k1",
+                GOLD_P_POSITIVE_MEAN, GOLD_P_POSITIVE_STD, GOLD_SCORE_MEAN, GOLD_BINARY_LOSS)
 # evaluation names before issue 34 (results.json files written then still read: ``scalar_metrics``)
 LEGACY_EVAL_NAMES = {"reward_mean": P_POSITIVE_MEAN, "reward_std": P_POSITIVE_STD, "score_logit_mean": SCORE_MEAN}
 ANALYSIS = "analysis/"
@@ -297,6 +301,10 @@ def reference_metric(name: str) -> str:
 KL = policy_metric("kl_to_ref")
 REWARD = policy_metric(P_POSITIVE_MEAN)
 REF_REWARD = reference_metric(P_POSITIVE_MEAN)
+# the gold reward (eval.gold), present where the job had one: the proxy is REWARD, the classifier
+# the policy was trained against; gold is a reward no training step saw
+GOLD_REWARD = policy_metric(GOLD_P_POSITIVE_MEAN)
+REF_GOLD_REWARD = reference_metric(GOLD_P_POSITIVE_MEAN)
 # analysis scalars that are layer or head indices: integers in results.json and W&B
 INDEX_SUFFIXES = ("top_layer", "top_head", "plotted_layer", "top_change_layer", "top_change_head")
 
@@ -347,6 +355,7 @@ FACET_KEYS = ("completion_len", "prefix_len", "prefix_len_max", "examples", "val
 COMPUTE_KEYS = ("optimizer_steps", "examples_seen", "trained_tokens", "generated_tokens", "train_s",
                 "wall_s", "accelerator_s")
 EVAL_ROW_COLUMNS = ("prompt_id", "p_positive", "completion_len", "kl", "kl_k1")
+EVAL_ROW_OPTIONAL = ("gold_p_positive",)  # written and read where present (a job with a gold reward)
 
 # Override keys that say where or how a job runs, not what it computes: left out of the job's
 # folder name and identity. Must equal conf/config.yaml's
@@ -391,7 +400,10 @@ VOLATILE = tuple(dict.fromkeys([k.split(".")[0] if k.split(".")[0] in EXCLUDED_K
 # keys added after jobs had recorded their configs, with the default that keeps the older
 # behaviour: at that default they are left out of a job's identity (and of the artifact keys,
 # ``without_late_defaults``), so a folder or cache made before them is still the same job
-LATE_DEFAULTS = {"classifier": {"negative_label": None}, "algorithm": {"trust_region": "shrink"}}
+LATE_DEFAULTS = {"classifier": {"negative_label": None}, "algorithm": {"trust_region": "shrink"},
+                 # the gold reward only adds eval metrics: a job finished before it trained and
+                 # scored the same (it lacks the gold_* metrics, which readers treat as absent)
+                 "eval": {"gold": "auto", "gold_positive_label": 1, "gold_negative_label": None}}
 
 
 def without_late_defaults(group: str, values: dict) -> dict:
@@ -702,8 +714,9 @@ def read_job(folder: Path) -> Optional[JobResults]:
 
 
 def read_eval_rows(path: Path) -> Optional[Dict[str, List[float]]]:
-    """Per-prompt evaluation rows as columns (``EVAL_ROW_COLUMNS``), from a job folder's
-    eval_rows.csv or a rows.csv file; None when missing or lacking a column."""
+    """Per-prompt evaluation rows as columns (``EVAL_ROW_COLUMNS``, and the ``EVAL_ROW_OPTIONAL``
+    ones the file has), from a job folder's eval_rows.csv or a rows.csv file; None when missing or
+    lacking a column."""
     path = Path(path)
     if path.is_dir():
         path = path / EVAL_ROWS_FILE
@@ -712,9 +725,10 @@ def read_eval_rows(path: Path) -> Optional[Dict[str, List[float]]]:
             reader = csv.DictReader(f)
             if not set(EVAL_ROW_COLUMNS) <= set(reader.fieldnames or ()):
                 return None
-            cols: Dict[str, List[float]] = {c: [] for c in EVAL_ROW_COLUMNS}
+            present = list(EVAL_ROW_COLUMNS) + [c for c in EVAL_ROW_OPTIONAL if c in reader.fieldnames]
+            cols: Dict[str, List[float]] = {c: [] for c in present}
             for row in reader:
-                for c in EVAL_ROW_COLUMNS:
+                for c in present:
                     value = row[c]
                     cols[c].append(value if c == "prompt_id" else float(value))
     except (OSError, ValueError):
@@ -723,11 +737,13 @@ def read_eval_rows(path: Path) -> Optional[Dict[str, List[float]]]:
 
 
 def write_eval_rows(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
-    """Write per-prompt rows (dicts with ``EVAL_ROW_COLUMNS``) to a CSV file, atomically."""
+    """Write per-prompt rows (dicts with ``EVAL_ROW_COLUMNS``, and the ``EVAL_ROW_OPTIONAL`` ones
+    the first row has) to a CSV file, atomically."""
     import io
 
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=list(EVAL_ROW_COLUMNS), extrasaction="ignore")
+    optional = [c for c in EVAL_ROW_OPTIONAL if rows and c in rows[0]]
+    writer = csv.DictWriter(text, fieldnames=list(EVAL_ROW_COLUMNS) + optional, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, text.getvalue())

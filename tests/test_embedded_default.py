@@ -33,6 +33,10 @@ def test_default_dpo_job(tmp_path, default_cache):
     res = _run(tmp_path, default_cache)
     _beats_reference(res)
     assert res["classifier_accuracy"] > 0.9
+    m = res["metrics"]
+    # the reference writes mixed reviews by both rewards, and the gold is recorded beside the proxy
+    assert 0.3 < m["eval/reference/p_positive_mean"] < 0.7 and 0.3 < m["eval/reference/gold_p_positive_mean"] < 0.7
+    assert m["eval/policy/gold_p_positive_mean"] != m["eval/policy/p_positive_mean"]
     analysis = [k for k in res["metrics"] if k.startswith("analysis/")]
     for family in ("weights", "activations", "ablation", "heads", "sentiment_attention"):
         assert any(k.startswith(f"analysis/{family}/") for k in analysis), family

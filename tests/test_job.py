@@ -30,6 +30,21 @@ def test_dpo_job_end_to_end_then_skip(shared_cache, tmp_path):
     assert m["eval/policy/kl_to_ref"] > 0
     assert m["eval/improvement/binary_loss"] == pytest.approx(
         m["eval/reference/binary_loss"] - m["eval/policy/binary_loss"])
+    # the gold reward (eval.gold=auto: the generator's lexicon on data=synthetic) beside the proxy, for the
+    # policy and the reference, in results.json, the rows (the reference's too) and W&B
+    for side in ("policy", "reference"):
+        assert 0 < m[f"eval/{side}/gold_p_positive_mean"] < 1
+        assert m[f"eval/{side}/gold_p_positive_mean"] != m[f"eval/{side}/p_positive_mean"]
+    assert m["eval/improvement/gold_p_positive_mean"] == pytest.approx(
+        m["eval/policy/gold_p_positive_mean"] - m["eval/reference/gold_p_positive_mean"])
+    from dpo_ppo.results import read_eval_rows
+    rows = read_eval_rows(tmp_path)
+    assert len(rows["gold_p_positive"]) == cfg.eval.num_prompts
+    assert sum(rows["gold_p_positive"]) / len(rows["gold_p_positive"]) == pytest.approx(
+        m["eval/policy/gold_p_positive_mean"], abs=1e-6)
+    ref_rows = read_eval_rows(Path(res["artifacts"]["ref_eval"]) / "rows.csv")
+    assert sum(ref_rows["gold_p_positive"]) / len(ref_rows["gold_p_positive"]) == pytest.approx(
+        m["eval/reference/gold_p_positive_mean"], abs=1e-6)
     assert set(res["stage_seconds"]) >= {"corpus", "base", "scorer", "prompts", "prefs", "train", "evaluate"}
     # snapshots every 16 examples of 32, and the final policy
     assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["ex_0000016", "ex_0000032"]
@@ -48,6 +63,7 @@ def test_dpo_job_end_to_end_then_skip(shared_cache, tmp_path):
     assert probes[-1]["train/examples"] == 32 and 0 <= probes[-1]["train/p_positive_mean"] <= 1
     assert probes[-1]["train/kl"] > 0
     assert run["summary"]["eval/policy/kl_to_ref"] == pytest.approx(m["eval/policy/kl_to_ref"])
+    assert run["summary"]["eval/policy/gold_p_positive_mean"] == pytest.approx(m["eval/policy/gold_p_positive_mean"])
     assert any(row.get("samples/_type") == "table-file" for row in run["history"])
     # per-prompt rows as a table (joinable on prompt_id), the policy as a model, the files
     assert run["summary"]["eval_rows/_type"] == "table-file" and run["summary"]["eval_rows/nrows"] == cfg.eval.num_prompts

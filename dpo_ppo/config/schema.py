@@ -413,11 +413,36 @@ class EvalConfig:
     seed: int = option(0, "sampling key: completions are a function of (seed, prompt index) and the model "
                           "alone, so every job samples its eval prompts with the same noise and rows pair "
                           "across jobs; in [0, 2^32-1]")
+    gold: Optional[str] = option("auto", "the gold reward, scored beside the proxy (the trained classifier) and "
+                                         "never optimised: lexicon = the synthetic generator's own log-odds of "
+                                         "positive (its sentiment words and verdicts); a hub id or save_pretrained "
+                                         "folder = a ready sentiment classifier (e.g. siebert/sentiment-roberta-"
+                                         "large-english, the DPO paper's ground truth, with gold_positive_label="
+                                         "POSITIVE); none / null = no gold; auto = lexicon on data=synthetic, "
+                                         "none on other corpora")
+    gold_positive_label: Any = option(1, "a gold classifier's positive label: an index or an id2label name")
+    gold_negative_label: Any = option(None, "a gold classifier's negative label: an index or an id2label name; "
+                                            "null = the other of two labels, or the one named negative")
 
     def check(self, where: str = "eval") -> None:
         for key in ("num_prompts", "prefix_len", "completion_len", "batch_size", "temperature"):
             positive(f"{where}.{key}", getattr(self, key))
         positive(f"{where}.num_samples_logged", self.num_samples_logged, allow_zero=True)
+        for key in ("gold_positive_label", "gold_negative_label"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, str, type(None))) or value == "":
+                raise ConfigError(f"{where}.{key}", f"must be a label index or name, got {value!r}")
+        if self.gold == "":
+            raise ConfigError(f"{where}.gold", "is empty; use auto, lexicon, none, a hub id or a folder")
+        if self.gold not in (None, "auto", "lexicon", "none"):
+            from dpo_ppo.data.sources import check_pretrained_folder, classifier_labels, id2label, local_path
+
+            check_pretrained_folder(f"{where}.gold", self.gold, classifier=True, finetune=False)
+            folder = local_path(self.gold)
+            labels = id2label(folder) if folder is not None else None
+            if labels:  # a local folder's labels are read now, not after training
+                classifier_labels(labels, self.gold_positive_label, self.gold_negative_label,
+                                  keys=(f"{where}.gold_positive_label", f"{where}.gold_negative_label"))
 
 
 @dataclass

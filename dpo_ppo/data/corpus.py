@@ -95,6 +95,35 @@ def synthetic_review(rng: random.Random, positive: bool) -> str:
     return " ".join(sentences)
 
 
+# --------------------------------------------------------------------------- the gold reward
+# What the generator knows about a review's sentiment, as a scorer that no training step sees
+# (evaluation's gold beside the trained classifier's proxy; eval.gold=lexicon, the default on the
+# synthetic corpus).  The generator writes each opinion in the label's direction with probability
+# 0.8 (and its last one always), and the contrast template adds one word of the other side, so a
+# sentiment word of POSITIVE / NEGATIVE names the review's label with probability q_word and a
+# verdict sentence with q_verdict, nearly independently of the others.  The naive-Bayes posterior
+# log-odds of "positive" given the text is then
+#     log q_word/(1-q_word) * (#positive words - #negative words)
+#   + log q_verdict/(1-q_verdict) * (#positive verdicts - #negative verdicts).
+# q_word = 0.777 and q_verdict = 0.847 are the shares measured on 4000 generated reviews
+# (tests/test_gold.py measures them again from make_synthetic).  A text of neither scores 0
+# (p = 0.5): it says nothing about sentiment.
+Q_WORD, Q_VERDICT = 0.777, 0.847
+_WORD = re.compile(r"[a-z]+")
+
+
+def lexicon_logit(text: str) -> float:
+    """The generator's naive-Bayes log-odds that ``text`` is a positive review (see above)."""
+    import math
+
+    low = text.lower()
+    words = _WORD.findall(low)
+    pos, neg = set(POSITIVE), set(NEGATIVE)
+    n_word = sum(w in pos for w in words) - sum(w in neg for w in words)
+    n_verdict = sum(low.count(v.lower()) for v in POS_VERDICT) - sum(low.count(v.lower()) for v in NEG_VERDICT)
+    return (math.log(Q_WORD / (1 - Q_WORD)) * n_word + math.log(Q_VERDICT / (1 - Q_VERDICT)) * n_verdict)
+
+
 def make_synthetic(num_reviews: int, test_fraction: float, seed: int) -> DatasetDict:
     rng = random.Random(seed)
     labels = [i % 2 for i in range(num_reviews)]

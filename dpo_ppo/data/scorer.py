@@ -94,6 +94,83 @@ def _accuracy(scorer: Scorer, ds) -> float:
     return float(((p > 0.5).astype(int) == labels).mean())
 
 
+def load_classifier(key: str, source: str, finetune: bool = False):
+    """A hub id or ``save_pretrained`` folder as a sequence classifier and its tokenizer (with a pad
+    token): the classifier to fine-tune (``finetune``: a fresh two-label head) or a ready one (the
+    proxy's ``classifier.source`` with finetune=false, and the gold's ``eval.gold``)."""
+    from dpo_ppo.data.sources import check_pretrained_folder
+
+    if Path(source).expanduser().exists():  # a local folder: say what it lacks
+        check_pretrained_folder(key, source, classifier=True, finetune=finetune)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        ensure_pad(tokenizer)
+        kwargs = {"num_labels": 2} if finetune else {}
+        model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise RuntimeError(f"{key}={source!r}: could not load it "
+                           f"({str(e).splitlines()[0][:200]}). {OFFLINE_HINT}.") from e
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------- the gold reward
+
+
+class LexiconGold:
+    """The gold reward of the synthetic corpus: the generator's own log-odds that a text is a
+    positive review (``corpus.lexicon_logit``: its sentiment words and verdict sentences, weighed
+    by how often the generator lets each name the label).  It has the ``Scorer`` interface
+    (``logits`` / ``p_positive``) and no weights: nothing trained it, so optimising the trained
+    classifier cannot have bent it."""
+
+    name = "lexicon"
+
+    def logits(self, texts: list[str]) -> torch.Tensor:
+        from dpo_ppo.data.corpus import lexicon_logit
+
+        return torch.tensor([lexicon_logit(t) for t in texts], dtype=torch.float32)
+
+    def p_positive(self, texts: list[str]) -> torch.Tensor:
+        return torch.sigmoid(self.logits(texts))
+
+
+GOLD_MAX_LENGTH = 512  # tokens a gold classifier reads (its own tokenizer's; evaluation texts are far shorter)
+
+
+def gold_source(eval_cfg, data_source: str) -> str | None:
+    """What ``eval.gold`` names once ``auto`` is read: ``lexicon`` on the synthetic corpus, nothing
+    (None) on any other; ``none`` is None; anything else (a hub id or folder) as it is."""
+    gold = eval_cfg.gold
+    if gold in (None, "none"):
+        return None
+    if gold == "auto":
+        return "lexicon" if data_source == "synthetic" else None
+    return gold
+
+
+def load_gold(eval_cfg, data_source: str, device="cpu", runtime=None):
+    """The gold reward evaluation reports beside the proxy (the trained classifier): ``LexiconGold``
+    for ``lexicon``, a ready sentiment classifier (hub id or ``save_pretrained`` folder, loaded as
+    ``classifier.source`` with finetune=false is, labels ``eval.gold_positive_label`` /
+    ``gold_negative_label``) as a ``Scorer``; None when there is none."""
+    source = gold_source(eval_cfg, data_source)
+    if source is None:
+        return None
+    if source == "lexicon":
+        return LexiconGold()
+    from dpo_ppo.data.sources import classifier_labels
+
+    model, tokenizer = load_classifier("eval.gold", source)
+    positive, negative = classifier_labels({int(k): str(v) for k, v in model.config.id2label.items()},
+                                           eval_cfg.gold_positive_label, eval_cfg.gold_negative_label,
+                                           keys=("eval.gold_positive_label", "eval.gold_negative_label"))
+    scorer = Scorer(model.to(device), tokenizer, positive, GOLD_MAX_LENGTH, negative_label=negative,
+                    **({"batch_size": runtime.forward_batch_size, "autocast": runtime.autocast} if runtime else {}))
+    scorer.name = source
+    return scorer
+
+
 def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, device, runtime=None) -> dict:
     """Train (or take) the classifier, save it to ``path``; returns its held-out accuracy."""
     torch.manual_seed(seed)
@@ -106,20 +183,7 @@ def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, de
                             bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
         model = GPT2ForSequenceClassification(config)
     else:
-        from dpo_ppo.data.sources import check_pretrained_folder
-
-        if Path(cls_cfg.source).expanduser().exists():  # a local folder: say what it lacks
-            check_pretrained_folder("classifier.source", cls_cfg.source, classifier=True,
-                                    finetune=cls_cfg.finetune)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(cls_cfg.source)
-            ensure_pad(tokenizer)
-            kwargs = {"num_labels": 2} if cls_cfg.finetune else {}
-            model = AutoModelForSequenceClassification.from_pretrained(cls_cfg.source, **kwargs)
-        except OSError as e:
-            raise RuntimeError(f"classifier.source={cls_cfg.source!r}: could not load it "
-                               f"({str(e).splitlines()[0][:200]}). {OFFLINE_HINT}.") from e
-        model.config.pad_token_id = tokenizer.pad_token_id
+        model, tokenizer = load_classifier("classifier.source", cls_cfg.source, cls_cfg.finetune)
     positive, negative = cls_cfg.positive_label, None
     if not cls_cfg.finetune:  # a ready classifier: its labels by index or id2label name
         from dpo_ppo.data.sources import classifier_labels

@@ -256,14 +256,18 @@ def resolve_label(key: str, value, labels: dict[int, str]) -> int:
     return hits[0]
 
 
-def classifier_labels(labels: dict[int, str], positive, negative, where: str = "classifier") -> tuple[int, int]:
+def classifier_labels(labels: dict[int, str], positive, negative, where: str = "classifier",
+                      keys: tuple[str, str] | None = None) -> tuple[int, int]:
     """(positive index, negative index) of a classifier with ``labels`` (index -> name).
 
     By index or by name; ``negative`` None means the other label of a two-label classifier, and
     with more labels the one named negative.  Refused (ConfigError): an index or name the model
     lacks, positive == negative, more than two labels with no unambiguous negative, and a name
-    that contradicts the role (positive_label pointing at a label named negative or neutral)."""
-    pos = resolve_label(f"{where}.positive_label", positive, labels)
+    that contradicts the role (positive_label pointing at a label named negative or neutral).
+    ``keys``: the (positive, negative) keys an error names; by default ``{where}.positive_label``
+    and ``{where}.negative_label``."""
+    pos_key, neg_key = keys or (f"{where}.positive_label", f"{where}.negative_label")
+    pos = resolve_label(pos_key, positive, labels)
     shown = ", ".join(f"{i}={n}" for i, n in sorted(labels.items()))
     if negative is None:
         if len(labels) == 2:
@@ -271,20 +275,20 @@ def classifier_labels(labels: dict[int, str], positive, negative, where: str = "
         else:
             named = [i for i, n in labels.items() if sentiment_of(n) == 0]
             if len(named) != 1:
-                raise ConfigError(f"{where}.negative_label",
+                raise ConfigError(neg_key,
                                   f"the classifier has {len(labels)} labels ({shown}); say which is negative "
-                                  f"(an index or a name) as well as {where}.positive_label")
+                                  f"(an index or a name) as well as {pos_key}")
             neg = named[0]
     else:
-        neg = resolve_label(f"{where}.negative_label", negative, labels)
+        neg = resolve_label(neg_key, negative, labels)
     if pos == neg:
-        raise ConfigError(f"{where}.negative_label", f"is the positive label ({pos}={labels[pos]}); "
-                                                     f"the reward needs two different labels ({shown})")
+        raise ConfigError(neg_key, f"is the positive label ({pos}={labels[pos]}); "
+                                   f"the reward needs two different labels ({shown})")
     if sentiment_of(labels[pos]) == 0 or sentiment_of(labels[neg]) == 1 or \
             (len(labels) > 2 and sentiment_of(labels[pos]) is None and
              any(sentiment_of(n) == 1 for n in labels.values())):
-        raise ConfigError(f"{where}.positive_label",
+        raise ConfigError(pos_key,
                           f"{pos} is {labels[pos]!r} and the negative label {neg} is {labels[neg]!r} in this "
-                          f"classifier ({shown}); set {where}.positive_label and {where}.negative_label to the "
+                          f"classifier ({shown}); set {pos_key} and {neg_key} to the "
                           f"positive and negative labels (by index or name)")
     return pos, neg

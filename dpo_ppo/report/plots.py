@@ -104,6 +104,44 @@ def plot_frontier(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path,
     return _save(fig, path)
 
 
+def plot_gold(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path) -> Optional[str]:
+    """Proxy (the classifier the policies were trained against) and gold reward (``eval.gold``,
+    never optimised) against KL, one panel per algorithm: per configuration the mean and 95%
+    t-interval over seeds, joined in order of KL, the reference at KL 0.  Over-optimisation shows
+    as the gold curve falling while the proxy's rises (Gao et al. 2023).  None when no finished
+    run has a gold reward."""
+    done = [r for r in finished(runs) if R.GOLD_REWARD in r.metrics]
+    if not done:
+        return None
+    algorithms = [a for a in dict.fromkeys(c.algorithm for c in configs)
+                  if any(R.GOLD_REWARD in r.metrics for c in configs if c.algorithm == a for r in c.runs)]
+    fig, axes = plt.subplots(1, len(algorithms), figsize=(5.5 * len(algorithms), 4.2), squeeze=False, sharey=True)
+    ref = {key: stats.mean_ci(r.metrics.get(key, np.nan) for r in done) for key in (R.REF_REWARD, R.REF_GOLD_REWARD)}
+    for ax, algorithm in zip(axes[0], algorithms):
+        color = COLORS.get(algorithm, "tab:green")
+        group = sorted((c for c in configs if c.algorithm == algorithm),
+                       key=lambda c: stats.mean_ci(r.kl for r in c.runs).mean)
+        for key, ref_key, style, name in ((R.REWARD, R.REF_REWARD, "-o", "proxy (trained classifier)"),
+                                          (R.GOLD_REWARD, R.REF_GOLD_REWARD, "--s", "gold (never optimised)")):
+            pts = [(stats.mean_ci(r.kl for r in c.runs), stats.mean_ci(c.values(key))) for c in group]
+            pts = [(x, y) for x, y in pts if y.n and math.isfinite(x.mean)]
+            if ref[ref_key].n:
+                pts = [(stats.Stat(0.0, float("nan"), ref[ref_key].n), ref[ref_key])] + pts
+            if not pts:
+                continue
+            ax.plot([x.mean for x, _ in pts], [y.mean for _, y in pts], style, color=color,
+                    alpha=1.0 if key == R.REWARD else 0.7, markersize=5, label=name)
+            for x, y in pts:
+                ax.errorbar(x.mean, y.mean, xerr=_err(x.half), yerr=_err(y.half), fmt="none", color=color,
+                            capsize=2, alpha=0.5)
+        ax.set_title(f"{LABELS.get(algorithm, algorithm)}: proxy and gold reward along KL", fontsize=10)
+        ax.set_xlabel("KL(policy || reference) on test prefixes, nats")
+        ax.set_ylabel("test reward (mean p positive)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 # training curves: per algorithm, (panel title, candidate train_log keys or a params key); the first
 # two panels are the probe's (train.probe): DPO and PPO on the same prefixes at the same cadence
 _PROBE_PANELS = [("p positive (probe, 0-1)", (R.TRAIN_P_POSITIVE, "train/reward_mean")),

@@ -203,6 +203,13 @@ def body_figures(configs: Sequence[SeedGroup], runs: Sequence[Run], out: Path, s
     md = ["## Reward-KL frontier", "", "![frontier](frontier.png)" if figures else "(figures left out)", "",
           "Test reward against KL to the reference per configuration (params minus seed): mean and 95% "
           "t-interval over seeds; faint dots are single runs; the star is the reference.", ""]
+    gold = plots.plot_gold(configs, runs, out / "gold.png") if figures else None
+    if gold:  # the proxy reward beside the gold one (eval.gold), where the jobs had one
+        images["gold"] = Path(gold).name
+        md += ["## Proxy and gold reward", "", "![proxy and gold](gold.png)", "",
+               "The reward the policies were trained against (proxy) and one no training step saw (gold, "
+               "`eval.gold`) along KL, per configuration (mean and 95% t-interval over seeds); the "
+               "reference at KL 0. Gold falling while the proxy rises is over-optimisation.", ""]
     training = plots.plot_training(configs, out / "training.png", split) if figures else None
     if training:
         images["training"] = Path(training).name
