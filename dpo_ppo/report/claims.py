@@ -55,6 +55,10 @@ class Claim:
     of: str = ""  # the row it derives from or paraphrases
     condition: Optional[str] = None  # "run 1" / "run 2": the seed's run it was stated of
 
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"claim {self.id}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+
     def expectation(self) -> str:
         if self.kind == "zero":
             who = " and ".join(a.upper() for a in self.arms)
