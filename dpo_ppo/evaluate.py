@@ -17,8 +17,8 @@ classifier and report
 - ``completion_len`` (tokens), ``distinct_1`` / ``distinct_2`` (unique n-grams over all n-grams of
   the completions, a diversity measure that falls when a policy collapses to one phrase);
 - with a ``gold`` scorer (``eval.gold``: a reward no training step saw, ``scorer.load_gold``):
-  ``gold_p_positive_mean`` / ``gold_p_positive_std`` (its mean p_positive), ``gold_score_mean`` and
-  ``gold_binary_loss``, and each row's ``gold_p_positive``.  The classifier's numbers are the
+  ``gold_p_positive_mean`` / ``gold_p_positive_std`` (its mean p_positive), ``gold_score_mean``,
+  ``gold_binary_loss`` and ``gold_gradient_loss``, and each row's ``gold_p_positive``.  The classifier's numbers are the
   proxy: a policy that games the classifier raises ``p_positive_mean`` while ``gold_p_positive_mean``
   stays or falls (Gao et al. 2023).
 """
@@ -86,7 +86,8 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
         metrics.update({R.GOLD_P_POSITIVE_MEAN: float(gold_p.mean()),
                         R.GOLD_P_POSITIVE_STD: float(gold_p.std()) if len(gold_p) > 1 else 0.0,
                         R.GOLD_SCORE_MEAN: float(gold_logits.mean()),
-                        R.GOLD_BINARY_LOSS: float((gold_p < 0.5).float().mean())})
+                        R.GOLD_BINARY_LOSS: float((gold_p < 0.5).float().mean()),
+                        R.GOLD_GRADIENT_LOSS: float((1 - gold_p).mean())})
     kl = k1 = torch.zeros(len(prompts))
     if ref_model is not None:
         with autocast():

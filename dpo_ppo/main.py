@@ -82,8 +82,19 @@ def app(cfg: DictConfig):
 
 
 def main() -> None:
-    """``dpo-ppo``: bad input ends in one line on stderr, never a Python traceback."""
-    run_cli(app, lambda e: exit_with_one_line(e, None))
+    """``dpo-ppo``: bad input ends in one line on stderr, never a Python traceback.  ``--help``
+    prints Hydra's listing, then every key's default and help (``config.keys.help_text``)."""
+    if not any(a in ("--help", "-h") for a in sys.argv[1:]):
+        run_cli(app, lambda e: exit_with_one_line(e, None))
+        return
+    try:
+        run_cli(app, lambda e: exit_with_one_line(e, None))
+    except SystemExit as e:  # Hydra exits after its help
+        if e.code not in (0, None):
+            raise
+    from dpo_ppo.config.keys import help_text
+
+    print(help_text())
 
 
 if __name__ == "__main__":

@@ -251,9 +251,10 @@ P_POSITIVE_MEAN, P_POSITIVE_STD, SCORE_MEAN = "p_positive_mean", "p_positive_std
 # the gold reward's (eval.gold: a scorer no training step saw), where the job has one
 GOLD_P_POSITIVE_MEAN, GOLD_P_POSITIVE_STD = "gold_" + P_POSITIVE_MEAN, "gold_" + P_POSITIVE_STD
 GOLD_SCORE_MEAN, GOLD_BINARY_LOSS = "gold_" + SCORE_MEAN, "gold_binary_loss"
+GOLD_GRADIENT_LOSS = "gold_gradient_loss"  # 1 - gold p_positive, the seed's gradient loss on the gold scorer
 EVAL_METRICS = (P_POSITIVE_MEAN, P_POSITIVE_STD, SCORE_MEAN, "gradient_loss", "binary_loss",
                 "completion_len", "distinct_1", "distinct_2", "kl_to_ref", "kl_to_ref_std", "kl_to_ref_k1",
-                GOLD_P_POSITIVE_MEAN, GOLD_P_POSITIVE_STD, GOLD_SCORE_MEAN, GOLD_BINARY_LOSS)
+                GOLD_P_POSITIVE_MEAN, GOLD_P_POSITIVE_STD, GOLD_SCORE_MEAN, GOLD_BINARY_LOSS, GOLD_GRADIENT_LOSS)
 # evaluation names before issue 34 (results.json files written then still read: ``scalar_metrics``)
 LEGACY_EVAL_NAMES = {"reward_mean": P_POSITIVE_MEAN, "reward_std": P_POSITIVE_STD, "score_logit_mean": SCORE_MEAN}
 ANALYSIS = "analysis/"

@@ -174,17 +174,23 @@ def ppo_config(**overrides):
     return PPOAlgorithmConfig(**base)
 
 
-def train(cfg, out_dir, seed: int = 0, model_seed: int = 0, log=None):
-    """The real ``train_ppo`` on the toy; returns (policy, ref, exact ref log-probs, summary)."""
-    from dpo_ppo.train.ppo import train_ppo
-
+def _train_with(trainer, cfg, out_dir, seed: int, model_seed: int, log):
+    """``trainer(cfg, policy, ref, tok, prompts, reward_fn, out_dir, ...)`` on the toy from a fresh
+    copy of the reference; returns (policy, ref, exact ref log-probs, summary)."""
     tok = tokenizer()
     ref = reference(tok, seed=model_seed)
     policy = trainable_copy(ref)
     ref_logp = sequence_logprobs(ref)
-    summary = train_ppo(cfg, policy, ref, tok, prompt_list(cfg.examples), reward_fn, out_dir, seed=seed,
-                        log_fn=(lambda m, step: log.append(m)) if log is not None else None)
+    summary = trainer(cfg, policy, ref, tok, prompt_list(cfg.examples), reward_fn, out_dir, seed=seed,
+                      log_fn=(lambda m, step: log.append(m)) if log is not None else None)
     return policy, ref, ref_logp, summary
+
+
+def train(cfg, out_dir, seed: int = 0, model_seed: int = 0, log=None):
+    """The real ``train_ppo`` on the toy; returns (policy, ref, exact ref log-probs, summary)."""
+    from dpo_ppo.train.ppo import train_ppo
+
+    return _train_with(train_ppo, cfg, out_dir, seed, model_seed, log)
 
 
 def preference_pairs(ref_logp: dict, n: int, seed: int = 0):
@@ -247,12 +253,7 @@ def train_rl(cfg, out_dir, seed: int = 0, model_seed: int = 0, log=None):
     exact ref log-probs, summary)."""
     from dpo_ppo.train.rl import train_rl as run_rl
 
-    tok = tokenizer()
-    ref = reference(tok, seed=model_seed)
-    policy = trainable_copy(ref)
-    ref_logp = sequence_logprobs(ref)
-    summary = run_rl(cfg, policy, ref, tok, prompt_list(cfg.examples), reward_fn, out_dir, seed=seed,
-                     log_fn=(lambda m, step: log.append(m)) if log is not None else None)
+    policy, ref, ref_logp, summary = _train_with(run_rl, cfg, out_dir, seed, model_seed, log)
     return policy.eval(), ref, ref_logp, summary
 
 

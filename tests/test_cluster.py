@@ -314,3 +314,35 @@ def test_slurm_sweeps_go_out_as_one_throttled_array_after_a_prepare_step():
     packed = {**slurm, "_target_": "hydra_plugins.dpo_ppo_sweeper.launchers.PackedSlurmLauncher"}  # slurm_gpu
     sweeper.config = OmegaConf.create({"hydra": {"launcher": packed}})
     assert sweeper.batch_size() >= 10**6 and sweeper.prepare_enabled()
+
+
+def test_a_killed_holder_not_yet_reaped_is_dead_to_the_lock(tmp_path):
+    """A killed job whose process is still a zombie (its parent, a killed sweep's worker pool, has
+    not reaped it: in a container PID 1 may take seconds) answers signal 0 like a live process; the
+    lock reads its state and takes the folder over instead of skipping the job as running elsewhere
+    (the smoke sweep's kill-and-relaunch test hit this)."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from dpo_ppo.runtime import joblock
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while time.time() < deadline:  # killed, not waited for: a zombie until we reap it
+            with open(f"/proc/{child.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.05)
+        os.kill(child.pid, 0)  # signal 0 still answers for it
+        assert not joblock._pid_alive(child.pid)
+        _fake_lock(tmp_path / "z", age_s=1, host=socket.gethostname(), pid=child.pid)
+        lock = JobLock(tmp_path / "z", stale_s=600)
+        assert lock.acquire() and lock.owned()
+        lock.release()
+    finally:
+        child.wait()
+    assert joblock._pid_alive(os.getpid())

@@ -111,6 +111,11 @@ def test_cli_typo_names_the_key(tmp_path):
 def test_cli_help_and_cfg_job():
     proc = _cli("--help")
     assert proc.returncode == 0 and "algorithm: dpo, grpo, ppo, rloo" in proc.stdout
+    # every key's default and help text, each algorithm's under its name (as TRL's parser shows them)
+    keys = proc.stdout.split("== Keys", 1)[1]
+    assert "  algorithm.kl_target = " in keys.split("algorithm=ppo:", 1)[1].split("algorithm=rloo:", 1)[0]
+    assert "  eval.num_prompts = 1950\n      unseen test prefixes" in keys
+    assert "  seed = 0\n      seed of training" in keys
     proc = _cli("--cfg", "job", "algorithm=ppo")
     assert proc.returncode == 0 and "kl_target" in proc.stdout and "beta:" not in proc.stdout
 

@@ -210,3 +210,36 @@ def test_a_job_finished_before_the_gold_keys_is_the_same_job_at_their_defaults()
     assert R.config_key(after) == R.config_key(before)
     after["eval"]["gold"] = "/models/siebert"
     assert R.config_key(after) != R.config_key(before)
+
+
+def test_the_reward_claims_read_gold_where_the_runs_have_it_and_the_proxy_otherwise(tmp_path):
+    """C1-C3 (binary loss, gradient loss, polarisation) take the gold scorer's metric when the runs
+    hold one, so that a policy gaming the trained classifier cannot pass for a finding; runs without
+    gold are read on the proxy as before."""
+    from dpo_ppo import results as R
+    from dpo_ppo.report import compare as RC
+    from dpo_ppo.report.claims import CLAIMS
+    from dpo_ppo.report.load import load_sweep
+    from sweepfab import write_job
+
+    reward_claims = [c for c in CLAIMS if c.id in ("C1", "C2", "C3")]
+    for root, gold in ((tmp_path / "with", True), (tmp_path / "without", False)):
+        for algorithm, knobs in (("dpo", (0.1, 0.3, 1.0)), ("ppo", (1.0, 3.0, 6.0))):
+            for i, knob in enumerate(knobs):
+                for seed in range(3):
+                    kl = 1.0 + i + 0.1 * seed
+                    metrics = {R.KL: kl, R.REWARD: 0.6, R.REF_REWARD: 0.46,
+                               R.policy_metric("binary_loss"): 0.3, R.policy_metric("gradient_loss"): 0.4,
+                               R.policy_metric(R.P_POSITIVE_STD): 0.2}
+                    if gold:
+                        metrics.update({R.policy_metric(R.GOLD_BINARY_LOSS): 0.5,
+                                        R.policy_metric(R.GOLD_GRADIENT_LOSS): 0.5,
+                                        R.policy_metric(R.GOLD_P_POSITIVE_STD): 0.1})
+                    write_job(root, algorithm, knob, seed, metrics)
+        runs, _ = load_sweep(root)
+        facets, _ = RC.make_facets(runs)
+        rows = RC.claims_table(runs, facets, reward_claims, n_boot=50)
+        read = {row.claim.id: row.metric for row in rows}
+        assert set(read) == {"C1", "C2", "C3"}
+        prefix = "eval/policy/gold_" if gold else "eval/policy/"
+        assert all(m.startswith(prefix) for m in read.values()), read

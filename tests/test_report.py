@@ -568,3 +568,10 @@ def test_the_seeds_own_measures_and_run_conditions(tmp_path):
     assert c18["metric"] == "derived/efficiency/reward_gain_per_msd" and c18["effect"] < 0
     for row in claim_rows(summary, "C11") + claim_rows(summary, "C6"):
         assert not row["in_family"] and row["q"] is None
+
+
+def test_a_claim_of_an_unknown_kind_is_refused_where_it_is_written():
+    from dpo_ppo.report.claims import Claim
+
+    with pytest.raises(ValueError, match="claim C99: kind must be one of higher, lower, same, differ, zero, got 'hihger'"):
+        Claim("C99", "1", "a typo", ("eval/policy/p_positive_mean",), "hihger")

@@ -474,3 +474,17 @@ def test_the_reports_training_figure_reads_every_row_at_the_examples_its_policy_
     assert [x for x, _ in _aligned_rows(current)] == [0, 16, 32]
     dpo = [{R.EXAMPLES: 0, R.TRAIN_KL: 0.0, R.TRL_LOSS: 0.69}, {R.EXAMPLES: 8, R.TRL_LOSS: 0.6}]
     assert [x for x, _ in _aligned_rows(dpo)] == [0, 8]
+
+
+def test_the_dashboards_colours_tell_every_trainer_apart():
+    """RLOO's and GRPO's groups get colour families of their own (they were left uncoloured, and a
+    frontier of five arms then read as two)."""
+    from dpo_ppo.report import dashboard as D
+
+    groups = ["s/dpo/beta=0.1", "s/dpo/beta=0.1,algorithm.rounds=4", "s/ppo/kl_target=1", "s/rloo/beta=0.05",
+              "s/grpo/beta=0.04", "s/rloo/beta=0.1"]
+    colors = D.group_colors(groups)
+    assert set(colors) == set(groups)
+    assert colors["s/rloo/beta=0.05"] in D.RLOO_COLORS and colors["s/grpo/beta=0.04"] in D.GRPO_COLORS
+    assert colors["s/rloo/beta=0.05"] != colors["s/rloo/beta=0.1"]
+    assert colors["s/dpo/beta=0.1"] in D.DPO_COLORS and colors["s/ppo/kl_target=1"] in D.PPO_COLORS

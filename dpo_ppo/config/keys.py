@@ -88,3 +88,41 @@ def unknown_key_message(key: str, candidates) -> str:
             if name in dataclass_fields(schema) and key not in candidates:
                 return f"not a key of this algorithm; it belongs to algorithm={algo}"
     return f"not a key of the config; the closest valid key is {closest_key(key, candidates)}"
+
+
+def help_text(width: int = 100) -> str:
+    """Every key with its default and the help beside its field (``option(default, help)``), group by
+    group, each algorithm's keys under its own name: what ``dpo-ppo --help`` adds below Hydra's
+    listing, as TRL's argument parser shows its fields' help."""
+    import textwrap
+
+    from dpo_ppo.config.schema import GROUPS
+
+    def default(f) -> str:
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
+        else:
+            return "(required)"
+        return "null" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+    def block(prefix: str, cls) -> list[str]:
+        out = []
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.type) or f.name in GROUPS or f.name == "algorithm" and cls is Config:
+                continue
+            text = f.metadata.get("help", "")
+            out.append(f"  {prefix}{f.name} = {default(f)}")
+            out += textwrap.wrap(text, width, initial_indent="      ", subsequent_indent="      ")
+        return out
+
+    lines = ["== Keys: schema default and meaning (dpo_ppo/config/schema.py, analysis.py; the values this", "command composes to are the Config above) ==", "", "top level:"]
+    lines += block("", Config)
+    algorithms = {cls: name for name, cls in ALGORITHM_SCHEMAS.items()}
+    for name, cls in GROUPS.items():
+        group = "algorithm" if cls in algorithms else name
+        title = f"algorithm={algorithms[cls]}" if cls in algorithms else f"{name}"
+        lines += ["", f"{title}: {(cls.__doc__ or '').strip().splitlines()[0]}"]
+        lines += block(f"{group}.", cls)
+    return "\n".join(lines)

@@ -19,6 +19,10 @@ kept out of the false-discovery family so that it cannot inflate it. ``condition
 ("run 1": its first round, 25,000 examples, unequal settings; "run 2": 10,000 examples, equal
 settings where possible); a sweep with a run-condition facet (experiment=paper_run1/2) compares the
 claim only there, any other sweep says in a caveat that the seed stated it of one run.
+
+The reward claims (C1-C3) read the gold reward where the runs have one (``eval.gold``: a scorer no
+training step saw, so over-optimisation of the trained classifier cannot pass for a finding) and
+the trained classifier (the proxy) otherwise; the row's metric column says which.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from dpo_ppo.report.load import BIAS_FLUCTUATION, EFFICIENCY, HEADS_RECRUITED, POS_NEG_REL, RECRUIT_THRESHOLD
-from dpo_ppo.results import P_POSITIVE_STD, policy_metric
+from dpo_ppo.results import (GOLD_BINARY_LOSS, GOLD_GRADIENT_LOSS, GOLD_P_POSITIVE_STD, P_POSITIVE_STD,
+                             policy_metric)
 
 KINDS = ("higher", "lower", "same", "differ", "zero")
 
@@ -50,6 +55,10 @@ class Claim:
     of: str = ""  # the row it derives from or paraphrases
     condition: Optional[str] = None  # "run 1" / "run 2": the seed's run it was stated of
 
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"claim {self.id}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+
     def expectation(self) -> str:
         if self.kind == "zero":
             who = " and ".join(a.upper() for a in self.arms)
@@ -70,14 +79,14 @@ REF_HEADS = "analysis/heads/reference/{}_max"
 
 CLAIMS: Tuple[Claim, ...] = (
     Claim("C1", "3.1", "PPO makes fewer negative completions than DPO (binary loss)",
-          (policy_metric("binary_loss"),), "lower", condition="run 2",
+          (policy_metric(GOLD_BINARY_LOSS), policy_metric("binary_loss")), "lower", condition="run 2",
           quote="In the models from the second training round, PPO considerably outperforms both the reference "
                 "and DPO model on the binary task"),
     Claim("C2", "3.1", "DPO's completions are more positive on average (gradient loss)",
-          (policy_metric("gradient_loss"),), "higher", condition="run 2",
+          (policy_metric(GOLD_GRADIENT_LOSS), policy_metric("gradient_loss")), "higher", condition="run 2",
           quote="whilst the DPO model is able to generate on average the most positive completions"),
     Claim("C3", "3.1", "DPO's completions are more polarised: strongly positive or strongly negative",
-          (policy_metric(P_POSITIVE_STD),), "lower", condition="run 2",
+          (policy_metric(GOLD_P_POSITIVE_STD), policy_metric(P_POSITIVE_STD)), "lower", condition="run 2",
           quote="suggesting completions are either strongly positive or strongly negative, at least relative "
                 "to those of compared models"),
     Claim("C4", "3.2", "Weight divergence from the reference is about the same for both (run 1)",

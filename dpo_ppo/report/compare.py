@@ -770,10 +770,6 @@ def steps_caveat(facet: Facet, pair: Tuple[str, str] = PAIR) -> str:
             + "); compare at compute=matched")
 
 
-def kl_points_text(comp: Comparison) -> str:
-    return ", ".join(f"{p.kl:.3g}" for p in comp.points)
-
-
 def all_metrics_table(runs: Sequence[Run], facets: Sequence[Facet], metrics: Sequence[str],
                       n_boot: int = 400, seed: int = 0) -> List[Dict[str, Any]]:
     """Every metric, every facet, at the middle of the common KL range (the appendix CSV), with

@@ -6,7 +6,7 @@
 Built with W&B's own ``wandb-workspaces`` (``pip install 'dpo-ppo[dashboard]'``).  One workspace
 per sweep, its runs filtered by the tag ``sweep=<name>`` (every job and the report carry it) and
 grouped by run group (``<sweep>/<algorithm>/<arm>``: the seeds of one configuration averaged,
-DPO's groups in blues, PPO's in oranges).  Sections, top to bottom (docs/cluster.md):
+DPO's groups in blues, PPO's in oranges, RLOO's in greens, GRPO's in reds).  Sections, top to bottom (docs/cluster.md):
 
 (a) frontier   p positive against KL to the reference (nats), every run, coloured by its group;
 (b) training   the probe's KL (nats) and p positive (DPO and PPO on the same prefixes, the same
@@ -33,21 +33,27 @@ from dpo_ppo import results as R
 
 DPO_COLORS = ("#1f77b4", "#4a90d9", "#08519c", "#6baed6", "#2171b5", "#9ecae1")
 PPO_COLORS = ("#ff7f0e", "#e6550d", "#fd8d3c", "#a63603", "#fdae6b", "#d94801")
+RLOO_COLORS = ("#2ca02c", "#31a354", "#006d2c", "#74c476", "#238b45", "#a1d99b")
+GRPO_COLORS = ("#d62728", "#cb181d", "#a50f15", "#fb6a4a", "#ef3b2c", "#fc9272")
+# a colour family per trainer (online DPO and IPO are DPO's groups: their group name says the arm)
+PALETTES = {"dpo": DPO_COLORS, "ppo": PPO_COLORS, "rloo": RLOO_COLORS, "grpo": GRPO_COLORS}
 
 
 def _algorithm_of_group(group: str) -> Optional[str]:
     parts = group.split("/")
-    return parts[1] if len(parts) > 1 and parts[1] in R.ALGORITHMS else None
+    return parts[1] if len(parts) > 1 and parts[1] in PALETTES else None
 
 
 def group_colors(groups: Iterable[str]) -> Dict[str, str]:
-    """A colour per run group: blues for DPO's, oranges for PPO's, so a frontier reads by algorithm."""
-    out, seen = {}, {"dpo": 0, "ppo": 0}
+    """A colour per run group, a colour family per trainer (DPO blues, PPO oranges, RLOO greens,
+    GRPO reds), so a frontier reads by algorithm."""
+    out: Dict[str, str] = {}
+    seen = dict.fromkeys(PALETTES, 0)
     for g in sorted(set(groups)):
         algorithm = _algorithm_of_group(g)
         if algorithm is None:
             continue
-        palette = DPO_COLORS if algorithm == "dpo" else PPO_COLORS
+        palette = PALETTES[algorithm]
         out[g] = palette[seen[algorithm] % len(palette)]
         seen[algorithm] += 1
     return out
@@ -85,12 +91,12 @@ def build_workspace(name: str, entity: str, project: str, *, groups: Sequence[st
     frontier = wr.ScatterPlot(title="(a) p positive (eval, 0-1) vs KL to the reference (eval, nats)",
                               x=wr.SummaryMetric(R.KL), y=wr.SummaryMetric(R.REWARD))
     training = [
-        line("(b) KL to the reference (nats), probe: DPO and PPO", [R.TRAIN_KL]),
-        line("(b) p positive (0-1), probe: DPO and PPO", [R.TRAIN_P_POSITIVE]),
+        line("(b) KL to the reference (nats), probe: every algorithm", [R.TRAIN_KL]),
+        line("(b) p positive (0-1), probe: every algorithm", [R.TRAIN_P_POSITIVE]),
         line("DPO loss (nats)", [R.TRL_LOSS]),
         line("DPO implicit reward margin (beta x log-ratio, nats)", [R.TRL_MARGINS]),
-        line("PPO rollout: KL to the reference (nats)", [R.ROLLOUT_KL]),
-        line("PPO rollout: p positive (0-1)", [R.ROLLOUT_P_POSITIVE]),
+        line("PPO / RLOO / GRPO rollout: KL to the reference (nats; GRPO's k3)", [R.ROLLOUT_KL]),
+        line("PPO / RLOO / GRPO rollout: p positive (0-1)", [R.ROLLOUT_P_POSITIVE]),
         line("PPO KL-penalised return (reward_kind's scale)", [R.ROLLOUT_RETURN]),
         line("PPO KL coefficient (reward per nat of KL)", [R.KL_COEF]),
     ]

@@ -40,13 +40,21 @@ def _slurm_id() -> str | None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs.  A zombie (killed, not yet reaped: a killed
+    sweep's orphaned worker waits for the init process to reap it, which in a container can take
+    seconds) answers signal 0 like a live process, so on Linux its state is read from /proc."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]  # the field after "(comm)"
+    except (OSError, IndexError):  # no /proc (macOS) or gone meanwhile: signal 0's answer stands
+        return True
+    return state not in ("Z", "X")
 
 
 class JobLock:
