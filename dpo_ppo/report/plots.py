@@ -16,7 +16,7 @@ from dpo_ppo.report import arms, stats
 from dpo_ppo.report.compare import ClaimRow, facet_value
 from dpo_ppo.report.load import LABELS, SeedGroup, Run, finished
 
-COLORS = {"dpo": "tab:blue", "ppo": "tab:orange"}
+COLORS = {"dpo": "tab:blue", "ppo": "tab:orange", "rloo": "tab:green", "grpo": "tab:red"}  # arms: report.arms.ARM_COLORS
 MARKERS = "osD^vP*X"
 
 
