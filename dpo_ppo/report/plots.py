@@ -106,20 +106,22 @@ def plot_frontier(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path,
 
 def plot_gold(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path) -> Optional[str]:
     """Proxy (the classifier the policies were trained against) and gold reward (``eval.gold``,
-    never optimised) against KL, one panel per algorithm: per configuration the mean and 95%
+    never optimised) against KL, one panel per arm: per configuration the mean and 95%
     t-interval over seeds, joined in order of KL, the reference at KL 0.  Over-optimisation shows
     as the gold curve falling while the proxy's rises (Gao et al. 2023).  None when no finished
     run has a gold reward."""
     done = [r for r in finished(runs) if R.GOLD_REWARD in r.metrics]
     if not done:
         return None
-    algorithms = [a for a in dict.fromkeys(c.algorithm for c in configs)
-                  if any(R.GOLD_REWARD in r.metrics for c in configs if c.algorithm == a for r in c.runs)]
+    # one panel per arm (report.arms: offline DPO, online DPO and IPO apart, as on the frontier)
+    arm_of = {id(c): arms.arm_of(c.runs[0]) for c in configs if c.runs}
+    algorithms = [a for a in arms.arms_present(runs)
+                  if any(R.GOLD_REWARD in r.metrics for c in configs if arm_of.get(id(c)) == a for r in c.runs)]
     fig, axes = plt.subplots(1, len(algorithms), figsize=(5.5 * len(algorithms), 4.2), squeeze=False, sharey=True)
     ref = {key: stats.mean_ci(r.metrics.get(key, np.nan) for r in done) for key in (R.REF_REWARD, R.REF_GOLD_REWARD)}
     for ax, algorithm in zip(axes[0], algorithms):
-        color = COLORS.get(algorithm, "tab:green")
-        group = sorted((c for c in configs if c.algorithm == algorithm),
+        color = arms.ARM_COLORS.get(algorithm, "tab:gray")
+        group = sorted((c for c in configs if arm_of.get(id(c)) == algorithm),
                        key=lambda c: stats.mean_ci(r.kl for r in c.runs).mean)
         for key, ref_key, style, name in ((R.REWARD, R.REF_REWARD, "-o", "proxy (trained classifier)"),
                                           (R.GOLD_REWARD, R.REF_GOLD_REWARD, "--s", "gold (never optimised)")):
@@ -134,7 +136,7 @@ def plot_gold(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path) -> 
             for x, y in pts:
                 ax.errorbar(x.mean, y.mean, xerr=_err(x.half), yerr=_err(y.half), fmt="none", color=color,
                             capsize=2, alpha=0.5)
-        ax.set_title(f"{LABELS.get(algorithm, algorithm)}: proxy and gold reward along KL", fontsize=10)
+        ax.set_title(f"{arms.label(algorithm)}: proxy and gold reward along KL", fontsize=10)
         ax.set_xlabel("KL(policy || reference) on test prefixes, nats")
         ax.set_ylabel("test reward (mean p positive)")
         ax.grid(alpha=0.3)
