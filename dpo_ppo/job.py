@@ -412,10 +412,11 @@ def _prepare(job: Job) -> list[str]:
     job.rec = _Scratch()
     s = job.setup()
     job.reference_eval(s.ref_model, s.tokenizer, s.scorer, s.test_prompts, gold=s.gold)
-    rounds = getattr(job.cfg.algorithm, "rounds", 1)
-    if job.cfg.algorithm.name == "dpo" and rounds == 1:  # online DPO samples its own pairs
+    # which artifacts the job reads is results.shared_artifacts' rule (online DPO reads no pairs)
+    kinds = [a.kind for a in R.shared_artifacts(job.cfg.algorithm.name, getattr(job.cfg.algorithm, "rounds", 1))]
+    if "prefs" in kinds:
         job.prefs(s.train_prompts, s.ref_model, s.tokenizer, s.scorer)
-    return [a.kind for a in R.shared_artifacts(job.cfg.algorithm.name, rounds)]
+    return kinds
 
 
 def prepare_job(cfg: Config) -> dict:
