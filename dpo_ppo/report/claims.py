@@ -77,6 +77,16 @@ LM_LOSS = _ablation("lm_loss_increase")
 HEADS = "analysis/heads/{}_max_abs_change"
 REF_HEADS = "analysis/heads/reference/{}_max"
 
+
+def _heads_unchanged(claim_id: str, measure: str, name: str) -> Claim:
+    """The seed's one sentence about its three head types, as one "zero" row per type: the largest
+    change of a head's score, against the reference's top score of that type."""
+    return Claim(claim_id, "3.4", f"{name} heads barely change under either (largest change in a head's score)",
+                 (HEADS.format(measure),), "zero", margin=ZERO_MARGIN, scale=REF_HEADS.format(measure),
+                 quote="we found that there are no big changes in the behavior of previous token, duplicate token, "
+                       "and induction heads before and after fine-tuning.")
+
+
 CLAIMS: Tuple[Claim, ...] = (
     Claim("C1", "3.1", "PPO makes fewer negative completions than DPO (binary loss)",
           (policy_metric(GOLD_BINARY_LOSS), policy_metric("binary_loss")), "lower", condition="run 2",
@@ -129,18 +139,9 @@ CLAIMS: Tuple[Claim, ...] = (
           SEED_LOSS, "same", condition="run 2",
           quote="On the contrary, the second training results suggest approximately equivalent dependency "
                 "distribution due to the almost equivalence of the impact of ablation on loss."),
-    Claim("C12", "3.4", "Previous-token heads barely change under either (largest change in a head's score)",
-          (HEADS.format("previous_token"),), "zero", margin=ZERO_MARGIN, scale=REF_HEADS.format("previous_token"),
-          quote="we found that there are no big changes in the behavior of previous token, duplicate token, and "
-                "induction heads before and after fine-tuning."),
-    Claim("C16", "3.4", "Duplicate-token heads barely change under either (largest change in a head's score)",
-          (HEADS.format("duplicate_token"),), "zero", margin=ZERO_MARGIN, scale=REF_HEADS.format("duplicate_token"),
-          quote="we found that there are no big changes in the behavior of previous token, duplicate token, and "
-                "induction heads before and after fine-tuning."),
-    Claim("C13", "3.4", "Induction heads barely change under either (largest change in a head's score)",
-          (HEADS.format("induction"),), "zero", margin=ZERO_MARGIN, scale=REF_HEADS.format("induction"),
-          quote="we found that there are no big changes in the behavior of previous token, duplicate token, and "
-                "induction heads before and after fine-tuning."),
+    _heads_unchanged("C12", "previous_token", "Previous-token"),
+    _heads_unchanged("C16", "duplicate_token", "Duplicate-token"),
+    _heads_unchanged("C13", "induction", "Induction"),
     Claim("C14", "3.4", f"PPO recruits more heads to the sentiment token (heads whose attention to it rose by "
           f"more than {RECRUIT_THRESHOLD:g})", (HEADS_RECRUITED,), "higher",
           quote="The PPO-tuned model uses additional heads for attending to the sentiment token that the base "
