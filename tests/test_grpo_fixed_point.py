@@ -1,0 +1,89 @@
+"""GRPO's known answer on the exact toy (tests/exact_toy.py; docs/kl_control.md, "GRPO's fixed
+point"): TRL 1.16's GRPO loss (beta x k3 per token in the loss, times the differentiable ratio of
+``use_bias_correction_kl``; group-centred, by default group-scaled advantages) has a stationary
+point that is not RLHF's pi* = pi_ref exp(r / beta) / Z: per state, pi(a|s) proportional to
+pi_ref(a|s) exp(Q(s,a) / beta), Q the expected *group advantage* to go (``exact_toy.group_advantage``).
+
+Fast: the solver's point makes the exact expected gradient of that loss vanish (enumerating the 27
+completions) and pi* does not; the group advantage's expectation against a direct Monte Carlo of
+TRL's formula; TRL's GRPOTrainer at beta 0.3 ends near the point, far from pi*.  Slow: the grid.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import exact_toy as T
+
+
+@pytest.fixture(scope="module")
+def toy():
+    tok = T.tokenizer()
+    ref = T.reference(tok)
+    return ref, T.sequence_logprobs(ref)
+
+
+def test_the_group_advantage_matches_a_monte_carlo_of_trls_formula():
+    g = torch.Generator().manual_seed(0)
+    values = torch.arange(4, dtype=torch.float64)
+    probs = torch.tensor([0.05, 0.15, 0.3, 0.5], dtype=torch.float64)
+    for scale in (True, False):
+        exact = T.group_advantage(probs, values, 8, scale)
+        draws = values[torch.multinomial(probs, 200_000 * 8, replacement=True, generator=g)].view(-1, 8)
+        a = draws - draws.mean(1, keepdim=True)
+        if scale:
+            a = a / (draws.std(1, keepdim=True) + 1e-4)  # Bessel, as trl.trainer.utils.nanstd
+        mc = torch.stack([a[draws == v].mean() for v in values])
+        assert torch.allclose(exact, mc, atol=0.01), (scale, exact, mc)
+    # unscaled, the sample's own share of the group mean leaves (G - 1) / G of the centred reward
+    mean = float((probs * values).sum())
+    assert torch.allclose(T.group_advantage(probs, values, 8, False), 7 / 8 * (values - mean))
+
+
+def expected_grad(ref, seq_logp: torch.Tensor, name: str, beta: float, scale: bool) -> float:
+    """The largest entry of the exact expected gradient, on tabular logits at every state, of TRL's
+    GRPO loss (loss_type grpo, num_iterations 1, use_bias_correction_kl) for the policy whose
+    completion log-probs are ``seq_logp``: E_y[(1/3) sum_t (-A w_t + beta k3_t w_t)], w_t the ratio
+    pi / stop_grad(pi), A's expectation given the reward from ``group_advantage`` (written from the
+    loss, independently of ``grpo_fixed_point``'s per-state solution)."""
+    r = T.rewards()[name]
+    values = torch.arange(T.LENGTH + 1, dtype=torch.float64)
+    p_seq = seq_logp.exp()
+    probs = torch.stack([p_seq[r == v].sum() for v in values])
+    f = T.group_advantage(probs, values, 8, scale)
+    # tabular logits z[prefix] initialised to the policy's conditionals
+    prefixes = [tuple(y[:t]) for y in T.COMPLETIONS for t in range(T.LENGTH)]
+    prefixes = sorted(set(prefixes), key=lambda p: (len(p), p))
+    cond = {}
+    for p in prefixes:
+        mass = torch.stack([p_seq[[i for i, y in enumerate(T.COMPLETIONS) if tuple(y[:len(p) + 1]) == p + (a,)]].sum()
+                            for a in range(T.WORDS)])
+        cond[p] = (mass / mass.sum()).log()
+    z = {p: cond[p].clone().requires_grad_(True) for p in prefixes}
+    prompt = T.PROMPTS[name]
+    loss = 0.0
+    for i, y in enumerate(T.COMPLETIONS):
+        a_hat = f[int(r[i])]
+        for t in range(T.LENGTH):
+            p = tuple(y[:t])
+            logp = z[p].log_softmax(0)[y[t]]
+            with torch.no_grad():
+                ref_logp = ref(input_ids=torch.tensor([prompt + list(p)])).logits[0, -1, :T.WORDS].double().log_softmax(0)[y[t]]
+            w = torch.exp(logp - logp.detach())
+            k3 = torch.exp(ref_logp - logp) - (ref_logp - logp) - 1
+            loss = loss + float(p_seq[i]) * (-a_hat * w + beta * k3 * w) / T.LENGTH
+    loss.backward()
+    return max(float(z[p].grad.abs().max()) for p in prefixes)
+
+
+@pytest.mark.parametrize("scale_rewards", ["group", "none"])
+def test_the_fixed_point_zeroes_the_expected_gradient_of_trls_loss(toy, scale_rewards):
+    ref, ref_logp = toy
+    beta = 0.3
+    point = T.grpo_fixed_point(ref, beta, scale_rewards)
+    star = T.optimum(ref_logp, beta)
+    for name in T.PROMPTS:
+        at_point = expected_grad(ref, point[name], name, beta, scale_rewards == "group")
+        at_star = expected_grad(ref, star[name], name, beta, scale_rewards == "group")
+        assert at_point < 1e-6 < 1e-3 < at_star, (name, at_point, at_star)
