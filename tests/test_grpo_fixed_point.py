@@ -89,8 +89,8 @@ def test_the_fixed_point_zeroes_the_expected_gradient_of_trls_loss(toy, scale_re
         assert at_point < 1e-6 < 1e-3 < at_star, (name, at_point, at_star)
 
 
-# KL(pi || point) bound at lr 3e-3, as PPO's and RLOO's known answers (test_arms.KL_BOUND): REINFORCE's
-# noise at a constant lr; it shrinks with the lr (docs/kl_control.md, "GRPO's fixed point")
+# KL(pi || point) bound, as PPO's and RLOO's known answers (test_arms.KL_BOUND): REINFORCE's noise at
+# a constant lr keeps a trained policy off any fixed point by an amount that shrinks with the lr (docs/kl_control.md, "GRPO's fixed point")
 KL_BOUND = 0.1
 
 
@@ -105,9 +105,10 @@ def check_grpo(beta: float, seed: int, tmp_path, steps: int, lr: float, bound: f
 
 
 def test_grpo_ends_near_its_fixed_point_not_the_rlhf_optimum(tmp_path):
-    """beta 0.3, the group's std (the defaults): the point has p(target) 0.998, pi* 0.820 (0.17
-    nats from where GRPO ends); measured 0.054 (0.069 on the worse prompt) from the point, seed 0."""
-    m = check_grpo(0.3, 0, tmp_path, steps=150, lr=3e-3, bound=KL_BOUND)
+    """beta 0.3, the group's std (the defaults): the point has p(target) 0.998, pi* 0.820 (0.17-0.18
+    nats from where GRPO ends); at lr 2e-3 over 300 steps seeds 0-3 ended 0.021-0.043 from the point
+    on the worse prompt (at lr 3e-3 over 150, seed 1 ended 0.13 away: not yet converged)."""
+    m = check_grpo(0.3, 0, tmp_path, steps=300, lr=2e-3, bound=KL_BOUND)
     assert m["kl_to_ref"] > m["opt_kl_to_ref"] + 0.5, m  # overshoots pi*'s KL, as the point does (3.25 vs 2.42)
 
 
