@@ -341,7 +341,7 @@ def grpo_fixed_point(ref, beta: float, scale_rewards: str = "group", group: int 
             return torch.tensor([sum(logp[tuple(y[:t + 1])] for t in range(LENGTH)) for y in COMPLETIONS],
                                 dtype=torch.float64)
 
-        seq = ref_seq = solve(torch.zeros(len(values), dtype=torch.float64))  # f = 0: pi_ref itself
+        seq = solve(torch.zeros(len(values), dtype=torch.float64))  # f = 0: pi_ref itself
         f = None
         for _ in range(iters):
             probs = torch.stack([seq.exp()[r_all[name] == v].sum() for v in values])
@@ -354,7 +354,6 @@ def grpo_fixed_point(ref, beta: float, scale_rewards: str = "group", group: int 
                 break
         else:
             raise RuntimeError(f"grpo_fixed_point: no fixed point after {iters} iterations (beta {beta}, {name})")
-        del ref_seq
         out[name] = seq
     return out
 

@@ -69,7 +69,8 @@ def expected_grad(ref, seq_logp: torch.Tensor, name: str, beta: float, scale: bo
             p = tuple(y[:t])
             logp = z[p].log_softmax(0)[y[t]]
             with torch.no_grad():
-                ref_logp = ref(input_ids=torch.tensor([prompt + list(p)])).logits[0, -1, :T.WORDS].double().log_softmax(0)[y[t]]
+                ref_logits = ref(input_ids=torch.tensor([prompt + list(p)])).logits[0, -1, :T.WORDS].double()
+                ref_logp = ref_logits.log_softmax(0)[y[t]]
             w = torch.exp(logp - logp.detach())
             k3 = torch.exp(ref_logp - logp) - (ref_logp - logp) - 1
             loss = loss + float(p_seq[i]) * (-a_hat * w + beta * k3 * w) / T.LENGTH
@@ -90,7 +91,8 @@ def test_the_fixed_point_zeroes_the_expected_gradient_of_trls_loss(toy, scale_re
 
 
 # KL(pi || point) bound, as PPO's and RLOO's known answers (test_arms.KL_BOUND): REINFORCE's noise at
-# a constant lr keeps a trained policy off any fixed point by an amount that shrinks with the lr (docs/kl_control.md, "GRPO's fixed point")
+# a constant lr keeps a trained policy off any fixed point by an amount that shrinks with the lr
+# (docs/kl_control.md, "GRPO's fixed point")
 KL_BOUND = 0.1
 
 
@@ -112,8 +114,10 @@ def test_grpo_ends_near_its_fixed_point_not_the_rlhf_optimum(tmp_path):
     assert m["kl_to_ref"] > m["opt_kl_to_ref"] + 0.5, m  # overshoots pi*'s KL, as the point does (3.25 vs 2.42)
 
 
-# lr and steps where the distance is far below the bound (seed 0: 0.0069 and 0.0062 on the worse prompt)
-GRID = {"group": (1e-3, 1200), "none": (5e-4, 1200)}
+# lr and steps where the distance is far below the bound (group, seeds 0-2: 0.006-0.008 on the worse
+# prompt; none, seed 0: 0.0048, where 1200 steps left seeds 1-2 at 0.009-0.010 and only 2.3x nearer the
+# point than pi*, the two being 0.022 apart)
+GRID = {"group": (1e-3, 1200), "none": (5e-4, 2400)}
 
 
 @pytest.mark.slow
