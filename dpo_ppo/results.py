@@ -803,3 +803,39 @@ def missing_snapshots(job_dir: Path, results: Dict[str, Any]) -> List[str]:
         last = examples
     return gaps
 
+
+
+# --------------------------------------------------------------------------- evaluation's per-completion definitions
+#
+# The names of ``EVAL_METRICS`` that had no constant, and what evaluation (``evaluate.py``) computes
+# per completion for the metrics that are a mean over completions. The report recomputes those
+# metrics from eval_rows.csv (``EVAL_ROW_STATISTICS``: to resample the prompts) with the same
+# functions, so the two never disagree on what "gradient loss" is. The functions take a numpy array
+# or a torch tensor of p_positive alike.
+GRADIENT_LOSS, BINARY_LOSS, COMPLETION_LEN = "gradient_loss", "binary_loss", "completion_len"
+KL_TO_REF, KL_TO_REF_STD, KL_TO_REF_K1 = "kl_to_ref", "kl_to_ref_std", "kl_to_ref_k1"
+DISTINCT_1, DISTINCT_2 = "distinct_1", "distinct_2"
+
+
+def gradient_loss(p_positive: Any) -> Any:
+    """The seed's gradient loss of each completion: 1 - p_positive (``gradient_loss`` is its mean)."""
+    return 1 - p_positive
+
+
+def binary_loss(p_positive: Any) -> Any:
+    """1.0 where the classifier calls the completion negative (p_positive < 0.5), else 0.0
+    (``binary_loss`` is its mean: the fraction classified negative)."""
+    return (p_positive < 0.5) * 1.0
+
+
+# eval/policy/<name> recomputed from eval_rows.csv: name -> (statistic over completions, the row
+# column, what evaluation takes of each row before the statistic; None: the column as it is)
+EVAL_ROW_STATISTICS = {
+    REWARD: ("mean", "p_positive", None),
+    policy_metric(GRADIENT_LOSS): ("mean", "p_positive", gradient_loss),
+    policy_metric(BINARY_LOSS): ("mean", "p_positive", binary_loss),
+    policy_metric(P_POSITIVE_STD): ("std", "p_positive", None),
+    policy_metric(COMPLETION_LEN): ("mean", "completion_len", None),
+    KL: ("mean", "kl", None),
+    policy_metric(KL_TO_REF_K1): ("mean", "kl_k1", None),
+}
