@@ -839,3 +839,18 @@ EVAL_ROW_STATISTICS = {
     KL: ("mean", "kl", None),
     policy_metric(KL_TO_REF_K1): ("mean", "kl_k1", None),
 }
+
+# the analyses' scalars that the report and the dashboard read by name (the suite puts ANALYSIS in
+# front of what each analysis's ``Output.scalar`` names: analysis/weights.py, analysis/activations.py)
+MSD_ALL = ANALYSIS + "weights/msd_all"  # mean-square divergence from the reference, every parameter
+MSD_WEIGHTS = ANALYSIS + "weights/msd_weights"
+MSD_BIASES = ANALYSIS + "weights/msd_biases"
+BIAS_WEIGHT_RATIO = ANALYSIS + "weights/bias_weight_ratio"
+MSD_LAYER = ANALYSIS + "weights/msd_layer"  # + the block's index: msd_layer0, msd_layer1, ...
+LOGIT_LENS_KL_LAYER = ANALYSIS + "activations/logit_lens_kl_layer"  # + the layer's index
+RESID_KL_MEAN = ANALYSIS + "activations/resid/kl_{}_mean"  # .format(subset): pos, neg, all
+# the analysis tables logged to W&B (runtime/record.py), as the dashboard's panels name them
+WEIGHTS_PER_LAYER_TABLE = ANALYSIS + "weights_per_layer"
+ACTIVATIONS_TABLE = ANALYSIS + "activations"
+ABLATION_TABLE = ANALYSIS + "ablation"
+EVAL = "eval/"  # every evaluation metric's prefix (POLICY, REFERENCE, IMPROVEMENT)

@@ -579,3 +579,51 @@ def test_a_claim_of_an_unknown_kind_is_refused_where_it_is_written():
 
     with pytest.raises(ValueError, match="claim C99: kind must be one of higher, lower, same, differ, zero, got 'hihger'"):
         Claim("C99", "1", "a typo", ("eval/policy/p_positive_mean",), "hihger")
+
+
+def test_render_only_formats():
+    """report/render.py turns computed things into words: it computes no statistic, reads or writes
+    no file and draws no figure (those are estimator / verdicts / stats, build and plots)."""
+    import ast
+    import inspect
+
+    from dpo_ppo.report import render
+
+    tree = ast.parse(inspect.getsource(render))
+    imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    modules = {m for m, _ in imported} | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not modules & {"csv", "json", "numpy", "dpo_ppo.report.plots", "dpo_ppo.report.build"}, modules
+    assert ("dpo_ppo.report", "plots") not in imported and ("dpo_ppo.report", "stats") not in imported
+    called = {(n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", ""))
+              for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    banned = {"open", "read_text", "write_text", "write_atomic", "write_json", "load_sweep", "load_run", "mkdir",
+              "compare", "claims_table", "all_metrics_table", "make_facets", "mean_ci", "t_interval", "sup_t",
+              "benjamini_hochberg", "holm", "savefig"} | {n for n in called if n.startswith("plot_")}
+    assert not called & banned, called & banned
+
+
+def test_bad_input_is_a_report_error_in_the_library_and_one_line_from_the_cli(tmp_path):
+    """build_report raises ReportError (a ValueError a caller can catch); the command turns it into
+    its exit with the one line (SystemExit's code), and writes nothing."""
+    missing = tmp_path / "nowhere"
+    with pytest.raises(report.ReportError, match="no such sweep folder"):
+        report.build_report(missing, figures=False)
+    with pytest.raises(SystemExit) as exited:
+        report.main([str(missing), "--no-wandb", "--no-figures"])
+    assert exited.value.code == f"dpo-ppo-report: no such sweep folder: {missing}"
+    assert not missing.exists()
+
+
+def test_the_report_recomputes_evaluation_metrics_with_evaluations_own_definitions():
+    """The per-prompt statistics behind the prompt bootstrap are evaluation's definitions
+    (results.gradient_loss / binary_loss, which evaluate.py applies to torch tensors), not copies."""
+    import torch
+
+    assert E.ROW_METRICS is R.EVAL_ROW_STATISTICS
+    assert E.ROW_METRICS[R.policy_metric(R.GRADIENT_LOSS)][2] is R.gradient_loss
+    assert E.ROW_METRICS[R.policy_metric(R.BINARY_LOSS)][2] is R.binary_loss
+    p = np.array([0.1, 0.49, 0.5, 0.9])
+    assert R.binary_loss(p).tolist() == [1.0, 1.0, 0.0, 0.0] and R.gradient_loss(p) == pytest.approx([0.9, 0.51, 0.5, 0.1])
+    t = torch.tensor(p, dtype=torch.float32)
+    assert float(R.binary_loss(t).mean()) == float((t < 0.5).float().mean()) == 0.5
+    assert float(R.gradient_loss(t).mean()) == pytest.approx(float(R.gradient_loss(p).mean()))

@@ -379,9 +379,9 @@ def _is_divergence(key: str) -> bool:
     """A weight/bias divergence scalar: analysis/weights/*, or any analysis key naming a mean
     squared difference (msd) or a divergence; counts, timings and ratios are not."""
     k = key.lower()
-    if not k.startswith("analysis/") or any(x in k for x in ("time_s", "num_", "ratio")):
+    if not k.startswith(R.ANALYSIS) or any(x in k for x in ("time_s", "num_", "ratio")):
         return False
-    return k.startswith("analysis/weights/") or "msd" in k or "diverg" in k
+    return k.startswith(R.ANALYSIS + "weights/") or "msd" in k or "diverg" in k
 
 
 def _bars(ax, names: Sequence[str], series: Dict[str, Sequence[float]], colors: Dict[str, str]) -> None:
@@ -401,7 +401,7 @@ def plot_compare(a: Run, b: Run, folder: Path) -> Dict[str, Any]:
     colors = {la: "tab:green", lb: "tab:purple", "reference": "grey"}
     out: Dict[str, Any] = {"images": {}, "notes": []}
 
-    losses = ["gradient_loss", "binary_loss"]
+    losses = [R.GRADIENT_LOSS, R.BINARY_LOSS]
     if any(R.policy_metric(l) in r.metrics for r in (a, b) for l in losses):
         fig, ax = plt.subplots(figsize=(6, 4))
         _bars(ax, [l.replace("_", " ") for l in losses], {
