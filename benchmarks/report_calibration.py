@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from dpo_ppo.report import estimator as E, facets as F, verdicts as V  # noqa: E402
+from dpo_ppo.report import estimator as E  # noqa: E402
 from sweepfab import BIAS, planted_facet  # noqa: E402
 
 GRIDS = {

@@ -21,7 +21,7 @@ itself.  This module says which runs each pair pools (the arms' facets); the sec
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from dpo_ppo import results as R
 from dpo_ppo.report import verdicts as V
