@@ -803,3 +803,54 @@ def missing_snapshots(job_dir: Path, results: Dict[str, Any]) -> List[str]:
         last = examples
     return gaps
 
+
+
+# --------------------------------------------------------------------------- evaluation's per-completion definitions
+#
+# The names of ``EVAL_METRICS`` that had no constant, and what evaluation (``evaluate.py``) computes
+# per completion for the metrics that are a mean over completions. The report recomputes those
+# metrics from eval_rows.csv (``EVAL_ROW_STATISTICS``: to resample the prompts) with the same
+# functions, so the two never disagree on what "gradient loss" is. The functions take a numpy array
+# or a torch tensor of p_positive alike.
+GRADIENT_LOSS, BINARY_LOSS, COMPLETION_LEN = "gradient_loss", "binary_loss", "completion_len"
+KL_TO_REF, KL_TO_REF_STD, KL_TO_REF_K1 = "kl_to_ref", "kl_to_ref_std", "kl_to_ref_k1"
+DISTINCT_1, DISTINCT_2 = "distinct_1", "distinct_2"
+
+
+def gradient_loss(p_positive: Any) -> Any:
+    """The seed's gradient loss of each completion: 1 - p_positive (``gradient_loss`` is its mean)."""
+    return 1 - p_positive
+
+
+def binary_loss(p_positive: Any) -> Any:
+    """1.0 where the classifier calls the completion negative (p_positive < 0.5), else 0.0
+    (``binary_loss`` is its mean: the fraction classified negative)."""
+    return (p_positive < 0.5) * 1.0
+
+
+# eval/policy/<name> recomputed from eval_rows.csv: name -> (statistic over completions, the row
+# column, what evaluation takes of each row before the statistic; None: the column as it is)
+EVAL_ROW_STATISTICS = {
+    REWARD: ("mean", "p_positive", None),
+    policy_metric(GRADIENT_LOSS): ("mean", "p_positive", gradient_loss),
+    policy_metric(BINARY_LOSS): ("mean", "p_positive", binary_loss),
+    policy_metric(P_POSITIVE_STD): ("std", "p_positive", None),
+    policy_metric(COMPLETION_LEN): ("mean", "completion_len", None),
+    KL: ("mean", "kl", None),
+    policy_metric(KL_TO_REF_K1): ("mean", "kl_k1", None),
+}
+
+# the analyses' scalars that the report and the dashboard read by name (the suite puts ANALYSIS in
+# front of what each analysis's ``Output.scalar`` names: analysis/weights.py, analysis/activations.py)
+MSD_ALL = ANALYSIS + "weights/msd_all"  # mean-square divergence from the reference, every parameter
+MSD_WEIGHTS = ANALYSIS + "weights/msd_weights"
+MSD_BIASES = ANALYSIS + "weights/msd_biases"
+BIAS_WEIGHT_RATIO = ANALYSIS + "weights/bias_weight_ratio"
+MSD_LAYER = ANALYSIS + "weights/msd_layer"  # + the block's index: msd_layer0, msd_layer1, ...
+LOGIT_LENS_KL_LAYER = ANALYSIS + "activations/logit_lens_kl_layer"  # + the layer's index
+RESID_KL_MEAN = ANALYSIS + "activations/resid/kl_{}_mean"  # .format(subset): pos, neg, all
+# the analysis tables logged to W&B (runtime/record.py), as the dashboard's panels name them
+WEIGHTS_PER_LAYER_TABLE = ANALYSIS + "weights_per_layer"
+ACTIVATIONS_TABLE = ANALYSIS + "activations"
+ABLATION_TABLE = ANALYSIS + "ablation"
+EVAL = "eval/"  # every evaluation metric's prefix (POLICY, REFERENCE, IMPROVEMENT)

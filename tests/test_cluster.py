@@ -287,7 +287,7 @@ def test_runs_csv_carries_wandb_ids_and_urls(tmp_path):
     import csv
 
     from dpo_ppo.report.load import load_run
-    from dpo_ppo.report.render import write_runs_csv
+    from dpo_ppo.report.build import write_runs_csv
 
     job = tmp_path / "algorithm=dpo"
     job.mkdir()

@@ -217,7 +217,7 @@ def test_the_reward_claims_read_gold_where_the_runs_have_it_and_the_proxy_otherw
     hold one, so that a policy gaming the trained classifier cannot pass for a finding; runs without
     gold are read on the proxy as before."""
     from dpo_ppo import results as R
-    from dpo_ppo.report import compare as RC
+    from dpo_ppo.report import facets as RF, verdicts as RV
     from dpo_ppo.report.claims import CLAIMS
     from dpo_ppo.report.load import load_sweep
     from sweepfab import write_job
@@ -237,8 +237,8 @@ def test_the_reward_claims_read_gold_where_the_runs_have_it_and_the_proxy_otherw
                                         R.policy_metric(R.GOLD_P_POSITIVE_STD): 0.1})
                     write_job(root, algorithm, knob, seed, metrics)
         runs, _ = load_sweep(root)
-        facets, _ = RC.make_facets(runs)
-        rows = RC.claims_table(runs, facets, reward_claims, n_boot=50)
+        facets, _ = RF.make_facets(runs)
+        rows = RV.claims_table(runs, facets, reward_claims, n_boot=50)
         read = {row.claim.id: row.metric for row in rows}
         assert set(read) == {"C1", "C2", "C3"}
         prefix = "eval/policy/gold_" if gold else "eval/policy/"

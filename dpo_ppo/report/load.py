@@ -165,8 +165,8 @@ def fluctuation(values: Sequence[float]) -> Optional[float]:
 
 def add_derived(run: Run) -> None:
     m = run.metrics
-    pos, neg = m.get("analysis/activations/resid/kl_pos_mean"), m.get("analysis/activations/resid/kl_neg_mean")
-    both = m.get("analysis/activations/resid/kl_all_mean")
+    pos, neg = m.get(R.RESID_KL_MEAN.format("pos")), m.get(R.RESID_KL_MEAN.format("neg"))
+    both = m.get(R.RESID_KL_MEAN.format("all"))
     if pos is not None and neg is not None and both:
         m[POS_NEG_REL] = (pos - neg) / both
     change = run.per_head.get(SENTIMENT_CHANGE)
@@ -176,7 +176,7 @@ def add_derived(run: Run) -> None:
     f = fluctuation(weights.get("msd_biases", []))
     if f is not None:
         m[BIAS_FLUCTUATION] = f
-    gain, msd = m.get(R.REWARD), m.get("analysis/weights/msd_all")
+    gain, msd = m.get(R.REWARD), m.get(R.MSD_ALL)
     if gain is not None and R.REF_REWARD in m and msd:
         m[EFFICIENCY] = (gain - m[R.REF_REWARD]) / msd
 
@@ -270,7 +270,7 @@ def finished(runs: Sequence[Run]) -> List[Run]:
 def metric_names(runs: Sequence[Run]) -> List[str]:
     """The findings (``results.is_finding``) any finished run holds: eval/ first, then analysis/."""
     names = {k for r in finished(runs) for k in r.metrics if R.is_finding(k)}
-    return sorted(names, key=lambda k: (not k.startswith("eval/"), k))
+    return sorted(names, key=lambda k: (not k.startswith(R.EVAL), k))
 
 
 @dataclass
