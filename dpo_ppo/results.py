@@ -50,7 +50,12 @@ A job folder holds:
   the reference's rows are ``<artifacts.ref_eval>/rows.csv`` (``REF_ROWS_FILE``), same columns.
   Rows pair across jobs by ``prompt_id``.
 
-``run_job`` returns ``SKIPPED`` for a job finished before; it is never written to a file.
+results.json's content is one typed record, ``JobRecord`` (``to_json`` / ``from_json``,
+``write_record`` / ``read_record``): the job fills it, the recorder writes it, every reader reads
+it, keeping the file byte for byte what the job wrote when it was a plain dict.  ``run_job``
+returns a ``JobOutcome`` (status, folder, metrics, error), ``SKIPPED`` for a job finished before
+(never written to a file).  ``sweep.json`` (``SWEEP_FILE``) holds the ``SWEEP_*`` keys and one
+``SweepEntry`` per planned job.
 
 Identity, in two parts.  A job's *folder* is named by its command-line overrides without the keys
 that say where or how it runs (``EXCLUDED_KEYS``; ``folder_key``).  The folder name alone would

@@ -24,6 +24,13 @@ def test_dpo_job_end_to_end_then_skip(shared_cache, tmp_path):
     assert out.status == "finished"
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["status"] == "finished" and res["algorithm"] == "dpo" and res["params"]["beta"] == 0.5
+    # the job's typed record (results.JobRecord) reads back and writes again byte for byte, and is
+    # what the strict-JSON writer makes of the object (the file before the record was typed)
+    from dpo_ppo.results import JobRecord, json_text, read_record
+
+    text = (tmp_path / "results.json").read_text()
+    assert read_record(tmp_path).text() == text == json_text(res) == JobRecord.from_json(res).text()
+    assert read_record(tmp_path).params["beta"] == 0.5 and out.metrics == res["metrics"]
     m = res["metrics"]
     for k in ("p_positive_mean", "gradient_loss", "binary_loss", "kl_to_ref", "completion_len", "distinct_2"):
         assert f"eval/policy/{k}" in m
