@@ -72,11 +72,11 @@ def app(cfg: DictConfig):
         if multirun:  # recorded by the job like any other failure; the sweep goes on
             raise
         exit_with_one_line(e, job_dir)
-    if out["status"] == "failed" and not multirun:  # a sweep goes on; a single job says why and exits
-        print(f"Job failed: {flat(out['error'])} (traceback: {out['job_dir']}/traceback.txt)", file=sys.stderr)
+    if out.status == "failed" and not multirun:  # a sweep goes on; a single job says why and exits
+        print(f"Job failed: {flat(out.error)} (traceback: {out.job_dir}/traceback.txt)", file=sys.stderr)
         sys.exit(1)
-    if out["status"] == "diverged" and not multirun:  # its numbers went non-finite: one line, no traceback
-        print(f"Job {flat(out['error'])}", file=sys.stderr)
+    if out.status == "diverged" and not multirun:  # its numbers went non-finite: one line, no traceback
+        print(f"Job {flat(out.error)}", file=sys.stderr)
         sys.exit(1)
     return out
 

@@ -245,8 +245,8 @@ def test_jobs_cold_or_warm_cache_give_the_same_metrics_and_matched_compute_equal
     common = ["analysis=none", "logger=none", "compute=matched", "compute.prefixes_per_step=8"]
     cold = run_job(compose_cfg([f"cache_dir={tmp_path / 'cold-cache'}", "algorithm=ppo", *common]), tmp_path / "cold")
     warm = run_job(compose_cfg([f"cache_dir={shared_cache}", "algorithm=ppo", *common]), tmp_path / "warm")
-    assert cold["status"] == warm["status"] == "finished"
-    assert cold["metrics"] == warm["metrics"]
+    assert cold.status == warm.status == "finished"
+    assert cold.metrics == warm.metrics
     dpo = run_job(compose_cfg([f"cache_dir={shared_cache}", "algorithm=dpo", *common]), tmp_path / "dpo")
     res = {k: json.loads((tmp_path / k / "results.json").read_text()) for k in ("warm", "dpo")}
     # 32 prefixes, one step per 8: 4 steps each (PPO: 2 rollouts of 16 x 1 epoch x 2 minibatches)
@@ -262,7 +262,7 @@ def test_jobs_cold_or_warm_cache_give_the_same_metrics_and_matched_compute_equal
     assert rows["warm"]["prompt_id"] == rows["dpo"]["prompt_id"] == [str(i) for i in range(32)]
     ref_rows = R.read_eval_rows(Path(res["dpo"]["artifacts"]["ref_eval"]) / R.REF_ROWS_FILE)
     assert len(ref_rows["kl"]) == 32 and all(v == 0 for v in ref_rows["kl"])
-    assert dpo["metrics"]["eval/policy/kl_to_ref"] == pytest.approx(sum(rows["dpo"]["kl"]) / 32, rel=1e-4)
+    assert dpo.metrics["eval/policy/kl_to_ref"] == pytest.approx(sum(rows["dpo"]["kl"]) / 32, rel=1e-4)
 
 
 def test_eval_completions_as_long_as_training_and_the_paper_presets_use_100():

@@ -287,7 +287,7 @@ def test_a_bf16_job_runs_end_to_end_on_the_cpu(shared_cache, tmp_path):
                        "algorithm=ppo", "algorithm.batch_size=null", "algorithm.rollout_prefixes=8"])
     out = run_job(cfg, tmp_path / "job")
     results = json.loads((tmp_path / "job" / "results.json").read_text())
-    assert out["status"] == "finished" and results["hardware"]["precision"] == "bf16"
+    assert out.status == "finished" and results["hardware"]["precision"] == "bf16"
     assert results["hardware"]["train_micro_batch"] == 16
     for key in ("eval/policy/p_positive_mean", "eval/policy/kl_to_ref"):
         assert torch.isfinite(torch.tensor(results["metrics"][key]))

@@ -120,19 +120,19 @@ def test_a_relaunched_job_refuses_its_older_ppo_results_and_force_reruns_them(tm
     cfg = lambda *extra: compose_cfg([f"cache_dir={tmp_path / 'cache'}", "analysis=none", "logger=none",  # noqa: E731
                                       "algorithm=ppo", *extra])
     job_dir = tmp_path / "job"
-    assert jobmod.run_job(cfg(), job_dir)["status"] == R.FINISHED
+    assert jobmod.run_job(cfg(), job_dir).status == R.FINISHED
     made = R.read_results(job_dir)
     assert made[R.ALGORITHM_VERSION] == R.ALGORITHM_VERSIONS["ppo"]
     assert made["config_key"] == R.config_key(made["config"]) != R.config_key(made["config"], version=1)
-    assert jobmod.run_job(cfg(), job_dir)["status"] == R.SKIPPED  # this version's results: done
+    assert jobmod.run_job(cfg(), job_dir).status == R.SKIPPED  # this version's results: done
     # the same folder as the code before versions left it: no version, the trust region's key absent
     older = {**made, "config": {**made["config"], "algorithm": {
         k: v for k, v in made["config"]["algorithm"].items() if k != "trust_region"}}}
     del older[R.ALGORITHM_VERSION]
     R.write_results(job_dir, older)
     out = jobmod.run_job(cfg(), job_dir, raise_errors=False)
-    assert out["status"] == R.FAILED and "algorithm_version (ppo): 1 (not recorded" in out["error"], out
-    assert jobmod.run_job(cfg("force=true"), job_dir)["status"] == R.FINISHED
+    assert out.status == R.FAILED and "algorithm_version (ppo): 1 (not recorded" in out.error, out
+    assert jobmod.run_job(cfg("force=true"), job_dir).status == R.FINISHED
     assert R.read_results(job_dir)[R.ALGORITHM_VERSION] == R.ALGORITHM_VERSIONS["ppo"]
 
 

@@ -183,7 +183,9 @@ def test_the_entrypoint_passes_the_typed_config_to_run_job(tmp_path, monkeypatch
 
     def fake_run_job(cfg, job_dir, overrides=None, raise_errors=True):
         seen["cfg"], seen["overrides"] = cfg, overrides
-        return {"status": "finished", "job_dir": str(job_dir), "metrics": {}}
+        from dpo_ppo.results import JobOutcome
+
+        return JobOutcome("finished", str(job_dir))
 
     monkeypatch.setattr(dpo_ppo.job, "run_job", fake_run_job)
     monkeypatch.setattr(sys, "argv", ["dpo-ppo", "algorithm=ppo", "algorithm.kl_target=3", "logger=none",

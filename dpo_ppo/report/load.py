@@ -134,7 +134,7 @@ def load_run(folder: Path, root: Path) -> Run:
     run = Run(**{**vars(job), "per_head": _per_head(job.per_head)}, rel=rel)
     drift = R.version_drift(run.algorithm, run.algorithm_version) if run.status == R.FINISHED else None
     if drift:  # made by another version of its algorithm: counted failed, as the sweeper's drift verdict is
-        run.status, run.error = R.FAILED, f"config drift: {drift}"
+        run.status, run.error = R.FAILED, f"{R.CONFIG_DRIFT}: {drift}"
     add_derived(run)
     return run
 
@@ -202,8 +202,8 @@ def load_sweep(root: Path) -> Tuple[List[Run], Dict[str, Any]]:
             meta = {}
         by_rel = {os.path.normpath(r.rel): r for r in runs}
         known = set(by_rel)
-        for job in meta.get("jobs", []):
-            rel = job.get("dir")
+        for job in (R.SweepEntry.from_json(j) for j in meta.get(R.SWEEP_JOBS, []) if isinstance(j, dict)):
+            rel = job.dir
             if not rel:
                 continue
             if os.path.isabs(rel):
@@ -214,30 +214,30 @@ def load_sweep(root: Path) -> Tuple[List[Run], Dict[str, Any]]:
                 if rel.startswith(".."):
                     continue
             run = by_rel.get(os.path.normpath(rel))
-            if run is not None and run.status == NO_RESULTS and job.get("status") == R.FAILED:
+            if run is not None and run.status == NO_RESULTS and job.status == R.FAILED:
                 # e.g. a config error raised before the job could write results.json
-                run.status, run.error = R.FAILED, job.get("error")
+                run.status, run.error = R.FAILED, job.error
             elif run is not None and _drift_verdict(job, run, sweep_file):
                 # the sweeper refused the job's results for config drift (an edited sweep file or
                 # default): they answer another config, so the report does not count them finished
-                run.status, run.error = R.FAILED, job.get("error")
+                run.status, run.error = R.FAILED, job.error
             if os.path.normpath(rel) in known:
                 continue
             known.add(os.path.normpath(rel))
-            algorithm = next((o.split("=", 1)[1] for o in job.get("overrides", [])
+            algorithm = next((o.split("=", 1)[1] for o in job.overrides
                               if R.override_key(o) == "algorithm"), None)
             runs.append(Run(dir=root / rel, rel=rel, status=PENDING, algorithm=algorithm,
-                            overrides=list(job.get("overrides", []))))
+                            overrides=list(job.overrides)))
     runs, duplicates = drop_duplicates(runs)
     if duplicates:
         meta = {**meta, "duplicates": duplicates}
     return runs, meta
 
 
-def _drift_verdict(job: Dict[str, Any], run: Run, sweep_file: Path) -> bool:
+def _drift_verdict(job: R.SweepEntry, run: Run, sweep_file: Path) -> bool:
     """sweep.json says the sweeper refused this job for config drift (``sweep.triage.CONFIG_DRIFT``),
     and its results.json is not newer than that verdict (a later force=true re-run is)."""
-    if job.get("status") != R.FAILED or not str(job.get("error") or "").startswith("config drift"):
+    if job.status != R.FAILED or not str(job.error or "").startswith(R.CONFIG_DRIFT):
         return False
     try:
         return (run.dir / R.RESULTS_FILE).stat().st_mtime <= sweep_file.stat().st_mtime
