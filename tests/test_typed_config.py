@@ -278,7 +278,7 @@ def test_cross_group_checks_live_in_config_check():
 # ------------------------------------------------------------- no import loop
 
 
-CONFIG_MODULES = ("fields", "analysis", "schema", "schedule", "keys", "environment", "errors")
+CONFIG_MODULES = ("fields", "analysis", "schema", "schedule", "keys")
 
 
 @pytest.mark.parametrize("module", CONFIG_MODULES)

@@ -32,7 +32,7 @@ import hydra
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dpo_ppo.config import ConfigError, register_configs
-from dpo_ppo.config.errors import exit_with_one_line, run_cli
+from dpo_ppo.cli.exits import exit_with_one_line, run_cli
 from dpo_ppo.main import CONF_DIR
 
 log = logging.getLogger("dpo_ppo.analyze")
@@ -115,7 +115,7 @@ def check(cfg: DictConfig) -> Plan:
     """Every check that needs no torch: keys, ranges, the job folder, the paths.  Raises
     ``ConfigError`` naming the first bad key."""
     from dpo_ppo.config import PRECISIONS
-    from dpo_ppo.config.environment import check_device
+    from dpo_ppo.inputs import check_device
     from dpo_ppo.config.fields import choice
     from dpo_ppo.config.keys import check_keys
     from dpo_ppo.data.sources import check_dataset_folder, check_pretrained_folder

@@ -1,6 +1,6 @@
 """Keys the schema does not have, and what to suggest instead: ``check_keys`` (any depth of the
 composed config), ``unknown_key_message`` (whose key it is, or the closest one by name or alias).
-``errors.config_error_line`` words them for both console scripts."""
+``dpo_ppo.cli.exits.config_error_line`` words them for both console scripts."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dpo_ppo.config.analysis import AnalysisConfig
-from dpo_ppo.config.fields import ConfigError, choice, finite, option, positive
+from dpo_ppo.config.fields import ConfigError, check_device_name, choice, finite, local_path, option, positive
 from dpo_ppo.results import ALGORITHMS
 
 
@@ -434,15 +434,7 @@ class EvalConfig:
                 raise ConfigError(f"{where}.{key}", f"must be a label index or name, got {value!r}")
         if self.gold == "":
             raise ConfigError(f"{where}.gold", "is empty; use auto, lexicon, none, a hub id or a folder")
-        if self.gold not in (None, "auto", "lexicon", "none"):
-            from dpo_ppo.data.sources import check_pretrained_folder, classifier_labels, id2label, local_path
-
-            check_pretrained_folder(f"{where}.gold", self.gold, classifier=True, finetune=False)
-            folder = local_path(self.gold)
-            labels = id2label(folder) if folder is not None else None
-            if labels:  # a local folder's labels are read now, not after training
-                classifier_labels(labels, self.gold_positive_label, self.gold_negative_label,
-                                  keys=(f"{where}.gold_positive_label", f"{where}.gold_negative_label"))
+        # a gold folder's contents and labels: dpo_ppo.inputs.check_gold, where the job runs
 
 
 @dataclass
@@ -591,9 +583,6 @@ class Config:
         if self.analysis is not None and self.analysis.enabled:
             self.analysis.check("analysis")
             self.analysis.check_model(self.model, "analysis")
-        from dpo_ppo.config.environment import check_local_paths
-
-        check_local_paths(self)
 
     def check_across(self) -> None:
         """What no group can check alone: the lengths asked for against the model's context and
@@ -613,10 +602,8 @@ class Config:
             raise ConfigError("compute.prefixes_per_step",
                               f"must divide algorithm.rollout_prefixes ({algo.rollout_prefixes}) for "
                               f"compute=matched, got {compute.prefixes_per_step}")
-        from dpo_ppo.data.sources import local_path
-
         if model.source == "embedded" or local_path(model.source) is None:
-            check_context(self)  # a local folder's own context is checked with the folders (check_model_folder)
+            check_context(self)  # a local folder's own context: dpo_ppo.inputs.check_model_folder
         longest_prefix = algo.longest_prefix
         # the scorer truncates at classifier.max_length: it must read the whole prefix + completion
         scored = {"algorithm.completion_len": longest_prefix + algo.completion_len,
@@ -700,11 +687,9 @@ def check_generic(cfg: Config) -> None:
         if (name == "seed" or name.endswith("_seed")) and value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
                 raise ConfigError(key, f"must be an integer in [0, 2^32-1], got {value}")
-    from dpo_ppo.config.environment import check_device
-
-    check_device("device", cfg.device)
+    check_device_name("device", cfg.device)  # whether this machine has it: dpo_ppo.inputs.check_device
     if cfg.analysis is not None and cfg.analysis.device is not None:
-        check_device("analysis.device", cfg.analysis.device)
+        check_device_name("analysis.device", cfg.analysis.device)
 
 
 def check_context(cfg, context: int | None = None, what: str | None = None) -> None:
