@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dpo_ppo.analysis.cli import analysis_config, analyze, compose
+from dpo_ppo.cli.analyze import analysis_config, analyze, compose
 from dpo_ppo.analysis.common import select_balanced
 from dpo_ppo.config.analysis import AnalysisConfig
 from dpo_ppo.analysis.suite import run_analysis

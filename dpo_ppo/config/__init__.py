@@ -3,6 +3,7 @@
     schema.py       one dataclass per config group (every field with its help) and ``Config``;
                     each checks its own fields (``check``), ``Config.check`` runs them all
     analysis.py     the ``analysis`` group (the seed paper's analyses, their sizes)
+    analyze.py      ``AnalyzeConfig``: dpo-ppo-analyze's top config, of the same groups and checks
     fields.py       ``option`` (a field with its help), ``ConfigError`` and the small range checks
     keys.py         keys the schema does not have, and the closest one to suggest
     schedule.py     what the config implies: compute=matched's schedule, optimizer steps, the
@@ -20,6 +21,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from dpo_ppo.config.analysis import AnalysisConfig
+from dpo_ppo.config.analyze import AnalyzeConfig
 from dpo_ppo.config.fields import ConfigError, field_help
 from dpo_ppo.config.schema import (ALGORITHMS, OFFLINE_HINT, PRECISIONS, AlgorithmConfig, ClassifierConfig,
                                    ComputeConfig, Config, DataConfig, DPOAlgorithmConfig, EvalConfig,
@@ -28,7 +30,8 @@ from dpo_ppo.config.schema import (ALGORITHMS, OFFLINE_HINT, PRECISIONS, Algorit
                                    register_configs, to_typed)
 from dpo_ppo.config.schedule import apply_compute, planned_optimizer_steps
 
-__all__ = ["ALGORITHMS", "OFFLINE_HINT", "PRECISIONS", "AlgorithmConfig", "AnalysisConfig", "ClassifierConfig",
+__all__ = ["ALGORITHMS", "OFFLINE_HINT", "PRECISIONS", "AlgorithmConfig", "AnalysisConfig", "AnalyzeConfig",
+           "ClassifierConfig",
            "ComputeConfig", "Config", "ConfigError", "DataConfig", "DPOAlgorithmConfig", "EvalConfig",
            "HardwareConfig", "LoggerConfig", "ModelConfig", "PPOAlgorithmConfig", "RLOOAlgorithmConfig",
            "GRPOAlgorithmConfig", "apply_compute", "as_dict",
@@ -36,7 +39,8 @@ __all__ = ["ALGORITHMS", "OFFLINE_HINT", "PRECISIONS", "AlgorithmConfig", "Analy
 
 
 def load(cfg) -> Config:
-    """The one step from Hydra to the job (the entrypoint, ``run_job``, the sweeper): unknown keys
+    """The one step from Hydra to the job (the entrypoint, ``run_job``, the sweeper; and to
+    dpo-ppo-analyze's ``AnalyzeConfig``, which has no schedule): unknown keys
     (only visible before the conversion), the conversion (``to_typed``), every check
     (``Config.check``), then the schedule ``compute=matched`` implies (``apply_compute``).  ``cfg``
     is the composed DictConfig, or a Config (checked and scheduled as a copy: the caller's object
@@ -44,10 +48,16 @@ def load(cfg) -> Config:
     typed config, which nothing edits afterwards; raises ConfigError naming the first bad key."""
     import copy
 
+    from omegaconf import OmegaConf
+
     if isinstance(cfg, DictConfig):
         from dpo_ppo.config.keys import check_keys
 
         check_keys(cfg)
+        if OmegaConf.get_type(cfg) is AnalyzeConfig:  # dpo-ppo-analyze's: the same groups, no schedule
+            analyze = OmegaConf.to_object(cfg)
+            analyze.check()
+            return analyze
         typed = to_typed(cfg)
     else:
         typed = copy.deepcopy(to_typed(cfg))

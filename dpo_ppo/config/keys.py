@@ -24,13 +24,14 @@ def dataclass_fields(obj_type) -> dict | None:
     return {f.name: f for f in dataclasses.fields(obj_type)}
 
 
-def schema_keys() -> list[str]:
-    """Every key of the schema, dotted (every algorithm' keys under ``algorithm``)."""
+def schema_keys(schema=Config) -> list[str]:
+    """Every key of ``schema`` (dpo-ppo's ``Config``, or dpo-ppo-analyze's ``AnalyzeConfig``),
+    dotted (every algorithm's keys under ``algorithm``)."""
     import typing
 
-    any_fields = {"algorithm": tuple(ALGORITHM_SCHEMAS.values())}
+    any_fields = {"algorithm": tuple(ALGORITHM_SCHEMAS.values())} if schema is Config else {}
     keys = []
-    for name, hint in typing.get_type_hints(Config).items():
+    for name, hint in typing.get_type_hints(schema).items():
         keys.append(name)
         for sub in any_fields.get(name, (hint,)):
             for child in dataclass_fields(sub) or {}:

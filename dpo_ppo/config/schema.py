@@ -629,6 +629,9 @@ def register_configs() -> None:
     # each group's yaml starts with `- /schema@_here_: <name>`
     for name, node in GROUPS.items():
         cs.store(group="schema", name=name, node=node)
+    from dpo_ppo.config.analyze import AnalyzeConfig
+
+    cs.store(name="analyze_schema", node=AnalyzeConfig)  # dpo-ppo-analyze's top (conf/analyze.yaml)
 
 
 # --------------------------------------------------------------------------- conversion
