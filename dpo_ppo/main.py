@@ -85,7 +85,8 @@ def app(cfg: DictConfig):
 
 def main() -> None:
     """``dpo-ppo``: bad input ends in one line on stderr, never a Python traceback.  ``--help``
-    prints Hydra's listing, then every key's default and help (``config.keys.help_text``)."""
+    prints Hydra's listing, then every key's default and help (``config.keys.help_text``); with
+    ``algorithm=NAME`` on the line, that algorithm's keys alone."""
     if not any(a in ("--help", "-h") for a in sys.argv[1:]):
         run_cli(app, lambda e: exit_with_one_line(e, None))
         return
@@ -96,7 +97,7 @@ def main() -> None:
             raise
     from dpo_ppo.config.keys import help_text
 
-    print(help_text())
+    print(help_text(overrides=sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -130,6 +130,22 @@ def test_cli_help_and_cfg_job():
     assert proc.returncode == 0 and "kl_target" in proc.stdout and "beta:" not in proc.stdout
 
 
+def test_help_of_a_group_option_and_of_dpo_ppo_analyze():
+    """``dpo-ppo algorithm=ppo --help`` prints that algorithm's keys with their help (not the
+    others'); dpo-ppo-analyze's --help prints its own keys and its groups' (the same dataclasses)."""
+    proc = _cli("algorithm=ppo", "--help")
+    keys = proc.stdout.split("== Keys", 1)[1]
+    assert proc.returncode == 0 and "algorithm=ppo: PPO" in keys and "algorithm=dpo:" not in keys
+    assert "  algorithm.kl_target = " in keys and "  algorithm.loss_type = " not in keys
+    assert "(the other algorithms' keys: algorithm=dpo, algorithm=rloo, algorithm=grpo --help)" in keys
+    proc = subprocess.run([sys.executable, "-m", "dpo_ppo.cli.analyze", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    keys = proc.stdout.split("== Keys", 1)[1]
+    assert proc.returncode == 0 and "  policy = null\n      the tuned model folder" in keys
+    assert "  hardware.analysis_batch_size = " in keys and "  analysis.max_tokens = " in keys
+    assert "algorithm" not in keys and "  seed = " not in keys  # dpo-ppo's own keys are not the analyzer's
+
+
 # ------------------------------------------------------------- generic checks (issue 12)
 
 

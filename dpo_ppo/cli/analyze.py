@@ -292,8 +292,21 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """``dpo-ppo-analyze``: bad input, Hydra's composition errors included, ends in one line."""
-    run_cli(app, lambda e: exit_with_one_line(e, keys=_keys()))
+    """``dpo-ppo-analyze``: bad input, Hydra's composition errors included, ends in one line.
+    ``--help`` prints Hydra's listing, then every key's default and help (``config.keys.help_text``
+    of ``AnalyzeConfig``: its own keys, the analysis and hardware groups)."""
+    if not any(a in ("--help", "-h") for a in sys.argv[1:]):
+        run_cli(app, lambda e: exit_with_one_line(e, keys=_keys()))
+        return
+    try:
+        run_cli(app, lambda e: exit_with_one_line(e, keys=_keys()))
+    except SystemExit as e:  # Hydra exits after its help
+        if e.code not in (0, None):
+            raise
+    from dpo_ppo.config import AnalyzeConfig
+    from dpo_ppo.config.keys import help_text
+
+    print(help_text(schema=AnalyzeConfig))
 
 
 if __name__ == "__main__":  # pragma: no cover
