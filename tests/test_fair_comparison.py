@@ -163,7 +163,8 @@ def test_matched_compute_gives_both_algorithms_the_same_steps():
         for a in ("dpo", "ppo"):
             cfg = compose_cfg([f"experiment={run}", f"algorithm={a}"], tiny=False)
             steps[a] = planned_optimizer_steps(cfg)
-            cfg = load(compose_cfg([f"experiment={run}", f"algorithm={a}", "compute=matched"], tiny=False))
+            cfg = load(compose_cfg([f"experiment={run}", f"algorithm={a}", "compute=matched", "model=pythia70m",
+                                    "classifier=gpt2_imdb"], tiny=False))  # the paper's lengths need their context
             assert planned_optimizer_steps(cfg) == matched_steps, (run, a)
         assert (steps["dpo"], steps["ppo"]) == native_steps, run
     with pytest.raises(ConfigError, match=r"compute\.prefixes_per_step.*rollout_prefixes \(16\)"):

@@ -292,8 +292,9 @@ class PPOAlgorithmConfig(AlgorithmConfig):
                                                   "from the rollout's on any one prompt, nats per token (per prompt, "
                                                   "the token mean of ppo.trust_kl: k3, or the sampled token's "
                                                   "Bernoulli KL(new || old) where that is larger; the largest over "
-                                                  "the prompts); a step that crosses it is cut back until it holds; "
-                                                  "> 0; null = no trust region")
+                                                  "the prompts); a step that crosses it is cut back until it holds "
+                                                  "(trust_region=shrink) or ends the update (stop, the rule that "
+                                                  "named it); > 0; null = no trust region")
     trust_region: str = option("shrink", "what happens at a crossing of early_stop_kl: shrink (the step is "
                                          "cut back and the update goes on: every planned step is taken, as "
                                          "compute=matched needs) or stop (the update ends there, its later "
