@@ -128,3 +128,22 @@ def test_the_doc_states_the_rule_the_test_checks():
     doc = (REPO / "docs" / "architecture.md").read_text()
     for packages in LAYERS:
         assert " / ".join(f"`{p}`" for p in packages) in doc, packages
+
+
+def test_every_console_script_names_a_command_line_function():
+    """pyproject.toml's [project.scripts] point at functions that exist (read, not imported: the
+    module's top-level ``def``), and the command lines live in the top layer, or in report/ (whose
+    cli the report package re-exports)."""
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"dpo-ppo", "dpo-ppo-analyze", "dpo-ppo-report", "dpo-ppo-sync"} <= set(scripts)
+    for name, target in scripts.items():
+        module, _, function = target.partition(":")
+        path = REPO / Path(*module.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        tree = ast.parse(path.read_text())
+        defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        defined |= {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+        assert function in defined, f"{name} = {target}: no {function} in {path.relative_to(REPO)}"
+        assert package_of(module) in ("main", "cli", "report"), f"{name} = {target}: not beside the other command lines"

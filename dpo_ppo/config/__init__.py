@@ -28,13 +28,13 @@ from dpo_ppo.config.schema import (ALGORITHMS, OFFLINE_HINT, PRECISIONS, Algorit
                                    HardwareConfig, LoggerConfig, ModelConfig, PPOAlgorithmConfig, GRPOAlgorithmConfig,
                                    RLOOAlgorithmConfig, as_dict,
                                    register_configs, to_typed)
-from dpo_ppo.config.schedule import apply_compute, planned_optimizer_steps
+from dpo_ppo.config.schedule import apply_compute, planned_optimizer_steps  # apply_compute: by load alone
 
 __all__ = ["ALGORITHMS", "OFFLINE_HINT", "PRECISIONS", "AlgorithmConfig", "AnalysisConfig", "AnalyzeConfig",
            "ClassifierConfig",
            "ComputeConfig", "Config", "ConfigError", "DataConfig", "DPOAlgorithmConfig", "EvalConfig",
            "HardwareConfig", "LoggerConfig", "ModelConfig", "PPOAlgorithmConfig", "RLOOAlgorithmConfig",
-           "GRPOAlgorithmConfig", "apply_compute", "as_dict",
+           "GRPOAlgorithmConfig", "as_dict",
            "field_help", "load", "planned_optimizer_steps", "register_configs", "to_typed"]
 
 

@@ -9,9 +9,10 @@ results.json, the config hash and the artifact cache keys are made of.
 Every field carries its help text (``option(default, help)``; ``field_help`` reads it back), and
 every dataclass checks its own fields in ``check`` beside them.  ``load`` first looks for keys the
 schema does not know (``+key=``; only the DictConfig still has them), then ``Config.check`` runs
-the generic checks (non-finite floats, seeds, devices), each group's ``check``, the checks across
-groups (a prefix + completion that fits the model's context and the classifier's ``max_length``,
-...) and last the local folders.  Each check raises ``ConfigError`` with a one-line message that
+the generic checks (non-finite floats, seeds, device names), each group's ``check`` and the checks
+across groups (a prefix + completion that fits the model's context and the classifier's
+``max_length``, ...).  What the config names on the machine (devices, local folders, the data) is
+``dpo_ppo.inputs``' to check, above this package.  Each check raises ``ConfigError`` with a one-line message that
 names the key (full dotted path) and what would be allowed.  The checks are methods, not
 ``__post_init__``: ``to_object`` builds the groups before the checks across them could run, and
 tests build out-of-range configs on purpose.
@@ -566,9 +567,9 @@ class Config:
                                   "reference evaluation, DPO preferences) and stop: the sweeper's prepare step")
 
     def check(self) -> None:
-        """Every check, in order: the generic ones (they guard the range checks: NaN compares false
-        with everything), each group's own, those across groups, then those that touch the
-        filesystem (local folders); raises ConfigError naming the first bad key."""
+        """Every check of the config, in order: the generic ones (they guard the range checks: NaN
+        compares false with everything), each group's own, those across groups; raises ConfigError
+        naming the first bad key.  Devices and folders on this machine: ``dpo_ppo.inputs``."""
         check_generic(self)
         self.model.check("model")
         self.data.check("data")
