@@ -126,8 +126,10 @@ def test_the_layers(source, target, ok):
 
 def test_the_doc_states_the_rule_the_test_checks():
     doc = (REPO / "docs" / "architecture.md").read_text()
-    for packages in LAYERS:
-        assert " / ".join(f"`{p}`" for p in packages) in doc, packages
+    for n, packages in enumerate(LAYERS, 1):
+        assert f"{n}. " + " / ".join(f"`{p}`" for p in packages) in doc, packages
+    peers = [n for n, packages in enumerate(LAYERS, 1) if set(packages) in PEERS]
+    assert f"in layers {' and '.join(map(str, peers))} only" in doc
 
 
 def test_every_console_script_names_a_command_line_function():
