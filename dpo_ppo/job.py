@@ -28,8 +28,8 @@ import torch
 from omegaconf import DictConfig
 
 from dpo_ppo.data.cache import artifact, artifact_specs, load_dataset_artifact
-from dpo_ppo.config import Config, ConfigError, as_dict, to_typed
-from dpo_ppo.config.schedule import swept_params
+from dpo_ppo.config import Config, ConfigError, as_dict, load
+from dpo_ppo.config.schedule import artifacts_read, is_online_dpo, swept_params
 from dpo_ppo.runtime import attempts, gpus, hardware, progress
 from dpo_ppo.runtime.divergence import Diverged, check_finite, lr_knob
 from dpo_ppo.runtime.joblock import JobLock
@@ -63,7 +63,7 @@ class Job:
     """One job's stages, each a method that no other stage calls (``run`` strings them together)."""
 
     def __init__(self, cfg: Config | DictConfig, job_dir: Path, overrides: list[str] | None = None):
-        self.cfg = cfg = to_typed(cfg)
+        self.cfg = cfg = cfg if isinstance(cfg, Config) else load(cfg)
         self.job_dir = Path(job_dir)
         self.overrides = list(overrides or [])
         self.device = gpus.resolve_device(cfg.device, hardware.jobs_per_gpu(cfg))
@@ -218,7 +218,7 @@ class Job:
         """The reference's own context (its config.json, a hub model's too) holds prefix +
         completion, and its tokenizer has a pad or EOS token; the config check read a local folder
         (or compared the ``model.context_length`` key of a hub id)."""
-        from dpo_ppo.config.environment import check_model_folder
+        from dpo_ppo.inputs import check_model_folder
 
         if self.cfg.model.source != "embedded":  # a hub model's, read after the base stage saved it
             check_model_folder(self.cfg, "model.source", base_path)
@@ -271,7 +271,7 @@ class Job:
             policy, _ = load_policy(policy_dir, self.device)
         else:
             policy, _ = load_policy(base_path, self.device)
-            if algo.name == "dpo" and algo.rounds > 1:  # online DPO: the prefs stage inside every round
+            if is_online_dpo(algo):  # the prefs stage inside every round
                 with self.stage("train"):
                     from dpo_ppo.train.online_dpo import train_online_dpo
 
@@ -413,7 +413,7 @@ def _prepare(job: Job) -> list[str]:
     s = job.setup()
     job.reference_eval(s.ref_model, s.tokenizer, s.scorer, s.test_prompts, gold=s.gold)
     # which artifacts the job reads is results.shared_artifacts' rule (online DPO reads no pairs)
-    kinds = [a.kind for a in R.shared_artifacts(job.cfg.algorithm.name, getattr(job.cfg.algorithm, "rounds", 1))]
+    kinds = [a.kind for a in artifacts_read(job.cfg.algorithm)]
     if "prefs" in kinds:
         job.prefs(s.train_prompts, s.ref_model, s.tokenizer, s.scorer)
     return kinds
@@ -422,10 +422,7 @@ def _prepare(job: Job) -> list[str]:
 def prepare_job(cfg: Config) -> R.JobOutcome:
     """``prepare=true``: build the shared artifacts this job's config needs and stop (the
     sweeper's prepare step, before the GPU jobs start); writes nothing in a job folder."""
-    from dpo_ppo.config import apply_compute
-
-    cfg = to_typed(cfg)
-    apply_compute(cfg)
+    cfg = load(cfg)
     t0 = time.time()
     built = _prepare(Job(cfg, Path(cfg.cache_dir)))
     log.info("prepared %s in %.1f s", ", ".join(built), time.time() - t0)
@@ -433,13 +430,7 @@ def prepare_job(cfg: Config) -> R.JobOutcome:
 
 
 def _config_key(cfg: Config) -> str:
-    """The config key results.json records for ``cfg`` (after ``compute=matched`` rewrote it)."""
-    import copy
-
-    from dpo_ppo.config import apply_compute
-
-    cfg = copy.deepcopy(cfg)
-    apply_compute(cfg)
+    """The config key results.json records for the loaded ``cfg``."""
     return R.job_identity(as_dict(cfg))["config_key"]
 
 
@@ -453,12 +444,13 @@ def run_job(cfg: Config | DictConfig, job_dir: Path, overrides: list[str] | None
     """Run (or skip, or resume) the job under its folder's lock; returns its outcome (status,
     folder, metrics, error: ``results.JobOutcome``).
 
-    ``cfg``: the typed Config (``dpo_ppo.config.load``, as the entrypoint passes it), or for
-    convenience a composed DictConfig, converted here without the checks (``to_typed``).
+    ``cfg``: the composed DictConfig or a Config, loaded here (``dpo_ppo.config.load``: checked,
+    its schedule set; a Config the entrypoint loaded comes back equal).  What it names on this
+    machine (``dpo_ppo.inputs``) the entrypoint checked, and the stages that read it check again.
     A folder locked by a live process (another launch of the same job) is left alone: the call
     returns status "skipped" with where the job runs (see dpo_ppo.runtime.joblock)."""
     progress.configure()  # plain progress lines in a log (SLURM, files), bars on a terminal
-    cfg = to_typed(cfg)
+    cfg = load(cfg)  # a loaded Config comes back equal (a copy)
     if cfg.prepare:
         return prepare_job(cfg)
     Path(job_dir).mkdir(parents=True, exist_ok=True)
@@ -502,9 +494,6 @@ def _start_record(cfg: Config, job: Job, previous: R.JobRecord | None, replaced:
 
 def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
              raise_errors: bool = True) -> R.JobOutcome:
-    from dpo_ppo.config import apply_compute
-
-    apply_compute(cfg)  # compute=matched rewrites the schedule before params and config are recorded
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     previous = attempts.previous_results(job_dir)

@@ -122,12 +122,19 @@ SHARED_ARTIFACTS = (
 )
 
 
+def online_dpo(algorithm: Optional[str], rounds: Optional[int] = 1) -> bool:
+    """Whether a job is online DPO: DPO whose pairs the policy resamples, ``algorithm.rounds`` > 1.
+    The one definition (``config.schedule.is_online_dpo`` reads it off a typed config for the
+    arm, the job's train stage, the prepare step and the sweeper's prepare cover)."""
+    return algorithm == "dpo" and (rounds or 1) > 1
+
+
 def shared_artifacts(algorithm: Optional[str] = None, rounds: int = 1) -> Tuple[SharedArtifact, ...]:
-    """The shared artifacts a job of ``algorithm`` reads (None: every one of any algorithm); with
-    ``rounds`` > 1 (online DPO) none that only an offline job reads."""
+    """The shared artifacts a job of ``algorithm`` reads (None: every one of any algorithm); for
+    online DPO (``online_dpo``) none that only an offline job reads."""
     return tuple(a for a in SHARED_ARTIFACTS
                  if (algorithm is None or a.algorithms is None or algorithm in a.algorithms)
-                 and not (a.offline_only and rounds > 1))
+                 and not (a.offline_only and online_dpo(algorithm, rounds)))
 
 
 # --------------------------------------------------------------------------- statuses

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dpo_ppo import results as R
-from dpo_ppo.analysis.cli import analysis_config, analyze, compose
+from dpo_ppo.cli.analyze import analysis_config, analyze, compose
 from dpo_ppo.analysis.common import select_balanced
 from dpo_ppo.config.analysis import AnalysisConfig
 from dpo_ppo.analysis.suite import run_analysis

@@ -66,12 +66,10 @@ def test_compute_matched_gives_every_arm_the_same_optimizer_steps():
     for name in ("dpo", "ppo", "rloo", "grpo"):
         cfg = C.load(compose_cfg([f"algorithm={name}", "compute=matched", "compute.prefixes_per_step=8",
                                   "algorithm.examples=64"] + (["algorithm.rollout_prefixes=16"] if name == "ppo" else [])))
-        C.apply_compute(cfg)
         steps[name] = planned_optimizer_steps(cfg)
     assert set(steps.values()) == {8}, steps
     online = C.load(compose_cfg(["algorithm.rounds=4", "compute=matched", "compute.prefixes_per_step=8",
                                  "algorithm.examples=64"]))
-    C.apply_compute(online)
     assert planned_optimizer_steps(online) == 8 and arm(online.algorithm) == "online_dpo"
     ipo = C.load(compose_cfg(["algorithm.loss_type=ipo"]))
     assert arm(ipo.algorithm) == "ipo"

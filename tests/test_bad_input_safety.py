@@ -165,7 +165,7 @@ def test_force_reruns_a_finished_job_from_scratch(algo, shared_cache, tmp_path, 
 def test_a_copied_job_folder_analyses_its_own_policy(shared_cache, tmp_path, caplog):
     import shutil
 
-    from dpo_ppo.analysis.cli import check, compose
+    from dpo_ppo.cli.analyze import check, compose
 
     original, copy = tmp_path / "sweep" / "job", tmp_path / "copy" / "job"
     assert run_job(_cfg(shared_cache, *DPO), original).status == R.FINISHED
@@ -191,7 +191,7 @@ def test_a_copied_job_folder_analyses_its_own_policy(shared_cache, tmp_path, cap
 def test_a_deleted_snapshot_is_named(shared_cache, tmp_path, caplog):
     import shutil
 
-    from dpo_ppo.analysis.cli import check, compose
+    from dpo_ppo.cli.analyze import check, compose
 
     assert run_job(_cfg(shared_cache, *DPO), tmp_path).status == R.FINISHED
     assert _strict(tmp_path / R.RESULTS_FILE)["snapshots"] == ["ex_0000008", "ex_0000016"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import compose_cfg
-from dpo_ppo.config import ConfigError, apply_compute, load, planned_optimizer_steps
+from dpo_ppo.config import ConfigError, load, planned_optimizer_steps
 from dpo_ppo.train.sampling import KeyedGumbelSampler, generate, keyed_uniform, sample_keys
 
 
@@ -154,9 +154,7 @@ def test_matched_compute_gives_both_algorithms_the_same_steps():
     assert planned_optimizer_steps(native["dpo"]) == 32 and planned_optimizer_steps(native["ppo"]) == 512
     matched = {}
     for a in ("dpo", "ppo"):
-        cfg = compose_cfg([f"algorithm={a}", "compute=matched", "compute.prefixes_per_step=8"], tiny=False)
-        load(cfg)
-        apply_compute(cfg)
+        cfg = load(compose_cfg([f"algorithm={a}", "compute=matched", "compute.prefixes_per_step=8"], tiny=False))
         matched[a] = planned_optimizer_steps(cfg)
     assert matched == {"dpo": 64, "ppo": 64}
     # the paper presets: examples not a multiple of PPO's 32-prefix rollouts (a partial last one)
@@ -165,8 +163,8 @@ def test_matched_compute_gives_both_algorithms_the_same_steps():
         for a in ("dpo", "ppo"):
             cfg = compose_cfg([f"experiment={run}", f"algorithm={a}"], tiny=False)
             steps[a] = planned_optimizer_steps(cfg)
-            cfg = compose_cfg([f"experiment={run}", f"algorithm={a}", "compute=matched"], tiny=False)
-            apply_compute(cfg)
+            cfg = load(compose_cfg([f"experiment={run}", f"algorithm={a}", "compute=matched", "model=pythia70m",
+                                    "classifier=gpt2_imdb"], tiny=False))  # the paper's lengths need their context
             assert planned_optimizer_steps(cfg) == matched_steps, (run, a)
         assert (steps["dpo"], steps["ppo"]) == native_steps, run
     with pytest.raises(ConfigError, match=r"compute\.prefixes_per_step.*rollout_prefixes \(16\)"):

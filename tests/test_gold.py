@@ -87,9 +87,12 @@ def _classifier_folder(path, id2label):
 
 
 def test_a_gold_classifier_from_a_local_folder(tmp_path):
+    from dpo_ppo.inputs import check_gold
+
     model, tok = _classifier_folder(tmp_path / "gold", {0: "NEGATIVE", 1: "NEUTRAL", 2: "POSITIVE"})
     cfg = EvalConfig(gold=str(tmp_path / "gold"), gold_positive_label="positive")
     cfg.check()
+    check_gold(cfg)
     gold = load_gold(cfg, "stanfordnlp/imdb")
     assert isinstance(gold, Scorer) and (gold.positive_label, gold.negative_label) == (2, 0)
     texts = toy_reviews(5)[0]
@@ -102,17 +105,20 @@ def test_a_gold_classifier_from_a_local_folder(tmp_path):
 
 
 def test_bad_gold_settings_name_the_key(tmp_path):
+    """A gold folder is read where the job runs (``inputs.check_gold``, run by dpo-ppo after config.load)."""
+    from dpo_ppo.inputs import check_gold
+
     _classifier_folder(tmp_path / "gold", {0: "NEGATIVE", 1: "POSITIVE"})
     with pytest.raises(ConfigError, match=r"eval\.gold_positive_label.*'joy' names no label"):
-        EvalConfig(gold=str(tmp_path / "gold"), gold_positive_label="joy").check()
+        check_gold(EvalConfig(gold=str(tmp_path / "gold"), gold_positive_label="joy"))
     with pytest.raises(ConfigError, match=r"eval\.gold_positive_label.*set eval\.gold_positive_label"):
-        EvalConfig(gold=str(tmp_path / "gold"), gold_positive_label=0).check()  # 0 is NEGATIVE
+        check_gold(EvalConfig(gold=str(tmp_path / "gold"), gold_positive_label=0))  # 0 is NEGATIVE
     (tmp_path / "empty_weights").mkdir()
     (tmp_path / "empty_weights" / "config.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"eval\.gold.*missing: model weights"):
-        EvalConfig(gold=str(tmp_path / "empty_weights")).check()
+        check_gold(EvalConfig(gold=str(tmp_path / "empty_weights")))
     with pytest.raises(ConfigError, match=r"eval\.gold.*no such folder"):
-        EvalConfig(gold="./no/such/gold").check()
+        check_gold(EvalConfig(gold="./no/such/gold"))
 
 
 def test_eval_rows_keep_the_gold_column_and_older_rows_still_read(tmp_path):

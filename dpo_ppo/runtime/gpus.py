@@ -277,7 +277,7 @@ def _set_current(gpu: int) -> None:
 
 
 def resolve_device(name, jobs_per_gpu: int = 1, model=None):
-    """The ``torch.device`` a device name (checked by ``config.environment.check_device``) means
+    """The ``torch.device`` a device name (checked by ``inputs.check_device``) means
     here: ``auto`` (or None) is ``model``'s device when a model is given, else a GPU when there is
     one (a slot on the least-loaded one, ``jobs_per_gpu`` slots per GPU: ``job_device``), else
     the CPU; any other name (cpu, cuda, cuda:N, mps) is taken as it is."""

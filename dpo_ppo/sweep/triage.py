@@ -112,6 +112,7 @@ def prepare_cover(indices: Sequence[int], config: Callable[[int], Any]) -> List[
     chosen before needs. ``config(idx)`` is the job's typed Config; for a task config that is not
     dpo-ppo's, nothing is shared and none is chosen."""
     from dpo_ppo.config import Config
+    from dpo_ppo.config.schedule import artifacts_read
     from dpo_ppo.data.cache import artifact_specs, spec_key
 
     covered: set = set()
@@ -121,9 +122,8 @@ def prepare_cover(indices: Sequence[int], config: Callable[[int], Any]) -> List[
         if not isinstance(cfg, Config):
             return []
         specs = artifact_specs(cfg)
-        # online DPO (rounds > 1) samples its own pairs: the prepare step builds none for it
-        rounds = getattr(cfg.algorithm, "rounds", 1)
-        keys = {(a.kind, spec_key(specs[a.kind])) for a in R.shared_artifacts(cfg.algorithm.name, rounds)}
+        # online DPO samples its own pairs: the prepare step builds none for it
+        keys = {(a.kind, spec_key(specs[a.kind])) for a in artifacts_read(cfg.algorithm)}
         if keys - covered:
             covered |= keys
             chosen.append(idx)
