@@ -447,7 +447,9 @@ def test_wandb_report_is_one_run_with_the_claims_table(tmp_path, monkeypatch):
             time.sleep(1.1)  # W&B names an offline run's folder by the second it started
         assert report.main([str(root), "--wandb", "--bootstrap", "100"]) == 0
     files = sorted((root / "report" / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(files) == 2 and not (tmp_path / "wandb").exists()
+    runs = sorted(p.name for p in (root / "report" / "wandb").glob("*"))
+    assert len(files) == 2, f"run files {files} in {runs}"
+    assert not (tmp_path / "wandb").exists()
     run_id = report.report_run_id(root)
     assert run_id == report.report_run_id(root / ".." / "w")  # the folder, however it is named
     assert all(f.parent.name.endswith(run_id) for f in files)

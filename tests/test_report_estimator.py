@@ -1,4 +1,4 @@
-"""The matched-KL estimator (report/compare.py, stats.JointModel) on planted truths: closed-form
+"""The matched-KL estimator (report/estimator.py, stats.JointModel) on planted truths: closed-form
 fits by hand, identical curves sampled on unequal KL grids (no effect may appear), configurations
 each off their algorithm's curve (the null stays calibrated), an effect confined to one end of
 the KL range (placed there by the band), a "same" claim just inside / outside its margin (TOST,
