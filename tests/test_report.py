@@ -585,7 +585,7 @@ def test_a_claim_of_an_unknown_kind_is_refused_where_it_is_written():
 
 def test_render_only_formats():
     """report/render.py turns computed things into words: it computes no statistic, reads or writes
-    no file and draws no figure (those are estimator / verdicts / stats, build and plots)."""
+    no file and draws no figure (those are estimator / verdicts / stats, build and figures)."""
     import ast
     import inspect
 
@@ -594,8 +594,8 @@ def test_render_only_formats():
     tree = ast.parse(inspect.getsource(render))
     imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     modules = {m for m, _ in imported} | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert not modules & {"csv", "json", "numpy", "dpo_ppo.report.plots", "dpo_ppo.report.build"}, modules
-    assert ("dpo_ppo.report", "plots") not in imported and ("dpo_ppo.report", "stats") not in imported
+    assert not modules & {"csv", "json", "numpy", "dpo_ppo.report.figures", "dpo_ppo.report.build"}, modules
+    assert ("dpo_ppo.report", "figures") not in imported and ("dpo_ppo.report", "stats") not in imported
     called = {(n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", ""))
               for n in ast.walk(tree) if isinstance(n, ast.Call)}
     banned = {"open", "read_text", "write_text", "write_atomic", "write_json", "load_sweep", "load_run", "mkdir",

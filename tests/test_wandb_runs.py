@@ -465,7 +465,7 @@ def test_results_written_before_the_renames_are_read_under_the_new_names():
 def test_the_reports_training_figure_reads_every_row_at_the_examples_its_policy_had_seen():
     """New PPO logs are already aligned (rollout rows before their update); a PPO log written
     before issue 34 had each update at the count after it, and is moved back one update."""
-    from dpo_ppo.report.plots import _aligned_rows
+    from dpo_ppo.report.figures import _aligned_rows
 
     legacy = [{"step": x, R.EXAMPLES: x, "train/kl": 0.1 * x, R.KL_COEF: 0.2} for x in (16, 32, 48)]
     assert [x for x, _ in _aligned_rows(legacy)] == [0, 16, 32]

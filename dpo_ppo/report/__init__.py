@@ -19,7 +19,7 @@ the sweeper's sweep.json for jobs not started yet, then writes into PATH/report/
 Package layout: load (reading the sweep), facets and arms (which runs a comparison pools), estimator
 (the matched-KL difference: the joint fit, its noise, its bands), stats (t-intervals, sup-t, FDR),
 claims (the seed's list), verdicts (each claim's test and verdict rule), render (the words: report.md
-and summary.json's records), plots (the figures), build (the steps: read, compute, draw, write),
+and summary.json's records), figures (the PNGs), build (the steps: read, compute, draw, write),
 wandb_run (the report's W&B run), dashboard (the sweep's W&B workspace), cli (the command, its exits).
 """
 

@@ -1,7 +1,7 @@
 """Making the report: read the sweep, compute every table, draw the figures, write the files.
 
 ``build_report`` is the steps in order; the words are ``report.render``'s, the numbers
-``report.facets`` / ``report.estimator`` / ``report.verdicts``', the figures ``report.plots``'.
+``report.facets`` / ``report.estimator`` / ``report.verdicts``', the figures ``report.figures``'.
 Bad input (no such folder, no jobs, a --compare job that names nothing or several) raises
 ``ReportError`` with one line; ``report.cli`` turns it into the command's exit.
 """
@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from dpo_ppo import results as R
-from dpo_ppo.report import arms, plots, render, stats
+from dpo_ppo.report import arms, render, stats
 from dpo_ppo.report.claims import CLAIMS, SAME_MARGIN
 from dpo_ppo.report.estimator import ALPHA, N_BOOT, Comparison, compare
 from dpo_ppo.report.facets import Facet, make_facets
+from dpo_ppo.report.figures import (OVER_TRAINING_PANELS, plot_all_metrics, plot_claim, plot_compare, plot_frontier,
+                                    plot_gold, plot_over_training, plot_training)
 from dpo_ppo.report.load import (ALL_STATUSES, NO_RESULTS, Run, SeedGroup, configurations, finished, load_run,
                                  load_sweep, metric_names)
 from dpo_ppo.report.verdicts import MIN_RUNS, MIN_SEEDS, ClaimRow, all_metrics_table, claims_table
@@ -69,7 +71,7 @@ class Contents:
     wall_time_s: float = 0.0
     peak_mem_mb: Optional[float] = None
     pair: List[Run] = field(default_factory=list)  # --compare JOB_A JOB_B
-    drawn: Dict[str, Any] = field(default_factory=dict)  # plots.plot_compare's
+    drawn: Dict[str, Any] = field(default_factory=dict)  # plot_compare's
     images: Dict[str, str] = field(default_factory=dict)  # figure name -> file in ``out``
     alpha: float = ALPHA
     same_margin: float = SAME_MARGIN
@@ -100,9 +102,9 @@ def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optio
     if d.all_metrics:
         write_csv_rows(out / "matched_kl.csv", list(d.all_metrics[0]), [list(r.values()) for r in d.all_metrics])
         if figures:
-            draw(d, "all_metrics", plots.plot_all_metrics(d.all_metrics, out / "all_metrics.png"))
+            draw(d, "all_metrics", plot_all_metrics(d.all_metrics, out / "all_metrics.png"))
     if d.pair:
-        d.drawn = plots.plot_compare(d.pair[0], d.pair[1], out)
+        d.drawn = plot_compare(d.pair[0], d.pair[1], out)
         for img in d.drawn["images"].values():
             d.images[Path(img).stem] = img
     table = runs_table(runs, d.metrics)
@@ -211,16 +213,16 @@ def draw_body(d: Contents) -> None:
     """The frontier, proxy and gold reward, training curves and analyses over training."""
     if not d.figures:
         return
-    draw(d, "frontier", plots.plot_frontier(d.configs, d.runs, d.out / "frontier.png", d.split))
-    draw(d, "gold", plots.plot_gold(d.configs, d.runs, d.out / "gold.png"))
-    draw(d, "training", plots.plot_training(d.configs, d.out / "training.png", d.split))
-    draw(d, "over_training", plots.plot_over_training(d.configs, d.out / "over_training.png"))
+    draw(d, "frontier", plot_frontier(d.configs, d.runs, d.out / "frontier.png", d.split))
+    draw(d, "gold", plot_gold(d.configs, d.runs, d.out / "gold.png"))
+    draw(d, "training", plot_training(d.configs, d.out / "training.png", d.split))
+    draw(d, "over_training", plot_over_training(d.configs, d.out / "over_training.png"))
 
 
 def draw_claims(d: Contents) -> None:
     """One figure per claim."""
     for claim in CLAIMS:
-        draw(d, f"claim_{claim.id}", plots.plot_claim([r for r in d.rows if r.claim.id == claim.id],
+        draw(d, f"claim_{claim.id}", plot_claim([r for r in d.rows if r.claim.id == claim.id],
                                                       d.out / f"claim_{claim.id}.png"))
 
 
@@ -256,7 +258,7 @@ def over_training_summary(configs: Sequence[SeedGroup]) -> List[Dict[str, Any]]:
     """Every configuration's over-training curves (mean over seeds), for summary.json."""
     out = []
     for c in configs:
-        for table, column in plots.OVER_TRAINING_PANELS.values():
+        for table, column in OVER_TRAINING_PANELS.values():
             curve = c.over_training(table, column)
             if curve:
                 out.append({"algorithm": c.algorithm, "configuration": c.label(), "measure": f"{table}/{column}",

@@ -356,7 +356,7 @@ def all_metrics_markdown(n_rows: int, images: Dict[str, str]) -> List[str]:
 
 
 def compare_markdown(a: Run, b: Run, drawn: Dict[str, Any], out: Path) -> List[str]:
-    """--compare A B: the seed paper's side-by-side plots (``drawn``: ``plots.plot_compare``'s) and
+    """--compare A B: the seed paper's side-by-side plots (``drawn``: ``figures.plot_compare``'s) and
     every metric of the two runs."""
     md = ["## Two runs side by side", "", f"- A: `{a.rel}` ({a.label()}, {a.status})",
           f"- B: `{b.rel}` ({b.label()}, {b.status})", ""]
