@@ -32,7 +32,7 @@ def config_error_line(exc: BaseException, keys=None) -> str | None:
     from dpo_ppo.config.fields import ConfigError
     from dpo_ppo.config.keys import dataclass_fields, schema_keys, unknown_key_message
 
-    from hydra_plugins.dpo_ppo_sweeper.config import sweep_error_line
+    from hydra_plugins.dpo_ppo_sweeper.sweep_group import sweep_error_line
 
     if isinstance(exc, ConfigError):
         return f"Config error: {flat(exc)}"
