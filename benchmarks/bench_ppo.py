@@ -114,13 +114,13 @@ def run(args, precision: str, static: bool) -> dict:
         return torch.sigmoid(scorer(**enc).logits.float().squeeze(-1)).cpu()
 
     hardware.set_matmul_precision("fp32" if precision == "fp32" else "auto", device)
-    runtime = hardware.Runtime(str(device), str(device), precision, 64, 64, cfg.batch_size or 64, 16,
-                               static_cache=static)
+    hw = hardware.Runtime(str(device), str(device), precision, 64, 64, cfg.batch_size or 64, 16,
+                          static_cache=static)
     log = []
     with tempfile.TemporaryDirectory() as out_dir:
         start = time.time()
         train_ppo(cfg, policy, ref, tok, prompts, reward_fn, out_dir, log_fn=lambda m, s: log.append(m),
-                  runtime=runtime)
+                  runtime=hw)  # train_ppo's parameter keeps its old name until train/ppo/ lands
         wall = time.time() - start
     timed = log[1:]  # the first update pays for warm-up
     per_update = [m["train/rollout_s"] + m["train/optimize_s"] for m in timed]

@@ -45,7 +45,7 @@ def distinct_n(completions: list[list[int]], n: int) -> float:
 
 
 def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg, *, ref_model=None,
-                   desc: str = "eval", runtime=None, gold=None) -> tuple[dict, list[dict]]:
+                   desc: str = "eval", hw=None, gold=None) -> tuple[dict, list[dict]]:
     """Metrics (see module docstring) and one row per prompt (``results.EVAL_ROW_COLUMNS`` plus the
     texts; ``results.write_eval_rows`` keeps the columns).
 
@@ -53,14 +53,14 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
     completions whatever ran before in the process, and two models share their sampling noise
     prompt by prompt, so their rows pair on ``prompt_id``.
 
-    ``runtime`` (``dpo_ppo.runtime.hardware.Runtime``) gives the batch sizes (``eval_cfg.batch_size``
+    ``hw`` (``dpo_ppo.runtime.hardware.Runtime``) gives the batch sizes (``eval_cfg.batch_size``
     wins when set) and the precision; without it: batches of 250 / 64 in float32.
     """
-    gen_batch = eval_cfg.batch_size or (runtime.gen_batch_size if runtime is not None else CPU_SIZES["gen_batch_size"])
-    forward_batch = runtime.forward_batch_size if runtime is not None else CPU_SIZES["forward_batch_size"]
-    autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
+    gen_batch = eval_cfg.batch_size or (hw.gen_batch_size if hw is not None else CPU_SIZES["gen_batch_size"])
+    forward_batch = hw.forward_batch_size if hw is not None else CPU_SIZES["forward_batch_size"]
+    autocast = hw.autocast if hw is not None else contextlib.nullcontext
     keys = sample_keys(eval_cfg.seed, range(len(prompts)))
-    static = runtime is not None and runtime.static_for(len(prompts), eval_cfg.completion_len)
+    static = hw is not None and hw.static_for(len(prompts), eval_cfg.completion_len)
     with autocast():
         completions = generate(model, tokenizer, prompts, eval_cfg.completion_len,
                                temperature=eval_cfg.temperature, batch_size=gen_batch,

@@ -110,7 +110,7 @@ class Job:
 
         return artifact(self.cache, "classifier", self.specs["classifier"],
                         lambda p: build_classifier(self.cfg.classifier, corpus, base_path, p, seed=0,
-                                                   device=self.device, runtime=self.hw))
+                                                   device=self.device, hw=self.hw))
 
     def prefs(self, prompts, model, tokenizer, scorer):
         from dpo_ppo.data.prefs import build_prefs
@@ -129,7 +129,7 @@ class Job:
 
         def build(p):
             metrics, rows = evaluate_model(ref_model, tokenizer, scorer, prompts, self.cfg.eval, desc="eval reference",
-                                           runtime=self.hw, gold=gold)
+                                           hw=self.hw, gold=gold)
             write_json(p / "metrics.json", metrics)
             write_json(p / "samples.json", {"rows": rows[: self.cfg.eval.num_samples_logged]})
             R.write_eval_rows(p / R.REF_ROWS_FILE, rows)
@@ -155,7 +155,7 @@ class Job:
         (``train.probe``), on the first ``logger.probe_prompts`` training prefixes; None when 0."""
         from dpo_ppo.train.probe import make_probe
 
-        return make_probe(self.cfg, ref_model, tokenizer, scorer, train_prompts, runtime=self.hw)
+        return make_probe(self.cfg, ref_model, tokenizer, scorer, train_prompts, hw=self.hw)
 
     def train_log(self, metrics: dict, step=None) -> None:
         """What a trainer logs (its ``log_fn``): recorded (train_log.jsonl, W&B), then checked: a
@@ -276,7 +276,7 @@ class Job:
                     from dpo_ppo.train.online_dpo import train_online_dpo
 
                     summary = train_online_dpo(algo, policy, ref_model, tokenizer, scorer, train_prompts,
-                                               self.job_dir, seed=cfg.seed, log_fn=self.train_log, runtime=self.hw,
+                                               self.job_dir, seed=cfg.seed, log_fn=self.train_log, hw=self.hw,
                                                probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
                                                probe_every=cfg.logger.probe_every)
             elif algo.name == "dpo":
@@ -287,7 +287,7 @@ class Job:
                     from dpo_ppo.train.dpo import train_dpo
 
                     summary = train_dpo(algo, policy, ref_model, tokenizer, prefs, self.job_dir,
-                                        seed=cfg.seed, log_fn=self.train_log, runtime=self.hw,
+                                        seed=cfg.seed, log_fn=self.train_log, hw=self.hw,
                                         probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
                                         probe_every=cfg.logger.probe_every)
             elif algo.name in ("rloo", "grpo"):
@@ -295,7 +295,7 @@ class Job:
                     from dpo_ppo.train.rl import train_rl
 
                     summary = train_rl(algo, policy, ref_model, tokenizer, train_prompts, scorer.p_positive,
-                                       self.job_dir, seed=cfg.seed, log_fn=self.train_log, runtime=self.hw,
+                                       self.job_dir, seed=cfg.seed, log_fn=self.train_log, hw=self.hw,
                                        probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
                                        probe_every=cfg.logger.probe_every)
             else:
@@ -304,7 +304,7 @@ class Job:
 
                     summary = train_ppo(algo, policy, ref_model, tokenizer, train_prompts,
                                         scorer.p_positive, self.job_dir, seed=cfg.seed, log_fn=self.train_log,
-                                        runtime=self.hw,
+                                        runtime=self.hw,  # renamed hw when train/ppo/ lands (issue 33)
                                         probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
                                         probe_every=cfg.logger.probe_every)
             # replaces a policy/ left by an attempt killed before it recorded "trained"
@@ -322,7 +322,7 @@ class Job:
 
             ref_metrics = self.reference_eval(ref_model, tokenizer, scorer, test_prompts, gold=s.gold)
             pol_metrics, rows = evaluate_model(policy, tokenizer, scorer, test_prompts, cfg.eval,
-                                               ref_model=ref_model, desc="eval policy", runtime=self.hw,
+                                               ref_model=ref_model, desc="eval policy", hw=self.hw,
                                                gold=s.gold)
             metrics = {f"eval/policy/{k}": v for k, v in pol_metrics.items()}
             # a policy that diverged in its last steps can still reach evaluation: its NaN KL is

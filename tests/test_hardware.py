@@ -118,7 +118,7 @@ def test_dpo_micro_batches_take_the_same_steps_as_whole_batches(tmp_path):
     for micro in (None, 2):
         policy = copy.deepcopy(model)
         rt = None if micro is None else hardware.Runtime("cpu", "cpu", "fp32", 8, 8, micro, 8)
-        summary = train_dpo(algo, policy, copy.deepcopy(model).eval(), tok, pairs, tmp_path / str(micro), runtime=rt)
+        summary = train_dpo(algo, policy, copy.deepcopy(model).eval(), tok, pairs, tmp_path / str(micro), hw=rt)
         assert summary["steps"] == 2
         trained[micro] = policy.state_dict()
     moved = max(float((trained[None][k] - model.state_dict()[k]).abs().max()) for k in trained[None])
@@ -247,7 +247,7 @@ def test_static_cache_for_prefs_and_evaluation_only_from_enough_tokens(monkeypat
     model, tok = _word_model()
     cfg = OmegaConf.create({"seed": 0, "completion_len": 10, "temperature": 1.0, "batch_size": None})
     for n in (99, 100):
-        evaluate.evaluate_model(model, tok, Scorer(), [[4, 5]] * n, cfg, runtime=rt)
+        evaluate.evaluate_model(model, tok, Scorer(), [[4, 5]] * n, cfg, hw=rt)
     assert seen == [False, True]
 
 
@@ -271,7 +271,7 @@ def test_bf16_evaluation_agrees_with_float32_within_its_noise():
     out = {}
     for precision in ("fp32", "bf16"):
         rt = hardware.Runtime("cpu", "cpu", precision, 64, 64, 16, 16)
-        out[precision], _ = evaluate_model(policy, tok, LengthScorer(), prompts, cfg, ref_model=ref, runtime=rt)
+        out[precision], _ = evaluate_model(policy, tok, LengthScorer(), prompts, cfg, ref_model=ref, hw=rt)
     n = len(prompts) ** 0.5
     assert out["fp32"]["kl_to_ref"] > 0.5
     assert abs(out["bf16"]["kl_to_ref"] - out["fp32"]["kl_to_ref"]) < out["fp32"]["kl_to_ref_std"] / n

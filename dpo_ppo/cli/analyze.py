@@ -246,16 +246,16 @@ def analyze(cfg: DictConfig) -> dict:
     from dpo_ppo.data.scorer import Scorer
 
     device = gpus.resolve_device(cfg.device)
-    runtime = hardware.resolve(cfg, device)
+    hw = hardware.resolve(cfg, device)
     hardware.set_matmul_precision(cfg.precision, device)
     acfg = cfg.analysis
     if acfg.batch_size is None:  # a new config, the loaded one is left as it was
-        acfg = dataclasses.replace(acfg, batch_size=runtime.analysis_batch_size)
-    log.info("%s: device %s (%s), precision %s, analysis batch %d", PROG, runtime.device, runtime.device_name,
-             runtime.precision, acfg.batch_size)
+        acfg = dataclasses.replace(acfg, batch_size=hw.analysis_batch_size)
+    log.info("%s: device %s (%s), precision %s, analysis batch %d", PROG, hw.device, hw.device_name,
+             hw.precision, acfg.batch_size)
     texts, labels = load_test_split(plan.corpus)
     ref_model, ref_tok = load_lm(plan.reference, device)
-    scorer = Scorer.load(plan.scorer, device, batch_size=runtime.forward_batch_size, autocast=runtime.autocast)
+    scorer = Scorer.load(plan.scorer, device, batch_size=hw.forward_batch_size, autocast=hw.autocast)
     snapshots = find_snapshots(plan.snapshots) if plan.snapshots is not None else []
     results = {}
     reference_side = ReferenceMemo()
@@ -267,7 +267,7 @@ def analyze(cfg: DictConfig) -> dict:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         target = plan.out_dir if len(plan.policies) == 1 else plan.out_dir / name
-        with runtime.autocast():
+        with hw.autocast():
             res = run_analysis(acfg, ref_model, policy, tokenizer, texts=texts, labels=labels, scorer=scorer,
                                out_dir=target, snapshots=snapshots if len(plan.policies) == 1 else (),
                                device=device, reference_cache=reference_side.bind(tokenizer))

@@ -161,11 +161,11 @@ def _checkpointing_arg(config_cls) -> str:
     return next(n for n in ("activation_checkpointing", "gradient_checkpointing") if n in names)
 
 
-def trl_args(algo, job_dir: Path, *, seed: int, runtime=None, use_cpu: bool):
+def trl_args(algo, job_dir: Path, *, seed: int, hw=None, use_cpu: bool):
     """The RLOOConfig / GRPOConfig of ``algo`` (an RLOO- or GRPOAlgorithmConfig)."""
     config_cls, _ = TRAINERS[algo.name]
     per_step = algo.batch_size * algo.num_completions  # completions per optimizer step
-    per_device, accumulate = micro_batches(per_step, runtime.train_micro_batch if runtime else None)
+    per_device, accumulate = micro_batches(per_step, hw.train_micro_batch if hw else None)
     steps = math.ceil(algo.examples / algo.batch_size) * algo.num_iterations
     save_steps = max(1, algo.snapshot_every // algo.batch_size) * algo.num_iterations
     kwargs = dict(
@@ -180,7 +180,7 @@ def trl_args(algo, job_dir: Path, *, seed: int, runtime=None, use_cpu: bool):
         save_strategy="steps", save_steps=save_steps, save_total_limit=1,
         logging_steps=1, report_to=[], seed=seed, use_cpu=use_cpu, dataloader_num_workers=0,
         remove_unused_columns=False, disable_dropout=True, log_completions=False,
-        bf16=bool(runtime is not None and runtime.bf16), fp16=False, disable_tqdm=plain_progress(),
+        bf16=bool(hw is not None and hw.bf16), fp16=False, disable_tqdm=plain_progress(),
         **{_checkpointing_arg(config_cls): False},
     )
     if algo.name == "rloo":
@@ -204,13 +204,13 @@ def _check_reference(trl_ref, ref_model) -> None:
 
 
 def train_rl(algo, policy, ref_model, tokenizer, prompts: list[list[int]], p_positive, job_dir: Path, *,
-             seed: int = 0, log_fn=None, runtime=None, probe=None, probe_every: int | None = None) -> dict:
+             seed: int = 0, log_fn=None, hw=None, probe=None, probe_every: int | None = None) -> dict:
     """Train ``policy`` in place with RLOO or GRPO (``algo.name``) on the token-id ``prompts``
     (``algo.examples`` of them, each used once per pass), rewarded by ``p_positive(texts)``;
     ``probe`` (``train.probe.TrainingProbe``) logged as DPO's and PPO's (``train.probe.ProbeCallback``)."""
     job_dir = Path(job_dir)
     use_cpu = next(policy.parameters()).device.type == "cpu"
-    args = trl_args(algo, job_dir, seed=seed, runtime=runtime, use_cpu=use_cpu)
+    args = trl_args(algo, job_dir, seed=seed, hw=hw, use_cpu=use_cpu)
     _, trainer_cls = TRAINERS[algo.name]
     dataset = Dataset.from_dict({"prompt": tokenizer.batch_decode(prompts, skip_special_tokens=True),
                                  "prefix_ids": [list(p) for p in prompts]})
