@@ -165,15 +165,16 @@ class Job:
         self.rec.log(metrics, step)
         check_finite(metrics, step, knob=lr_knob(self.cfg.algorithm))
 
-    def record_compute(self, summary: dict) -> None:
-        """What training cost, for comparisons at matched compute: results.json ``compute``."""
-        compute = dict(summary.get("compute") or {})
-        if self.cfg.algorithm.name == "dpo" and "generated_tokens" not in compute:  # the reference's pairs
+    def record_cost(self, summary: dict) -> None:
+        """What training cost (the measured cost: results.json ``compute``, the trainer summary's
+        ``compute``), for comparisons at matched cost; not the config group ``compute``."""
+        cost = dict(summary.get("compute") or {})
+        if self.cfg.algorithm.name == "dpo" and "generated_tokens" not in cost:  # the reference's pairs
             prefs_json = Path(self.rec.record.artifacts.get("prefs") or "") / "prefs.json"
-            compute["generated_tokens"] = (json.loads(prefs_json.read_text()).get("generated_tokens")
-                                           if prefs_json.is_file() else None)
-        compute["train_s"] = self.stage_times.get("train")
-        self.rec.record.compute = compute
+            cost["generated_tokens"] = (json.loads(prefs_json.read_text()).get("generated_tokens")
+                                        if prefs_json.is_file() else None)
+        cost["train_s"] = self.stage_times.get("train")
+        self.rec.record.compute = cost
 
     # ------------------------------------------------------------------ the job
 
@@ -312,7 +313,7 @@ class Job:
             if summary.get("snapshot_dir"):  # the job's own folder: relative to it
                 summary["snapshot_dir"] = R.job_path(self.job_dir, summary["snapshot_dir"])
             self.rec.record.update(trained=True, train_summary=summary, snapshots=R.snapshot_names(self.job_dir))
-            self.record_compute(summary)
+            self.record_cost(summary)
             self.rec.save()
             self.rec.model(policy_dir, cfg.logger.policy_artifact, algorithm=algo.name,
                            params=self.rec.record.params, compute=self.rec.record.compute)
@@ -550,7 +551,7 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
               "stage_seconds": job.stage_times, "error": error, "traceback": tb}
     if torch.cuda.is_available():
         fields["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    # what every attempt of this run cost; the seconds in compute are their sums
+    # what every attempt of this run cost; the seconds in the cost (results.json compute) are their sums
     this = {"attempt": record.attempts, "status": status, "wall_s": fields["wall_time_s"],
             "train_s": job.stage_times.get("train"),
             # seconds this job held an accelerator (its stages ran on it); 0 on CPU
@@ -559,12 +560,12 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
     record.compute_attempts = costs
     if not record.has("compute"):
         record.compute = {}
-    compute = record.compute
+    cost = record.compute
     total = lambda key: round(sum(a.get(key) or 0.0 for a in costs), 2)  # noqa: E731
-    compute["wall_s"], compute["accelerator_s"] = total("wall_s"), total("accelerator_s")
-    if "train_s" in compute or any(a.get("train_s") is not None for a in costs):
-        compute["train_s"] = total("train_s")
-    job.rec.measured("compute", compute)
+    cost["wall_s"], cost["accelerator_s"] = total("wall_s"), total("accelerator_s")
+    if "train_s" in cost or any(a.get("train_s") is not None for a in costs):
+        cost["train_s"] = total("train_s")
+    job.rec.measured("compute", cost)  # W&B summary compute/*
     job.rec.finish(status, **fields)
     if stopped is not None:
         log.warning("job %s: %s; relaunch the same command to resume it", job_dir, error)

@@ -18,7 +18,9 @@ A job folder holds:
       params      the swept hyperparameters, flat (PARAM_KEYS)
       config      the full resolved config
       metrics     {metric name: float} (METRIC names below)
-      compute     what the run cost (COMPUTE_KEYS), when the trainer reports it
+      compute     what the run cost (COST_KEYS), when the trainer reports it: the measured cost,
+                  read in code as ``JobResults.cost`` (not the config group ``compute``, the
+                  schedule mode, which is ``config.compute`` and ``params.compute``)
       analysis    {"per_head": {name: layer x head grid}, "images": {name: path in the folder},
                    "over_training": {table: {"columns": [...], "data": [[...], ...]}}}
                   (OVER_TRAINING_TABLES: one row per snapshot, "examples" first)
@@ -182,8 +184,8 @@ UNRECORDED_VERSION = 1
 # what the algorithm computes
 ALGORITHM_CODE = {"dpo": ("train/dpo", "train/online_dpo", "data/prefs"), "ppo": ("train/ppo", "train/sampling"),
                   "rloo": ("train/rl",), "grpo": ("train/rl",)}
-ALGORITHM_FINGERPRINTS = {"dpo": "72e2c422b0d24e9f", "ppo": "2165496505a21f76", "rloo": "9fd533b66247e38b",
-                          "grpo": "9fd533b66247e38b"}
+ALGORITHM_FINGERPRINTS = {"dpo": "a9765817bd1dd061", "ppo": "2165496505a21f76", "rloo": "ec92a37dd1474374",
+                          "grpo": "ec92a37dd1474374"}
 
 
 def algorithm_version(algorithm: Optional[str]) -> int:
@@ -365,8 +367,9 @@ KNOBS = {"dpo": "beta", "ppo": "kl_target", "rloo": "beta", "grpo": "beta"}  # w
 # shared axes: runs that differ in one of these are never pooled silently by the report
 FACET_KEYS = ("completion_len", "prefix_len", "prefix_len_max", "examples", "value_model", "compute",
               "model", "data", "classifier")
-COMPUTE_KEYS = ("optimizer_steps", "examples_seen", "trained_tokens", "generated_tokens", "train_s",
-                "wall_s", "accelerator_s")
+# results.json ``compute``: what training cost (the measured cost; ``params``' "compute" is the mode)
+COST_KEYS = ("optimizer_steps", "examples_seen", "trained_tokens", "generated_tokens", "train_s",
+             "wall_s", "accelerator_s")
 EVAL_ROW_COLUMNS = ("prompt_id", "p_positive", "completion_len", "kl", "kl_k1")
 EVAL_ROW_OPTIONAL = ("gold_p_positive",)  # written and read where present (a job with a gold reward)
 
@@ -672,7 +675,9 @@ class JobRecord:
     # set as the job goes: absent from the file until set
     replaces: Optional[Dict[str, Any]] = None  # the attempt a start from scratch cleared
     train_summary: Optional[Dict[str, Any]] = None  # what the trainer returned
-    compute: Optional[Dict[str, Any]] = None  # what training cost (COMPUTE_KEYS)
+    # results.json ``compute``, named as the file names it: what training cost (COST_KEYS), the
+    # measured cost, not the config group ``compute`` (the schedule mode); readers say ``cost``
+    compute: Optional[Dict[str, Any]] = None
     wandb: Optional[Dict[str, Any]] = None  # the W&B run: id, project, entity, mode, url, next_step, ...
     hardware: Optional[Dict[str, Any]] = None  # precision and batch sizes on the device
     stage_seconds: Optional[Dict[str, float]] = None  # timings per stage
@@ -852,7 +857,7 @@ class JobResults:
     params: Dict[str, Any] = field(default_factory=dict)
     overrides: List[str] = field(default_factory=list)
     metrics: Dict[str, float] = field(default_factory=dict)
-    compute: Dict[str, Any] = field(default_factory=dict)
+    cost: Dict[str, Any] = field(default_factory=dict)  # results.json ``compute``: what training cost (COST_KEYS)
     per_head: Dict[str, Any] = field(default_factory=dict)
     images: Dict[str, str] = field(default_factory=dict)
     artifacts: Dict[str, Any] = field(default_factory=dict)
@@ -876,7 +881,7 @@ class JobResults:
             dir=Path(folder), status=str(record.status or RUNNING),
             algorithm=str(algorithm).lower() if algorithm else None, name=record.name,
             params=params, overrides=[str(o) for o in record.overrides or []],
-            metrics=scalar_metrics(record.metrics), compute=dict(record.compute or {}),
+            metrics=scalar_metrics(record.metrics), cost=dict(record.compute or {}),
             per_head=dict(analysis.get("per_head") or {}),
             images={str(k): str(v) for k, v in (analysis.get("images") or {}).items()},
             artifacts=dict(record.artifacts or {}), config=dict(record.config or {}),

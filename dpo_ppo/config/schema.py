@@ -441,7 +441,8 @@ class EvalConfig:
 
 @dataclass
 class ComputeConfig:
-    """How much optimisation each algorithm gets (group ``compute``).
+    """How much optimisation each algorithm gets (group ``compute``): the schedule mode, asked
+    for.  Not results.json's ``compute``, which is what a job measured it cost (``JobResults.cost``).
 
     native: each algorithm's own schedule (DPO: one step per ``batch_size`` pairs for ``epochs``;
     PPO: ``ppo_epochs`` x ``num_minibatches`` steps per rollout, ~8x DPO's steps at the paper's

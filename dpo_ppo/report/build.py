@@ -229,11 +229,11 @@ def draw_claims(d: Contents) -> None:
 def runs_table(runs: Sequence[Run], metrics: Sequence[str]) -> Tuple[List[str], List[List[Any]]]:
     """runs.csv: one row per job; params once each (the algorithm is its own column, not repeated)."""
     params = sorted({k for r in runs for k in r.params} - {"algorithm"})
-    compute = sorted({k for r in runs for k in r.compute})
-    header = (["job", "status", "algorithm"] + params + list(metrics) + [f"compute/{k}" for k in compute]
+    cost = sorted({k for r in runs for k in r.cost})  # results.json compute: columns compute/<key>
+    header = (["job", "status", "algorithm"] + params + list(metrics) + [f"compute/{k}" for k in cost]
               + ["wall_time_s", "peak_mem_mb", "error", "wandb_id", "wandb_url"])
     rows = [[r.rel, r.status, r.algorithm or ""] + [r.params.get(p, "") for p in params]
-            + [r.metrics.get(m, "") for m in metrics] + [r.compute.get(k, "") for k in compute]
+            + [r.metrics.get(m, "") for m in metrics] + [r.cost.get(k, "") for k in cost]
             + [r.wall_time_s if r.wall_time_s is not None else "", r.peak_mem_mb if r.peak_mem_mb is not None else "",
                render.last_line(r.error), r.wandb.get("id") or "", r.wandb.get("url") or ""] for r in runs]
     return header, rows

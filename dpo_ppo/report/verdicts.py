@@ -201,7 +201,7 @@ def claim_row(claim: Claim, facet: Facet, metric: str, missing_condition: Option
 
 
 def optimizer_steps(run: Run) -> Optional[float]:
-    value = run.compute.get("optimizer_steps", run.params.get("optimizer_steps"))
+    value = run.cost.get("optimizer_steps", run.params.get("optimizer_steps"))
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 

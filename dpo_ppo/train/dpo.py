@@ -206,7 +206,7 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
     full, rest_steps = divmod(steps, math.ceil(len(prefs) / algo.batch_size))
     part = min(rest_steps * algo.batch_size, len(prefs))
     seen = full * len(prefs) + part
-    compute = {"optimizer_steps": steps, "examples_seen": seen,
+    cost = {"optimizer_steps": steps, "examples_seen": seen,
                "trained_tokens": round(full * sum(pair_tokens) + part * sum(pair_tokens) / len(prefs))}
     return {"train_loss": float(result.training_loss), "steps": steps, "resumed_from": last,
-            "compute": compute, "trainer": logs.totals}
+            "compute": cost, "trainer": logs.totals}  # the measured cost, results.json's compute

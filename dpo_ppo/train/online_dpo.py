@@ -85,8 +85,8 @@ def train_online_dpo(algo, policy, ref_model, tokenizer, scorer, prompts: list[l
         per_round.append(info)
         steps += info["steps"]
         examples += info["compute"]["examples_seen"]
-    compute = {key: sum(i["compute"][key] for i in per_round)
-               for key in ("optimizer_steps", "examples_seen", "trained_tokens")}
-    compute["generated_tokens"] = sum(i["generated_tokens"] for i in per_round)
+    cost = {key: sum(i["compute"][key] for i in per_round)  # the measured cost, results.json's compute
+            for key in ("optimizer_steps", "examples_seen", "trained_tokens")}
+    cost["generated_tokens"] = sum(i["generated_tokens"] for i in per_round)
     loss = sum(i["train_loss"] * i["steps"] for i in per_round) / max(1, steps)
-    return {"train_loss": loss, "steps": steps, "rounds": per_round, "compute": compute, "resumed_from": None}
+    return {"train_loss": loss, "steps": steps, "rounds": per_round, "compute": cost, "resumed_from": None}

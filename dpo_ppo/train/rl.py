@@ -241,10 +241,10 @@ def train_rl(algo, policy, ref_model, tokenizer, prompts: list[list[int]], p_pos
     # every generated sequence (prefix + completion) is forwarded with gradients num_iterations times
     sequence_tokens = int(trainer.state.num_input_tokens_seen)
     prefix_tokens = algo.num_completions * sum(len(p) for p in prompts[:seen]) if seen <= len(prompts) else None
-    compute = {"optimizer_steps": steps, "examples_seen": seen,
+    cost = {"optimizer_steps": steps, "examples_seen": seen,
                "trained_tokens": sequence_tokens * algo.num_iterations,
                # the completions' tokens; on a resumed run, from the sequences' count less the prefixes'
                "generated_tokens": (sequence_tokens - prefix_tokens) if prefix_tokens is not None
                else counter.get("generated_tokens")}
     return {"train_loss": float(result.training_loss), "steps": steps, "resumed_from": last,
-            "compute": compute}
+            "compute": cost}  # the measured cost, results.json's compute
