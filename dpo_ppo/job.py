@@ -158,9 +158,9 @@ class Job:
         return make_probe(self.cfg, ref_model, tokenizer, scorer, train_prompts, hw=self.hw)
 
     def train_log(self, metrics: dict, step=None) -> None:
-        """What a trainer logs (its ``log_fn``): recorded (train_log.jsonl, W&B), then checked: a
-        NaN or infinite loss, KL or reward ends the job as ``diverged`` naming the step, the
-        quantity and the learning rate (``runtime.divergence``).  A new trainer gets both by
+        """What a trainer logs (its ``log_fn(metrics, examples seen)``): recorded (train_log.jsonl,
+        W&B), then checked: a NaN or infinite loss, KL or reward ends the job as ``diverged`` naming
+        the examples seen, the quantity and the learning rate (``runtime.divergence``).  A new trainer gets both by
         logging through this."""
         self.rec.log(metrics, step)
         check_finite(metrics, step, knob=lr_knob(self.cfg.algorithm))

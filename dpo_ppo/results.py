@@ -46,8 +46,10 @@ A job folder holds:
                   (``compute``'s seconds are their sums; its steps and tokens are the trained
                   policy's, carried across attempts by the checkpoint it resumed from)
 
-- ``train_log.jsonl`` (``TRAIN_LOG_FILE``): one JSON object per logged training step,
-  ``{"step": N, "train/...": value, "train/examples": examples seen}``;
+- ``train_log.jsonl`` (``TRAIN_LOG_FILE``): one JSON object per logged training row,
+  ``{"step": examples seen, "train/...": value, "train/examples": examples seen}``, with
+  ``"train/optimizer_step"`` in the TRL trainers' rows (DPO, RLOO, GRPO; before issue 33 their
+  "step" was that optimizer step: readers use ``train/examples``);
 - ``eval_rows.csv`` (``EVAL_ROWS_FILE``): one row per evaluation prompt (``EVAL_ROW_COLUMNS``);
   the reference's rows are ``<artifacts.ref_eval>/rows.csv`` (``REF_ROWS_FILE``), same columns.
   Rows pair across jobs by ``prompt_id``.
@@ -184,8 +186,8 @@ UNRECORDED_VERSION = 1
 # what the algorithm computes
 ALGORITHM_CODE = {"dpo": ("train/dpo", "train/online_dpo", "data/prefs"), "ppo": ("train/ppo", "train/sampling"),
                   "rloo": ("train/rl",), "grpo": ("train/rl",)}
-ALGORITHM_FINGERPRINTS = {"dpo": "a9765817bd1dd061", "ppo": "2165496505a21f76", "rloo": "ec92a37dd1474374",
-                          "grpo": "ec92a37dd1474374"}
+ALGORITHM_FINGERPRINTS = {"dpo": "82562c3bcc3fe7fe", "ppo": "2165496505a21f76", "rloo": "dcd212c1edf74ad0",
+                          "grpo": "dcd212c1edf74ad0"}
 
 
 def algorithm_version(algorithm: Optional[str]) -> int:
@@ -273,9 +275,13 @@ EVAL_METRICS = (P_POSITIVE_MEAN, P_POSITIVE_STD, SCORE_MEAN, "gradient_loss", "b
 LEGACY_EVAL_NAMES = {"reward_mean": P_POSITIVE_MEAN, "reward_std": P_POSITIVE_STD, "score_logit_mean": SCORE_MEAN}
 ANALYSIS = "analysis/"
 
-# training curves: every row at EXAMPLES, the examples seen by the policy it measured
+# training curves: every row at EXAMPLES, the examples seen by the policy it measured (the x-axis of
+# every trainer's rows, and train_log.jsonl's "step"); the TRL trainers' rows also carry
+# OPTIMIZER_STEP, the optimizer steps that policy had taken (PPO's rows carry instead
+# "train/optimizer_steps", the steps of one update)
 TRAIN = "train/"
 EXAMPLES = TRAIN + "examples"
+OPTIMIZER_STEP = TRAIN + "optimizer_step"
 # the probe (``train.probe``): both algorithms, the same fixed training prefixes, the same cadence
 # (before training, every logger.probe_every examples and at the end)
 TRAIN_KL = TRAIN + "kl"                         # nats, k1 on the policy's own samples

@@ -69,6 +69,16 @@ def test_dpo_job_end_to_end_then_skip(shared_cache, tmp_path):
     assert 0 <= probes[0]["train/p_positive_mean"] <= 1  # the reference's, on the probe prefixes
     assert probes[-1]["train/examples"] == 32 and 0 <= probes[-1]["train/p_positive_mean"] <= 1
     assert probes[-1]["train/kl"] > 0
+    # train_log.jsonl: every row's "step" is the examples its policy had seen, as in PPO's log, and
+    # the optimizer steps are a column beside it (before issue 33 DPO's "step" was the optimizer step)
+    from dpo_ppo.results import read_train_log
+
+    log = read_train_log(tmp_path)
+    assert log and all(row["step"] == row["train/examples"] for row in log), log
+    per_step = {row["train/examples"] / row["train/optimizer_step"] for row in log if row["train/optimizer_step"]}
+    assert per_step == {cfg.algorithm.batch_size}, log  # a DPO step: batch_size pairs
+    assert max(row["train/examples"] for row in log) == 32
+    assert all("train/optimizer_step" in row for row in run["history"] if "train/examples" in row)  # W&B too
     assert run["summary"]["eval/policy/kl_to_ref"] == pytest.approx(m["eval/policy/kl_to_ref"])
     assert run["summary"]["eval/policy/gold_p_positive_mean"] == pytest.approx(m["eval/policy/gold_p_positive_mean"])
     assert any(row.get("samples/_type") == "table-file" for row in run["history"])

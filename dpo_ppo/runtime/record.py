@@ -161,18 +161,20 @@ def define_metrics(run) -> None:
     run.define_metric(OVER_TRAINING + "*", step_metric=R.EXAMPLES)  # analyses of the snapshots
 
 
-def _drop_replayed_rows(path: Path, step, keys: set) -> None:
-    """A resumed attempt logs again from ``step`` on: drop what a killed attempt logged from there
-    (rows past ``step``, and the row at ``step`` with the same metrics), and any line the kill cut
-    short, so that ``train_log.jsonl`` holds each step once."""
-    kept = []
+def _drop_replayed_rows(path: Path, examples, keys: set) -> None:
+    """A resumed attempt logs again from ``examples`` on: drop what a killed attempt logged from
+    there (rows past ``examples``, and the row at ``examples`` with the same metrics), and any line
+    the kill cut short, so that ``train_log.jsonl`` holds each row once.  A row's place is its
+    ``train/examples`` (its "step" where it has none: the same number, except in a DPO, RLOO or
+    GRPO log written before issue 33, where "step" was the optimizer step)."""
+    kept, same = [], {"step", R.OPTIMIZER_STEP}  # not what tells a replayed row
     for line in path.read_text().splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        at = row.get("step")
-        if at is not None and (at > step or (at == step and set(row) - {"step"} == keys)):
+        at = row.get(R.EXAMPLES, row.get("step"))
+        if at is not None and (at > examples or (at == examples and set(row) - same == set(keys) - same)):
             continue
         kept.append(line + "\n")
     R.write_atomic(path, "".join(kept))
@@ -298,12 +300,13 @@ class Recorder:
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         """A training-curve point (W&B history and ``train_log.jsonl``); ``step`` is the examples
-        seen, unless ``metrics`` carries ``train/examples`` itself."""
+        seen by the policy the row measured (every trainer passes them; ``train/examples`` in
+        ``metrics`` wins where a row carries it), written as the row's "step"."""
         path = self.job_dir / TRAIN_LOG_FILE
         if not getattr(self, "_train_log_started", False):  # this attempt's first row
             self._train_log_started = True
             if step is not None and path.exists():
-                _drop_replayed_rows(path, step, set(metrics))
+                _drop_replayed_rows(path, metrics.get(R.EXAMPLES, step), set(metrics))
         with open(path, "a") as f:  # strict JSON: a NaN is written as null (the job then ends diverged)
             f.write(json.dumps(R.finite_json({"step": step, **metrics}), allow_nan=False) + "\n")
         if self.run is not None:

@@ -60,7 +60,8 @@ class LogCallback(TrainerCallback):
     as ``trl/...`` (``results.TRL``) to ``log_fn``.  A log averages the steps since the previous one,
     each computed on the policy before its update: it is logged at ``train/examples`` = the
     examples the policy had seen when that window began (the first loss, at 0, is the reference's:
-    log 2 for the sigmoid loss).  The end-of-run totals (``END_OF_RUN_KEYS``) go to ``self.totals``.
+    log 2 for the sigmoid loss), with ``train/optimizer_step``, its optimizer steps then.  The
+    end-of-run totals (``END_OF_RUN_KEYS``) go to ``self.totals``.
     ``offset``: (optimizer steps, examples) taken before this Trainer started (online DPO's rounds)."""
 
     def __init__(self, log_fn, examples_per_step: int, offset: tuple[int, int] = (0, 0)):
@@ -82,7 +83,8 @@ class LogCallback(TrainerCallback):
             return
         metrics = {R.TRL + k: v for k, v in values.items()}
         metrics[R.EXAMPLES] = self.offset[1] + start * self.per_step
-        self.log_fn(metrics, self.offset[0] + start)
+        metrics[R.OPTIMIZER_STEP] = self.offset[0] + start
+        self.log_fn(metrics, metrics[R.EXAMPLES])
 
 
 class TokenDPOTrainer(DPOTrainer):

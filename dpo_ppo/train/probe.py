@@ -103,9 +103,9 @@ def due(examples: int, before: int, every: int) -> bool:
 
 class ProbeCallback(TrainerCallback):
     """Runs ``probe(model)`` from a ``transformers`` Trainer (TRL's DPOTrainer, RLOOTrainer, ...)
-    and hands ``{**metrics, train/examples}`` to ``log_fn(metrics, step)`` (``Recorder.log``):
-    before the first step (examples 0; not again on a resumed run), every ``every`` examples and
-    after the last step.  ``examples_per_step``: examples (pairs, prompts) per optimizer step, so
+    and hands ``{**metrics, train/examples, train/optimizer_step}`` to ``log_fn(metrics, examples)``
+    (``Recorder.log``): before the first step (examples 0; not again on a resumed run), every
+    ``every`` examples and after the last step.  ``examples_per_step``: examples (pairs, prompts) per optimizer step, so
     ``train/examples`` = global_step * examples_per_step, the examples the probed policy has seen.
     ``offset``: (optimizer steps, examples) taken before this Trainer started (online DPO's rounds:
     a later round's start is the earlier round's last point, probed there already)."""
@@ -117,8 +117,8 @@ class ProbeCallback(TrainerCallback):
 
     def _log(self, state, model=None) -> None:
         examples = self.offset[1] + state.global_step * self.per_step
-        self.log_fn({**self.probe(self.model if self.model is not None else model), R.EXAMPLES: examples},
-                    self.offset[0] + state.global_step)
+        self.log_fn({**self.probe(self.model if self.model is not None else model), R.EXAMPLES: examples,
+                     R.OPTIMIZER_STEP: self.offset[0] + state.global_step}, examples)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0 and tuple(self.offset) == (0, 0):

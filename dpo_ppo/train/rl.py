@@ -134,7 +134,8 @@ ROLLOUT_NAMES = {"reward": R.SCORE_MEAN, "reward_std": "score_std", "completions
 class RLLogCallback(TrainerCallback):
     """TRL's logs: the samples' statistics as ``train/rollout/...`` (``ROLLOUT_NAMES``, plus
     ``train/rollout/kl`` in nats per sequence), everything else as ``trl/...``, at the examples the
-    sampling policy had seen (the step's samples come from the policy before its update)."""
+    sampling policy had seen (the step's samples come from the policy before its update), with
+    ``train/optimizer_step``, that policy's optimizer steps."""
 
     def __init__(self, log_fn, algo):
         self.log_fn, self.algo = log_fn, algo
@@ -152,7 +153,8 @@ class RLLogCallback(TrainerCallback):
             metrics[R.ROLLOUT_KL] = per_token * length
         before = max(0, state.global_step - 1)
         metrics[R.EXAMPLES] = examples_at(before, self.algo)
-        self.log_fn(metrics, before)
+        metrics[R.OPTIMIZER_STEP] = before
+        self.log_fn(metrics, metrics[R.EXAMPLES])
 
 
 def _checkpointing_arg(config_cls) -> str:
