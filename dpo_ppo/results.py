@@ -170,7 +170,7 @@ UNRECORDED_VERSION = 1
 # what the algorithm computes
 ALGORITHM_CODE = {"dpo": ("train/dpo", "train/online_dpo", "data/prefs"), "ppo": ("train/ppo", "train/sampling"),
                   "rloo": ("train/rl",), "grpo": ("train/rl",)}
-ALGORITHM_FINGERPRINTS = {"dpo": "5b8cf4e76306119d", "ppo": "2165496505a21f76", "rloo": "a5988834d74d0f2c",
+ALGORITHM_FINGERPRINTS = {"dpo": "5b8cf4e76306119d", "ppo": "2b104b8ac94b81be", "rloo": "a5988834d74d0f2c",
                           "grpo": "a5988834d74d0f2c"}
 
 

@@ -11,8 +11,8 @@ from transformers import GPTNeoXForCausalLM
 
 from dpo_ppo.config import PPOAlgorithmConfig
 from dpo_ppo.train.ppo import (FixedKLController, LogKLController, PolicyWithValue, RunningMoments,
-                                ZieglerKLController, explained_variance, gae, kl_per_token, make_batch,
-                                make_kl_controller, policy_loss, ppo_update, prompt_groups, rollout,
+                                ZieglerKLController, compute_advantages, explained_variance, gae, kl_per_token,
+                                make_batch, make_kl_controller, policy_loss, ppo_update, prompt_groups, rollout,
                                 sampled_token_kl, token_logprobs, train_ppo, trust_kl, trust_statistic,
                                 value_loss, whiten)
 from fixtures import completion_logprobs
@@ -47,6 +47,13 @@ def ppo_cfg(**overrides) -> PPOAlgorithmConfig:
                 reward_kind="logit", init_kl_coef=0.05, kl_target=6.0)
     base.update(overrides)
     return PPOAlgorithmConfig(**base)
+
+
+def rollout_with_advantages(model, ref, tok, queries, reward_fn, cfg, kl_coef: float, normalizer=None, **kw):
+    """One rollout and its advantages: train_ppo's steps 1 and 2."""
+    batch, stats = rollout(model, ref, tok, queries, reward_fn, cfg, normalizer, **kw)
+    stats.update(compute_advantages(batch, kl_coef, cfg, kw.get("score_moments")))
+    return batch, stats
 
 
 def run(cfg, out_dir, seed: int = 0, prompt_lengths=(4, 4), **kwargs):
@@ -235,8 +242,8 @@ def test_rollout_rewards_score_at_last_token_and_kl_elsewhere():
     policy, ref = tiny_model(tok, seed=0), tiny_model(tok, seed=1)  # differ, so KL != 0
     cfg = ppo_cfg(completion_len=6, reward_kind="prob")
     queries = make_prompts(8, lengths=(2, 6))
-    batch, stats = rollout(PolicyWithValue(policy, ref), ref, tok, queries, share_of_target, cfg,
-                           kl_coef=0.5, normalizer=None)
+    batch, stats = rollout_with_advantages(PolicyWithValue(policy, ref), ref, tok, queries, share_of_target, cfg,
+                                           kl_coef=0.5, normalizer=None)
     mask, rewards, kl = batch["mask"], batch["rewards"], batch["kl"]
     lengths = mask.sum(1).long()
     texts = tok.batch_decode([q + c.tolist()[:n] for q, c, n in
@@ -400,7 +407,8 @@ def test_value_loss_reaches_the_policy_only_when_shared(value_model, policy_move
     cfg = ppo_cfg(value_model=value_model, vf_coef=1.0, ppo_epochs=1, num_minibatches=1)
     model = PolicyWithValue(policy, ref, value_model)
     queries = make_prompts(8)
-    batch, _ = rollout(model, ref, tok, queries, share_of_target, cfg, kl_coef=0.0, normalizer=None)
+    batch, _ = rollout_with_advantages(model, ref, tok, queries, share_of_target, cfg, kl_coef=0.0,
+                                       normalizer=None)
     batch["advantages"] = torch.zeros_like(batch["advantages"])
     batch["returns"] = batch["returns"] + 3.0  # a large value error
     before = copy.deepcopy(policy.state_dict())
@@ -454,8 +462,8 @@ def test_the_value_loss_does_not_scale_the_policys_clipped_step():
     cfg = ppo_cfg(value_model="separate", vf_coef=1.0, ppo_epochs=1, num_minibatches=1, max_grad_norm=1e-3)
     queries = make_prompts(8)
     torch.manual_seed(0)
-    batch, _ = rollout(PolicyWithValue(copy.deepcopy(ref), ref, "separate"), ref, tok, queries, share_of_target,
-                       cfg, kl_coef=0.0, normalizer=None)
+    batch, _ = rollout_with_advantages(PolicyWithValue(copy.deepcopy(ref), ref, "separate"), ref, tok, queries,
+                                       share_of_target, cfg, kl_coef=0.0, normalizer=None)
     moved = []
     for offset in (0.0, 100.0):
         torch.manual_seed(1)
@@ -481,7 +489,8 @@ def test_weight_decay_spares_biases_and_layernorms_as_dpos_trainer_does():
     cfg = ppo_cfg(ppo_epochs=1, num_minibatches=1, weight_decay=0.5)
     model = PolicyWithValue(copy.deepcopy(ref), ref, "separate")
     torch.manual_seed(0)
-    batch, _ = rollout(model, ref, tok, make_prompts(8), share_of_target, cfg, kl_coef=0.0, normalizer=None)
+    batch, _ = rollout_with_advantages(model, ref, tok, make_prompts(8), share_of_target, cfg, kl_coef=0.0,
+                                       normalizer=None)
     batch["advantages"] = torch.zeros_like(batch["advantages"])
     batch["returns"] = batch["old_values"].clone()
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=0.1)
