@@ -159,18 +159,22 @@ ARMS = ("dpo", "online_dpo", "ipo", "online_ipo", "ppo", "rloo", "grpo")
 #   ppo 2: the trust region shrinks a crossing step by default (folders made before versions ran
 #          with stop, also those without an ``algorithm.trust_region`` key) and reads max(k3,
 #          Bernoulli KL) per prompt.
+#   ppo 3: fused AdamW (torch.optim.AdamW(fused=True) where the device has the kernel, CPU included;
+#          the for-loop AdamW before: the same update up to float rounding, so not the same numbers),
+#          and the policy's and value model's gradients clipped in one pass (clip_apart: the same
+#          numbers as two clip_grad_norm_ calls).
 # An algorithm without an entry (a new one) is at version UNRECORDED_VERSION: nothing older can be
 # mistaken for it; the test asks for its entry, code and fingerprint all the same.
 ALGORITHM_VERSION = "algorithm_version"  # results.json's key
 #   rloo 1, grpo 1: TRL's RLOOTrainer / GRPOTrainer (train/rl), as first recorded.
-ALGORITHM_VERSIONS = {"dpo": 1, "ppo": 2, "rloo": 1, "grpo": 1}
+ALGORITHM_VERSIONS = {"dpo": 1, "ppo": 3, "rloo": 1, "grpo": 1}
 # what a results.json without ``algorithm_version`` was made by: the code before versions existed
 UNRECORDED_VERSION = 1
 # the trainer modules (under dpo_ppo/, without ``.py``; a package's every module) whose code is
 # what the algorithm computes
 ALGORITHM_CODE = {"dpo": ("train/dpo", "train/online_dpo", "data/prefs"), "ppo": ("train/ppo", "train/sampling"),
                   "rloo": ("train/rl",), "grpo": ("train/rl",)}
-ALGORITHM_FINGERPRINTS = {"dpo": "5b8cf4e76306119d", "ppo": "2b104b8ac94b81be", "rloo": "a5988834d74d0f2c",
+ALGORITHM_FINGERPRINTS = {"dpo": "5b8cf4e76306119d", "ppo": "672970c62b57c342", "rloo": "a5988834d74d0f2c",
                           "grpo": "a5988834d74d0f2c"}
 
 

@@ -327,6 +327,7 @@ def test_options_separate_value_k3_normalised_early_stop(tmp_path):
         # the first step, still past the bound after 6 halvings, is undone
         assert m["train/optimizer_steps"] == 1 and m["train/early_stopped"] == 1
         assert m["train/last_step_kept"] == 0 and m["train/trust_kl_last"] > 1e-9
+        assert m["train/trust_forwards"] == 6 and m["train/trust_recomputes"] == 0  # 6 halvings, no recompute
         assert m["train/ppo_epochs_done"] == 0.5
         assert all(math.isfinite(v) for k, v in m.items() if k != "train/rollout/explained_variance")
         assert m["train/rollout/kl"] == pytest.approx(0, abs=1e-5)  # so the policy never left the reference
@@ -388,6 +389,10 @@ def test_shrink_takes_every_planned_step_and_keeps_the_bound(tmp_path):
     for _, m in log:
         assert m["train/optimizer_steps"] == 6 and m["train/ppo_epochs_done"] == 3
         assert m["train/steps_cut_back"] >= 5 and m["train/last_step_kept"] == 0
+        # its cost: every cut-back tried all 6 halvings, plus the check after the last step; each
+        # cut-back inside the update recomputed its minibatch's gradient
+        assert m["train/trust_forwards"] == 6 * m["train/steps_cut_back"] + 1
+        assert m["train/trust_recomputes"] == m["train/steps_cut_back"] - 1
     assert all(torch.equal(a, b) for a, b in zip(policy.parameters(), ref.parameters()))
     assert summary["compute"]["optimizer_steps"] == 6 * len(log)
     # with stop, the same bound ends every update after its first step
@@ -502,3 +507,43 @@ def test_weight_decay_spares_biases_and_layernorms_as_dpos_trainer_does():
         else:
             torch.testing.assert_close(p, before[name] * (1 - 0.1 * 0.5), msg=name)
     assert len(param_groups(model, 0.0)) == 1  # no decay: one group, as a checkpoint's optimizer has
+
+
+def test_clip_apart_is_clip_grad_norm_per_group_in_one_pass():
+    """The policy's and the value model's gradients are clipped apart in one pass, to the same numbers
+    as torch's clip_grad_norm_ on each group (one group over the bound, one under it)."""
+    from dpo_ppo.train.ppo import clip_apart
+
+    g = torch.Generator().manual_seed(0)
+    groups = [[torch.nn.Parameter(torch.zeros(n)) for n in (30, 7, 100)], [torch.nn.Parameter(torch.zeros(5))]]
+    for group, scale in zip(groups, (3.0, 0.01)):
+        for p in group:
+            p.grad = torch.randn(p.shape, generator=g) * scale
+    reference = []
+    for group in groups:
+        copies = [torch.nn.Parameter(p.detach().clone()) for p in group]
+        for c, p in zip(copies, group):
+            c.grad = p.grad.clone()
+        torch.nn.utils.clip_grad_norm_(copies, 1.0)
+        reference.append([c.grad for c in copies])
+    clip_apart(groups, 1.0)
+    for group, ref in zip(groups, reference):
+        for p, r in zip(group, ref):
+            assert torch.equal(p.grad, r)
+    assert float(torch.linalg.vector_norm(torch.cat([p.grad for p in groups[0]]))) == pytest.approx(1.0, rel=1e-5)
+    assert torch.equal(groups[1][0].grad, reference[1][0])  # under the bound: unchanged
+
+
+def test_the_optimizer_is_fused_adamw_on_cpu():
+    """PPO's AdamW runs the fused kernel where the device has one (CPU since torch 2.4), as the
+    Trainer's default adamw_torch_fused, with param_groups' weight decay."""
+    from dpo_ppo.train.ppo import make_optimizer
+
+    tok = tiny_tokenizer()
+    ref = tiny_model(tok)
+    cfg = ppo_cfg(weight_decay=0.1)
+    optimizer = make_optimizer(PolicyWithValue(copy.deepcopy(ref), ref, "separate"), cfg)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.0]
+    assert optimizer.param_groups[0]["lr"] == cfg.lr and optimizer.param_groups[0]["eps"] == cfg.adam_eps

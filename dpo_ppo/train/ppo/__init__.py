@@ -32,8 +32,8 @@ from dpo_ppo.train.ppo.controllers import (FixedKLController, LogKLController, Z
                                            make_kl_controller)
 from dpo_ppo.train.ppo.losses import (RunningMoments, entropy_from_logits, explained_variance, gae, kl_per_token,
                                       masked_mean, masked_var, policy_loss, token_logprobs, value_loss, whiten)
-from dpo_ppo.train.ppo.loop import (ROLLOUT_STATS, compute_advantages, log_names, minibatch_gradient, param_groups,
-                                    ppo_update, rollout, train_ppo)
+from dpo_ppo.train.ppo.loop import (ROLLOUT_STATS, clip_apart, compute_advantages, log_names, make_optimizer,
+                                    minibatch_gradient, param_groups, ppo_update, rollout, train_ppo)
 from dpo_ppo.train.ppo.model import PolicyWithValue, completion_hidden, make_batch, select
 from dpo_ppo.train.ppo.state import (Progress, UnsafeState, load_state, rng_state, save_snapshot, save_state,
                                      set_rng_state)
@@ -43,10 +43,10 @@ from dpo_ppo.train.ppo.trust_region import (BACKTRACK_STEPS, TrustRegion, backtr
 
 __all__ = [
     "BACKTRACK_STEPS", "FixedKLController", "LogKLController", "PolicyWithValue", "Progress", "ROLLOUT_STATS",
-    "RunningMoments", "TrustRegion", "UnsafeState", "ZieglerKLController", "backtrack", "completion_hidden",
-    "compute_advantages", "entropy_from_logits", "explained_variance", "gae", "kl_per_token", "load_state",
-    "log_names", "make_batch", "make_kl_controller", "masked_mean", "masked_var", "minibatch_gradient",
-    "param_groups", "policy_loss", "ppo_update", "prompt_groups", "rng_state", "rollout", "rollout_trust_kl",
-    "sampled_token_kl", "save_snapshot", "save_state", "select", "set_rng_state", "token_logprobs", "token_sums",
-    "train_ppo", "trust_kl", "trust_statistic", "value_loss", "whiten",
+    "RunningMoments", "TrustRegion", "UnsafeState", "ZieglerKLController", "backtrack", "clip_apart",
+    "completion_hidden", "compute_advantages", "entropy_from_logits", "explained_variance", "gae", "kl_per_token",
+    "load_state", "log_names", "make_batch", "make_kl_controller", "make_optimizer", "masked_mean", "masked_var",
+    "minibatch_gradient", "param_groups", "policy_loss", "ppo_update", "prompt_groups", "rng_state", "rollout",
+    "rollout_trust_kl", "sampled_token_kl", "save_snapshot", "save_state", "select", "set_rng_state",
+    "token_logprobs", "token_sums", "train_ppo", "trust_kl", "trust_statistic", "value_loss", "whiten",
 ]

@@ -14,6 +14,7 @@ forwards of the minibatch.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Optional
 
 import torch
@@ -139,6 +140,8 @@ class TrustRegion:
         self.before: Optional[list] = None  # the policy's weights before the last step
         self.crossing: Optional[torch.Tensor] = None  # stop: the minibatch that crossed the bound
         self.kept_fractions: list[float] = []  # one per cut-back step
+        self.forwards = 0  # no-grad minibatch forwards the trust region added (its cost beside the recomputes)
+        self.recomputes = 0  # minibatch gradients computed again after a cut-back (shrink)
 
     @property
     def ended(self) -> bool:
@@ -160,6 +163,7 @@ class TrustRegion:
         if self.last_kl > self.bound and self.before is not None:
             self.kept_fractions.append(self._backtrack(mb))
             self.stopped = True
+            self.recomputes += 1
             return self.CUT_BACK
         return self.KEEP
 
@@ -175,6 +179,7 @@ class TrustRegion:
         if self.bound is not None and steps and (self.shrink or not self.stopped):
             self.last_kl = float(rollout_trust_kl(self.model, select(self.batch, first), self.cfg, self.chunk,
                                                   self.autocast))
+            self.forwards += 1
             if self.last_kl > self.bound:
                 self.stopped = True
                 self.kept_fractions.append(self._backtrack(first))
@@ -182,8 +187,11 @@ class TrustRegion:
             self.kept_fractions.append(self._backtrack(self.crossing))
 
     def _backtrack(self, check: torch.Tensor) -> float:
-        return backtrack(self.model, self.params, self.before, self.batch, check, self.cfg, self.chunk,
+        kept = backtrack(self.model, self.params, self.before, self.batch, check, self.cfg, self.chunk,
                          self.autocast, self.bound)
+        # one forward per halving tried: kept = 2^-k after k, 0 after all BACKTRACK_STEPS
+        self.forwards += BACKTRACK_STEPS if kept == 0 else round(math.log2(1 / kept))
+        return kept
 
     def stats(self) -> dict:
         return {
@@ -192,4 +200,6 @@ class TrustRegion:
             # 1, or what the trust region kept of the update's last step
             "train/last_step_kept": self.kept_fractions[-1] if self.kept_fractions else 1.0,
             "train/steps_cut_back": len(self.kept_fractions),  # steps the trust region cut back (shrink: any step)
+            "train/trust_forwards": self.forwards,
+            "train/trust_recomputes": self.recomputes,
         }
