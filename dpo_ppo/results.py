@@ -161,8 +161,10 @@ ARMS = ("dpo", "online_dpo", "ipo", "online_ipo", "ppo", "rloo", "grpo")
 #          Bernoulli KL) per prompt.
 #   ppo 3: fused AdamW (torch.optim.AdamW(fused=True) where the device has the kernel, CPU included;
 #          the for-loop AdamW before: the same update up to float rounding, so not the same numbers),
-#          and the policy's and value model's gradients clipped in one pass (clip_apart: the same
-#          numbers as two clip_grad_norm_ calls).
+#          the policy's and value model's gradients clipped in one pass (clip_apart: the same
+#          numbers as two clip_grad_norm_ calls), and the trust region's line search bisecting over
+#          1/2 ... 1/64 of a step (the same fraction as halving in turn where the statistic grows
+#          along the step; not where it does not).
 # An algorithm without an entry (a new one) is at version UNRECORDED_VERSION: nothing older can be
 # mistaken for it; the test asks for its entry, code and fingerprint all the same.
 ALGORITHM_VERSION = "algorithm_version"  # results.json's key
@@ -174,7 +176,7 @@ UNRECORDED_VERSION = 1
 # what the algorithm computes
 ALGORITHM_CODE = {"dpo": ("train/dpo", "train/online_dpo", "data/prefs"), "ppo": ("train/ppo", "train/sampling"),
                   "rloo": ("train/rl",), "grpo": ("train/rl",)}
-ALGORITHM_FINGERPRINTS = {"dpo": "5b8cf4e76306119d", "ppo": "672970c62b57c342", "rloo": "a5988834d74d0f2c",
+ALGORITHM_FINGERPRINTS = {"dpo": "5b8cf4e76306119d", "ppo": "97ae3fb27fb04f51", "rloo": "a5988834d74d0f2c",
                           "grpo": "a5988834d74d0f2c"}
 
 

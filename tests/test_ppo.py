@@ -327,7 +327,7 @@ def test_options_separate_value_k3_normalised_early_stop(tmp_path):
         # the first step, still past the bound after 6 halvings, is undone
         assert m["train/optimizer_steps"] == 1 and m["train/early_stopped"] == 1
         assert m["train/last_step_kept"] == 0 and m["train/trust_kl_last"] > 1e-9
-        assert m["train/trust_forwards"] == 6 and m["train/trust_recomputes"] == 0  # 6 halvings, no recompute
+        assert m["train/trust_forwards"] == 2 and m["train/trust_recomputes"] == 0  # 1/2 and 1/64 tried
         assert m["train/ppo_epochs_done"] == 0.5
         assert all(math.isfinite(v) for k, v in m.items() if k != "train/rollout/explained_variance")
         assert m["train/rollout/kl"] == pytest.approx(0, abs=1e-5)  # so the policy never left the reference
@@ -389,9 +389,9 @@ def test_shrink_takes_every_planned_step_and_keeps_the_bound(tmp_path):
     for _, m in log:
         assert m["train/optimizer_steps"] == 6 and m["train/ppo_epochs_done"] == 3
         assert m["train/steps_cut_back"] >= 5 and m["train/last_step_kept"] == 0
-        # its cost: every cut-back tried all 6 halvings, plus the check after the last step; each
-        # cut-back inside the update recomputed its minibatch's gradient
-        assert m["train/trust_forwards"] == 6 * m["train/steps_cut_back"] + 1
+        # its cost: every cut-back tried 1/2 and 1/64 of its step (both crossed: undone), plus the check
+        # after the last step; each cut-back inside the update recomputed its minibatch's gradient
+        assert m["train/trust_forwards"] == 2 * m["train/steps_cut_back"] + 1
         assert m["train/trust_recomputes"] == m["train/steps_cut_back"] - 1
     assert all(torch.equal(a, b) for a, b in zip(policy.parameters(), ref.parameters()))
     assert summary["compute"]["optimizer_steps"] == 6 * len(log)
@@ -547,3 +547,20 @@ def test_the_optimizer_is_fused_adamw_on_cpu():
     assert all(group["fused"] for group in optimizer.param_groups)
     assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.0]
     assert optimizer.param_groups[0]["lr"] == cfg.lr and optimizer.param_groups[0]["eps"] == cfg.adam_eps
+
+
+@pytest.mark.parametrize("reach", [0.6, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01])
+def test_backtrack_keeps_the_largest_halving_within_the_bound(monkeypatch, reach):
+    """The line search bisects over 1/2 ... 1/64 of the step and lands where halving in turn did
+    (the largest power of 1/2 whose statistic keeps the bound, or none: the step undone), with
+    fewer forwards: 1 for a mild crossing, 2 for a step it undoes, never more than 5.  The
+    statistic here grows along the step, 0.02 * (f / reach)^2 at a fraction f of it: by hand f keeps
+    the bound 0.02 when f <= reach."""
+    from dpo_ppo.train.ppo import trust_region
+
+    param = torch.ones(1)  # the step from 0 to 1, taken
+    monkeypatch.setattr(trust_region, "rollout_trust_kl", lambda *a, **k: 0.02 * (param[0] / reach) ** 2)
+    kept, forwards = trust_region.backtrack(None, [param], [torch.zeros(1)], {}, None, None, 1, None, 0.02)
+    by_halving = next((0.5 ** k for k in range(1, 7) if 0.5 ** k <= reach), 0.0)
+    assert kept == by_halving and float(param) == kept  # the policy is left at the kept fraction
+    assert forwards == {0.5: 1, 0.0: 2}.get(kept, forwards) and forwards <= 5

@@ -7,14 +7,13 @@ largest over the minibatch's prompts (``trust_statistic``); past the bound the s
 halved until it keeps it (``backtrack``), and the update goes on with this minibatch's gradient
 recomputed (``trust_region=shrink``, the default: every planned step is taken) or ends there
 (``stop``).  ``TrustRegion`` holds that per-update state; the statistic itself comes free with the
-minibatch's own forward pass (``loop``), a cut-back costs up to ``BACKTRACK_STEPS`` extra no-grad
-forwards of the minibatch.
+minibatch's own forward pass (``loop``); a cut-back costs one or two extra no-grad forwards of the
+minibatch, up to five (``backtrack``), and under ``shrink`` the minibatch's gradient again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Optional
 
 import torch
@@ -99,27 +98,49 @@ def rollout_trust_kl(model: PolicyWithValue, batch: dict, cfg, chunk: int, autoc
     return trust_statistic(torch.cat(sums), mask_all.sum(1), batch.get("prompt_group"))
 
 
-
 @torch.no_grad()
 def backtrack(model: PolicyWithValue, params: list, before: list, batch: dict, check: torch.Tensor, cfg,
-              chunk: int, autocast, stop: float) -> float:
-    """Backtrack along the last step (TRPO's line search), halving it until the trust statistic on
-    minibatch ``check`` is within ``stop``, else undo it; returns the fraction kept.  On the exact
-    toy (tests/exact_toy.py) one AdamW step at lr 3e-3 took the policy from 0.997 to 1e-5 on the
-    right answer: ending the update after that step was too late, and undoing it whole froze a run
-    whose every first step crossed the bound (issue 21)."""
-    kept = 1.0
-    deltas = [p - b for p, b in zip(params, before)]
-    for _ in range(BACKTRACK_STEPS):
-        kept /= 2
-        for p, b, d in zip(params, before, deltas):
-            p.copy_(b + kept * d)
-        if float(rollout_trust_kl(model, select(batch, check), cfg, chunk, autocast)) <= stop:
-            return kept
-    for p, b in zip(params, before):
-        p.copy_(b)
-    return 0.0
+              chunk: int, autocast, stop: float) -> tuple[float, int]:
+    """Backtrack along the last step (TRPO's line search): the largest of 1/2, 1/4, ...,
+    1/2^BACKTRACK_STEPS of it whose trust statistic on minibatch ``check`` is within ``stop``, else
+    undo it; returns (the fraction kept, the forwards it took).  On the exact toy (tests/exact_toy.py)
+    one AdamW step at lr 3e-3 took the policy from 0.997 to 1e-5 on the right answer: ending the
+    update after that step was too late, and undoing it whole froze a run whose every first step
+    crossed the bound (issue 21).
 
+    The statistic grows along the step (taken as monotone, as a KL from the step's start is near
+    it), so the fractions that keep the bound are the smallest ones: 1/2 is tried first (a mild
+    crossing: one forward), then the smallest (if even it crosses, the KL is older than this step,
+    and the step is undone: two forwards), then bisection between them.  Halving in turn took one
+    forward per halving: on the embedded default's trained base most cut-backs were undone, at 6
+    forwards each (docs/performance.md)."""
+    deltas = [p - b for p, b in zip(params, before)]
+    forwards = 0
+
+    def move(halvings: Optional[int]) -> None:  # to the step cut to 2^-halvings (None: undone)
+        for p, b, d in zip(params, before, deltas):
+            p.copy_(b if halvings is None else b + 0.5 ** halvings * d)
+
+    def keeps(halvings: int) -> bool:
+        nonlocal forwards
+        forwards += 1
+        move(halvings)
+        return float(rollout_trust_kl(model, select(batch, check), cfg, chunk, autocast)) <= stop
+
+    if keeps(1):
+        return 0.5, forwards
+    if BACKTRACK_STEPS == 1 or not keeps(BACKTRACK_STEPS):
+        move(None)
+        return 0.0, forwards
+    crosses, kept = 1, BACKTRACK_STEPS  # halvings known to cross / to keep the bound
+    while kept - crosses > 1:
+        mid = (crosses + kept) // 2
+        if keeps(mid):
+            kept = mid
+        else:
+            crosses = mid
+    move(kept)
+    return 0.5 ** kept, forwards
 
 
 class TrustRegion:
@@ -187,10 +208,9 @@ class TrustRegion:
             self.kept_fractions.append(self._backtrack(self.crossing))
 
     def _backtrack(self, check: torch.Tensor) -> float:
-        kept = backtrack(self.model, self.params, self.before, self.batch, check, self.cfg, self.chunk,
-                         self.autocast, self.bound)
-        # one forward per halving tried: kept = 2^-k after k, 0 after all BACKTRACK_STEPS
-        self.forwards += BACKTRACK_STEPS if kept == 0 else round(math.log2(1 / kept))
+        kept, forwards = backtrack(self.model, self.params, self.before, self.batch, check, self.cfg, self.chunk,
+                                   self.autocast, self.bound)
+        self.forwards += forwards
         return kept
 
     def stats(self) -> dict:
