@@ -305,7 +305,7 @@ class Job:
 
                     summary = train_ppo(algo, policy, ref_model, tokenizer, train_prompts,
                                         scorer.p_positive, self.job_dir, seed=cfg.seed, log_fn=self.train_log,
-                                        runtime=self.hw,  # renamed hw when train/ppo/ lands (issue 33)
+                                        hw=self.hw,
                                         probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
                                         probe_every=cfg.logger.probe_every)
             # replaces a policy/ left by an attempt killed before it recorded "trained"

@@ -175,18 +175,24 @@ ARMS = ("dpo", "online_dpo", "ipo", "online_ipo", "ppo", "rloo", "grpo")
 #   ppo 2: the trust region shrinks a crossing step by default (folders made before versions ran
 #          with stop, also those without an ``algorithm.trust_region`` key) and reads max(k3,
 #          Bernoulli KL) per prompt.
+#   ppo 3: fused AdamW (torch.optim.AdamW(fused=True) where the device has the kernel, CPU included;
+#          the for-loop AdamW before: the same update up to float rounding, so not the same numbers),
+#          the policy's and value model's gradients clipped in one pass (clip_apart: the same
+#          numbers as two clip_grad_norm_ calls), and the trust region's line search bisecting over
+#          1/2 ... 1/64 of a step (the same fraction as halving in turn where the statistic grows
+#          along the step; not where it does not).
 # An algorithm without an entry (a new one) is at version UNRECORDED_VERSION: nothing older can be
 # mistaken for it; the test asks for its entry, code and fingerprint all the same.
 ALGORITHM_VERSION = "algorithm_version"  # results.json's key
 #   rloo 1, grpo 1: TRL's RLOOTrainer / GRPOTrainer (train/rl), as first recorded.
-ALGORITHM_VERSIONS = {"dpo": 1, "ppo": 2, "rloo": 1, "grpo": 1}
+ALGORITHM_VERSIONS = {"dpo": 1, "ppo": 3, "rloo": 1, "grpo": 1}
 # what a results.json without ``algorithm_version`` was made by: the code before versions existed
 UNRECORDED_VERSION = 1
 # the trainer modules (under dpo_ppo/, without ``.py``; a package's every module) whose code is
 # what the algorithm computes
 ALGORITHM_CODE = {"dpo": ("train/dpo", "train/online_dpo", "data/prefs"), "ppo": ("train/ppo", "train/sampling"),
                   "rloo": ("train/rl",), "grpo": ("train/rl",)}
-ALGORITHM_FINGERPRINTS = {"dpo": "82562c3bcc3fe7fe", "ppo": "2165496505a21f76", "rloo": "dcd212c1edf74ad0",
+ALGORITHM_FINGERPRINTS = {"dpo": "82562c3bcc3fe7fe", "ppo": "e92c432b303eba58", "rloo": "dcd212c1edf74ad0",
                           "grpo": "dcd212c1edf74ad0"}
 
 

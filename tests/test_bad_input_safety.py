@@ -111,11 +111,11 @@ def test_ppo_state_round_trips_its_rng_states_through_weights_only(tmp_path):
     from dpo_ppo.train import ppo
 
     random.seed(3), np.random.seed(3), torch.manual_seed(3)
-    ppo.save_state(tmp_path, {"rng": ppo._rng_state(), "generator": torch.Generator().manual_seed(1).get_state()})
+    ppo.save_state(tmp_path, {"rng": ppo.rng_state(), "generator": torch.Generator().manual_seed(1).get_state()})
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     random.seed(0), np.random.seed(0), torch.manual_seed(0)
     state = ppo.load_state(tmp_path)  # weights_only=True: only tensors and plain values
-    ppo._set_rng_state(state["rng"])
+    ppo.set_rng_state(state["rng"])
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
 
 

@@ -375,9 +375,9 @@ def test_ppo_kl_penalty_is_float32_under_bf16_autocast():
     """PPO's per-token KL (its penalty and the controller's reading) is float32 under bf16 autocast:
     the same rollout gives the same KL with and without autocast.  The ratio's old log-probs stay
     in the update's precision."""
-    from test_ppo import make_prompts, ppo_cfg, share_of_target
+    from test_ppo import make_prompts, ppo_cfg, rollout_with_advantages, share_of_target
 
-    from dpo_ppo.train.ppo import PolicyWithValue, rollout
+    from dpo_ppo.train.ppo import PolicyWithValue
 
     ref, tok = _word_model()
     policy = _nearby(ref)
@@ -387,8 +387,8 @@ def test_ppo_kl_penalty_is_float32_under_bf16_autocast():
     for name, autocast in (("fp32", contextlib.nullcontext),
                            ("bf16", lambda: torch.autocast("cpu", dtype=torch.bfloat16))):
         torch.manual_seed(0)
-        out[name], _ = rollout(PolicyWithValue(policy, ref), ref, tok, queries, share_of_target, cfg,
-                               kl_coef=0.2, normalizer=None, autocast=autocast)
+        out[name], _ = rollout_with_advantages(PolicyWithValue(policy, ref), ref, tok, queries, share_of_target,
+                                               cfg, kl_coef=0.2, normalizer=None, autocast=autocast)
     assert torch.equal(out["fp32"]["completion_ids"], out["bf16"]["completion_ids"])
     assert torch.equal(out["fp32"]["kl"], out["bf16"]["kl"])
     assert not torch.equal(out["fp32"]["old_logprobs"], out["bf16"]["old_logprobs"])  # the update's precision
