@@ -73,6 +73,48 @@ def _lm_blocks(texts, tokenizer, seq_len: int) -> Dataset:
     return Dataset.from_dict({"input_ids": [ids[i * seq_len:(i + 1) * seq_len] for i in range(n)]})
 
 
+class RepeatedSpans:
+    """A collator that replaces a share of each batch by fresh ``BOS r r r ...`` sequences.
+
+    ``r`` is a span of 8 to ``seq_len // 2`` tokens drawn uniformly from the non-special vocabulary
+    (the distribution of the induction probe, ``analysis.heads.repeated_random_tokens``), repeated
+    until the sequence is full.  From its second copy on, every token is predictable only by
+    looking up what followed the current token last time: the job of an induction head, which
+    needs a previous-token head beside it (Olsson et al. 2022).  The corpus never asks for that
+    (its templates are predictable from position and the last few words), which is why the base
+    pretrained on reviews alone has no such heads.  Spans are drawn anew every step from a
+    generator seeded with the build's seed: a fixed set of spans would be memorised instead (that
+    is how the first tries failed, docs/analyses.md).  The rest of the batch is the corpus, so the
+    base still learns the reviews' language.
+    """
+
+    def __init__(self, collate, tokenizer, share: float, vocab: int, seed: int):
+        self.collate, self.share = collate, share
+        special = set(tokenizer.all_special_ids)
+        self.allowed = torch.tensor([i for i in range(vocab) if i not in special])
+        self.bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.g = torch.Generator().manual_seed(seed)
+        self.calls = 0
+
+    def __call__(self, examples):
+        import os
+        self.calls += 1
+        share = 1.0 if self.calls <= int(os.environ.get("I32_WARM", "0")) else self.share
+        batch = self.collate(examples)
+        ids = batch["input_ids"]
+        n, seq_len = ids.shape
+        for i in (torch.rand(n, generator=self.g) < share).nonzero().flatten().tolist():
+            h = min(20, (seq_len - 1) // 2)
+            r = self.allowed[torch.randint(len(self.allowed), (h,), generator=self.g)]
+            seq = torch.cat([torch.tensor([self.bos]), r, r])
+            ids[i, :len(seq)] = seq
+            batch["labels"][i, :len(seq)] = seq
+            batch["labels"][i, 0] = -100
+            if "attention_mask" in batch:
+                batch["attention_mask"][i] = 1
+        return batch
+
+
 def pretrain(model, tokenizer, texts, model_cfg, out_dir: Path, seed: int, bf16: bool = False) -> float:
     """Causal-LM pretraining with ``Trainer``; returns the last logged training loss."""
     blocks = _lm_blocks(texts, tokenizer, model_cfg.pretrain_seq_len)
@@ -84,8 +126,11 @@ def pretrain(model, tokenizer, texts, model_cfg, out_dir: Path, seed: int, bf16:
         seed=seed, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
         disable_tqdm=plain_progress(), bf16=bf16,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=blocks,
-                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    collate = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    share = getattr(model_cfg, "pretrain_repeats", 0.0)
+    if share > 0:
+        collate = RepeatedSpans(collate, tokenizer, share, min(len(tokenizer), model.config.vocab_size), seed)
+    trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=collate)
     result = trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return float(losses[-1] if losses else result.training_loss)
