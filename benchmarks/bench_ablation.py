@@ -29,7 +29,7 @@ from fixtures import HashScorer  # tests/fixtures.py: bench_common put tests/ on
 
 from dpo_ppo.runtime import hardware
 from dpo_ppo.analysis.ablation import ablate_heads
-from dpo_ppo.analysis.cli import analysis_config, compose
+from dpo_ppo.cli.analyze import analysis_config, compose
 
 
 def timed(fn, repeats: int):

@@ -50,10 +50,13 @@ def main() -> None:
     prompts = make_prefixes(corpus["test"]["text"], tok, cfg.eval.num_prompts, cfg.eval.prefix_len, seed=EVAL_PROMPT_SEED)
     eval_cfg = cfg.eval
     kwargs = {}
-    if "runtime" in inspect.signature(E.evaluate_model).parameters:
-        from dpo_ppo.runtime import hardware
+    params = inspect.signature(E.evaluate_model).parameters
+    for name in ("hw", "runtime"):  # the parameter's name now, and before issue 33
+        if name in params:
+            from dpo_ppo.runtime import hardware
 
-        kwargs["runtime"] = hardware.resolve(cfg, torch.device("cpu"))
+            kwargs[name] = hardware.resolve(cfg, torch.device("cpu"))
+            break
     print(f"code: {Path(E.__file__).parents[1]}; {len(prompts)} prompts x {eval_cfg.completion_len} tokens, "
           f"{torch.get_num_threads()} threads")
     for _ in range(args.repeats):

@@ -174,7 +174,7 @@ def section_agreement(device, out: dict) -> None:
     for precision in ("fp32", "bf16"):
         set_precision(precision, device)
         rt = hardware.Runtime(str(device), "", precision, 512, 32, 32, 32)
-        metrics, rows[precision] = evaluate_model(policy, tok, WordScorer(), prompts, cfg, ref_model=ref, runtime=rt)
+        metrics, rows[precision] = evaluate_model(policy, tok, WordScorer(), prompts, cfg, ref_model=ref, hw=rt)
         # this benchmark's output keeps its own names (reward_mean: p_positive_mean, as gpu_table reads them)
         names = {"reward_mean": "p_positive_mean", "reward_std": "p_positive_std"}
         out[precision] = {k: round(metrics[names.get(k, k)], 4) for k in ("kl_to_ref", "kl_to_ref_std", "reward_mean", "reward_std")}

@@ -1,4 +1,4 @@
-"""Calibration of the report's matched-KL comparison (dpo_ppo/report/compare.py) on planted sweeps.
+"""Calibration of the report's matched-KL comparison (dpo_ppo/report/estimator.py, verdicts.py) on planted sweeps.
 
 Each simulated sweep is one facet of in-memory runs: DPO and PPO configurations on a KL grid, the
 metric a shared curve of log KL + seed noise (sd 1) + an offset per configuration (sd
@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from dpo_ppo.report import compare as C  # noqa: E402
+from dpo_ppo.report import estimator as E  # noqa: E402
 from sweepfab import BIAS, planted_facet  # noqa: E402
 
 GRIDS = {
@@ -55,7 +55,7 @@ def run(args) -> None:
             for csd in (0.0, 1.0):
                 mid = band = 0
                 for i in range(args.sims):
-                    comp = C.compare(planted_facet(rng, quadratic, GRIDS[name], seeds, sigma, config_sd=csd), BIAS,
+                    comp = E.compare(planted_facet(rng, quadratic, GRIDS[name], seeds, sigma, config_sd=csd), BIAS,
                                      n_boot=args.n_boot, seed=i)
                     mid += comp.points[0].p < 0.05
                     band += comp.curve.sup_p() < 0.05
@@ -65,14 +65,14 @@ def run(args) -> None:
     print("|---|---|---|---|")
     for name in grids:
         for seeds, csd in ((3, 0.0), (5, 0.0), (5, 1.0)):
-            found = sum(C.compare(planted_facet(rng, quadratic, GRIDS[name], seeds, sigma, effect=lambda x: 3.0,
+            found = sum(E.compare(planted_facet(rng, quadratic, GRIDS[name], seeds, sigma, effect=lambda x: 3.0,
                                                 config_sd=csd), BIAS, n_boot=args.n_boot, seed=i).curve.sup_p() < 0.05
                         for i in range(args.sims))
             print(f"| {name} | {seeds} | {csd:g} | {found / args.sims:.3f} |")
     print("\none end: PPO 3 sd above DPO above 3 nats only (equal grid, 5 seeds, config sd 0): band verdicts")
     top = wrong = 0
     for i in range(args.sims):
-        comp = C.compare(planted_facet(rng, quadratic, GRIDS["equal"], 5, sigma,
+        comp = E.compare(planted_facet(rng, quadratic, GRIDS["equal"], 5, sigma,
                                        effect=lambda x: 3.0 if x > math.log(3) else 0.0), BIAS,
                          n_boot=args.n_boot, seed=i)
         sign, kl = comp.curve.sign(), comp.curve.kl
@@ -85,7 +85,7 @@ def run(args) -> None:
     for d in (0.0, 0.5, 1.5):
         eq = 0
         for i in range(args.sims):
-            comp = C.compare(planted_facet(rng, quadratic, GRIDS["equal"], 5, 0.3, effect=lambda x: d), BIAS,
+            comp = E.compare(planted_facet(rng, quadratic, GRIDS["equal"], 5, 0.3, effect=lambda x: d), BIAS,
                              n_boot=args.n_boot, seed=i)
             eq += comp.curve.tost_p(np.ones(len(comp.curve.kl))) < 0.05
         print(f"effect {d:g}: {eq / args.sims:.3f}")

@@ -32,6 +32,7 @@ import exact_toy as T  # noqa: E402
 from known_answers import parse_extra  # noqa: E402
 
 import dpo_ppo.train.ppo as ppo  # noqa: E402
+from dpo_ppo.train.ppo import loop, trust_region  # noqa: E402
 
 
 def k3(logprobs, old_logprobs):
@@ -64,12 +65,17 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.trust == "k3":
-        ppo.trust_kl = k3  # what _accumulate and rollout_trust_kl read: the trust region before 2026-12-05
+        trust_region.trust_kl = k3  # what token_sums reads: the trust region before 2026-12-05
     if args.unit == "rollout":
-        per_prompt = ppo.trust_statistic
-        ppo.trust_statistic = lambda sums, tokens, groups: per_prompt(sums, tokens, None)
+        per_prompt = trust_region.trust_statistic
 
-    inner = ppo.ppo_update
+        def over_the_minibatch(sums, tokens, groups):
+            return per_prompt(sums, tokens, None)
+
+        # read by the minibatch's gradient (loop) and by rollout_trust_kl (trust_region)
+        loop.trust_statistic = trust_region.trust_statistic = over_the_minibatch
+
+    inner = loop.ppo_update
     state = {"update": 0, "rows": []}
 
     def watched(model, optimizer, batch, cfg, generator, **kw):
@@ -111,7 +117,7 @@ def main() -> None:
         state["rows"].append((u, step, p_new, mean, per_prompt))
         return out
 
-    ppo.ppo_update = watched
+    loop.ppo_update = watched  # what train_ppo calls
     cfg = T.ppo_config(kl_coef=args.beta, examples=8 * args.updates, trust_region=args.region,
                        **parse_extra(args.extra))
     with tempfile.TemporaryDirectory() as d:

@@ -4,7 +4,8 @@ For a model and a set of prefixes: sample one completion each, score prefix + co
 classifier and report
 
 - ``gradient_loss`` = mean(1 - p_positive), the seed's "gradient loss";
-- ``binary_loss``   = fraction of completions classified negative (p_positive < 0.5);
+- ``binary_loss``   = fraction of completions classified negative (p_positive < 0.5) (both per
+  completion: ``results.gradient_loss`` / ``results.binary_loss``, which the report uses too);
 - ``p_positive_mean`` = mean p_positive in [0, 1] (``p_positive_std`` its spread over prompts) and
   ``score_mean`` = mean of the classifier's log-odds log p(pos) - log p(neg) in nats (the names:
   ``results.EVAL_METRICS``; before issue 34 they were reward_mean, reward_std, score_logit_mean);
@@ -44,7 +45,7 @@ def distinct_n(completions: list[list[int]], n: int) -> float:
 
 
 def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg, *, ref_model=None,
-                   desc: str = "eval", runtime=None, gold=None) -> tuple[dict, list[dict]]:
+                   desc: str = "eval", hw=None, gold=None) -> tuple[dict, list[dict]]:
     """Metrics (see module docstring) and one row per prompt (``results.EVAL_ROW_COLUMNS`` plus the
     texts; ``results.write_eval_rows`` keeps the columns).
 
@@ -52,14 +53,14 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
     completions whatever ran before in the process, and two models share their sampling noise
     prompt by prompt, so their rows pair on ``prompt_id``.
 
-    ``runtime`` (``dpo_ppo.runtime.hardware.Runtime``) gives the batch sizes (``eval_cfg.batch_size``
+    ``hw`` (``dpo_ppo.runtime.hardware.Runtime``) gives the batch sizes (``eval_cfg.batch_size``
     wins when set) and the precision; without it: batches of 250 / 64 in float32.
     """
-    gen_batch = eval_cfg.batch_size or (runtime.gen_batch_size if runtime is not None else CPU_SIZES["gen_batch_size"])
-    forward_batch = runtime.forward_batch_size if runtime is not None else CPU_SIZES["forward_batch_size"]
-    autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
+    gen_batch = eval_cfg.batch_size or (hw.gen_batch_size if hw is not None else CPU_SIZES["gen_batch_size"])
+    forward_batch = hw.forward_batch_size if hw is not None else CPU_SIZES["forward_batch_size"]
+    autocast = hw.autocast if hw is not None else contextlib.nullcontext
     keys = sample_keys(eval_cfg.seed, range(len(prompts)))
-    static = runtime is not None and runtime.static_for(len(prompts), eval_cfg.completion_len)
+    static = hw is not None and hw.static_for(len(prompts), eval_cfg.completion_len)
     with autocast():
         completions = generate(model, tokenizer, prompts, eval_cfg.completion_len,
                                temperature=eval_cfg.temperature, batch_size=gen_batch,
@@ -73,11 +74,11 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
         R.P_POSITIVE_MEAN: float(p.mean()),
         R.P_POSITIVE_STD: float(p.std()) if len(p) > 1 else 0.0,
         R.SCORE_MEAN: float(logits.mean()),
-        "gradient_loss": float((1 - p).mean()),
-        "binary_loss": float((p < 0.5).float().mean()),
-        "completion_len": sum(map(len, completions)) / max(1, len(completions)),
-        "distinct_1": distinct_n(completions, 1),
-        "distinct_2": distinct_n(completions, 2),
+        R.GRADIENT_LOSS: float(R.gradient_loss(p).mean()),
+        R.BINARY_LOSS: float(R.binary_loss(p).mean()),
+        R.COMPLETION_LEN: sum(map(len, completions)) / max(1, len(completions)),
+        R.DISTINCT_1: distinct_n(completions, 1),
+        R.DISTINCT_2: distinct_n(completions, 2),
     }
     gold_p = None
     if gold is not None:  # the same texts, scored by the reward nothing was trained on
@@ -86,16 +87,16 @@ def evaluate_model(model, tokenizer, scorer, prompts: list[list[int]], eval_cfg,
         metrics.update({R.GOLD_P_POSITIVE_MEAN: float(gold_p.mean()),
                         R.GOLD_P_POSITIVE_STD: float(gold_p.std()) if len(gold_p) > 1 else 0.0,
                         R.GOLD_SCORE_MEAN: float(gold_logits.mean()),
-                        R.GOLD_BINARY_LOSS: float((gold_p < 0.5).float().mean()),
-                        R.GOLD_GRADIENT_LOSS: float((1 - gold_p).mean())})
+                        R.GOLD_BINARY_LOSS: float(R.binary_loss(gold_p).mean()),
+                        R.GOLD_GRADIENT_LOSS: float(R.gradient_loss(gold_p).mean())})
     kl = k1 = torch.zeros(len(prompts))
     if ref_model is not None:
         with autocast():
             kl, k1 = sequence_kl(model, ref_model, prompts, completions, pad_id=tokenizer.pad_token_id,
                                  batch_size=forward_batch)
-        metrics["kl_to_ref"] = float(kl.mean())
-        metrics["kl_to_ref_std"] = float(kl.std()) if len(kl) > 1 else 0.0
-        metrics["kl_to_ref_k1"] = float(k1.mean())
+        metrics[R.KL_TO_REF] = float(kl.mean())
+        metrics[R.KL_TO_REF_STD] = float(kl.std()) if len(kl) > 1 else 0.0
+        metrics[R.KL_TO_REF_K1] = float(k1.mean())
     rows = [{"prompt_id": i, "p_positive": float(p[i]), "completion_len": len(completions[i]),
              "kl": float(kl[i]), "kl_k1": float(k1[i]), "prompt": prompt_texts[i], "completion": comp_texts[i]}
             for i in range(len(prompts))]

@@ -28,8 +28,8 @@ import torch
 from omegaconf import DictConfig
 
 from dpo_ppo.data.cache import artifact, artifact_specs, load_dataset_artifact
-from dpo_ppo.config import Config, ConfigError, as_dict, to_typed
-from dpo_ppo.config.schedule import swept_params
+from dpo_ppo.config import Config, ConfigError, as_dict, load
+from dpo_ppo.config.schedule import artifacts_read, is_online_dpo, swept_params
 from dpo_ppo.runtime import attempts, gpus, hardware, progress
 from dpo_ppo.runtime.divergence import Diverged, check_finite, lr_knob
 from dpo_ppo.runtime.joblock import JobLock
@@ -63,7 +63,7 @@ class Job:
     """One job's stages, each a method that no other stage calls (``run`` strings them together)."""
 
     def __init__(self, cfg: Config | DictConfig, job_dir: Path, overrides: list[str] | None = None):
-        self.cfg = cfg = to_typed(cfg)
+        self.cfg = cfg = cfg if isinstance(cfg, Config) else load(cfg)
         self.job_dir = Path(job_dir)
         self.overrides = list(overrides or [])
         self.device = gpus.resolve_device(cfg.device, hardware.jobs_per_gpu(cfg))
@@ -85,7 +85,7 @@ class Job:
         self.stage_times[name] = round(time.time() - t0, 2)
         log.info("stage %s done in %.1f s", name, self.stage_times[name])
         if self.rec is not None:
-            self.rec.results["stage_seconds"] = self.stage_times
+            self.rec.record.stage_seconds = self.stage_times
             self.rec.save()
 
     # ------------------------------------------------------------------ stages
@@ -110,7 +110,7 @@ class Job:
 
         return artifact(self.cache, "classifier", self.specs["classifier"],
                         lambda p: build_classifier(self.cfg.classifier, corpus, base_path, p, seed=0,
-                                                   device=self.device, runtime=self.hw))
+                                                   device=self.device, hw=self.hw))
 
     def prefs(self, prompts, model, tokenizer, scorer):
         from dpo_ppo.data.prefs import build_prefs
@@ -129,13 +129,13 @@ class Job:
 
         def build(p):
             metrics, rows = evaluate_model(ref_model, tokenizer, scorer, prompts, self.cfg.eval, desc="eval reference",
-                                           runtime=self.hw, gold=gold)
+                                           hw=self.hw, gold=gold)
             write_json(p / "metrics.json", metrics)
             write_json(p / "samples.json", {"rows": rows[: self.cfg.eval.num_samples_logged]})
             R.write_eval_rows(p / R.REF_ROWS_FILE, rows)
 
         path = artifact(self.cache, "ref_eval", self.specs["ref_eval"], build)
-        self.rec.results["artifacts"]["ref_eval"] = str(path)
+        self.rec.record.artifacts["ref_eval"] = str(path)
         # a cache entry written before issue 34 names p_positive_mean reward_mean (R.LEGACY_EVAL_NAMES)
         return {R.LEGACY_EVAL_NAMES.get(k, k): v for k, v in json.loads((path / "metrics.json").read_text()).items()}
 
@@ -147,7 +147,7 @@ class Job:
         path = artifact(self.cache, "ref_analysis", {**self.specs["ref_analysis"], "what": what},
                         lambda p: torch.save(compute(), p / "value.pt"))
         if self.rec is not None:  # results.json artifacts.ref_analysis: {what: folder}
-            self.rec.results["artifacts"].setdefault("ref_analysis", {})[what] = str(path)
+            self.rec.record.artifacts.setdefault("ref_analysis", {})[what] = str(path)
         return torch.load(path / "value.pt", map_location="cpu", weights_only=True)
 
     def training_probe(self, ref_model, tokenizer, scorer, train_prompts):
@@ -155,25 +155,26 @@ class Job:
         (``train.probe``), on the first ``logger.probe_prompts`` training prefixes; None when 0."""
         from dpo_ppo.train.probe import make_probe
 
-        return make_probe(self.cfg, ref_model, tokenizer, scorer, train_prompts, runtime=self.hw)
+        return make_probe(self.cfg, ref_model, tokenizer, scorer, train_prompts, hw=self.hw)
 
     def train_log(self, metrics: dict, step=None) -> None:
-        """What a trainer logs (its ``log_fn``): recorded (train_log.jsonl, W&B), then checked: a
-        NaN or infinite loss, KL or reward ends the job as ``diverged`` naming the step, the
-        quantity and the learning rate (``runtime.divergence``).  A new trainer gets both by
+        """What a trainer logs (its ``log_fn(metrics, examples seen)``): recorded (train_log.jsonl,
+        W&B), then checked: a NaN or infinite loss, KL or reward ends the job as ``diverged`` naming
+        the examples seen, the quantity and the learning rate (``runtime.divergence``).  A new trainer gets both by
         logging through this."""
         self.rec.log(metrics, step)
         check_finite(metrics, step, knob=lr_knob(self.cfg.algorithm))
 
-    def record_compute(self, summary: dict) -> None:
-        """What training cost, for comparisons at matched compute: results.json ``compute``."""
-        compute = dict(summary.get("compute") or {})
-        if self.cfg.algorithm.name == "dpo" and "generated_tokens" not in compute:  # the reference's pairs
-            prefs_json = Path(self.rec.results["artifacts"].get("prefs") or "") / "prefs.json"
-            compute["generated_tokens"] = (json.loads(prefs_json.read_text()).get("generated_tokens")
-                                           if prefs_json.is_file() else None)
-        compute["train_s"] = self.stage_times.get("train")
-        self.rec.results["compute"] = compute
+    def record_cost(self, summary: dict) -> None:
+        """What training cost (the measured cost: results.json ``compute``, the trainer summary's
+        ``compute``), for comparisons at matched cost; not the config group ``compute``."""
+        cost = dict(summary.get("compute") or {})
+        if self.cfg.algorithm.name == "dpo" and "generated_tokens" not in cost:  # the reference's pairs
+            prefs_json = Path(self.rec.record.artifacts.get("prefs") or "") / "prefs.json"
+            cost["generated_tokens"] = (json.loads(prefs_json.read_text()).get("generated_tokens")
+                                        if prefs_json.is_file() else None)
+        cost["train_s"] = self.stage_times.get("train")
+        self.rec.record.compute = cost
 
     # ------------------------------------------------------------------ the job
 
@@ -188,7 +189,7 @@ class Job:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         hardware.set_matmul_precision(cfg.precision, self.device)
-        self.rec.results["hardware"] = self.hw.as_dict()
+        self.rec.record.hardware = self.hw.as_dict()
         log.info("device %s (%s), precision %s, batches: generate %d, forward %d, train %d, analysis %d",
                  self.hw.device, self.hw.device_name, self.hw.precision, self.hw.gen_batch_size,
                  self.hw.forward_batch_size, self.hw.train_micro_batch, self.hw.analysis_batch_size)
@@ -207,9 +208,9 @@ class Job:
             scorer = Scorer.load(cls_path, self.device, batch_size=self.hw.forward_batch_size,
                                  autocast=self.hw.autocast)
             gold = load_gold(cfg.eval, cfg.data.source, self.device, self.hw)  # before training: a bad one fails now
-        self.rec.results["artifacts"] = {"corpus": str(corpus_path), "reference": str(base_path),
-                                         "classifier": str(cls_path), "prefs": None}
-        self.rec.results["classifier_accuracy"] = json.loads((cls_path / "scorer.json").read_text()).get("test_accuracy")
+        self.rec.record.artifacts = {"corpus": str(corpus_path), "reference": str(base_path),
+                                    "classifier": str(cls_path), "prefs": None}
+        self.rec.record.classifier_accuracy = json.loads((cls_path / "scorer.json").read_text()).get("test_accuracy")
         ref_model, tokenizer = load_policy(base_path, self.device)
         ref_model.eval().requires_grad_(False)
         return Setup(corpus, base_path, scorer, ref_model, tokenizer, train_prompts, test_prompts, gold)
@@ -218,7 +219,7 @@ class Job:
         """The reference's own context (its config.json, a hub model's too) holds prefix +
         completion, and its tokenizer has a pad or EOS token; the config check read a local folder
         (or compared the ``model.context_length`` key of a hub id)."""
-        from dpo_ppo.config.environment import check_model_folder
+        from dpo_ppo.inputs import check_model_folder
 
         if self.cfg.model.source != "embedded":  # a hub model's, read after the base stage saved it
             check_model_folder(self.cfg, "model.source", base_path)
@@ -252,8 +253,8 @@ class Job:
             log.info("prompts: the %d training prefixes come from %d distinct reviews (%d reused across passes over "
                      "the %d train reviews)", len(train_prompts), train_stats["distinct"], reused,
                      len(corpus["train"]))
-        self.rec.results[R.PROMPTS] = {"train": len(train_prompts), "train_distinct": train_stats["distinct"],
-                                       "eval": len(test_prompts), "eval_distinct": test_stats["distinct"]}
+        self.rec.record.prompts = {"train": len(train_prompts), "train_distinct": train_stats["distinct"],
+                                  "eval": len(test_prompts), "eval_distinct": test_stats["distinct"]}
         return train_prompts, test_prompts
 
     def run(self) -> dict:
@@ -264,30 +265,30 @@ class Job:
         corpus, base_path, scorer, ref_model, tokenizer = s.corpus, s.base_path, s.scorer, s.ref_model, s.tokenizer
         train_prompts, test_prompts = s.train_prompts, s.test_prompts
         policy_dir = self.job_dir / R.POLICY_DIR
-        self.rec.results["artifacts"]["policy"] = R.POLICY_DIR  # relative: a copied folder reads its own
-        trained = (policy_dir / "config.json").exists() and self.rec.results.get("trained")
+        self.rec.record.artifacts["policy"] = R.POLICY_DIR  # relative: a copied folder reads its own
+        trained = (policy_dir / "config.json").exists() and self.rec.record.trained
         if trained:
             log.info("train: already done, loading %s", policy_dir)
             policy, _ = load_policy(policy_dir, self.device)
         else:
             policy, _ = load_policy(base_path, self.device)
-            if algo.name == "dpo" and algo.rounds > 1:  # online DPO: the prefs stage inside every round
+            if is_online_dpo(algo):  # the prefs stage inside every round
                 with self.stage("train"):
                     from dpo_ppo.train.online_dpo import train_online_dpo
 
                     summary = train_online_dpo(algo, policy, ref_model, tokenizer, scorer, train_prompts,
-                                               self.job_dir, seed=cfg.seed, log_fn=self.train_log, runtime=self.hw,
+                                               self.job_dir, seed=cfg.seed, log_fn=self.train_log, hw=self.hw,
                                                probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
                                                probe_every=cfg.logger.probe_every)
             elif algo.name == "dpo":
                 with self.stage("prefs"):
                     prefs_path, prefs = self.prefs(train_prompts, ref_model, tokenizer, scorer)
-                    self.rec.results["artifacts"]["prefs"] = str(prefs_path)
+                    self.rec.record.artifacts["prefs"] = str(prefs_path)
                 with self.stage("train"):
                     from dpo_ppo.train.dpo import train_dpo
 
                     summary = train_dpo(algo, policy, ref_model, tokenizer, prefs, self.job_dir,
-                                        seed=cfg.seed, log_fn=self.train_log, runtime=self.hw,
+                                        seed=cfg.seed, log_fn=self.train_log, hw=self.hw,
                                         probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
                                         probe_every=cfg.logger.probe_every)
             elif algo.name in ("rloo", "grpo"):
@@ -295,7 +296,7 @@ class Job:
                     from dpo_ppo.train.rl import train_rl
 
                     summary = train_rl(algo, policy, ref_model, tokenizer, train_prompts, scorer.p_positive,
-                                       self.job_dir, seed=cfg.seed, log_fn=self.train_log, runtime=self.hw,
+                                       self.job_dir, seed=cfg.seed, log_fn=self.train_log, hw=self.hw,
                                        probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
                                        probe_every=cfg.logger.probe_every)
             else:
@@ -304,32 +305,32 @@ class Job:
 
                     summary = train_ppo(algo, policy, ref_model, tokenizer, train_prompts,
                                         scorer.p_positive, self.job_dir, seed=cfg.seed, log_fn=self.train_log,
-                                        runtime=self.hw,
+                                        hw=self.hw,
                                         probe=self.training_probe(ref_model, tokenizer, scorer, train_prompts),
                                         probe_every=cfg.logger.probe_every)
             # replaces a policy/ left by an attempt killed before it recorded "trained"
             save_model_dir(policy, tokenizer, policy_dir)
             if summary.get("snapshot_dir"):  # the job's own folder: relative to it
                 summary["snapshot_dir"] = R.job_path(self.job_dir, summary["snapshot_dir"])
-            self.rec.results.update(trained=True, train_summary=summary, snapshots=R.snapshot_names(self.job_dir))
-            self.record_compute(summary)
+            self.rec.record.update(trained=True, train_summary=summary, snapshots=R.snapshot_names(self.job_dir))
+            self.record_cost(summary)
             self.rec.save()
             self.rec.model(policy_dir, cfg.logger.policy_artifact, algorithm=algo.name,
-                           params=self.rec.results.get("params"), compute=self.rec.results.get("compute"))
+                           params=self.rec.record.params, compute=self.rec.record.compute)
         policy.eval()
         with self.stage("evaluate"):
             from dpo_ppo.evaluate import evaluate_model
 
             ref_metrics = self.reference_eval(ref_model, tokenizer, scorer, test_prompts, gold=s.gold)
             pol_metrics, rows = evaluate_model(policy, tokenizer, scorer, test_prompts, cfg.eval,
-                                               ref_model=ref_model, desc="eval policy", runtime=self.hw,
+                                               ref_model=ref_model, desc="eval policy", hw=self.hw,
                                                gold=s.gold)
             metrics = {f"eval/policy/{k}": v for k, v in pol_metrics.items()}
             # a policy that diverged in its last steps can still reach evaluation: its NaN KL is
             # no measurement (recorded as null, the job ends diverged)
             bad = {k: v for k, v in metrics.items() if k in (R.KL, R.REWARD, R.policy_metric("kl_to_ref_k1"))}
             try:
-                check_finite(bad, self.rec.results.get("train_summary", {}).get("examples", "end"),
+                check_finite(bad, (self.rec.record.train_summary or {}).get("examples", "end"),
                              where="evaluation", knob=lr_knob(algo))
             except Diverged:
                 self.rec.metrics(metrics)
@@ -352,7 +353,7 @@ class Job:
                 "prompt", "completion"]
             self.rec.table("eval_rows", columns, [[r[c] for c in columns] for r in rows])
             self.rec.files(self.job_dir / R.EVAL_ROWS_FILE)
-            self.rec.inputs(self.rec.results["artifacts"])
+            self.rec.inputs(self.rec.record.artifacts)
             log.info("eval: p_positive %.3f (reference %.3f), binary loss %.3f (reference %.3f), "
                      "gradient loss %.3f (reference %.3f), KL %.3f nats",
                      pol_metrics[R.P_POSITIVE_MEAN], ref_metrics[R.P_POSITIVE_MEAN], pol_metrics["binary_loss"],
@@ -365,13 +366,13 @@ class Job:
         if cfg.analysis is not None and cfg.analysis.enabled:
             with self.stage("analyze"):
                 self.analyze(ref_model, policy, tokenizer, scorer, corpus)
-        return self.rec.results["metrics"]
+        return self.rec.record.metrics
 
     def analyze(self, ref_model, policy, tokenizer, scorer, corpus):
         from dpo_ppo.analysis.suite import run_analysis
 
         snapshots = sorted((self.job_dir / "snapshots").glob("ex_*[0-9]"))
-        missing = R.missing_snapshots(self.job_dir, self.rec.results)
+        missing = R.missing_snapshots(self.job_dir, self.rec.record)
         if missing:
             log.warning("analyze: %s missing from %s: the next snapshot's step divergence spans the gap",
                         ", ".join(missing), self.job_dir / "snapshots")
@@ -387,8 +388,8 @@ class Job:
         images = {k: str(Path(v).relative_to(self.job_dir)) if Path(v).is_absolute() else str(v)
                   for k, v in out.get("images", {}).items()}
         tables = out.get("tables", {})
-        self.rec.results["analysis"] = {"per_head": out.get("per_head", {}), "images": images,
-                                        "over_training": {k: tables[k] for k in R.OVER_TRAINING_TABLES if k in tables}}
+        self.rec.record.analysis = {"per_head": out.get("per_head", {}), "images": images,
+                                   "over_training": {k: tables[k] for k in R.OVER_TRAINING_TABLES if k in tables}}
         self.rec.save()
         self.rec.files(self.job_dir / "analysis.json")
         self.rec.analysis(out)
@@ -399,7 +400,7 @@ class _Scratch:
     """Stands in for the Recorder where a stage is run outside a job (``Job.prepare``)."""
 
     def __init__(self):
-        self.results: dict = {"artifacts": {}}
+        self.record = R.JobRecord()
         self.run = None
 
     def save(self) -> None:
@@ -413,33 +414,24 @@ def _prepare(job: Job) -> list[str]:
     s = job.setup()
     job.reference_eval(s.ref_model, s.tokenizer, s.scorer, s.test_prompts, gold=s.gold)
     # which artifacts the job reads is results.shared_artifacts' rule (online DPO reads no pairs)
-    kinds = [a.kind for a in R.shared_artifacts(job.cfg.algorithm.name, getattr(job.cfg.algorithm, "rounds", 1))]
+    kinds = [a.kind for a in artifacts_read(job.cfg.algorithm)]
     if "prefs" in kinds:
         job.prefs(s.train_prompts, s.ref_model, s.tokenizer, s.scorer)
     return kinds
 
 
-def prepare_job(cfg: Config) -> dict:
+def prepare_job(cfg: Config) -> R.JobOutcome:
     """``prepare=true``: build the shared artifacts this job's config needs and stop (the
     sweeper's prepare step, before the GPU jobs start); writes nothing in a job folder."""
-    from dpo_ppo.config import apply_compute
-
-    cfg = to_typed(cfg)
-    apply_compute(cfg)
+    cfg = load(cfg)
     t0 = time.time()
     built = _prepare(Job(cfg, Path(cfg.cache_dir)))
     log.info("prepared %s in %.1f s", ", ".join(built), time.time() - t0)
-    return {"status": R.PREPARED, "artifacts": built}
+    return R.JobOutcome(R.PREPARED, artifacts=built)
 
 
 def _config_key(cfg: Config) -> str:
-    """The config key results.json records for ``cfg`` (after ``compute=matched`` rewrote it)."""
-    import copy
-
-    from dpo_ppo.config import apply_compute
-
-    cfg = copy.deepcopy(cfg)
-    apply_compute(cfg)
+    """The config key results.json records for the loaded ``cfg``."""
     return R.job_identity(as_dict(cfg))["config_key"]
 
 
@@ -449,93 +441,101 @@ class BusyFolder(ConfigError):
 
 
 def run_job(cfg: Config | DictConfig, job_dir: Path, overrides: list[str] | None = None,
-            raise_errors: bool = True) -> dict:
-    """Run (or skip, or resume) the job under its folder's lock; returns its status and metrics.
+            raise_errors: bool = True) -> R.JobOutcome:
+    """Run (or skip, or resume) the job under its folder's lock; returns its outcome (status,
+    folder, metrics, error: ``results.JobOutcome``).
 
-    ``cfg``: the typed Config (``dpo_ppo.config.load``, as the entrypoint passes it), or for
-    convenience a composed DictConfig, converted here without the checks (``to_typed``).
+    ``cfg``: the composed DictConfig or a Config, loaded here (``dpo_ppo.config.load``: checked,
+    its schedule set; a Config the entrypoint loaded comes back equal).  What it names on this
+    machine (``dpo_ppo.inputs``) the entrypoint checked, and the stages that read it check again.
     A folder locked by a live process (another launch of the same job) is left alone: the call
     returns status "skipped" with where the job runs (see dpo_ppo.runtime.joblock)."""
     progress.configure()  # plain progress lines in a log (SLURM, files), bars on a terminal
-    cfg = to_typed(cfg)
+    cfg = load(cfg)  # a loaded Config comes back equal (a copy)
     if cfg.prepare:
         return prepare_job(cfg)
     Path(job_dir).mkdir(parents=True, exist_ok=True)
     lock = JobLock(job_dir)
     if not lock.acquire():
-        busy = R.read_results(job_dir) or {}
+        busy = R.read_record(job_dir) or R.JobRecord()
         ours = _config_key(cfg)
-        if busy.get("config_key") and busy["config_key"] != ours:  # not this job: one line, non-zero exit
+        if busy.config_key and busy.config_key != ours:  # not this job: one line, non-zero exit
             show = lambda o: " ".join(R.folder_key(o or [])) or "the defaults"  # noqa: E731
             raise BusyFolder("hydra.run.dir",
-                             f"{job_dir} is busy with another job ({show(busy.get('overrides'))}, config key "
-                             f"{busy['config_key']}; {lock.describe()}); this job ({show(overrides)}, config key "
+                             f"{job_dir} is busy with another job ({show(busy.overrides)}, config key "
+                             f"{busy.config_key}; {lock.describe()}); this job ({show(overrides)}, config key "
                              f"{ours}) was not started: give it its own folder")
         reason = f"running elsewhere ({lock.describe()})"
         log.warning("job %s is %s; not starting it twice", job_dir, reason)
-        return {"status": "skipped", "job_dir": str(job_dir), "metrics": {}, "reason": reason}
+        return R.JobOutcome(R.SKIPPED, str(job_dir), reason=reason)
     try:
         return _run_job(cfg, job_dir, overrides, raise_errors)
     finally:
         lock.release()
 
 
-def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
-             raise_errors: bool = True) -> dict:
-    from dpo_ppo.config import apply_compute
+def _start_record(cfg: Config, job: Job, previous: R.JobRecord | None, replaced: dict | None) -> R.JobRecord:
+    """This attempt's record as it starts (status running): what the job is, and what an earlier
+    attempt whose policy is trained hands on (its training summary and cost)."""
+    config = as_dict(cfg)
+    record = R.JobRecord(
+        status=R.RUNNING, algorithm=cfg.algorithm.name, name=cfg.name, overrides=job.overrides,
+        params=swept_params(cfg), config=config,
+        trained=bool(previous is not None and previous.trained) and not cfg.force,
+        attempts=((previous.attempts or 0) if previous is not None else 0) + 1, **R.job_identity(config),
+        provenance=provenance(),
+    )
+    if replaced:
+        record.replaces = replaced
+    if previous is not None and previous.train_summary and record.trained:
+        record.train_summary = previous.train_summary
+        record.compute = previous.compute if previous.has("compute") else {}
+    return record
 
-    apply_compute(cfg)  # compute=matched rewrites the schedule before params and config are recorded
+
+def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
+             raise_errors: bool = True) -> R.JobOutcome:
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     previous = attempts.previous_results(job_dir)
-    stop = attempts.check_drift(cfg, job_dir, previous, raise_errors)
+    stop, replaced = attempts.check_drift(cfg, job_dir, previous, raise_errors)
     if stop is not None:
         return stop
-    replaced = previous.pop("replaces", None)
-    if cfg.force and previous:  # re-run means from scratch: no checkpoint, snapshot or old curve is reused
-        replaced = attempts.start_over(job_dir, previous, "force=true")
-    if previous.get("status") == R.FINISHED and not cfg.force:
+    if replaced:  # drift after a failure (or with force=true): started over
+        previous = None
+    if cfg.force and previous is not None:  # re-run means from scratch: no checkpoint, snapshot or old curve is reused
+        replaced, previous = attempts.start_over(job_dir, previous, "force=true"), None
+    if previous is not None and previous.status == R.FINISHED and not cfg.force:
         log.info("job already finished, skipping (force=true re-runs it): %s", job_dir)
-        return {"status": R.SKIPPED, "job_dir": str(job_dir), "metrics": previous.get("metrics", {})}
+        return R.JobOutcome(R.SKIPPED, str(job_dir), previous.metrics or {})
     job = Job(cfg, job_dir, overrides)
-    results = {
-        "status": R.RUNNING, "algorithm": cfg.algorithm.name, "name": cfg.name, "overrides": job.overrides,
-        "params": swept_params(cfg), "config": as_dict(cfg),
-        "metrics": {}, "artifacts": {}, "error": None, "traceback": None,
-        "trained": bool(previous.get("trained")) and not cfg.force,
-        "attempts": previous.get("attempts", 0) + 1, **R.job_identity(as_dict(cfg)),
-        "provenance": provenance(),
-    }
-    if replaced:
-        results["replaces"] = replaced
-    if previous.get("train_summary") and results["trained"]:
-        results["train_summary"] = previous["train_summary"]
-        results["compute"] = previous.get("compute", {})
+    record = _start_record(cfg, job, previous, replaced)
     logger = cfg.logger
-    wandb_config = {**results["config"], "params": results["params"], "overrides": job.overrides,
-                    "provenance": results["provenance"], "config_key": results["config_key"]}
-    resume_id = None if cfg.force else (previous.get("wandb") or {}).get("id")
-    resume_step = (previous.get("wandb") or {}).get("next_step", 0) if resume_id else 0
+    wandb_config = {**record.config, "params": record.params, "overrides": job.overrides,
+                    "provenance": record.provenance, "config_key": record.config_key}
+    earlier_run = (previous.wandb if previous is not None else None) or {}
+    resume_id = None if cfg.force else earlier_run.get("id")
+    resume_step = earlier_run.get("next_step", 0) if resume_id else 0
     try:
-        job.rec = Recorder(job_dir, results, logger, wandb_config, run_name=job_dir.name, resume_id=resume_id,
+        job.rec = Recorder(job_dir, record, logger, wandb_config, run_name=job_dir.name, resume_id=resume_id,
                            resume_step=resume_step)
     except Exception as e:  # W&B could not start: results.json says failed, not running
-        results.update(status=R.FAILED, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        record.update(status=R.FAILED, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         with contextlib.suppress(OSError):
-            R.write_results(job_dir, results)
+            R.write_record(job_dir, record)
         raise
     earlier = attempts.attempt_costs(previous, cfg.force)
     t0 = time.time()
     stopped: BaseException | None = None
     try:
         with attempts.stop_signals():
-            metrics = job.run()
+            job.run()
         status, error, tb = R.FINISHED, None, None
     except Diverged as e:  # not a bug: the run's own numbers; one line, no traceback file
-        metrics, status, error, tb = results.get("metrics", {}), R.DIVERGED, str(e), None
+        status, error, tb = R.DIVERGED, str(e), None
         log.error("job %s: %s", job_dir, error)
     except Exception as e:  # recorded, then re-raised or returned (multirun goes on)
-        metrics, status, error, tb = results.get("metrics", {}), R.FAILED, f"{type(e).__name__}: {e}", traceback.format_exc()
+        status, error, tb = R.FAILED, f"{type(e).__name__}: {e}", traceback.format_exc()
         log.error("job failed: %s", error)
         with contextlib.suppress(OSError):  # a full disk: results.json still gets the status (Recorder.finish)
             (job_dir / R.TRACEBACK_FILE).write_text(tb)
@@ -544,30 +544,32 @@ def _run_job(cfg: Config, job_dir: Path, overrides: list[str] | None = None,
         signum = attempts.interruption(e)
         if signum is None:
             raise
-        stopped, metrics, status, tb = e, results.get("metrics", {}), R.INTERRUPTED, None
+        stopped, status, tb = e, R.INTERRUPTED, None
         error = f"interrupted by {signal.Signals(signum).name}"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     fields = {"wall_time_s": round(time.time() - t0, 2), "peak_mem_mb": round(peak, 1),
               "stage_seconds": job.stage_times, "error": error, "traceback": tb}
     if torch.cuda.is_available():
         fields["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    # what every attempt of this run cost; the seconds in compute are their sums
-    this = {"attempt": results["attempts"], "status": status, "wall_s": fields["wall_time_s"],
+    # what every attempt of this run cost; the seconds in the cost (results.json compute) are their sums
+    this = {"attempt": record.attempts, "status": status, "wall_s": fields["wall_time_s"],
             "train_s": job.stage_times.get("train"),
             # seconds this job held an accelerator (its stages ran on it); 0 on CPU
             "accelerator_s": round(sum(job.stage_times.values()), 2) if job.device.type != "cpu" else 0.0}
     costs = earlier + [this]
-    results["compute_attempts"] = costs
-    compute = results.setdefault("compute", {})
+    record.compute_attempts = costs
+    if not record.has("compute"):
+        record.compute = {}
+    cost = record.compute
     total = lambda key: round(sum(a.get(key) or 0.0 for a in costs), 2)  # noqa: E731
-    compute["wall_s"], compute["accelerator_s"] = total("wall_s"), total("accelerator_s")
-    if "train_s" in compute or any(a.get("train_s") is not None for a in costs):
-        compute["train_s"] = total("train_s")
-    job.rec.measured("compute", compute)
+    cost["wall_s"], cost["accelerator_s"] = total("wall_s"), total("accelerator_s")
+    if "train_s" in cost or any(a.get("train_s") is not None for a in costs):
+        cost["train_s"] = total("train_s")
+    job.rec.measured("compute", cost)  # W&B summary compute/*
     job.rec.finish(status, **fields)
     if stopped is not None:
         log.warning("job %s: %s; relaunch the same command to resume it", job_dir, error)
         raise stopped
     if status == R.FAILED and raise_errors:
         raise exc
-    return {"status": status, "job_dir": str(job_dir), "metrics": metrics, "error": error}
+    return R.JobOutcome(status, str(job_dir), record.metrics, error)

@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_ppo.runtime import gpus
 from dpo_ppo.config import load, register_configs
-from dpo_ppo.config.errors import exit_interrupted, exit_with_one_line, flat, run_cli
+from dpo_ppo.inputs import check_inputs
+from dpo_ppo.cli.exits import exit_interrupted, exit_with_one_line, flat, run_cli
 
 log = logging.getLogger("dpo_ppo")
 
@@ -53,9 +54,10 @@ def app(cfg: DictConfig):
     multirun = hc.mode == RunMode.MULTIRUN
     job_dir = hc.runtime.output_dir
     try:
-        # the composed DictConfig becomes the typed Config here, once, and is checked before torch
-        # is imported: bad input fails in about a second
+        # the composed DictConfig becomes the typed Config here, once, and it and what it names are
+        # checked before torch is imported: bad input fails in about a second
         typed = load(cfg)
+        check_inputs(typed)  # what it names on this machine: devices, local folders, the data
         from dpo_ppo.job import run_job
 
         try:
@@ -72,18 +74,19 @@ def app(cfg: DictConfig):
         if multirun:  # recorded by the job like any other failure; the sweep goes on
             raise
         exit_with_one_line(e, job_dir)
-    if out["status"] == "failed" and not multirun:  # a sweep goes on; a single job says why and exits
-        print(f"Job failed: {flat(out['error'])} (traceback: {out['job_dir']}/traceback.txt)", file=sys.stderr)
+    if out.status == "failed" and not multirun:  # a sweep goes on; a single job says why and exits
+        print(f"Job failed: {flat(out.error)} (traceback: {out.job_dir}/traceback.txt)", file=sys.stderr)
         sys.exit(1)
-    if out["status"] == "diverged" and not multirun:  # its numbers went non-finite: one line, no traceback
-        print(f"Job {flat(out['error'])}", file=sys.stderr)
+    if out.status == "diverged" and not multirun:  # its numbers went non-finite: one line, no traceback
+        print(f"Job {flat(out.error)}", file=sys.stderr)
         sys.exit(1)
     return out
 
 
 def main() -> None:
     """``dpo-ppo``: bad input ends in one line on stderr, never a Python traceback.  ``--help``
-    prints Hydra's listing, then every key's default and help (``config.keys.help_text``)."""
+    prints Hydra's listing, then every key's default and help (``config.keys.help_text``); with
+    ``algorithm=NAME`` on the line, that algorithm's keys alone."""
     if not any(a in ("--help", "-h") for a in sys.argv[1:]):
         run_cli(app, lambda e: exit_with_one_line(e, None))
         return
@@ -94,7 +97,7 @@ def main() -> None:
             raise
     from dpo_ppo.config.keys import help_text
 
-    print(help_text())
+    print(help_text(overrides=sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ A job folder holds:
       params      the swept hyperparameters, flat (PARAM_KEYS)
       config      the full resolved config
       metrics     {metric name: float} (METRIC names below)
-      compute     what the run cost (COMPUTE_KEYS), when the trainer reports it
+      compute     what the run cost (COST_KEYS), when the trainer reports it: the measured cost,
+                  read in code as ``JobResults.cost`` (not the config group ``compute``, the
+                  schedule mode, which is ``config.compute`` and ``params.compute``)
       analysis    {"per_head": {name: layer x head grid}, "images": {name: path in the folder},
                    "over_training": {table: {"columns": [...], "data": [[...], ...]}}}
                   (OVER_TRAINING_TABLES: one row per snapshot, "examples" first)
@@ -44,13 +46,20 @@ A job folder holds:
                   (``compute``'s seconds are their sums; its steps and tokens are the trained
                   policy's, carried across attempts by the checkpoint it resumed from)
 
-- ``train_log.jsonl`` (``TRAIN_LOG_FILE``): one JSON object per logged training step,
-  ``{"step": N, "train/...": value, "train/examples": examples seen}``;
+- ``train_log.jsonl`` (``TRAIN_LOG_FILE``): one JSON object per logged training row,
+  ``{"step": examples seen, "train/...": value, "train/examples": examples seen}``, with
+  ``"train/optimizer_step"`` in the TRL trainers' rows (DPO, RLOO, GRPO; before issue 33 their
+  "step" was that optimizer step: readers use ``train/examples``);
 - ``eval_rows.csv`` (``EVAL_ROWS_FILE``): one row per evaluation prompt (``EVAL_ROW_COLUMNS``);
   the reference's rows are ``<artifacts.ref_eval>/rows.csv`` (``REF_ROWS_FILE``), same columns.
   Rows pair across jobs by ``prompt_id``.
 
-``run_job`` returns ``SKIPPED`` for a job finished before; it is never written to a file.
+results.json's content is one typed record, ``JobRecord`` (``to_json`` / ``from_json``,
+``write_record`` / ``read_record``): the job fills it, the recorder writes it, every reader reads
+it, keeping the file byte for byte what the job wrote when it was a plain dict.  ``run_job``
+returns a ``JobOutcome`` (status, folder, metrics, error), ``SKIPPED`` for a job finished before
+(never written to a file).  ``sweep.json`` (``SWEEP_FILE``) holds the ``SWEEP_*`` keys and one
+``SweepEntry`` per planned job.
 
 Identity, in two parts.  A job's *folder* is named by its command-line overrides without the keys
 that say where or how it runs (``EXCLUDED_KEYS``; ``folder_key``).  The folder name alone would
@@ -117,12 +126,19 @@ SHARED_ARTIFACTS = (
 )
 
 
+def online_dpo(algorithm: Optional[str], rounds: Optional[int] = 1) -> bool:
+    """Whether a job is online DPO: DPO whose pairs the policy resamples, ``algorithm.rounds`` > 1.
+    The one definition (``config.schedule.is_online_dpo`` reads it off a typed config for the
+    arm, the job's train stage, the prepare step and the sweeper's prepare cover)."""
+    return algorithm == "dpo" and (rounds or 1) > 1
+
+
 def shared_artifacts(algorithm: Optional[str] = None, rounds: int = 1) -> Tuple[SharedArtifact, ...]:
-    """The shared artifacts a job of ``algorithm`` reads (None: every one of any algorithm); with
-    ``rounds`` > 1 (online DPO) none that only an offline job reads."""
+    """The shared artifacts a job of ``algorithm`` reads (None: every one of any algorithm); for
+    online DPO (``online_dpo``) none that only an offline job reads."""
     return tuple(a for a in SHARED_ARTIFACTS
                  if (algorithm is None or a.algorithms is None or algorithm in a.algorithms)
-                 and not (a.offline_only and rounds > 1))
+                 and not (a.offline_only and online_dpo(algorithm, rounds)))
 
 
 # --------------------------------------------------------------------------- statuses
@@ -159,19 +175,25 @@ ARMS = ("dpo", "online_dpo", "ipo", "online_ipo", "ppo", "rloo", "grpo")
 #   ppo 2: the trust region shrinks a crossing step by default (folders made before versions ran
 #          with stop, also those without an ``algorithm.trust_region`` key) and reads max(k3,
 #          Bernoulli KL) per prompt.
+#   ppo 3: fused AdamW (torch.optim.AdamW(fused=True) where the device has the kernel, CPU included;
+#          the for-loop AdamW before: the same update up to float rounding, so not the same numbers),
+#          the policy's and value model's gradients clipped in one pass (clip_apart: the same
+#          numbers as two clip_grad_norm_ calls), and the trust region's line search bisecting over
+#          1/2 ... 1/64 of a step (the same fraction as halving in turn where the statistic grows
+#          along the step; not where it does not).
 # An algorithm without an entry (a new one) is at version UNRECORDED_VERSION: nothing older can be
 # mistaken for it; the test asks for its entry, code and fingerprint all the same.
 ALGORITHM_VERSION = "algorithm_version"  # results.json's key
 #   rloo 1, grpo 1: TRL's RLOOTrainer / GRPOTrainer (train/rl), as first recorded.
-ALGORITHM_VERSIONS = {"dpo": 1, "ppo": 2, "rloo": 1, "grpo": 1}
+ALGORITHM_VERSIONS = {"dpo": 1, "ppo": 3, "rloo": 1, "grpo": 1}
 # what a results.json without ``algorithm_version`` was made by: the code before versions existed
 UNRECORDED_VERSION = 1
 # the trainer modules (under dpo_ppo/, without ``.py``; a package's every module) whose code is
 # what the algorithm computes
 ALGORITHM_CODE = {"dpo": ("train/dpo", "train/online_dpo", "data/prefs"), "ppo": ("train/ppo", "train/sampling"),
                   "rloo": ("train/rl",), "grpo": ("train/rl",)}
-ALGORITHM_FINGERPRINTS = {"dpo": "5b8cf4e76306119d", "ppo": "2165496505a21f76", "rloo": "a5988834d74d0f2c",
-                          "grpo": "a5988834d74d0f2c"}
+ALGORITHM_FINGERPRINTS = {"dpo": "82562c3bcc3fe7fe", "ppo": "e92c432b303eba58", "rloo": "dcd212c1edf74ad0",
+                          "grpo": "dcd212c1edf74ad0"}
 
 
 def algorithm_version(algorithm: Optional[str]) -> int:
@@ -259,9 +281,13 @@ EVAL_METRICS = (P_POSITIVE_MEAN, P_POSITIVE_STD, SCORE_MEAN, "gradient_loss", "b
 LEGACY_EVAL_NAMES = {"reward_mean": P_POSITIVE_MEAN, "reward_std": P_POSITIVE_STD, "score_logit_mean": SCORE_MEAN}
 ANALYSIS = "analysis/"
 
-# training curves: every row at EXAMPLES, the examples seen by the policy it measured
+# training curves: every row at EXAMPLES, the examples seen by the policy it measured (the x-axis of
+# every trainer's rows, and train_log.jsonl's "step"); the TRL trainers' rows also carry
+# OPTIMIZER_STEP, the optimizer steps that policy had taken (PPO's rows carry instead
+# "train/optimizer_steps", the steps of one update)
 TRAIN = "train/"
 EXAMPLES = TRAIN + "examples"
+OPTIMIZER_STEP = TRAIN + "optimizer_step"
 # the probe (``train.probe``): both algorithms, the same fixed training prefixes, the same cadence
 # (before training, every logger.probe_every examples and at the end)
 TRAIN_KL = TRAIN + "kl"                         # nats, k1 on the policy's own samples
@@ -353,8 +379,9 @@ KNOBS = {"dpo": "beta", "ppo": "kl_target", "rloo": "beta", "grpo": "beta"}  # w
 # shared axes: runs that differ in one of these are never pooled silently by the report
 FACET_KEYS = ("completion_len", "prefix_len", "prefix_len_max", "examples", "value_model", "compute",
               "model", "data", "classifier")
-COMPUTE_KEYS = ("optimizer_steps", "examples_seen", "trained_tokens", "generated_tokens", "train_s",
-                "wall_s", "accelerator_s")
+# results.json ``compute``: what training cost (the measured cost; ``params``' "compute" is the mode)
+COST_KEYS = ("optimizer_steps", "examples_seen", "trained_tokens", "generated_tokens", "train_s",
+             "wall_s", "accelerator_s")
 EVAL_ROW_COLUMNS = ("prompt_id", "p_positive", "completion_len", "kl", "kl_k1")
 EVAL_ROW_OPTIONAL = ("gold_p_positive",)  # written and read where present (a job with a gold reward)
 
@@ -517,21 +544,26 @@ def config_diff(old: dict, new: dict) -> list[str]:
     return lines
 
 
+CONFIG_DRIFT = "config drift"  # how a drift message starts (ConfigDrift; the sweeper's sweep.json error)
+
+
 class ConfigDrift(RuntimeError):
     """A job folder holds results (or a checkpoint) made under another config."""
 
     def __init__(self, job_dir, diff: list[str]):
         self.diff = diff
         shown = "; ".join(diff[:12]) + (f"; ... and {len(diff) - 12} more" if len(diff) > 12 else "")
-        super().__init__(f"config drift: {job_dir} holds results made with another config "
+        super().__init__(f"{CONFIG_DRIFT}: {job_dir} holds results made with another config "
                          f"({len(diff)} key{'s' if len(diff) != 1 else ''} differ: {shown}). "
                          f"force=true re-runs the job from scratch under the new config")
 
 
-def config_drift(job_dir, recorded: Optional[Dict[str, Any]], config: dict) -> Optional[ConfigDrift]:
-    """The drift between the results a folder holds (``recorded``, a results.json object) and
-    ``config`` (``as_dict`` of the config asked for now), the algorithm's version first
-    (``version_drift``); None when they agree or nothing with a config is recorded."""
+def config_drift(job_dir, recorded: "Optional[JobRecord | Mapping[str, Any]]", config: dict) -> Optional[ConfigDrift]:
+    """The drift between the results a folder holds (``recorded``, its ``JobRecord`` or a
+    results.json object) and ``config`` (``as_dict`` of the config asked for now), the algorithm's
+    version first (``version_drift``); None when they agree or nothing with a config is recorded."""
+    if isinstance(recorded, JobRecord):
+        recorded = recorded.to_json()
     if not recorded or not recorded.get("config"):
         return None
     diff = config_diff(dict(recorded["config"]), config)
@@ -617,14 +649,116 @@ def resolve_job_path(job_dir: Path, path: Any) -> Optional[Path]:
     return p
 
 
-def write_results(folder: Path, results: Dict[str, Any]) -> Path:
-    """Write ``folder/results.json`` atomically."""
-    return write_json(Path(folder) / RESULTS_FILE, results)
+# --------------------------------------------------------------------------- the job record
+
+# results.json keys written from a job's start on, in this order (a fresh job's file begins so)
+RECORD_START = ("status", "algorithm", "name", "overrides", "params", "config", "metrics", "artifacts", "error",
+                "traceback", "trained", "attempts", "config_key", ALGORITHM_VERSION, "provenance")
 
 
-def read_results(path: Path) -> Optional[Dict[str, Any]]:
-    """A job's results (``path`` is the job folder or its results.json); None when missing,
-    half-written, not a JSON object or without a status (``{}``: every writer sets one)."""
+@dataclass(eq=False)
+class JobRecord:
+    """A job's record: what results.json holds (the module docstring says each key), typed.
+
+    ``run_job`` fills it, ``runtime.record.Recorder`` writes it (``write_record``), and every
+    reader (the next attempt, the sweeper's triage, dpo-ppo-sync, the report) reads it back with
+    ``read_record`` / ``from_json``.  The file is the one the job wrote before the record was
+    typed, byte for byte: ``to_json`` gives the keys in the order they were first set (a fresh
+    record starts with ``RECORD_START``; one read back keeps its file's order), a key no one set
+    is left out, and keys this code does not name (an older or newer writer's) are kept in
+    ``extra``, in their place.  Nested values (config, metrics, compute, wandb, ...) are the
+    JSON objects themselves, as written."""
+
+    status: str = RUNNING  # STATUSES
+    algorithm: Optional[str] = None  # TRAINERS
+    name: Optional[str] = None  # the sweep / experiment name
+    overrides: List[str] = field(default_factory=list)  # the job's command-line overrides
+    params: Dict[str, Any] = field(default_factory=dict)  # the swept hyperparameters (PARAM_KEYS)
+    config: Dict[str, Any] = field(default_factory=dict)  # the full resolved config
+    metrics: Dict[str, Any] = field(default_factory=dict)  # {metric name: value}
+    artifacts: Dict[str, Any] = field(default_factory=dict)  # shared artifacts' folders, the job's own files
+    error: Optional[str] = None
+    traceback: Optional[str] = None
+    trained: bool = False  # the final policy is saved in the folder (a relaunch evaluates it)
+    attempts: int = 0
+    config_key: Optional[str] = None  # ``config_key``
+    algorithm_version: Optional[int] = None  # ALGORITHM_VERSIONS; None: not recorded
+    provenance: Dict[str, Any] = field(default_factory=dict)
+    # set as the job goes: absent from the file until set
+    replaces: Optional[Dict[str, Any]] = None  # the attempt a start from scratch cleared
+    train_summary: Optional[Dict[str, Any]] = None  # what the trainer returned
+    # results.json ``compute``, named as the file names it: what training cost (COST_KEYS), the
+    # measured cost, not the config group ``compute`` (the schedule mode); readers say ``cost``
+    compute: Optional[Dict[str, Any]] = None
+    wandb: Optional[Dict[str, Any]] = None  # the W&B run: id, project, entity, mode, url, next_step, ...
+    hardware: Optional[Dict[str, Any]] = None  # precision and batch sizes on the device
+    stage_seconds: Optional[Dict[str, float]] = None  # timings per stage
+    classifier_accuracy: Optional[float] = None
+    prompts: Optional[Dict[str, int]] = None  # PROMPT_KEYS
+    snapshots: Optional[List[str]] = None  # the ex_* folders training wrote
+    analysis: Optional[Dict[str, Any]] = None  # per_head, images, over_training
+    compute_attempts: Optional[List[Dict[str, Any]]] = None  # one entry per attempt
+    wall_time_s: Optional[float] = None  # timings of this attempt
+    peak_mem_mb: Optional[float] = None
+    peak_gpu_mem_mb: Optional[float] = None
+    non_finite: Optional[List[str]] = None  # where json_text wrote null for a NaN or infinity
+    partial: Optional[bool] = None  # a short record written in place on a full disk
+    extra: Dict[str, Any] = field(default_factory=dict)  # keys this code does not name, as read
+
+    def __post_init__(self) -> None:
+        # the keys the file holds, in order: RECORD_START, then any other field given a value
+        present = list(RECORD_START) + [f for f in _OPTIONAL_FIELDS if getattr(self, f) is not None]
+        object.__setattr__(self, "_keys", present + [k for k in self.extra if k not in present])
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        object.__setattr__(self, key, value)
+        keys = self.__dict__.get("_keys")
+        if keys is not None and key in _RECORD_FIELDS and key not in keys:
+            keys.append(key)
+
+    def has(self, key: str) -> bool:
+        """Whether results.json holds ``key`` (set, or read from the file)."""
+        return key in self._keys
+
+    def update(self, **values: Any) -> None:
+        """Set several keys at once; a name the record does not have is a bug, refused."""
+        unknown = sorted(set(values) - set(_RECORD_FIELDS))
+        if unknown:
+            raise TypeError(f"JobRecord has no key {', '.join(unknown)} (results.py: JobRecord)")
+        for key, value in values.items():
+            setattr(self, key, value)
+
+    def to_json(self) -> Dict[str, Any]:
+        """The results.json object: every key set, in the order it was first set."""
+        return {k: (self.extra[k] if k not in _RECORD_FIELDS else getattr(self, k)) for k in self._keys
+                if k in _RECORD_FIELDS or k in self.extra}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "JobRecord":
+        """A results.json object read back (any writer's: keys this code does not name go to
+        ``extra``); ``to_json`` gives it back unchanged."""
+        known = {k: v for k, v in data.items() if k in _RECORD_FIELDS}
+        record = cls(**known, extra={k: v for k, v in data.items() if k not in _RECORD_FIELDS})
+        object.__setattr__(record, "_keys", [str(k) for k in data])
+        return record
+
+    def text(self) -> str:
+        """results.json's text (``json_text``: strict JSON, never a bare NaN)."""
+        return json_text(self.to_json())
+
+
+_RECORD_FIELDS = tuple(f for f in JobRecord.__dataclass_fields__ if f != "extra")
+_OPTIONAL_FIELDS = tuple(f for f in _RECORD_FIELDS if f not in RECORD_START)
+
+
+def write_record(folder: Path, record: JobRecord) -> Path:
+    """Write ``folder/results.json`` atomically (``write_json``): the one writer of a job's record."""
+    return write_json(Path(folder) / RESULTS_FILE, record.to_json())
+
+
+def read_record(path: Path) -> Optional[JobRecord]:
+    """A job's record (``path`` is the job folder or its results.json); None when missing,
+    half-written, not a JSON object or without a status (every writer sets one)."""
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_FILE
@@ -632,7 +766,75 @@ def read_results(path: Path) -> Optional[Dict[str, Any]]:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and isinstance(data.get("status"), str) else None
+    return JobRecord.from_json(data) if isinstance(data, dict) and isinstance(data.get("status"), str) else None
+
+
+@dataclass
+class JobOutcome:
+    """What ``run_job`` returns (the Hydra task's return value, the sweeper's ``outcome`` reads it):
+    the job's status (STATUSES, or SKIPPED; PREPARED for a ``prepare=true`` job), its folder, the
+    metrics it recorded and, when it failed or diverged, the error."""
+
+    status: str
+    job_dir: Optional[str] = None
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    error: Optional[str] = None
+    reason: Optional[str] = None  # SKIPPED: why (finished before, or running elsewhere)
+    artifacts: List[str] = field(default_factory=list)  # PREPARED: the shared artifacts built
+
+    @classmethod
+    def of(cls, value: Any) -> Optional["JobOutcome"]:
+        """A task function's return value as an outcome: a JobOutcome, or a mapping with a
+        ``status`` (another task function's); None for anything else."""
+        if isinstance(value, JobOutcome):
+            return value
+        if isinstance(value, Mapping) and isinstance(value.get("status"), str):
+            names = set(cls.__dataclass_fields__)
+            return cls(**{k: v for k, v in value.items() if k in names})
+        return None
+
+
+# sweep.json (SWEEP_FILE): where a sweep stands, written by ``sweep.state.write_sweep_json``, read
+# by the report; its top-level keys, then one ``SweepEntry`` per planned job under SWEEP_JOBS
+SWEEP_NAME, SWEEP_STATE, SWEEP_ERROR, SWEEP_STARTED = "name", "state", "error", "started"
+SWEEP_ELAPSED_S, SWEEP_LAUNCHER, SWEEP_ARGUMENTS = "elapsed_s", "launcher", "arguments"
+SWEEP_COUNTS, SWEEP_MERGED, SWEEP_JOBS = "counts", "merged", "jobs"
+
+
+@dataclass
+class SweepEntry:
+    """One planned job in sweep.json's SWEEP_JOBS: its index, arm, overrides, folder (relative to
+    the sweep folder when inside it), status (STATUSES, SKIPPED or PENDING), error and note."""
+
+    idx: Optional[int] = None
+    arm: Optional[str] = None
+    overrides: List[str] = field(default_factory=list)
+    dir: Optional[str] = None
+    status: Optional[str] = None
+    error: Optional[str] = None
+    note: Optional[str] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"idx": self.idx, "arm": self.arm, "overrides": self.overrides, "dir": self.dir,
+                "status": self.status, "error": self.error, "note": self.note}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "SweepEntry":
+        """An entry read back; keys this code does not name are ignored, missing ones are None."""
+        return cls(idx=data.get("idx"), arm=data.get("arm"), overrides=list(data.get("overrides") or []),
+                   dir=data.get("dir"), status=data.get("status"), error=data.get("error"), note=data.get("note"))
+
+
+def write_results(folder: Path, results: "JobRecord | Dict[str, Any]") -> Path:
+    """Write ``folder/results.json`` atomically (a record, or a results.json object)."""
+    return write_record(folder, results if isinstance(results, JobRecord) else JobRecord.from_json(results))
+
+
+def read_results(path: Path) -> Optional[Dict[str, Any]]:
+    """A job's results as a JSON object (``read_record``'s ``to_json``); None when ``read_record``
+    finds none."""
+    record = read_record(path)
+    return None if record is None else record.to_json()
 
 
 def unreadable(path: Path) -> bool:
@@ -667,7 +869,7 @@ class JobResults:
     params: Dict[str, Any] = field(default_factory=dict)
     overrides: List[str] = field(default_factory=list)
     metrics: Dict[str, float] = field(default_factory=dict)
-    compute: Dict[str, Any] = field(default_factory=dict)
+    cost: Dict[str, Any] = field(default_factory=dict)  # results.json ``compute``: what training cost (COST_KEYS)
     per_head: Dict[str, Any] = field(default_factory=dict)
     images: Dict[str, str] = field(default_factory=dict)
     artifacts: Dict[str, Any] = field(default_factory=dict)
@@ -680,6 +882,27 @@ class JobResults:
     config_key: Optional[str] = None  # hash of the config (``config_key``): one per distinct job
     algorithm_version: Optional[int] = None  # ALGORITHM_VERSIONS; None: not recorded (``recorded_version``)
 
+    @classmethod
+    def from_record(cls, folder: Path, record: JobRecord) -> "JobResults":
+        """The job in ``folder`` as its ``record`` says, metrics under their current names
+        (``scalar_metrics``), analysis tables as columns."""
+        params = dict(record.params or {})
+        algorithm = record.algorithm or params.get("algorithm")
+        analysis = record.analysis or {}
+        return cls(
+            dir=Path(folder), status=str(record.status or RUNNING),
+            algorithm=str(algorithm).lower() if algorithm else None, name=record.name,
+            params=params, overrides=[str(o) for o in record.overrides or []],
+            metrics=scalar_metrics(record.metrics), cost=dict(record.compute or {}),
+            per_head=dict(analysis.get("per_head") or {}),
+            images={str(k): str(v) for k, v in (analysis.get("images") or {}).items()},
+            artifacts=dict(record.artifacts or {}), config=dict(record.config or {}),
+            wall_time_s=record.wall_time_s, peak_mem_mb=record.peak_mem_mb, error=record.error,
+            wandb=dict(record.wandb or {}), config_key=record.config_key,
+            algorithm_version=record.algorithm_version,
+            over_training={str(k): _columns(v) for k, v in (analysis.get("over_training") or {}).items()},
+        )
+
 
 def _columns(table: Any) -> Dict[str, List[Any]]:
     """{"columns": [...], "data": [[...], ...]} -> {column: values}; {} when malformed."""
@@ -691,27 +914,9 @@ def _columns(table: Any) -> Dict[str, List[Any]]:
 
 
 def read_job(folder: Path) -> Optional[JobResults]:
-    """The job in ``folder``; None when it holds no readable results.json."""
-    folder = Path(folder)
-    data = read_results(folder)
-    if data is None:
-        return None
-    params = dict(data.get("params") or {})
-    algorithm = data.get("algorithm") or params.get("algorithm")
-    analysis = data.get("analysis") or {}
-    return JobResults(
-        dir=folder, status=str(data.get("status") or RUNNING),
-        algorithm=str(algorithm).lower() if algorithm else None, name=data.get("name"),
-        params=params, overrides=[str(o) for o in data.get("overrides") or []],
-        metrics=scalar_metrics(data.get("metrics")), compute=dict(data.get("compute") or {}),
-        per_head=dict(analysis.get("per_head") or {}),
-        images={str(k): str(v) for k, v in (analysis.get("images") or {}).items()},
-        artifacts=dict(data.get("artifacts") or {}), config=dict(data.get("config") or {}),
-        wall_time_s=data.get("wall_time_s"), peak_mem_mb=data.get("peak_mem_mb"), error=data.get("error"),
-        wandb=dict(data.get("wandb") or {}), config_key=data.get("config_key"),
-        algorithm_version=data.get(ALGORITHM_VERSION),
-        over_training={str(k): _columns(v) for k, v in (analysis.get("over_training") or {}).items()},
-    )
+    """The job in ``folder``; None when it holds no readable results.json (``read_record``)."""
+    record = read_record(folder)
+    return None if record is None else JobResults.from_record(folder, record)
 
 
 def read_eval_rows(path: Path) -> Optional[Dict[str, List[float]]]:
@@ -782,12 +987,15 @@ def snapshot_names(job_dir: Path) -> List[str]:
     return sorted(names, key=lambda n: int(n[3:]))
 
 
-def missing_snapshots(job_dir: Path, results: Dict[str, Any]) -> List[str]:
+def missing_snapshots(job_dir: Path, results: "JobRecord | Dict[str, Any]") -> List[str]:
     """Snapshots the job's training wrote (results.json ``snapshots``) that its folder no longer
     holds; for a results.json without that list, the gaps in the ``snapshot_every`` cadence
     (``ex_*`` between two present ones, or before the first) named by the examples where one was
     due.  A missing snapshot turns the next one's step divergence into a longer step (or, for the
-    first, a distance from the reference), so the analyses name it."""
+    first, a distance from the reference), so the analyses name it.  ``results``: the job's
+    ``JobRecord`` or its results.json object."""
+    if isinstance(results, JobRecord):
+        results = results.to_json()
     present = snapshot_names(job_dir)
     recorded = results.get("snapshots")
     if isinstance(recorded, list) and recorded:
@@ -803,3 +1011,54 @@ def missing_snapshots(job_dir: Path, results: Dict[str, Any]) -> List[str]:
         last = examples
     return gaps
 
+
+
+# --------------------------------------------------------------------------- evaluation's per-completion definitions
+#
+# The names of ``EVAL_METRICS`` that had no constant, and what evaluation (``evaluate.py``) computes
+# per completion for the metrics that are a mean over completions. The report recomputes those
+# metrics from eval_rows.csv (``EVAL_ROW_STATISTICS``: to resample the prompts) with the same
+# functions, so the two never disagree on what "gradient loss" is. The functions take a numpy array
+# or a torch tensor of p_positive alike.
+GRADIENT_LOSS, BINARY_LOSS, COMPLETION_LEN = "gradient_loss", "binary_loss", "completion_len"
+KL_TO_REF, KL_TO_REF_STD, KL_TO_REF_K1 = "kl_to_ref", "kl_to_ref_std", "kl_to_ref_k1"
+DISTINCT_1, DISTINCT_2 = "distinct_1", "distinct_2"
+
+
+def gradient_loss(p_positive: Any) -> Any:
+    """The seed's gradient loss of each completion: 1 - p_positive (``gradient_loss`` is its mean)."""
+    return 1 - p_positive
+
+
+def binary_loss(p_positive: Any) -> Any:
+    """1.0 where the classifier calls the completion negative (p_positive < 0.5), else 0.0
+    (``binary_loss`` is its mean: the fraction classified negative)."""
+    return (p_positive < 0.5) * 1.0
+
+
+# eval/policy/<name> recomputed from eval_rows.csv: name -> (statistic over completions, the row
+# column, what evaluation takes of each row before the statistic; None: the column as it is)
+EVAL_ROW_STATISTICS = {
+    REWARD: ("mean", "p_positive", None),
+    policy_metric(GRADIENT_LOSS): ("mean", "p_positive", gradient_loss),
+    policy_metric(BINARY_LOSS): ("mean", "p_positive", binary_loss),
+    policy_metric(P_POSITIVE_STD): ("std", "p_positive", None),
+    policy_metric(COMPLETION_LEN): ("mean", "completion_len", None),
+    KL: ("mean", "kl", None),
+    policy_metric(KL_TO_REF_K1): ("mean", "kl_k1", None),
+}
+
+# the analyses' scalars that the report and the dashboard read by name (the suite puts ANALYSIS in
+# front of what each analysis's ``Output.scalar`` names: analysis/weights.py, analysis/activations.py)
+MSD_ALL = ANALYSIS + "weights/msd_all"  # mean-square divergence from the reference, every parameter
+MSD_WEIGHTS = ANALYSIS + "weights/msd_weights"
+MSD_BIASES = ANALYSIS + "weights/msd_biases"
+BIAS_WEIGHT_RATIO = ANALYSIS + "weights/bias_weight_ratio"
+MSD_LAYER = ANALYSIS + "weights/msd_layer"  # + the block's index: msd_layer0, msd_layer1, ...
+LOGIT_LENS_KL_LAYER = ANALYSIS + "activations/logit_lens_kl_layer"  # + the layer's index
+RESID_KL_MEAN = ANALYSIS + "activations/resid/kl_{}_mean"  # .format(subset): pos, neg, all
+# the analysis tables logged to W&B (runtime/record.py), as the dashboard's panels name them
+WEIGHTS_PER_LAYER_TABLE = ANALYSIS + "weights_per_layer"
+ACTIVATIONS_TABLE = ANALYSIS + "activations"
+ABLATION_TABLE = ANALYSIS + "ablation"
+EVAL = "eval/"  # every evaluation metric's prefix (POLICY, REFERENCE, IMPROVEMENT)

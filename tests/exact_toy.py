@@ -257,54 +257,118 @@ def train_rl(cfg, out_dir, seed: int = 0, model_seed: int = 0, log=None):
     return policy.eval(), ref, ref_logp, summary
 
 
-@torch.no_grad()
-def grpo_fixed_point(ref, beta: float, scale: bool = True, iters: int = 50) -> dict[str, torch.Tensor]:
-    """Where GRPO's expected update vanishes on the toy, for a policy free at every state
-    (docs/kl_control.md, "GRPO's fixed point"); log-probs of the 27 completions per prompt.
+def group_advantage(probs: torch.Tensor, values: torch.Tensor, group: int = 8, scale: bool = True) -> torch.Tensor:
+    """E[A | R = v] for each reward value v: TRL's GRPO advantage A = (R - mean) / (std + 1e-4) of a
+    completion whose reward is v, in a group of ``group`` completions of one prompt whose other
+    ``group - 1`` rewards are drawn i.i.d. with ``probs`` over ``values`` (mean and Bessel std over the
+    whole group, the completion itself included, as ``trl.trainer.utils.nanstd``); without ``scale``,
+    A = R - mean, whose expectation is (group - 1) / group (v - E[R]).  Exact, by enumerating the
+    other completions' rewards."""
+    out = torch.zeros(len(values), dtype=torch.float64)
+    for others in itertools.combinations_with_replacement(range(len(values)), group - 1):
+        counts = [others.count(i) for i in range(len(values))]
+        weight = math.factorial(group - 1)
+        for i, n in enumerate(counts):
+            weight = weight / math.factorial(n) * float(probs[i]) ** n
+        if weight == 0.0:
+            continue
+        rest = values[list(others)]
+        for i, v in enumerate(values):
+            g = torch.cat([v.view(1), rest])
+            a = v - g.mean()
+            out[i] += weight * (a / (g.std() + 1e-4) if scale else a)
+    return out
 
-    On-policy (num_iterations 1, ratio 1) TRL's GRPO loss with loss_type grpo and a fixed length is,
-    per sequence, (1 / |y|) sum_t [-A ∇log pi(y_t | s_t) + beta ∇k3_t], A = (r - mean) / std over the
-    group.  E_{a ~ pi}[∇ k3] = ∇ KL(pi_ref(.|s) || pi(.|s)): the *forward* KL per visited state. Its
-    gradient on the logits of state s is (pi - pi_ref); the policy gradient's is pi(a|s) (Q(s,a) -
-    V(s)) / sigma.  They cancel where pi(a|s) = c pi_ref(a|s) / (lam_s - Q(s,a)) with c = beta sigma
-    and lam_s > max_a Q(s, a) the root of sum_a pi(a|s) = 1 (then V(s) = lam_s - c): solved from the
-    last token up, sigma (the reward's std under the fixed point, 1 with scale=False) by iteration."""
+
+@torch.no_grad()
+def grpo_fixed_point(ref, beta: float, scale_rewards: str = "group", group: int = 8, bias_correction: bool = True,
+                     iters: int = 200, tol: float = 1e-10) -> dict[str, torch.Tensor]:
+    """Where the expected update of TRL 1.16's GRPO loss vanishes on the toy, for a policy free at
+    every state (docs/kl_control.md, "GRPO's fixed point"); log-probs of the 27 completions per prompt.
+
+    On-policy (num_iterations 1) the loss of a completion is, per token t (the same 1 / |y| for
+    every token: loss_type grpo, bnpo, dr_grpo and dapo agree at a fixed length),
+    -A w_t + beta k3_t w_t with w_t = pi(y_t|s_t) / stop_grad(pi(y_t|s_t)) (``use_bias_correction_kl``,
+    TRL's default) and k3_t = pi_ref/pi - log(pi_ref/pi) - 1.  Its expected gradient on the logits
+    of state s (weighted by the chance of visiting s, which is not differentiated) is
+    pi(a|s) (Q(s,a) - V(s)) - beta grad KL(pi(.|s) || pi_ref(.|s)), with Q(s, a) = E_pi[f(R) | s, a]
+    and f = ``group_advantage`` (the advantage's expectation given the completion's reward, which
+    depends on pi through the other completions of the group).  It vanishes where, at every state,
+
+        pi(a|s) = pi_ref(a|s) exp(Q(s,a) / beta) / Z(s)
+
+    a per-state tilt by the *expected* (not the KL-discounted, soft) reward-to-go: later tokens'
+    KL never holds an earlier token back, unlike pi* = pi_ref exp(r / beta) / Z.  Without the
+    correction (``bias_correction=False``: E[grad k3] = grad KL(pi_ref || pi) per state) it is
+    pi(a|s) = beta pi_ref(a|s) / (lam_s - Q(s,a)), lam_s > max_a Q normalising.  Solved from the
+    last token up for a given f; f and pi by a damped iteration to a fixed point."""
+    if scale_rewards not in ("group", "none"):
+        raise ValueError(f"scale_rewards: {scale_rewards!r} is not modelled; group or none")
     r_all = rewards()
+    values = torch.arange(LENGTH + 1, dtype=torch.float64)  # the toy's rewards, 0..LENGTH
     out = {}
     for name, prompt in PROMPTS.items():
-        sigma = 1.0
-        for _ in range(iters if scale else 1):
-            logp = {}  # completion -> log-prob
+        p_ref_at = {}
 
-            def value(prefix: list) -> float:
-                """V(prefix) under the fixed point, filling logp for completions below it."""
+        def p_ref(prefix: tuple) -> torch.Tensor:
+            if prefix not in p_ref_at:
+                logits = ref(input_ids=torch.tensor([prompt + list(prefix)])).logits[0, -1].double()
+                p = logits.log_softmax(-1)[:WORDS].exp()
+                p_ref_at[prefix] = p / p.sum()
+            return p_ref_at[prefix]
+
+        def solve(f: torch.Tensor) -> torch.Tensor:
+            logp = {}
+
+            def value(prefix: tuple) -> float:
                 if len(prefix) == LENGTH:
-                    return float(r_all[name][COMPLETIONS.index(prefix)])
-                q = torch.tensor([value(prefix + [a]) for a in range(WORDS)], dtype=torch.float64)
-                logits = ref(input_ids=torch.tensor([prompt + prefix])).logits[0, -1].double()
-                p_ref = logits.log_softmax(-1)[:WORDS].exp()
-                p_ref = p_ref / p_ref.sum()
-                c = beta * sigma
-                lo, hi = float(q.max()) + 1e-12, float(q.max()) + c + 1.0
-                while float((c * p_ref / (hi - q)).sum()) > 1:
-                    hi += hi - lo
-                for _ in range(200):
-                    lam = 0.5 * (lo + hi)
-                    lo, hi = (lam, hi) if float((c * p_ref / (lam - q)).sum()) > 1 else (lo, lam)
-                pi = c * p_ref / (0.5 * (lo + hi) - q)
-                pi = pi / pi.sum()
+                    return float(f[int(r_all[name][COMPLETIONS.index(list(prefix))])])
+                q = torch.tensor([value(prefix + (a,)) for a in range(WORDS)], dtype=torch.float64)
+                if bias_correction:
+                    pi = (p_ref(prefix).log() + q / beta).softmax(0)
+                else:
+                    lo, hi = float(q.max()) + 1e-15, float(q.max()) + beta + 1.0
+                    for _ in range(200):
+                        lam = 0.5 * (lo + hi)
+                        lo, hi = (lam, hi) if float((beta * p_ref(prefix) / (lam - q)).sum()) > 1 else (lo, lam)
+                    pi = beta * p_ref(prefix) / (0.5 * (lo + hi) - q)
+                    pi = pi / pi.sum()
                 for a in range(WORDS):
-                    logp.setdefault(tuple(prefix + [a]), float(pi[a].log()))
+                    logp[prefix + (a,)] = float(pi[a].log())
                 return float((pi * q).sum())
 
-            value([])
-            seq = torch.tensor([sum(logp[tuple(y[:t + 1])] for t in range(LENGTH)) for y in COMPLETIONS],
-                               dtype=torch.float64)
-            p = seq.exp()
-            mean = float((p * r_all[name]).sum())
-            sigma = math.sqrt(max(float((p * (r_all[name] - mean) ** 2).sum()), 1e-12)) if scale else 1.0
+            value(())
+            return torch.tensor([sum(logp[tuple(y[:t + 1])] for t in range(LENGTH)) for y in COMPLETIONS],
+                                dtype=torch.float64)
+
+        seq = solve(torch.zeros(len(values), dtype=torch.float64))  # f = 0: pi_ref itself
+        f = None
+        for _ in range(iters):
+            probs = torch.stack([seq.exp()[r_all[name] == v].sum() for v in values])
+            f_new = group_advantage(probs, values, group, scale_rewards == "group")
+            f = f_new if f is None else 0.5 * f + 0.5 * f_new
+            seq_new = solve(f)
+            done = float((seq_new - seq).abs().max()) < tol
+            seq = seq_new
+            if done:
+                break
+        else:
+            raise RuntimeError(f"grpo_fixed_point: no fixed point after {iters} iterations (beta {beta}, {name})")
         out[name] = seq
     return out
+
+
+def measure_grpo(policy, ref, cfg) -> dict:
+    """A GRPO-trained policy against GRPO's fixed point for ``cfg`` (its beta, scale_rewards and group
+    size) from the reference ``ref``: KL(pi || fixed point) (mean and worse prompt), and the fixed
+    point's KL to the reference and p(target), beside the policy's own (``measure``)."""
+    point = grpo_fixed_point(ref, cfg.beta, cfg.scale_rewards, cfg.num_completions)
+    ref_logp, logp = sequence_logprobs(ref), sequence_logprobs(policy)
+    target = {k: COMPLETIONS.index(list(TARGETS[k])) for k in PROMPTS}
+    return {"kl_to_fixed": sum(kl(logp[k], point[k]) for k in PROMPTS) / len(PROMPTS),
+            "kl_to_fixed_max": max(kl(logp[k], point[k]) for k in PROMPTS),
+            "fixed_kl_to_ref": sum(kl(point[k], ref_logp[k]) for k in PROMPTS) / len(PROMPTS),
+            "p_target_fixed": {k: float(point[k][target[k]].exp()) for k in PROMPTS}}
 
 
 class BradleyTerryScorer:

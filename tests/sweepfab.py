@@ -86,7 +86,7 @@ def planted_facet(rng: np.random.Generator, curve: Callable[[float], float], gri
     N(0, sigma), plus effect(log KL) for PPO, plus an offset N(0, config_sd) per configuration
     (shared by its seeds: a configuration off its algorithm's curve). For the estimator's calibration tests: thousands of
     fits in seconds."""
-    from dpo_ppo.report.compare import Facet
+    from dpo_ppo.report.facets import Facet
     from dpo_ppo.report.load import Run
 
     runs = {}

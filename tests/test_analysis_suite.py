@@ -9,7 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dpo_ppo.analysis.cli import analysis_config, analyze, compose
+from dpo_ppo import results as R
+from dpo_ppo.cli.analyze import analysis_config, analyze, compose
 from dpo_ppo.analysis.common import select_balanced
 from dpo_ppo.config.analysis import AnalysisConfig
 from dpo_ppo.analysis.suite import run_analysis
@@ -73,6 +74,9 @@ EXPECTED = [
     "analysis/sentiment_attention/max_abs_change", "analysis/sentiment_attention/top_change_layer",
     "analysis/sentiment_attention/top_change_head", "analysis/sentiment_attention/policy/max_attention",
     "analysis/time_s/total",
+    # the names the report and the dashboard read (results.py): the producer must write them
+    R.MSD_ALL, R.MSD_WEIGHTS, R.MSD_BIASES, R.BIAS_WEIGHT_RATIO, R.MSD_LAYER + "1", R.LOGIT_LENS_KL_LAYER + "1",
+    *[R.RESID_KL_MEAN.format(s) for s in ("pos", "neg", "all")],
 ]
 
 

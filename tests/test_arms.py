@@ -21,6 +21,7 @@ import torch
 import exact_toy as T
 from conftest import compose_cfg
 from dpo_ppo import config as C
+from dpo_ppo import results as R
 from dpo_ppo.config import ConfigError, field_help
 from dpo_ppo.config.keys import check_keys
 from dpo_ppo.config.schedule import arm, planned_optimizer_steps, swept_params
@@ -66,12 +67,10 @@ def test_compute_matched_gives_every_arm_the_same_optimizer_steps():
     for name in ("dpo", "ppo", "rloo", "grpo"):
         cfg = C.load(compose_cfg([f"algorithm={name}", "compute=matched", "compute.prefixes_per_step=8",
                                   "algorithm.examples=64"] + (["algorithm.rollout_prefixes=16"] if name == "ppo" else [])))
-        C.apply_compute(cfg)
         steps[name] = planned_optimizer_steps(cfg)
     assert set(steps.values()) == {8}, steps
     online = C.load(compose_cfg(["algorithm.rounds=4", "compute=matched", "compute.prefixes_per_step=8",
                                  "algorithm.examples=64"]))
-    C.apply_compute(online)
     assert planned_optimizer_steps(online) == 8 and arm(online.algorithm) == "online_dpo"
     ipo = C.load(compose_cfg(["algorithm.loss_type=ipo"]))
     assert arm(ipo.algorithm) == "ipo"
@@ -239,10 +238,11 @@ def test_rloo_resumes_after_a_kill_from_its_trainer_checkpoint(tmp_path, monkeyp
     logged = []
     policy = T.trainable_copy(ref)
     summary = rl.train_rl(cfg, policy, ref, tok, T.prompt_list(64), T.reward_fn, tmp_path,
-                          log_fn=lambda m, step: logged.append(step))
+                          log_fn=lambda m, examples: logged.append((examples, m.get(R.OPTIMIZER_STEP))))
     assert summary["resumed_from"].endswith("checkpoint-4")
-    # steps 5-8 taken again, each logged at the step count its samples' policy had (4-7)
-    assert summary["steps"] == 8 and sorted(set(logged)) == [4, 5, 6, 7]
+    # steps 5-8 taken again, each logged at the examples (8 per step) and the optimizer steps its
+    # samples' policy had (4-7)
+    assert summary["steps"] == 8 and sorted(set(logged)) == [(32, 4), (40, 5), (48, 6), (56, 7)]
     assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["ex_0000032", "ex_0000064"]
     assert summary["compute"]["examples_seen"] == 64
 

@@ -13,7 +13,7 @@ from dpo_ppo import results as R
 
 
 def test_a_report_cut_short_while_writing_summary_json_leaves_the_previous_one_whole(tmp_path, monkeypatch):
-    from dpo_ppo.report.render import build_report
+    from dpo_ppo.report.build import build_report
 
     for seed in range(2):
         for algorithm, knob in (("dpo", 0.1), ("ppo", 6)):

@@ -235,7 +235,7 @@ def test_unwritable_output_folder_puts_the_traceback_in_a_temp_file_the_line_nam
 def test_an_unexpected_error_in_a_job_puts_its_traceback_in_the_job_folder(tmp_path, capsys):
     import pytest
 
-    from dpo_ppo.config.errors import exit_with_one_line
+    from dpo_ppo.cli.exits import exit_with_one_line
 
     def fail():
         raise RuntimeError("wandb could not start\nsecond line")

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,11 +39,11 @@ def _strict(path: Path) -> dict:
 @pytest.mark.parametrize("algo", [PPO, DPO], ids=["ppo", "dpo"])
 def test_a_diverged_run_ends_diverged_naming_step_quantity_and_lr(algo, shared_cache, tmp_path, caplog):
     out = run_job(_cfg(shared_cache, *algo, "algorithm.lr=1e6"), tmp_path, raise_errors=False)
-    assert out["status"] == R.DIVERGED, out
-    assert "algorithm.lr=1e+06" in out["error"] and " at step " in out["error"], out["error"]
-    assert "probability tensor" not in out["error"]
+    assert out.status == R.DIVERGED, out
+    assert "algorithm.lr=1e+06" in out.error and re.search(r" after \d+ examples", out.error), out.error
+    assert "probability tensor" not in out.error
     res = _strict(tmp_path / R.RESULTS_FILE)
-    assert res["status"] == R.DIVERGED and res["error"] == out["error"] and res["traceback"] is None
+    assert res["status"] == R.DIVERGED and res["error"] == out.error and res["traceback"] is None
     for line in (tmp_path / R.TRAIN_LOG_FILE).read_text().splitlines():  # strict JSON lines
         json.loads(line, parse_constant=lambda t: pytest.fail(f"bare {t} in train_log.jsonl"))
 
@@ -59,14 +60,14 @@ def test_check_finite_is_what_any_trainer_calls_on_its_logged_values():
     from dpo_ppo.runtime.divergence import Diverged, check_finite
 
     check_finite({"train/loss": 0.7, "train/examples": 8, "flag": True, "name": "x"}, 8)
-    with pytest.raises(Diverged, match=r"train/kl = nan in training at step 24; .*algorithm.lr=0.1"):
+    with pytest.raises(Diverged, match=r"train/kl = nan in training after 24 examples; .*algorithm.lr=0.1"):
         check_finite({"train/loss": 0.7, "train/kl": float("nan")}, 24, knob="algorithm.lr=0.1")
 
 
 def test_an_update_whose_trust_region_cuts_back_every_step_says_so(shared_cache, tmp_path, caplog):
     # a bound no step keeps: every step of every update is cut back
     out = run_job(_cfg(shared_cache, *PPO, "algorithm.early_stop_kl=1e-9"), tmp_path, raise_errors=False)
-    assert out["status"] == R.FINISHED
+    assert out.status == R.FINISHED
     assert "cut back all" in caplog.text and "algorithm.lr" in caplog.text
     res = _strict(tmp_path / R.RESULTS_FILE)
     assert res["train_summary"]["updates_all_cut_back"] == 2
@@ -97,8 +98,8 @@ def test_a_crafted_ppo_state_is_refused_not_executed(shared_cache, tmp_path):
     torch.save({"layout": {}, "rng": _Payload(marker)}, job / "ppo_state" / "state.pt")
     out = run_job(_cfg(shared_cache, *PPO), job, raise_errors=False)
     assert not marker.exists(), "the planted state file ran its payload"
-    assert out["status"] == R.FAILED
-    assert "ppo_state/state.pt" in out["error"] and "refused" in out["error"] and "force=true" in out["error"]
+    assert out.status == R.FAILED
+    assert "ppo_state/state.pt" in out.error and "refused" in out.error and "force=true" in out.error
 
 
 def test_ppo_state_round_trips_its_rng_states_through_weights_only(tmp_path):
@@ -110,11 +111,11 @@ def test_ppo_state_round_trips_its_rng_states_through_weights_only(tmp_path):
     from dpo_ppo.train import ppo
 
     random.seed(3), np.random.seed(3), torch.manual_seed(3)
-    ppo.save_state(tmp_path, {"rng": ppo._rng_state(), "generator": torch.Generator().manual_seed(1).get_state()})
+    ppo.save_state(tmp_path, {"rng": ppo.rng_state(), "generator": torch.Generator().manual_seed(1).get_state()})
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     random.seed(0), np.random.seed(0), torch.manual_seed(0)
     state = ppo.load_state(tmp_path)  # weights_only=True: only tensors and plain values
-    ppo._set_rng_state(state["rng"])
+    ppo.set_rng_state(state["rng"])
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
 
 
@@ -140,12 +141,12 @@ def test_no_reader_of_a_job_folder_unpickles():
 @pytest.mark.parametrize("algo", [PPO, DPO], ids=["ppo", "dpo"])
 def test_force_reruns_a_finished_job_from_scratch(algo, shared_cache, tmp_path, caplog):
     first = run_job(_cfg(shared_cache, *algo), tmp_path)
-    assert first["status"] == R.FINISHED
+    assert first.status == R.FINISHED
     before = _strict(tmp_path / R.RESULTS_FILE)
     rows_before = R.read_train_log(tmp_path)
     caplog.clear()
     again = run_job(_cfg(shared_cache, *algo, "force=true"), tmp_path)
-    assert again["status"] == R.FINISHED
+    assert again.status == R.FINISHED
     res = _strict(tmp_path / R.RESULTS_FILE)
     summary = res["train_summary"]
     assert summary["resumed_from"] is None  # no checkpoint or state of the first run was read
@@ -165,10 +166,10 @@ def test_force_reruns_a_finished_job_from_scratch(algo, shared_cache, tmp_path, 
 def test_a_copied_job_folder_analyses_its_own_policy(shared_cache, tmp_path, caplog):
     import shutil
 
-    from dpo_ppo.analysis.cli import check, compose
+    from dpo_ppo.cli.analyze import check, compose
 
     original, copy = tmp_path / "sweep" / "job", tmp_path / "copy" / "job"
-    assert run_job(_cfg(shared_cache, *DPO), original)["status"] == R.FINISHED
+    assert run_job(_cfg(shared_cache, *DPO), original).status == R.FINISHED
     res = _strict(original / R.RESULTS_FILE)
     assert res["artifacts"]["policy"] == "policy"  # relative to the job folder
     assert not Path(res["train_summary"].get("snapshot_dir", "snapshots")).is_absolute()
@@ -191,9 +192,9 @@ def test_a_copied_job_folder_analyses_its_own_policy(shared_cache, tmp_path, cap
 def test_a_deleted_snapshot_is_named(shared_cache, tmp_path, caplog):
     import shutil
 
-    from dpo_ppo.analysis.cli import check, compose
+    from dpo_ppo.cli.analyze import check, compose
 
-    assert run_job(_cfg(shared_cache, *DPO), tmp_path)["status"] == R.FINISHED
+    assert run_job(_cfg(shared_cache, *DPO), tmp_path).status == R.FINISHED
     assert _strict(tmp_path / R.RESULTS_FILE)["snapshots"] == ["ex_0000008", "ex_0000016"]
     shutil.rmtree(tmp_path / "snapshots" / "ex_0000008")
     check(compose([f"job={tmp_path}"]))

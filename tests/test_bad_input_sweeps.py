@@ -92,6 +92,15 @@ def test_a_bad_sweep_file_fails_with_one_line(sweeps, name, expected):
     assert not (sweeps / "multirun" / name / "sweep.json").exists()
 
 
+def test_a_bad_value_fails_the_sweep_with_one_line_before_any_prepare_job(sweeps):
+    """The sweeper loads each job's config through config.load (its checks too) when it plans the
+    prepare step: a bad value is one line naming the key (exit 2), not a prepare job per config
+    that each fails the same way."""
+    proc = _sweep(sweeps, "smoke", "eval.num_prompts=-3", "hydra.sweeper.prepare=true")
+    assert proc.returncode == 2 and _one_line(proc) == "Config error: eval.num_prompts: must be > 0, got -3"
+    assert [p.name for p in (sweeps / "multirun" / "smoke").iterdir()] == ["multirun.yaml"]
+
+
 def test_a_broken_sweep_file_is_silent_until_asked_for(sweeps):
     """A sweep file that does not parse no longer prints a warning at every app start."""
     proc = subprocess.run([DPO_PPO, "sweep=dup", "--cfg", "job", "--package", "name"], capture_output=True,

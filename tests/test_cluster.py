@@ -42,7 +42,7 @@ class _Stub:
         if _Stub.fail:
             raise RuntimeError("preempted")
         job.rec.metrics({"eval/policy/kl_to_ref": 2.5})
-        return job.rec.results["metrics"]
+        return job.rec.record.metrics
 
 
 @pytest.fixture
@@ -56,10 +56,10 @@ def stub_run(monkeypatch):
 def test_relaunch_resumes_the_same_wandb_run_by_id(tmp_path, stub_run):
     cfg = _cfg(tmp_path, "algorithm.beta=0.3")
     job_dir = tmp_path / "job"
-    assert jobmod.run_job(cfg, job_dir, ["algorithm.beta=0.3"], raise_errors=False)["status"] == "failed"
+    assert jobmod.run_job(cfg, job_dir, ["algorithm.beta=0.3"], raise_errors=False).status == "failed"
     first = json.loads((job_dir / "results.json").read_text())["wandb"]
     stub_run.fail = False
-    assert jobmod.run_job(cfg, job_dir, ["algorithm.beta=0.3"])["status"] == "finished"
+    assert jobmod.run_job(cfg, job_dir, ["algorithm.beta=0.3"]).status == "finished"
     res = json.loads((job_dir / "results.json").read_text())
     assert res["wandb"]["id"] == first["id"] and res["wandb"]["resumed"] and not first["resumed"]
     runs = sorted((job_dir / "wandb").glob("offline-run-*"))
@@ -126,23 +126,23 @@ def test_config_diff_names_the_keys():
 def test_drift_stops_a_finished_job_and_force_reruns_it(tmp_path, stub_run):
     job_dir = tmp_path / "job"
     stub_run.fail = False
-    assert jobmod.run_job(_cfg(tmp_path, "logger=none"), job_dir)["status"] == "finished"
+    assert jobmod.run_job(_cfg(tmp_path, "logger=none"), job_dir).status == "finished"
     before = (job_dir / "results.json").read_text()
     # the same folder, relaunched after someone edited a default: algorithm.lr and eval.num_prompts
     edited = _cfg(tmp_path, "logger=none", "algorithm.lr=0.123", "eval.num_prompts=16")
     out = jobmod.run_job(edited, job_dir, raise_errors=False)
-    assert out["status"] == "failed"
-    assert "algorithm.lr: " in out["error"] and "-> 0.123" in out["error"] and "eval.num_prompts: 32 -> 16" in out["error"]
-    assert "force=true" in out["error"]
+    assert out.status == "failed"
+    assert "algorithm.lr: " in out.error and "-> 0.123" in out.error and "eval.num_prompts: 32 -> 16" in out.error
+    assert "force=true" in out.error
     assert (job_dir / "results.json").read_text() == before  # the old results are left alone
     with pytest.raises(R.ConfigDrift, match="algorithm.lr"):
         jobmod.run_job(edited, job_dir)
     # unchanged config: skipped as before; only volatile keys changed: still the same job
-    assert jobmod.run_job(_cfg(tmp_path, "logger=none", "threads=1", "device=cpu"), job_dir)["status"] == "skipped"
+    assert jobmod.run_job(_cfg(tmp_path, "logger=none", "threads=1", "device=cpu"), job_dir).status == "skipped"
     # force=true re-runs it from scratch under the new config (its old snapshots cleared)
     (job_dir / "snapshots" / "ex_0000016").mkdir(parents=True)
     forced = _cfg(tmp_path, "logger=none", "algorithm.lr=0.123", "eval.num_prompts=16", "force=true")
-    assert jobmod.run_job(forced, job_dir)["status"] == "finished"
+    assert jobmod.run_job(forced, job_dir).status == "finished"
     assert not (job_dir / "snapshots").exists()
     assert json.loads((job_dir / "results.json").read_text())["config"]["algorithm"]["lr"] == 0.123
 
@@ -153,7 +153,7 @@ def test_drift_also_guards_a_checkpoint_resume(tmp_path, stub_run):
     results = json.loads((job_dir / "results.json").read_text())
     (job_dir / "results.json").write_text(json.dumps({**results, "status": "running"}))  # killed mid-training
     out = jobmod.run_job(_cfg(tmp_path, "logger=none", "seed=5"), job_dir, raise_errors=False)
-    assert out["status"] == "failed" and "seed: 0 -> 5" in out["error"]
+    assert out.status == "failed" and "seed: 0 -> 5" in out.error
     assert json.loads((job_dir / "results.json").read_text())["status"] == "running"
 
 
@@ -163,7 +163,7 @@ def test_a_failed_job_relaunched_with_a_fixed_config_starts_over(tmp_path, stub_
     first = json.loads((job_dir / "results.json").read_text())
     (job_dir / "snapshots" / "ex_0000016").mkdir(parents=True)  # its training state
     stub_run.fail = False
-    assert jobmod.run_job(_cfg(tmp_path, "eval.num_prompts=16"), job_dir)["status"] == "finished"
+    assert jobmod.run_job(_cfg(tmp_path, "eval.num_prompts=16"), job_dir).status == "finished"
     res = json.loads((job_dir / "results.json").read_text())
     assert res["attempts"] == 1 and res["wandb"]["id"] != first["wandb"]["id"]  # a fresh start
     assert not (job_dir / "snapshots").exists() and res["config"]["eval"]["num_prompts"] == 16
@@ -194,14 +194,14 @@ def test_two_launches_of_one_job_one_runs_the_other_skips(tmp_path, stub_run):
         assert flag.exists(), "the first launch never took the lock"
         stub_run.fail = False
         out = jobmod.run_job(_cfg(tmp_path, "logger=none"), job_dir)
-        assert out["status"] == "skipped" and f"pid {holder.pid}" in out["reason"]
+        assert out.status == "skipped" and f"pid {holder.pid}" in out.reason
         assert not (job_dir / "results.json").exists()  # the second launch wrote nothing
     finally:
         holder.kill()
         holder.wait()
     # the first launch died without cleaning up: its lock names a dead process on this host
     assert (job_dir / LOCK_FILE).exists()
-    assert jobmod.run_job(_cfg(tmp_path, "logger=none"), job_dir)["status"] == "finished"
+    assert jobmod.run_job(_cfg(tmp_path, "logger=none"), job_dir).status == "finished"
     assert not (job_dir / LOCK_FILE).exists()  # released at the end
 
 
@@ -287,7 +287,7 @@ def test_runs_csv_carries_wandb_ids_and_urls(tmp_path):
     import csv
 
     from dpo_ppo.report.load import load_run
-    from dpo_ppo.report.render import write_runs_csv
+    from dpo_ppo.report.build import write_runs_csv
 
     job = tmp_path / "algorithm=dpo"
     job.mkdir()

@@ -1,5 +1,6 @@
 """Config composes, validates and fails early with a message that names the key."""
 
+import contextlib
 import subprocess
 import sys
 
@@ -9,6 +10,15 @@ from omegaconf.errors import ValidationError
 
 from conftest import compose_cfg
 from dpo_ppo.config import ConfigError, load
+from dpo_ppo.inputs import check_inputs
+
+
+def load_here(cfg):
+    """What dpo-ppo does before the job: the config (``config.load``), then what it names on this
+    machine (``inputs.check_inputs``: devices, folders, the data)."""
+    typed = load(cfg)
+    check_inputs(typed)
+    return typed
 
 
 def test_default_composes_and_validates():
@@ -120,6 +130,22 @@ def test_cli_help_and_cfg_job():
     assert proc.returncode == 0 and "kl_target" in proc.stdout and "beta:" not in proc.stdout
 
 
+def test_help_of_a_group_option_and_of_dpo_ppo_analyze():
+    """``dpo-ppo algorithm=ppo --help`` prints that algorithm's keys with their help (not the
+    others'); dpo-ppo-analyze's --help prints its own keys and its groups' (the same dataclasses)."""
+    proc = _cli("algorithm=ppo", "--help")
+    keys = proc.stdout.split("== Keys", 1)[1]
+    assert proc.returncode == 0 and "algorithm=ppo: PPO" in keys and "algorithm=dpo:" not in keys
+    assert "  algorithm.kl_target = " in keys and "  algorithm.loss_type = " not in keys
+    assert "(the other algorithms' keys: algorithm=dpo, algorithm=rloo, algorithm=grpo --help)" in keys
+    proc = subprocess.run([sys.executable, "-m", "dpo_ppo.cli.analyze", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    keys = proc.stdout.split("== Keys", 1)[1]
+    assert proc.returncode == 0 and "  policy = null\n      the tuned model folder" in keys
+    assert "  hardware.analysis_batch_size = " in keys and "  analysis.max_tokens = " in keys
+    assert "algorithm" not in keys and "  seed = " not in keys  # dpo-ppo's own keys are not the analyzer's
+
+
 # ------------------------------------------------------------- generic checks (issue 12)
 
 
@@ -177,11 +203,14 @@ def test_seeds_are_in_uint32(override, key, ok):
 def test_device_names(device, ok):
     cfg = compose_cfg([f"device={device}"], tiny=False)
     if ok:
-        load(cfg)
+        load_here(cfg)
     else:
         with pytest.raises(ConfigError) as err:
-            load(cfg)
+            load_here(cfg)
         assert err.value.key == "device"
+    if device != "cuda:99":  # a name that is no device fails in config.load itself (the sweeper's too)
+        with pytest.raises(ConfigError) if not ok else contextlib.nullcontext():
+            load(cfg)
 
 
 def test_cuda_where_there_is_none_fails_at_the_config_check(monkeypatch):
@@ -190,7 +219,7 @@ def test_cuda_where_there_is_none_fails_at_the_config_check(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for key, override in [("device", "device=cuda"), ("analysis.device", "analysis.device=cuda:0")]:
         with pytest.raises(ConfigError, match=f"^{key}: .*no CUDA device"):
-            load(compose_cfg([override], tiny=False))
+            load_here(compose_cfg([override], tiny=False))
 
 
 def test_local_folders_are_checked_for_what_they_hold(tmp_path):
@@ -199,29 +228,29 @@ def test_local_folders_are_checked_for_what_they_hold(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ConfigError, match="^classifier.source: .*empty folder"):
-        load(compose_cfg([f"classifier.source={empty}"], tiny=False))
+        load_here(compose_cfg([f"classifier.source={empty}"], tiny=False))
     half = tmp_path / "half"  # config and tokenizer, no weights
     half.mkdir()
     (half / "config.json").write_text("{}")
     (half / "tokenizer.json").write_text("{}")
     with pytest.raises(ConfigError) as err:
-        load(compose_cfg([f"model.source={half}"], tiny=False))
+        load_here(compose_cfg([f"model.source={half}"], tiny=False))
     assert err.value.key == "model.source" and "model weights" in str(err.value) and "tokenizer" not in str(err.value)
     data = tmp_path / "data"
     DatasetDict({s: Dataset.from_dict({"text": ["a"], "sentiment": [1]}) for s in ("train", "test")}).save_to_disk(str(data))
     with pytest.raises(ConfigError, match=r"^data.source: split 'train' of .* has no 'label' column \(columns: text, sentiment\)"):
-        load(compose_cfg([f"data.source={data}"], tiny=False))
+        load_here(compose_cfg([f"data.source={data}"], tiny=False))
     good = tmp_path / "good"
     review = "a review long enough for a prefix of 25 tokens, whatever the tokenizer makes of it " * 2
     DatasetDict({s: Dataset.from_dict({"text": [review, review], "label": [0, 1]}) for s in ("train", "test")}
                 ).save_to_disk(str(good))
-    load(compose_cfg([f"data.source={good}", "eval.num_prompts=2"], tiny=False))
+    load_here(compose_cfg([f"data.source={good}", "eval.num_prompts=2"], tiny=False))
 
 
 def test_cache_dir_under_a_file_fails(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(ConfigError, match="^cache_dir: .* is a file"):
-        load(compose_cfg([f"cache_dir={tmp_path}/f/cache"], tiny=False))
+        load_here(compose_cfg([f"cache_dir={tmp_path}/f/cache"], tiny=False))
     assert (tmp_path / "f").read_text() == ""
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dpo_ppo import results as R
 from dpo_ppo.config import EvalConfig, LoggerConfig
 from dpo_ppo.evaluate import distinct_n, evaluate_model
 from dpo_ppo.runtime.record import Recorder
@@ -85,6 +86,8 @@ def test_evaluate_metrics_by_hand(word_tok):
     assert metrics["gradient_loss"] == pytest.approx(float((1 - p).mean()), abs=1e-6)
     assert metrics["binary_loss"] == pytest.approx(float((p < 0.5).float().mean()))
     assert metrics["kl_to_ref"] == pytest.approx(0.0, abs=1e-6)  # a model against itself
+    # results.EVAL_METRICS is the list of what evaluation writes (the gold ones with a gold scorer)
+    assert set(metrics) == {m for m in R.EVAL_METRICS if not m.startswith("gold_")}
     # the scorer sees prompt + completion, the two texts joined as they are
     for r in rows:
         words = (r["prompt"] + r["completion"]).split()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import compose_cfg
-from dpo_ppo.config import ConfigError, apply_compute, load, planned_optimizer_steps
+from dpo_ppo.config import ConfigError, load, planned_optimizer_steps
 from dpo_ppo.train.sampling import KeyedGumbelSampler, generate, keyed_uniform, sample_keys
 
 
@@ -154,9 +154,7 @@ def test_matched_compute_gives_both_algorithms_the_same_steps():
     assert planned_optimizer_steps(native["dpo"]) == 32 and planned_optimizer_steps(native["ppo"]) == 512
     matched = {}
     for a in ("dpo", "ppo"):
-        cfg = compose_cfg([f"algorithm={a}", "compute=matched", "compute.prefixes_per_step=8"], tiny=False)
-        load(cfg)
-        apply_compute(cfg)
+        cfg = load(compose_cfg([f"algorithm={a}", "compute=matched", "compute.prefixes_per_step=8"], tiny=False))
         matched[a] = planned_optimizer_steps(cfg)
     assert matched == {"dpo": 64, "ppo": 64}
     # the paper presets: examples not a multiple of PPO's 32-prefix rollouts (a partial last one)
@@ -165,8 +163,8 @@ def test_matched_compute_gives_both_algorithms_the_same_steps():
         for a in ("dpo", "ppo"):
             cfg = compose_cfg([f"experiment={run}", f"algorithm={a}"], tiny=False)
             steps[a] = planned_optimizer_steps(cfg)
-            cfg = compose_cfg([f"experiment={run}", f"algorithm={a}", "compute=matched"], tiny=False)
-            apply_compute(cfg)
+            cfg = load(compose_cfg([f"experiment={run}", f"algorithm={a}", "compute=matched", "model=pythia70m",
+                                    "classifier=gpt2_imdb"], tiny=False))  # the paper's lengths need their context
             assert planned_optimizer_steps(cfg) == matched_steps, (run, a)
         assert (steps["dpo"], steps["ppo"]) == native_steps, run
     with pytest.raises(ConfigError, match=r"compute\.prefixes_per_step.*rollout_prefixes \(16\)"):
@@ -245,8 +243,8 @@ def test_jobs_cold_or_warm_cache_give_the_same_metrics_and_matched_compute_equal
     common = ["analysis=none", "logger=none", "compute=matched", "compute.prefixes_per_step=8"]
     cold = run_job(compose_cfg([f"cache_dir={tmp_path / 'cold-cache'}", "algorithm=ppo", *common]), tmp_path / "cold")
     warm = run_job(compose_cfg([f"cache_dir={shared_cache}", "algorithm=ppo", *common]), tmp_path / "warm")
-    assert cold["status"] == warm["status"] == "finished"
-    assert cold["metrics"] == warm["metrics"]
+    assert cold.status == warm.status == "finished"
+    assert cold.metrics == warm.metrics
     dpo = run_job(compose_cfg([f"cache_dir={shared_cache}", "algorithm=dpo", *common]), tmp_path / "dpo")
     res = {k: json.loads((tmp_path / k / "results.json").read_text()) for k in ("warm", "dpo")}
     # 32 prefixes, one step per 8: 4 steps each (PPO: 2 rollouts of 16 x 1 epoch x 2 minibatches)
@@ -262,7 +260,7 @@ def test_jobs_cold_or_warm_cache_give_the_same_metrics_and_matched_compute_equal
     assert rows["warm"]["prompt_id"] == rows["dpo"]["prompt_id"] == [str(i) for i in range(32)]
     ref_rows = R.read_eval_rows(Path(res["dpo"]["artifacts"]["ref_eval"]) / R.REF_ROWS_FILE)
     assert len(ref_rows["kl"]) == 32 and all(v == 0 for v in ref_rows["kl"])
-    assert dpo["metrics"]["eval/policy/kl_to_ref"] == pytest.approx(sum(rows["dpo"]["kl"]) / 32, rel=1e-4)
+    assert dpo.metrics["eval/policy/kl_to_ref"] == pytest.approx(sum(rows["dpo"]["kl"]) / 32, rel=1e-4)
 
 
 def test_eval_completions_as_long_as_training_and_the_paper_presets_use_100():

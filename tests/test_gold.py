@@ -87,9 +87,12 @@ def _classifier_folder(path, id2label):
 
 
 def test_a_gold_classifier_from_a_local_folder(tmp_path):
+    from dpo_ppo.inputs import check_gold
+
     model, tok = _classifier_folder(tmp_path / "gold", {0: "NEGATIVE", 1: "NEUTRAL", 2: "POSITIVE"})
     cfg = EvalConfig(gold=str(tmp_path / "gold"), gold_positive_label="positive")
     cfg.check()
+    check_gold(cfg)
     gold = load_gold(cfg, "stanfordnlp/imdb")
     assert isinstance(gold, Scorer) and (gold.positive_label, gold.negative_label) == (2, 0)
     texts = toy_reviews(5)[0]
@@ -102,17 +105,20 @@ def test_a_gold_classifier_from_a_local_folder(tmp_path):
 
 
 def test_bad_gold_settings_name_the_key(tmp_path):
+    """A gold folder is read where the job runs (``inputs.check_gold``, run by dpo-ppo after config.load)."""
+    from dpo_ppo.inputs import check_gold
+
     _classifier_folder(tmp_path / "gold", {0: "NEGATIVE", 1: "POSITIVE"})
     with pytest.raises(ConfigError, match=r"eval\.gold_positive_label.*'joy' names no label"):
-        EvalConfig(gold=str(tmp_path / "gold"), gold_positive_label="joy").check()
+        check_gold(EvalConfig(gold=str(tmp_path / "gold"), gold_positive_label="joy"))
     with pytest.raises(ConfigError, match=r"eval\.gold_positive_label.*set eval\.gold_positive_label"):
-        EvalConfig(gold=str(tmp_path / "gold"), gold_positive_label=0).check()  # 0 is NEGATIVE
+        check_gold(EvalConfig(gold=str(tmp_path / "gold"), gold_positive_label=0))  # 0 is NEGATIVE
     (tmp_path / "empty_weights").mkdir()
     (tmp_path / "empty_weights" / "config.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"eval\.gold.*missing: model weights"):
-        EvalConfig(gold=str(tmp_path / "empty_weights")).check()
+        check_gold(EvalConfig(gold=str(tmp_path / "empty_weights")))
     with pytest.raises(ConfigError, match=r"eval\.gold.*no such folder"):
-        EvalConfig(gold="./no/such/gold").check()
+        check_gold(EvalConfig(gold="./no/such/gold"))
 
 
 def test_eval_rows_keep_the_gold_column_and_older_rows_still_read(tmp_path):
@@ -217,7 +223,7 @@ def test_the_reward_claims_read_gold_where_the_runs_have_it_and_the_proxy_otherw
     hold one, so that a policy gaming the trained classifier cannot pass for a finding; runs without
     gold are read on the proxy as before."""
     from dpo_ppo import results as R
-    from dpo_ppo.report import compare as RC
+    from dpo_ppo.report import facets as RF, verdicts as RV
     from dpo_ppo.report.claims import CLAIMS
     from dpo_ppo.report.load import load_sweep
     from sweepfab import write_job
@@ -237,8 +243,8 @@ def test_the_reward_claims_read_gold_where_the_runs_have_it_and_the_proxy_otherw
                                         R.policy_metric(R.GOLD_P_POSITIVE_STD): 0.1})
                     write_job(root, algorithm, knob, seed, metrics)
         runs, _ = load_sweep(root)
-        facets, _ = RC.make_facets(runs)
-        rows = RC.claims_table(runs, facets, reward_claims, n_boot=50)
+        facets, _ = RF.make_facets(runs)
+        rows = RV.claims_table(runs, facets, reward_claims, n_boot=50)
         read = {row.claim.id: row.metric for row in rows}
         assert set(read) == {"C1", "C2", "C3"}
         prefix = "eval/policy/gold_" if gold else "eval/policy/"

@@ -118,7 +118,7 @@ def test_dpo_micro_batches_take_the_same_steps_as_whole_batches(tmp_path):
     for micro in (None, 2):
         policy = copy.deepcopy(model)
         rt = None if micro is None else hardware.Runtime("cpu", "cpu", "fp32", 8, 8, micro, 8)
-        summary = train_dpo(algo, policy, copy.deepcopy(model).eval(), tok, pairs, tmp_path / str(micro), runtime=rt)
+        summary = train_dpo(algo, policy, copy.deepcopy(model).eval(), tok, pairs, tmp_path / str(micro), hw=rt)
         assert summary["steps"] == 2
         trained[micro] = policy.state_dict()
     moved = max(float((trained[None][k] - model.state_dict()[k]).abs().max()) for k in trained[None])
@@ -247,7 +247,7 @@ def test_static_cache_for_prefs_and_evaluation_only_from_enough_tokens(monkeypat
     model, tok = _word_model()
     cfg = OmegaConf.create({"seed": 0, "completion_len": 10, "temperature": 1.0, "batch_size": None})
     for n in (99, 100):
-        evaluate.evaluate_model(model, tok, Scorer(), [[4, 5]] * n, cfg, runtime=rt)
+        evaluate.evaluate_model(model, tok, Scorer(), [[4, 5]] * n, cfg, hw=rt)
     assert seen == [False, True]
 
 
@@ -271,7 +271,7 @@ def test_bf16_evaluation_agrees_with_float32_within_its_noise():
     out = {}
     for precision in ("fp32", "bf16"):
         rt = hardware.Runtime("cpu", "cpu", precision, 64, 64, 16, 16)
-        out[precision], _ = evaluate_model(policy, tok, LengthScorer(), prompts, cfg, ref_model=ref, runtime=rt)
+        out[precision], _ = evaluate_model(policy, tok, LengthScorer(), prompts, cfg, ref_model=ref, hw=rt)
     n = len(prompts) ** 0.5
     assert out["fp32"]["kl_to_ref"] > 0.5
     assert abs(out["bf16"]["kl_to_ref"] - out["fp32"]["kl_to_ref"]) < out["fp32"]["kl_to_ref_std"] / n
@@ -287,7 +287,7 @@ def test_a_bf16_job_runs_end_to_end_on_the_cpu(shared_cache, tmp_path):
                        "algorithm=ppo", "algorithm.batch_size=null", "algorithm.rollout_prefixes=8"])
     out = run_job(cfg, tmp_path / "job")
     results = json.loads((tmp_path / "job" / "results.json").read_text())
-    assert out["status"] == "finished" and results["hardware"]["precision"] == "bf16"
+    assert out.status == "finished" and results["hardware"]["precision"] == "bf16"
     assert results["hardware"]["train_micro_batch"] == 16
     for key in ("eval/policy/p_positive_mean", "eval/policy/kl_to_ref"):
         assert torch.isfinite(torch.tensor(results["metrics"][key]))
@@ -375,9 +375,9 @@ def test_ppo_kl_penalty_is_float32_under_bf16_autocast():
     """PPO's per-token KL (its penalty and the controller's reading) is float32 under bf16 autocast:
     the same rollout gives the same KL with and without autocast.  The ratio's old log-probs stay
     in the update's precision."""
-    from test_ppo import make_prompts, ppo_cfg, share_of_target
+    from test_ppo import make_prompts, ppo_cfg, rollout_with_advantages, share_of_target
 
-    from dpo_ppo.train.ppo import PolicyWithValue, rollout
+    from dpo_ppo.train.ppo import PolicyWithValue
 
     ref, tok = _word_model()
     policy = _nearby(ref)
@@ -387,8 +387,8 @@ def test_ppo_kl_penalty_is_float32_under_bf16_autocast():
     for name, autocast in (("fp32", contextlib.nullcontext),
                            ("bf16", lambda: torch.autocast("cpu", dtype=torch.bfloat16))):
         torch.manual_seed(0)
-        out[name], _ = rollout(PolicyWithValue(policy, ref), ref, tok, queries, share_of_target, cfg,
-                               kl_coef=0.2, normalizer=None, autocast=autocast)
+        out[name], _ = rollout_with_advantages(PolicyWithValue(policy, ref), ref, tok, queries, share_of_target,
+                                               cfg, kl_coef=0.2, normalizer=None, autocast=autocast)
     assert torch.equal(out["fp32"]["completion_ids"], out["bf16"]["completion_ids"])
     assert torch.equal(out["fp32"]["kl"], out["bf16"]["kl"])
     assert not torch.equal(out["fp32"]["old_logprobs"], out["bf16"]["old_logprobs"])  # the update's precision

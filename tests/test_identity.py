@@ -106,7 +106,8 @@ def test_the_sweeper_fails_an_older_ppo_folder_for_drift_naming_the_version(tmp_
     job = SweepJob(arm="ppo", overrides=["algorithm=ppo", "seed=0"], dir=str(tmp_path))
     assert not triage(job, config=lambda: PPO_NOW)
     assert job.status == R.FAILED and job.error.startswith("config drift"), (job.status, job.note, job.error)
-    assert "algorithm_version (ppo): 1 (not recorded: made before algorithm versions were) -> 2" in job.error
+    now = R.ALGORITHM_VERSIONS["ppo"]
+    assert f"algorithm_version (ppo): 1 (not recorded: made before algorithm versions were) -> {now}" in job.error
     # the job itself (runtime.attempts.check_drift) reads the same function
     assert "algorithm_version (ppo)" in str(R.config_drift(tmp_path, R.read_results(tmp_path), PPO_NOW))
 
@@ -120,19 +121,19 @@ def test_a_relaunched_job_refuses_its_older_ppo_results_and_force_reruns_them(tm
     cfg = lambda *extra: compose_cfg([f"cache_dir={tmp_path / 'cache'}", "analysis=none", "logger=none",  # noqa: E731
                                       "algorithm=ppo", *extra])
     job_dir = tmp_path / "job"
-    assert jobmod.run_job(cfg(), job_dir)["status"] == R.FINISHED
+    assert jobmod.run_job(cfg(), job_dir).status == R.FINISHED
     made = R.read_results(job_dir)
     assert made[R.ALGORITHM_VERSION] == R.ALGORITHM_VERSIONS["ppo"]
     assert made["config_key"] == R.config_key(made["config"]) != R.config_key(made["config"], version=1)
-    assert jobmod.run_job(cfg(), job_dir)["status"] == R.SKIPPED  # this version's results: done
+    assert jobmod.run_job(cfg(), job_dir).status == R.SKIPPED  # this version's results: done
     # the same folder as the code before versions left it: no version, the trust region's key absent
     older = {**made, "config": {**made["config"], "algorithm": {
         k: v for k, v in made["config"]["algorithm"].items() if k != "trust_region"}}}
     del older[R.ALGORITHM_VERSION]
     R.write_results(job_dir, older)
     out = jobmod.run_job(cfg(), job_dir, raise_errors=False)
-    assert out["status"] == R.FAILED and "algorithm_version (ppo): 1 (not recorded" in out["error"], out
-    assert jobmod.run_job(cfg("force=true"), job_dir)["status"] == R.FINISHED
+    assert out.status == R.FAILED and "algorithm_version (ppo): 1 (not recorded" in out.error, out
+    assert jobmod.run_job(cfg("force=true"), job_dir).status == R.FINISHED
     assert R.read_results(job_dir)[R.ALGORITHM_VERSION] == R.ALGORITHM_VERSIONS["ppo"]
 
 
@@ -148,7 +149,9 @@ def test_folders_of_this_version_and_older_dpo_folders_are_still_finished_before
         assert not triage(job, config=lambda: config)
         assert (job.status, job.note, job.error) == (R.SKIPPED, FINISHED_BEFORE, None)
     # a folder recorded by a later version than this code is drift too
-    assert "algorithm_version (ppo): 3 -> 2" in str(R.config_drift(tmp_path, _finished("ppo", PPO_NOW, algorithm_version=3), PPO_NOW))
+    now = R.ALGORITHM_VERSIONS["ppo"]
+    later = _finished("ppo", PPO_NOW, algorithm_version=now + 1)
+    assert f"algorithm_version (ppo): {now + 1} -> {now}" in str(R.config_drift(tmp_path, later, PPO_NOW))
 
 
 def test_the_report_shows_older_ppo_results_as_drift_instead_of_pooling_them(tmp_path):
@@ -167,7 +170,7 @@ def test_the_report_shows_older_ppo_results_as_drift_instead_of_pooling_them(tmp
     drifted = sorted((r for r in runs if r.status == R.FAILED), key=lambda r: r.seed)
     assert [r.dir for r in drifted] == old
     assert all(r.error == "config drift: algorithm_version (ppo): 1 (not recorded: made before algorithm versions "
-                          "were) -> 2" for r in drifted)
+                          f"were) -> {R.ALGORITHM_VERSIONS['ppo']}" for r in drifted)
     # DPO folders without a version are DPO 1, this code's: still pooled
     write_job(tmp_path, "dpo", 0.1, 3, metrics, version=None)
     runs, _ = load_sweep(tmp_path)

@@ -21,9 +21,16 @@ def _cfg(shared_cache, *overrides):
 def test_dpo_job_end_to_end_then_skip(shared_cache, tmp_path):
     cfg = _cfg(shared_cache, "name=t", "algorithm.beta=0.5")
     out = run_job(cfg, tmp_path, overrides=["algorithm.beta=0.5"])
-    assert out["status"] == "finished"
+    assert out.status == "finished"
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["status"] == "finished" and res["algorithm"] == "dpo" and res["params"]["beta"] == 0.5
+    # the job's typed record (results.JobRecord) reads back and writes again byte for byte, and is
+    # what the strict-JSON writer makes of the object (the file before the record was typed)
+    from dpo_ppo.results import JobRecord, json_text, read_record
+
+    text = (tmp_path / "results.json").read_text()
+    assert read_record(tmp_path).text() == text == json_text(res) == JobRecord.from_json(res).text()
+    assert read_record(tmp_path).params["beta"] == 0.5 and out.metrics == res["metrics"]
     m = res["metrics"]
     for k in ("p_positive_mean", "gradient_loss", "binary_loss", "kl_to_ref", "completion_len", "distinct_2"):
         assert f"eval/policy/{k}" in m
@@ -62,6 +69,16 @@ def test_dpo_job_end_to_end_then_skip(shared_cache, tmp_path):
     assert 0 <= probes[0]["train/p_positive_mean"] <= 1  # the reference's, on the probe prefixes
     assert probes[-1]["train/examples"] == 32 and 0 <= probes[-1]["train/p_positive_mean"] <= 1
     assert probes[-1]["train/kl"] > 0
+    # train_log.jsonl: every row's "step" is the examples its policy had seen, as in PPO's log, and
+    # the optimizer steps are a column beside it (before issue 33 DPO's "step" was the optimizer step)
+    from dpo_ppo.results import read_train_log
+
+    log = read_train_log(tmp_path)
+    assert log and all(row["step"] == row["train/examples"] for row in log), log
+    per_step = {row["train/examples"] / row["train/optimizer_step"] for row in log if row["train/optimizer_step"]}
+    assert per_step == {cfg.algorithm.batch_size}, log  # a DPO step: batch_size pairs
+    assert max(row["train/examples"] for row in log) == 32
+    assert all("train/optimizer_step" in row for row in run["history"] if "train/examples" in row)  # W&B too
     assert run["summary"]["eval/policy/kl_to_ref"] == pytest.approx(m["eval/policy/kl_to_ref"])
     assert run["summary"]["eval/policy/gold_p_positive_mean"] == pytest.approx(m["eval/policy/gold_p_positive_mean"])
     assert any(row.get("samples/_type") == "table-file" for row in run["history"])
@@ -74,7 +91,7 @@ def test_dpo_job_end_to_end_then_skip(shared_cache, tmp_path):
                                                                           "ref_eval"]
     # a second launch with the same config skips; shared artifacts were not rebuilt
     again = run_job(cfg, tmp_path)
-    assert again["status"] == "skipped"
+    assert again.status == "skipped"
 
 
 def test_artifacts_shared_across_jobs_and_keyed_by_their_inputs(shared_cache):
@@ -109,7 +126,7 @@ def test_the_reference_analysis_is_shared_by_jobs_and_keyed_by_what_it_depends_o
     recorded.rec = _Scratch()
     first = recorded.reference_cache("ablation", compute)
     assert calls == [1] and first["base"] == 0.25 and first["texts"] == ["a b"]
-    folder = Path(recorded.rec.results["artifacts"]["ref_analysis"]["ablation"])  # results.json's record
+    folder = Path(recorded.rec.record.artifacts["ref_analysis"]["ablation"])  # results.json's record
     assert folder.parent == tmp_path / "cache" / "ref_analysis" and (folder / "value.pt").is_file()
     assert torch.equal(first["grid"], torch.arange(6.0).view(2, 3) / 7)
     for same in (["algorithm=ppo", "algorithm.kl_target=3"], ["seed=7"], ["analysis.batch_size=3"],
@@ -151,7 +168,7 @@ def test_killed_job_resumes_from_its_last_snapshot(shared_cache, tmp_path):
 def test_failed_job_is_recorded(shared_cache, tmp_path):
     cfg = _cfg(shared_cache, "logger=none", "model.source=/nonexistent/model", "model.name=missing")
     out = run_job(cfg, tmp_path, raise_errors=False)
-    assert out["status"] == "failed"
+    assert out.status == "failed"
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["status"] == "failed" and "model.source='/nonexistent/model'" in res["error"]
     assert "Traceback" in (tmp_path / "traceback.txt").read_text()

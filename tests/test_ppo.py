@@ -11,8 +11,8 @@ from transformers import GPTNeoXForCausalLM
 
 from dpo_ppo.config import PPOAlgorithmConfig
 from dpo_ppo.train.ppo import (FixedKLController, LogKLController, PolicyWithValue, RunningMoments,
-                                ZieglerKLController, explained_variance, gae, kl_per_token, make_batch,
-                                make_kl_controller, policy_loss, ppo_update, prompt_groups, rollout,
+                                ZieglerKLController, compute_advantages, explained_variance, gae, kl_per_token,
+                                make_batch, make_kl_controller, policy_loss, ppo_update, prompt_groups, rollout,
                                 sampled_token_kl, token_logprobs, train_ppo, trust_kl, trust_statistic,
                                 value_loss, whiten)
 from fixtures import completion_logprobs
@@ -47,6 +47,13 @@ def ppo_cfg(**overrides) -> PPOAlgorithmConfig:
                 reward_kind="logit", init_kl_coef=0.05, kl_target=6.0)
     base.update(overrides)
     return PPOAlgorithmConfig(**base)
+
+
+def rollout_with_advantages(model, ref, tok, queries, reward_fn, cfg, kl_coef: float, normalizer=None, **kw):
+    """One rollout and its advantages: train_ppo's steps 1 and 2."""
+    batch, stats = rollout(model, ref, tok, queries, reward_fn, cfg, normalizer, **kw)
+    stats.update(compute_advantages(batch, kl_coef, cfg, kw.get("score_moments")))
+    return batch, stats
 
 
 def run(cfg, out_dir, seed: int = 0, prompt_lengths=(4, 4), **kwargs):
@@ -235,8 +242,8 @@ def test_rollout_rewards_score_at_last_token_and_kl_elsewhere():
     policy, ref = tiny_model(tok, seed=0), tiny_model(tok, seed=1)  # differ, so KL != 0
     cfg = ppo_cfg(completion_len=6, reward_kind="prob")
     queries = make_prompts(8, lengths=(2, 6))
-    batch, stats = rollout(PolicyWithValue(policy, ref), ref, tok, queries, share_of_target, cfg,
-                           kl_coef=0.5, normalizer=None)
+    batch, stats = rollout_with_advantages(PolicyWithValue(policy, ref), ref, tok, queries, share_of_target, cfg,
+                                           kl_coef=0.5, normalizer=None)
     mask, rewards, kl = batch["mask"], batch["rewards"], batch["kl"]
     lengths = mask.sum(1).long()
     texts = tok.batch_decode([q + c.tolist()[:n] for q, c, n in
@@ -320,6 +327,7 @@ def test_options_separate_value_k3_normalised_early_stop(tmp_path):
         # the first step, still past the bound after 6 halvings, is undone
         assert m["train/optimizer_steps"] == 1 and m["train/early_stopped"] == 1
         assert m["train/last_step_kept"] == 0 and m["train/trust_kl_last"] > 1e-9
+        assert m["train/trust_forwards"] == 2 and m["train/trust_recomputes"] == 0  # 1/2 and 1/64 tried
         assert m["train/ppo_epochs_done"] == 0.5
         assert all(math.isfinite(v) for k, v in m.items() if k != "train/rollout/explained_variance")
         assert m["train/rollout/kl"] == pytest.approx(0, abs=1e-5)  # so the policy never left the reference
@@ -381,6 +389,10 @@ def test_shrink_takes_every_planned_step_and_keeps_the_bound(tmp_path):
     for _, m in log:
         assert m["train/optimizer_steps"] == 6 and m["train/ppo_epochs_done"] == 3
         assert m["train/steps_cut_back"] >= 5 and m["train/last_step_kept"] == 0
+        # its cost: every cut-back tried 1/2 and 1/64 of its step (both crossed: undone), plus the check
+        # after the last step; each cut-back inside the update recomputed its minibatch's gradient
+        assert m["train/trust_forwards"] == 2 * m["train/steps_cut_back"] + 1
+        assert m["train/trust_recomputes"] == m["train/steps_cut_back"] - 1
     assert all(torch.equal(a, b) for a, b in zip(policy.parameters(), ref.parameters()))
     assert summary["compute"]["optimizer_steps"] == 6 * len(log)
     # with stop, the same bound ends every update after its first step
@@ -400,7 +412,8 @@ def test_value_loss_reaches_the_policy_only_when_shared(value_model, policy_move
     cfg = ppo_cfg(value_model=value_model, vf_coef=1.0, ppo_epochs=1, num_minibatches=1)
     model = PolicyWithValue(policy, ref, value_model)
     queries = make_prompts(8)
-    batch, _ = rollout(model, ref, tok, queries, share_of_target, cfg, kl_coef=0.0, normalizer=None)
+    batch, _ = rollout_with_advantages(model, ref, tok, queries, share_of_target, cfg, kl_coef=0.0,
+                                       normalizer=None)
     batch["advantages"] = torch.zeros_like(batch["advantages"])
     batch["returns"] = batch["returns"] + 3.0  # a large value error
     before = copy.deepcopy(policy.state_dict())
@@ -454,8 +467,8 @@ def test_the_value_loss_does_not_scale_the_policys_clipped_step():
     cfg = ppo_cfg(value_model="separate", vf_coef=1.0, ppo_epochs=1, num_minibatches=1, max_grad_norm=1e-3)
     queries = make_prompts(8)
     torch.manual_seed(0)
-    batch, _ = rollout(PolicyWithValue(copy.deepcopy(ref), ref, "separate"), ref, tok, queries, share_of_target,
-                       cfg, kl_coef=0.0, normalizer=None)
+    batch, _ = rollout_with_advantages(PolicyWithValue(copy.deepcopy(ref), ref, "separate"), ref, tok, queries,
+                                       share_of_target, cfg, kl_coef=0.0, normalizer=None)
     moved = []
     for offset in (0.0, 100.0):
         torch.manual_seed(1)
@@ -481,7 +494,8 @@ def test_weight_decay_spares_biases_and_layernorms_as_dpos_trainer_does():
     cfg = ppo_cfg(ppo_epochs=1, num_minibatches=1, weight_decay=0.5)
     model = PolicyWithValue(copy.deepcopy(ref), ref, "separate")
     torch.manual_seed(0)
-    batch, _ = rollout(model, ref, tok, make_prompts(8), share_of_target, cfg, kl_coef=0.0, normalizer=None)
+    batch, _ = rollout_with_advantages(model, ref, tok, make_prompts(8), share_of_target, cfg, kl_coef=0.0,
+                                       normalizer=None)
     batch["advantages"] = torch.zeros_like(batch["advantages"])
     batch["returns"] = batch["old_values"].clone()
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=0.1)
@@ -493,3 +507,60 @@ def test_weight_decay_spares_biases_and_layernorms_as_dpos_trainer_does():
         else:
             torch.testing.assert_close(p, before[name] * (1 - 0.1 * 0.5), msg=name)
     assert len(param_groups(model, 0.0)) == 1  # no decay: one group, as a checkpoint's optimizer has
+
+
+def test_clip_apart_is_clip_grad_norm_per_group_in_one_pass():
+    """The policy's and the value model's gradients are clipped apart in one pass, to the same numbers
+    as torch's clip_grad_norm_ on each group (one group over the bound, one under it)."""
+    from dpo_ppo.train.ppo import clip_apart
+
+    g = torch.Generator().manual_seed(0)
+    groups = [[torch.nn.Parameter(torch.zeros(n)) for n in (30, 7, 100)], [torch.nn.Parameter(torch.zeros(5))]]
+    for group, scale in zip(groups, (3.0, 0.01)):
+        for p in group:
+            p.grad = torch.randn(p.shape, generator=g) * scale
+    reference = []
+    for group in groups:
+        copies = [torch.nn.Parameter(p.detach().clone()) for p in group]
+        for c, p in zip(copies, group):
+            c.grad = p.grad.clone()
+        torch.nn.utils.clip_grad_norm_(copies, 1.0)
+        reference.append([c.grad for c in copies])
+    clip_apart(groups, 1.0)
+    for group, ref in zip(groups, reference):
+        for p, r in zip(group, ref):
+            assert torch.equal(p.grad, r)
+    assert float(torch.linalg.vector_norm(torch.cat([p.grad for p in groups[0]]))) == pytest.approx(1.0, rel=1e-5)
+    assert torch.equal(groups[1][0].grad, reference[1][0])  # under the bound: unchanged
+
+
+def test_the_optimizer_is_fused_adamw_on_cpu():
+    """PPO's AdamW runs the fused kernel where the device has one (CPU since torch 2.4), as the
+    Trainer's default adamw_torch_fused, with param_groups' weight decay."""
+    from dpo_ppo.train.ppo import make_optimizer
+
+    tok = tiny_tokenizer()
+    ref = tiny_model(tok)
+    cfg = ppo_cfg(weight_decay=0.1)
+    optimizer = make_optimizer(PolicyWithValue(copy.deepcopy(ref), ref, "separate"), cfg)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.0]
+    assert optimizer.param_groups[0]["lr"] == cfg.lr and optimizer.param_groups[0]["eps"] == cfg.adam_eps
+
+
+@pytest.mark.parametrize("reach", [0.6, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01])
+def test_backtrack_keeps_the_largest_halving_within_the_bound(monkeypatch, reach):
+    """The line search bisects over 1/2 ... 1/64 of the step and lands where halving in turn did
+    (the largest power of 1/2 whose statistic keeps the bound, or none: the step undone), with
+    fewer forwards: 1 for a mild crossing, 2 for a step it undoes, never more than 5.  The
+    statistic here grows along the step, 0.02 * (f / reach)^2 at a fraction f of it: by hand f keeps
+    the bound 0.02 when f <= reach."""
+    from dpo_ppo.train.ppo import trust_region
+
+    param = torch.ones(1)  # the step from 0 to 1, taken
+    monkeypatch.setattr(trust_region, "rollout_trust_kl", lambda *a, **k: 0.02 * (param[0] / reach) ** 2)
+    kept, forwards = trust_region.backtrack(None, [param], [torch.zeros(1)], {}, None, None, 1, None, 0.02)
+    by_halving = next((0.5 ** k for k in range(1, 7) if 0.5 ** k <= reach), 0.0)
+    assert kept == by_halving and float(param) == kept  # the policy is left at the kept fraction
+    assert forwards == {0.5: 1, 0.0: 2}.get(kept, forwards) and forwards <= 5

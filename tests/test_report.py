@@ -13,7 +13,10 @@ import pytest
 
 from dpo_ppo import report
 from dpo_ppo import results as R
-from dpo_ppo.report import compare as C
+from dpo_ppo.report import estimator as E
+from dpo_ppo.report import facets as F
+from dpo_ppo.report import render
+from dpo_ppo.report import verdicts as V
 from dpo_ppo.report import stats
 from sweepfab import BIAS, BINARY, WEIGHTS, planted_sweep, write_job
 
@@ -72,9 +75,9 @@ def _runs_at_one_kl(algorithm, values, kl=1.0):
 def test_matched_kl_interval_is_welchs_t_interval_with_three_seeds():
     """All runs at one KL: each fit is its seeds' mean, so the interval must be Welch's t-interval
     of two means of 3 (computed by hand), not the +-1.96 se a percentile bootstrap gives."""
-    facet = C.Facet({}, {}, {"dpo": _runs_at_one_kl("dpo", [1.0, 2.0, 3.0]),
+    facet = F.Facet({}, {}, {"dpo": _runs_at_one_kl("dpo", [1.0, 2.0, 3.0]),
                              "ppo": _runs_at_one_kl("ppo", [2.0, 4.0, 6.0])})
-    pt = C.compare(facet, BIAS, n_boot=20000).points[0]
+    pt = E.compare(facet, BIAS, n_boot=20000).points[0]
     se = math.sqrt(1.0 / 3 + 4.0 / 3)  # sample variances 1 and 4, 3 seeds each
     dof = (5 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2)  # 2.94
     assert pt.effect == pytest.approx(2.0)
@@ -93,8 +96,8 @@ def test_false_positive_rate_with_three_seeds_is_near_alpha():
     hits = 0
     sims = 300
     for i in range(sims):
-        facet = C.Facet({}, {}, {a: _runs_at_one_kl(a, rng.normal(size=3)) for a in ("dpo", "ppo")})
-        hits += C.compare(facet, BIAS, n_boot=400, seed=i).points[0].p < 0.05
+        facet = F.Facet({}, {}, {a: _runs_at_one_kl(a, rng.normal(size=3)) for a in ("dpo", "ppo")})
+        hits += E.compare(facet, BIAS, n_boot=400, seed=i).points[0].p < 0.05
     assert hits / sims < 0.09  # binomial sd at 5% of 300: 1.3%
 
 
@@ -250,7 +253,7 @@ def test_value_model_facet_takes_dpo_into_each(tmp_path):
     planted_sweep(root, {BIAS: 0.5}, params=lambda a: {"value_model": None if a == "dpo" else "separate"})
     planted_sweep(root / "shared", {}, params=lambda a: {"value_model": None if a == "dpo" else "shared"},
                   knobs=2)
-    facets, notes = C.make_facets(report.load_sweep(root)[0])
+    facets, notes = F.make_facets(report.load_sweep(root)[0])
     assert [f.label() for f in facets] == ["value_model=separate", "value_model=shared"]
     assert [(len(f.runs["dpo"]), len(f.runs["ppo"])) for f in facets] == [(15, 9), (15, 6)] and not notes
 
@@ -289,8 +292,8 @@ def test_prompt_rows_are_resampled_paired(tmp_path):
                           rows={"prompt_id": [f"q{i}" for i in range(40)], "p_positive": p,
                                 "completion_len": np.full(40, 20), "kl": kls, "kl_k1": kls})
     runs, _ = report.load_sweep(root)
-    facets, _ = C.make_facets(runs)
-    comp = C.compare(facets[0], R.REWARD, n_boot=400)
+    facets, _ = F.make_facets(runs)
+    comp = E.compare(facets[0], R.REWARD, n_boot=400)
     assert comp.prompts == 40
     pt = comp.points[0]
     assert pt.effect == pytest.approx(0.1, abs=1e-9)
@@ -394,7 +397,7 @@ def test_compare_two_runs(mixed):
 
 def test_compare_rejects_ambiguous_job(mixed):
     root, _, _ = mixed
-    with pytest.raises(SystemExit, match="matches 4 jobs"):
+    with pytest.raises(report.ReportError, match="matches 4 jobs"):
         report.build_report(root, compare=["algorithm=dpo", "algorithm=ppo"], out=root.parent / "r2").summary
 
 
@@ -444,7 +447,9 @@ def test_wandb_report_is_one_run_with_the_claims_table(tmp_path, monkeypatch):
             time.sleep(1.1)  # W&B names an offline run's folder by the second it started
         assert report.main([str(root), "--wandb", "--bootstrap", "100"]) == 0
     files = sorted((root / "report" / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(files) == 2 and not (tmp_path / "wandb").exists()
+    runs = sorted(p.name for p in (root / "report" / "wandb").glob("*"))
+    assert len(files) == 2, f"run files {files} in {runs}"
+    assert not (tmp_path / "wandb").exists()
     run_id = report.report_run_id(root)
     assert run_id == report.report_run_id(root / ".." / "w")  # the folder, however it is named
     assert all(f.parent.name.endswith(run_id) for f in files)
@@ -474,18 +479,19 @@ def test_same_is_contradicted_only_when_the_band_lies_beyond_the_margin(effect, 
     claim = Claim("X", "1", "equal", (BIAS,), "same", margin=0.25)
     kl = np.array([1.0, 2.0, 4.0])
     flat = lambda v: np.full(3, float(v))  # noqa: E731
-    curve = C.Curve(kl, flat(effect), flat(half / 2.0), flat(0.0), 10.0, 2.0)  # band: effect +- half
-    arms = {"dpo": C.Curve(kl, flat(1.0), flat(0.1), flat(0.0), 10.0, 2.0),
-            "ppo": C.Curve(kl, flat(1.3), flat(0.1), flat(0.0), 10.0, 2.0)}
-    comp = C.Comparison(BIAS, C.Facet({}, {}, {}), {}, {}, {}, (1.0, 4.0), curve=curve, arm_curves=arms)
-    margin, note = C.margin_of(claim, comp)
-    assert margin == pytest.approx(flat(0.2875)) and note == "±25% of the two values' mean"
-    row = C.ClaimRow(claim, comp.facet, BIAS, comp, eligible=True, margin=margin)
-    row.p = C.claim_p(row)
+    curve = E.Curve(kl, flat(effect), flat(half / 2.0), flat(0.0), 10.0, 2.0)  # band: effect +- half
+    arms = {"dpo": E.Curve(kl, flat(1.0), flat(0.1), flat(0.0), 10.0, 2.0),
+            "ppo": E.Curve(kl, flat(1.3), flat(0.1), flat(0.0), 10.0, 2.0)}
+    comp = E.Comparison(BIAS, F.Facet({}, {}, {}), {}, {}, {}, (1.0, 4.0), curve=curve, arm_curves=arms)
+    margin = V.margin_of(claim, comp)
+    assert margin.values == pytest.approx(flat(0.2875))
+    assert render.margin_text(margin) == "±25% of the two values' mean"
+    row = V.ClaimRow(claim, comp.facet, BIAS, comp, eligible=True, margin=margin)
+    row.p = V.claim_p(row)
     row.q = row.p
     assert (row.p < 0.05) == (verdict == "supported")
-    assert C.decide(row) == verdict
-    assert ("within the margin" in row.where) == (verdict == "supported")
+    assert V.decide(row) == verdict
+    assert ("within the margin" in render.verdict_where(row)) == (verdict == "supported")
 
 
 def test_over_training_curves_are_drawn_and_summarised_per_configuration(tmp_path):
@@ -575,3 +581,51 @@ def test_a_claim_of_an_unknown_kind_is_refused_where_it_is_written():
 
     with pytest.raises(ValueError, match="claim C99: kind must be one of higher, lower, same, differ, zero, got 'hihger'"):
         Claim("C99", "1", "a typo", ("eval/policy/p_positive_mean",), "hihger")
+
+
+def test_render_only_formats():
+    """report/render.py turns computed things into words: it computes no statistic, reads or writes
+    no file and draws no figure (those are estimator / verdicts / stats, build and figures)."""
+    import ast
+    import inspect
+
+    from dpo_ppo.report import render
+
+    tree = ast.parse(inspect.getsource(render))
+    imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    modules = {m for m, _ in imported} | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not modules & {"csv", "json", "numpy", "dpo_ppo.report.figures", "dpo_ppo.report.build"}, modules
+    assert ("dpo_ppo.report", "figures") not in imported and ("dpo_ppo.report", "stats") not in imported
+    called = {(n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", ""))
+              for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    banned = {"open", "read_text", "write_text", "write_atomic", "write_json", "load_sweep", "load_run", "mkdir",
+              "compare", "claims_table", "all_metrics_table", "make_facets", "mean_ci", "t_interval", "sup_t",
+              "benjamini_hochberg", "holm", "savefig"} | {n for n in called if n.startswith("plot_")}
+    assert not called & banned, called & banned
+
+
+def test_bad_input_is_a_report_error_in_the_library_and_one_line_from_the_cli(tmp_path):
+    """build_report raises ReportError (a ValueError a caller can catch); the command turns it into
+    its exit with the one line (SystemExit's code), and writes nothing."""
+    missing = tmp_path / "nowhere"
+    with pytest.raises(report.ReportError, match="no such sweep folder"):
+        report.build_report(missing, figures=False)
+    with pytest.raises(SystemExit) as exited:
+        report.main([str(missing), "--no-wandb", "--no-figures"])
+    assert exited.value.code == f"dpo-ppo-report: no such sweep folder: {missing}"
+    assert not missing.exists()
+
+
+def test_the_report_recomputes_evaluation_metrics_with_evaluations_own_definitions():
+    """The per-prompt statistics behind the prompt bootstrap are evaluation's definitions
+    (results.gradient_loss / binary_loss, which evaluate.py applies to torch tensors), not copies."""
+    import torch
+
+    assert E.ROW_METRICS is R.EVAL_ROW_STATISTICS
+    assert E.ROW_METRICS[R.policy_metric(R.GRADIENT_LOSS)][2] is R.gradient_loss
+    assert E.ROW_METRICS[R.policy_metric(R.BINARY_LOSS)][2] is R.binary_loss
+    p = np.array([0.1, 0.49, 0.5, 0.9])
+    assert R.binary_loss(p).tolist() == [1.0, 1.0, 0.0, 0.0] and R.gradient_loss(p) == pytest.approx([0.9, 0.51, 0.5, 0.1])
+    t = torch.tensor(p, dtype=torch.float32)
+    assert float(R.binary_loss(t).mean()) == float((t < 0.5).float().mean()) == 0.5
+    assert float(R.gradient_loss(t).mean()) == pytest.approx(float(R.gradient_loss(p).mean()))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dpo_ppo import results as R
-from dpo_ppo.report import arms
+from dpo_ppo.report import arms, render
 from dpo_ppo.report.cli import main
 from dpo_ppo.report.load import load_sweep
 from sweepfab import BINARY, write_job
@@ -43,7 +43,7 @@ def test_pairs_are_compared_at_matched_kl_and_the_headline_keeps_dpo_and_ppo(tmp
     assert {arms.arm_of(r) for r in arms.headline_runs(runs)} == {"dpo", "ppo"}
     data = arms.compare_pair(runs, "dpo", "online_dpo", min_runs=3, min_seeds=3, n_boot=200)
     row = next(r for r in data if r.metric == BINARY)
-    assert row.comparison.runs_text() == "9 / 9"
+    assert render.runs_text(row.comparison) == "9 / 9"
     assert abs(row.comparison.points[0].effect - ON_POLICY_SHIFT) < 0.1  # the data moved it
     loss = arms.compare_pair(runs, "online_dpo", "ppo", min_runs=3, min_seeds=3, n_boot=200)
     row = next(r for r in loss if r.metric == BINARY)

@@ -1,4 +1,4 @@
-"""The matched-KL estimator (report/compare.py, stats.JointModel) on planted truths: closed-form
+"""The matched-KL estimator (report/estimator.py, stats.JointModel) on planted truths: closed-form
 fits by hand, identical curves sampled on unequal KL grids (no effect may appear), configurations
 each off their algorithm's curve (the null stays calibrated), an effect confined to one end of
 the KL range (placed there by the band), a "same" claim just inside / outside its margin (TOST,
@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from dpo_ppo import results as R
-from dpo_ppo.report import compare as C
+from dpo_ppo.report import estimator as E
+from dpo_ppo.report import facets as F
+from dpo_ppo.report import render
+from dpo_ppo.report import verdicts as V
 from dpo_ppo.report import stats
 from sweepfab import BIAS, WEIGHTS, planted_facet, write_job
 
@@ -63,7 +66,7 @@ def test_identical_curved_metrics_on_unequal_grids_give_no_effect():
         for seeds in (3, 5):
             sims, hits, effects, bounds = 80, 0, [], []
             for i in range(sims):
-                pt = C.compare(planted_facet(rng, curve, UNEQUAL, seeds, sigma), BIAS, n_boot=200, seed=i).points[0]
+                pt = E.compare(planted_facet(rng, curve, UNEQUAL, seeds, sigma), BIAS, n_boot=200, seed=i).points[0]
                 hits += pt.p < 0.05
                 effects.append(pt.effect)
                 bounds.append(pt.bias["effect"])
@@ -81,14 +84,14 @@ def test_a_real_effect_is_still_found_on_either_grid():
     spread, estimated from 10 configurations less the model's coefficients)."""
     rng = np.random.default_rng(12)
     for grids in (EQUAL, UNEQUAL):
-        found = sum(C.compare(planted_facet(rng, quadratic, grids, 5, 0.3, effect=lambda x: 0.9), BIAS,
+        found = sum(E.compare(planted_facet(rng, quadratic, grids, 5, 0.3, effect=lambda x: 0.9), BIAS,
                               n_boot=200, seed=i).points[0].p < 0.05 for i in range(30))
         assert found >= 25, (grids, found)
 
 
 def test_the_interval_carries_a_bias_bound_where_one_side_interpolates_across_a_gap():
     rng = np.random.default_rng(13)
-    gap = C.compare(planted_facet(rng, quadratic, UNEQUAL, 3, 0.3), BIAS, n_boot=200)
+    gap = E.compare(planted_facet(rng, quadratic, UNEQUAL, 3, 0.3), BIAS, n_boot=200)
     pt = gap.points[0]
     assert gap.model.deg_f >= 1 and gap.bias_degree == gap.model.deg_f + 1
     half = (pt.ci[1] - pt.ci[0]) / 2
@@ -103,22 +106,22 @@ def test_an_effect_at_one_end_of_the_kl_range_is_placed_there():
     PPO - DPO at 2 nats and smeared the top's effect onto it."""
     rng = np.random.default_rng(14)
     step = lambda x: 1.8 if x > math.log(3) else 0.0  # noqa: E731
-    top = [C.compare(planted_facet(rng, quadratic, EQUAL, 5, 0.3, effect=step), BIAS, n_boot=200, seed=i)
+    top = [E.compare(planted_facet(rng, quadratic, EQUAL, 5, 0.3, effect=step), BIAS, n_boot=200, seed=i)
            for i in range(20)]
     found = [c for c in top if 1 in c.curve.sign()]
     assert len(found) >= 14, len(found)
     for c in top:  # never a difference where there is none
-        assert not np.any(c.curve.sign()[c.curve.kl < 1.5] != 0), c.where_text()
+        assert not np.any(c.curve.sign()[c.curve.kl < 1.5] != 0), render.where_text(c)
         assert -1 not in c.curve.sign()
     c = found[0]
-    assert c.where_text().startswith("no difference shown at KL 0.") and "PPO > DPO at KL" in c.where_text()
+    assert render.where_text(c).startswith("no difference shown at KL 0.") and "PPO > DPO at KL" in render.where_text(c)
     # the claims table: C5 (PPO > DPO in bias divergence) supported, and where
-    rows = C.claims_table([r for a in ("dpo", "ppo") for r in c.facet.runs[a]], [c.facet], n_boot=200)
+    rows = V.claims_table([r for a in ("dpo", "ppo") for r in c.facet.runs[a]], [c.facet], n_boot=200)
     (c5,) = [r for r in rows if r.metric == BIAS]
-    assert c5.verdict == "supported" and c5.where == c.where_text()
+    assert c5.verdict == "supported" and render.verdict_where(c5) == render.where_text(c)
     # a constant effect is found along the whole range
-    const = C.compare(planted_facet(rng, quadratic, EQUAL, 5, 0.3, effect=lambda x: 1.8), BIAS, n_boot=200)
-    assert const.where_text().startswith("PPO > DPO at KL 0.") and ";" not in const.where_text()
+    const = E.compare(planted_facet(rng, quadratic, EQUAL, 5, 0.3, effect=lambda x: 1.8), BIAS, n_boot=200)
+    assert render.where_text(const).startswith("PPO > DPO at KL 0.") and ";" not in render.where_text(const)
 
 
 def test_configuration_offsets_keep_the_null_calibrated():
@@ -128,12 +131,12 @@ def test_configuration_offsets_keep_the_null_calibrated():
     gave ~30%. A planted effect (5 sd) is still found."""
     rng = np.random.default_rng(21)
     sims = 60
-    comps = [C.compare(planted_facet(rng, quadratic, EQUAL, 5, 0.3, config_sd=0.3), BIAS, n_boot=200, seed=i)
+    comps = [E.compare(planted_facet(rng, quadratic, EQUAL, 5, 0.3, config_sd=0.3), BIAS, n_boot=200, seed=i)
              for i in range(sims)]
     assert sum(c.points[0].p < 0.05 for c in comps) <= 5  # ~8%: binomial slack at 60 sweeps
     assert sum(c.curve.sup_p() < 0.05 for c in comps) <= 6
     assert all(c.tau2_dof >= 2 for c in comps)  # 10 configurations, at most 6 coefficients + 2 spare
-    found = sum(C.compare(planted_facet(rng, quadratic, EQUAL, 5, 0.3, config_sd=0.3, effect=lambda x: 1.5), BIAS,
+    found = sum(E.compare(planted_facet(rng, quadratic, EQUAL, 5, 0.3, config_sd=0.3, effect=lambda x: 1.5), BIAS,
                           n_boot=200, seed=i).curve.sup_p() < 0.05 for i in range(20))
     assert found >= 17, found
 
@@ -143,7 +146,7 @@ def test_configuration_offsets_keep_the_null_calibrated_at_scale():
     """The same on 300 sweeps per grid (benchmarks/report_calibration.py prints the tables)."""
     for grids, seeds in ((EQUAL, 3), (UNEQUAL, 5)):
         rng = np.random.default_rng(22)
-        comps = [C.compare(planted_facet(rng, quadratic, grids, seeds, 0.3, config_sd=0.3), BIAS, n_boot=200, seed=i)
+        comps = [E.compare(planted_facet(rng, quadratic, grids, seeds, 0.3, config_sd=0.3), BIAS, n_boot=200, seed=i)
                  for i in range(300)]
         assert sum(c.points[0].p < 0.05 for c in comps) / 300 <= 0.07
         assert sum(c.curve.sup_p() < 0.05 for c in comps) / 300 <= 0.075
@@ -159,16 +162,16 @@ def test_same_is_a_tost_inside_the_fdr_family(effect, verdict):
     rng = np.random.default_rng(31)
     facet = planted_facet(rng, lambda x: 1.0, EQUAL, 3, 0.005, effect=lambda x: effect, metric=WEIGHTS)
     runs = [r for a in ("dpo", "ppo") for r in facet.runs[a]]
-    rows = C.claims_table(runs, [facet], n_boot=200)
+    rows = V.claims_table(runs, [facet], n_boot=200)
     (c4,) = [r for r in rows if r.claim.id == "C4"]
-    assert c4.margin == pytest.approx(np.full(len(c4.comparison.curve.kl), 0.25 * (1 + effect / 2)), rel=0.02)
+    assert c4.margin.values == pytest.approx(np.full(len(c4.comparison.curve.kl), 0.25 * (1 + effect / 2)), rel=0.02)
     assert c4.in_family and math.isfinite(c4.q) and c4.q >= c4.p
     if verdict == "supported":
         assert c4.p < 0.01 and c4.q < 0.05
     else:
         assert c4.p > 0.5
     assert c4.verdict == verdict
-    assert "run 1" in c4.caveat  # the seed said it of its first round; this sweep has no such facet
+    assert "run 1" in render.caveat_text(c4)  # the seed said it of its first round; this sweep has no such facet
 
 
 def test_a_diverged_run_is_counted_and_named_never_dropped(tmp_path):
@@ -221,12 +224,12 @@ def test_non_finite_values_and_rows_are_left_out_and_named(tmp_path):
                           rows={"prompt_id": [f"q{i}" for i in range(10)], "p_positive": p,
                                 "completion_len": np.full(10, 20), "kl": np.full(10, kl), "kl_k1": np.full(10, kl)})
     runs, _ = report.load_sweep(root)
-    facets, _ = C.make_facets(runs)
-    binary = C.compare(facets[0], R.policy_metric("binary_loss"), n_boot=100)
+    facets, _ = F.make_facets(runs)
+    binary = E.compare(facets[0], R.policy_metric("binary_loss"), n_boot=100)
     assert binary.n == {"dpo": 9, "ppo": 8}
-    assert binary.left_out_text() == "1 PPO run(s) left out: 1 non-finite p_positive value(s) in eval_rows.csv"
+    assert render.left_out_text(binary) == "1 PPO run(s) left out: 1 non-finite p_positive value(s) in eval_rows.csv"
     assert binary.points[0].effect == pytest.approx(0.0, abs=1e-9)  # every finite p is below 0.5
-    bias = C.compare(facets[0], BIAS, n_boot=100)
-    assert bias.n == {"dpo": 8, "ppo": 9} and bias.left_out_text() == "1 DPO run(s) left out: no finite value in results.json"
-    rows = C.claims_table(runs, facets, n_boot=100)
-    assert any("no finite value in results.json" in r.caveat for r in rows if r.metric == BIAS)
+    bias = E.compare(facets[0], BIAS, n_boot=100)
+    assert bias.n == {"dpo": 8, "ppo": 9} and render.left_out_text(bias) == "1 DPO run(s) left out: no finite value in results.json"
+    rows = V.claims_table(runs, facets, n_boot=100)
+    assert any("no finite value in results.json" in render.caveat_text(r) for r in rows if r.metric == BIAS)

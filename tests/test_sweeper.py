@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from dpo_ppo.sweep.grid import expand, format_value, override_dirname
-from hydra_plugins.dpo_ppo_sweeper.config import register_sweeps, sweep_dirs
+from hydra_plugins.dpo_ppo_sweeper.sweep_group import register_sweeps, sweep_dirs
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = {

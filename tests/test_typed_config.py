@@ -100,8 +100,7 @@ def test_the_typed_path_records_byte_identical_config_params_hash_and_cache_keys
     _old_apply_compute(old)
     old_config = OmegaConf.to_container(old, resolve=True)
 
-    typed = C.load(composed)  # what the entrypoint passes to run_job
-    C.apply_compute(typed)  # what run_job does first
+    typed = C.load(composed)  # what the entrypoint passes to run_job: checked, compute=matched applied
     new_config = C.as_dict(typed)
 
     # results.json "config" and "params" (written with json.dumps, key order kept)
@@ -183,7 +182,9 @@ def test_the_entrypoint_passes_the_typed_config_to_run_job(tmp_path, monkeypatch
 
     def fake_run_job(cfg, job_dir, overrides=None, raise_errors=True):
         seen["cfg"], seen["overrides"] = cfg, overrides
-        return {"status": "finished", "job_dir": str(job_dir), "metrics": {}}
+        from dpo_ppo.results import JobOutcome
+
+        return JobOutcome("finished", str(job_dir))
 
     monkeypatch.setattr(dpo_ppo.job, "run_job", fake_run_job)
     monkeypatch.setattr(sys, "argv", ["dpo-ppo", "algorithm=ppo", "algorithm.kl_target=3", "logger=none",
@@ -275,10 +276,38 @@ def test_cross_group_checks_live_in_config_check():
         typed.check()
 
 
+def test_load_applies_the_schedule_and_never_edits_what_it_is_given():
+    """config.load is the one way in: compute=matched's schedule is applied by it (nobody after it),
+    a Config handed to it is left as it was, and a loaded config loads back equal."""
+    composed = compose_cfg(["algorithm=ppo", "compute=matched", "compute.prefixes_per_step=8"], tiny=False)
+    assert (composed.algorithm.ppo_epochs, composed.algorithm.num_minibatches) == (4, 4)
+    loaded = C.load(composed)
+    assert (loaded.algorithm.ppo_epochs, loaded.algorithm.num_minibatches) == (1, loaded.algorithm.rollout_prefixes // 8)
+    assert composed.algorithm.ppo_epochs == 4  # the DictConfig is not edited
+    raw = C.to_typed(composed)
+    again = C.load(raw)
+    assert raw.algorithm.ppo_epochs == 4 and again is not raw and again == loaded
+    assert C.load(loaded) == loaded and C.load(loaded) is not loaded
+    dpo = C.load(compose_cfg(["compute=matched", "compute.prefixes_per_step=8"], tiny=False))
+    assert (dpo.algorithm.batch_size, dpo.algorithm.epochs) == (8, 1.0)
+
+
+def test_nothing_but_load_applies_the_schedule():
+    """apply_compute is called by config.load alone (read, not imported: a grep of the package)."""
+    calls = [f"{path.relative_to(REPO)}:{n}" for path in sorted((REPO / "dpo_ppo").rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"\bapply_compute\(", line) and not line.lstrip().startswith("def ")]
+    calls += [f"{path.relative_to(REPO)}:{n}" for path in sorted((REPO / "hydra_plugins").rglob("*.py"))
+              for n, line in enumerate(path.read_text().splitlines(), 1) if "apply_compute(" in line]
+    assert calls == ["dpo_ppo/config/__init__.py:" + str(next(
+        n for n, line in enumerate((REPO / "dpo_ppo/config/__init__.py").read_text().splitlines(), 1)
+        if "apply_compute(typed)" in line))], calls
+
+
 # ------------------------------------------------------------- no import loop
 
 
-CONFIG_MODULES = ("fields", "analysis", "schema", "schedule", "keys", "environment", "errors")
+CONFIG_MODULES = ("fields", "analysis", "schema", "schedule", "keys")
 
 
 @pytest.mark.parametrize("module", CONFIG_MODULES)

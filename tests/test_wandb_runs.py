@@ -72,7 +72,7 @@ def test_a_resumed_run_continues_its_history_steps(tmp_path):
     rec = Recorder(tmp_path, results, LoggerConfig(project="proj"), {}, run_name="j")
     for ex in (16, 32, 48):
         rec.log({"train/loss": 1.0 / ex}, ex)
-    run_id, next_step = results["wandb"]["id"], results["wandb"]["next_step"]
+    run_id, next_step = rec.record.wandb["id"], rec.record.wandb["next_step"]
     assert json.loads((tmp_path / R.RESULTS_FILE).read_text())["wandb"]["next_step"] == next_step == 3
     rec.run.finish(exit_code=1)  # killed: results.json still says running
     time.sleep(1.1)  # W&B names an offline run's folder by the second it started
@@ -192,7 +192,7 @@ def test_policy_artifact_inputs_and_files_of_a_job_run(tmp_path):
     rec.finish("finished")
     run = read_offline_run(offline_runs(job)[0])
     (art,) = run["artifacts"]
-    assert art["name"] == f"policy-{results['wandb']['id']}" and art["type"] == "model"
+    assert art["name"] == f"policy-{rec.record.wandb['id']}" and art["type"] == "model"
     assert {"latest", "final"} <= set(art["aliases"]) and art["metadata"]["algorithm"] == "dpo"
     assert sorted(art["paths"]) == ["config.json", "model.safetensors"]
     assert {"results.json", "analysis.json"} <= set(run["files"])
@@ -465,7 +465,7 @@ def test_results_written_before_the_renames_are_read_under_the_new_names():
 def test_the_reports_training_figure_reads_every_row_at_the_examples_its_policy_had_seen():
     """New PPO logs are already aligned (rollout rows before their update); a PPO log written
     before issue 34 had each update at the count after it, and is moved back one update."""
-    from dpo_ppo.report.plots import _aligned_rows
+    from dpo_ppo.report.figures import _aligned_rows
 
     legacy = [{"step": x, R.EXAMPLES: x, "train/kl": 0.1 * x, R.KL_COEF: 0.2} for x in (16, 32, 48)]
     assert [x for x, _ in _aligned_rows(legacy)] == [0, 16, 32]

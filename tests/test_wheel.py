@@ -41,7 +41,9 @@ def test_wheel_install_finds_configs_and_sweeps_outside_the_checkout(tmp_path):
     # this environment's libraries (torch, hydra, ...) as a plain path entry: no .pth files of it
     # run, so the checkout's editable install of dpo_ppo stays invisible
     (Path(libs) / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], check=True,
+    # --ignore-installed: through deps.pth pip sees the checkout's editable dpo_ppo as installed and
+    # would skip the wheel
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", wheel], check=True,
                    timeout=300)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -58,3 +60,10 @@ def test_wheel_install_finds_configs_and_sweeps_outside_the_checkout(tmp_path):
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     assert "name: smoke" in sweep.stdout and "sweep: smoke" in sweep.stdout
     assert not list(outside.iterdir()) or all(p.name == "outputs" for p in outside.iterdir())
+    # every console script of pyproject.toml starts from the wheel (dpo-ppo-analyze and dpo-ppo-sync
+    # live in dpo_ppo/cli/)
+    for script, expected in (("dpo-ppo-analyze", "  policy = null"), ("dpo-ppo-sync", "usage: dpo-ppo-sync"),
+                             ("dpo-ppo-report", "usage:")):
+        out = subprocess.run([str(venv / "bin" / script), "--help"], cwd=outside, env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0 and expected in out.stdout, (script, out.stderr[-3000:])

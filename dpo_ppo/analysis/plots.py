@@ -11,7 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, path: Path) -> str:
+def save(fig, path: Path) -> str:
+    """Write ``fig`` as a PNG at ``path`` (the folder made) and close it; the path, as text.
+    Every figure of the analyses and of the report is written here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -43,7 +45,7 @@ def heatmaps(panels: dict[str, list[list[float]]], path: Path, title: str, *, di
         ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=cbar)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def bars(values: dict[str, float], path: Path, title: str, ylabel: str) -> str:
@@ -51,7 +53,7 @@ def bars(values: dict[str, float], path: Path, title: str, ylabel: str) -> str:
     ax.bar(list(values), list(values.values()), color=["#4C72B0", "#DD8452", "#55A868", "#C44E52"][: len(values)])
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(ylabel)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def lines(x: list, series: dict[str, list[float]], path: Path, title: str, xlabel: str, ylabel: str,
@@ -65,7 +67,7 @@ def lines(x: list, series: dict[str, list[float]], path: Path, title: str, xlabe
     if logy:
         ax.set_yscale("symlog", linthresh=1e-12)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def attention_patterns(patterns: dict[str, np.ndarray], tokens: list[str], path: Path, title: str,
@@ -92,4 +94,4 @@ def attention_patterns(patterns: dict[str, np.ndarray], tokens: list[str], path:
                 ax.set_xticks(range(T))
                 ax.set_xticklabels(labels, rotation=90, fontsize=5)
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)

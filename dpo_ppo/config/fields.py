@@ -12,7 +12,7 @@ import math
 from typing import Any, Callable, Optional
 
 
-DEVICES = "auto, cpu, cuda, cuda:N or mps"  # what a device key takes (config.environment.check_device)
+DEVICES = "auto, cpu, cuda, cuda:N or mps"  # what a device key takes (inputs.check_device: is it here)
 DEVICE_PATTERN = r"cpu|cuda(:\d+)?|mps"
 
 
@@ -60,3 +60,25 @@ def positive(key: str, value, allow_zero: bool = False) -> None:
 def choice(key: str, value, allowed: tuple) -> None:
     if value not in allowed:
         raise ConfigError(key, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def check_device_name(key: str, name, allow_auto: bool = True) -> None:
+    """``name`` is a device name (``DEVICES``); whether this machine has it is
+    ``dpo_ppo.inputs.check_device``'s question, asked where the job runs."""
+    import re
+
+    if name == "auto" and allow_auto:
+        return
+    if not re.fullmatch(DEVICE_PATTERN, str(name)):
+        raise ConfigError(key, f"must be {DEVICES}; got {name!r}")
+
+
+def local_path(source: str):
+    """The folder ``source`` (a model, classifier or data key) names, or None for a hub id (or a
+    built-in name such as embedded)."""
+    from pathlib import Path
+
+    path = Path(source).expanduser()
+    if path.exists() or source.startswith(("/", "./", "../", "~")) or source in (".", ".."):
+        return path
+    return None

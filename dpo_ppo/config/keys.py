@@ -1,6 +1,6 @@
 """Keys the schema does not have, and what to suggest instead: ``check_keys`` (any depth of the
 composed config), ``unknown_key_message`` (whose key it is, or the closest one by name or alias).
-``errors.config_error_line`` words them for both console scripts."""
+``dpo_ppo.cli.exits.config_error_line`` words them for both console scripts."""
 
 from __future__ import annotations
 
@@ -24,13 +24,14 @@ def dataclass_fields(obj_type) -> dict | None:
     return {f.name: f for f in dataclasses.fields(obj_type)}
 
 
-def schema_keys() -> list[str]:
-    """Every key of the schema, dotted (every algorithm' keys under ``algorithm``)."""
+def schema_keys(schema=Config) -> list[str]:
+    """Every key of ``schema`` (dpo-ppo's ``Config``, or dpo-ppo-analyze's ``AnalyzeConfig``),
+    dotted (every algorithm's keys under ``algorithm``)."""
     import typing
 
-    any_fields = {"algorithm": tuple(ALGORITHM_SCHEMAS.values())}
+    any_fields = {"algorithm": tuple(ALGORITHM_SCHEMAS.values())} if schema is Config else {}
     keys = []
-    for name, hint in typing.get_type_hints(Config).items():
+    for name, hint in typing.get_type_hints(schema).items():
         keys.append(name)
         for sub in any_fields.get(name, (hint,)):
             for child in dataclass_fields(sub) or {}:
@@ -90,11 +91,24 @@ def unknown_key_message(key: str, candidates) -> str:
     return f"not a key of the config; the closest valid key is {closest_key(key, candidates)}"
 
 
-def help_text(width: int = 100) -> str:
-    """Every key with its default and the help beside its field (``option(default, help)``), group by
-    group, each algorithm's keys under its own name: what ``dpo-ppo --help`` adds below Hydra's
-    listing, as TRL's argument parser shows its fields' help."""
+def chosen_options(overrides) -> dict[str, str]:
+    """``group=option`` choices on a command line (``algorithm=ppo``), for ``help_text``."""
+    chosen = {}
+    for arg in overrides:
+        key, sep, value = str(arg).lstrip("+~").partition("=")
+        if sep and "." not in key and "/" not in key and value and not value.startswith(("[", "{")):
+            chosen[key] = value
+    return chosen
+
+
+def help_text(width: int = 100, schema=Config, overrides=()) -> str:
+    """Every key of ``schema`` (dpo-ppo's ``Config``, dpo-ppo-analyze's ``AnalyzeConfig``) with its
+    default and the help beside its field (``option(default, help)``), group by group: what
+    ``--help`` adds below Hydra's listing, as TRL's argument parser shows its fields' help.  Each
+    algorithm's keys stand under its own name; an ``algorithm=NAME`` among ``overrides`` (the
+    command line, ``dpo-ppo algorithm=ppo --help``) keeps that algorithm's alone."""
     import textwrap
+    import typing
 
     from dpo_ppo.config.schema import GROUPS
 
@@ -109,20 +123,34 @@ def help_text(width: int = 100) -> str:
 
     def block(prefix: str, cls) -> list[str]:
         out = []
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(f.type) or f.name in GROUPS or f.name == "algorithm" and cls is Config:
+            if dataclasses.is_dataclass(hints.get(f.name)) or f.name == "algorithm" and cls is Config:
                 continue
             text = f.metadata.get("help", "")
             out.append(f"  {prefix}{f.name} = {default(f)}")
             out += textwrap.wrap(text, width, initial_indent="      ", subsequent_indent="      ")
         return out
 
-    lines = ["== Keys: schema default and meaning (dpo_ppo/config/schema.py, analysis.py; the values this", "command composes to are the Config above) ==", "", "top level:"]
-    lines += block("", Config)
+    files = "schema.py, analysis.py" if schema is Config else "analyze.py, schema.py, analysis.py"
+    lines = [f"== Keys: schema default and meaning (dpo_ppo/config/{files}; the values this",
+             "command composes to are the Config above) ==", "", "top level:"]
+    lines += block("", schema)
     algorithms = {cls: name for name, cls in ALGORITHM_SCHEMAS.items()}
+    groups = typing.get_type_hints(schema)
+    wanted = chosen_options(overrides).get("algorithm")
     for name, cls in GROUPS.items():
-        group = "algorithm" if cls in algorithms else name
-        title = f"algorithm={algorithms[cls]}" if cls in algorithms else f"{name}"
+        if cls in algorithms:
+            if schema is not Config or wanted is not None and wanted != algorithms[cls]:
+                continue
+            group, title = "algorithm", f"algorithm={algorithms[cls]}"
+        elif groups.get(name) is cls:
+            group, title = name, name
+        else:
+            continue
         lines += ["", f"{title}: {(cls.__doc__ or '').strip().splitlines()[0]}"]
         lines += block(f"{group}.", cls)
+    if schema is Config and wanted in ALGORITHM_SCHEMAS:
+        others = ", ".join(f"algorithm={a}" for a in ALGORITHM_SCHEMAS if a != wanted)
+        lines += ["", f"(the other algorithms' keys: {others} --help)"]
     return "\n".join(lines)

@@ -1,10 +1,13 @@
 """What a config implies beyond its keys: the schedule ``compute=matched`` rewrites, the optimizer
 steps a job plans, the KL controller PPO runs, and the swept hyperparameters results.json records
-(``params``).  Pure functions of the typed config: no torch."""
+(``params``), whether a job is online DPO and the shared artifacts it reads.  Pure functions of
+the typed config: no torch."""
 
 from __future__ import annotations
 
 import math
+
+from dpo_ppo import results as R
 
 # TRL's on-policy trainers (dpo_ppo/train/rl.py): batch_size prefixes per generation, one optimizer
 # step per pass over it
@@ -51,6 +54,18 @@ def kl_controller_name(cfg) -> str:
     return "fixed" if getattr(cfg, "kl_coef", None) is not None else cfg.kl_controller
 
 
+def is_online_dpo(algo) -> bool:
+    """Whether the job of ``algo`` (a typed algorithm config) is online DPO: its pairs resampled by
+    the policy every round (``results.online_dpo``: dpo with rounds > 1)."""
+    return R.online_dpo(algo.name, getattr(algo, "rounds", 1))
+
+
+def artifacts_read(algo) -> tuple:
+    """The shared artifacts (``results.SharedArtifact``) a job of ``algo`` reads: online DPO reads
+    no pairs made before it (it samples its own)."""
+    return R.shared_artifacts(algo.name, getattr(algo, "rounds", 1))
+
+
 def arm(algo) -> str:
     """The arm a job is (``results.ARMS``): its trainer, and for DPO its data and loss: online_ when
     its pairs are resampled by the policy (rounds > 1), ipo for loss_type=ipo (dpo_<loss> for
@@ -58,7 +73,7 @@ def arm(algo) -> str:
     if algo.name != "dpo":
         return algo.name
     loss = "dpo" if algo.loss_type == "sigmoid" else "ipo" if algo.loss_type == "ipo" else f"dpo_{algo.loss_type}"
-    return f"online_{loss}" if getattr(algo, "rounds", 1) > 1 else loss
+    return f"online_{loss}" if is_online_dpo(algo) else loss
 
 
 def swept_params(cfg) -> dict:

@@ -9,9 +9,10 @@ results.json, the config hash and the artifact cache keys are made of.
 Every field carries its help text (``option(default, help)``; ``field_help`` reads it back), and
 every dataclass checks its own fields in ``check`` beside them.  ``load`` first looks for keys the
 schema does not know (``+key=``; only the DictConfig still has them), then ``Config.check`` runs
-the generic checks (non-finite floats, seeds, devices), each group's ``check``, the checks across
-groups (a prefix + completion that fits the model's context and the classifier's ``max_length``,
-...) and last the local folders.  Each check raises ``ConfigError`` with a one-line message that
+the generic checks (non-finite floats, seeds, device names), each group's ``check`` and the checks
+across groups (a prefix + completion that fits the model's context and the classifier's
+``max_length``, ...).  What the config names on the machine (devices, local folders, the data) is
+``dpo_ppo.inputs``' to check, above this package.  Each check raises ``ConfigError`` with a one-line message that
 names the key (full dotted path) and what would be allowed.  The checks are methods, not
 ``__post_init__``: ``to_object`` builds the groups before the checks across them could run, and
 tests build out-of-range configs on purpose.
@@ -27,7 +28,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dpo_ppo.config.analysis import AnalysisConfig
-from dpo_ppo.config.fields import ConfigError, choice, finite, option, positive
+from dpo_ppo.config.fields import ConfigError, check_device_name, choice, finite, local_path, option, positive
 from dpo_ppo.results import ALGORITHMS
 
 
@@ -313,8 +314,9 @@ class PPOAlgorithmConfig(AlgorithmConfig):
                                                   "from the rollout's on any one prompt, nats per token (per prompt, "
                                                   "the token mean of ppo.trust_kl: k3, or the sampled token's "
                                                   "Bernoulli KL(new || old) where that is larger; the largest over "
-                                                  "the prompts); a step that crosses it is cut back until it holds; "
-                                                  "> 0; null = no trust region")
+                                                  "the prompts); a step that crosses it is cut back until it holds "
+                                                  "(trust_region=shrink) or ends the update (stop, the rule that "
+                                                  "named it); > 0; null = no trust region")
     trust_region: str = option("shrink", "what happens at a crossing of early_stop_kl: shrink (the step is "
                                          "cut back and the update goes on: every planned step is taken, as "
                                          "compute=matched needs) or stop (the update ends there, its later "
@@ -455,20 +457,13 @@ class EvalConfig:
                 raise ConfigError(f"{where}.{key}", f"must be a label index or name, got {value!r}")
         if self.gold == "":
             raise ConfigError(f"{where}.gold", "is empty; use auto, lexicon, none, a hub id or a folder")
-        if self.gold not in (None, "auto", "lexicon", "none"):
-            from dpo_ppo.data.sources import check_pretrained_folder, classifier_labels, id2label, local_path
-
-            check_pretrained_folder(f"{where}.gold", self.gold, classifier=True, finetune=False)
-            folder = local_path(self.gold)
-            labels = id2label(folder) if folder is not None else None
-            if labels:  # a local folder's labels are read now, not after training
-                classifier_labels(labels, self.gold_positive_label, self.gold_negative_label,
-                                  keys=(f"{where}.gold_positive_label", f"{where}.gold_negative_label"))
+        # a gold folder's contents and labels: dpo_ppo.inputs.check_gold, where the job runs
 
 
 @dataclass
 class ComputeConfig:
-    """How much optimisation each algorithm gets (group ``compute``).
+    """How much optimisation each algorithm gets (group ``compute``): the schedule mode, asked
+    for.  Not results.json's ``compute``, which is what a job measured it cost (``JobResults.cost``).
 
     native: each algorithm's own schedule (DPO: one step per ``batch_size`` pairs for ``epochs``;
     PPO: ``ppo_epochs`` x ``num_minibatches`` steps per rollout, ~8x DPO's steps at the paper's
@@ -594,9 +589,9 @@ class Config:
                                   "reference evaluation, DPO preferences) and stop: the sweeper's prepare step")
 
     def check(self) -> None:
-        """Every check, in order: the generic ones (they guard the range checks: NaN compares false
-        with everything), each group's own, those across groups, then those that touch the
-        filesystem (local folders); raises ConfigError naming the first bad key."""
+        """Every check of the config, in order: the generic ones (they guard the range checks: NaN
+        compares false with everything), each group's own, those across groups; raises ConfigError
+        naming the first bad key.  Devices and folders on this machine: ``dpo_ppo.inputs``."""
         check_generic(self)
         self.model.check("model")
         self.data.check("data")
@@ -612,9 +607,6 @@ class Config:
         if self.analysis is not None and self.analysis.enabled:
             self.analysis.check("analysis")
             self.analysis.check_model(self.model, "analysis")
-        from dpo_ppo.config.environment import check_local_paths
-
-        check_local_paths(self)
 
     def check_across(self) -> None:
         """What no group can check alone: the lengths asked for against the model's context and
@@ -634,10 +626,8 @@ class Config:
             raise ConfigError("compute.prefixes_per_step",
                               f"must divide algorithm.rollout_prefixes ({algo.rollout_prefixes}) for "
                               f"compute=matched, got {compute.prefixes_per_step}")
-        from dpo_ppo.data.sources import local_path
-
         if model.source == "embedded" or local_path(model.source) is None:
-            check_context(self)  # a local folder's own context is checked with the folders (check_model_folder)
+            check_context(self)  # a local folder's own context: dpo_ppo.inputs.check_model_folder
         longest_prefix = algo.longest_prefix
         # the scorer truncates at classifier.max_length: it must read the whole prefix + completion
         scored = {"algorithm.completion_len": longest_prefix + algo.completion_len,
@@ -663,6 +653,9 @@ def register_configs() -> None:
     # each group's yaml starts with `- /schema@_here_: <name>`
     for name, node in GROUPS.items():
         cs.store(group="schema", name=name, node=node)
+    from dpo_ppo.config.analyze import AnalyzeConfig
+
+    cs.store(name="analyze_schema", node=AnalyzeConfig)  # dpo-ppo-analyze's top (conf/analyze.yaml)
 
 
 # --------------------------------------------------------------------------- conversion
@@ -721,11 +714,9 @@ def check_generic(cfg: Config) -> None:
         if (name == "seed" or name.endswith("_seed")) and value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
                 raise ConfigError(key, f"must be an integer in [0, 2^32-1], got {value}")
-    from dpo_ppo.config.environment import check_device
-
-    check_device("device", cfg.device)
+    check_device_name("device", cfg.device)  # whether this machine has it: dpo_ppo.inputs.check_device
     if cfg.analysis is not None and cfg.analysis.device is not None:
-        check_device("analysis.device", cfg.analysis.device)
+        check_device_name("analysis.device", cfg.analysis.device)
 
 
 def check_context(cfg, context: int | None = None, what: str | None = None) -> None:

@@ -149,7 +149,7 @@ def gold_source(eval_cfg, data_source: str) -> str | None:
     return gold
 
 
-def load_gold(eval_cfg, data_source: str, device="cpu", runtime=None):
+def load_gold(eval_cfg, data_source: str, device="cpu", hw=None):
     """The gold reward evaluation reports beside the proxy (the trained classifier): ``LexiconGold``
     for ``lexicon``, a ready sentiment classifier (hub id or ``save_pretrained`` folder, loaded as
     ``classifier.source`` with finetune=false is, labels ``eval.gold_positive_label`` /
@@ -166,12 +166,12 @@ def load_gold(eval_cfg, data_source: str, device="cpu", runtime=None):
                                            eval_cfg.gold_positive_label, eval_cfg.gold_negative_label,
                                            keys=("eval.gold_positive_label", "eval.gold_negative_label"))
     scorer = Scorer(model.to(device), tokenizer, positive, GOLD_MAX_LENGTH, negative_label=negative,
-                    **({"batch_size": runtime.forward_batch_size, "autocast": runtime.autocast} if runtime else {}))
+                    **({"batch_size": hw.forward_batch_size, "autocast": hw.autocast} if hw else {}))
     scorer.name = source
     return scorer
 
 
-def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, device, runtime=None) -> dict:
+def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, device, hw=None) -> dict:
     """Train (or take) the classifier, save it to ``path``; returns its held-out accuracy."""
     torch.manual_seed(seed)
     if cls_cfg.source == "embedded":
@@ -205,7 +205,7 @@ def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, de
             warmup_steps=10, weight_decay=0.01, lr_scheduler_type="linear",
             logging_steps=25, save_strategy="no", report_to=[], seed=seed, disable_tqdm=plain_progress(),
             use_cpu=str(device) == "cpu", dataloader_num_workers=0,
-            bf16=bool(runtime is not None and runtime.bf16),
+            bf16=bool(hw is not None and hw.bf16),
         )
         trainer = Trainer(model=model, args=args, train_dataset=train,
                           data_collator=DataCollatorWithPadding(tokenizer))
@@ -213,7 +213,7 @@ def build_classifier(cls_cfg, corpus, base_path: Path, path: Path, seed: int, de
         shutil.rmtree(path / "_trainer", ignore_errors=True)
     model = model.to(device)
     scorer = Scorer(model, tokenizer, positive, cls_cfg.max_length, negative_label=negative,
-                    **({"batch_size": runtime.forward_batch_size, "autocast": runtime.autocast} if runtime else {}))
+                    **({"batch_size": hw.forward_batch_size, "autocast": hw.autocast} if hw else {}))
     test = corpus["test"].shuffle(seed=seed).select(range(min(2000, len(corpus["test"]))))
     info["test_accuracy"] = _accuracy(scorer, test)
     log.info("classifier: held-out accuracy %.3f on %d test reviews", info["test_accuracy"], len(test))

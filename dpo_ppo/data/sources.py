@@ -1,7 +1,7 @@
 """What a local ``model.source``, ``classifier.source`` or ``data.source`` folder must hold.
 
-These checks read only file names and small JSON files (no torch, no transformers), so the config
-check runs them before any stage starts; the loaders run them again for callers that skip it.
+These checks read only file names and small JSON files (no torch, no transformers), so
+``dpo_ppo.inputs.check_inputs`` runs them before any stage starts; the loaders run them again for callers that skip it.
 Each raises ``ConfigError`` naming the key and what is missing.
 """
 
@@ -10,19 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dpo_ppo.config.fields import ConfigError
+from dpo_ppo.config.fields import ConfigError, local_path  # noqa: F401  (local_path: read here too)
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
            "pytorch_model.bin.index.json")
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json")
-
-
-def local_path(source: str) -> Path | None:
-    """The folder ``source`` names, or None for a hub id (or a built-in name such as embedded)."""
-    path = Path(source).expanduser()
-    if path.exists() or source.startswith(("/", "./", "../", "~")) or source in (".", ".."):
-        return path
-    return None
 
 
 def _folder(key: str, source: str) -> Path | None:

@@ -5,7 +5,7 @@ loss: ``dpo`` (offline pairs sampled once by the reference), ``online_dpo`` (``a
 > 1: pairs resampled by the current policy), ``ipo`` (``loss_type=ipo``), ``ppo`` (ours), ``rloo``
 and ``grpo`` (TRL's).  The headline claims table stays DPO vs PPO (the ``dpo`` and ``ppo`` arms
 only: an online DPO run is never pooled into "DPO").  When a sweep holds more arms, the section
-"Data or loss?" answers, with the same claims, intervals and verdict rules (``report.compare``):
+"Data or loss?" answers, with the same claims, intervals and verdict rules (``report.verdicts``):
 
 - offline vs online DPO: the data (same loss);
 - online DPO vs RLOO and vs PPO: the loss (both on-policy);
@@ -13,17 +13,20 @@ only: an online DPO run is never pooled into "DPO").  When a sweep holds more ar
 
 The comparison code compares two sides named "dpo" and "ppo"; ``compare_pair`` is the one adapter
 that puts any two arms in those two places (side A where the claims say DPO, side B where they say
-PPO: every effect reads B - A).  Re-point it when ``report.compare`` takes a pair itself.
+PPO: every effect reads B - A).  Re-point it when ``report.verdicts.claims_table`` takes a pair
+itself.  This module says which runs each pair pools (the arms' facets); the section's words are
+``render.arms_markdown``'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from dpo_ppo import results as R
-from dpo_ppo.report import compare as C
+from dpo_ppo.report import verdicts as V
 from dpo_ppo.report.claims import CLAIMS
+from dpo_ppo.report.facets import make_facets
 from dpo_ppo.report.load import Run, finished
 
 HEADLINE = ("dpo", "ppo")
@@ -71,66 +74,31 @@ def pair_runs(runs: Sequence[Run], a: str, b: str) -> List[Run]:
 
 
 def compare_pair(runs: Sequence[Run], a: str, b: str, claims=CLAIMS, pool: Sequence[str] = (),
-                 **kwargs) -> List[C.ClaimRow]:
+                 **kwargs) -> List[V.ClaimRow]:
     """The claims table of arm ``b`` against arm ``a`` at matched KL (effects B - A), by the
-    comparison code the headline uses.  The one adapter between arms and ``report.compare``:
-    ``kwargs`` go to ``compare.claims_table`` (min_runs, min_seeds, n_boot, fdr, seed)."""
+    comparison code the headline uses.  The one adapter between arms and ``report.verdicts``:
+    ``kwargs`` go to ``verdicts.claims_table`` (min_runs, min_seeds, n_boot, fdr, seed)."""
     both = pair_runs(runs, a, b)
-    facets, _ = C.make_facets(both, pool)
-    return C.claims_table(both, facets, claims, **kwargs)
+    facets, _ = make_facets(both, pool)
+    return V.claims_table(both, facets, claims, **kwargs)
 
 
-def parse_pair(text: str) -> Tuple[str, str]:
-    """``--compare A,B`` -> (A, B), two different arms of ``results.ARMS``; SystemExit naming what
-    was wrong otherwise."""
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 2 or parts[0] == parts[1] or not all(p in R.ARMS for p in parts):
-        raise SystemExit(f"dpo-ppo-report: --compare A,B takes two different arms of {', '.join(R.ARMS)}, "
-                         f"got {text!r}")
-    return parts[0], parts[1]
+def present_counts(runs: Sequence[Run]) -> Dict[str, int]:
+    """Each arm with finished runs (``arms_present``'s order) and how many."""
+    done = finished(runs)
+    return {a: sum(arm_of(r) == a for r in done) for a in arms_present(runs)}
 
 
-def _relabel(table: List[str], a: str, b: str) -> List[str]:
-    """The headline's claims table markdown with the pair's names in its header."""
-    la, lb = label(a), label(b)
-    return [t.replace("DPO vs PPO at matched KL: PPO - DPO [95%]", f"{la} vs {lb} at matched KL: {lb} - {la} [95%]")
-             .replace("runs DPO / PPO", f"runs {la} / {lb}").replace("% of DPO)", f"% of {la})") for t in table]
-
-
-def pair_markdown(runs: Sequence[Run], a: str, b: str, what: str, claims_markdown, **kwargs) -> Tuple[List[str], List[Dict]]:
-    """One pair's subsection and its rows as records (``render.claim_record``)."""
-    rows = compare_pair(runs, a, b, **kwargs)
-    md = [f"### {label(b)} vs {label(a)}: {what}", ""]
-    if not rows:
-        md += [f"No facet holds finished runs of both {label(a)} and {label(b)}: nothing to compare.", ""]
-        return md, []
-    md += _relabel(claims_markdown(rows, len({r.facet.label() for r in rows}) > 1), a, b)
-    md += ["", f"Each claim's DPO is {label(a)} here, its PPO {label(b)}: every effect reads {label(b)} - "
-               f"{label(a)}, a claim that PPO exceeds DPO is the claim that {label(b)} exceeds {label(a)}.", ""]
-    return md, [{"a": a, "b": b, "row": r} for r in rows]
-
-
-def arms_markdown(runs: Sequence[Run], claims_markdown, extra: Optional[Tuple[str, str]] = None,
-                  **kwargs) -> Tuple[List[str], List[Dict[str, Any]]]:
-    """The "Data or loss?" section: every question of ``QUESTIONS`` whose two arms have finished
-    runs, and ``extra`` (``--compare A,B``) first; empty when the sweep holds DPO and PPO only and no
-    pair was asked for.  ``claims_markdown``: render's table writer (passed in: no import cycle)."""
+def sections(runs: Sequence[Run], extra: Optional[Tuple[str, str]] = None,
+             **kwargs) -> List[Tuple[str, str, str, List[V.ClaimRow]]]:
+    """The "Data or loss?" section's pairs, each with its claims table: (A, B, what the pair
+    isolates, rows). Every question of ``QUESTIONS`` whose two arms have finished runs, and
+    ``extra`` (``--compare A,B``) first; empty when the sweep holds DPO and PPO only and no pair was
+    asked for. ``kwargs`` go to ``compare_pair`` (pool, min_runs, min_seeds, n_boot, fdr, seed);
+    the words are ``render.arms_markdown``'s."""
     present = set(arms_present(runs))
     pairs = [(x, y, w) for x, y, w in QUESTIONS if x in present and y in present]
     if extra is not None:
         asked = (extra[0], extra[1], "asked for (--compare)")
         pairs = [asked] + [p for p in pairs if p[:2] != extra]
-    if not pairs:
-        return [], []
-    md = ["## Data or loss?", "",
-          "Arms present: " + ", ".join(f"{label(a)} ({sum(arm_of(r) == a for r in finished(runs))} runs)"
-                                       for a in arms_present(runs)) + ". "
-          "Each pair below is compared as the headline compares DPO and PPO (matched KL, the same intervals and "
-          "verdict rules): offline vs online DPO isolates the data, online DPO vs RLOO / PPO the loss, RLOO vs PPO "
-          "the implementation.", ""]
-    records: List[Dict[str, Any]] = []
-    for a, b, what in pairs:
-        section, rows = pair_markdown(runs, a, b, what, claims_markdown, **kwargs)
-        md += section
-        records += rows
-    return md, records
+    return [(a, b, what, compare_pair(runs, a, b, **kwargs)) for a, b, what in pairs]

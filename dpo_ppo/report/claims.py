@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from dpo_ppo import results as R
 from dpo_ppo.report.load import BIAS_FLUCTUATION, EFFICIENCY, HEADS_RECRUITED, POS_NEG_REL, RECRUIT_THRESHOLD
 from dpo_ppo.results import (GOLD_BINARY_LOSS, GOLD_GRADIENT_LOSS, GOLD_P_POSITIVE_STD, P_POSITIVE_STD,
                              policy_metric)
@@ -89,28 +90,28 @@ def _heads_unchanged(claim_id: str, measure: str, name: str) -> Claim:
 
 CLAIMS: Tuple[Claim, ...] = (
     Claim("C1", "3.1", "PPO makes fewer negative completions than DPO (binary loss)",
-          (policy_metric(GOLD_BINARY_LOSS), policy_metric("binary_loss")), "lower", condition="run 2",
+          (policy_metric(GOLD_BINARY_LOSS), policy_metric(R.BINARY_LOSS)), "lower", condition="run 2",
           quote="In the models from the second training round, PPO considerably outperforms both the reference "
                 "and DPO model on the binary task"),
     Claim("C2", "3.1", "DPO's completions are more positive on average (gradient loss)",
-          (policy_metric(GOLD_GRADIENT_LOSS), policy_metric("gradient_loss")), "higher", condition="run 2",
+          (policy_metric(GOLD_GRADIENT_LOSS), policy_metric(R.GRADIENT_LOSS)), "higher", condition="run 2",
           quote="whilst the DPO model is able to generate on average the most positive completions"),
     Claim("C3", "3.1", "DPO's completions are more polarised: strongly positive or strongly negative",
           (policy_metric(GOLD_P_POSITIVE_STD), policy_metric(P_POSITIVE_STD)), "lower", condition="run 2",
           quote="suggesting completions are either strongly positive or strongly negative, at least relative "
                 "to those of compared models"),
     Claim("C4", "3.2", "Weight divergence from the reference is about the same for both (run 1)",
-          ("analysis/weights/msd_weights",), "same", condition="run 1",
+          (R.MSD_WEIGHTS,), "same", condition="run 1",
           quote="For the first training round models; whilst the average weight divergence is very similar "
                 "across both models, the PPO average bias divergence is heavily elevated."),
     Claim("C5", "3.2", "PPO's bias divergence is heavily elevated over DPO's",
-          ("analysis/weights/msd_biases",), "higher",
+          (R.MSD_BIASES,), "higher",
           quote="the PPO average bias divergence is heavily elevated"),
     Claim("C6", "3.2", "PPO's biases diverge more relative to its weights (bias / weight ratio; from C4 and C5)",
-          ("analysis/weights/bias_weight_ratio",), "higher", family=False, of="C4, C5",
+          (R.BIAS_WEIGHT_RATIO,), "higher", family=False, of="C4, C5",
           quote="As with the first training round, bias elevation is again extreme."),
     Claim("C7", "3.2, 4", "PPO diverges more from the reference in weights and biases (run 2); DPO stays closer",
-          ("analysis/weights/msd_all",), "higher", condition="run 2",
+          (R.MSD_ALL,), "higher", condition="run 2",
           quote="In the second training round PPO diverges strongly from the reference model in both weights "
                 "and biases."),
     Claim("C8", "3.2", "Activation divergence is the same on positive and negative prompts "
@@ -118,7 +119,7 @@ CLAIMS: Tuple[Claim, ...] = (
           quote="We observed hardly even a trivial change between the divergence in activation vectors for "
                 "negative and positive sentiments"),
     Claim("C9", "3.2", "DPO and PPO differ in activation divergence from the reference (residual KL)",
-          ("analysis/activations/resid/kl_all_mean",), "differ",
+          (R.RESID_KL_MEAN.format("all"),), "differ",
           quote="The dissension between the distance measures for the DPO and PPO model is likely accounted for "
                 "by the large bias divergence shown above."),
     Claim("C10", "3.3", "PPO is more robust to head ablation: a smaller mean increase of the seed's "

@@ -6,12 +6,24 @@ import argparse
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 from dpo_ppo import results as R
-from dpo_ppo.report import compare as C
-from dpo_ppo.report.render import build_report
+from dpo_ppo.report.build import ReportError, build_report
+from dpo_ppo.report.estimator import N_BOOT
+from dpo_ppo.report.facets import FACETS
+from dpo_ppo.report.verdicts import MIN_RUNS, MIN_SEEDS
 from dpo_ppo.report.wandb_run import log_to_wandb
+
+
+def parse_pair(text: str) -> Tuple[str, str]:
+    """``--compare A,B`` -> (A, B), two different arms of ``results.ARMS``; SystemExit naming what
+    was wrong otherwise."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or parts[0] == parts[1] or not all(p in R.ARMS for p in parts):
+        raise SystemExit(f"dpo-ppo-report: --compare A,B takes two different arms of {', '.join(R.ARMS)}, "
+                         f"got {text!r}")
+    return parts[0], parts[1]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -26,14 +38,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "table of their own at matched KL (B - A), e.g. --compare rloo,ppo; JOB_A JOB_B: two "
                              "job folders (path, or a unique part of the folder name) compared as in the paper: "
                              "losses, divergence, per-head heat maps")
-    parser.add_argument("--pool", action="append", default=[], choices=list(C.FACETS), metavar="KEY",
+    parser.add_argument("--pool", action="append", default=[], choices=list(FACETS), metavar="KEY",
                         help="pool runs over this shared axis instead of comparing within each value "
-                             f"(the table says so); one of {', '.join(C.FACETS)}; repeatable")
-    parser.add_argument("--min-runs", type=int, default=C.MIN_RUNS,
+                             f"(the table says so); one of {', '.join(FACETS)}; repeatable")
+    parser.add_argument("--min-runs", type=int, default=MIN_RUNS,
                         help="runs per algorithm a claim needs for a verdict (default %(default)s, at least 2)")
-    parser.add_argument("--min-seeds", type=int, default=C.MIN_SEEDS,
+    parser.add_argument("--min-seeds", type=int, default=MIN_SEEDS,
                         help="distinct seeds per algorithm a claim needs for a verdict (default %(default)s)")
-    parser.add_argument("--bootstrap", type=int, default=C.N_BOOT, help="bootstrap draws (default %(default)s)")
+    parser.add_argument("--bootstrap", type=int, default=N_BOOT, help="bootstrap draws (default %(default)s)")
     parser.add_argument("--fdr", choices=("bh", "holm"), default="bh",
                         help="multiple-testing control over the claims table: Benjamini-Hochberg or Holm")
     parser.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed")
@@ -57,14 +69,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--bootstrap must be >= 100")
     jobs, pair = args.compare, None
     if args.compare and len(args.compare) == 1:  # A,B: two arms
-        from dpo_ppo.report.arms import parse_pair
-
         jobs, pair = None, parse_pair(args.compare[0])
     elif args.compare and len(args.compare) != 2:
         parser.error("--compare takes A,B (two arms) or JOB_A JOB_B (two job folders)")
-    built = build_report(args.path, compare=jobs, compare_arms=pair, out=args.out, pool=args.pool, min_runs=args.min_runs,
-                         min_seeds=args.min_seeds, n_boot=args.bootstrap, fdr=args.fdr, seed=args.seed,
-                         figures=args.figures)
+    try:
+        built = build_report(args.path, compare=jobs, compare_arms=pair, out=args.out, pool=args.pool,
+                             min_runs=args.min_runs, min_seeds=args.min_seeds, n_boot=args.bootstrap, fdr=args.fdr,
+                             seed=args.seed, figures=args.figures)
+    except ReportError as err:  # bad input: its one line, exit 1 (as SystemExit(message) exits)
+        raise SystemExit(str(err)) from None
     summary, out = built.summary, built.out
     c = summary["counts"]
     print(f"{summary['name']}: {summary['jobs']} jobs ({c[R.FINISHED]} finished, {c[R.FAILED]} failed, "

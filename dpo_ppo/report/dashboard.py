@@ -100,12 +100,12 @@ def build_workspace(name: str, entity: str, project: str, *, groups: Sequence[st
         line("PPO KL-penalised return (reward_kind's scale)", [R.ROLLOUT_RETURN]),
         line("PPO KL coefficient (reward per nat of KL)", [R.KL_COEF]),
     ]
-    layer_metrics = [wr.SummaryMetric(f"analysis/weights/msd_layer{L}") for L in range(layers)]
-    lens_metrics = [wr.SummaryMetric(f"analysis/activations/logit_lens_kl_layer{L}") for L in range(layers)]
+    layer_metrics = [wr.SummaryMetric(f"{R.MSD_LAYER}{L}") for L in range(layers)]
+    lens_metrics = [wr.SummaryMetric(f"{R.LOGIT_LENS_KL_LAYER}{L}") for L in range(layers)]
     divergence = [
         wr.BarPlot(title="(c) weight divergence per layer (mean square of policy - reference)", metrics=layer_metrics,
                    orientation="v"),
-        wr.WeavePanelSummaryTable(table_name="analysis/weights_per_layer"),
+        wr.WeavePanelSummaryTable(table_name=R.WEIGHTS_PER_LAYER_TABLE),
         line("(c) weight divergence over training (mean square)",
              [f"{R.OVER_TRAINING}weights_over_training/msd_weights", f"{R.OVER_TRAINING}weights_over_training/msd_biases"]),
         line("(c) weight divergence per layer over training (mean square)",
@@ -113,7 +113,7 @@ def build_workspace(name: str, entity: str, project: str, *, groups: Sequence[st
              [f"{R.OVER_TRAINING}weights_over_training/msd_all"]),
         wr.BarPlot(title="(c) activation divergence per layer: logit-lens KL (nats per token)", metrics=lens_metrics,
                    orientation="v"),
-        wr.WeavePanelSummaryTable(table_name="analysis/activations"),
+        wr.WeavePanelSummaryTable(table_name=R.ACTIVATIONS_TABLE),
         *media("(c) activation divergence per layer (cosine, KL in nats)", ACTIVATION_IMAGES),
     ]
     heads = [
@@ -123,7 +123,7 @@ def build_workspace(name: str, entity: str, project: str, *, groups: Sequence[st
         *media("(d) head ablation heat maps (LM loss increase in nats; change in 1 - p positive)",
                ("ablation_lm_loss_increase", "ablation_grad_loss_delta")),
         *media("(d) head change heat map (policy - reference)", ("heads_change",)),
-        wr.WeavePanelSummaryTable(table_name="analysis/ablation"),
+        wr.WeavePanelSummaryTable(table_name=R.ABLATION_TABLE),
     ]
     claims = [wr.WeavePanelSummaryTable(table_name="claims"), wr.WeavePanelSummaryTable(table_name="runs"),
               wr.WeavePanelSummaryTable(table_name="eval_rows")]
@@ -149,8 +149,8 @@ def from_report(report, entity: str, project: str):
     runs, name = report.runs, report.summary["name"]
     groups = [run_group({"name": name, "algorithm": r.algorithm, "overrides": r.overrides})
               for r in runs if r.algorithm]
-    layers = 1 + max((int(k.rsplit("msd_layer", 1)[1]) for r in runs for k in r.metrics
-                      if k.startswith("analysis/weights/msd_layer") and k.rsplit("msd_layer", 1)[1].isdigit()),
+    layers = 1 + max((int(k[len(R.MSD_LAYER):]) for r in runs for k in r.metrics
+                      if k.startswith(R.MSD_LAYER) and k[len(R.MSD_LAYER):].isdigit()),
                      default=-1)
     per_head = sorted({k for r in runs for k in r.per_head})
     images = sorted({k for r in runs for k in r.images}) or None

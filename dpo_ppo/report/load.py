@@ -134,7 +134,7 @@ def load_run(folder: Path, root: Path) -> Run:
     run = Run(**{**vars(job), "per_head": _per_head(job.per_head)}, rel=rel)
     drift = R.version_drift(run.algorithm, run.algorithm_version) if run.status == R.FINISHED else None
     if drift:  # made by another version of its algorithm: counted failed, as the sweeper's drift verdict is
-        run.status, run.error = R.FAILED, f"config drift: {drift}"
+        run.status, run.error = R.FAILED, f"{R.CONFIG_DRIFT}: {drift}"
     add_derived(run)
     return run
 
@@ -165,8 +165,8 @@ def fluctuation(values: Sequence[float]) -> Optional[float]:
 
 def add_derived(run: Run) -> None:
     m = run.metrics
-    pos, neg = m.get("analysis/activations/resid/kl_pos_mean"), m.get("analysis/activations/resid/kl_neg_mean")
-    both = m.get("analysis/activations/resid/kl_all_mean")
+    pos, neg = m.get(R.RESID_KL_MEAN.format("pos")), m.get(R.RESID_KL_MEAN.format("neg"))
+    both = m.get(R.RESID_KL_MEAN.format("all"))
     if pos is not None and neg is not None and both:
         m[POS_NEG_REL] = (pos - neg) / both
     change = run.per_head.get(SENTIMENT_CHANGE)
@@ -176,7 +176,7 @@ def add_derived(run: Run) -> None:
     f = fluctuation(weights.get("msd_biases", []))
     if f is not None:
         m[BIAS_FLUCTUATION] = f
-    gain, msd = m.get(R.REWARD), m.get("analysis/weights/msd_all")
+    gain, msd = m.get(R.REWARD), m.get(R.MSD_ALL)
     if gain is not None and R.REF_REWARD in m and msd:
         m[EFFICIENCY] = (gain - m[R.REF_REWARD]) / msd
 
@@ -202,8 +202,8 @@ def load_sweep(root: Path) -> Tuple[List[Run], Dict[str, Any]]:
             meta = {}
         by_rel = {os.path.normpath(r.rel): r for r in runs}
         known = set(by_rel)
-        for job in meta.get("jobs", []):
-            rel = job.get("dir")
+        for job in (R.SweepEntry.from_json(j) for j in meta.get(R.SWEEP_JOBS, []) if isinstance(j, dict)):
+            rel = job.dir
             if not rel:
                 continue
             if os.path.isabs(rel):
@@ -214,30 +214,30 @@ def load_sweep(root: Path) -> Tuple[List[Run], Dict[str, Any]]:
                 if rel.startswith(".."):
                     continue
             run = by_rel.get(os.path.normpath(rel))
-            if run is not None and run.status == NO_RESULTS and job.get("status") == R.FAILED:
+            if run is not None and run.status == NO_RESULTS and job.status == R.FAILED:
                 # e.g. a config error raised before the job could write results.json
-                run.status, run.error = R.FAILED, job.get("error")
+                run.status, run.error = R.FAILED, job.error
             elif run is not None and _drift_verdict(job, run, sweep_file):
                 # the sweeper refused the job's results for config drift (an edited sweep file or
                 # default): they answer another config, so the report does not count them finished
-                run.status, run.error = R.FAILED, job.get("error")
+                run.status, run.error = R.FAILED, job.error
             if os.path.normpath(rel) in known:
                 continue
             known.add(os.path.normpath(rel))
-            algorithm = next((o.split("=", 1)[1] for o in job.get("overrides", [])
+            algorithm = next((o.split("=", 1)[1] for o in job.overrides
                               if R.override_key(o) == "algorithm"), None)
             runs.append(Run(dir=root / rel, rel=rel, status=PENDING, algorithm=algorithm,
-                            overrides=list(job.get("overrides", []))))
+                            overrides=list(job.overrides)))
     runs, duplicates = drop_duplicates(runs)
     if duplicates:
         meta = {**meta, "duplicates": duplicates}
     return runs, meta
 
 
-def _drift_verdict(job: Dict[str, Any], run: Run, sweep_file: Path) -> bool:
+def _drift_verdict(job: R.SweepEntry, run: Run, sweep_file: Path) -> bool:
     """sweep.json says the sweeper refused this job for config drift (``sweep.triage.CONFIG_DRIFT``),
     and its results.json is not newer than that verdict (a later force=true re-run is)."""
-    if job.get("status") != R.FAILED or not str(job.get("error") or "").startswith("config drift"):
+    if job.status != R.FAILED or not str(job.error or "").startswith(R.CONFIG_DRIFT):
         return False
     try:
         return (run.dir / R.RESULTS_FILE).stat().st_mtime <= sweep_file.stat().st_mtime
@@ -270,7 +270,7 @@ def finished(runs: Sequence[Run]) -> List[Run]:
 def metric_names(runs: Sequence[Run]) -> List[str]:
     """The findings (``results.is_finding``) any finished run holds: eval/ first, then analysis/."""
     names = {k for r in finished(runs) for k in r.metrics if R.is_finding(k)}
-    return sorted(names, key=lambda k: (not k.startswith("eval/"), k))
+    return sorted(names, key=lambda k: (not k.startswith(R.EVAL), k))
 
 
 @dataclass

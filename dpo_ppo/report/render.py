@@ -1,24 +1,24 @@
-"""Putting the report together: report.md, runs.csv, matched_kl.csv, summary.json and the figures
-(the W&B run of it: ``report.wandb_run``)."""
+"""The report's words: report.md's sections, the claims table's cells and the records of
+summary.json, from what ``report.build`` computed. Formatting only: no statistics, no files read
+or written, no figures drawn (``report.build`` does those and passes what it made)."""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from dpo_ppo import results as R
-from dpo_ppo.report import compare as C
-from dpo_ppo.report import arms, plots, stats
-from dpo_ppo.report.claims import CLAIMS, SAME_MARGIN
-from dpo_ppo.report.load import (ALL_STATUSES, DIVERGED, LABELS, NO_RESULTS, PENDING, SeedGroup, Run,
-                                 configurations, finished, load_run, load_sweep, metric_names)
+from dpo_ppo.report import arms
+from dpo_ppo.report.claims import CLAIMS
+from dpo_ppo.report.estimator import Comparison
+from dpo_ppo.report.facets import Facet, label
+from dpo_ppo.report.load import DIVERGED, LABELS, NO_RESULTS, PENDING, Run, SeedGroup
+from dpo_ppo.report.stats import Stat
+from dpo_ppo.report.verdicts import ClaimRow, Margin
 
-BODY_METRICS = (R.REWARD, R.policy_metric("gradient_loss"), R.policy_metric("binary_loss"))
+BODY_METRICS = (R.REWARD, R.policy_metric(R.GRADIENT_LOSS), R.policy_metric(R.BINARY_LOSS))
 MATCHED_FRACS = (0.25, 0.5, 0.75)
 
 
@@ -33,39 +33,118 @@ def last_line(text: Any) -> str:
     return text.splitlines()[-1][:200] if text else ""
 
 
-def resolve_job(token: str, root: Path, runs: Sequence[Run]) -> Run:
-    """A job named by its folder (absolute, relative to the cwd or to the sweep) or by a
-    unique substring of its folder name."""
-    for candidate in (Path(token), root / token):
-        if (candidate / R.RESULTS_FILE).exists():
-            candidate = candidate.resolve()
-            for r in runs:
-                if r.dir.resolve() == candidate:
-                    return r
-            return load_run(candidate, root)
-    matches = [r for r in runs if token in r.rel and (r.dir / R.RESULTS_FILE).exists()]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise SystemExit(f"--compare: no job folder with results.json matches {token!r} under {root}")
-    raise SystemExit(f"--compare: {token!r} matches {len(matches)} jobs: " + ", ".join(r.rel for r in matches[:8]))
+def fmt(x: float) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.3g}"
 
 
-def write_runs_csv(runs: Sequence[Run], metrics: Sequence[str], path: Path) -> Tuple[List[str], List[List[Any]]]:
-    """One row per job; params once each (the algorithm is its own column, not repeated)."""
-    params = sorted({k for r in runs for k in r.params} - {"algorithm"})
-    compute = sorted({k for r in runs for k in r.compute})
-    header = (["job", "status", "algorithm"] + params + list(metrics) + [f"compute/{k}" for k in compute]
-              + ["wall_time_s", "peak_mem_mb", "error", "wandb_id", "wandb_url"])
-    rows = [[r.rel, r.status, r.algorithm or ""] + [r.params.get(p, "") for p in params]
-            + [r.metrics.get(m, "") for m in metrics] + [r.compute.get(k, "") for k in compute]
-            + [r.wall_time_s if r.wall_time_s is not None else "", r.peak_mem_mb if r.peak_mem_mb is not None else "",
-               last_line(r.error), r.wandb.get("id") or "", r.wandb.get("url") or ""] for r in runs]
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return header, rows
+def span_text(a: float, b: float) -> str:
+    return f"KL {a:.2g}-{b:.2g}"
+
+
+# --------------------------------------------------------------------------- one comparison in words
+
+
+def left_out_text(comp: Comparison) -> str:
+    return "; ".join(", ".join(f"{n} {label(a)} run(s)" for a, n in per.items()) + f" left out: {reason}"
+                     for reason, per in comp.left_out.items())
+
+
+def diverged_text(comp: Comparison) -> str:
+    """The diverged runs this comparison would have used, named (never dropped silently)."""
+    parts = [f"{label(a)} {len(names)} (" + ", ".join(f"`{n}`" for n in names[:3])
+             + (", ..." if len(names) > 3 else "") + ")" for a, names in comp.diverged.items() if names]
+    return ("diverged runs left out: " + "; ".join(parts)) if parts else ""
+
+
+def runs_text(comp: Comparison) -> str:
+    return " / ".join(str(comp.n.get(a, 0)) for a in (comp.pair[1], comp.pair[0]))
+
+
+def where_text(comp: Comparison) -> str:
+    """Where along the common range the simultaneous band says what: "PPO > DPO at KL 2-8; no
+    difference shown at KL 0.5-2"."""
+    hi, lo = label(comp.pair[0]), label(comp.pair[1])
+    words = {1: f"{hi} > {lo}", -1: f"{hi} < {lo}", 0: "no difference shown"}
+    return "; ".join(f"{words[c]} at {span_text(a, b)}" for c, a, b in comp.sign_regions())
+
+
+def varies_text(comp: Comparison) -> str:
+    """pair[0] - pair[1] changing across the common range, when it does ('' otherwise)."""
+    if not comp.varies:
+        return ""
+    (kl_lo, at_lo), (kl_hi, at_hi) = comp.ends
+    return (f"{label(comp.pair[0])} - {label(comp.pair[1])} changes across the common KL range: "
+            f"{fmt(at_lo)} at KL {kl_lo:.3g}, {fmt(at_hi)} at KL {kl_hi:.3g} (p = {comp.vary_p:.2g})")
+
+
+# --------------------------------------------------------------------------- one claim's row in words
+
+
+def effect_text(row: ClaimRow) -> str:
+    c = row.comparison
+    if c is None or not c.points:
+        return "–"
+    pt = c.points[0]
+    if row.claim.kind == "zero":
+        return "; ".join(f"{label(a)} {fmt(pt.fit[a])} [{fmt(pt.fit_ci[a][0])}, {fmt(pt.fit_ci[a][1])}]"
+                         for a in row.claim.arms if a in pt.fit) + f" at KL {pt.kl:.3g}"
+    second = c.pair[1]
+    rel = f" ({pt.effect / abs(pt.fit[second]):+.0%} of {label(second)})" if pt.fit.get(second) else ""
+    return f"{fmt(pt.effect)} [{fmt(pt.ci[0])}, {fmt(pt.ci[1])}]{rel} at KL {pt.kl:.3g}"
+
+
+def margin_text(margin: Optional[Margin]) -> str:
+    """What the margin's unit is ('' without a margin)."""
+    if margin is None:
+        return ""
+    if margin.basis == "mean":
+        return f"±{margin.fraction:.0%} of the two values' mean"
+    if margin.basis == "scale":
+        return f"±{margin.fraction:g} x {margin.unit:.3g} (`{margin.scale}`)"
+    if margin.basis == "no scale":
+        return f"±{margin.fraction:g} (no `{margin.scale}` in these runs: 1 as unit)"
+    return f"±{margin.fraction:g}"
+
+
+def verdict_where(row: ClaimRow) -> str:
+    """Where along the common KL range the row's verdict holds, in words ('' without a verdict)."""
+    if not row.regions:
+        return ""
+    kind, comp = row.claim.kind, row.comparison
+    if kind in ("higher", "lower", "differ"):
+        hi, lo = label(comp.pair[0]), label(comp.pair[1])
+        words = {1: f"{hi} > {lo}", -1: f"{hi} < {lo}", 0: "no difference shown"}
+    elif kind == "same":
+        words = {1: f"{label(comp.pair[0])} ≈ {label(comp.pair[1])} (within the margin)",
+                 -1: "beyond the margin", 0: "not shown either way"}
+    else:  # zero: each arm's own value
+        words = {1: "within the margin", -1: "beyond it", 0: "not shown either way"}
+    return "; ".join(f"{label(arm) + ' ' if arm else ''}{words[c]} at {span_text(a, b)}"
+                     for arm, c, a, b in row.regions)
+
+
+def steps_text(steps: Optional[Dict[str, float]]) -> str:
+    if not steps:
+        return ""
+    return (f"unequal optimizer steps (median " + ", ".join(f"{label(a)} {v:g}" for a, v in steps.items())
+            + "); compare at compute=matched")
+
+
+def caveat_text(row: ClaimRow) -> str:
+    """The row's caveats: diverged runs, unequal optimizer steps, runs left out, an effect that
+    varies along the range, the seed's run condition, a row outside the FDR family."""
+    cond = (f"the seed states this of its {row.missing_condition}; this sweep has no run-condition "
+            "facet (experiment=paper_run1/2)") if row.missing_condition else ""
+    comp = row.comparison
+    if comp is None:
+        return cond
+    left = left_out_text(comp)
+    caveats = [diverged_text(comp), steps_text(row.unequal_steps),
+               left if not comp.diverged else "; ".join(t for t in left.split("; ") if "diverged" not in t),
+               varies_text(comp), cond,
+               "" if row.claim.family else f"derived from / paraphrasing {row.claim.of}: outside the FDR family "
+                                           "(its verdict reads its unadjusted p)"]
+    return "; ".join(c for c in caveats if c)
 
 
 RULE = (
@@ -107,7 +186,9 @@ RULE = (
 )
 
 
-def claims_markdown(rows: Sequence[C.ClaimRow], multi_facet: bool) -> List[str]:
+
+
+def claims_markdown(rows: Sequence[ClaimRow], multi_facet: bool) -> List[str]:
     header = ["claim", "§", "metric", "at the middle: PPO - DPO [95%]", "runs DPO / PPO",
               "p / q", "verdict (where on the common KL range)"]
     if multi_facet:
@@ -115,39 +196,40 @@ def claims_markdown(rows: Sequence[C.ClaimRow], multi_facet: bool) -> List[str]:
     out = []
     for r in rows:
         comp = r.comparison
-        runs = comp.runs_text() if comp else "–"
+        runs = runs_text(comp) if comp else "–"
         pooled = r.facet.pooled_text()
         verdict = f"**{r.verdict}**" if r.verdict != "inconclusive" else "inconclusive"
-        if r.where:
-            verdict += f": {r.where}"
-        if r.margin_note:
-            verdict += f" (margin {r.margin_note})"
+        where, margin, caveat = verdict_where(r), margin_text(r.margin), caveat_text(r)
+        if where:
+            verdict += f": {where}"
+        if margin:
+            verdict += f" (margin {margin})"
         if r.reason:
             verdict += f" ({r.reason})"
-        if r.caveat:
-            verdict += f"; caveat: {r.caveat}"
+        if caveat:
+            verdict += f"; caveat: {caveat}"
         if pooled:
             verdict += f"; pooled: {pooled}"
         quote = f" — “{r.claim.quote}”" if r.claim.quote else ""
-        pq = "–" if not r.eligible else (f"{C.fmt(r.p)} / {C.fmt(r.q)}" if r.in_family
-                                          else f"{C.fmt(r.p)} / outside the family")
+        pq = "–" if not r.eligible else (f"{fmt(r.p)} / {fmt(r.q)}" if r.in_family
+                                          else f"{fmt(r.p)} / outside the family")
         cells = [f"{r.claim.id}: {r.claim.text} ({r.claim.expectation()}){quote}", r.claim.section,
-                 f"`{r.metric}`" if r.metric else "–", r.effect_text(), runs, pq, verdict]
+                 f"`{r.metric}`" if r.metric else "–", effect_text(r), runs, pq, verdict]
         if multi_facet:
             cells.insert(2, r.facet.label())
         out.append(cells)
     return [md_table(header, out)]
 
 
-def matched_markdown(facets: Sequence[C.Facet], n_boot: int, seed: int) -> Tuple[List[str], List[Dict]]:
+def matched_markdown(matched: Sequence[Tuple[Facet, List[Comparison]]]) -> List[str]:
+    """The matched-KL section: per facet, BODY_METRICS at MATCHED_FRACS of the common range
+    (``matched``: each facet with its comparisons; none where it lacks DPO or PPO runs)."""
     md: List[str] = []
-    out: List[Dict] = []
-    for facet in facets:
-        if not (facet.runs["dpo"] and facet.runs["ppo"]):
+    for facet, comps in matched:
+        if not comps:
             only = [LABELS[a] for a in R.ALGORITHMS if facet.runs[a]]
             md += [f"- {facet.label()}: {' and '.join(only) or 'no'} runs only; nothing to compare.", ""]
             continue
-        comps = [C.compare(facet, m, MATCHED_FRACS, n_boot=n_boot, seed=seed) for m in BODY_METRICS]
         base = comps[0]
         ranges = ", ".join(f"{LABELS[a]} {base.n[a]} runs at KL {base.kl_range[a][0]:.3g}-{base.kl_range[a][1]:.3g}"
                            for a in R.ALGORITHMS)
@@ -166,60 +248,42 @@ def matched_markdown(facets: Sequence[C.Facet], n_boot: int, seed: int) -> Tuple
                 continue
             cells = [f"`{comp.metric}`"]
             for p in comp.points:
-                cells.append(f"{C.fmt(p.fit['dpo'])} / {C.fmt(p.fit['ppo'])}: {C.fmt(p.effect)} "
-                             f"[{C.fmt(p.ci[0])}, {C.fmt(p.ci[1])}]")
+                cells.append(f"{fmt(p.fit['dpo'])} / {fmt(p.fit['ppo'])}: {fmt(p.effect)} "
+                             f"[{fmt(p.ci[0])}, {fmt(p.ci[1])}]")
             rows.append(cells)
-            out.append({"facet": facet.label(), "metric": comp.metric, "points": [
-                {"kl": p.kl, "dpo": p.fit["dpo"], "ppo": p.fit["ppo"], "effect": p.effect, "ci": list(p.ci), "p": p.p}
-                for p in comp.points]})
         md += [md_table(["metric (DPO / PPO: PPO - DPO [95%])"] + [f"at KL {k:.3g}" for k in points], rows), ""]
-        notes = [f"- `{c.metric}`: " + "; ".join(t for t in (c.varies, c.left_out_text()) if t)
+        notes = [f"- `{c.metric}`: " + "; ".join(t for t in (varies_text(c), left_out_text(c)) if t)
                  for c in comps if c.varies or c.left_out]
         md += notes + ([""] if notes else [])
-    return md, out
+    return md
 
 
-def sweep_name(root: Path, runs: Sequence[Run], meta: Dict[str, Any]) -> str:
-    """The sweep's name: sweep.json's, else the jobs' config ``name``, else the folder's."""
-    return meta.get("name") or next((r.config.get("name") for r in runs if r.config.get("name")), Path(root).name)
-
-
-def progress_line(runs: Sequence[Run]) -> Tuple[str, Dict[str, int]]:
-    counts = {s: sum(r.status == s for r in runs) for s in ALL_STATUSES}
+def progress_text(runs: Sequence[Run], counts: Dict[str, int]) -> str:
     other = len(runs) - sum(counts.values())
-    text = (f"{len(runs)} jobs: {counts[R.FINISHED]} finished, {counts[R.FAILED]} failed, "
+    return (f"{len(runs)} jobs: {counts[R.FINISHED]} finished, {counts[R.FAILED]} failed, "
             f"{counts[R.RUNNING]} running, " + (f"{counts[R.INTERRUPTED]} interrupted, " if counts[R.INTERRUPTED] else "")
             + (f"{counts[DIVERGED]} diverged, " if counts[DIVERGED] else "")
             + f"{counts[NO_RESULTS]} started without results, "
             f"{counts[PENDING]} not started" + (f", {other} other" if other else "") + ".")
-    return text, counts
 
 
-def body_figures(configs: Sequence[SeedGroup], runs: Sequence[Run], out: Path, split: Sequence[str], figures: bool,
-                 images: Dict[str, str]) -> List[str]:
-    """The frontier, the training curves and the analyses over training."""
-    if figures:
-        images["frontier"] = Path(plots.plot_frontier(configs, runs, out / "frontier.png", split)).name
+def body_markdown(images: Dict[str, str], figures: bool) -> List[str]:
+    """The frontier, the training curves and the analyses over training (``images``: the figures
+    drawn, by name)."""
     md = ["## Reward-KL frontier", "", "![frontier](frontier.png)" if figures else "(figures left out)", "",
           "Test reward against KL to the reference per configuration (params minus seed): mean and 95% "
           "t-interval over seeds; faint dots are single runs; the star is the reference.", ""]
-    gold = plots.plot_gold(configs, runs, out / "gold.png") if figures else None
-    if gold:  # the proxy reward beside the gold one (eval.gold), where the jobs had one
-        images["gold"] = Path(gold).name
+    if "gold" in images:  # the proxy reward beside the gold one (eval.gold), where the jobs had one
         md += ["## Proxy and gold reward", "", "![proxy and gold](gold.png)", "",
                "The reward the policies were trained against (proxy) and one no training step saw (gold, "
                "`eval.gold`) along KL, per configuration (mean and 95% t-interval over seeds); the "
                "reference at KL 0. Gold falling while the proxy rises is over-optimisation.", ""]
-    training = plots.plot_training(configs, out / "training.png", split) if figures else None
-    if training:
-        images["training"] = Path(training).name
+    if "training" in images:
         md += ["## Training curves", "", "![training curves](training.png)", "",
                "Per configuration, mean over seeds, against the examples seen by the policy each point measured "
                "(train_log.jsonl); the first two columns are the probe's, DPO and PPO on the same training prefixes "
                "from examples 0.", ""]
-    over = plots.plot_over_training(configs, out / "over_training.png") if figures else None
-    if over:
-        images["over_training"] = Path(over).name
+    if "over_training" in images:
         md += ["## Over training", "", "![over training](over_training.png)", "",
                "The analyses at every saved snapshot, per configuration (mean over seeds), against examples "
                "seen: mean-square divergence of weights and biases, and the largest change of any head's "
@@ -228,26 +292,8 @@ def body_figures(configs: Sequence[SeedGroup], runs: Sequence[Run], out: Path, s
     return md
 
 
-def over_training_summary(configs: Sequence[SeedGroup]) -> List[Dict[str, Any]]:
-    """Every configuration's over-training curves (mean over seeds), for summary.json."""
-    out = []
-    for c in configs:
-        for table, column in plots.OVER_TRAINING_PANELS.values():
-            curve = c.over_training(table, column)
-            if curve:
-                out.append({"algorithm": c.algorithm, "configuration": c.label(), "measure": f"{table}/{column}",
-                            **curve})
-    return out
-
-
-def claim_figures(rows: Sequence[C.ClaimRow], out: Path, figures: bool, images: Dict[str, str]) -> List[str]:
-    links = []
-    for claim in CLAIMS:
-        path = plots.plot_claim([r for r in rows if r.claim.id == claim.id], out / f"claim_{claim.id}.png") \
-            if figures else None
-        if path:
-            images[f"claim_{claim.id}"] = Path(path).name
-            links.append(f"![{claim.id}]({Path(path).name})")
+def claim_figures_markdown(images: Dict[str, str]) -> List[str]:
+    links = [f"![{claim.id}]({images[f'claim_{claim.id}']})" for claim in CLAIMS if f"claim_{claim.id}" in images]
     if not links:
         return []
     return ["## One figure per claim", "",
@@ -258,12 +304,10 @@ def claim_figures(rows: Sequence[C.ClaimRow], out: Path, figures: bool, images: 
             ""] + links + [""]
 
 
-def cost_markdown(runs: Sequence[Run], progress: str) -> List[str]:
-    wall = sum(float(r.wall_time_s) for r in runs if isinstance(r.wall_time_s, (int, float)))
-    mems = [float(r.peak_mem_mb) for r in runs if isinstance(r.peak_mem_mb, (int, float))]
+def cost_markdown(runs: Sequence[Run], progress: str, wall: float, peak_mem: Optional[float]) -> List[str]:
     md = ["## Progress and cost", "", progress, "",
           f"Compute so far: {wall:.0f} s of job wall time ({wall / 3600:.2f} h) in total"
-          + (f"; peak memory of the largest job {max(mems):.0f} MB." if mems else "."), ""]
+          + (f"; peak memory of the largest job {peak_mem:.0f} MB." if peak_mem is not None else "."), ""]
     unfinished = [r for r in runs if r.status != R.FINISHED]
     if unfinished:
         md += ["Jobs without finished results (left out):", "",
@@ -272,20 +316,21 @@ def cost_markdown(runs: Sequence[Run], progress: str) -> List[str]:
     return md
 
 
-def configurations_markdown(configs: Sequence[SeedGroup], split: Sequence[str]) -> List[str]:
+def configurations_markdown(configs: Sequence[SeedGroup], split: Sequence[str],
+                            spread: Sequence[Tuple[Stat, Stat]]) -> List[str]:
+    """The configurations table; ``spread``: each configuration's reward and KL over its seeds
+    that did not diverge."""
     if not configs:
         return []
     extra = any(c.runs[0].extra_overrides() for c in configs)
     table = []
-    for c in configs:
+    for c, (reward, kl) in zip(configs, spread):
         p = c.runs[0].params
         diverged = c.diverged()
         ok = [r for r in c.runs if r not in diverged]
         table.append([LABELS.get(c.algorithm, c.algorithm), c.label()] + [p.get(k, "") for k in split]
                      + ([" ".join(c.runs[0].extra_overrides())] if extra else [])
-                     + [len(ok), len(diverged) if not diverged else f"**{len(diverged)}**",
-                        stats.mean_ci(r.metrics.get(R.REWARD) for r in ok).text(),
-                        stats.mean_ci(r.kl for r in ok).text()])
+                     + [len(ok), len(diverged) if not diverged else f"**{len(diverged)}**", reward.text(), kl.text()])
     header = (["algorithm", "knob"] + list(split) + (["other overrides"] if extra else [])
               + ["seeds", "diverged", "reward", "KL (nats)"])
     per_algorithm = {a: sum(len(c.diverged()) for c in configs if c.algorithm == a)
@@ -298,34 +343,25 @@ def configurations_markdown(configs: Sequence[SeedGroup], split: Sequence[str]) 
             f"finite and positive, left out of every fit and named in the claims' caveats (in all: {total}).", ""]
 
 
-def all_metrics_markdown(runs: Sequence[Run], facets: Sequence[C.Facet], metrics: Sequence[str], out: Path,
-                         n_boot: int, seed: int, figures: bool, images: Dict[str, str]) -> List[str]:
-    """Every metric at matched KL: matched_kl.csv and one screening figure."""
-    all_rows = C.all_metrics_table(runs, facets, metrics, n_boot=min(n_boot, 400), seed=seed) if facets else []
-    if not all_rows:
+def all_metrics_markdown(n_rows: int, images: Dict[str, str]) -> List[str]:
+    """Every metric at matched KL: matched_kl.csv (``n_rows`` rows) and its screening figure."""
+    if not n_rows:
         return []
-    with open(out / "matched_kl.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(all_rows[0]))
-        writer.writeheader()
-        writer.writerows(all_rows)
     md = ["## Every metric at matched KL", "",
-          f"`matched_kl.csv`: {len(all_rows)} rows (facet, metric, fits, PPO - DPO, 95% interval, p, BH q over the "
+          f"`matched_kl.csv`: {n_rows} rows (facet, metric, fits, PPO - DPO, 95% interval, p, BH q over the "
           "whole table). A screen for what to look at next, not evidence: the claims above are the tests.", ""]
-    fig = plots.plot_all_metrics(all_rows, out / "all_metrics.png") if figures else None
-    if fig:
-        images["all_metrics"] = Path(fig).name
+    if "all_metrics" in images:
         md += ["![all metrics](all_metrics.png)", ""]
     return md
 
 
-def compare_markdown(a: Run, b: Run, out: Path, images: Dict[str, str]) -> Tuple[List[str], Dict[str, Any]]:
-    """--compare A B: the seed paper's side-by-side plots and every metric of the two runs."""
-    drawn = plots.plot_compare(a, b, out)
+def compare_markdown(a: Run, b: Run, drawn: Dict[str, Any], out: Path) -> List[str]:
+    """--compare A B: the seed paper's side-by-side plots (``drawn``: ``figures.plot_compare``'s) and
+    every metric of the two runs."""
     md = ["## Two runs side by side", "", f"- A: `{a.rel}` ({a.label()}, {a.status})",
           f"- B: `{b.rel}` ({b.label()}, {b.status})", ""]
     for key, img in drawn["images"].items():
         md += [f"### {key}", "", f"![{key}]({img})", ""]
-        images[Path(img).stem] = img
     md += [f"- {note}" for note in drawn["notes"]]
     keys = sorted(set(a.metrics) | set(b.metrics), key=lambda k: (not k.startswith("eval/"), k))
     md += ["", md_table(["metric", "A", "B", "B / A"], [
@@ -340,16 +376,56 @@ def compare_markdown(a: Run, b: Run, out: Path, images: Dict[str, str]) -> Tuple
                      for r in (a, b)]
             md.append(f"| {key} | {cells[0]} | {cells[1]} |")
         md.append("")
-    return md, drawn
+    return md
 
 
-def claim_record(r: C.ClaimRow) -> Dict[str, Any]:
+# --------------------------------------------------------------------------- "Data or loss?"
+
+
+def _relabel(table: List[str], a: str, b: str) -> List[str]:
+    """The headline's claims table markdown with the pair's names in its header."""
+    la, lb = arms.label(a), arms.label(b)
+    return [t.replace("DPO vs PPO at matched KL: PPO - DPO [95%]", f"{la} vs {lb} at matched KL: {lb} - {la} [95%]")
+             .replace("runs DPO / PPO", f"runs {la} / {lb}").replace("% of DPO)", f"% of {la})") for t in table]
+
+
+def pair_markdown(a: str, b: str, what: str, rows: Sequence[ClaimRow]) -> List[str]:
+    """One pair's subsection."""
+    la, lb = arms.label(a), arms.label(b)
+    md = [f"### {lb} vs {la}: {what}", ""]
+    if not rows:
+        return md + [f"No facet holds finished runs of both {la} and {lb}: nothing to compare.", ""]
+    md += _relabel(claims_markdown(rows, len({r.facet.label() for r in rows}) > 1), a, b)
+    md += ["", f"Each claim's DPO is {la} here, its PPO {lb}: every effect reads {lb} - "
+               f"{la}, a claim that PPO exceeds DPO is the claim that {lb} exceeds {la}.", ""]
+    return md
+
+
+def arms_markdown(present: Dict[str, int], sections: Sequence[Tuple[str, str, str, List[ClaimRow]]]) -> List[str]:
+    """The "Data or loss?" section (``arms.sections``): empty when there is no pair to compare;
+    ``present``: each arm with finished runs and how many."""
+    if not sections:
+        return []
+    md = ["## Data or loss?", "",
+          "Arms present: " + ", ".join(f"{arms.label(a)} ({n} runs)" for a, n in present.items()) + ". "
+          "Each pair below is compared as the headline compares DPO and PPO (matched KL, the same intervals and "
+          "verdict rules): offline vs online DPO isolates the data, online DPO vs RLOO / PPO the loss, RLOO vs PPO "
+          "the implementation.", ""]
+    for a, b, what, rows in sections:
+        md += pair_markdown(a, b, what, rows)
+    return md
+
+
+# --------------------------------------------------------------------------- summary.json's records
+
+
+def claim_record(r: ClaimRow) -> Dict[str, Any]:
     comp = r.comparison
     pt = comp.points[0] if comp and comp.points else None
     curve = comp.curve if comp is not None else None
     return {"claim": r.claim.id, "section": r.claim.section, "text": r.claim.text, "expect": r.claim.expectation(),
             "quote": r.claim.quote, "condition": r.claim.condition, "in_family": r.in_family,
-            "where": r.where, "margin": r.margin_note,
+            "where": verdict_where(r), "margin": margin_text(r.margin),
             "curve": None if curve is None else {"kl": curve.kl.tolist(), "effect": curve.est.tolist(),
                                                  "lo": curve.lo.tolist(), "hi": curve.hi.tolist()},
             "diverged": comp.diverged if comp is not None else {},
@@ -359,122 +435,58 @@ def claim_record(r: C.ClaimRow) -> Dict[str, Any]:
             "effect": pt.effect if pt else None, "ci": list(pt.ci) if pt else None,
             "prompts": comp.prompts if comp else 0,
             "p": None if not math.isfinite(r.p) else r.p, "q": None if not math.isfinite(r.q) else r.q,
-            "eligible": r.eligible, "verdict": r.verdict, "reason": r.reason, "caveat": r.caveat}
+            "eligible": r.eligible, "verdict": r.verdict, "reason": r.reason, "caveat": caveat_text(r)}
 
 
-@dataclass
-class Report:
-    """A written report: ``summary`` is what summary.json holds; the runs and the runs table it was
-    made from go to W&B (``report.wandb_run``) and the dashboard as they are."""
-
-    summary: Dict[str, Any]
-    runs: List[Run]
-    runs_table: Tuple[List[str], List[List[Any]]]  # runs.csv's header and rows
-    out: Path  # the report folder
+def matched_record(facet: Facet, comp: Comparison) -> Dict[str, Any]:
+    return {"facet": facet.label(), "metric": comp.metric, "points": [
+        {"kl": p.kl, "dpo": p.fit["dpo"], "ppo": p.fit["ppo"], "effect": p.effect, "ci": list(p.ci), "p": p.p}
+        for p in comp.points]}
 
 
-def build_report(root: Path, compare: Optional[Sequence[str]] = None, out: Optional[Path] = None,
-                 pool: Sequence[str] = (), min_runs: int = C.MIN_RUNS, min_seeds: int = C.MIN_SEEDS,
-                 n_boot: int = C.N_BOOT, fdr: str = "bh", seed: int = 0, figures: bool = True,
-                 compare_arms: Optional[Sequence[str]] = None) -> Report:
-    """Write the report (report.md, runs.csv, matched_kl.csv, summary.json and the figures in
-    ``out``, by default ROOT/report).  ``figures=False`` leaves the figures out (tables only, in a
-    fraction of the time)."""
-    root = Path(root)
-    if root.is_file():
-        raise SystemExit(f"dpo-ppo-report: {root} is a file, not a sweep folder (give the folder a sweep "
-                         f"wrote, e.g. multirun/NAME)")
-    if not root.is_dir():
-        raise SystemExit(f"dpo-ppo-report: no such sweep folder: {root}")
-    runs, meta = load_sweep(root)
-    if not runs:  # nothing written, no W&B run: an empty report would look like a sweep with no results
-        raise SystemExit(f"dpo-ppo-report: {root} holds no jobs (no job folder with {R.RESULTS_FILE} or .hydra/, "
-                         f"no {R.SWEEP_FILE}): nothing to report")
-    out = Path(out) if out else root / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.png"):  # from an earlier report
-        stale.unlink()
-    pair = [resolve_job(t, root, runs) for t in compare] if compare else []
-    name = sweep_name(root, runs, meta)
-    done, configs, metrics = finished(runs), configurations(runs), metric_names(runs)
-    progress, counts = progress_line(runs)
-    # the headline compares the dpo and ppo arms only (report.arms: online DPO is never pooled into DPO)
-    headline = arms.headline_runs(runs)
-    facets, facet_notes = C.make_facets(headline, pool)
-    split = list(facets[0].values) if facets else []
-    comparable = [f for f in facets if f.runs["dpo"] and f.runs["ppo"]]
-    rows = C.claims_table(headline, facets, CLAIMS, min_runs=min_runs, min_seeds=min_seeds, n_boot=n_boot,
-                          fdr=fdr, seed=seed)
-    images: Dict[str, str] = {}
+# --------------------------------------------------------------------------- report.md
 
-    md: List[str] = [f"# Sweep report: {name}", "", f"Sweep folder: `{root}`. {progress}", ""]
-    if meta.get("duplicates"):
-        md += [f"Counted once: {len(meta['duplicates'])} job folder(s) with the config key of another ("
-               + "; ".join(f"`{d['job']}` = `{d['kept']}`" for d in meta["duplicates"][:10])
-               + (", ..." if len(meta["duplicates"]) > 10 else "") + ").", ""]
-    if facet_notes or len(facets) > 1:
-        md += ["Facets: " + "; ".join([f"{len(facets)} ({', '.join(f.label() for f in facets)})"] + facet_notes)
+
+def document(d: Any) -> str:
+    """report.md from what ``report.build`` computed and drew (``d``: a ``build.Contents``)."""
+    md: List[str] = [f"# Sweep report: {d.name}", "", f"Sweep folder: `{d.root}`. {d.progress}", ""]
+    duplicates = d.meta.get("duplicates")
+    if duplicates:
+        md += [f"Counted once: {len(duplicates)} job folder(s) with the config key of another ("
+               + "; ".join(f"`{x['job']}` = `{x['kept']}`" for x in duplicates[:10])
+               + (", ..." if len(duplicates) > 10 else "") + ").", ""]
+    if d.facet_notes or len(d.facets) > 1:
+        md += ["Facets: " + "; ".join([f"{len(d.facets)} ({', '.join(f.label() for f in d.facets)})"] + d.facet_notes)
                + ".", ""]
     # the body: claims, frontier, training curves, matched KL
     md += ["## The seed paper's claims, DPO vs PPO at matched KL", ""]
-    if not done:
+    if not d.done:
         md += ["No finished jobs yet.", ""]
-    elif not rows:
+    elif not d.rows:
         md += ["No facet holds finished runs of both algorithms yet: nothing to compare.", ""]
     else:
-        md += claims_markdown(rows, len(comparable) > 1)
-        md += ["", RULE.format(n_boot=n_boot, fdr="Benjamini-Hochberg" if fdr == "bh" else "Holm",
-                               min_runs=max(2, min_runs), min_seeds=min_seeds, alpha=C.ALPHA,
-                               margin=SAME_MARGIN, facets=", ".join(R.FACET_KEYS)), ""]
-    arm_md, arm_rows = arms.arms_markdown(runs, claims_markdown, tuple(compare_arms) if compare_arms else None,
-                                          pool=pool, min_runs=min_runs, min_seeds=min_seeds, n_boot=n_boot,
-                                          fdr=fdr, seed=seed)
-    md += arm_md
-    matched: List[Dict] = []
-    if done:
-        md += body_figures(configs, runs, out, split, figures, images)
+        s = d.settings
+        md += claims_markdown(d.rows, len(d.comparable) > 1)
+        md += ["", RULE.format(n_boot=s["n_boot"], fdr="Benjamini-Hochberg" if s["fdr"] == "bh" else "Holm",
+                               min_runs=max(2, s["min_runs"]), min_seeds=s["min_seeds"], alpha=d.alpha,
+                               margin=d.same_margin, facets=", ".join(R.FACET_KEYS)), ""]
+    md += arms_markdown(d.arms_present, d.arm_sections)
+    if d.done:
+        md += body_markdown(d.images, d.figures)
         md += ["## Matched KL", "",
                "Fits of each algorithm at three KL points inside the common range (its quartiles in log KL), "
                "per facet: DPO / PPO, then PPO - DPO with its 95% t-interval (bootstrap standard error). Every metric: "
                "appendix.", ""]
-        section, matched = matched_markdown(facets, n_boot, seed)
-        md += section
+        md += matched_markdown(d.matched)
     # the appendix
     md += ["---", "", "# Appendix", ""]
-    md += claim_figures(rows, out, figures, images)
-    md += cost_markdown(runs, progress)
-    md += configurations_markdown(configs, split)
-    md += all_metrics_markdown(runs, comparable, metrics, out, n_boot, seed, figures, images)
-    compare_out: Dict[str, Any] = {}
-    if pair:
-        section, compare_out = compare_markdown(pair[0], pair[1], out, images)
-        md += section
-    header, table_rows = write_runs_csv(runs, metrics, out / "runs.csv")
+    md += claim_figures_markdown(d.images)
+    md += cost_markdown(d.runs, d.progress, d.wall_time_s, d.peak_mem_mb)
+    md += configurations_markdown(d.configs, d.split, d.config_spread)
+    md += all_metrics_markdown(len(d.all_metrics), d.images)
+    if d.pair:
+        md += compare_markdown(d.pair[0], d.pair[1], d.drawn, d.out)
     md += ["## Files", "", "- `runs.csv`: one row per job (status, params, metrics, compute)",
            "- `matched_kl.csv`: every metric at matched KL, per facet",
            "- `summary.json`: counts, cost, configurations, facets, the claims table, matched-KL fits", ""]
-    (out / "report.md").write_text("\n".join(md))
-
-    mems = [float(r.peak_mem_mb) for r in runs if isinstance(r.peak_mem_mb, (int, float))]
-    summary = {
-        "name": name, "sweep_dir": str(root), "counts": counts, "jobs": len(runs),
-        "wall_time_s": sum(float(r.wall_time_s) for r in runs if isinstance(r.wall_time_s, (int, float))),
-        "peak_mem_mb": max(mems) if mems else None,
-        "failed": [{"job": r.rel, "error": last_line(r.error)} for r in runs if r.status == R.FAILED],
-        "unreadable": [r.rel for r in runs if r.status == NO_RESULTS and (r.error or "").startswith("unreadable")],
-        "duplicates": meta.get("duplicates", []),
-        "configurations": [{"algorithm": c.algorithm, "params": {k: v for k, v in c.runs[0].params.items() if k != "seed"},
-                            "overrides": c.runs[0].extra_overrides(), "seeds": [r.seed for r in c.runs],
-                            "diverged": [r.rel for r in c.diverged()],
-                            "metrics": {m: vars(stats.mean_ci(c.values(m))) for m in metrics}} for c in configs],
-        "facets": [{"label": f.label(), "values": f.values, "pooled": f.pooled_text(),
-                    "runs": {a: len(f.runs[a]) for a in R.ALGORITHMS}} for f in facets],
-        "facet_notes": facet_notes, "claims": [claim_record(r) for r in rows], "matched_kl": matched,
-        "arms": [{"a": x["a"], "b": x["b"], **claim_record(x["row"])} for x in arm_rows],
-        "over_training": over_training_summary(configs),
-        "images": images, "compare": compare_out,
-        "settings": {"min_runs": min_runs, "min_seeds": min_seeds, "n_boot": n_boot, "fdr": fdr, "seed": seed,
-                     "pool": list(pool)},
-    }
-    R.write_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str))
-    return Report(summary, runs, (header, table_rows), out)
+    return "\n".join(md)

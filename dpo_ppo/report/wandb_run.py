@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from dpo_ppo import results as R
 from dpo_ppo.report.load import Run, load_sweep
-from dpo_ppo.report.render import Report, sweep_name
+from dpo_ppo.report.build import Report, sweep_name
 
 
 def report_run_id(root: Path, name: Optional[str] = None, runs: Optional[Sequence[Run]] = None) -> str:

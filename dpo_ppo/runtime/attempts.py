@@ -12,8 +12,10 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from typing import Optional, Tuple
 
 from dpo_ppo import results as R
+from dpo_ppo.results import JobOutcome, JobRecord
 from dpo_ppo.config import as_dict
 
 log = logging.getLogger("dpo_ppo")
@@ -25,11 +27,12 @@ TRAINING_STATE = ("dpo_trainer", "ppo_state", "ppo_state.old", "ppo_state.tmp", 
 OLD_OUTPUTS = (R.TRAIN_LOG_FILE, R.EVAL_ROWS_FILE, "samples.json", R.TRACEBACK_FILE, "analysis.json")
 
 
-def start_over(job_dir: Path, previous: dict, why: str) -> dict:
+def start_over(job_dir: Path, previous: JobRecord, why: str) -> dict:
     """Clear what earlier attempts left (training state, snapshots, the policy, the training log and
     outputs) so the job runs from scratch; says so in one line.  The old W&B run is left as it is
     (its offline folder under wandb/, or its history in the project): the new attempt starts a new
-    run, named in results.json ``replaces``.  Returns what was replaced."""
+    run, named in results.json ``replaces``.  Returns what was replaced (the new record's
+    ``replaces``); ``previous`` is then no earlier attempt of the new run."""
     cleared = []
     for name in TRAINING_STATE + OLD_OUTPUTS:
         path = Path(job_dir) / name
@@ -40,46 +43,45 @@ def start_over(job_dir: Path, previous: dict, why: str) -> dict:
         else:
             continue
         cleared.append(name)
-    old_run = (previous.get("wandb") or {}).get("id")
+    old_run = (previous.wandb or {}).get("id")
     log.warning("%s: running %s from scratch (cleared: %s)%s", why, job_dir, ", ".join(cleared) or "nothing",
                 f"; a new W&B run replaces run {old_run}, whose history is left as it was" if old_run else "")
-    replaced = {"status": previous.get("status"), "attempts": previous.get("attempts"), "wandb_id": old_run,
-                "cleared": cleared, "why": why}
-    previous.clear()
-    return replaced
+    return {"status": previous.status, "attempts": previous.attempts if previous.has("attempts") else None,
+            "wandb_id": old_run, "cleared": cleared, "why": why}
 
 
-def check_drift(cfg, job_dir: Path, previous: dict, raise_errors: bool) -> dict | None:
-    """Config-drift guard: None when ``job_dir``'s earlier results (finished, or a checkpoint to
-    resume) were made with this config, else stop the job with the keys that differ. With
-    force=true, or when the earlier attempt failed (a fixed config is the usual reason to relaunch
-    it), the job starts from scratch instead: its training state is cleared and ``previous`` is
-    emptied (new attempt count, new W&B run)."""
+def check_drift(cfg, job_dir: Path, previous: Optional[JobRecord],
+                raise_errors: bool) -> Tuple[Optional[JobOutcome], Optional[dict]]:
+    """Config-drift guard: ``(None, None)`` when ``job_dir``'s earlier results (finished, or a
+    checkpoint to resume) were made with this config, else ``(the failed outcome, None)``: the job
+    stops with the keys that differ. With force=true, or when the earlier attempt failed (a fixed
+    config is the usual reason to relaunch it), the job starts from scratch instead: its training
+    state is cleared and ``(None, what was replaced)`` says the earlier attempt is gone (new
+    attempt count, new W&B run)."""
     err = R.config_drift(job_dir, previous, as_dict(cfg))
     if err is None:
-        return None
-    if cfg.force or previous.get("status") in (R.FAILED, R.DIVERGED):
+        return None, None
+    if cfg.force or previous.status in (R.FAILED, R.DIVERGED):
         # a fixed config (a lower learning rate after a divergence) is the usual reason to relaunch
-        why = "force=true" if cfg.force else f"the earlier attempt {previous.get('status')}"
+        why = "force=true" if cfg.force else f"the earlier attempt {previous.status}"
         log.warning("%s", err)
-        previous["replaces"] = start_over(job_dir, previous, f"{why} after config drift")
-        return None
+        return None, start_over(job_dir, previous, f"{why} after config drift")
     log.error("%s", err)
     if raise_errors:
         raise err
-    return {"status": "failed", "job_dir": str(job_dir), "metrics": {}, "error": str(err)}
+    return JobOutcome(R.FAILED, str(job_dir), error=str(err)), None
 
 
-def previous_results(job_dir: Path) -> dict:
-    """The results.json an earlier attempt left, {} when none. One that cannot be read (cut short
+def previous_results(job_dir: Path) -> Optional[JobRecord]:
+    """The record an earlier attempt left, None when none. One that cannot be read (cut short
     by a full disk or a kill mid-write, or not a results object) is moved aside to
     ``results.json.unreadable``, with the training state beside it: nothing tells which config
     that state was made with, so the job starts again from scratch instead of failing on every
     relaunch."""
     path = Path(job_dir) / R.RESULTS_FILE
     if not path.exists():
-        return {}
-    previous = R.read_results(path)
+        return None
+    previous = R.read_record(path)
     if previous is not None:
         return previous
     aside = path.with_name(R.RESULTS_FILE + ".unreadable")
@@ -89,7 +91,7 @@ def previous_results(job_dir: Path) -> dict:
             shutil.rmtree(Path(job_dir) / name)
     log.warning("%s is unreadable (cut short, or not a results object); moved to %s, the job runs "
                 "from scratch", path, aside.name)
-    return {}
+    return None
 
 
 class Interrupted(BaseException):
@@ -134,17 +136,17 @@ def interruption(exc: BaseException) -> int | None:
     return None
 
 
-def attempt_costs(previous: dict, force: bool) -> list[dict]:
+def attempt_costs(previous: Optional[JobRecord], force: bool) -> list[dict]:
     """What the earlier attempts of this run cost (results.json ``compute_attempts``). An attempt
     that died without a record (SIGKILL, out of memory, a lost node) counts the stages it
     finished (its ``stage_seconds``): a lower bound. A forced re-run starts a new run: none."""
-    if force or not previous:
+    if force or previous is None:
         return []
-    costs = [dict(a) for a in previous.get("compute_attempts") or [] if isinstance(a, dict)]
-    attempts = previous.get("attempts") or 0
+    costs = [dict(a) for a in previous.compute_attempts or [] if isinstance(a, dict)]
+    attempts = previous.attempts or 0
     if attempts > len(costs):
-        stages = previous.get("stage_seconds") or {}
-        costs.append({"attempt": attempts, "status": previous.get("status"), "recorded": False,
+        stages = previous.stage_seconds or {}
+        costs.append({"attempt": attempts, "status": previous.status, "recorded": False,
                       "wall_s": round(sum(v for v in stages.values() if isinstance(v, (int, float))), 2),
                       "train_s": stages.get("train"), "accelerator_s": None})
     return costs

@@ -1,5 +1,5 @@
 """Divergence as a status: a non-finite loss, KL, reward or weight ends the job as ``diverged``
-(``results.DIVERGED``) with one line naming the step, the quantity and the likely knob.
+(``results.DIVERGED``) with one line naming the examples seen, the quantity and the likely knob.
 
 Any trainer calls ``check_finite(values, step, knob=...)`` on what it logs (``Job.train_log``
 does it for every trainer that logs through it); evaluation calls it on its metrics.  Torch-free:
@@ -17,7 +17,8 @@ class Diverged(RuntimeError):
     def __init__(self, quantity: str, value: Any, step: Any, where: str = "training", knob: Optional[str] = None):
         self.quantity, self.value, self.step, self.where, self.knob = quantity, value, step, where, knob
         hint = f"; the likely cause is the learning rate ({knob}): lower it" if knob else ""
-        super().__init__(f"diverged: {quantity} = {value} in {where} at step {step}{hint}")
+        at = f"after {step} examples" if isinstance(step, int) and not isinstance(step, bool) else f"at {step}"
+        super().__init__(f"diverged: {quantity} = {value} in {where} {at}{hint}")
 
 
 def non_finite(values: dict) -> Optional[tuple]:
@@ -32,7 +33,7 @@ def non_finite(values: dict) -> Optional[tuple]:
 
 def check_finite(values: dict, step: Any, *, where: str = "training", knob: Optional[str] = None) -> None:
     """Raise ``Diverged`` when a logged number in ``values`` (losses, KL, rewards, ...) is NaN or
-    infinite.  ``step``: where in the run (examples seen, a trainer's global step); ``knob``: the
+    infinite.  ``step``: where in the run (the examples seen, as every trainer logs); ``knob``: the
     setting to name, e.g. ``"algorithm.lr=1e6"``."""
     bad = non_finite(values)
     if bad is not None:

@@ -125,7 +125,7 @@ def register_resolvers() -> None:
 
 
 @dataclass
-class Claim:
+class GpuSlot:
     """A job's place: ``gpu`` (torch index; None: the CPU) and the slot it holds there."""
 
     gpu: Optional[int]
@@ -169,7 +169,7 @@ class Claim:
         except Exception:
             pass
 
-    def __enter__(self) -> "Claim":
+    def __enter__(self) -> "GpuSlot":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -217,21 +217,21 @@ def holders(folder: Path, gpu_id: str) -> int:
     return count
 
 
-def claim(jobs_per_gpu: int = 1, prefer: Optional[int] = None, ids: Optional[List[str]] = None) -> Claim:
+def claim(jobs_per_gpu: int = 1, prefer: Optional[int] = None, ids: Optional[List[str]] = None) -> GpuSlot:
     """Claim a slot for one job (see the module docstring); ``release()`` (or process exit)
     frees it. ``prefer``: the GPU index to take among equally loaded ones."""
     jobs_per_gpu = check_jobs_per_gpu(jobs_per_gpu)
     ids = gpu_ids() if ids is None else list(ids)
     if not ids:
-        return Claim(gpu=None, jobs_per_gpu=jobs_per_gpu)
+        return GpuSlot(gpu=None, jobs_per_gpu=jobs_per_gpu)
     n = len(ids)
     if fcntl is None:
-        return Claim(gpu=0, jobs_per_gpu=jobs_per_gpu, gpus=n)
+        return GpuSlot(gpu=0, jobs_per_gpu=jobs_per_gpu, gpus=n)
     try:
         folder = slot_dir()
     except OSError as err:
         log.warning("GPU placement unavailable (%s: %s); taking cuda:0", os.environ.get(SLOTS_ENV) or "temp folder", err)
-        return Claim(gpu=0, jobs_per_gpu=jobs_per_gpu, gpus=n)
+        return GpuSlot(gpu=0, jobs_per_gpu=jobs_per_gpu, gpus=n)
 
     def by_load() -> List[int]:
         load = [holders(folder, gpu_id) for gpu_id in ids]
@@ -246,7 +246,7 @@ def claim(jobs_per_gpu: int = 1, prefer: Optional[int] = None, ids: Optional[Lis
                 path = _slot_path(folder, ids[g], slot)
                 fd = _try_lock(path)
                 if fd is not None:
-                    return Claim(gpu=g, slot=slot, jobs_per_gpu=jobs_per_gpu, gpus=n, path=path, _fd=fd)
+                    return GpuSlot(gpu=g, slot=slot, jobs_per_gpu=jobs_per_gpu, gpus=n, path=path, _fd=fd)
         time.sleep(0.02 * (attempt + 1))
     g = by_load()[0]
     others = holders(folder, ids[g])
@@ -257,7 +257,7 @@ def claim(jobs_per_gpu: int = 1, prefer: Optional[int] = None, ids: Optional[Lis
         if fd is not None:
             break
         slot += 1
-    found = Claim(gpu=g, slot=slot, jobs_per_gpu=jobs_per_gpu, gpus=n, extra=True, path=path, _fd=fd)
+    found = GpuSlot(gpu=g, slot=slot, jobs_per_gpu=jobs_per_gpu, gpus=n, extra=True, path=path, _fd=fd)
     log.warning("all %d GPU slots are taken (hardware.jobs_per_gpu=%d x %d GPUs): this job shares %s with "
                 "%d other job(s) (slots in %s); raise hardware.jobs_per_gpu if it runs out of GPU memory",
                 jobs_per_gpu * n, jobs_per_gpu, n, found.device, others, folder)
@@ -266,7 +266,7 @@ def claim(jobs_per_gpu: int = 1, prefer: Optional[int] = None, ids: Optional[Lis
 
 # --------------------------------------------------------------------------- this process's job
 
-_HELD: Optional[Claim] = None
+_HELD: Optional[GpuSlot] = None
 _MUTEX = threading.Lock()
 
 
@@ -277,7 +277,7 @@ def _set_current(gpu: int) -> None:
 
 
 def resolve_device(name, jobs_per_gpu: int = 1, model=None):
-    """The ``torch.device`` a device name (checked by ``config.environment.check_device``) means
+    """The ``torch.device`` a device name (checked by ``inputs.check_device``) means
     here: ``auto`` (or None) is ``model``'s device when a model is given, else a GPU when there is
     one (a slot on the least-loaded one, ``jobs_per_gpu`` slots per GPU: ``job_device``), else
     the CPU; any other name (cpu, cuda, cuda:N, mps) is taken as it is."""
@@ -315,7 +315,7 @@ def job_device(jobs_per_gpu: int = 1):
         return torch.device("cuda", mine.gpu)
 
 
-def current_claim() -> Optional[Claim]:
+def current_claim() -> Optional[GpuSlot]:
     """The slot this process holds, if any."""
     return _HELD
 

@@ -34,15 +34,22 @@ import json
 import logging
 from pathlib import Path
 
+from typing import Any, Mapping
+
 from dpo_ppo import results as R
-from dpo_ppo.results import RESULTS_FILE, TRAIN_LOG_FILE
+from dpo_ppo.results import RESULTS_FILE, TRAIN_LOG_FILE, JobRecord
 
 log = logging.getLogger(__name__)
 
 
-def run_tags(results: dict, wandb_config: dict, extra=()) -> list[str]:
+def as_record(record: "JobRecord | Mapping[str, Any]") -> JobRecord:
+    """A job's record, or one made from a results.json object (``JobRecord.from_json``)."""
+    return record if isinstance(record, JobRecord) else JobRecord.from_json(record)
+
+
+def run_tags(record: "JobRecord | Mapping[str, Any]", wandb_config: dict, extra=()) -> list[str]:
     """W&B tags to filter a project by: algorithm, sweep and model (plus logger.tags)."""
-    tags = [f"algorithm={results.get('algorithm')}"]
+    tags = [f"algorithm={as_record(record).algorithm}"]
     if wandb_config.get("sweep"):
         tags.append(f"sweep={wandb_config['sweep']}")
     model = (wandb_config.get("model") or {}).get("name")
@@ -55,14 +62,15 @@ def run_tags(results: dict, wandb_config: dict, extra=()) -> list[str]:
 GROUP_MAX = 128  # W&B's limit on a group name
 
 
-def run_group(results: dict) -> str:
+def run_group(record: "JobRecord | Mapping[str, Any]") -> str:
     """The W&B group of a job: its arm configuration, ``<sweep>/<algorithm>/<overrides but the
     seed>`` (e.g. ``smoke/dpo/lr=2e-4``), so that a project grouped by it averages the seeds of one
     configuration.  ``algorithm.`` is dropped from the keys; a name past W&B's limit keeps its
     start and a hash of the whole."""
+    record = as_record(record)
     knobs = [o[len("algorithm."):] if o.startswith("algorithm.") else o
-             for o in R.seed_group_overrides(results.get("overrides") or ())]
-    group = "/".join(str(p) for p in (results.get("name") or "job", results.get("algorithm") or "?",
+             for o in R.seed_group_overrides(record.overrides or ())]
+    group = "/".join(str(p) for p in (record.name or "job", record.algorithm or "?",
                                       ",".join(knobs)) if p)
     if len(group) > GROUP_MAX:
         digest = hashlib.sha1(group.encode()).hexdigest()[:10]
@@ -153,18 +161,20 @@ def define_metrics(run) -> None:
     run.define_metric(OVER_TRAINING + "*", step_metric=R.EXAMPLES)  # analyses of the snapshots
 
 
-def _drop_replayed_rows(path: Path, step, keys: set) -> None:
-    """A resumed attempt logs again from ``step`` on: drop what a killed attempt logged from there
-    (rows past ``step``, and the row at ``step`` with the same metrics), and any line the kill cut
-    short, so that ``train_log.jsonl`` holds each step once."""
-    kept = []
+def _drop_replayed_rows(path: Path, examples, keys: set) -> None:
+    """A resumed attempt logs again from ``examples`` on: drop what a killed attempt logged from
+    there (rows past ``examples``, and the row at ``examples`` with the same metrics), and any line
+    the kill cut short, so that ``train_log.jsonl`` holds each row once.  A row's place is its
+    ``train/examples`` (its "step" where it has none: the same number, except in a DPO, RLOO or
+    GRPO log written before issue 33, where "step" was the optimizer step)."""
+    kept, same = [], {"step", R.OPTIMIZER_STEP}  # not what tells a replayed row
     for line in path.read_text().splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        at = row.get("step")
-        if at is not None and (at > step or (at == step and set(row) - {"step"} == keys)):
+        at = row.get(R.EXAMPLES, row.get("step"))
+        if at is not None and (at > examples or (at == examples and set(row) - same == set(keys) - same)):
             continue
         kept.append(line + "\n")
     R.write_atomic(path, "".join(kept))
@@ -199,7 +209,8 @@ def init_online(kwargs: dict):
 
 
 class Recorder:
-    """One job's results.json plus (optionally) its W&B run.
+    """One job's results.json (its ``JobRecord``, ``record``: the job fills it, ``save`` writes
+    it) plus (optionally) its W&B run.
 
     ``resume_id``: the W&B run id of an earlier attempt of this job (from its results.json); the
     run is resumed under that id (``resume="allow"``), so a relaunched or requeued job adds to one
@@ -209,15 +220,15 @@ class Recorder:
     ``dpo-ppo-sync`` uploads the folders in order as one continuous run.
     """
 
-    def __init__(self, job_dir: Path, results: dict, logger_cfg, wandb_config: dict, run_name: str,
-                 resume_id: str | None = None, resume_step: int = 0):
+    def __init__(self, job_dir: Path, record: "JobRecord | Mapping[str, Any]", logger_cfg, wandb_config: dict,
+                 run_name: str, resume_id: str | None = None, resume_step: int = 0):
         self.job_dir = Path(job_dir)
-        self.results = results
+        self.record = record = as_record(record)
         self.run = None
         if logger_cfg.enabled and logger_cfg.mode != "disabled":
             import wandb
 
-            group = run_group(results)
+            group = run_group(record)
             run_id = resume_id
             if run_id is None:
                 # the id is chosen and recorded before wandb.init: a job killed during init (it can
@@ -226,13 +237,13 @@ class Recorder:
                 import secrets
 
                 run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], as W&B's own ids
-                results["wandb"] = {"id": run_id, "mode": logger_cfg.mode, "next_step": 0, "starting": True}
+                record.wandb = {"id": run_id, "mode": logger_cfg.mode, "next_step": 0, "starting": True}
                 self.save()
             kwargs = dict(
                 project=logger_cfg.project, entity=logger_cfg.entity,
                 dir=str(Path(logger_cfg.dir or self.job_dir).resolve()), group=group,
-                job_type=results["algorithm"], name=run_name, config=wandb_config,
-                tags=run_tags(results, wandb_config, logger_cfg.tags), reinit="finish_previous",
+                job_type=record.algorithm, name=run_name, config=wandb_config,
+                tags=run_tags(record, wandb_config, logger_cfg.tags), reinit="finish_previous",
                 id=run_id, resume="allow" if resume_id else None,
             )
             mode = logger_cfg.mode
@@ -246,7 +257,7 @@ class Recorder:
             # requeued job would overwrite (or lose) each other's rows.  The next step is kept in
             # results.json (wandb.next_step) and every row is logged at an explicit step.
             self.step = max(int(self.run.step or 0), int(resume_step or 0) if resume_id else 0)
-            results["wandb"] = {
+            record.wandb = {
                 "id": self.run.id, "project": self.run.project or logger_cfg.project,
                 "entity": self.run.entity or logger_cfg.entity, "mode": mode,
                 "url": self.run.url, "group": group, "resumed": bool(resume_id),
@@ -259,21 +270,22 @@ class Recorder:
         """One W&B history row at the next step (see ``step`` above)."""
         self.run.log(row, step=self.step)
         self.step += 1
-        self.results["wandb"]["next_step"] = self.step
+        self.record.wandb["next_step"] = self.step
 
     def save(self) -> None:
-        R.write_results(self.job_dir, self.results)
+        R.write_record(self.job_dir, self.record)
 
     def _save_in_place(self, err: OSError) -> None:
         """results.json's status and error written over the old file in place, padded with spaces
         to its length: rewriting the allocated bytes of a file needs no free space, where the atomic
         writer's new file does (a full disk left results.json ``running``)."""
         path = self.job_dir / RESULTS_FILE
-        error = f"{self.results.get('error') or ''} (results.json could not be rewritten: {err})".strip()
+        record = self.record.to_json()
+        error = f"{record.get('error') or ''} (results.json could not be rewritten: {err})".strip()
         keep = ("status", "algorithm", "name", "overrides", "params", "config_key", R.ALGORITHM_VERSION, "attempts",
                 "trained")
-        for short in (dict({k: self.results.get(k) for k in keep}, error=error, partial=True),
-                      {"status": self.results.get("status"), "error": error[:200], "partial": True}):
+        for short in (dict({k: record.get(k) for k in keep}, error=error, partial=True),
+                      {"status": record.get("status"), "error": error[:200], "partial": True}):
             text = R.json_text(short, indent=None).encode()
             try:
                 size = path.stat().st_size
@@ -284,16 +296,17 @@ class Recorder:
                     return
             except OSError:
                 break
-        log.error("%s could not be updated to status %s: %s", path, self.results.get("status"), error)
+        log.error("%s could not be updated to status %s: %s", path, self.record.status, error)
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         """A training-curve point (W&B history and ``train_log.jsonl``); ``step`` is the examples
-        seen, unless ``metrics`` carries ``train/examples`` itself."""
+        seen by the policy the row measured (every trainer passes them; ``train/examples`` in
+        ``metrics`` wins where a row carries it), written as the row's "step"."""
         path = self.job_dir / TRAIN_LOG_FILE
         if not getattr(self, "_train_log_started", False):  # this attempt's first row
             self._train_log_started = True
             if step is not None and path.exists():
-                _drop_replayed_rows(path, step, set(metrics))
+                _drop_replayed_rows(path, metrics.get(R.EXAMPLES, step), set(metrics))
         with open(path, "a") as f:  # strict JSON: a NaN is written as null (the job then ends diverged)
             f.write(json.dumps(R.finite_json({"step": step, **metrics}), allow_nan=False) + "\n")
         if self.run is not None:
@@ -308,7 +321,9 @@ class Recorder:
         summary, not in history (one point is not a curve); layer and head indices as integers
         (``results.typed_value``)."""
         metrics = {k: R.typed_value(k, v) for k, v in metrics.items()}
-        self.results.setdefault("metrics", {}).update(metrics)
+        if not self.record.has("metrics") or self.record.metrics is None:
+            self.record.metrics = {}
+        self.record.metrics.update(metrics)
         self.save()
         if self.run is not None:
             self.run.summary.update(metrics)
@@ -331,11 +346,11 @@ class Recorder:
         if self.run is None:
             return
         specs = shared_inputs(artifacts)
-        self.results["wandb"]["inputs"] = specs
+        self.record.wandb["inputs"] = specs
         if not self.offline:
             for spec in specs:
                 self.run.use_artifact(reference_artifact(spec))
-            self.results["wandb"]["inputs_declared"] = True
+            self.record.wandb["inputs_declared"] = True
         self.save()
 
     def model(self, folder: Path, how: str = "upload", **metadata) -> None:
@@ -404,7 +419,9 @@ class Recorder:
             self._log({f"plots/{k}": wandb.Image(str(v)) for k, v in images.items() if Path(v).exists()})
 
     def finish(self, status: str, **fields) -> None:
-        self.results.update(status=status, **fields)
+        """The attempt's end: its status and ``fields`` (JobRecord keys: timings, error,
+        traceback) recorded, results.json written (in place on a full disk), the run finished."""
+        self.record.update(status=status, **fields)
         try:
             self.save()
         except OSError as e:  # a full disk: the status and the error still reach results.json

@@ -1,4 +1,4 @@
-"""``dpo-ppo-sync``: upload every offline W&B run of a sweep, once.
+"""Upload every offline W&B run of a sweep, once (the ``dpo-ppo-sync`` command: ``dpo_ppo.cli.sync``).
 
     dpo-ppo-sync multirun/confound             # every job folder (and report/) below it
     dpo-ppo-sync multirun/confound --dry-run   # list what would be uploaded
@@ -18,8 +18,6 @@ warning).  After the upload each new run's shared artifacts are declared as its 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -27,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dpo_ppo.results import write_json
+from dpo_ppo.results import FAILED, RUNNING, JobRecord, read_record, write_record
 
 SKIP = {".submitit", ".hydra", "__pycache__"}
 
@@ -84,22 +82,15 @@ def plan(root: Path, include_running: bool = False) -> dict:
         synced += len(runs) - len(pending)
         if not pending:
             continue
-        results = _results(folder)
-        if results and results.get("status") == "running" and not include_running:
+        record = read_record(folder)
+        if record is not None and record.status == RUNNING and not include_running:
             running.append(folder)
             continue
         todo += pending
         jobs.append(folder)
-        if len(runs) > 1 and results and "next_step" not in (results.get("wandb") or {}):
+        if len(runs) > 1 and record is not None and "next_step" not in (record.wandb or {}):
             overlapping.append(folder)
     return {"sync": todo, "jobs": jobs, "synced": synced, "running": running, "overlapping": overlapping}
-
-
-def _results(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / "results.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def declare_inputs(info: dict, status: str | None) -> None:
@@ -116,7 +107,7 @@ def declare_inputs(info: dict, status: str | None) -> None:
         for spec in info.get("inputs") or ():
             run.use_artifact(reference_artifact(spec))
     finally:
-        run.finish(exit_code=1 if status == "failed" else 0)
+        run.finish(exit_code=1 if status == FAILED else 0)
 
 
 def sync(root: Path, *, dry_run: bool = False, include_running: bool = False, project: str | None = None,
@@ -146,10 +137,10 @@ def sync(root: Path, *, dry_run: bool = False, include_running: bool = False, pr
     if done.returncode == 0 and not (entity or os.environ.get("WANDB_ENTITY")):
         fallback = default_entity()  # the runs went to the user's default entity
     for folder in todo["jobs"]:
-        results = _results(folder)
-        if not results or "wandb" not in results:
+        record: JobRecord | None = read_record(folder)
+        if record is None or not isinstance(record.wandb, dict):
             continue
-        info = results["wandb"]
+        info = record.wandb
         if project:
             info["project"] = project
         if entity:
@@ -158,35 +149,12 @@ def sync(root: Path, *, dry_run: bool = False, include_running: bool = False, pr
         info["url"] = info.get("url") or run_url(info, fallback)
         if lineage and info["synced"] and info.get("inputs") and not info.get("inputs_declared"):
             try:
-                declare(info, results.get("status"))
+                declare(info, record.status)
                 info["inputs_declared"] = True
             except Exception as err:  # the run is uploaded; its lineage waits for the next sync
                 print(f"{folder}: could not declare the shared artifacts as inputs ({err!r}); "
                       "the next dpo-ppo-sync tries again", file=sys.stderr)
-        write_json(folder / "results.json", results)
+        write_record(folder, record)  # the job's own writer: atomic, strict JSON
     if done.returncode != 0:
         print(f"wandb sync exited with {done.returncode}; re-run to retry what was not synced", file=sys.stderr)
     return todo
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="dpo-ppo-sync", description="Upload every offline W&B run of a sweep, once.")
-    parser.add_argument("folder", type=Path, help="a sweep folder (multirun/<name>) or a job folder")
-    parser.add_argument("--dry-run", action="store_true", help="list what would be synced")
-    parser.add_argument("--include-running", action="store_true",
-                        help="also sync jobs whose results.json says running (e.g. killed ones)")
-    parser.add_argument("--project", help="upload into this project (default: the run's own)")
-    parser.add_argument("--entity", help="upload into this entity (default: WANDB_ENTITY / your default)")
-    parser.add_argument("--no-lineage", dest="lineage", action="store_false",
-                        help="do not declare each run's shared artifacts (base, classifier, prefs, ...) as its "
-                             "inputs after the upload (one short resume of each run)")
-    args = parser.parse_args(argv)
-    if not args.folder.is_dir():
-        parser.error(f"{args.folder} is not a folder")
-    out = sync(args.folder, dry_run=args.dry_run, include_running=args.include_running, project=args.project,
-               entity=args.entity, lineage=args.lineage)
-    sys.exit(out.get("returncode", 0))
-
-
-if __name__ == "__main__":
-    main()

@@ -36,8 +36,8 @@ def duration(seconds: float) -> str:
 def write_sweep_json(sweep_dir: Path, *, name: str, state: str, started: float, launcher: str,
                      arguments: Sequence[str], jobs: Sequence[SweepJob], merged: Sequence[str],
                      error: Optional[str] = None) -> Path:
-    """``<sweep_dir>/sweep.json`` (R.SWEEP_FILE), atomically; job folders inside the sweep folder
-    are written relative to it."""
+    """``<sweep_dir>/sweep.json`` (R.SWEEP_FILE, its keys R.SWEEP_*, one R.SweepEntry per job),
+    atomically; job folders inside the sweep folder are written relative to it."""
     sweep_dir_abs = os.path.abspath(sweep_dir)
 
     def rel(path: Optional[str]) -> Optional[str]:
@@ -47,17 +47,17 @@ def write_sweep_json(sweep_dir: Path, *, name: str, state: str, started: float, 
         return os.path.relpath(path, sweep_dir_abs) if path.startswith(sweep_dir_abs) else path
 
     return R.write_json(Path(sweep_dir) / R.SWEEP_FILE, {
-        "name": name,
-        "state": state,  # SWEEP_RUNNING | SWEEP_DONE | SWEEP_INTERRUPTED | SWEEP_FAILED
-        "error": error,  # why the sweep stopped, when interrupted or failed
-        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-        "elapsed_s": round(time.time() - started, 1),
-        "launcher": launcher,
-        "arguments": list(arguments),
-        "counts": counts(jobs),
-        "merged": list(merged),  # grid points launched as another job (same config key)
-        "jobs": [{"idx": i, "arm": j.arm, "overrides": j.overrides, "dir": rel(j.dir),
-                  "status": j.status, "error": j.error, "note": j.note} for i, j in enumerate(jobs)],
+        R.SWEEP_NAME: name,
+        R.SWEEP_STATE: state,  # SWEEP_RUNNING | SWEEP_DONE | SWEEP_INTERRUPTED | SWEEP_FAILED
+        R.SWEEP_ERROR: error,  # why the sweep stopped, when interrupted or failed
+        R.SWEEP_STARTED: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        R.SWEEP_ELAPSED_S: round(time.time() - started, 1),
+        R.SWEEP_LAUNCHER: launcher,
+        R.SWEEP_ARGUMENTS: list(arguments),
+        R.SWEEP_COUNTS: counts(jobs),
+        R.SWEEP_MERGED: list(merged),  # grid points launched as another job (same config key)
+        R.SWEEP_JOBS: [R.SweepEntry(idx=i, arm=j.arm, overrides=j.overrides, dir=rel(j.dir), status=j.status,
+                                    error=j.error, note=j.note).to_json() for i, j in enumerate(jobs)],
     })
 
 

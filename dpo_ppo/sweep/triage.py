@@ -17,17 +17,18 @@ R.FAILED). Torch-free: the sweeper imports this in the process that submits the 
 import contextlib
 import io
 from pathlib import Path
-from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from dpo_ppo import results as R
+from dpo_ppo.results import JobOutcome, JobRecord
 from dpo_ppo.sweep.grid import SweepJob
 
 FINISHED_BEFORE = "finished before"  # job.note of a job skipped for its finished results
 RUNNING_ELSEWHERE = "running elsewhere"  # job.note's start for a job whose folder is locked
-CONFIG_DRIFT = "config drift"  # job.error's start for a job not launched for config drift (R.ConfigDrift)
+CONFIG_DRIFT = R.CONFIG_DRIFT  # job.error's start for a job not launched for config drift (R.ConfigDrift)
 
 
 def last_line(text: Any, limit: int = 300) -> str:
@@ -45,13 +46,13 @@ def forced(overrides: Iterable[str], force: bool = False) -> bool:
     return force or any(o.lstrip("+").lower() in ("force=true", "force=1") for o in overrides)
 
 
-def finished_before(job: SweepJob, results: Optional[Mapping[str, Any]], exclude: Iterable[str]) -> bool:
-    """``results`` (the job folder's results.json) are finished results of exactly the job's
+def finished_before(job: SweepJob, record: Optional[JobRecord], exclude: Iterable[str]) -> bool:
+    """``record`` (the job folder's results.json) holds finished results of exactly the job's
     overrides: the same folder key (the overrides minus the config's exclude_keys). Results
     that recorded no overrides are trusted: nothing to check the folder against."""
-    if not results or results.get("status") != R.FINISHED:
+    if record is None or record.status != R.FINISHED:
         return False
-    recorded = results.get("overrides")
+    recorded = record.overrides if record.has("overrides") else None
     if recorded is None:
         return True
     exclude = list(exclude)
@@ -72,13 +73,13 @@ def running_elsewhere(job: SweepJob) -> Optional[str]:
     return f"{RUNNING_ELSEWHERE} ({lock.describe()})"
 
 
-def drift(job: SweepJob, results: Mapping[str, Any], config: Callable[[], dict]) -> Optional[str]:
-    """The drift message when the job's finished ``results`` were made with another config than
-    ``config()`` (``as_dict`` of the job's config now: called only when results hold a config,
+def drift(job: SweepJob, record: JobRecord, config: Callable[[], dict]) -> Optional[str]:
+    """The drift message when the job's finished ``record`` was made with another config than
+    ``config()`` (``as_dict`` of the job's config now: called only when the record holds a config,
     since composing one costs a fraction of a second)."""
-    if not results.get("config"):
+    if not record.config:
         return None
-    found = R.config_drift(job.dir, results, config())
+    found = R.config_drift(job.dir, record, config())
     return None if found is None else str(found)
 
 
@@ -94,10 +95,10 @@ def triage(job: SweepJob, *, results_file: str = R.RESULTS_FILE, exclude: Iterab
         return False
     if not (skip_finished and job.dir) or forced(job.overrides, force):
         return True
-    results = R.read_results(Path(job.dir) / results_file)
-    if not finished_before(job, results, exclude):
+    record = R.read_record(Path(job.dir) / results_file)
+    if not finished_before(job, record, exclude):
         return True
-    message = drift(job, results or {}, config) if config is not None else None
+    message = drift(job, record, config) if config is not None else None
     if message:
         job.status, job.error = R.FAILED, message
     else:
@@ -111,6 +112,7 @@ def prepare_cover(indices: Sequence[int], config: Callable[[int], Any]) -> List[
     chosen before needs. ``config(idx)`` is the job's typed Config; for a task config that is not
     dpo-ppo's, nothing is shared and none is chosen."""
     from dpo_ppo.config import Config
+    from dpo_ppo.config.schedule import artifacts_read
     from dpo_ppo.data.cache import artifact_specs, spec_key
 
     covered: set = set()
@@ -120,9 +122,8 @@ def prepare_cover(indices: Sequence[int], config: Callable[[int], Any]) -> List[
         if not isinstance(cfg, Config):
             return []
         specs = artifact_specs(cfg)
-        # online DPO (rounds > 1) samples its own pairs: the prepare step builds none for it
-        rounds = getattr(cfg.algorithm, "rounds", 1)
-        keys = {(a.kind, spec_key(specs[a.kind])) for a in R.shared_artifacts(cfg.algorithm.name, rounds)}
+        # online DPO samples its own pairs: the prepare step builds none for it
+        keys = {(a.kind, spec_key(specs[a.kind])) for a in artifacts_read(cfg.algorithm)}
         if keys - covered:
             covered |= keys
             chosen.append(idx)
@@ -154,7 +155,8 @@ def prepare_failure(ret: Optional[JobReturn], launch_error: Optional[str]) -> Op
     if ret.status not in (JobStatus.COMPLETED, JobStatus.FAILED):
         return last_line(f"job status {ret.status.name}")
     ok, value = returned(ret)
-    if ok and isinstance(value, Mapping) and value.get("status") == R.PREPARED:
+    answer = JobOutcome.of(value) if ok else None
+    if answer is not None and answer.status == R.PREPARED:
         return None
     return value if not ok else last_line(repr(value))
 
@@ -163,34 +165,36 @@ def outcome(job: SweepJob, ret: Optional[JobReturn], launch_error: Optional[str]
             results_file: str = R.RESULTS_FILE) -> None:
     """Set job.status/error from the launcher's JobReturn, falling back on results.json.
 
-    A job failed when it raised, when it returned a dict with ``status: failed``, or when the
-    launcher lost it (``ret`` None, or neither completed nor failed) and its folder holds no
-    finished results."""
+    A job failed when it raised, when it returned an outcome (``results.JobOutcome``, or a
+    mapping with a status) that says failed, or when the launcher lost it (``ret`` None, or
+    neither completed nor failed) and its folder holds no finished results."""
     if ret is not None and ret.hydra_cfg is not None:
         out = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir")
         if out:
             job.dir = str(out)
-    on_disk = R.read_results(Path(job.dir) / results_file) if job.dir else None
+    on_disk = R.read_record(Path(job.dir) / results_file) if job.dir else None
+    disk_error = on_disk.error if on_disk is not None else None
     if ret is not None and ret.status in (JobStatus.COMPLETED, JobStatus.FAILED):
         ok, value = returned(ret)
         if not ok:
             job.status, job.error = R.FAILED, value
             return
-        if isinstance(value, Mapping) and value.get("status") in (R.FINISHED, R.SKIPPED, R.FAILED, R.DIVERGED):
-            job.status = str(value["status"])
+        answer = JobOutcome.of(value)
+        if answer is not None and answer.status in (R.FINISHED, R.SKIPPED, R.FAILED, R.DIVERGED):
+            job.status = answer.status
             if job.status in (R.FAILED, R.DIVERGED):
-                job.error = last_line(value.get("error") or (on_disk or {}).get("error") or R.FAILED)
+                job.error = last_line(answer.error or disk_error or R.FAILED)
             return
         # no status in the return value: trust the folder, else the fact it returned
-        if on_disk and on_disk.get("status") in (R.FAILED, R.DIVERGED):
-            job.status, job.error = on_disk["status"], last_line(on_disk.get("error") or on_disk["status"])
+        if on_disk is not None and on_disk.status in (R.FAILED, R.DIVERGED):
+            job.status, job.error = on_disk.status, last_line(disk_error or on_disk.status)
         else:
             job.status = R.FINISHED
         return
     # the launcher lost the job (or raised): whatever the folder says
-    if on_disk and on_disk.get("status") in (R.FINISHED, R.DIVERGED):
-        job.status = on_disk["status"]
-        job.error = on_disk.get("error") if job.status == R.DIVERGED else job.error
+    if on_disk is not None and on_disk.status in (R.FINISHED, R.DIVERGED):
+        job.status = on_disk.status
+        job.error = disk_error if job.status == R.DIVERGED else job.error
     else:
         job.status = R.FAILED
-        job.error = last_line((on_disk or {}).get("error") or launch_error or "no result")
+        job.error = last_line(disk_error or launch_error or "no result")

@@ -60,7 +60,8 @@ class LogCallback(TrainerCallback):
     as ``trl/...`` (``results.TRL``) to ``log_fn``.  A log averages the steps since the previous one,
     each computed on the policy before its update: it is logged at ``train/examples`` = the
     examples the policy had seen when that window began (the first loss, at 0, is the reference's:
-    log 2 for the sigmoid loss).  The end-of-run totals (``END_OF_RUN_KEYS``) go to ``self.totals``.
+    log 2 for the sigmoid loss), with ``train/optimizer_step``, its optimizer steps then.  The
+    end-of-run totals (``END_OF_RUN_KEYS``) go to ``self.totals``.
     ``offset``: (optimizer steps, examples) taken before this Trainer started (online DPO's rounds)."""
 
     def __init__(self, log_fn, examples_per_step: int, offset: tuple[int, int] = (0, 0)):
@@ -82,7 +83,8 @@ class LogCallback(TrainerCallback):
             return
         metrics = {R.TRL + k: v for k, v in values.items()}
         metrics[R.EXAMPLES] = self.offset[1] + start * self.per_step
-        self.log_fn(metrics, self.offset[0] + start)
+        metrics[R.OPTIMIZER_STEP] = self.offset[0] + start
+        self.log_fn(metrics, metrics[R.EXAMPLES])
 
 
 class TokenDPOTrainer(DPOTrainer):
@@ -135,7 +137,7 @@ def micro_batches(batch: int, micro: int | None) -> tuple[int, int]:
 
 
 def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed: int = 0,
-              log_fn=None, runtime=None, probe=None, probe_every: int | None = None,
+              log_fn=None, hw=None, probe=None, probe_every: int | None = None,
               trainer_dir: Path | None = None, offset: tuple[int, int] = (0, 0)) -> dict:
     """Train ``policy`` in place on the preference pairs ``prefs`` (prompt / chosen / rejected as
     token ids: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``).
@@ -144,7 +146,7 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
     logged through ``log_fn`` before training, every ``probe_every`` examples (default
     ``algo.snapshot_every``) and after the last step (``train.probe.ProbeCallback``).
 
-    ``runtime`` (``dpo_ppo.runtime.hardware.Runtime``): bf16 mixed precision (the Trainer's autocast,
+    ``hw`` (``dpo_ppo.runtime.hardware.Runtime``): bf16 mixed precision (the Trainer's autocast,
     float32 master weights) when its precision is bf16, and micro-batches of at most
     ``train_micro_batch`` pairs accumulated into each optimizer step of ``algo.batch_size`` pairs.
 
@@ -152,7 +154,7 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
     ``<job>/dpo_trainer``) holds that round's checkpoints, ``offset`` = (optimizer steps, examples)
     of the earlier rounds, added to the logged steps and the snapshots' examples."""
     job_dir = Path(job_dir)
-    per_device, accumulate = micro_batches(algo.batch_size, runtime.train_micro_batch if runtime else None)
+    per_device, accumulate = micro_batches(algo.batch_size, hw.train_micro_batch if hw else None)
     steps_per_epoch = math.ceil(len(prefs) / algo.batch_size)
     save_steps = max(1, algo.snapshot_every // algo.batch_size)
     # a divisor of save_steps: the logged loss averages the steps since the last log, and a resumed
@@ -170,11 +172,11 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
         save_strategy="steps", save_steps=save_steps, save_total_limit=1,
         logging_steps=logging_steps, report_to=[], seed=seed,
         use_cpu=use_cpu, dataloader_num_workers=0,
-        bf16=bool(runtime is not None and runtime.bf16), fp16=False, disable_tqdm=plain_progress(),
+        bf16=bool(hw is not None and hw.bf16), fp16=False, disable_tqdm=plain_progress(),
         # the frozen reference's log-probs once, in large no-grad batches, instead of a reference
         # forward in every training step (TRL's own option; the same numbers)
         precompute_ref_log_probs=True,
-        precompute_ref_batch_size=runtime.forward_batch_size if runtime is not None else 64,
+        precompute_ref_batch_size=hw.forward_batch_size if hw is not None else 64,
         # TRL's configs turn gradient checkpointing on by default (a memory saving for large models);
         # at these sizes it only re-runs every forward inside the backward pass (the same gradients)
         **{_CHECKPOINTING_ARG: _GRADIENT_CHECKPOINTING},
@@ -206,7 +208,7 @@ def train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir: Path, *, seed:
     full, rest_steps = divmod(steps, math.ceil(len(prefs) / algo.batch_size))
     part = min(rest_steps * algo.batch_size, len(prefs))
     seen = full * len(prefs) + part
-    compute = {"optimizer_steps": steps, "examples_seen": seen,
+    cost = {"optimizer_steps": steps, "examples_seen": seen,
                "trained_tokens": round(full * sum(pair_tokens) + part * sum(pair_tokens) / len(prefs))}
     return {"train_loss": float(result.training_loss), "steps": steps, "resumed_from": last,
-            "compute": compute, "trainer": logs.totals}
+            "compute": cost, "trainer": logs.totals}  # the measured cost, results.json's compute

@@ -39,7 +39,7 @@ def round_slices(examples: int, rounds: int) -> list[tuple[int, int]]:
 
 
 def train_online_dpo(algo, policy, ref_model, tokenizer, scorer, prompts: list[list[int]], job_dir: Path, *,
-                     seed: int = 0, log_fn=None, runtime=None, probe=None, probe_every: int | None = None) -> dict:
+                     seed: int = 0, log_fn=None, hw=None, probe=None, probe_every: int | None = None) -> dict:
     """Train ``policy`` in place over ``algo.rounds`` rounds (see the module docstring); returns
     train_dpo's summary summed over the rounds, with ``generated_tokens`` (every round's samples)
     and one entry per round under ``rounds``."""
@@ -49,7 +49,7 @@ def train_online_dpo(algo, policy, ref_model, tokenizer, scorer, prompts: list[l
     root = job_dir / "online"
     steps = examples = 0
     per_round: list[dict] = []
-    gen_batch = runtime.gen_batch_size if runtime is not None else 256
+    gen_batch = hw.gen_batch_size if hw is not None else 256
     for r, (first, end) in enumerate(round_slices(len(prompts), algo.rounds)):
         here = root / f"round_{r}"
         done = here / "round.json"
@@ -64,13 +64,13 @@ def train_online_dpo(algo, policy, ref_model, tokenizer, scorer, prompts: list[l
             prefs_dir = here / "prefs"
             if not (prefs_dir / "prefs.json").is_file():
                 # the checkpoint of a round cut short is trained on the pairs it started with
-                autocast = runtime.autocast if runtime is not None else None
+                autocast = hw.autocast if hw is not None else None
                 kwargs = {"autocast": autocast} if autocast is not None else {}
                 build_prefs(algo, chunk, policy, tokenizer, scorer, prefs_dir, batch_size=gen_batch, seed=seed,
                             first=first, **kwargs)
             prefs = load_from_disk(str(prefs_dir))
             summary = train_dpo(algo, policy, ref_model, tokenizer, prefs, job_dir, seed=seed + r, log_fn=log_fn,
-                                runtime=runtime, probe=probe, probe_every=probe_every,
+                                hw=hw, probe=probe, probe_every=probe_every,
                                 trainer_dir=here / "trainer", offset=(steps, examples))
             save_model_dir(policy, tokenizer, here / "policy")
             prefs_info = json.loads((prefs_dir / "prefs.json").read_text())
@@ -85,8 +85,8 @@ def train_online_dpo(algo, policy, ref_model, tokenizer, scorer, prompts: list[l
         per_round.append(info)
         steps += info["steps"]
         examples += info["compute"]["examples_seen"]
-    compute = {key: sum(i["compute"][key] for i in per_round)
-               for key in ("optimizer_steps", "examples_seen", "trained_tokens")}
-    compute["generated_tokens"] = sum(i["generated_tokens"] for i in per_round)
+    cost = {key: sum(i["compute"][key] for i in per_round)  # the measured cost, results.json's compute
+            for key in ("optimizer_steps", "examples_seen", "trained_tokens")}
+    cost["generated_tokens"] = sum(i["generated_tokens"] for i in per_round)
     loss = sum(i["train_loss"] * i["steps"] for i in per_round) / max(1, steps)
-    return {"train_loss": loss, "steps": steps, "rounds": per_round, "compute": compute, "resumed_from": None}
+    return {"train_loss": loss, "steps": steps, "rounds": per_round, "compute": cost, "resumed_from": None}

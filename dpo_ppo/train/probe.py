@@ -77,15 +77,15 @@ class TrainingProbe:
 
     The completions are sampled ``completion_len`` tokens at ``temperature`` / ``top_k`` (the
     algorithm's sampling settings; the KL assumes temperature 1, the default, as PPO's does).
-    ``runtime`` (``runtime.hardware.Runtime``) gives the forward batch and the precision."""
+    ``hw`` (``runtime.hardware.Runtime``) gives the forward batch and the precision."""
 
     def __init__(self, ref_model, tokenizer, prompts, reward_fn, *, completion_len: int, temperature: float = 1.0,
-                 top_k: int = 0, seed: int = 0, runtime=None):
+                 top_k: int = 0, seed: int = 0, hw=None):
         self.ref_model, self.tokenizer, self.prompts = ref_model, tokenizer, [list(p) for p in prompts]
         self.reward_fn, self.completion_len, self.temperature, self.top_k = reward_fn, completion_len, temperature, top_k
         self.seed = seed
-        self.forward_batch = runtime.forward_batch_size if runtime is not None else CPU_SIZES["forward_batch_size"]
-        self.autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
+        self.forward_batch = hw.forward_batch_size if hw is not None else CPU_SIZES["forward_batch_size"]
+        self.autocast = hw.autocast if hw is not None else contextlib.nullcontext
 
     def __call__(self, model) -> dict:
         t0 = time.perf_counter()
@@ -103,9 +103,9 @@ def due(examples: int, before: int, every: int) -> bool:
 
 class ProbeCallback(TrainerCallback):
     """Runs ``probe(model)`` from a ``transformers`` Trainer (TRL's DPOTrainer, RLOOTrainer, ...)
-    and hands ``{**metrics, train/examples}`` to ``log_fn(metrics, step)`` (``Recorder.log``):
-    before the first step (examples 0; not again on a resumed run), every ``every`` examples and
-    after the last step.  ``examples_per_step``: examples (pairs, prompts) per optimizer step, so
+    and hands ``{**metrics, train/examples, train/optimizer_step}`` to ``log_fn(metrics, examples)``
+    (``Recorder.log``): before the first step (examples 0; not again on a resumed run), every
+    ``every`` examples and after the last step.  ``examples_per_step``: examples (pairs, prompts) per optimizer step, so
     ``train/examples`` = global_step * examples_per_step, the examples the probed policy has seen.
     ``offset``: (optimizer steps, examples) taken before this Trainer started (online DPO's rounds:
     a later round's start is the earlier round's last point, probed there already)."""
@@ -117,8 +117,8 @@ class ProbeCallback(TrainerCallback):
 
     def _log(self, state, model=None) -> None:
         examples = self.offset[1] + state.global_step * self.per_step
-        self.log_fn({**self.probe(self.model if self.model is not None else model), R.EXAMPLES: examples},
-                    self.offset[0] + state.global_step)
+        self.log_fn({**self.probe(self.model if self.model is not None else model), R.EXAMPLES: examples,
+                     R.OPTIMIZER_STEP: self.offset[0] + state.global_step}, examples)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0 and tuple(self.offset) == (0, 0):
@@ -130,7 +130,7 @@ class ProbeCallback(TrainerCallback):
             self._log(state, model)
 
 
-def make_probe(cfg, ref_model, tokenizer, scorer, train_prompts, runtime=None) -> Optional[TrainingProbe]:
+def make_probe(cfg, ref_model, tokenizer, scorer, train_prompts, hw=None) -> Optional[TrainingProbe]:
     """The job's probe: the first ``cfg.logger.probe_prompts`` training prefixes, sampled with the
     algorithm's settings at the job's seed; None when probe_prompts is 0."""
     n, algo = cfg.logger.probe_prompts, cfg.algorithm
@@ -138,4 +138,4 @@ def make_probe(cfg, ref_model, tokenizer, scorer, train_prompts, runtime=None) -
         return None
     return TrainingProbe(ref_model, tokenizer, train_prompts[:n], _p_positive_fn(scorer),
                          completion_len=algo.completion_len, temperature=getattr(algo, "temperature", 1.0),
-                         top_k=getattr(algo, "top_k", 0), seed=cfg.seed, runtime=runtime)
+                         top_k=getattr(algo, "top_k", 0), seed=cfg.seed, hw=hw)

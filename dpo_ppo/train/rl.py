@@ -134,7 +134,8 @@ ROLLOUT_NAMES = {"reward": R.SCORE_MEAN, "reward_std": "score_std", "completions
 class RLLogCallback(TrainerCallback):
     """TRL's logs: the samples' statistics as ``train/rollout/...`` (``ROLLOUT_NAMES``, plus
     ``train/rollout/kl`` in nats per sequence), everything else as ``trl/...``, at the examples the
-    sampling policy had seen (the step's samples come from the policy before its update)."""
+    sampling policy had seen (the step's samples come from the policy before its update), with
+    ``train/optimizer_step``, that policy's optimizer steps."""
 
     def __init__(self, log_fn, algo):
         self.log_fn, self.algo = log_fn, algo
@@ -152,7 +153,8 @@ class RLLogCallback(TrainerCallback):
             metrics[R.ROLLOUT_KL] = per_token * length
         before = max(0, state.global_step - 1)
         metrics[R.EXAMPLES] = examples_at(before, self.algo)
-        self.log_fn(metrics, before)
+        metrics[R.OPTIMIZER_STEP] = before
+        self.log_fn(metrics, metrics[R.EXAMPLES])
 
 
 def _checkpointing_arg(config_cls) -> str:
@@ -161,11 +163,11 @@ def _checkpointing_arg(config_cls) -> str:
     return next(n for n in ("activation_checkpointing", "gradient_checkpointing") if n in names)
 
 
-def trl_args(algo, job_dir: Path, *, seed: int, runtime=None, use_cpu: bool):
+def trl_args(algo, job_dir: Path, *, seed: int, hw=None, use_cpu: bool):
     """The RLOOConfig / GRPOConfig of ``algo`` (an RLOO- or GRPOAlgorithmConfig)."""
     config_cls, _ = TRAINERS[algo.name]
     per_step = algo.batch_size * algo.num_completions  # completions per optimizer step
-    per_device, accumulate = micro_batches(per_step, runtime.train_micro_batch if runtime else None)
+    per_device, accumulate = micro_batches(per_step, hw.train_micro_batch if hw else None)
     steps = math.ceil(algo.examples / algo.batch_size) * algo.num_iterations
     save_steps = max(1, algo.snapshot_every // algo.batch_size) * algo.num_iterations
     kwargs = dict(
@@ -180,7 +182,7 @@ def trl_args(algo, job_dir: Path, *, seed: int, runtime=None, use_cpu: bool):
         save_strategy="steps", save_steps=save_steps, save_total_limit=1,
         logging_steps=1, report_to=[], seed=seed, use_cpu=use_cpu, dataloader_num_workers=0,
         remove_unused_columns=False, disable_dropout=True, log_completions=False,
-        bf16=bool(runtime is not None and runtime.bf16), fp16=False, disable_tqdm=plain_progress(),
+        bf16=bool(hw is not None and hw.bf16), fp16=False, disable_tqdm=plain_progress(),
         **{_checkpointing_arg(config_cls): False},
     )
     if algo.name == "rloo":
@@ -204,13 +206,13 @@ def _check_reference(trl_ref, ref_model) -> None:
 
 
 def train_rl(algo, policy, ref_model, tokenizer, prompts: list[list[int]], p_positive, job_dir: Path, *,
-             seed: int = 0, log_fn=None, runtime=None, probe=None, probe_every: int | None = None) -> dict:
+             seed: int = 0, log_fn=None, hw=None, probe=None, probe_every: int | None = None) -> dict:
     """Train ``policy`` in place with RLOO or GRPO (``algo.name``) on the token-id ``prompts``
     (``algo.examples`` of them, each used once per pass), rewarded by ``p_positive(texts)``;
     ``probe`` (``train.probe.TrainingProbe``) logged as DPO's and PPO's (``train.probe.ProbeCallback``)."""
     job_dir = Path(job_dir)
     use_cpu = next(policy.parameters()).device.type == "cpu"
-    args = trl_args(algo, job_dir, seed=seed, runtime=runtime, use_cpu=use_cpu)
+    args = trl_args(algo, job_dir, seed=seed, hw=hw, use_cpu=use_cpu)
     _, trainer_cls = TRAINERS[algo.name]
     dataset = Dataset.from_dict({"prompt": tokenizer.batch_decode(prompts, skip_special_tokens=True),
                                  "prefix_ids": [list(p) for p in prompts]})
@@ -241,10 +243,10 @@ def train_rl(algo, policy, ref_model, tokenizer, prompts: list[list[int]], p_pos
     # every generated sequence (prefix + completion) is forwarded with gradients num_iterations times
     sequence_tokens = int(trainer.state.num_input_tokens_seen)
     prefix_tokens = algo.num_completions * sum(len(p) for p in prompts[:seen]) if seen <= len(prompts) else None
-    compute = {"optimizer_steps": steps, "examples_seen": seen,
+    cost = {"optimizer_steps": steps, "examples_seen": seen,
                "trained_tokens": sequence_tokens * algo.num_iterations,
                # the completions' tokens; on a resumed run, from the sequences' count less the prefixes'
                "generated_tokens": (sequence_tokens - prefix_tokens) if prefix_tokens is not None
                else counter.get("generated_tokens")}
     return {"train_loss": float(result.training_loss), "steps": steps, "resumed_from": last,
-            "compute": compute}
+            "compute": cost}  # the measured cost, results.json's compute

@@ -178,7 +178,7 @@ def _no_autocast(device: torch.device):
 
 def pad_token_id(tokenizer) -> int:
     """The id batches are padded with: the tokenizer's pad token, else its EOS (a model folder is
-    refused when it has neither: ``config.environment.check_tokenizer_pad``)."""
+    refused when it has neither: ``inputs.check_tokenizer_pad``)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 

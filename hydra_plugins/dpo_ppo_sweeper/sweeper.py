@@ -332,14 +332,14 @@ class DpoPpoSweeper(Sweeper):
 
     def _compose(self, idx: int) -> Any:
         """Job ``idx``'s task config exactly as run_job will see it (composed with its overrides,
-        Hydra's node removed, converted to the typed Config as the entrypoint does, the compute
-        mode applied); a task config that is not dpo-ppo's stays a resolved DictConfig; cached."""
+        Hydra's node removed, loaded as the entrypoint loads it: ``config.load``, keys, checks,
+        the compute mode's schedule); a task config that is not dpo-ppo's stays a resolved DictConfig; cached."""
         if idx not in self._composed:
             self._composed[idx] = self._compose_overrides(self.jobs[idx].overrides)
         return self._composed[idx]
 
     def _compose_overrides(self, overrides: Sequence[str]) -> Any:
-        from dpo_ppo.config import Config, apply_compute, to_typed
+        from dpo_ppo.config import Config, load
 
         assert self.hydra_context is not None and self.config is not None
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -350,8 +350,7 @@ class DpoPpoSweeper(Sweeper):
             with read_write(cfg), open_dict(cfg):
                 del cfg["hydra"]
             if OmegaConf.get_type(cfg) is Config:
-                cfg = to_typed(cfg)
-                apply_compute(cfg)
+                cfg = load(cfg)  # checked and scheduled as the job will be (what it names on the job's machine is not)
             else:
                 cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         finally:

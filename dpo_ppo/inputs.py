@@ -1,12 +1,18 @@
-"""The checks that look outside the config: which devices this machine has (without importing
-torch for a CPU build), whether folders can be written, and what local model, classifier and data
-folders hold (small JSON files, a local data set memory-mapped).  ``Config.check`` runs them last
-(``runtime.gpus.resolve_device`` turns a checked device name into the job's device)."""
+"""The checks of what a loaded config names on this machine (``check_inputs``): the devices it
+has (without importing torch for a CPU build), whether folders can be written, and what local
+model, classifier, gold and data folders hold (small JSON files, a local data set memory-mapped).
+
+They sit above ``config`` (which checks the config itself and imports nothing of ``data``) because
+they read the data's own rules (``data.sources``, ``data.prompts``), and they run where the job
+runs: ``dpo-ppo`` runs them right after ``config.load``, before torch is imported, so bad input
+still fails in about a second; the sweeper, which may plan on a machine without the job's GPU,
+does not (``runtime.gpus.resolve_device`` turns a checked device name into the job's device)."""
 
 from __future__ import annotations
 
-from dpo_ppo.config.fields import DEVICE_PATTERN, DEVICES, ConfigError
-from dpo_ppo.config.schema import Config, check_context
+from dpo_ppo.config import Config, ConfigError
+from dpo_ppo.config.fields import check_device_name, local_path
+from dpo_ppo.config.schema import check_context
 
 
 def _torch_built_with_cuda() -> bool:
@@ -25,12 +31,10 @@ def _torch_built_with_cuda() -> bool:
 
 
 def check_device(key: str, name: str, allow_auto: bool = True) -> None:
-    import re
-
+    """``name`` is a device name (``fields.check_device_name``) and this machine has that device."""
+    check_device_name(key, name, allow_auto)
     if name == "auto" and allow_auto:
         return
-    if not re.fullmatch(DEVICE_PATTERN, str(name)):
-        raise ConfigError(key, f"must be {DEVICES}; got {name!r}")
     if name.startswith("cuda"):
         if not _torch_built_with_cuda():  # a CPU build: answer without importing torch (seconds)
             raise ConfigError(key, f"{name} asked for, but this torch is a CPU-only build, with no CUDA "
@@ -103,7 +107,7 @@ def check_data(cfg: Config) -> None:
     stage may build: here a bound (one token per byte at most); the prompts stage, before the
     scorer, checks the exact count."""
     from dpo_ppo.data.prompts import eval_shortfall, usable_upper_bound
-    from dpo_ppo.data.sources import check_corpus, load_dataset_folder, local_path
+    from dpo_ppo.data.sources import check_corpus, load_dataset_folder
 
     data, ev, algo = cfg.data, cfg.eval, cfg.algorithm
     if data.source == "synthetic":
@@ -126,12 +130,33 @@ def check_data(cfg: Config) -> None:
                           f"{max(len(t.encode()) for t in ds['train']['text'])} bytes); lower algorithm.prefix_len")
 
 
-def check_local_paths(cfg: Config) -> None:
-    """The cache folder can be written; local model, classifier and data folders hold what their
-    loaders need and what the job needs of them (small JSON files, and the reviews of a local
-    data folder, memory-mapped)."""
+def check_gold(ev, where: str = "eval") -> None:
+    """A gold classifier named by hub id or folder (``eval.gold``) holds a classifier, and a local
+    folder's labels name the gold positive / negative labels the keys ask for (read now, not after
+    training)."""
+    if ev.gold in (None, "auto", "lexicon", "none"):
+        return
+    from dpo_ppo.data.sources import check_pretrained_folder, classifier_labels, id2label
+
+    check_pretrained_folder(f"{where}.gold", ev.gold, classifier=True, finetune=False)
+    folder = local_path(ev.gold)
+    labels = id2label(folder) if folder is not None else None
+    if labels:
+        classifier_labels(labels, ev.gold_positive_label, ev.gold_negative_label,
+                          keys=(f"{where}.gold_positive_label", f"{where}.gold_negative_label"))
+
+
+def check_inputs(cfg: Config) -> None:
+    """Every check of what ``cfg`` (a loaded Config) names on this machine: its devices, the cache
+    folder can be written, local model, classifier, gold and data folders hold what their loaders
+    and the job need (small JSON files, and the reviews of a local data folder, memory-mapped).
+    Raises ConfigError naming the first bad key."""
+    check_device("device", cfg.device)
+    if cfg.analysis is not None and cfg.analysis.device is not None:
+        check_device("analysis.device", cfg.analysis.device)
+    check_gold(cfg.eval)
     check_writable_dir("cache_dir", cfg.cache_dir)
-    from dpo_ppo.data.sources import check_pretrained_folder, classifier_labels, id2label, local_path
+    from dpo_ppo.data.sources import check_pretrained_folder, classifier_labels, id2label
 
     if cfg.model.source != "embedded":
         check_pretrained_folder("model.source", cfg.model.source)

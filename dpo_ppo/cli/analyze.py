@@ -1,7 +1,8 @@
 """``dpo-ppo-analyze``: run the analysis suite on saved models, without training.
 
-A Hydra app like ``dpo-ppo`` (config conf/analyze.yaml: the ``analysis`` and ``hardware`` groups
-plus the keys below), taking Hydra overrides.  Re-analyse a finished job (reads
+A Hydra app like ``dpo-ppo`` (config conf/analyze.yaml, schema ``config.AnalyzeConfig``: dpo-ppo's
+``analysis`` and ``hardware`` groups, device and precision, plus the keys naming what to analyse),
+taking Hydra overrides, loaded and checked by the same ``config.load``.  Re-analyse a finished job (reads
 ``JOB/results.json``: ``artifacts.reference``, ``artifacts.policy``, ``artifacts.classifier``,
 ``artifacts.corpus``; snapshots from ``JOB/snapshots/ex_*``; writes ``JOB/reanalysis-PRESET``)::
 
@@ -26,13 +27,13 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import hydra
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from dpo_ppo.config import ConfigError, register_configs
-from dpo_ppo.config.errors import exit_with_one_line, run_cli
+from dpo_ppo.cli.exits import exit_with_one_line, run_cli
 from dpo_ppo.main import CONF_DIR
 
 log = logging.getLogger("dpo_ppo.analyze")
@@ -40,32 +41,7 @@ log = logging.getLogger("dpo_ppo.analyze")
 PROG = "dpo-ppo-analyze"
 
 
-@dataclass
-class AnalyzeConfig:
-    """The top config of ``dpo-ppo-analyze`` (conf/analyze.yaml)."""
-
-    analysis: Any = MISSING  # group analysis: which analyses, at what sizes
-    hardware: Any = MISSING  # group hardware: a null analysis.batch_size comes from it
-    job: Optional[str] = None  # a job folder with results.json: fills the five keys below
-    reference: Optional[str] = None  # reference model folder
-    policy: Any = None  # tuned model folder, or a list of them
-    scorer: Optional[str] = None  # sentiment classifier folder
-    corpus: Optional[str] = None  # corpus folder (save_to_disk, test split) or synthetic
-    snapshots: Optional[str] = None  # folder of ex_* snapshots (default with job: JOB/snapshots)
-    out_dir: Optional[str] = None  # default with job: JOB/reanalysis-<analysis.name>
-    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto | fp32 | bf16, as dpo-ppo's precision
-    quiet: bool = False  # do not print the scalars
-
-
-def register() -> None:
-    register_configs()  # the group schemas (schema/analysis, schema/hardware)
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="analyze_schema", node=AnalyzeConfig)
-
-
-register()
+register_configs()  # the group schemas and analyze_schema (config.AnalyzeConfig, conf/analyze.yaml)
 
 
 # --------------------------------------------------------------------------- config
@@ -100,41 +76,28 @@ class Plan:
 
 def _keys() -> list[str]:
     """Every key of the app's schema, dotted (for the closest-key suggestion)."""
-    import dataclasses
+    from dpo_ppo.config.analyze import AnalyzeConfig
+    from dpo_ppo.config.keys import schema_keys
 
-    from dpo_ppo.config.analysis import AnalysisConfig
-    from dpo_ppo.config import HardwareConfig
-
-    keys = [f.name for f in dataclasses.fields(AnalyzeConfig)]
-    keys += [f"analysis.{f.name}" for f in dataclasses.fields(AnalysisConfig)]
-    keys += [f"hardware.{f.name}" for f in dataclasses.fields(HardwareConfig)]
-    return keys
+    return schema_keys(AnalyzeConfig)
 
 
-def check(cfg: DictConfig) -> Plan:
-    """Every check that needs no torch: keys, ranges, the job folder, the paths.  Raises
-    ``ConfigError`` naming the first bad key."""
-    from dpo_ppo.config import PRECISIONS
-    from dpo_ppo.config.environment import check_device
-    from dpo_ppo.config.fields import choice
-    from dpo_ppo.config.keys import check_keys
+def check(cfg) -> Plan:
+    """Every check that needs no torch: the config (``config.load``: keys, the groups' and dpo-ppo's
+    checks), the devices on this machine, the job folder, the paths.  Raises ``ConfigError``
+    naming the first bad key."""
+    from dpo_ppo.config import AnalyzeConfig, load
+    from dpo_ppo.inputs import check_device
     from dpo_ppo.data.sources import check_dataset_folder, check_pretrained_folder
     from dpo_ppo import results as R
     from dpo_ppo.results import FAILED, FINISHED, RESULTS_FILE, read_results
 
-    check_keys(cfg)
-    analysis = analysis_config(cfg)
-    if analysis.enabled:
-        analysis.check("analysis")
-    choice("precision", cfg.precision, PRECISIONS)
+    cfg = cfg if isinstance(cfg, AnalyzeConfig) else load(cfg)
     check_device("device", cfg.device)
     if cfg.analysis.device is not None:
         check_device("analysis.device", cfg.analysis.device)
-    for key, value in cfg.hardware.items():  # the sizes (ints); not the name or a switch
-        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
-            raise ConfigError(f"hardware.{key}", f"must be > 0, got {value}")
     policy = cfg.policy
-    policies = [str(p) for p in policy] if OmegaConf.is_list(policy) else ([str(policy)] if policy else [])
+    policies = [str(p) for p in policy] if isinstance(policy, (list, tuple)) else ([str(policy)] if policy else [])
     reference, scorer, corpus = cfg.reference, cfg.scorer, cfg.corpus
     snapshots, out_dir = cfg.snapshots, cfg.out_dir
     if cfg.job is not None:
@@ -271,6 +234,11 @@ class ReferenceMemo:
 
 def analyze(cfg: DictConfig) -> dict:
     """Check ``cfg``, then analyse every policy against the reference; {policy name: result}."""
+    import dataclasses
+
+    from dpo_ppo.config import load
+
+    cfg = load(cfg)
     plan = check(cfg)  # before torch is imported: bad input fails in about a second
     from dpo_ppo.runtime import gpus, hardware
     from dpo_ppo.analysis.suite import run_analysis
@@ -278,16 +246,16 @@ def analyze(cfg: DictConfig) -> dict:
     from dpo_ppo.data.scorer import Scorer
 
     device = gpus.resolve_device(cfg.device)
-    runtime = hardware.resolve(cfg, device)
+    hw = hardware.resolve(cfg, device)
     hardware.set_matmul_precision(cfg.precision, device)
-    acfg = analysis_config(cfg)
-    if acfg.batch_size is None:
-        acfg.batch_size = runtime.analysis_batch_size
-    log.info("%s: device %s (%s), precision %s, analysis batch %d", PROG, runtime.device, runtime.device_name,
-             runtime.precision, acfg.batch_size)
+    acfg = cfg.analysis
+    if acfg.batch_size is None:  # a new config, the loaded one is left as it was
+        acfg = dataclasses.replace(acfg, batch_size=hw.analysis_batch_size)
+    log.info("%s: device %s (%s), precision %s, analysis batch %d", PROG, hw.device, hw.device_name,
+             hw.precision, acfg.batch_size)
     texts, labels = load_test_split(plan.corpus)
     ref_model, ref_tok = load_lm(plan.reference, device)
-    scorer = Scorer.load(plan.scorer, device, batch_size=runtime.forward_batch_size, autocast=runtime.autocast)
+    scorer = Scorer.load(plan.scorer, device, batch_size=hw.forward_batch_size, autocast=hw.autocast)
     snapshots = find_snapshots(plan.snapshots) if plan.snapshots is not None else []
     results = {}
     reference_side = ReferenceMemo()
@@ -299,7 +267,7 @@ def analyze(cfg: DictConfig) -> dict:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         target = plan.out_dir if len(plan.policies) == 1 else plan.out_dir / name
-        with runtime.autocast():
+        with hw.autocast():
             res = run_analysis(acfg, ref_model, policy, tokenizer, texts=texts, labels=labels, scorer=scorer,
                                out_dir=target, snapshots=snapshots if len(plan.policies) == 1 else (),
                                device=device, reference_cache=reference_side.bind(tokenizer))
@@ -324,8 +292,21 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """``dpo-ppo-analyze``: bad input, Hydra's composition errors included, ends in one line."""
-    run_cli(app, lambda e: exit_with_one_line(e, keys=_keys()))
+    """``dpo-ppo-analyze``: bad input, Hydra's composition errors included, ends in one line.
+    ``--help`` prints Hydra's listing, then every key's default and help (``config.keys.help_text``
+    of ``AnalyzeConfig``: its own keys, the analysis and hardware groups)."""
+    if not any(a in ("--help", "-h") for a in sys.argv[1:]):
+        run_cli(app, lambda e: exit_with_one_line(e, keys=_keys()))
+        return
+    try:
+        run_cli(app, lambda e: exit_with_one_line(e, keys=_keys()))
+    except SystemExit as e:  # Hydra exits after its help
+        if e.code not in (0, None):
+            raise
+    from dpo_ppo.config import AnalyzeConfig
+    from dpo_ppo.config.keys import help_text
+
+    print(help_text(schema=AnalyzeConfig))
 
 
 if __name__ == "__main__":  # pragma: no cover

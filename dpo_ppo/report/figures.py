@@ -11,9 +11,11 @@ import numpy as np
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from dpo_ppo import results as R
-from dpo_ppo.analysis.plots import _save, plt
+from dpo_ppo.analysis.plots import plt, save
 from dpo_ppo.report import arms, stats
-from dpo_ppo.report.compare import ClaimRow, facet_value
+from dpo_ppo.report.facets import facet_value
+from dpo_ppo.report.render import verdict_where
+from dpo_ppo.report.verdicts import ClaimRow
 from dpo_ppo.report.load import LABELS, SeedGroup, Run, finished
 
 COLORS = {"dpo": "tab:blue", "ppo": "tab:orange", "rloo": "tab:green", "grpo": "tab:red"}  # arms: report.arms.ARM_COLORS
@@ -101,7 +103,7 @@ def plot_frontier(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path,
         ax.set_xlim(min(xs) - 0.08 * dx, max(xs) + 0.15 * dx)
         ax.set_ylim(min(ys) - 0.12 * dy, max(ys) + 0.15 * dy)
     _place_labels(fig, ax, labels)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_gold(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path) -> Optional[str]:
@@ -141,7 +143,7 @@ def plot_gold(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path) -> 
         ax.set_ylabel("test reward (mean p positive)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # training curves: per algorithm, (panel title, candidate train_log keys or a params key); the first
@@ -221,7 +223,7 @@ def plot_training(configs: Sequence[SeedGroup], path: Path, split: Sequence[str]
         if handles:
             axes[row, 3].legend(handles, labels, fontsize=6, loc="best")
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # the report's over-training panels: title -> (results.OVER_TRAINING_TABLES table, column)
@@ -263,7 +265,7 @@ def plot_over_training(configs: Sequence[SeedGroup], path: Path) -> Optional[str
         axes[0, 0].legend(handles, labels, fontsize=6, loc="best")
     fig.suptitle("Over training: each snapshot against the reference (0 examples)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_claim(rows: Sequence[ClaimRow], path: Path) -> Optional[str]:
@@ -318,12 +320,13 @@ def plot_claim(rows: Sequence[ClaimRow], path: Path) -> Optional[str]:
                         label=f"{LABELS.get(pair[0], pair[0])} - {LABELS.get(pair[1], pair[1])}")
                 bx.set_ylabel("PPO - DPO" if tuple(pair) == ("ppo", "dpo") else "difference", fontsize=7)
             if row.margin is not None:
-                bx.plot(curve.kl, row.margin, "k--", lw=0.8, label="margin")
-                bx.plot(curve.kl, -np.asarray(row.margin), "k--", lw=0.8)
+                bx.plot(curve.kl, row.margin.values, "k--", lw=0.8, label="margin")
+                bx.plot(curve.kl, -np.asarray(row.margin.values), "k--", lw=0.8)
             bx.axhline(0.0, color="black", lw=0.6)
             bx.legend(fontsize=6)
-            if row.where:
-                bx.set_title(row.where[:110] + ("..." if len(row.where) > 110 else ""), fontsize=6)
+            where = verdict_where(row)
+            if where:
+                bx.set_title(where[:110] + ("..." if len(where) > 110 else ""), fontsize=6)
         for a_ in (ax, bx):
             a_.set_xscale("log")
             a_.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -334,7 +337,7 @@ def plot_claim(rows: Sequence[ClaimRow], path: Path) -> Optional[str]:
             a_.grid(alpha=0.3)
     fig.suptitle(f"{rows[0].claim.id} ({rows[0].claim.expectation()}): {rows[0].claim.text}"[:160], fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_all_metrics(table: Sequence[Dict[str, Any]], path: Path) -> Optional[str]:
@@ -366,7 +369,7 @@ def plot_all_metrics(table: Sequence[Dict[str, Any]], path: Path) -> Optional[st
     ax.legend(fontsize=6, loc="lower right")
     ax.set_title("All metrics at matched KL (a screen, not a test: see the claims table)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # --------------------------------------------------------------------------- --compare A B
@@ -376,9 +379,9 @@ def _is_divergence(key: str) -> bool:
     """A weight/bias divergence scalar: analysis/weights/*, or any analysis key naming a mean
     squared difference (msd) or a divergence; counts, timings and ratios are not."""
     k = key.lower()
-    if not k.startswith("analysis/") or any(x in k for x in ("time_s", "num_", "ratio")):
+    if not k.startswith(R.ANALYSIS) or any(x in k for x in ("time_s", "num_", "ratio")):
         return False
-    return k.startswith("analysis/weights/") or "msd" in k or "diverg" in k
+    return k.startswith(R.ANALYSIS + "weights/") or "msd" in k or "diverg" in k
 
 
 def _bars(ax, names: Sequence[str], series: Dict[str, Sequence[float]], colors: Dict[str, str]) -> None:
@@ -398,7 +401,7 @@ def plot_compare(a: Run, b: Run, folder: Path) -> Dict[str, Any]:
     colors = {la: "tab:green", lb: "tab:purple", "reference": "grey"}
     out: Dict[str, Any] = {"images": {}, "notes": []}
 
-    losses = ["gradient_loss", "binary_loss"]
+    losses = [R.GRADIENT_LOSS, R.BINARY_LOSS]
     if any(R.policy_metric(l) in r.metrics for r in (a, b) for l in losses):
         fig, ax = plt.subplots(figsize=(6, 4))
         _bars(ax, [l.replace("_", " ") for l in losses], {
@@ -407,7 +410,7 @@ def plot_compare(a: Run, b: Run, folder: Path) -> Dict[str, Any]:
             lb: [b.metrics.get(R.policy_metric(l), np.nan) for l in losses],
         }, colors)
         ax.set_title("Test losses (lower is better)")
-        _save(fig, folder / "compare_losses.png")
+        save(fig, folder / "compare_losses.png")
         out["images"]["losses"] = "compare_losses.png"
     else:
         out["notes"].append("no gradient/binary loss metrics in either run")
@@ -428,7 +431,7 @@ def plot_compare(a: Run, b: Run, folder: Path) -> Dict[str, Any]:
             _bars(ax, short, {la: [a.metrics.get(k, np.nan) for k in ks], lb: [b.metrics.get(k, np.nan) for k in ks]},
                   colors)
             ax.set_title(f"divergence from reference: {title}", fontsize=9)
-        _save(fig, folder / "compare_divergence.png")
+        save(fig, folder / "compare_divergence.png")
         out["images"]["divergence"] = "compare_divergence.png"
     else:
         out["notes"].append("no divergence metrics (analysis/weights/*, *msd*, *diverg*) in either run")
@@ -458,6 +461,6 @@ def plot_compare(a: Run, b: Run, folder: Path) -> Dict[str, Any]:
             fig.colorbar(im, ax=ax, fraction=0.046)
         fig.suptitle(key, fontsize=9)
         name = "compare_" + "".join(c if c.isalnum() else "_" for c in key).strip("_") + ".png"
-        _save(fig, folder / name)
+        save(fig, folder / name)
         out["images"][key] = name
     return out

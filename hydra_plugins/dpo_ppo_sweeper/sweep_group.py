@@ -1,4 +1,6 @@
-"""Config of the dpo_ppo sweeper, and the ``sweep`` config group read from ``sweeps/*.yaml``.
+"""The ``sweep`` config group read from ``sweeps/*.yaml``, and the dpo_ppo sweeper's own options
+(``hydra/sweeper=dpo_ppo``): what this plugin stores in Hydra's ConfigStore.  (Not the job's
+config, which is the ``dpo_ppo.config`` package.)
 
 Hydra imports every module under ``hydra_plugins`` before it composes a config, so what this
 module stores in the ConfigStore is visible to ``dpo-ppo -m sweep=<name>`` (and to ``compose``).

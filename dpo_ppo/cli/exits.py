@@ -1,7 +1,8 @@
-"""The one way both console scripts (``dpo-ppo``, ``dpo-ppo-analyze``) end on bad input: one line
-on stderr naming the key (exit 2), one line and a traceback file for anything else (exit 1), one
-line for a stop by SIGTERM/SIGINT (exit 128 + signal).  Hydra's composition errors reach here
-through ``run_cli``."""
+"""The one way both Hydra console scripts (``dpo-ppo``, ``dpo-ppo-analyze``) end on bad input: one
+line on stderr naming the key (exit 2), one line and a traceback file for anything else (exit 1),
+one line for a stop by SIGTERM/SIGINT (exit 128 + signal).  Hydra's composition errors reach here
+through ``run_cli``.  A command line's concern, so it lives with the command lines, not in
+``config`` (it knows the sweeper's errors too)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def config_error_line(exc: BaseException, keys=None) -> str | None:
     from dpo_ppo.config.fields import ConfigError
     from dpo_ppo.config.keys import dataclass_fields, schema_keys, unknown_key_message
 
-    from hydra_plugins.dpo_ppo_sweeper.config import sweep_error_line
+    from hydra_plugins.dpo_ppo_sweeper.sweep_group import sweep_error_line
 
     if isinstance(exc, ConfigError):
         return f"Config error: {flat(exc)}"
