@@ -141,12 +141,6 @@ class ClassifierConfig:
         for key in ("max_length", "train_examples", "epochs", "lr", "batch_size", "hidden_size", "num_layers",
                     "num_heads"):
             positive(f"{where}.{key}", getattr(self, key))
-        if self.pretrain_induction_steps < 0:
-            raise ConfigError(f"{where}.pretrain_induction_steps", f"must be >= 0 (0: no induction phase), "
-                                                                  f"got {self.pretrain_induction_steps}")
-        if not 0.0 <= self.pretrain_repeats < 1.0:
-            raise ConfigError(f"{where}.pretrain_repeats", f"must be in [0, 1) (a share of each batch; the rest "
-                                                          f"is the corpus), got {self.pretrain_repeats}")
         _heads_divide_hidden(self, where)
         for key in ("positive_label", "negative_label"):
             value = getattr(self, key)

@@ -77,10 +77,12 @@ class RepeatedSpans:
     """A collator that replaces a share of each batch by fresh ``BOS r r r ...`` sequences.
 
     ``r`` is a span of 8 to ``seq_len // 2`` tokens drawn uniformly from the non-special vocabulary
-    (the distribution of the induction probe, ``analysis.heads.repeated_random_tokens``), repeated
-    until the sequence is full.  From its second copy on, every token is predictable only by
-    looking up what followed the current token last time: the job of an induction head, which
-    needs a previous-token head beside it (Olsson et al. 2022).  The corpus never asks for that
+    (the tokens of the induction probe, ``analysis.heads.repeated_random_tokens``), repeated until
+    the sequence is full.  From its second copy on, every token is predictable only by looking up
+    what followed the current token last time: the job of an induction head, which needs a
+    previous-token head beside it (Olsson et al. 2022).  The span's length varies so that no head
+    can do it by position alone (with one fixed length a head attending a fixed distance back
+    scores as an induction head on a probe of that length: docs/analyses.md).  The corpus never asks for that
     (its templates are predictable from position and the last few words), which is why the base
     pretrained on reviews alone has no such heads.  Spans are drawn anew every step from a
     generator seeded with the build's seed: a fixed set of spans would be memorised instead (that
@@ -96,11 +98,10 @@ class RepeatedSpans:
         self.g = torch.Generator().manual_seed(seed)
 
     def __call__(self, examples):
-        share = self.share
         batch = self.collate(examples)
         ids = batch["input_ids"]
         n, seq_len = ids.shape
-        for i in (torch.rand(n, generator=self.g) < share).nonzero().flatten().tolist():
+        for i in (torch.rand(n, generator=self.g) < self.share).nonzero().flatten().tolist():
             h = int(torch.randint(min(8, seq_len // 2), seq_len // 2 + 1, (1,), generator=self.g))
             r = self.allowed[torch.randint(len(self.allowed), (h,), generator=self.g)]
             seq = torch.cat([torch.tensor([self.bos]), r.repeat(seq_len // h + 1)])[:seq_len]
@@ -122,11 +123,11 @@ def pretrain(model, tokenizer, texts, model_cfg, out_dir: Path, seed: int, bf16:
     blocks = _lm_blocks(texts, tokenizer, model_cfg.pretrain_seq_len)
     vocab = min(len(tokenizer), model.config.vocab_size)
     base = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    warm = getattr(model_cfg, "pretrain_induction_steps", 0)
+    warm = model_cfg.pretrain_induction_steps
     if warm > 0:
         _train_lm(model, blocks, RepeatedSpans(base, tokenizer, 1.0, vocab, seed + 1), out_dir, seed, bf16,
                   steps=warm, lr=1e-3, batch=model_cfg.pretrain_batch_size, schedule="constant")
-    share = getattr(model_cfg, "pretrain_repeats", 0.0)
+    share = model_cfg.pretrain_repeats
     collate = RepeatedSpans(base, tokenizer, share, vocab, seed) if share > 0 else base
     return _train_lm(model, blocks, collate, out_dir, seed, bf16, steps=model_cfg.pretrain_steps,
                      lr=model_cfg.pretrain_lr, batch=model_cfg.pretrain_batch_size, schedule="cosine")
