@@ -15,7 +15,8 @@ from dpo_ppo.main import CONF_DIR  # noqa: E402  (registers the resolver and the
 
 # the embedded default, shrunk to seconds: every stage and code path, toy sizes
 TINY = [
-    "model.pretrain_steps=40", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=4",
+    "model.pretrain_steps=40", "model.pretrain_induction_steps=0", "model.pretrain_repeats=0",
+    "model.hidden_size=32", "model.num_layers=2", "model.num_heads=4",
     "model.vocab_size=400", "model.pretrain_batch_size=16",
     "data.num_reviews=1200", "classifier.train_examples=400", "classifier.epochs=1",
     "classifier.hidden_size=32", "algorithm.examples=32", "algorithm.batch_size=8",

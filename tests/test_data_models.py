@@ -7,6 +7,7 @@ from datasets import Dataset, DatasetDict
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPTNeoXForCausalLM
 
 from dpo_ppo.config import ClassifierConfig, ModelConfig
+from dpo_ppo.config.fields import ConfigError
 from dpo_ppo.data.corpus import NEGATIVE, POSITIVE, load_hub, make_synthetic
 from dpo_ppo.data.models import build_base, load_policy, train_tokenizer
 from dpo_ppo.data.prompts import make_prefixes
@@ -79,6 +80,53 @@ def test_embedded_base_pretrains_below_uniform_loss(corpus, tmp_path):
     model, tok = load_policy(tmp_path)
     assert isinstance(model, GPTNeoXForCausalLM) and model.config.num_hidden_layers == 2
     assert tok.pad_token_id is not None and model.config.pad_token_id == tok.pad_token_id
+
+
+def test_repeated_spans_replace_a_share_of_each_batch_by_fresh_periodic_spans(corpus):
+    """share 1: every sequence is BOS then one random span of 8..seq_len/2 tokens said until the
+    block is full, labelled as itself (BOS not predicted); fresh every call; the same for the same
+    seed.  share 0.5: some blocks stay the corpus."""
+    from transformers import DataCollatorForLanguageModeling
+
+    from dpo_ppo.data.models import RepeatedSpans, _lm_blocks
+
+    tok = train_tokenizer(corpus["train"]["text"], 300)
+    blocks = _lm_blocks(corpus["train"]["text"][:200], tok, 64)
+    examples = [blocks[i] for i in range(16)]
+    base = DataCollatorForLanguageModeling(tok, mlm=False)
+
+    def periods(batch):
+        out = []
+        for row in batch["input_ids"].tolist():
+            assert row[0] == tok.eos_token_id  # BOS
+            body = row[1:]
+            out.append(next(h for h in range(1, 64) if body[h:] == body[:len(body) - h]))
+        return out
+
+    spans = RepeatedSpans(base, tok, 1.0, len(tok), seed=3)
+    first, second = spans(examples), spans(examples)
+    assert all(8 <= h <= 32 for h in periods(first)) and len(set(periods(first))) > 1
+    assert not torch.equal(first["input_ids"], second["input_ids"])  # drawn anew every step
+    assert (first["labels"][:, 0] == -100).all() and torch.equal(first["labels"][:, 1:], first["input_ids"][:, 1:])
+    special = set(tok.all_special_ids)
+    assert not special & set(first["input_ids"][:, 1:].flatten().tolist())
+    assert torch.equal(RepeatedSpans(base, tok, 1.0, len(tok), seed=3)(examples)["input_ids"], first["input_ids"])
+    mixed = RepeatedSpans(base, tok, 0.5, len(tok), seed=3)(examples)["input_ids"]
+    kept = [i for i in range(16) if mixed[i].tolist() == examples[i]["input_ids"]]
+    assert 0 < len(kept) < 16
+
+
+def test_embedded_base_with_an_induction_phase(corpus, tmp_path):
+    """The two phases run (spans alone, then the corpus with a share of spans) and are refused
+    with one line naming the key when out of range."""
+    cfg = ModelConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=4, pretrain_steps=10,
+                      pretrain_batch_size=8, pretrain_seq_len=32, pretrain_induction_steps=5,
+                      pretrain_repeats=0.25)
+    info = build_base(cfg, corpus, tmp_path, seed=0)
+    assert 0 < info["pretrain_loss"] < 2 * torch.log(torch.tensor(300.0)).item()
+    for key, value in (("pretrain_repeats", 1.0), ("pretrain_induction_steps", -1)):
+        with pytest.raises(ConfigError, match=f"model.{key}"):
+            ModelConfig(**{key: value}).check()
 
 
 def test_hub_model_path_on_a_saved_folder(corpus, tmp_path):

@@ -41,6 +41,11 @@ def test_default_dpo_job(tmp_path, default_cache):
     for family in ("weights", "activations", "ablation", "heads", "sentiment_attention"):
         assert any(k.startswith(f"analysis/{family}/") for k in analysis), family
     assert res["analysis"]["images"]
+    # the embedded base's heads have roles (docs/analyses.md, "head roles"): a previous-token head
+    # (> 0.5: more than half its attention on the token before) and an induction head (> 0.25 on
+    # BOS r r, where a perfect one scores about 0.49); no duplicate-token head yet
+    assert m["analysis/heads/reference/previous_token_max"] > 0.5
+    assert m["analysis/heads/reference/induction_max"] > 0.25
 
 
 def test_default_ppo_job_logs_its_kl_coefficient(tmp_path, default_cache):

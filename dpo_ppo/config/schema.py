@@ -59,11 +59,26 @@ class ModelConfig:
     pretrain_seq_len: int = option(64, "embedded only: tokens per pretraining sequence; > 0")
     pretrain_lr: float = option(3e-3, "embedded only: peak AdamW learning rate of pretraining (cosine "
                                       "schedule); > 0")
+    pretrain_induction_steps: int = option(0, "embedded only: steps of a first pretraining phase on repeated "
+                                                "random token spans alone (BOS r r r ..., fresh every step, "
+                                                "constant lr 1e-3), where induction and previous-token heads "
+                                                "form before the corpus phase (docs/analyses.md, head roles); "
+                                                ">= 0")
+    pretrain_repeats: float = option(0.0, "embedded only: share of each pretraining batch replaced by fresh "
+                                          "random token spans said again and again (BOS r r r ...), drawn anew "
+                                          "every step, so that copying from an earlier occurrence pays and "
+                                          "induction heads form (docs/analyses.md, head roles); in [0, 1)")
 
     def check(self, where: str = "model") -> None:
         for key in ("context_length", "vocab_size", "hidden_size", "num_layers", "num_heads", "pretrain_steps",
                     "pretrain_batch_size", "pretrain_seq_len", "pretrain_lr"):
             positive(f"{where}.{key}", getattr(self, key))
+        if self.pretrain_induction_steps < 0:
+            raise ConfigError(f"{where}.pretrain_induction_steps", f"must be >= 0 (0: no induction phase), "
+                                                                  f"got {self.pretrain_induction_steps}")
+        if not 0.0 <= self.pretrain_repeats < 1.0:
+            raise ConfigError(f"{where}.pretrain_repeats", f"must be in [0, 1) (a share of each batch; the rest "
+                                                          f"is the corpus), got {self.pretrain_repeats}")
         _heads_divide_hidden(self, where)
 
 

@@ -73,19 +73,77 @@ def _lm_blocks(texts, tokenizer, seq_len: int) -> Dataset:
     return Dataset.from_dict({"input_ids": [ids[i * seq_len:(i + 1) * seq_len] for i in range(n)]})
 
 
+class RepeatedSpans:
+    """A collator that replaces a share of each batch by fresh ``BOS r r r ...`` sequences.
+
+    ``r`` is a span of 8 to ``seq_len // 2`` tokens drawn uniformly from the non-special vocabulary
+    (the tokens of the induction probe, ``analysis.heads.repeated_random_tokens``), repeated until
+    the sequence is full.  From its second copy on, every token is predictable only by looking up
+    what followed the current token last time: the job of an induction head, which needs a
+    previous-token head beside it (Olsson et al. 2022).  The span's length varies so that no head
+    can do it by position alone (with one fixed length a head attending a fixed distance back
+    scores as an induction head on a probe of that length: docs/analyses.md).  The corpus never asks for that
+    (its templates are predictable from position and the last few words), which is why the base
+    pretrained on reviews alone has no such heads.  Spans are drawn anew every step from a
+    generator seeded with the build's seed: a fixed set of spans would be memorised instead (that
+    is how the first tries failed, docs/analyses.md).  The rest of the batch is the corpus, so the
+    base still learns the reviews' language.
+    """
+
+    def __init__(self, collate, tokenizer, share: float, vocab: int, seed: int):
+        self.collate, self.share = collate, share
+        special = set(tokenizer.all_special_ids)
+        self.allowed = torch.tensor([i for i in range(vocab) if i not in special])
+        self.bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __call__(self, examples):
+        batch = self.collate(examples)
+        ids = batch["input_ids"]
+        n, seq_len = ids.shape
+        for i in (torch.rand(n, generator=self.g) < self.share).nonzero().flatten().tolist():
+            h = int(torch.randint(min(8, seq_len // 2), seq_len // 2 + 1, (1,), generator=self.g))
+            r = self.allowed[torch.randint(len(self.allowed), (h,), generator=self.g)]
+            seq = torch.cat([torch.tensor([self.bos]), r.repeat(seq_len // h + 1)])[:seq_len]
+            ids[i] = seq
+            batch["labels"][i] = seq
+            batch["labels"][i, 0] = -100
+            if "attention_mask" in batch:
+                batch["attention_mask"][i] = 1
+        return batch
+
+
 def pretrain(model, tokenizer, texts, model_cfg, out_dir: Path, seed: int, bf16: bool = False) -> float:
-    """Causal-LM pretraining with ``Trainer``; returns the last logged training loss."""
+    """Causal-LM pretraining with ``Trainer``; returns the last logged training loss.
+
+    With ``pretrain_induction_steps`` > 0 a first phase trains on repeated random spans alone
+    (``RepeatedSpans`` at share 1, constant learning rate 1e-3) until induction and previous-token
+    heads form, then the corpus phase runs as before with ``pretrain_repeats`` of each batch still
+    spans, so that the heads are kept while the model learns the reviews (docs/analyses.md)."""
     blocks = _lm_blocks(texts, tokenizer, model_cfg.pretrain_seq_len)
+    vocab = min(len(tokenizer), model.config.vocab_size)
+    base = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    warm = model_cfg.pretrain_induction_steps
+    if warm > 0:
+        _train_lm(model, blocks, RepeatedSpans(base, tokenizer, 1.0, vocab, seed + 1), out_dir, seed, bf16,
+                  steps=warm, lr=1e-3, batch=model_cfg.pretrain_batch_size, schedule="constant")
+    share = model_cfg.pretrain_repeats
+    collate = RepeatedSpans(base, tokenizer, share, vocab, seed) if share > 0 else base
+    return _train_lm(model, blocks, collate, out_dir, seed, bf16, steps=model_cfg.pretrain_steps,
+                     lr=model_cfg.pretrain_lr, batch=model_cfg.pretrain_batch_size, schedule="cosine")
+
+
+def _train_lm(model, blocks, collate, out_dir: Path, seed: int, bf16: bool, *, steps: int, lr: float,
+              batch: int, schedule: str) -> float:
     args = TrainingArguments(
-        output_dir=str(out_dir / "_trainer"), max_steps=model_cfg.pretrain_steps,
-        per_device_train_batch_size=model_cfg.pretrain_batch_size, learning_rate=model_cfg.pretrain_lr,
-        lr_scheduler_type="cosine", warmup_steps=max(1, model_cfg.pretrain_steps // 20), weight_decay=0.01,
-        logging_steps=max(1, model_cfg.pretrain_steps // 10), save_strategy="no", report_to=[],
+        output_dir=str(out_dir / "_trainer"), max_steps=steps, per_device_train_batch_size=batch,
+        learning_rate=lr, lr_scheduler_type=schedule,
+        warmup_steps=max(1, steps // 20) if schedule == "cosine" else 0, weight_decay=0.01,
+        logging_steps=max(1, steps // 10), save_strategy="no", report_to=[],
         seed=seed, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
         disable_tqdm=plain_progress(), bf16=bf16,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=blocks,
-                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=collate)
     result = trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return float(losses[-1] if losses else result.training_loss)
