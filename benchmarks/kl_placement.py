@@ -3,6 +3,7 @@
     python benchmarks/kl_placement.py                       # PPO kl_target 1..16, kl_coef, DPO beta x lr
     python benchmarks/kl_placement.py --only ppo --jobs 2   # one arm, two jobs at a time
     python benchmarks/kl_placement.py --extra algorithm.examples=128 --extra eval.num_prompts=200
+    python benchmarks/kl_placement.py --from multirun/algorithms  # PPO's targets, read off a sweep's jobs
 
 Each row is a real job (`dpo-ppo ... analysis=none logger=none`) on the embedded default, with a
 shared artifact cache; the columns are the KL the PPO target is defined on (training rollouts,
@@ -41,13 +42,44 @@ def run(overrides: list[str], root: Path, cache: Path) -> dict:
             "summary": res.get("train_summary", {}), "compute": res.get("compute", {})}
 
 
+def target_table(sweep: Path) -> None:
+    """How close PPO's controller lands to its target, per target over the seeds of a sweep folder:
+    the KL the target is defined on (train_summary's kl_recent) and its ratio to the target."""
+    from collections import defaultdict
+
+    seen = defaultdict(list)
+    for f in sorted(sweep.glob("*/results.json")):
+        res = json.loads(f.read_text())
+        algo = res.get("config", {}).get("algorithm", {})
+        recent = res.get("train_summary", {}).get("kl_recent")
+        if res.get("status") != "finished" or algo.get("name") != "ppo" or recent is None:
+            continue
+        if algo.get("kl_coef") is not None:  # a fixed coefficient has no target
+            continue
+        seen[float(algo["kl_target"])].append((res.get("config", {}).get("seed"), recent))
+    print("| kl_target | seeds | train KL (last 25%) per seed | mean | mean / target |")
+    print("|---|---|---|---|---|")
+    ratios = []
+    for target, runs in sorted(seen.items()):
+        kls = [k for _, k in sorted(runs, key=lambda r: str(r[0]))]
+        mean = sum(kls) / len(kls)
+        ratios.append(mean / target)
+        print(f"| {target:g} | {len(kls)} | {', '.join(f'{k:.2f}' for k in kls)} | {mean:.2f} | {mean / target:.2f}x |")
+    if ratios:
+        print(f"\nmean over targets of (mean / target): {sum(ratios) / len(ratios):.2f}x; "
+              f"worst {max(ratios, key=lambda r: abs(r - 1)):.2f}x ({sweep})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--from", dest="sweep", type=Path, help="read PPO's placement off this sweep folder's jobs")
     ap.add_argument("--only", choices=sorted(SETTINGS), action="append")
     ap.add_argument("--jobs", type=int, default=1, help="jobs at once (each uses one thread)")
     ap.add_argument("--extra", action="append", default=[], help="override for every job")
     ap.add_argument("--cache", default=".cache/dpo-ppo")
     args = ap.parse_args()
+    if args.sweep:
+        return target_table(args.sweep)
     root = Path(tempfile.mkdtemp(prefix="kl-placement-"))
     todo = [s + args.extra for arm in (args.only or SETTINGS) for s in SETTINGS[arm]]
     with ThreadPoolExecutor(args.jobs) as pool:
