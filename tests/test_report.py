@@ -629,3 +629,21 @@ def test_the_report_recomputes_evaluation_metrics_with_evaluations_own_definitio
     t = torch.tensor(p, dtype=torch.float32)
     assert float(R.binary_loss(t).mean()) == float((t < 0.5).float().mean()) == 0.5
     assert float(R.gradient_loss(t).mean()) == pytest.approx(float(R.gradient_loss(p).mean()))
+
+
+def test_an_effect_is_not_given_as_a_percentage_of_a_base_at_zero():
+    """A metric that is 0 up to rounding on one side (DPO's bias fluctuation, ~1e-17) once read
+    '-210875433931066432% of DPO': the relative size is left out where the base is ~0."""
+    from types import SimpleNamespace
+
+    from dpo_ppo.report.estimator import Point
+
+    def text(effect, base):
+        pt = Point(kl=2.0, fit={"ppo": base + effect, "dpo": base}, fit_ci={}, boot={}, se={}, dof={},
+                   effect=effect, ci=(effect - 1, effect + 1), p=0.5)
+        row = SimpleNamespace(comparison=SimpleNamespace(points=[pt], pair=("ppo", "dpo")),
+                              claim=SimpleNamespace(kind="greater"))
+        return render.effect_text(row)
+
+    assert "(+50% of DPO)" in text(1.0, 2.0)
+    assert "% of" not in text(-9.75e-18, 4.6e-35) and "% of" not in text(1.0, 0.0)

@@ -89,7 +89,11 @@ def effect_text(row: ClaimRow) -> str:
         return "; ".join(f"{label(a)} {fmt(pt.fit[a])} [{fmt(pt.fit_ci[a][0])}, {fmt(pt.fit_ci[a][1])}]"
                          for a in row.claim.arms if a in pt.fit) + f" at KL {pt.kl:.3g}"
     second = c.pair[1]
-    rel = f" ({pt.effect / abs(pt.fit[second]):+.0%} of {label(second)})" if pt.fit.get(second) else ""
+    base = pt.fit.get(second)
+    # a relative size only where it means something: not of a base at ~0 (a metric that is 0 up to
+    # rounding, e.g. DPO's bias fluctuation, gave "-210875433931066432% of DPO")
+    rel = (f" ({pt.effect / abs(base):+.0%} of {label(second)})"
+           if base and abs(pt.effect) < 100 * abs(base) else "")
     return f"{fmt(pt.effect)} [{fmt(pt.ci[0])}, {fmt(pt.ci[1])}]{rel} at KL {pt.kl:.3g}"
 
 
