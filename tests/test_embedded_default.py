@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def _run(out, cache, *overrides):
     proc = subprocess.run([sys.executable, "-m", "dpo_ppo.main", f"hydra.run.dir={out}", f"cache_dir={cache}",
-                           *overrides], capture_output=True, text=True, timeout=1200)
+                           *overrides], capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "results.json").read_text())
 
