@@ -82,9 +82,9 @@ class RepeatedSpans:
     what followed the current token last time: the job of an induction head, which needs a
     previous-token head beside it (Olsson et al. 2022).  The span's length varies so that no head
     can do it by position alone (with one fixed length a head attending a fixed distance back
-    scores as an induction head on a probe of that length: docs/analyses.md).  The corpus never asks for that
-    (its templates are predictable from position and the last few words), which is why the base
-    pretrained on reviews alone has no such heads.  Spans are drawn anew every step from a
+    scores as an induction head on a probe of that length: docs/analyses.md).  The corpus never
+    asks for that (its templates are predictable from position and the last few words), which is
+    why the base pretrained on reviews alone has no such heads.  Spans are drawn anew every step from a
     generator seeded with the build's seed: a fixed set of spans would be memorised instead (that
     is how the first tries failed, docs/analyses.md).  The rest of the batch is the corpus, so the
     base still learns the reviews' language.
