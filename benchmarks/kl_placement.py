@@ -48,8 +48,10 @@ def target_table(sweep: Path) -> None:
     from collections import defaultdict
 
     seen = defaultdict(list)
+    from dpo_ppo.results import read_results
+
     for f in sorted(sweep.glob("*/results.json")):
-        res = json.loads(f.read_text())
+        res = read_results(f) or {}  # None for a half-written file: skipped like an unfinished job
         algo = res.get("config", {}).get("algorithm", {})
         recent = res.get("train_summary", {}).get("kl_recent")
         if res.get("status") != "finished" or algo.get("name") != "ppo" or recent is None:
