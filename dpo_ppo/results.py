@@ -379,6 +379,26 @@ KNOBS = {"dpo": "beta", "ppo": "kl_target", "rloo": "beta", "grpo": "beta"}  # w
 # shared axes: runs that differ in one of these are never pooled silently by the report
 FACET_KEYS = ("completion_len", "prefix_len", "prefix_len_max", "examples", "value_model", "compute",
               "model", "data", "classifier")
+
+
+def schedule_is_matched(config: Dict[str, Any]) -> bool:
+    """Whether a job's recorded ``config`` (results.json) took the schedule ``compute=matched``
+    gives in any case: one optimizer step per ``compute.prefixes_per_step`` training prefixes, one
+    pass (``config.schedule.apply_compute``).  Then its compute mode changes nothing it did: the
+    default DPO job (batch_size 16, epochs 1) is a matched-compute job under either name, and the
+    report lets it stand for both (``report.facets``)."""
+    algo, compute = config.get("algorithm") or {}, config.get("compute") or {}
+    n, name = compute.get("prefixes_per_step", 16), algo.get("name")
+    if name == "dpo":
+        return algo.get("batch_size") == n and algo.get("epochs", 1.0) == 1
+    if name in ("rloo", "grpo"):
+        return algo.get("batch_size") == n and algo.get("num_iterations", 1) == 1
+    if name == "ppo":
+        return (algo.get("ppo_epochs") == 1 and isinstance(algo.get("rollout_prefixes"), int)
+                and algo.get("num_minibatches") == algo["rollout_prefixes"] // n)
+    return False
+
+
 # results.json ``compute``: what training cost (the measured cost; ``params``' "compute" is the mode)
 COST_KEYS = ("optimizer_steps", "examples_seen", "trained_tokens", "generated_tokens", "train_s",
              "wall_s", "accelerator_s")

@@ -647,3 +647,48 @@ def test_an_effect_is_not_given_as_a_percentage_of_a_base_at_zero():
 
     assert "(+50% of DPO)" in text(1.0, 2.0)
     assert "% of" not in text(-9.75e-18, 4.6e-35) and "% of" not in text(1.0, 0.0)
+
+
+def test_a_dpo_job_whose_schedule_is_matched_stands_in_both_compute_facets(tmp_path):
+    """PPO at compute=native (16 steps per rollout) and at compute=matched (one step per 16
+    prefixes), DPO at its defaults, whose native schedule is matched's (batch_size 16, epochs 1):
+    the DPO runs join both facets instead of leaving PPO's native runs without a partner."""
+    root = tmp_path / "c"
+    dpo_cfg = {"algorithm": {"name": "dpo", "batch_size": 16, "epochs": 1.0}, "compute": {"mode": "native",
+                                                                                        "prefixes_per_step": 16}}
+    for algorithm, mode, knobs in (("dpo", "native", (0.05, 0.1, 0.2)), ("ppo", "native", (1, 2, 4)),
+                                   ("ppo", "matched", (1.5, 3, 6))):
+        for knob in knobs:
+            for seed in range(3):
+                folder = write_job(root, algorithm, knob, seed, {R.KL: knob, BIAS: 1.0},
+                                   params={"compute": mode}, overrides=[f"compute={mode}"] if mode != "native" else [])
+                if algorithm == "dpo":
+                    data = R.read_results(folder)
+                    data["config"].update(dpo_cfg)
+                    R.write_results(folder, data)
+    facets, notes = F.make_facets(report.load_sweep(root)[0])
+    assert [f.label() for f in facets] == ["compute=matched", "compute=native"] and not notes
+    assert [(len(f.runs["dpo"]), len(f.runs["ppo"])) for f in facets] == [(9, 9), (9, 9)]
+    # a DPO run with two passes over its pairs is native only: PPO's matched runs lose their partner
+    for folder in root.glob("*algorithm=dpo*"):
+        data = R.read_results(folder)
+        data["config"]["algorithm"]["epochs"] = 2.0
+        R.write_results(folder, data)
+    facets, _ = F.make_facets(report.load_sweep(root)[0])
+    assert [(f.label(), len(f.runs["dpo"]), len(f.runs["ppo"])) for f in facets] == [
+        ("compute=matched", 0, 9), ("compute=native", 9, 9)]
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "ppo", "rloo", "grpo"])
+def test_schedule_is_matched_agrees_with_the_schedule_compute_matched_writes(algorithm):
+    """results.schedule_is_matched reads a recorded config; config.schedule.apply_compute writes
+    the schedule: a default job whose native schedule equals matched's is the one it calls matched."""
+    from conftest import compose_cfg
+
+    from dpo_ppo.config import load, as_dict
+    native = load(compose_cfg([f"algorithm={algorithm}"], tiny=False))
+    matched = load(compose_cfg([f"algorithm={algorithm}", "compute=matched"], tiny=False))
+    same = as_dict(native)["algorithm"] == as_dict(matched)["algorithm"]
+    assert R.schedule_is_matched(as_dict(native)) == same
+    assert R.schedule_is_matched({**as_dict(matched), "compute": {**as_dict(matched)["compute"], "mode": "native"}})
+    assert same == (algorithm != "ppo")  # PPO's own: 4 epochs x 4 minibatches per rollout

@@ -29,6 +29,8 @@ def facet_value(run: Run, key: str) -> Any:
     if key == OVERRIDES:  # an algorithm's own settings (algorithm.*) place runs; they are no shared axis
         return " ".join(o for o in run.extra_overrides() if not o.startswith("algorithm."))
     value = run.params.get(key)
+    if key == "compute" and value == "native" and R.schedule_is_matched(run.config):
+        return None  # its own schedule is matched's: it stands in both facets (DPO at its defaults)
     return tuple(value) if isinstance(value, list) else value
 
 
