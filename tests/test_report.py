@@ -692,3 +692,22 @@ def test_schedule_is_matched_agrees_with_the_schedule_compute_matched_writes(alg
     assert R.schedule_is_matched(as_dict(native)) == same
     assert R.schedule_is_matched({**as_dict(matched), "compute": {**as_dict(matched)["compute"], "mode": "native"}})
     assert same == (algorithm != "ppo")  # PPO's own: 4 epochs x 4 minibatches per rollout
+
+
+def test_the_frontier_turns_to_a_log_kl_axis_only_when_one_arm_runs_far_out():
+    """IPO at 45-77 nats beside DPO's 1-10 squeezed every other run into the left tenth of a linear
+    axis (docs/findings/algorithms.md); a sweep spread over 1-10 nats keeps the linear axis."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from dpo_ppo.report import figures
+
+    fig, ax = plt.subplots()
+    assert figures.kl_axis(ax, [0.0, 0.9, 3.6, 10.3]) == "linear" and ax.get_xscale() == "linear"
+    assert ax.get_xlim()[0] < 0 < 10.3 < ax.get_xlim()[1]
+    fig, ax = plt.subplots()
+    assert figures.kl_axis(ax, [0.0, 0.86, 3.6, 77.1, float("nan")]) == "symlog"
+    assert ax.get_xscale() == "symlog" and "log scale above 0.1," in ax.get_xlabel()
+    low, high = ax.get_xlim()
+    assert low < 0 and high > 77.1  # the reference at 0 and the farthest run both inside
+    plt.close("all")

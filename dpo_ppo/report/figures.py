@@ -57,6 +57,30 @@ def facet_tag(config: SeedGroup, split: Sequence[str]) -> str:
     return ", ".join(f"{k}={facet_value(run, k)}" for k in split if facet_value(run, k) is not None)
 
 
+LOG_KL_SPAN = 20.0  # runs' KL spread wider than this (largest / smallest above 0): a log KL axis
+
+
+def kl_axis(ax, xs: Sequence[float]) -> str:
+    """The KL axis of a frontier: linear from 0, or, when the runs' KL spans more than
+    ``LOG_KL_SPAN`` times (one arm far out, such as IPO's 77 nats beside DPO's 1-10, would squeeze
+    every other run into the left edge), symmetric-log: linear below the power of ten under the
+    smallest run's KL (the reference stays at 0), logarithmic above.  Sets the label and limits; returns the scale."""
+    xs = [x for x in xs if math.isfinite(x)]
+    positive = [x for x in xs if x > 0]
+    if positive and max(positive) / min(positive) > LOG_KL_SPAN:
+        low = 10.0 ** math.floor(math.log10(min(positive)))  # a power of ten: ticks 0, low, 10 low, ...
+        ax.set_xscale("symlog", linthresh=low, linscale=1.0)
+        ax.set_xlim(-0.3 * low, max(positive) * 1.6)
+        ax.set_xlabel("KL(policy || reference) on test prefixes, nats (log scale above "
+                      f"{low:g}, linear below)")
+        return "symlog"
+    if len(xs) > 1:
+        dx = (max(xs) - min(xs)) or 1.0
+        ax.set_xlim(min(xs) - 0.08 * dx, max(xs) + 0.15 * dx)
+    ax.set_xlabel("KL(policy || reference) on test prefixes, nats")
+    return "linear"
+
+
 def plot_frontier(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path, split: Sequence[str] = ()) -> str:
     """Reward against KL per configuration (mean and 95% t-interval over seeds), faint single
     runs, the reference at KL 0; markers by facet when the sweep has several."""
@@ -90,7 +114,6 @@ def plot_frontier(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path,
     if ref.n:
         ax.errorbar(0.0, ref.mean, yerr=_err(ref.half), fmt="*", markersize=12, color="black", capsize=3,
                     label="reference (KL 0)")
-    ax.set_xlabel("KL(policy || reference) on test prefixes, nats")
     ax.set_ylabel("test reward (mean p positive)")
     ax.set_title("Reward-KL frontier (mean and 95% interval over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
@@ -98,9 +121,9 @@ def plot_frontier(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path,
     # limits from the runs themselves: a t-interval over two seeds (t = 12.7) must not shrink them
     xs = [r.kl for r in finished(runs) if math.isfinite(r.kl)] + [0.0]
     ys = [r.metrics[R.REWARD] for r in finished(runs) if R.REWARD in r.metrics] + ([ref.mean] if ref.n else [])
+    kl_axis(ax, xs)
     if len(xs) > 1 and ys:
-        dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 0.1
-        ax.set_xlim(min(xs) - 0.08 * dx, max(xs) + 0.15 * dx)
+        dy = (max(ys) - min(ys)) or 0.1
         ax.set_ylim(min(ys) - 0.12 * dy, max(ys) + 0.15 * dy)
     _place_labels(fig, ax, labels)
     return save(fig, path)
