@@ -669,6 +669,9 @@ def test_a_dpo_job_whose_schedule_is_matched_stands_in_both_compute_facets(tmp_p
     facets, notes = F.make_facets(report.load_sweep(root)[0])
     assert [f.label() for f in facets] == ["compute=matched", "compute=native"] and not notes
     assert [(len(f.runs["dpo"]), len(f.runs["ppo"])) for f in facets] == [(9, 9), (9, 9)]
+    report.build_report(root, n_boot=100, figures=False)
+    table = (root / "report" / "report.md").read_text().split("## Configurations")[1].split("\n\n")[1]
+    assert table.count("| DPO | β=0.1 | every |") == 1 and table.count("| PPO | KL*=1.5 compute=matched | matched |") == 1
     # a DPO run with two passes over its pairs is native only: PPO's matched runs lose their partner
     for folder in root.glob("*algorithm=dpo*"):
         data = R.read_results(folder)

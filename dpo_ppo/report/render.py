@@ -13,7 +13,7 @@ from dpo_ppo import results as R
 from dpo_ppo.report import arms
 from dpo_ppo.report.claims import CLAIMS
 from dpo_ppo.report.estimator import Comparison
-from dpo_ppo.report.facets import Facet, label
+from dpo_ppo.report.facets import Facet, facet_value, label
 from dpo_ppo.report.load import DIVERGED, LABELS, NO_RESULTS, PENDING, Run, SeedGroup
 from dpo_ppo.report.stats import Stat
 from dpo_ppo.report.verdicts import ClaimRow, Margin
@@ -329,10 +329,10 @@ def configurations_markdown(configs: Sequence[SeedGroup], split: Sequence[str],
     extra = any(c.runs[0].extra_overrides() for c in configs)
     table = []
     for c, (reward, kl) in zip(configs, spread):
-        p = c.runs[0].params
         diverged = c.diverged()
         ok = [r for r in c.runs if r not in diverged]
-        table.append([LABELS.get(c.algorithm, c.algorithm), c.label()] + [p.get(k, "") for k in split]
+        cells = [facet_value(c.runs[0], k) for k in split]  # None: stands in every facet of the key
+        table.append([LABELS.get(c.algorithm, c.algorithm), c.label()] + ["every" if v is None else v for v in cells]
                      + ([" ".join(c.runs[0].extra_overrides())] if extra else [])
                      + [len(ok), len(diverged) if not diverged else f"**{len(diverged)}**", reward.text(), kl.text()])
     header = (["algorithm", "knob"] + list(split) + (["other overrides"] if extra else [])
@@ -344,7 +344,10 @@ def configurations_markdown(configs: Sequence[SeedGroup], split: Sequence[str],
             "Reward and KL: mean over the configuration's seeds that did not diverge ± the half-width of its "
             "95% t-interval (t with seeds - 1 degrees of freedom: 12.7 for 2 seeds, 4.3 for 3, so two seeds "
             "give wide intervals by construction). Diverged: runs with status diverged or a KL that is not "
-            f"finite and positive, left out of every fit and named in the claims' caveats (in all: {total}).", ""]
+            f"finite and positive, left out of every fit and named in the claims' caveats (in all: {total})."
+            + (" A facet key's value \"every\": the key does not apply to the configuration (DPO has no value "
+               "model; a job whose own schedule is compute=matched's is the same job under either compute), so it "
+               "is compared within every facet of that key." if split else ""), ""]
 
 
 def all_metrics_markdown(n_rows: int, images: Dict[str, str]) -> List[str]:
