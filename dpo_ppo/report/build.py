@@ -214,7 +214,7 @@ def draw_body(d: Contents) -> None:
     if not d.figures:
         return
     draw(d, "frontier", plot_frontier(d.configs, d.runs, d.out / "frontier.png", d.split))
-    draw(d, "gold", plot_gold(d.configs, d.runs, d.out / "gold.png"))
+    draw(d, "gold", plot_gold(d.configs, d.runs, d.out / "gold.png", d.split))
     draw(d, "training", plot_training(d.configs, d.out / "training.png", d.split))
     draw(d, "over_training", plot_over_training(d.configs, d.out / "over_training.png"))
 

@@ -129,10 +129,13 @@ def plot_frontier(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path,
     return save(fig, path)
 
 
-def plot_gold(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path) -> Optional[str]:
+def plot_gold(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path, split: Sequence[str] = ()
+              ) -> Optional[str]:
     """Proxy (the classifier the policies were trained against) and gold reward (``eval.gold``,
     never optimised) against KL, one panel per arm: per configuration the mean and 95%
-    t-interval over seeds, joined in order of KL, the reference at KL 0.  Over-optimisation shows
+    t-interval over seeds, joined in order of KL (one line per facet of ``split``, e.g. PPO at native
+    and at matched compute, with the runs that stand in every facet on each), the reference at KL 0.
+    Over-optimisation shows
     as the gold curve falling while the proxy's rises (Gao et al. 2023).  None when no finished
     run has a gold reward."""
     done = [r for r in finished(runs) if R.GOLD_REWARD in r.metrics]
@@ -146,21 +149,26 @@ def plot_gold(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path) -> 
     ref = {key: stats.mean_ci(r.metrics.get(key, np.nan) for r in done) for key in (R.REF_REWARD, R.REF_GOLD_REWARD)}
     for ax, algorithm in zip(axes[0], algorithms):
         color = arms.ARM_COLORS.get(algorithm, "tab:gray")
-        group = sorted((c for c in configs if arm_of.get(id(c)) == algorithm),
-                       key=lambda c: stats.mean_ci(r.kl for r in c.runs).mean)
-        for key, ref_key, style, name in ((R.REWARD, R.REF_REWARD, "-o", "proxy (trained classifier)"),
-                                          (R.GOLD_REWARD, R.REF_GOLD_REWARD, "--s", "gold (never optimised)")):
-            pts = [(stats.mean_ci(r.kl for r in c.runs), stats.mean_ci(c.values(key))) for c in group]
-            pts = [(x, y) for x, y in pts if y.n and math.isfinite(x.mean)]
-            if ref[ref_key].n:
-                pts = [(stats.Stat(0.0, float("nan"), ref[ref_key].n), ref[ref_key])] + pts
-            if not pts:
-                continue
-            ax.plot([x.mean for x, _ in pts], [y.mean for _, y in pts], style, color=color,
-                    alpha=1.0 if key == R.REWARD else 0.7, markersize=5, label=name)
-            for x, y in pts:
-                ax.errorbar(x.mean, y.mean, xerr=_err(x.half), yerr=_err(y.half), fmt="none", color=color,
-                            capsize=2, alpha=0.5)
+        mine = [c for c in configs if arm_of.get(id(c)) == algorithm]
+        tags = sorted({facet_tag(c, split) for c in mine} - {""}) or [""]
+        for t, tag in enumerate(tags):
+            group = sorted((c for c in mine if facet_tag(c, split) in (tag, "")),
+                           key=lambda c: stats.mean_ci(r.kl for r in c.runs).mean)
+            for key, ref_key, style, name in ((R.REWARD, R.REF_REWARD, "-", "proxy (trained classifier)"),
+                                              (R.GOLD_REWARD, R.REF_GOLD_REWARD, "--", "gold (never optimised)")):
+                pts = [(stats.mean_ci(r.kl for r in c.runs), stats.mean_ci(c.values(key))) for c in group]
+                pts = [(x, y) for x, y in pts if y.n and math.isfinite(x.mean)]
+                if ref[ref_key].n:
+                    pts = [(stats.Stat(0.0, float("nan"), ref[ref_key].n), ref[ref_key])] + pts
+                if not pts:
+                    continue
+                marker = ("o", "s")[key == R.GOLD_REWARD] if len(tags) == 1 else MARKERS[t % len(MARKERS)]
+                ax.plot([x.mean for x, _ in pts], [y.mean for _, y in pts], style + marker, color=color,
+                        alpha=(1.0 if key == R.REWARD else 0.7) * (1.0 if t == 0 else 0.8), markersize=5,
+                        label=name + (f", {tag}" if len(tags) > 1 else ""), **({"lw": 1.0} if t else {}))
+                for x, y in pts:
+                    ax.errorbar(x.mean, y.mean, xerr=_err(x.half), yerr=_err(y.half), fmt="none", color=color,
+                                capsize=2, alpha=0.5)
         ax.set_title(f"{arms.label(algorithm)}: proxy and gold reward along KL", fontsize=10)
         ax.set_xlabel("KL(policy || reference) on test prefixes, nats")
         ax.set_ylabel("test reward (mean p positive)")
