@@ -254,7 +254,8 @@ def test_cache_dir_under_a_file_fails(tmp_path):
     assert (tmp_path / "f").read_text() == ""
 
 
-@pytest.mark.parametrize("overrides", [["sweep=smoke"], ["sweep=confound"], ["sweep=paper"], ["compute=matched"],
+@pytest.mark.parametrize("overrides", [["sweep=smoke"], ["sweep=confound"], ["sweep=paper"], ["sweep=answer"],
+                                       ["sweep=algorithms"], ["compute=matched"],
                                        ["experiment=paper_run2", "algorithm=ppo", "model=pythia70m"]])
 def test_shipped_configs_hold_only_schema_keys(overrides):
     from dpo_ppo.config.keys import check_keys

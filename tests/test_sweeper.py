@@ -124,6 +124,29 @@ def test_paper_sweep_jobs():
                              for e in ("paper_run1", "paper_run2") for a in ("dpo", "ppo")}
 
 
+def test_answer_sweep_has_ppo_at_both_schedules_and_dpo_standing_in_both():
+    """55 jobs, 5 seeds; PPO at its own schedule and at compute=matched; DPO at its defaults, whose
+    schedule is compute=matched's, so the report compares it with both (docs/findings/embedded.md)."""
+    from conftest import compose_cfg
+
+    from dpo_ppo import results as R
+    from dpo_ppo.config import as_dict, load
+    from dpo_ppo.config.schedule import planned_optimizer_steps
+
+    jobs = _jobs_of("answer")
+    assert len(jobs) == 55 and {j.arm for j in jobs} == {"dpo", "ppo", "ppo_matched"}
+    assert {o for j in jobs for o in j.overrides if o.startswith("seed=")} == {f"seed={s}" for s in range(5)}
+    matched = [j for j in jobs if "compute=matched" in j.overrides]
+    assert len(matched) == 15 and {j.arm for j in matched} == {"ppo_matched"}
+    dpo = next(j for j in jobs if j.arm == "dpo")
+    cfg = load(compose_cfg(["sweep=answer", *dpo.overrides], tiny=False))
+    assert cfg.compute.mode == "native" and R.schedule_is_matched(as_dict(cfg))
+    ppo = load(compose_cfg(["sweep=answer", *matched[0].overrides], tiny=False))
+    native = load(compose_cfg(["sweep=answer", *next(j for j in jobs if j.arm == "ppo").overrides], tiny=False))
+    assert planned_optimizer_steps(cfg) == planned_optimizer_steps(ppo) == 32
+    assert planned_optimizer_steps(native) == 512
+
+
 def test_confound_sweep_each_arm_over_its_own_knob():
     jobs = _jobs_of("confound")
     node = _sweep_node("confound").hydra.sweeper
