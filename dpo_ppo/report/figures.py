@@ -64,7 +64,8 @@ def kl_axis(ax, xs: Sequence[float]) -> str:
     """The KL axis of a frontier: linear from 0, or, when the runs' KL spans more than
     ``LOG_KL_SPAN`` times (one arm far out, such as IPO's 77 nats beside DPO's 1-10, would squeeze
     every other run into the left edge), symmetric-log: linear below the power of ten under the
-    smallest run's KL (the reference stays at 0), logarithmic above.  Sets the label and limits; returns the scale."""
+    smallest run's KL (the reference stays at 0), logarithmic above.  Sets the label and limits;
+    returns the scale."""
     xs = [x for x in xs if math.isfinite(x)]
     positive = [x for x in xs if x > 0]
     if positive and max(positive) / min(positive) > LOG_KL_SPAN:
@@ -135,9 +136,8 @@ def plot_gold(configs: Sequence[SeedGroup], runs: Sequence[Run], path: Path, spl
     never optimised) against KL, one panel per arm: per configuration the mean and 95%
     t-interval over seeds, joined in order of KL (one line per facet of ``split``, e.g. PPO at native
     and at matched compute, with the runs that stand in every facet on each), the reference at KL 0.
-    Over-optimisation shows
-    as the gold curve falling while the proxy's rises (Gao et al. 2023).  None when no finished
-    run has a gold reward."""
+    Over-optimisation shows as the gold curve falling while the proxy's rises (Gao et al. 2023).
+    None when no finished run has a gold reward."""
     done = [r for r in finished(runs) if R.GOLD_REWARD in r.metrics]
     if not done:
         return None
