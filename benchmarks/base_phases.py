@@ -69,26 +69,36 @@ def score(tag):
     print(tag, {k: (round(float(v.max()), 3), f"L{int(v.flatten().argmax()) // v.shape[1]}H{int(v.flatten().argmax()) % v.shape[1]}") for k, v in s.items()}, flush=True)
 
 out = Path(tempfile.mkdtemp())
+
+
+def train(collate, steps: int, lr: float = 1e-3, schedule: str = "constant") -> float:
+    return M._train_lm(model, blocks, collate, out, 0, False, steps=steps, lr=lr, batch=32, schedule=schedule)
+
+
+def spans() -> M.RepeatedSpans:  # the span phase's collator, as build_base's first phase makes it
+    return M.RepeatedSpans(base, tok, 1.0, vocab, 1)
+
+
 c0 = time.process_time()
-order = sys.argv[3].split(",")
-for phase in order:
+for phase in sys.argv[3].split(","):
     if phase == "marked":
-        loss = M._train_lm(model, blocks, Marked(5), out, 0, False, steps=dup_steps, lr=1e-3, batch=32, schedule="constant")
+        loss = train(Marked(5), dup_steps)
     elif phase == "mixed":  # half marked sequences, half repeated spans, from step 0
-        spans, marked = M.RepeatedSpans(base, tok, 1.0, vocab, 1), Marked(5)
+        repeated, marked = spans(), Marked(5)
         def mixed(examples, g=torch.Generator().manual_seed(9)):
-            a, b = spans(examples), marked(examples)
+            a, b = repeated(examples), marked(examples)
             pick = torch.rand(len(examples), generator=g) < 0.5
             for k in a:
                 if k in b and torch.is_tensor(a[k]): a[k][pick] = b[k][pick]
             return a
-        loss = M._train_lm(model, blocks, mixed, out, 0, False, steps=dup_steps, lr=1e-3, batch=32, schedule="constant")
-    elif phase.startswith("induction_") and phase[10:].isdigit():
-        loss = M._train_lm(model, blocks, M.RepeatedSpans(base, tok, 1.0, vocab, 1), out, 0, False, steps=int(phase[10:]), lr=1e-3, batch=32, schedule="constant")
-    elif phase == "induction_long":
-        loss = M._train_lm(model, blocks, M.RepeatedSpans(base, tok, 1.0, vocab, 1), out, 0, False, steps=1200, lr=1e-3, batch=32, schedule="constant")
+        loss = train(mixed, dup_steps)
     elif phase == "induction":
-        loss = M._train_lm(model, blocks, M.RepeatedSpans(base, tok, 1.0, vocab, 1), out, 0, False, steps=mc.pretrain_induction_steps, lr=1e-3, batch=32, schedule="constant")
+        loss = train(spans(), mc.pretrain_induction_steps)
+    elif phase.startswith("induction_") and phase[10:].isdigit():
+        loss = train(spans(), int(phase[10:]))
+    elif phase == "corpus":
+        loss = train(M.RepeatedSpans(base, tok, mc.pretrain_repeats, vocab, 0), mc.pretrain_steps,
+                     lr=mc.pretrain_lr, schedule="cosine")
     else:
-        loss = M._train_lm(model, blocks, M.RepeatedSpans(base, tok, mc.pretrain_repeats, vocab, 0), out, 0, False, steps=mc.pretrain_steps, lr=mc.pretrain_lr, batch=32, schedule="cosine")
+        sys.exit(f"base_phases.py: unknown phase {phase!r}; choose marked, mixed, induction, induction_N, corpus")
     print(phase, "phase loss", loss, f"cpu {time.process_time()-c0:.0f}", flush=True); score("after " + phase)
